@@ -1,0 +1,36 @@
+# dinoflow — the two commands a newcomer runs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+# torch first, pinned to the CPU wheel: anything that pulls torch later then finds it satisfied
+# instead of downloading a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test test-fast demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m dinoflow demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/augment.py
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) data models reports mlruns mlartifacts mlflow.db .dvc/tmp

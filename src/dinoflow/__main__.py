@@ -1,0 +1,3 @@
+from dinoflow.cli import main
+
+raise SystemExit(main())

