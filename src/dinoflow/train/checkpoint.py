@@ -1,0 +1,88 @@
+"""Resumable checkpoints with `torch.distributed.checkpoint` (DCP).
+
+A checkpoint directory `ckpt/step_<N>/` holds the DCP shards of student, teacher, optimiser
+and objective state (loss centres, student EMA) plus `meta.json` (step, data positions,
+config). DCP stores tensors by their global (unsharded) names, so a job saved by N processes
+resumes on M — DDP or FSDP2 alike. It is written to a hidden temp directory and renamed when
+complete, and `ckpt/latest` names the newest complete one: a job killed mid-save leaves the
+previous checkpoint as the one a restart trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from dinoflow.io import atomic_write_text
+from dinoflow.train.distributed import barrier
+
+KEEP_LAST = 2
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    p = Path(ckpt_dir) / "latest"
+    if not p.exists():
+        return None
+    target = Path(ckpt_dir) / p.read_text().strip()
+    return target if (target / "meta.json").exists() else None
+
+
+def _state(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, train_module: nn.Module,
+           extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[str, Any] = {name: get_model_state_dict(m) for name, m in modules.items()}
+    state["optim"] = get_optimizer_state_dict(train_module, optimizer)
+    state["objective"] = dict(extra)
+    return state
+
+
+def save_checkpoint(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Module], train_module: nn.Module,
+                    optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor], meta: dict[str, Any],
+                    is_main: bool) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    ckpt_dir = Path(ckpt_dir)
+    name = f"step_{step:08d}"
+    tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    dcp.save(_state(modules, optimizer, train_module, extra), checkpoint_id=str(tmp))
+    barrier()
+    if is_main:
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, default=str))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        atomic_write_text(ckpt_dir / "latest", name + "\n")
+        done = sorted(d for d in ckpt_dir.glob("step_*") if d.is_dir())
+        for old in done[:-KEEP_LAST]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], train_module: nn.Module,
+                    optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Load in place (any world size); returns meta.json. `extra` tensors are filled in place."""
+    path = Path(path)
+    state = _state(modules, optimizer, train_module, extra)
+    dcp.load(state, checkpoint_id=str(path))
+    for name, m in modules.items():
+        set_model_state_dict(m, state[name], options=StateDictOptions(strict=True))
+    set_optimizer_state_dict(train_module, optimizer, state["optim"])
+    for k, v in state["objective"].items():
+        if isinstance(v, torch.Tensor) and k in extra:
+            extra[k].copy_(v)
+    return json.loads((path / "meta.json").read_text())

@@ -1,0 +1,243 @@
+"""Distillation objectives (DINOv2 paper §5, plus a head-free mode for backbone-only teachers).
+
+`HeadDistillObjective` — the paper's recipe: a frozen teacher (backbone + heads of a dinoflow
+pretraining run) provides the targets; a smaller student with fresh heads (same prototype
+count) learns DINO on CLS tokens (all student crops vs the teacher's other global crop), iBOT on
+ALL patch tokens of the two global crops (no masking), and KoLeo; no stochastic depth. An EMA of
+the student is kept and exported (the paper ships the EMA).
+
+`FeatureDistillObjective` — for teachers without heads (official hub files, any export): the
+student, through a linear projection to the teacher's width, matches the teacher's normalised
+CLS token (global and local crops → the teacher's CLS of the same image's global crops) and its
+patch tokens on the global crops. The loss is a cosine distance, 1 − cos(proj(s), t): it
+ignores the teacher's feature scale (hub features have large, layer-dependent norms) and puts
+the student's capacity on directions, which is what k-NN and linear probes on normalised
+features use.
+
+When the token grids differ (other patch size or resolution), teacher patch targets are
+resampled to the student's grid (bilinear on the spatial map; probabilities renormalised).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from dinoflow.config import DistillConfig, HeadConfig, ModelConfig
+from dinoflow.errors import DinoflowError
+from dinoflow.train.objectives import SSLNet, Views, build_heads, deepcopy_frozen, ema_update, unwrap
+
+
+def resample_tokens(tokens: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]) -> torch.Tensor:
+    """tokens [B, h·w, C] on grid_from → [B, h'·w', C] on grid_to (bilinear, align_corners=False)."""
+    if grid_from == grid_to:
+        return tokens
+    b, n, c = tokens.shape
+    x = tokens.transpose(1, 2).reshape(b, c, *grid_from)
+    x = F.interpolate(x, size=grid_to, mode="bilinear", align_corners=False)
+    return x.flatten(2).transpose(1, 2)
+
+
+def _student_model_cfg(cfg: DistillConfig) -> ModelConfig:
+    # the recipe removes stochastic depth for distillation
+    return cfg.student.model_copy(update={"drop_path_rate": 0.0})
+
+
+def _teacher_input(crops: torch.Tensor, teacher_patch: int) -> torch.Tensor:
+    """Resize crops so the teacher's patch size tiles them (nearest multiple, at least one patch)."""
+    side = crops.shape[-1]
+    t_side = max(teacher_patch, round(side / teacher_patch) * teacher_patch)
+    if t_side == side:
+        return crops
+    return F.interpolate(crops, size=(t_side, t_side), mode="bicubic", align_corners=False)
+
+
+class _DistillBase:
+    """Student EMA bookkeeping and export, shared by both modes."""
+
+    cfg: DistillConfig
+    student: nn.Module
+    student_ema: nn.Module
+
+    def train_module(self) -> nn.Module:
+        return self.student
+
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"student_ema": self.student_ema}
+
+    def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
+        ema_update(self.student_ema, unwrap(net), self.cfg.student_ema)
+
+    def export(self, out_dir) -> None:
+        from dinoflow.models import export_backbone
+
+        export_backbone(self.student_ema.backbone, f"{out_dir}/backbone.pth", model_cfg=_student_model_cfg(self.cfg))
+
+
+def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, HeadConfig, ModelConfig]:
+    """A dinoflow pretraining output dir → frozen SSLNet (backbone + heads) and its configs."""
+    from dinoflow.config import PretrainConfig
+    from dinoflow.models import load_backbone
+    from dinoflow.models.weights import read_weights
+
+    d = Path(teacher_dir)
+    need = [d / "backbone.pth", d / "heads.pth", d / "train_config.yaml"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        raise DinoflowError(f"distill.mode=heads needs a dinoflow pretraining output in {d} (missing: {', '.join(missing)}); "
+                            "run `dinoflow pretrain`, or use distill.mode=features with a backbone file")
+    pcfg = PretrainConfig.model_validate(yaml.safe_load((d / "train_config.yaml").read_text()))
+    backbone = load_backbone(str(d / "backbone.pth"))
+    dino, ibot = build_heads(backbone.embed_dim, pcfg.head)
+    heads = read_weights(d / "heads.pth")
+    dino.load_state_dict(heads["dino_head"])
+    if ibot is not None:
+        ibot.load_state_dict(heads["ibot_head"])
+    net = SSLNet(backbone, dino, ibot).to(device)
+    net.requires_grad_(False)
+    net.eval()
+    return net, pcfg.head, pcfg.model
+
+
+class HeadDistillObjective(_DistillBase):
+    def __init__(self, cfg: DistillConfig, device: torch.device):
+        from dinoflow.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
+        from dinoflow.models import backbone_from_config
+
+        self.cfg = cfg
+        self.teacher, head_cfg, self.teacher_model_cfg = load_head_teacher(cfg.teacher, device)
+        torch.manual_seed(cfg.seed)
+        backbone = backbone_from_config(_student_model_cfg(cfg))
+        dino, ibot = build_heads(backbone.embed_dim, head_cfg)  # same prototypes as the teacher's
+        self.student = SSLNet(backbone, dino, ibot).to(device)
+        self.student_ema = deepcopy_frozen(self.student)
+        lc = cfg.loss
+        self.dino_loss = DINOLoss(head_cfg.out_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
+        ibot_dim = head_cfg.ibot_out_dim if head_cfg.separate_ibot_head else head_cfg.out_dim
+        self.ibot_loss = iBOTPatchLoss(ibot_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
+        self.koleo_loss = KoLeoLoss()
+        self.views = Views(cfg.crops, None, cfg.student.patch_size, cfg.seed)
+        self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher_model_cfg.patch_size
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"dino_center": self.dino_loss.center, "ibot_center": self.ibot_loss.center}
+
+    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        lc, temp = self.cfg.loss, s["teacher_temp"]
+        g = v["global_crops"]
+        n_img = g.shape[0]
+        s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
+        with torch.no_grad():
+            tg = _teacher_input(g, self.t_patch)
+            t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
+            t_all = torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device)
+            t = self.teacher(tg, patch_index=t_all)
+            cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
+            # resample patch logits to the student's grid before normalising
+            p_logits = resample_tokens(t["patch_logits"].view(n_img, -1, t["patch_logits"].shape[-1]), t_grid, s_grid)
+            p_logits = p_logits.flatten(0, 1)
+            n_patch = torch.tensor([p_logits.shape[0]], device=g.device)
+            if lc.centering == "softmax":
+                cls_p = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp=temp)
+                self.dino_loss.update_center(cls_logits)
+                patch_p = self.ibot_loss.softmax_center_teacher(p_logits, teacher_temp=temp)
+                self.ibot_loss.update_center(p_logits)
+            else:
+                cls_p = self.dino_loss.sinkhorn_knopp_teacher(cls_logits, teacher_temp=temp)
+                patch_p = self.ibot_loss.sinkhorn_knopp_teacher(p_logits, teacher_temp=temp, n_masked_patches_tensor=n_patch)
+            cls_p = cls_p.view(2, -1, cls_p.shape[-1])
+        s_all = torch.arange(n_img * s_grid[0] * s_grid[1], device=g.device)
+        out = net(g, v["local_crops"], masks=None, patch_index=s_all)
+        n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
+        n_terms = 2 * n_local + 2
+        terms: dict[str, torch.Tensor] = {}
+        if n_local:
+            terms["dino_local"] = self.dino_loss(list(out["l_cls_logits"].chunk(n_local)), list(cls_p)) / n_terms
+        terms["dino_global"] = self.dino_loss([out["g_cls_logits"]], [cls_p.flatten(0, 1)]) * 2 / n_terms
+        terms["koleo"] = sum(self.koleo_loss(p) for p in out["g_cls"].chunk(2))
+        all_masks = torch.ones(n_img, s_grid[0] * s_grid[1], dtype=torch.bool, device=g.device)
+        weights = torch.full((s_all.numel(),), 1.0 / all_masks.shape[1], device=g.device)
+        terms["ibot"] = self.ibot_loss.forward_masked(out["patch_logits"], patch_p, student_masks_flat=all_masks,
+                                                      n_masked_patches=n_patch, masks_weight=weights) * 2 * 0.5
+        loss = (lc.dino_weight * (terms.get("dino_local", 0.0) + terms["dino_global"])
+                + lc.koleo_weight * terms["koleo"] + lc.ibot_weight * terms["ibot"])
+        return loss, {k: float(x.detach()) for k, x in terms.items()}
+
+
+class FeatureStudent(nn.Module):
+    """Student backbone + linear projections to the teacher's width (CLS and patch tokens)."""
+
+    def __init__(self, backbone: nn.Module, teacher_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.cls_proj = nn.Linear(backbone.embed_dim, teacher_dim)
+        self.patch_proj = nn.Linear(backbone.embed_dim, teacher_dim)
+
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """→ g_cls [G,Dt], g_patch [G,N,Dt], l_cls [L,Dt] (projected)."""
+        if local_crops is not None:
+            g, loc = self.backbone.forward_features_list([global_crops, local_crops], [None, None])
+        else:
+            g, loc = self.backbone.forward_features(global_crops), None
+        out = {"g_cls": self.cls_proj(g["x_norm_clstoken"]), "g_patch": self.patch_proj(g["x_norm_patchtokens"])}
+        if loc is not None:
+            out["l_cls"] = self.cls_proj(loc["x_norm_clstoken"])
+        return out
+
+    def param_modules(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone, "cls_proj": self.cls_proj, "patch_proj": self.patch_proj}
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean over rows of 1 − cos(a_i, b_i); a, b [..., C]."""
+    return (1 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean()
+
+
+class FeatureDistillObjective(_DistillBase):
+    def __init__(self, cfg: DistillConfig, device: torch.device):
+        from dinoflow.models import backbone_from_config, load_backbone
+
+        self.cfg = cfg
+        path = Path(cfg.teacher)
+        if path.is_dir():
+            path = path / "backbone.pth"
+        if not path.exists():
+            raise DinoflowError(f"distill.teacher {path} not found: give a backbone .pth (official hub file or a dinoflow export)")
+        overrides = {k: v for k, v in {"arch": cfg.teacher_arch, "patch_size": cfg.teacher_patch_size,
+                                       "num_register_tokens": cfg.teacher_num_register_tokens}.items() if v is not None}
+        self.teacher = load_backbone(str(path), **overrides).to(device)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        torch.manual_seed(cfg.seed)
+        self.student = FeatureStudent(backbone_from_config(_student_model_cfg(cfg)), self.teacher.embed_dim).to(device)
+        self.student_ema = deepcopy_frozen(self.student)
+        self.views = Views(cfg.crops, None, cfg.student.patch_size, cfg.seed)
+        self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher.patch_size
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        g = v["global_crops"]
+        s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
+        with torch.no_grad():
+            tg = _teacher_input(g, self.t_patch)
+            t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
+            t = self.teacher.forward_features(tg)
+            t_cls = t["x_norm_clstoken"]
+            t_patch = resample_tokens(t["x_norm_patchtokens"], t_grid, s_grid)
+        out = net(g, v["local_crops"])
+        terms = {"cls": cosine_distance(out["g_cls"], t_cls),
+                 "patch": cosine_distance(out["g_patch"], t_patch)}
+        if "l_cls" in out:
+            # each local crop → the mean of the teacher's two global CLS tokens of the same image
+            t_img = torch.stack(t_cls.chunk(2)).mean(0)
+            n_local = out["l_cls"].shape[0] // t_img.shape[0]
+            terms["local_cls"] = cosine_distance(out["l_cls"], t_img.repeat(n_local, 1))
+        loss = terms["cls"] + terms.get("local_cls", 0.0) + self.cfg.feature_patch_weight * terms["patch"]
+        return loss, {k: float(x.detach()) for k, x in terms.items()}

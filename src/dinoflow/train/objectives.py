@@ -1,0 +1,177 @@
+"""Training objectives: what differs between pretraining and distillation.
+
+The loop (`loop.py`) is the same for both; an objective owns the networks and answers:
+  views(images, step)        → crops (+ masks), deterministic in (seed, step, rank)
+  loss(train_net, views, s)  → (scalar loss, metrics) for schedule values `s`
+  after_step(s)              → EMA updates
+  extra_state()              → tensors to checkpoint (loss centres, EMAs)
+  export(out_dir)            → backbone.pth + config.yaml (+ heads.pth)
+
+`PretrainObjective` is the DINOv2 recipe: student and EMA teacher (backbone + DINO head
+[+ iBOT head]); DINO on CLS tokens (locals and globals vs the teacher's other global crop),
+iBOT on masked global patch tokens, KoLeo on the student's global CLS tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import torch
+from torch import nn
+
+from dinoflow.config import CropConfig, HeadConfig, MaskConfig, PretrainConfig
+from dinoflow.train.ssl_net import SSLNet
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """One 63-bit seed per (run seed, step, rank): all per-step randomness derives from it."""
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+def build_heads(embed_dim: int, head: HeadConfig) -> tuple[nn.Module, nn.Module | None]:
+    from dinoflow.models import DINOHead
+
+    dino = DINOHead(embed_dim, head.out_dim, nlayers=head.nlayers, hidden_dim=head.hidden_dim,
+                    bottleneck_dim=head.bottleneck_dim)
+    ibot = (DINOHead(embed_dim, head.ibot_out_dim, nlayers=head.nlayers, hidden_dim=head.hidden_dim,
+                     bottleneck_dim=head.bottleneck_dim) if head.separate_ibot_head else None)
+    return dino, ibot
+
+
+class Views:
+    """Multi-crop views of one batch (+ iBOT masks when masking is on)."""
+
+    def __init__(self, crops: CropConfig, masks: MaskConfig | None, patch_size: int, seed: int):
+        from dinoflow.data.augment import MultiCropAugment
+
+        self.aug = MultiCropAugment(crops)
+        self.crops, self.mask_cfg, self.patch_size, self.seed = crops, masks, patch_size, seed
+
+    def __call__(self, images: torch.Tensor, step: int, rank: int) -> dict[str, Any]:
+        """images uint8 [B,3,S,S] on the training device → global_crops [2B,3,G,G],
+        local_crops [nL·B,3,L,L] | None, and with masking: masks bool [2B,N], mask_indices [M],
+        masks_weight [M], n_masked_patches [1]."""
+        s = step_seed(self.seed, step, rank)
+        gen = torch.Generator(device=images.device).manual_seed(s)
+        out = self.aug(images, generator=gen)
+        views: dict[str, Any] = {"global_crops": out["global_crops"],
+                                 "local_crops": out["local_crops"] if self.crops.n_local > 0 else None}
+        if self.mask_cfg is not None:
+            from dinoflow.data.masking import collate_masks
+
+            grid = self.crops.global_size // self.patch_size
+            m = collate_masks(out["global_crops"].shape[0], (grid, grid), self.mask_cfg, random.Random(s))
+            dev = images.device
+            views.update(masks=m["masks"].to(dev), mask_indices=m["mask_indices_list"].to(dev),
+                         masks_weight=m["masks_weight"].to(dev), n_masked_patches=m["n_masked_patches"].to(dev))
+        return views
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+    """target ← m·target + (1−m)·source, parameter by parameter (local shards under FSDP)."""
+    def local(p):
+        return p.to_local() if hasattr(p, "to_local") else p
+
+    t = [local(p) for p in target.parameters()]
+    s = [local(p).detach() for p in source.parameters()]
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1.0 - momentum)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+class PretrainObjective:
+    def __init__(self, cfg: PretrainConfig, device: torch.device):
+        from dinoflow.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
+        from dinoflow.models import backbone_from_config
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        backbone = backbone_from_config(cfg.model)
+        dino_head, ibot_head = build_heads(backbone.embed_dim, cfg.head)
+        self.student = SSLNet(backbone, dino_head, ibot_head).to(device)
+        teacher_cfg = cfg.model.model_copy(update={"drop_path_rate": 0.0})
+        t_backbone = backbone_from_config(teacher_cfg)
+        t_dino, t_ibot = build_heads(t_backbone.embed_dim, cfg.head)
+        self.teacher = SSLNet(t_backbone, t_dino, t_ibot).to(device)
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        lc = cfg.loss
+        self.dino_loss = DINOLoss(cfg.head.out_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
+        ibot_dim = cfg.head.ibot_out_dim if cfg.head.separate_ibot_head else cfg.head.out_dim
+        self.ibot_loss = iBOTPatchLoss(ibot_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
+        self.koleo_loss = KoLeoLoss()
+        self.views = Views(cfg.crops, cfg.masks, cfg.model.patch_size, cfg.seed)
+
+    # -- the loop's interface
+    def train_module(self) -> nn.Module:
+        return self.student
+
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"dino_center": self.dino_loss.center, "ibot_center": self.ibot_loss.center}
+
+    def teacher_targets(self, v: dict[str, Any], temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher CLS probabilities [2, B, K] (crop order swapped) and masked-patch targets [M, K]."""
+        t = self.teacher(v["global_crops"], patch_index=v["mask_indices"])
+        cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
+        patch_logits = t["patch_logits"]
+        if self.cfg.loss.centering == "softmax":
+            cls_p = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp=temp)
+            self.dino_loss.update_center(cls_logits)
+            patch_p = self.ibot_loss.softmax_center_teacher(patch_logits, teacher_temp=temp)
+            self.ibot_loss.update_center(patch_logits)
+        else:
+            cls_p = self.dino_loss.sinkhorn_knopp_teacher(cls_logits, teacher_temp=temp)
+            patch_p = self.ibot_loss.sinkhorn_knopp_teacher(patch_logits, teacher_temp=temp,
+                                                            n_masked_patches_tensor=v["n_masked_patches"])
+        return cls_p.view(2, -1, cls_p.shape[-1]), patch_p
+
+    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        lc = self.cfg.loss
+        with torch.no_grad():
+            t_cls, t_patch = self.teacher_targets(v, s["teacher_temp"])
+        out = net(v["global_crops"], v["local_crops"], masks=v["masks"], patch_index=v["mask_indices"])
+        n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
+        n_terms = 2 * n_local + 2  # (student crop, other teacher crop) pairs
+        terms: dict[str, torch.Tensor] = {}
+        if n_local:
+            terms["dino_local"] = self.dino_loss(list(out["l_cls_logits"].chunk(n_local)), list(t_cls)) / n_terms
+        terms["dino_global"] = self.dino_loss([out["g_cls_logits"]], [t_cls.flatten(0, 1)]) * 2 / n_terms
+        terms["koleo"] = sum(self.koleo_loss(p) for p in out["g_cls"].chunk(2))
+        # ×2 because both global crops are processed together, ×1/2 = 1/n_global (official scaling)
+        terms["ibot"] = self.ibot_loss.forward_masked(out["patch_logits"], t_patch, student_masks_flat=v["masks"],
+                                                      n_masked_patches=v["n_masked_patches"],
+                                                      masks_weight=v["masks_weight"]) * 2 * 0.5
+        loss = (lc.dino_weight * (terms.get("dino_local", 0.0) + terms["dino_global"])
+                + lc.koleo_weight * terms["koleo"] + lc.ibot_weight * terms["ibot"])
+        return loss, {k: float(t.detach()) for k, t in terms.items()}
+
+    def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
+        ema_update(self.teacher, unwrap(net), s["momentum"])
+
+    def export(self, out_dir) -> None:
+        from dinoflow.models import export_backbone
+
+        export_backbone(self.teacher.backbone, f"{out_dir}/backbone.pth", model_cfg=self.cfg.model)
+        heads = {"dino_head": self.teacher.dino_head.state_dict()}
+        if self.teacher.ibot_head is not None:
+            heads["ibot_head"] = self.teacher.ibot_head.state_dict()
+        from dinoflow.io import atomic_path
+
+        with atomic_path(f"{out_dir}/heads.pth") as tmp:
+            torch.save(heads, tmp)
+
+
+def deepcopy_frozen(module: nn.Module) -> nn.Module:
+    m = copy.deepcopy(module)
+    m.requires_grad_(False)
+    return m

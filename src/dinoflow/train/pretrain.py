@@ -1,0 +1,30 @@
+"""`dinoflow pretrain`: the DINOv2 recipe through the one training loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dinoflow.config import Config
+from dinoflow.errors import DinoflowError
+
+
+def check_geometry(crops, patch_size: int, what: str) -> None:
+    """Crop sizes must tile into whole patches; say so before any work starts."""
+    for name in ("global_size", "local_size"):
+        size = getattr(crops, name)
+        if size % patch_size:
+            raise DinoflowError(f"{what}.crops.{name}={size} is not a multiple of the patch size {patch_size}; "
+                                f"use e.g. {size - size % patch_size or patch_size}")
+
+
+def pretrain(cfg: Config) -> dict[str, Any]:
+    from dinoflow.train.loop import run_training
+    from dinoflow.train.objectives import PretrainObjective
+
+    pc = cfg.pretrain
+    check_geometry(pc.crops, pc.model.patch_size, "pretrain")
+    return run_training(
+        lambda device: PretrainObjective(pc, device), stage="pretrain", tcfg=pc.train, clip_grad=pc.optim.clip_grad,
+        optim_cfg=pc.optim, loss_cfg=pc.loss, data=pc.data, load_size=pc.train.load_size or pc.crops.global_size,
+        out_dir=pc.out_dir, report_csv=pc.report_csv, seed=pc.seed, full_config=pc,
+    )

@@ -1,0 +1,55 @@
+"""Backbone + DINO head (+ optional separate iBOT head) as ONE module with one forward.
+
+One forward per network matters for the wrappers: DDP expects one forward per backward, and
+FSDP2 gathers the root's parameters only inside the root module's forward, so calling
+`net.backbone(...)` and `net.dino_head(...)` separately would bypass it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SSLNet(nn.Module):
+    def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.dino_head = dino_head
+        self.ibot_head = ibot_head  # None: patch tokens share the DINO head (the ViT-S/B recipe)
+
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None,
+                masks: torch.Tensor | None = None, patch_index: torch.Tensor | None = None,
+                project_patches: bool = True) -> dict[str, torch.Tensor]:
+        """
+        global_crops [G,3,H,W] (G = 2·B, crop-major), local_crops [L,3,h,w] or None,
+        masks bool [G, N] or None (iBOT: masked patches get the mask token),
+        patch_index long [M]: flat indices into the [G·N] global patch tokens sent through the head.
+
+        Returns: g_cls [G,D] (backbone CLS), g_patch [G,N,D], g_cls_logits [G,K],
+        l_cls_logits [L,K] (if locals), patch_logits [M,K'] (if patch_index and project_patches).
+        """
+        if local_crops is not None:
+            g, loc = self.backbone.forward_features_list([global_crops, local_crops], [masks, None])
+        else:
+            g, loc = self.backbone.forward_features(global_crops, masks=masks), None
+        g_cls, g_patch = g["x_norm_clstoken"], g["x_norm_patchtokens"]
+        out = {"g_cls": g_cls, "g_patch": g_patch}
+        picked = g_patch.flatten(0, 1)[patch_index] if (patch_index is not None and project_patches) else None
+        cls_in = [g_cls] + ([loc["x_norm_clstoken"]] if loc is not None else [])
+        if self.ibot_head is None and picked is not None:
+            cls_in.append(picked)
+        sizes = [t.shape[0] for t in cls_in]
+        logits = self.dino_head(torch.cat(cls_in)).split(sizes)
+        out["g_cls_logits"] = logits[0]
+        if loc is not None:
+            out["l_cls_logits"] = logits[1]
+        if picked is not None:
+            out["patch_logits"] = logits[-1] if self.ibot_head is None else self.ibot_head(picked)
+        return out
+
+    def param_modules(self) -> dict[str, nn.Module]:
+        mods = {"backbone": self.backbone, "dino_head": self.dino_head}
+        if self.ibot_head is not None:
+            mods["ibot_head"] = self.ibot_head
+        return mods

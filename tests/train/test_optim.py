@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch import nn
+
+from dinoflow.config import OptimConfig
+from dinoflow.train.optim import apply_schedules, build_optimizer, layer_id, param_groups
+
+
+class TinyViT(nn.Module):
+    def __init__(self, depth=3):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, 4, 2, 2)
+        self.blocks = nn.ModuleList([nn.ModuleDict({"norm1": nn.LayerNorm(4), "fc": nn.Linear(4, 4)}) for _ in range(depth)])
+        for b in self.blocks:
+            b.ls1 = nn.Module()
+            b.ls1.gamma = nn.Parameter(torch.ones(4))
+        self.norm = nn.LayerNorm(4)
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.Linear(4, 4)
+        self.last_layer = nn.Linear(4, 8, bias=False)
+
+
+def _groups(cfg):
+    return param_groups({"backbone": TinyViT(), "dino_head": Head()}, cfg, {"backbone": 3})
+
+
+def _find(groups, name):
+    for g in groups:
+        if name in g["names"]:
+            return g
+    raise KeyError(name)
+
+
+def test_layer_ids():
+    assert layer_id("pos_embed", 12) == 0
+    assert layer_id("patch_embed.proj.weight", 12) == 0
+    assert layer_id("blocks.0.attn.qkv.weight", 12) == 1
+    assert layer_id("blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id("norm.weight", 12) == 13
+
+
+def test_layerwise_decay_patch_embed_and_no_decay():
+    cfg = OptimConfig(layerwise_decay=0.5, patch_embed_lr_mult=0.2)
+    g = _groups(cfg)
+    assert _find(g, "backbone.blocks.2.fc.weight")["lr_multiplier"] == pytest.approx(0.5)      # 0.5^(4-3)
+    assert _find(g, "backbone.blocks.0.fc.weight")["lr_multiplier"] == pytest.approx(0.125)    # 0.5^(4-1)
+    assert _find(g, "backbone.cls_token")["lr_multiplier"] == pytest.approx(0.5 ** 4)
+    assert _find(g, "backbone.patch_embed.proj.weight")["lr_multiplier"] == pytest.approx(0.5 ** 4 * 0.2)
+    assert _find(g, "backbone.norm.weight")["lr_multiplier"] == pytest.approx(1.0)
+    assert _find(g, "dino_head.mlp.weight")["lr_multiplier"] == pytest.approx(1.0)
+    for n in ("backbone.blocks.1.fc.bias", "backbone.blocks.1.norm1.weight", "backbone.blocks.1.ls1.gamma"):
+        assert _find(g, n)["wd_multiplier"] == 0.0
+    assert _find(g, "backbone.blocks.1.fc.weight")["wd_multiplier"] == 1.0
+    assert _find(g, "backbone.pos_embed")["wd_multiplier"] == 1.0
+    assert _find(g, "dino_head.last_layer.weight")["is_last_layer"]
+
+
+def test_apply_schedules_sets_every_group():
+    cfg = OptimConfig(layerwise_decay=0.5)
+    groups = _groups(cfg)
+    opt = build_optimizer(groups, cfg)
+    apply_schedules(opt, lr=1.0, wd=0.1, last_layer_lr=0.0)
+    for g in opt.param_groups:
+        expect = 0.0 if g["is_last_layer"] else g["lr_multiplier"]
+        assert g["lr"] == pytest.approx(expect)
+        assert g["weight_decay"] == pytest.approx(0.1 * g["wd_multiplier"])
+    n_params = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_params == len(list(TinyViT().parameters())) + len(list(Head().parameters()))
