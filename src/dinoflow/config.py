@@ -8,6 +8,7 @@ The resolved config is saved next to every checkpoint and logged with every run.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,13 @@ class CropConfig(Section):
     def _probabilities(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if not all(0 <= p <= 1 for p in v):
             raise ValueError(f"each blur probability must lie in [0, 1], got {list(v)}")
+        return v
+
+    @field_validator("color_jitter")
+    @classmethod
+    def _jitter_strengths(cls, v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        if min(v) < 0 or v[3] > 0.5:
+            raise ValueError(f"color_jitter is (brightness, contrast, saturation, hue), each >= 0 and hue <= 0.5; got {list(v)}")
         return v
 
     @field_validator("std")
@@ -196,11 +204,20 @@ class DemoConfig(Section):
     n_junk: int = Field(60, ge=0)
     n_corrupt: int = Field(20, ge=0)
     n_eval_copies: int = Field(20, ge=0, description="eval images planted in the pool (relative-dedup must drop them)")
+    near_dup_transforms: list[Literal["shift", "jpeg", "noise", "crop_resize"]] = Field(
+        default_factory=lambda: ["shift", "jpeg", "noise", "crop_resize"],
+        min_length=1,
+        description="near duplicates cycle through these transforms",
+    )
     include_digits: bool = True
     seed: int = Field(0, description="seed of every planted choice (the MNIST split itself is fixed, seed 0)")
 
 
 class CurateConfig(Section):
+    """Curation (DINOv2 LVD-142M recipe): safe decode, junk guards, exact/near/relative dedup,
+    retrieval from seeds, hierarchical k-means + balanced sampling. Defaults are tuned on the demo
+    pool with the pixel embedder (see dinoflow.curation.pipeline)."""
+
     sources: list[str] = Field(default_factory=lambda: ["data/demo/pool"])
     seeds: str | None = "data/demo/seeds"
     eval_sets: list[str] = Field(default_factory=lambda: ["data/demo/eval"])
@@ -208,25 +225,39 @@ class CurateConfig(Section):
     report_dir: str = "reports"
     embedder: str = Field("pixels", description="'pixels' or a path to a backbone .pth")
     embedder_arch: Arch | None = None
-    embed_size: int = Field(28, ge=8)
+    embed_size: int = Field(28, ge=8, description="pixel embedder side / backbone input side")
+    embed_blur: float = Field(0.0, ge=0, description="pixel embedder: Gaussian blur sigma in pixels")
+    embed_align: Literal["none", "center", "moments", "moments_xy"] = Field(
+        "moments_xy", description="pixel embedder: re-centre (and rescale per axis) the foreground before comparing"
+    )
     batch_size: int = Field(256, ge=1)
+    chunk_size: int = Field(1024, ge=1, description="images per cached embedding chunk")
     max_side: int = Field(64, ge=8, description="curated images are resized to at most this side")
     shard_size: int = Field(1000, ge=1)
     knn_k: int = Field(64, ge=1)
-    near_dup_threshold: float = Field(0.95, gt=-1, le=1)
-    eval_dup_threshold: float = Field(0.95, gt=-1, le=1)
-    retrieval: Literal["none", "sample", "cluster", "both"] = "none"
+    near_dup_threshold: float = Field(0.992, gt=-1, le=1)
+    eval_dup_threshold: float = Field(0.99, gt=-1, le=1)
+    ivf_threshold: int = Field(50_000, ge=1, description="pools at least this large use an IVF index instead of a flat one")
+    nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
+    retrieval: Literal["none", "sample", "cluster", "both"] = "cluster"
     retrieval_per_seed: int = Field(4, ge=1)
     retrieval_clusters: int = Field(100, ge=1)
     retrieval_min_seed_neighbours: int = Field(1, ge=1)
     retrieval_cap_per_cluster: int | None = None
+    retrieval_min_similarity: float | None = Field(
+        0.7, ge=-1, le=1, description="retrieval also drops images whose best seed similarity is below this (null: off)"
+    )
     kmeans_levels: list[int] = Field(default_factory=lambda: [100, 10])
     kmeans_resampling_steps: int = Field(2, ge=0)
+    kmeans_sample_sizes: list[int] | None = Field(None, description="per level; null: half the mean cluster size")
     kmeans_iters: int = Field(20, ge=1)
     target_size: int | None = Field(None, ge=1, description="balanced sample size; null keeps all")
-    min_side: int = Field(8, ge=1, description="smaller images are dropped as junk")
+    sampling_strategy: Literal["random", "closest"] = "random"
+    min_side: int = Field(8, ge=1, description="smaller images are dropped as junk (too_small)")
     min_std: float = Field(2.0, ge=0, description="near-constant images (pixel std below this) are dropped as junk")
+    min_autocorr: float = Field(0.25, ge=-1, le=1, description="images whose lag-1 autocorrelation is below this are junk (noise)")
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard")
+    report_images: int = Field(8, ge=0, description="images per cluster row / duplicate pairs shown in the HTML report")
     seed: int = 0
 
 
@@ -337,6 +368,10 @@ class TrackingConfig(Section):
     system_metrics: bool = True
     probe_timeout_s: float = Field(5.0, gt=0, description="how long to wait for the tracking server's /health")
     hash_inputs: bool = Field(True, description="tag each run with the DVC md5 of its local inputs")
+
+
+# `register` is a stage name; pydantic warns that it shadows BaseModel.register (an ABC hook we never use)
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
 class Config(Section):

@@ -106,7 +106,7 @@ class CsvLog:
         self.rows: list[dict[str, Any]] = []
         if start_step > 0 and self.path.exists():
             with self.path.open() as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) < start_step]
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -124,23 +124,31 @@ class CsvLog:
         atomic_write_text(self.path, buf.getvalue())
 
 
-def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, tcfg: TrainConfig, clip_grad: float | None,
-                 optim_cfg, loss_cfg, data: str, load_size: int, out_dir: str, report_csv: str, seed: int,
-                 full_config) -> dict[str, Any]:
-    """Train with the objective `make_objective(device)` builds; export when finished."""
+def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, cfg, section) -> dict[str, Any]:
+    """Train with the objective `make_objective(device)` builds; export when finished.
+
+    `cfg` is the whole Config (tracking); `section` the stage's section (pretrain / distill),
+    which carries train, optim, loss, crops, data, out_dir, report_csv and seed.
+    """
+    with tracking.stage_run(stage, cfg):
+        return _run(make_objective, stage, section)
+
+
+def _run(make_objective, stage: str, sec) -> dict[str, Any]:
+    tcfg, seed = sec.train, sec.seed
     env: DistEnv = init_distributed(tcfg.device)
-    out = Path(out_dir)
+    out = Path(sec.out_dir)
     ckpt_dir = out / "ckpt"
     objective = make_objective(env.device)
     net = wrap_model(objective.train_module(), tcfg.strategy, env)
-    for name, m in objective.checkpoint_modules().items():
+    for m in objective.checkpoint_modules().values():
         shard_like(m, tcfg.strategy, env)
     if tcfg.compile:
         net = torch.compile(net)
     base = unwrap(net)
-    groups = param_groups(base.param_modules(), optim_cfg, {"backbone": base.backbone.n_blocks})
-    optimizer = build_optimizer(groups, optim_cfg)
-    sched = Schedules(optim=optim_cfg, loss=loss_cfg, epoch_length=tcfg.epoch_length, epochs=tcfg.epochs,
+    groups = param_groups(base.param_modules(), sec.optim, {"backbone": base.backbone.n_blocks})
+    optimizer = build_optimizer(groups, sec.optim)
+    sched = Schedules(optim=sec.optim, loss=sec.loss, epoch_length=tcfg.epoch_length, epochs=tcfg.epochs,
                       total_batch=tcfg.batch_size_per_rank * env.world_size)
     modules = {"student": net, **objective.checkpoint_modules()}
     start = 0
@@ -152,18 +160,18 @@ def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, t
     end = sched.total_steps if tcfg.max_steps is None else min(sched.total_steps, tcfg.max_steps)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "train_config.yaml", dump_config(full_config))
-    loader = make_loader(data, load_size=load_size, seed=seed, rank=env.rank, world_size=env.world_size,
+        atomic_write_text(out / "train_config.yaml", dump_config(sec))
+    loader = make_loader(sec.data, load_size=tcfg.load_size or sec.crops.global_size, seed=seed, rank=env.rank, world_size=env.world_size,
                          batch_size=tcfg.batch_size_per_rank, num_workers=tcfg.num_workers, skip_batches=start)
-    log = CsvLog(report_csv, start)
-    meta_common = {"stage": stage, "world_size": env.world_size, "config": full_config.model_dump(mode="json")}
+    log = CsvLog(sec.report_csv, start)
+    meta_common = {"stage": stage, "world_size": env.world_size, "config": sec.model_dump(mode="json")}
     skipped_total, last_loss, status = 0, float("nan"), "finished"
     bar = None
     if env.is_main and tcfg.progress and end > start:
         from tqdm import tqdm
 
         bar = tqdm(total=end, initial=start, desc=stage, unit="step", dynamic_ncols=True)
-    with tracking.stage_run(stage, full_config), StopRequested() as stop:
+    with StopRequested() as stop:
         step = start
         t_last = time.perf_counter()
         while step < end:
@@ -173,7 +181,7 @@ def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, t
             torch.manual_seed(step_seed(seed, step, env.rank) + 1)  # stochastic depth and friends
             views = objective.views(images, step, env.rank)
             s = sched.at(step)
-            last_loss, metrics = train_step(objective, net, optimizer, views, s, clip_grad=clip_grad,
+            last_loss, metrics = train_step(objective, net, optimizer, views, s, clip_grad=sec.optim.clip_grad,
                                             precision=tcfg.precision, device=env.device)
             step += 1
             now = time.perf_counter()
@@ -203,7 +211,7 @@ def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, t
             log.flush()
             if status == "finished":
                 objective.export(out)
-                tracking.log_artifact(report_csv)
+                tracking.log_artifact(sec.report_csv)
     return {"stage": stage, "status": status, "step": step, "total_steps": end, "final_loss": last_loss,
             "skipped_images": skipped_total, "world_size": env.world_size, "out_dir": str(out)}
 

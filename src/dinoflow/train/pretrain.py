@@ -23,8 +23,4 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 
     pc = cfg.pretrain
     check_geometry(pc.crops, pc.model.patch_size, "pretrain")
-    return run_training(
-        lambda device: PretrainObjective(pc, device), stage="pretrain", tcfg=pc.train, clip_grad=pc.optim.clip_grad,
-        optim_cfg=pc.optim, loss_cfg=pc.loss, data=pc.data, load_size=pc.train.load_size or pc.crops.global_size,
-        out_dir=pc.out_dir, report_csv=pc.report_csv, seed=pc.seed, full_config=pc,
-    )
+    return run_training(lambda device: PretrainObjective(pc, device), stage="pretrain", cfg=cfg, section=pc)
