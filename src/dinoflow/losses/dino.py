@@ -1,0 +1,146 @@
+"""DINO loss on CLS tokens: cross-entropy between teacher targets and student predictions.
+
+Teacher targets come from one of two normalisations of the teacher head output:
+- softmax centering: softmax((t - c) / T) with an EMA centre c (momentum 0.9), and
+- Sinkhorn-Knopp (3 iterations, fp32, log-space; see `dinoflow.losses.sinkhorn`).
+
+The centre update follows the official timing: `update_center` (= `reduce_center_update`)
+starts the cross-rank sum of the batch (asynchronously under torch.distributed) and the EMA
+step is applied lazily by `apply_center_update`, which `softmax_center_teacher` calls first.
+So `.center` changes only when the next targets are computed (or on `apply_center_update()` /
+`state_dict()`), exactly as in DINOv2.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from dinoflow.losses.distributed import is_distributed
+from dinoflow.losses.sinkhorn import sinkhorn_knopp
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between teacher targets and student softmax on the prototype logits.
+
+    Args:
+        out_dim: number of prototypes K.
+        student_temp: student softmax temperature.
+        center_momentum: EMA momentum of the softmax-centering centre.
+    Buffers:
+        center: [1, K] fp32 (same name and shape as the official `dino_loss.center`).
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be >= 1, got {out_dim}")
+        self.out_dim = out_dim
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        # pending centre update: [1, K + 1] = (sum of teacher rows, row count), reduced over ranks
+        self._pending: torch.Tensor | None = None
+        self._reduce_handle: dist.Work | None = None
+
+    # ------------------------------------------------------------------ teacher targets
+
+    @torch.no_grad()
+    def softmax_center_teacher(self, teacher_output: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """softmax((teacher_output - center) / teacher_temp) over prototypes.
+
+        Args:
+            teacher_output: [B, K] teacher head outputs (all global crops stacked).
+        Returns:
+            [B, K] targets (fp32 when the input is lower precision, as the centre is fp32).
+        """
+        self.apply_center_update()
+        center = self.center.to(teacher_output.device)
+        return F.softmax((teacher_output - center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def sinkhorn_knopp_teacher(
+        self, teacher_output: torch.Tensor, teacher_temp: float, n_iterations: int = 3
+    ) -> torch.Tensor:
+        """Sinkhorn-Knopp targets over the global batch (all ranks' rows count).
+
+        Args:
+            teacher_output: [B_local, K] teacher head outputs.
+        Returns:
+            [B_local, K] fp32 targets; each row sums to 1.
+        """
+        return sinkhorn_knopp(teacher_output, teacher_temp, n_iterations=n_iterations)
+
+    # ------------------------------------------------------------------ loss
+
+    def forward(
+        self,
+        student_output_list: Sequence[torch.Tensor] | torch.Tensor,
+        teacher_out_softmaxed_centered_list: Iterable[torch.Tensor] | torch.Tensor,
+    ) -> torch.Tensor:
+        """-sum over (student crop s, teacher crop t) of mean_b sum_k t[b,k] log_softmax(s/τ)[b,k].
+
+        Args:
+            student_output_list: crops of student logits, each [B, K] (a tensor [n, B, K] works too).
+            teacher_out_softmaxed_centered_list: teacher targets, each [B, K].
+        Returns:
+            scalar loss (not divided by the number of crop pairs: the caller scales it).
+        """
+        teachers = list(teacher_out_softmaxed_centered_list)
+        total = None
+        for s in student_output_list:
+            log_p = F.log_softmax(s / self.student_temp, dim=-1)
+            for t in teachers:
+                if t.shape != log_p.shape:
+                    raise ValueError(
+                        f"student crop {tuple(log_p.shape)} and teacher crop {tuple(t.shape)} must have the same shape"
+                    )
+                term = torch.sum(t * log_p, dim=-1).mean()
+                total = -term if total is None else total - term
+        if total is None:
+            raise ValueError("DINOLoss needs at least one student and one teacher crop")
+        return total
+
+    # ------------------------------------------------------------------ centre EMA
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        """Queue an EMA update of the centre with the mean teacher row of the global batch.
+
+        Args:
+            teacher_output: [B_local, K] teacher head outputs (before centering).
+        """
+        self.reduce_center_update(teacher_output)
+
+    @torch.no_grad()
+    def reduce_center_update(self, teacher_output: torch.Tensor) -> None:
+        """Start summing the batch (and its row count) across ranks; `apply_center_update` finishes."""
+        if teacher_output.ndim != 2 or teacher_output.shape[-1] != self.out_dim:
+            raise ValueError(f"teacher_output must be [B, {self.out_dim}], got {tuple(teacher_output.shape)}")
+        self.apply_center_update()  # never drop an update that was queued but not yet applied
+        rows = teacher_output.float()
+        count = torch.full((1, 1), float(rows.shape[0]), dtype=rows.dtype, device=rows.device)
+        self._pending = torch.cat([rows.sum(dim=0, keepdim=True), count], dim=1)
+        self._reduce_handle = dist.all_reduce(self._pending, async_op=True) if is_distributed() else None
+
+    @torch.no_grad()
+    def apply_center_update(self) -> None:
+        """center ← m·center + (1 − m)·mean(teacher rows over all ranks), if an update is pending."""
+        if self._pending is None:
+            return
+        if self._reduce_handle is not None:
+            self._reduce_handle.wait()
+            self._reduce_handle = None
+        pending, self._pending = self._pending, None
+        batch_center = pending[:, :-1] / pending[:, -1:]
+        m = self.center_momentum
+        self.center.copy_(self.center * m + batch_center.to(self.center.device) * (1 - m))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
+        # A checkpoint must not lose an update that is queued but not yet applied.
+        self.apply_center_update()
+        super()._save_to_state_dict(destination, prefix, keep_vars)

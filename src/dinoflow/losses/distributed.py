@@ -1,0 +1,71 @@
+"""Collective helpers for the losses: no-ops without a process group, all-reduces with one.
+
+The losses need global batch statistics (the teacher centre, Sinkhorn-Knopp marginals, sample
+counts). Each helper here returns the *global* value when `torch.distributed` is initialised
+and the local value otherwise, so the loss code reads the same in both cases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a default process group exists (torchrun, or `init_process_group` in tests)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks in place and return it (unchanged in a single process)."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise max of `t` over ranks in place and return it."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def global_count(n: int | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The number of items summed over ranks, as a float64 scalar tensor (a copy: inputs stay intact)."""
+    t = torch.as_tensor(n, device=device).detach().reshape(-1)[:1].clone().to(torch.float64)
+    return all_reduce_sum(t).reshape(())
+
+
+def global_logsumexp(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """log(sum(exp(x))) along `dim` (all entries when None), summing across ranks too.
+
+    The rank-local slices of `dim` are concatenated logically: each rank holds some rows of the
+    global matrix. Shift by the global max first so the exponentials never overflow.
+
+    Args:
+        x: float tensor, e.g. [B_local, K] logits.
+        dim: the dimension spread over ranks (keepdim semantics), or None for a scalar.
+    Returns:
+        [1, K] for dim=0 on a 2-D input, a 0-d tensor for dim=None.
+    """
+    if dim is None:
+        x = x.reshape(1, -1)
+        return global_logsumexp(x, dim=1).reshape(())
+    reduced_shape = list(x.shape)
+    reduced_shape[dim] = 1
+    if x.shape[dim] == 0:  # a rank without items (e.g. no masked patches) still joins the collectives
+        m = torch.full(reduced_shape, -math.inf, dtype=x.dtype, device=x.device)
+    else:
+        m = torch.amax(x, dim=dim, keepdim=True)
+    m = all_reduce_max(m)
+    # A max of -inf means no finite entry anywhere; use 0 so that exp() below gives 0, not NaN.
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.sum(torch.exp(x - m_safe), dim=dim, keepdim=True)
+    s = all_reduce_sum(s)
+    return m_safe + torch.log(s)

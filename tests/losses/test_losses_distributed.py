@@ -1,0 +1,121 @@
+"""2-process (gloo) vs single-process equality of the losses.
+
+Each rank holds half of the samples of one batch. With the collectives in place, DINO and iBOT
+teacher targets (softmax centering and Sinkhorn-Knopp), centres, and the rank-averaged losses
+(what DDP's gradient averaging optimises) equal the single-process full-batch values.
+KoLeo is per rank by design (nearest neighbours within the local batch, as in DINOv2), so it is
+not compared here.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dinoflow.config import MaskConfig
+from dinoflow.data.masking import collate_masks
+from dinoflow.losses import DINOLoss, iBOTPatchLoss
+
+WORLD = 2
+K, B, N, N_LOCAL_CROPS, TEMP = 16, 8, 16, 4, 0.05
+
+
+def _make_payload() -> dict:
+    g = torch.Generator().manual_seed(0)
+    masks = collate_masks(2 * B, 4, MaskConfig(mask_sample_probability=1.0), random.Random(3))["masks"]
+    prev_masks = collate_masks(2 * B, 4, MaskConfig(mask_sample_probability=1.0), random.Random(4))["masks"]
+    return {
+        # crop-major, as the training loop stacks crops: [crop, sample, ...]
+        "t_prev": torch.randn(2, B, K, generator=g) * 2,
+        "t": torch.randn(2, B, K, generator=g) * 2,
+        "s": torch.randn(N_LOCAL_CROPS, B, K, generator=g) * 2,
+        "tp_prev": torch.randn(2, B, N, K, generator=g) * 2,
+        "tp": torch.randn(2, B, N, K, generator=g) * 2,
+        "sp": torch.randn(2, B, N, K, generator=g) * 2,
+        "masks": masks.view(2, B, N),
+        "prev_masks": prev_masks.view(2, B, N),
+    }
+
+
+def _compute(p: dict) -> dict:
+    """One step of every loss on the samples in `p` (the full batch or one rank's half)."""
+    b = p["t"].shape[1]
+    out: dict[str, torch.Tensor] = {}
+
+    dino = DINOLoss(K)
+    dino.update_center(p["t_prev"].flatten(0, 1))
+    targets = dino.softmax_center_teacher(p["t"].flatten(0, 1), TEMP).view(2, b, K)
+    out["dino_softmax_targets"] = targets
+    out["dino_softmax_loss"] = dino(list(p["s"]), list(targets))
+    dino.update_center(p["t"].flatten(0, 1))
+    dino.apply_center_update()
+    out["dino_center"] = dino.center.clone()
+    sk = dino.sinkhorn_knopp_teacher(p["t"].flatten(0, 1), TEMP).view(2, b, K)
+    out["dino_sk_targets"] = sk
+    out["dino_sk_loss"] = dino(list(p["s"]), list(sk))
+
+    masks = p["masks"].flatten(0, 1)  # [2b, N]
+    idx = masks.flatten().nonzero().flatten()
+    t_m, s_m = p["tp"].flatten(0, 2)[idx], p["sp"].flatten(0, 2)[idx]
+    prev_idx = p["prev_masks"].flatten().nonzero().flatten()
+    ibot = iBOTPatchLoss(K)
+    ibot.update_center(p["tp_prev"].flatten(0, 2)[prev_idx])
+    for name, tgt in (
+        ("softmax", ibot.softmax_center_teacher(t_m, TEMP)),
+        ("sk", ibot.sinkhorn_knopp_teacher(t_m, TEMP, torch.tensor([idx.numel()]))),
+    ):
+        dense = torch.zeros(2 * b * N, K)
+        dense[idx] = tgt
+        out[f"ibot_{name}_targets"] = dense.view(2, b, N, K)
+        out[f"ibot_{name}_loss"] = ibot.forward_masked(s_m, tgt, masks)
+    ibot.update_center(t_m)
+    ibot.apply_center_update()
+    out["ibot_center"] = ibot.center.clone()
+    out["n_masked"] = torch.tensor(idx.numel())
+    return out
+
+
+def _worker(rank: int, port: int, workdir: str) -> None:
+    # forked from a process that may have used OpenMP: stay single-threaded, never enter its pool
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        p = torch.load(Path(workdir) / "payload.pt", weights_only=True)
+        half = slice(rank * B // WORLD, (rank + 1) * B // WORLD)  # dim 1 = sample, in every tensor
+        local = {k: v[:, half] for k, v in p.items()}
+        torch.save(_compute(local), Path(workdir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    payload = _make_payload()
+    torch.save(payload, tmp_path / "payload.pt")
+    # fork, not spawn: 1 s instead of 10 s of re-importing torch in every child
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    full = _compute(payload)
+
+    # the ranks hold different numbers of masked tokens: token counts really cross ranks
+    assert ranks[0]["n_masked"] != ranks[1]["n_masked"]
+
+    for key in ("dino_softmax_targets", "dino_sk_targets", "ibot_softmax_targets", "ibot_sk_targets"):
+        joined = torch.cat([r[key] for r in ranks], dim=1)  # re-assemble the sample dimension
+        assert torch.allclose(joined, full[key], atol=1e-6), key
+    for key in ("dino_center", "ibot_center"):
+        for r in ranks:
+            assert torch.allclose(r[key], full[key], atol=1e-6), key
+    for key in ("dino_softmax_loss", "dino_sk_loss", "ibot_softmax_loss", "ibot_sk_loss"):
+        rank_mean = sum(float(r[key]) for r in ranks) / WORLD
+        assert abs(rank_mean - float(full[key])) < 1e-5 * max(1.0, abs(float(full[key]))), key
