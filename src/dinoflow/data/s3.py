@@ -1,0 +1,199 @@
+"""S3 access for data sources and shards: one client factory, URL parsing, and clear errors.
+
+The endpoint comes from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (MinIO, moto, Ceph …);
+credentials and region come from boto3's usual chain (env vars, profile, instance role).
+Every botocore failure is turned into a `DinoflowError` that names the bucket and what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from dinoflow.errors import DinoflowError
+
+CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "InvalidClientTokenId",
+}
+DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+MISSING_BUCKET_CODES = {"NoSuchBucket"}
+MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+
+_ENV_KEYS = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+_clients: dict[tuple[str | None, ...], Any] = {}
+
+
+@dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    key: str  # may be "" (the whole bucket) or a prefix
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def is_s3_url(text: str) -> bool:
+    return str(text).startswith("s3://")
+
+
+def parse_s3_url(url: str) -> S3Url:
+    """`s3://bucket/some/prefix` → S3Url(bucket="bucket", key="some/prefix")."""
+    if not is_s3_url(url):
+        raise DinoflowError(f"{url!r} is not an S3 URL: expected s3://bucket/prefix")
+    rest = url[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise DinoflowError(f"{url!r} has no bucket name: expected s3://bucket/prefix")
+    return S3Url(bucket, key)
+
+
+def endpoint_url() -> str | None:
+    """The S3 endpoint override from the environment, or None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client for the current environment (cached per endpoint/credential env vars).
+
+    Path-style addressing is used with a custom endpoint, since MinIO and moto do not serve
+    virtual-host bucket names on 127.0.0.1. Region defaults to us-east-1 when none is set.
+    """
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    env = tuple(os.environ.get(k) for k in _ENV_KEYS)
+    client = _clients.get(env)
+    if client is not None:
+        return client
+    endpoint = endpoint_url()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    config = BotoConfig(
+        retries={"max_attempts": int(os.environ.get("DINOFLOW_S3_MAX_ATTEMPTS", "3")), "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        s3={"addressing_style": "path" if endpoint else "auto"},
+    )
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    _clients[env] = client
+    return client
+
+
+@contextmanager
+def s3_errors(bucket: str, what: str = "") -> Iterator[None]:
+    """Translate botocore failures inside the block into a DinoflowError about `bucket`."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+
+    where = endpoint_url() or "AWS S3"
+    doing = f" while {what}" if what else ""
+    try:
+        yield
+    except ClientError as e:
+        raise s3_error_from_client_error(e, bucket, what) from None
+    except (NoCredentialsError, PartialCredentialsError) as e:
+        raise DinoflowError(
+            f"no usable S3 credentials for bucket {bucket!r}{doing} ({e}): "
+            "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+        ) from None
+    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
+        raise DinoflowError(
+            f"cannot reach the S3 endpoint {where} for bucket {bucket!r}{doing} ({e}): "
+            "check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and that the server is running"
+        ) from None
+    except BotoCoreError as e:
+        raise DinoflowError(f"S3 request for bucket {bucket!r}{doing} failed at {where}: {e}") from None
+
+
+def s3_error_from_client_error(e: Any, bucket: str, what: str = "") -> DinoflowError:
+    """Map a botocore ClientError to a DinoflowError that says what to fix."""
+    err = e.response.get("Error", {}) if hasattr(e, "response") else {}
+    code = str(err.get("Code", ""))
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") if hasattr(e, "response") else None
+    doing = f" while {what}" if what else ""
+    where = endpoint_url() or "AWS S3"
+    if code in CREDENTIAL_CODES:
+        return DinoflowError(
+            f"S3 rejected the credentials for bucket {bucket!r}{doing} ({code}): "
+            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        )
+    if code in DENIED_CODES or status == 403:
+        return DinoflowError(
+            f"S3 rejected the credentials for bucket {bucket!r}{doing} ({code or 403}: access denied): "
+            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and that they may read this bucket"
+        )
+    if code in MISSING_BUCKET_CODES:
+        return DinoflowError(f"S3 bucket {bucket!r} does not exist at {where}{doing}: create it or fix the s3:// URL")
+    if code in MISSING_KEY_CODES or status == 404:
+        return DinoflowError(f"S3 object not found in bucket {bucket!r}{doing} ({code or 404}): check the s3:// URL")
+    return DinoflowError(f"S3 request for bucket {bucket!r}{doing} failed ({code}): {err.get('Message', e)}")
+
+
+def list_keys(url: str, suffixes: tuple[str, ...] | None = None, *, page_size: int = 1000) -> list[str]:
+    """All object keys under an s3:// prefix, sorted; optionally only those ending in `suffixes`.
+
+    The bucket must exist (a missing bucket is an error, an empty prefix is an empty list).
+    Listing follows continuation tokens, `page_size` keys per request.
+    """
+    u = parse_s3_url(url)
+    client = s3_client()
+    keys: list[str] = []
+    with s3_errors(u.bucket, f"listing {url}"):
+        paginator = client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=u.bucket, Prefix=u.key, PaginationConfig={"PageSize": page_size})
+        for page in pages:
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key.endswith("/"):
+                    continue  # "folder" placeholder objects
+                if suffixes is None or key.lower().endswith(suffixes):
+                    keys.append(key)
+    return sorted(keys)
+
+
+def open_stream(url: str) -> Any:
+    """A readable streaming body for one object (call `.read(n)`; `.close()` when done)."""
+    u = parse_s3_url(url)
+    with s3_errors(u.bucket, f"opening {url}"):
+        return s3_client().get_object(Bucket=u.bucket, Key=u.key)["Body"]
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole object as bytes."""
+    u = parse_s3_url(url)
+    with s3_errors(u.bucket, f"reading {url}"):
+        body = s3_client().get_object(Bucket=u.bucket, Key=u.key)["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Upload bytes to one object (a single PUT is atomic on S3: readers see old or new, never half)."""
+    u = parse_s3_url(url)
+    with s3_errors(u.bucket, f"writing {url}"):
+        s3_client().put_object(Bucket=u.bucket, Key=u.key, Body=data)
