@@ -1,0 +1,42 @@
+import numpy as np
+
+from dinoflow.curation.retrieve import cluster_retrieval, nearest_seed, sample_retrieval
+
+from ._synth import mixture, unit
+
+
+def _pool_with_junk():
+    # Four "digit" concepts with seeds drawn from them, plus a junk concept no seed resembles.
+    x, y = mixture([200, 200, 200, 200, 80], dim=32, spread=0.3, seed=4)
+    seed_rows = np.concatenate([np.flatnonzero(y == c)[:5] for c in range(4)])
+    rng = np.random.default_rng(0)
+    seeds = unit(x[seed_rows] + 0.05 * rng.normal(size=(len(seed_rows), x.shape[1])))
+    return x, y, seeds
+
+
+def test_sample_retrieval_takes_n_nearest_per_seed():
+    x, y, seeds = _pool_with_junk()
+    keep = sample_retrieval(x, seeds, 4)
+    assert 4 <= keep.sum() <= 4 * len(seeds)
+    assert not keep[y == 4].any()
+    sims, ids = nearest_seed(x, seeds)
+    assert sims.shape == (len(x),) and ids.max() < len(seeds)
+    # Exactly the union of each seed's 4 nearest rows (brute force).
+    brute = np.argsort(-(seeds @ x.T), axis=1)[:, :4]
+    expected = np.zeros(len(x), bool)
+    expected[brute.ravel()] = True
+    np.testing.assert_array_equal(keep, expected)
+    np.testing.assert_allclose(sims, (x @ seeds.T).max(1), atol=1e-5)
+
+
+def test_cluster_retrieval_drops_unseeded_clusters_and_caps():
+    x, y, seeds = _pool_with_junk()
+    res = cluster_retrieval(x, seeds, n_clusters=10, min_seed_neighbours=1, seed=0)
+    assert not res.keep[y == 4].any()
+    assert res.keep[y < 4].mean() > 0.9
+    assert res.seed_counts.sum() >= len(seeds)
+    capped = cluster_retrieval(x, seeds, n_clusters=10, cap=20, seed=0)
+    per = np.bincount(capped.assignment[capped.keep])
+    assert per.max() <= 20 and capped.keep.sum() < res.keep.sum()
+    strict = cluster_retrieval(x, seeds, n_clusters=10, min_seed_neighbours=len(seeds) + 1, seed=0)
+    assert not strict.keep.any()
