@@ -1,0 +1,113 @@
+"""`dinoflow demo` (what `make demo` runs): the whole pipeline on the built-in data, then a summary.
+
+The stages run through `dvc repro` (so a second run with nothing changed does no work and just
+prints the summary again); with `--no-dvc`, or where DVC cannot run (not a git checkout), they
+run in this process in pipeline order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dinoflow.config import ConfigError, load_config
+from dinoflow.errors import DinoflowError
+from dinoflow.stages import PIPELINE_ORDER, run_stage
+
+
+def _dvc() -> str | None:
+    local = Path(sys.executable).parent / "dvc"
+    return str(local) if local.exists() else shutil.which("dvc")
+
+
+def _can_use_dvc() -> bool:
+    return _dvc() is not None and Path("dvc.yaml").exists() and Path(".dvc").is_dir() and \
+        subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True).returncode == 0
+
+
+def _read(path: str) -> dict[str, Any]:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:5.1f}" if isinstance(x, (int, float)) else "   — "
+
+
+def summary(cfg) -> str:
+    """The demo's result in a few lines, read back from the reports the stages wrote."""
+    lines = ["", "=" * 72, "dinoflow demo — summary", "=" * 72]
+    cur = _read(f"{cfg.curate.report_dir}/curation.json")
+    funnel = cur.get("funnel")
+    if funnel:
+        lines.append("curation funnel:")
+        items = funnel.items() if isinstance(funnel, dict) else [(f.get("step"), f.get("count")) for f in funnel]
+        lines += [f"  {k:<28} {v}" for k, v in items]
+        gt = cur.get("ground_truth") or {}
+        if gt:
+            lines.append("  vs planted truth: " + ", ".join(
+                f"{k} {gt[k]:.3f}" if isinstance(gt[k], float) else f"{k} {gt[k]}"
+                for k in ("duplicate_recall", "duplicate_precision", "junk_kept_fraction", "corrupt_reported", "corrupt_total")
+                if k in gt))
+    ev = _read(f"{cfg.evaluate.report_dir}/eval.json")
+    if ev:
+        datasets = sorted({d for m in ev.values() if isinstance(m, dict) for d in m})
+        lines.append("frozen features (top-1 %, k-NN k=20 / linear probe):")
+        lines.append("  " + f"{'model':<12}" + "".join(f"{d + ' knn':>13}{d + ' lin':>13}" for d in datasets))
+        for model in ("teacher", "student", "random_init", "raw_pixels"):
+            if model in ev:
+                row = ev[model]
+                lines.append("  " + f"{model:<12}" + "".join(
+                    f"{_pct(row.get(d, {}).get('knn_top1')):>13}{_pct(row.get(d, {}).get('linear_top1')):>13}" for d in datasets))
+    reg = _read(cfg.register.report)
+    if reg:
+        gate = reg.get("gate", {})
+        verdict = gate.get("passed", reg.get("passed"))
+        lines.append(f"registry gate: {'PASSED' if verdict else 'FAILED'}  {gate.get('reasons', '')}")
+        for key in ("model_uri", "champion_uri", "version_uri"):
+            if reg.get(key):
+                lines.append(f"  {key}: {reg[key]}")
+    lines += [
+        "open the tracking UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then http://127.0.0.1:5000)",
+        f"reports:  {cfg.curate.report_dir}/curation.html  {cfg.evaluate.report_dir}/eval.md  (+ PNGs beside them)",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dinoflow demo", description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", default="params.yaml")
+    p.add_argument("--no-dvc", action="store_true", help="run the stages in this process instead of `dvc repro`")
+    p.add_argument("--force", action="store_true", help="rerun every stage even if DVC finds nothing changed")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"dinoflow demo: {e}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    if not args.no_dvc and _can_use_dvc():
+        cmd = [_dvc(), "repro"] + (["--force"] if args.force else [])
+        print("running:", " ".join(cmd[1:] if False else ["dvc", *cmd[1:]]), flush=True)
+        r = subprocess.run(cmd)
+        if r.returncode != 0:
+            print("dinoflow demo: `dvc repro` failed (see the stage output above)", file=sys.stderr)
+            return r.returncode
+    else:
+        try:
+            for stage in PIPELINE_ORDER:
+                print(f"--- {stage}", flush=True)
+                run_stage(stage, cfg)
+        except DinoflowError as e:
+            print(f"dinoflow demo: {e}", file=sys.stderr)
+            return 1
+    print(summary(cfg))
+    print(f"pipeline wall time: {time.time() - t0:.0f} s")
+    return 0
