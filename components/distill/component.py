@@ -1,0 +1,36 @@
+"""distill: frozen teacher + curated shards → smaller student backbone (its EMA is what ships)."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def distill(
+    params_yaml: str,
+    overrides: List[str],
+    curated: Input[Dataset],
+    teacher: Input[Model],
+    student: Output[Model],
+    curves: Output[Artifact],
+    num_nodes: int,
+    gpus_per_node: int,
+    image: str,
+    trainjob_runtime: str,
+    trainjob_runtime_kind: str,
+    shared_dir: str,
+    run_id: str,
+):
+    """Run `dinoflow distill` from the pretrain step's teacher directory."""
+    from dinoflow.launch.training import LaunchOptions, run_training_step
+
+    run_training_step(
+        "distill", params_yaml, overrides,
+        inputs={"distill.data": curated.path, "distill.teacher": teacher.path},
+        outputs={"distill.out_dir": student.path, "distill.report_csv": curves.path},
+        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
+                           runtime=trainjob_runtime, runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=run_id),
+    )

@@ -1,0 +1,12 @@
+"""Container images the components run on (override at compile time with environment variables).
+
+Tags match `docker/Dockerfile` (CUDA training image) and `docker/Dockerfile.cpu`
+(curation, evaluation and registry steps); push them to your registry and set
+`DINOFLOW_TRAIN_IMAGE` / `DINOFLOW_CPU_IMAGE` before `dinoflow pipeline compile`.
+"""
+
+import os
+
+VERSION = "0.1.0"
+TRAIN_IMAGE = os.environ.get("DINOFLOW_TRAIN_IMAGE", f"dinoflow/dinoflow-cuda:{VERSION}")
+CPU_IMAGE = os.environ.get("DINOFLOW_CPU_IMAGE", f"dinoflow/dinoflow-cpu:{VERSION}")

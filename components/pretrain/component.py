@@ -1,0 +1,39 @@
+"""pretrain: curated shards → teacher backbone (DINOv2 self-supervised recipe).
+
+One GPU runs in the step; N GPUs on one node run under torchrun in the step; several nodes run
+as a Kubeflow Trainer TrainJob that the step submits and waits for (dinoflow.launch.training).
+"""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def pretrain(
+    params_yaml: str,
+    overrides: List[str],
+    curated: Input[Dataset],
+    teacher: Output[Model],
+    curves: Output[Artifact],
+    num_nodes: int,
+    gpus_per_node: int,
+    image: str,
+    trainjob_runtime: str,
+    trainjob_runtime_kind: str,
+    shared_dir: str,
+    run_id: str,
+):
+    """Run `dinoflow pretrain`; `teacher` holds backbone.pth + config.yaml (+ the resumable checkpoint)."""
+    from dinoflow.launch.training import LaunchOptions, run_training_step
+
+    run_training_step(
+        "pretrain", params_yaml, overrides,
+        inputs={"pretrain.data": curated.path},
+        outputs={"pretrain.out_dir": teacher.path, "pretrain.report_csv": curves.path},
+        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
+                           runtime=trainjob_runtime, runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=run_id),
+    )

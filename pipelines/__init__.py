@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines definitions (`pipelines/dinov2_pipeline.py`); compiled and sent by `dinoflow pipeline`."""

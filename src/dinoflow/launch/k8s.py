@@ -1,0 +1,179 @@
+"""Submit a TrainJob, wait for it, and fail the calling step when it fails.
+
+Talks to the Kubernetes API through `kubernetes.client.CustomObjectsApi` (the pipeline pod's
+ServiceAccount in a cluster; `k8s/rbac.yaml` grants create/get/watch/delete on trainjobs).
+Status comes from the TrainJob's conditions: `Complete=True` succeeds, `Failed=True` fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dinoflow.errors import DinoflowError
+from dinoflow.launch.trainjob import GROUP, PLURAL, VERSION, validate_trainer_object
+
+log = logging.getLogger(__name__)
+
+
+class TrainJobFailed(DinoflowError):
+    """The TrainJob reached `Failed` (or vanished); the message carries the controller's reason."""
+
+
+@dataclass
+class JobState:
+    phase: str  # "Pending" | "Running" | "Complete" | "Failed" | "Suspended"
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Complete", "Failed")
+
+
+def job_state(obj: dict[str, Any]) -> JobState:
+    """Reduce a TrainJob's status conditions to one phase (terminal conditions win)."""
+    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    for phase in ("Failed", "Complete", "Suspended"):
+        if phase in conds:
+            c = conds[phase]
+            return JobState(phase, c.get("reason", ""), c.get("message", ""))
+    if (obj.get("status") or {}).get("jobsStatus"):
+        return JobState("Running")
+    return JobState("Pending")
+
+
+def api_client(host: str | None = None, token: str | None = None):
+    """A Kubernetes ApiClient: explicit `host` (tests, port-forwards), else in-cluster config, else kubeconfig."""
+    from kubernetes import client, config
+
+    if host:
+        cfg = client.Configuration()
+        cfg.host = host
+        if token:
+            cfg.api_key = {"authorization": token}
+            cfg.api_key_prefix = {"authorization": "Bearer"}
+        return client.ApiClient(cfg)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except Exception as e:  # noqa: BLE001 - the kube client raises several unrelated types
+            raise DinoflowError(
+                "no Kubernetes API: not in a cluster and no usable kubeconfig; pass --k8s-host or set KUBECONFIG"
+            ) from e
+    return client.ApiClient()
+
+
+class TrainJobClient:
+    """create / get / delete / wait for TrainJobs in one namespace."""
+
+    def __init__(self, namespace: str, api: Any = None, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        from kubernetes import client
+
+        self.namespace = namespace
+        self.api = client.CustomObjectsApi(api if api is not None else api_client())
+        self._sleep, self._clock = sleep, clock
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(GROUP, VERSION, self.namespace, PLURAL, *args, **kwargs)
+        except ApiException as e:
+            if e.status == 403:
+                raise DinoflowError(
+                    f"{what}: forbidden; the step's ServiceAccount needs the dinoflow-trainjobs Role (k8s/rbac.yaml)"
+                ) from None
+            if e.status == 404 and what.startswith("create"):
+                raise DinoflowError(f"{what}: the TrainJob API is missing; install Kubeflow Trainer v2 in the cluster") from None
+            raise
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self._call(f"get TrainJob {name}", self.api.get_namespaced_custom_object, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise DinoflowError(f"get TrainJob {name}: Kubernetes API error {e.status} {e.reason}") from None
+
+    def delete(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._call(f"delete TrainJob {name}", self.api.delete_namespaced_custom_object, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise DinoflowError(f"delete TrainJob {name}: Kubernetes API error {e.status} {e.reason}") from None
+
+    def submit(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Create the TrainJob. A step retried after preemption re-attaches to its running job
+        (same deterministic name); a previous *failed* attempt is deleted and submitted afresh."""
+        from kubernetes.client.exceptions import ApiException
+
+        validate_trainer_object(job)
+        name = job["metadata"]["name"]
+        try:
+            return self._call(f"create TrainJob {name}", self.api.create_namespaced_custom_object, job)
+        except ApiException as e:
+            if e.status != 409:
+                raise DinoflowError(f"create TrainJob {name}: Kubernetes API error {e.status} {e.reason}") from None
+        existing = self.get(name)
+        if existing is not None and job_state(existing).phase != "Failed":
+            log.info("TrainJob %s already exists (%s); attaching to it", name, job_state(existing).phase)
+            return existing
+        log.info("TrainJob %s failed before; deleting it and submitting again", name)
+        self.delete(name)
+        self._wait_gone(name)
+        return self._call(f"create TrainJob {name}", self.api.create_namespaced_custom_object, job)
+
+    def _wait_gone(self, name: str, timeout: float = 120.0, poll: float = 1.0) -> None:
+        end = self._clock() + timeout
+        while self.get(name) is not None:
+            if self._clock() > end:
+                raise DinoflowError(f"TrainJob {name} was not deleted within {timeout:.0f} s")
+            self._sleep(poll)
+
+    def wait(self, name: str, *, timeout: float = 7 * 24 * 3600.0, poll: float = 10.0,
+             on_change: Callable[[JobState], None] | None = None) -> JobState:
+        """Poll until the job completes; raise TrainJobFailed if it fails, disappears or times out."""
+        end = self._clock() + timeout
+        last: JobState | None = None
+        while True:
+            obj = self.get(name)
+            if obj is None:
+                raise TrainJobFailed(f"TrainJob {self.namespace}/{name} disappeared while we waited for it")
+            state = job_state(obj)
+            if state != last:
+                log.info("TrainJob %s: %s %s %s", name, state.phase, state.reason, state.message)
+                if on_change:
+                    on_change(state)
+                last = state
+            if state.phase == "Complete":
+                return state
+            if state.phase == "Failed":
+                raise TrainJobFailed(
+                    f"TrainJob {self.namespace}/{name} failed: {state.reason or 'no reason given'}"
+                    + (f" ({state.message})" if state.message else "")
+                )
+            if self._clock() > end:
+                raise TrainJobFailed(f"TrainJob {self.namespace}/{name} did not finish within {timeout:.0f} s (last: {state.phase})")
+            self._sleep(poll)
+
+    def run(self, job: dict[str, Any], *, timeout: float = 7 * 24 * 3600.0, poll: float = 10.0,
+            delete_on_failure: bool = False) -> JobState:
+        """submit + wait; optionally delete the job when it fails (frees GPUs held by stuck pods)."""
+        self.submit(job)
+        name = job["metadata"]["name"]
+        try:
+            return self.wait(name, timeout=timeout, poll=poll)
+        except TrainJobFailed:
+            if delete_on_failure:
+                self.delete(name)
+            raise

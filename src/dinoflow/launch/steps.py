@@ -1,0 +1,77 @@
+"""A pipeline step = the project config + the step's overrides + where its artifacts live.
+
+The Kubeflow components call these helpers so that they hold no logic of their own: a component
+only names which config keys its input and output artifacts fill (the *wiring*).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from dinoflow.config import Config, ConfigError, load_config
+from dinoflow.errors import DinoflowError
+from dinoflow.io import atomic_path
+from dinoflow.stages import run_stage
+
+
+def wiring_overrides(wiring: Mapping[str, Any]) -> list[str]:
+    """`{"pretrain.data": "/x"}` → `["pretrain.data=\"/x\""]` (JSON is valid YAML, so any value survives)."""
+    return [f"{key}={json.dumps(value)}" for key, value in wiring.items()]
+
+
+def step_config(params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping[str, Any] | None = None) -> Config:
+    """Validated config from params text (empty → defaults), then user overrides, then artifact wiring.
+
+    Wiring comes last so a user override cannot point a step at the wrong artifact.
+    Raises DinoflowError naming the bad key when the result does not validate.
+    """
+    all_overrides = [str(o) for o in overrides] + wiring_overrides(wiring or {})
+    with tempfile.TemporaryDirectory(prefix="dinoflow-step-") as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(params_yaml or "{}\n")
+        try:
+            return load_config(path, all_overrides)
+        except ConfigError as e:
+            raise DinoflowError(f"pipeline parameters do not give a valid config: {e}") from None
+
+
+def run_step(stage: str, params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Build the step's config and run the stage function in this process; returns its summary."""
+    cfg = step_config(params_yaml, overrides, wiring)
+    return run_stage(stage, cfg) or {}
+
+
+def publish(src: str | Path, dest: str | Path) -> None:
+    """Copy a report the stage wrote into an output artifact's path (atomically)."""
+    src, dest = Path(src), Path(dest)
+    if not src.is_file():
+        raise DinoflowError(f"the stage did not write {src}; cannot publish it as a pipeline artifact")
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def flat_metrics(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a nested summary as `a.b.c → value` (for a KFP Metrics artifact)."""
+    out: dict[str, float] = {}
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            out.update(flat_metrics(v, f"{prefix}{k}."))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            out.update(flat_metrics(v, f"{prefix}{i}."))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(tree):
+        out[prefix.rstrip(".")] = float(tree)
+    return out
+
+
+def log_summary_metrics(metrics_artifact: Any, summary: Mapping[str, Any]) -> dict[str, float]:
+    """Log every finite number of `summary` on a KFP `Metrics` artifact; returns what was logged."""
+    flat = flat_metrics(summary)
+    for name, value in flat.items():
+        metrics_artifact.log_metric(name, value)
+    return flat

@@ -1,0 +1,161 @@
+"""Kubeflow Trainer v2 `TrainJob` objects for multi-node training, validated against the Trainer API models.
+
+A TrainJob names a runtime (`torch-distributed`, or the `dinoflow` runtime from `k8s/`) and says
+how many nodes and processes per node run the trainer command. The runtime's torch ML policy
+sets `PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR`, `PET_MASTER_PORT`,
+which torchrun reads as its defaults, so the command is just `torchrun -m dinoflow <stage> ...`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from dinoflow.errors import DinoflowError
+
+GROUP = "trainer.kubeflow.org"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+PLURAL = "trainjobs"
+DEFAULT_RUNTIME = "torch-distributed"
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass
+class TrainJobRequest:
+    """What one multi-node training step asks the cluster for."""
+
+    name: str
+    namespace: str
+    image: str
+    command: list[str]
+    num_nodes: int = 2
+    gpus_per_node: int = 1
+    cpu_per_node: str = "8"
+    memory_per_node: str = "32Gi"
+    runtime: str = DEFAULT_RUNTIME
+    runtime_kind: str = "ClusterTrainingRuntime"
+    env: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    gpu_resource: str = "nvidia.com/gpu"
+    active_deadline_seconds: int | None = None
+
+
+def job_name(*parts: str, max_len: int = 52) -> str:
+    """A DNS-1035 name from free text (pipeline run id + stage), short enough for derived pod names."""
+    text = "-".join(p for p in parts if p).lower()
+    text = re.sub(r"[^a-z0-9-]+", "-", text).strip("-")
+    text = re.sub(r"-{2,}", "-", text)
+    if not text or not text[0].isalpha():
+        text = "dinoflow-" + text
+    text = text[:max_len].rstrip("-")
+    return text
+
+
+def env_value(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
+    """An env var read from a Kubernetes secret (credentials never appear in the TrainJob)."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def build_trainjob(req: TrainJobRequest) -> dict[str, Any]:
+    """The TrainJob object as a plain dict (ready for the Kubernetes API); validated before return."""
+    if not _NAME_RE.match(req.name) or len(req.name) > 63:
+        raise DinoflowError(f"TrainJob name {req.name!r} is not a DNS-1035 label; build it with job_name(...)")
+    if req.num_nodes < 1:
+        raise DinoflowError(f"num_nodes must be >= 1, got {req.num_nodes}")
+    if req.gpus_per_node < 0:
+        raise DinoflowError(f"gpus_per_node must be >= 0, got {req.gpus_per_node}")
+    if not req.command:
+        raise DinoflowError("the TrainJob needs a trainer command")
+    resources: dict[str, str] = {"cpu": str(req.cpu_per_node), "memory": str(req.memory_per_node)}
+    if req.gpus_per_node:
+        resources[req.gpu_resource] = str(req.gpus_per_node)
+    trainer: dict[str, Any] = {
+        "image": req.image,
+        "command": [str(c) for c in req.command],
+        "numNodes": int(req.num_nodes),
+        # one process per GPU; CPU nodes run one process each
+        "numProcPerNode": int(max(req.gpus_per_node, 1)),
+        "resourcesPerNode": {"requests": dict(resources), "limits": dict(resources)},
+    }
+    if req.env:
+        trainer["env"] = [dict(e) for e in req.env]
+    spec: dict[str, Any] = {
+        "runtimeRef": {"apiGroup": GROUP, "kind": req.runtime_kind, "name": req.runtime},
+        "trainer": trainer,
+    }
+    if req.active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = int(req.active_deadline_seconds)
+    obj = {
+        "apiVersion": API_VERSION,
+        "kind": "TrainJob",
+        "metadata": {
+            "name": req.name,
+            "namespace": req.namespace,
+            "labels": {"app.kubernetes.io/part-of": "dinoflow", **req.labels},
+        },
+        "spec": spec,
+    }
+    validate_trainer_object(obj)
+    return obj
+
+
+# ---------------------------------------------------------------- validation
+
+_KINDS = {
+    "TrainJob": "TrainerV1alpha1TrainJob",
+    "TrainingRuntime": "TrainerV1alpha1TrainingRuntime",
+    "ClusterTrainingRuntime": "TrainerV1alpha1ClusterTrainingRuntime",
+}
+
+
+def _dropped_keys(given: Any, parsed: Any, path: str = "") -> list[str]:
+    """Keys present in `given` that the model did not keep (misspelt or unknown fields)."""
+    out: list[str] = []
+    if isinstance(given, Mapping):
+        if not isinstance(parsed, Mapping):
+            return [path or "<root>"]
+        for k, v in given.items():
+            if v is None:
+                continue
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in parsed:
+                out.append(sub)
+            else:
+                out += _dropped_keys(v, parsed[k], sub)
+    elif isinstance(given, Sequence) and not isinstance(given, (str, bytes)):
+        if not isinstance(parsed, Sequence) or len(parsed) != len(given):
+            return [path]
+        for i, (g, p) in enumerate(zip(given, parsed)):
+            out += _dropped_keys(g, p, f"{path}[{i}]")
+    return out
+
+
+def validate_trainer_object(obj: Mapping[str, Any]) -> Any:
+    """Validate a TrainJob / (Cluster)TrainingRuntime against the `kubeflow-trainer-api` models.
+
+    The generated models ignore unknown keys, so a misspelt field would pass silently; this
+    parses, dumps back and rejects any key the model dropped. Returns the parsed model.
+    """
+    import kubeflow_trainer_api.models as models
+    from pydantic import ValidationError
+
+    kind = obj.get("kind")
+    if kind not in _KINDS:
+        raise DinoflowError(f"not a Kubeflow Trainer object: kind {kind!r} (expected one of {', '.join(_KINDS)})")
+    if obj.get("apiVersion") != API_VERSION:
+        raise DinoflowError(f"{kind}: apiVersion must be {API_VERSION!r}, got {obj.get('apiVersion')!r}")
+    cls = getattr(models, _KINDS[kind])
+    try:
+        parsed = cls.from_dict(dict(obj))
+    except (ValidationError, ValueError, TypeError) as e:
+        raise DinoflowError(f"{kind} does not validate against the Trainer API: {e}") from None
+    dropped = _dropped_keys(obj, parsed.to_dict())
+    if dropped:
+        raise DinoflowError(f"{kind} has fields the Trainer API does not know: {', '.join(dropped)}")
+    return parsed

@@ -1,0 +1,177 @@
+"""`dinoflow pipeline compile|run|submit`: the Kubeflow DAG from the command line.
+
+    dinoflow pipeline compile [-c params.yaml] [-o dinov2_pipeline.yaml]
+    dinoflow pipeline run --local [-c params.yaml] [-S key=value ...] [--demo] [--pipeline-root DIR]
+    dinoflow pipeline submit --host URL [-c params.yaml] [-S ...] [--experiment NAME] [--wait]
+
+The DAG lives in `pipelines/dinov2_pipeline.py` and its components in `components/`, at the
+repository root, outside the installed package (they are deployment files, not library code).
+This command finds that root (the working directory or one of its parents, else the checkout
+this package was installed from in editable mode) and puts it on `sys.path`; run it from the
+repository (the images copy both folders to their working directory, /app).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dinoflow.config import ConfigError, load_config
+from dinoflow.errors import DinoflowError
+
+PIPELINE_FILE = Path("pipelines") / "dinov2_pipeline.py"
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The directory holding `pipelines/dinov2_pipeline.py` and `components/`."""
+    start = (start or Path.cwd()).resolve()
+    candidates = [start, *start.parents, Path(__file__).resolve().parents[2]]
+    for d in candidates:
+        if (d / PIPELINE_FILE).is_file() and (d / "components").is_dir():
+            return d
+    raise DinoflowError(
+        f"cannot find {PIPELINE_FILE} and components/ from {start}; run `dinoflow pipeline` in the dinoflow repository"
+    )
+
+
+def load_pipeline(root: Path | None = None) -> Any:
+    """Import and return the `dinov2_pipeline` function (a KFP GraphComponent)."""
+    root = root or find_repo_root()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from pipelines.dinov2_pipeline import dinov2_pipeline
+
+    return dinov2_pipeline
+
+
+def _params_text(path: str, overrides: list[str]) -> str:
+    """The params file's text, after checking that it (with the overrides) is a valid config."""
+    try:
+        load_config(path, overrides)
+    except ConfigError as e:
+        raise DinoflowError(str(e)) from None
+    p = Path(path)
+    return p.read_text() if p.exists() else ""
+
+
+def compact_params(text: str) -> str:
+    """The params as one line of JSON (valid YAML). KFP copies parameter defaults into the IR
+    file's header comment line by line, and a multi-line default breaks that YAML."""
+    import json
+
+    import yaml
+
+    return json.dumps(yaml.safe_load(text) or {}, separators=(",", ":"), sort_keys=False)
+
+
+def compile_pipeline(output: str | Path, params_path: str = "params.yaml") -> Path:
+    """Write the IR YAML; the params file (as one-line JSON) becomes the default of `params_yaml`."""
+    from kfp import compiler
+
+    pipeline = load_pipeline()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, str(output), pipeline_parameters={"params_yaml": compact_params(_params_text(params_path, []))})
+    return output
+
+
+def run_local(params_path: str, overrides: list[str], *, pipeline_root: str, demo: bool) -> dict[str, Any]:
+    """Run the DAG with kfp.local's SubprocessRunner in this environment (lightweight components, CPU)."""
+    from kfp import local
+
+    text = _params_text(params_path, overrides)
+    if demo:
+        cfg = load_config(params_path, overrides)
+        if not (Path(cfg.demo.out_dir) / "ground_truth.json").exists():
+            from dinoflow.stages import run_stage
+
+            print(f"dinoflow pipeline: building the demo data in {cfg.demo.out_dir}", file=sys.stderr)
+            run_stage("demo-data", cfg)
+    pipeline = load_pipeline()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    task = pipeline(params_yaml=text, overrides=list(overrides), gpus_per_node=0, num_nodes=1)
+    return {"pipeline_root": str(Path(pipeline_root).resolve()), "outputs": {k: str(v) for k, v in (task.outputs or {}).items()}}
+
+
+def submit(host: str, params_path: str, overrides: list[str], *, experiment: str, run_name: str | None,
+           namespace: str | None, arguments: dict[str, Any], wait: bool, timeout: float) -> dict[str, Any]:
+    """Compile and send the DAG to a KFP API endpoint (token from $KFP_TOKEN when it needs one)."""
+    import os
+
+    import kfp
+
+    text = _params_text(params_path, overrides)
+    with tempfile.TemporaryDirectory(prefix="dinoflow-kfp-") as tmp:
+        package = compile_pipeline(Path(tmp) / "dinov2_pipeline.yaml", params_path)
+        try:
+            client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN"))
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments={"params_yaml": text, "overrides": list(overrides), **arguments},
+                run_name=run_name, experiment_name=experiment, namespace=namespace,
+            )
+        except Exception as e:  # noqa: BLE001 - kfp/urllib3 raise many types for an unreachable host
+            raise DinoflowError(f"could not submit to the KFP endpoint {host}: {type(e).__name__}: {e}") from None
+    out: dict[str, Any] = {"run_id": run.run_id, "host": host}
+    if wait:
+        detail = client.wait_for_run_completion(run.run_id, timeout=timeout)
+        out["state"] = str(getattr(detail, "state", ""))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dinoflow pipeline", description="compile, run locally, or submit the Kubeflow DAG")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def config_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", default="params.yaml", help="params file (default: params.yaml)")
+        sp.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override passed to every step (repeatable)")
+
+    c = sub.add_parser("compile", help="write the pipeline IR YAML")
+    c.add_argument("-c", "--config", default="params.yaml", help="params file embedded as the default params")
+    c.add_argument("-o", "--output", default="dinov2_pipeline.yaml")
+
+    r = sub.add_parser("run", help="run the DAG here with kfp.local")
+    config_args(r)
+    r.add_argument("--local", action="store_true", required=True, help="run with kfp.local's SubprocessRunner (required)")
+    r.add_argument("--demo", action="store_true", help="build the demo data first when it is missing")
+    r.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local keeps artifacts")
+
+    s = sub.add_parser("submit", help="compile and submit to a Kubeflow Pipelines endpoint")
+    config_args(s)
+    s.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080 after a port-forward")
+    s.add_argument("--experiment", default="dinoflow")
+    s.add_argument("--run-name", default=None)
+    s.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+    s.add_argument("--gpus-per-node", type=int, default=None)
+    s.add_argument("--num-nodes", type=int, default=None)
+    s.add_argument("--accelerator-type", default=None)
+    s.add_argument("--image", default=None, help="training image for TrainJob pods")
+    s.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    s.add_argument("--timeout", type=float, default=24 * 3600.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.cmd == "compile":
+            out = compile_pipeline(args.output, args.config)
+            print(f"wrote {out}")
+        elif args.cmd == "run":
+            print(json.dumps(run_local(args.config, args.overrides, pipeline_root=args.pipeline_root, demo=args.demo), indent=2))
+        else:
+            extra = {k: v for k, v in {"gpus_per_node": args.gpus_per_node, "num_nodes": args.num_nodes,
+                                       "accelerator_type": args.accelerator_type, "image": args.image}.items() if v is not None}
+            print(json.dumps(submit(args.host, args.config, args.overrides, experiment=args.experiment,
+                                    run_name=args.run_name, namespace=args.namespace, arguments=extra,
+                                    wait=args.wait, timeout=args.timeout), indent=2))
+    except DinoflowError as e:
+        print(f"dinoflow pipeline {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,33 @@
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the repo root, outside the package
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def standin_stages(monkeypatch, tmp_path):
+    """Route the stage table (and the registry gate) to the stand-ins; returns the log reader."""
+    import standin_stages as s
+
+    import dinoflow.stages
+
+    log = tmp_path / "standin.log"
+    monkeypatch.setenv(s.LOG_ENV, str(log))
+    for name, target in s.STAGE_TABLE.items():
+        monkeypatch.setitem(dinoflow.stages.STAGES, name, target)
+    registry = types.ModuleType("dinoflow.registry")
+    registry.read_eval_report, registry.gate_verdict = s.read_eval_report, s.gate_verdict
+    monkeypatch.setitem(sys.modules, "dinoflow.registry", registry)
+
+    def read() -> dict:
+        import json
+
+        return {r["stage"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+
+    return read

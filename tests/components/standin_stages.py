@@ -1,0 +1,99 @@
+"""Stand-in stage functions for the component/DAG wiring tests.
+
+The real stages are built by other issues; these write the files each real stage promises
+(DESIGN.md stage contracts), check that their inputs exist, and record the paths they were
+given, so the tests can assert the wiring. Tests that need the real stages are separate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+LOG_ENV = "DINOFLOW_STANDIN_LOG"
+
+
+def _record(stage: str, **paths: Any) -> None:
+    log = os.environ.get(LOG_ENV)
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"stage": stage, **paths}) + "\n")
+
+
+def _need(path: str | Path) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"stand-in stage: expected input {path} is missing")
+
+
+def curate(cfg) -> dict[str, Any]:
+    out, rep = Path(cfg.curate.out_dir), Path(cfg.curate.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rep.mkdir(parents=True, exist_ok=True)
+    (out / "shard-000000.tar").write_bytes(b"tar")
+    (out / "manifest.json").write_text("{}")
+    (rep / "curation.html").write_text("<html>funnel</html>")
+    _record("curate", out_dir=str(out), report_dir=str(rep))
+    return {"funnel": {"input": 5, "kept": 3}, "note": "text is not a metric"}
+
+
+def _train(stage: str, data: str, out_dir: str, csv: str, teacher: str | None = None) -> dict[str, Any]:
+    _need(Path(data) / "manifest.json")
+    if teacher is not None:
+        _need(Path(teacher) / "backbone.pth")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "backbone.pth").write_bytes(b"weights")
+    (out / "config.yaml").write_text(f"stage: {stage}\n")
+    Path(csv).parent.mkdir(parents=True, exist_ok=True)
+    Path(csv).write_text("step,loss\n1,2.0\n")
+    _record(stage, data=data, out_dir=out_dir, report_csv=csv, teacher=teacher,
+            world_size=os.environ.get("WORLD_SIZE"))
+    return {"steps": 1}
+
+
+def pretrain(cfg) -> dict[str, Any]:
+    p = cfg.pretrain
+    return _train("pretrain", p.data, p.out_dir, p.report_csv)
+
+
+def distill(cfg) -> dict[str, Any]:
+    d = cfg.distill
+    return _train("distill", d.data, d.out_dir, d.report_csv, teacher=d.teacher)
+
+
+def evaluate(cfg) -> dict[str, Any]:
+    for path in cfg.evaluate.models.values():
+        _need(path)
+    rep = Path(cfg.evaluate.report_dir)
+    rep.mkdir(parents=True, exist_ok=True)
+    knn = float(os.environ.get("DINOFLOW_STANDIN_KNN", "0.95"))
+    (rep / "eval.json").write_text(json.dumps({"mnist": {"student": {"knn_top1": knn}}}))
+    (rep / "eval.md").write_text(f"| model | k-NN |\n|---|---|\n| student | {knn} |\n")
+    _record("evaluate", models=dict(cfg.evaluate.models), report_dir=str(rep))
+    return {"mnist": {"student": {"knn_top1": knn}}}
+
+
+def register(cfg) -> dict[str, Any]:
+    _need(Path(cfg.register.model_path) / "backbone.pth")
+    _need(cfg.register.eval_report)
+    Path(cfg.register.report).write_text(json.dumps({"alias": cfg.register.alias}))
+    _record("register", model_path=cfg.register.model_path, eval_report=cfg.register.eval_report,
+            report=cfg.register.report)
+    return {"registered": True}
+
+
+def read_eval_report(path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def gate_verdict(report: dict[str, Any], rc) -> dict[str, Any]:
+    """Stand-in for dinoflow.registry.gate_verdict: k-NN threshold only."""
+    knn = report["mnist"]["student"]["knn_top1"]
+    passed = knn >= rc.min_knn_top1
+    return {"passed": passed, "knn_top1": knn, "dataset": "mnist",
+            "reasons": [] if passed else [f"knn_top1 {knn} < min_knn_top1 {rc.min_knn_top1}"]}
+
+
+STAGE_TABLE = {name: f"{__name__}:{name}" for name in ("curate", "pretrain", "distill", "evaluate", "register")}

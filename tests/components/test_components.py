@@ -1,0 +1,133 @@
+"""Per-component tests: the component spec (types, image, no runtime pip) and its wiring.
+
+The wiring tests call each component's Python function in this process with real KFP artifact
+objects whose paths point into tmp_path, and stand-in stages (tests/components/standin_stages.py)
+that record the config they receive.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kfp import dsl
+
+from components.curate.component import curate
+from components.distill.component import distill
+from components.evaluate.component import evaluate
+from components.images import CPU_IMAGE, TRAIN_IMAGE
+from components.pretrain.component import pretrain
+from components.register.component import register
+
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def _art(cls, path: Path):
+    a = cls(name=path.name, uri=str(path))
+    a.path = str(path)  # kfp.local/cluster map the uri to a local path; here they are the same
+    return a
+
+
+def _spec(comp):
+    return comp.component_spec
+
+
+@pytest.mark.parametrize(
+    "comp,image,inputs,outputs",
+    [
+        (curate, CPU_IMAGE, {}, {"curated": "system.Dataset", "reports": "system.Artifact",
+                                 "report_html": "system.HTML", "metrics": "system.Metrics"}),
+        (pretrain, TRAIN_IMAGE, {"curated": "system.Dataset"}, {"teacher": "system.Model", "curves": "system.Artifact"}),
+        (distill, TRAIN_IMAGE, {"curated": "system.Dataset", "teacher": "system.Model"},
+         {"student": "system.Model", "curves": "system.Artifact"}),
+        (evaluate, CPU_IMAGE, {"teacher": "system.Model", "student": "system.Model"},
+         {"reports": "system.Artifact", "report_md": "system.Markdown", "metrics": "system.Metrics"}),
+        (register, CPU_IMAGE, {"student": "system.Model", "eval_reports": "system.Artifact"}, {"registry": "system.Artifact"}),
+    ],
+    ids=["curate", "pretrain", "distill", "evaluate", "register"],
+)
+def test_component_spec(comp, image, inputs, outputs):
+    spec = _spec(comp)
+    container = spec.implementation.container
+    assert container.image == image
+    # the image carries kfp and dinoflow: no pip install at run time (offline clusters, kfp.local)
+    assert "pip install" not in " ".join(container.command)
+    assert {"params_yaml", "overrides"} <= set(spec.inputs)
+    for name, schema in inputs.items():
+        assert spec.inputs[name].type.split("@")[0] == schema, name
+    for name, schema in outputs.items():
+        assert spec.outputs[name].type.split("@")[0] == schema, name
+    # the body holds wiring only: it imports dinoflow and nothing heavy
+    src = container.command[-1] if container.command else ""
+    body = " ".join(container.args) + src
+    assert "dinoflow.launch" in body
+
+
+def test_training_components_take_launch_parameters():
+    for comp in (pretrain, distill):
+        params = set(_spec(comp).inputs)
+        assert {"num_nodes", "gpus_per_node", "image", "trainjob_runtime", "trainjob_runtime_kind",
+                "shared_dir", "run_id"} <= params
+
+
+def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, capsys):
+    text = PARAMS.read_text()
+    curated, reports = _art(dsl.Dataset, tmp_path / "curated"), _art(dsl.Artifact, tmp_path / "cur_reports")
+    html, metrics = _art(dsl.HTML, tmp_path / "curation.html"), dsl.Metrics(name="m", uri=str(tmp_path / "m"))
+    curate.python_func(params_yaml=text, overrides=["curate.seed=3"], curated=curated, reports=reports,
+                       report_html=html, metrics=metrics)
+    log = standin_stages()
+    assert log["curate"]["out_dir"] == curated.path and log["curate"]["report_dir"] == reports.path
+    assert Path(html.path).read_text() == "<html>funnel</html>"
+    assert metrics.metadata == {"funnel.input": 5.0, "funnel.kept": 3.0}
+
+    teacher, tcurves = _art(dsl.Model, tmp_path / "teacher"), _art(dsl.Artifact, tmp_path / "pretrain.csv")
+    launch = dict(num_nodes=1, gpus_per_node=0, image="img", trainjob_runtime="rt",
+                  trainjob_runtime_kind="TrainingRuntime", shared_dir=str(tmp_path / "shared"), run_id="r1")
+    pretrain.python_func(params_yaml=text, overrides=[], curated=curated, teacher=teacher, curves=tcurves, **launch)
+    log = standin_stages()
+    assert log["pretrain"]["data"] == curated.path and log["pretrain"]["out_dir"] == teacher.path
+    assert Path(tcurves.path).read_text().startswith("step,loss")
+
+    student, scurves = _art(dsl.Model, tmp_path / "student"), _art(dsl.Artifact, tmp_path / "distill.csv")
+    distill.python_func(params_yaml=text, overrides=[], curated=curated, teacher=teacher, student=student,
+                        curves=scurves, **launch)
+    assert standin_stages()["distill"]["teacher"] == teacher.path
+    assert (Path(student.path) / "backbone.pth").exists()
+
+    ev_reports, md = _art(dsl.Artifact, tmp_path / "eval"), _art(dsl.Markdown, tmp_path / "eval.md")
+    ev_metrics = dsl.Metrics(name="em", uri=str(tmp_path / "em"))
+    out = evaluate.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.9"], teacher=teacher,
+                               student=student, reports=ev_reports, report_md=md, metrics=ev_metrics)
+    assert out is True and "passed: knn_top1 0.95 on mnist" in capsys.readouterr().out
+    assert standin_stages()["evaluate"]["models"] == {"teacher": f"{teacher.path}/backbone.pth",
+                                                      "student": f"{student.path}/backbone.pth"}
+    assert ev_metrics.metadata == {"mnist.student.knn_top1": 0.95}
+    assert "student" in Path(md.path).read_text()
+    below = evaluate.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.99"], teacher=teacher,
+                                 student=student, reports=ev_reports, report_md=md, metrics=ev_metrics)
+    assert below is False
+
+    registry = _art(dsl.Artifact, tmp_path / "registry.json")
+    register.python_func(params_yaml=text, overrides=[], student=student, eval_reports=ev_reports, registry=registry)
+    rec = standin_stages()["register"]
+    assert rec["model_path"] == student.path and rec["eval_report"] == f"{ev_reports.path}/eval.json"
+    assert json.loads(Path(registry.path).read_text()) == {"alias": "champion"}
+
+
+def test_user_overrides_cannot_redirect_artifacts(standin_stages, tmp_path):
+    curated, reports = _art(dsl.Dataset, tmp_path / "curated"), _art(dsl.Artifact, tmp_path / "rep")
+    curate.python_func(params_yaml=PARAMS.read_text(), overrides=["curate.out_dir=/elsewhere"], curated=curated,
+                       reports=reports, report_html=_art(dsl.HTML, tmp_path / "c.html"),
+                       metrics=dsl.Metrics(name="m", uri=str(tmp_path / "m")))
+    assert standin_stages()["curate"]["out_dir"] == curated.path
+
+
+def test_bad_override_is_a_clear_error(standin_stages, tmp_path):
+    from dinoflow.errors import DinoflowError
+
+    with pytest.raises(DinoflowError, match="curate.knn_kk"):
+        curate.python_func(params_yaml="", overrides=["curate.knn_kk=3"], curated=_art(dsl.Dataset, tmp_path / "c"),
+                           reports=_art(dsl.Artifact, tmp_path / "r"), report_html=_art(dsl.HTML, tmp_path / "h"),
+                           metrics=dsl.Metrics(name="m", uri=str(tmp_path / "m")))

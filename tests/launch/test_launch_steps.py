@@ -1,0 +1,86 @@
+"""Step config (params text + overrides + artifact wiring), torchrun command lines, the gate adapter."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from dinoflow.errors import DinoflowError
+from dinoflow.launch.gate import gate_verdict
+from dinoflow.launch.steps import flat_metrics, publish, step_config, wiring_overrides
+from dinoflow.launch.torchrun import run_torchrun, torchrun_argv
+from dinoflow.launch.training import LaunchOptions
+
+
+def test_wiring_wins_over_user_overrides_and_params():
+    text = "curate: {out_dir: a, knn_k: 8}\n"
+    cfg = step_config(text, ["curate.out_dir=b", "curate.knn_k=16"], {"curate.out_dir": "/art/c d"})
+    assert cfg.curate.out_dir == "/art/c d" and cfg.curate.knn_k == 16
+
+
+def test_wiring_values_keep_their_type():
+    cfg = step_config("", [], {"evaluate.models": {"s": "/x/backbone.pth"}})
+    assert cfg.evaluate.models == {"s": "/x/backbone.pth"}
+    assert wiring_overrides({"a.b": "x: y"}) == ['a.b="x: y"']  # quoted: not re-parsed as a mapping
+
+
+def test_invalid_step_config_names_the_key():
+    with pytest.raises(DinoflowError, match="pretrain.train.max_steps"):
+        step_config("", ["pretrain.train.max_steps=0"])
+
+
+def test_flat_metrics_keeps_finite_numbers_only():
+    assert flat_metrics({"a": {"b": 1, "c": [0.5, "x", True, float("nan")]}, "d": None}) == {"a.b": 1.0, "a.c.0": 0.5}
+
+
+def test_publish_copies_or_explains(tmp_path):
+    (tmp_path / "r.html").write_text("x")
+    publish(tmp_path / "r.html", tmp_path / "out" / "a.html")
+    assert (tmp_path / "out" / "a.html").read_text() == "x"
+    with pytest.raises(DinoflowError, match="did not write"):
+        publish(tmp_path / "missing.html", tmp_path / "b.html")
+
+
+def test_torchrun_argv_and_failure():
+    argv = torchrun_argv("pretrain", "/c.yaml", nproc_per_node=4, python="py")
+    assert argv[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=4" in argv
+    assert argv[-5:] == ["-m", "dinoflow", "pretrain", "-c", "/c.yaml"]
+    with pytest.raises(DinoflowError, match="only pretrain, distill"):
+        torchrun_argv("curate", "/c.yaml", nproc_per_node=2)
+    with pytest.raises(DinoflowError, match="status 3"):
+        run_torchrun([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+@pytest.mark.parametrize("nodes,gpus,mode", [(1, 0, "in-process"), (1, 1, "in-process"), (1, 8, "torchrun"), (2, 8, "trainjob"), (3, 0, "trainjob")])
+def test_launch_mode_follows_resources(nodes, gpus, mode):
+    assert LaunchOptions(num_nodes=nodes, gpus_per_node=gpus).mode() == mode
+
+
+def _registry(monkeypatch, verdict):
+    registry = types.ModuleType("dinoflow.registry")
+    registry.read_eval_report = lambda path: {"path": str(path)}
+    registry.gate_verdict = lambda report, rc: verdict(report, rc)
+    monkeypatch.setitem(sys.modules, "dinoflow.registry", registry)
+
+
+def test_gate_adapter_uses_the_registry_rule(monkeypatch):
+    seen = {}
+
+    def verdict(report, rc):
+        seen.update(report=report, min_knn=rc.min_knn_top1)
+        return {"passed": False, "reasons": ["knn_top1 0.5 < 0.9", "retention 0.8 < 0.95"]}
+
+    _registry(monkeypatch, verdict)
+    cfg = step_config("", ["register.min_knn_top1=0.9"], {"register.eval_report": "/r/eval.json"})
+    assert gate_verdict(cfg) == (False, "knn_top1 0.5 < 0.9; retention 0.8 < 0.95")
+    assert seen == {"report": {"path": "/r/eval.json"}, "min_knn": 0.9}
+    _registry(monkeypatch, lambda r, rc: {"passed": True, "knn_top1": 0.97, "dataset": "mnist", "reasons": []})
+    assert gate_verdict(cfg) == (True, "passed: knn_top1 0.97 on mnist")
+
+
+def test_gate_adapter_explains_a_missing_gate(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dinoflow.registry", types.ModuleType("dinoflow.registry"))
+    with pytest.raises(DinoflowError, match="gate_verdict|read_eval_report"):
+        gate_verdict(step_config(""))
