@@ -95,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if not args.no_dvc and _can_use_dvc():
         cmd = [_dvc(), "repro"] + (["--force"] if args.force else [])
-        print("running:", " ".join(cmd[1:] if False else ["dvc", *cmd[1:]]), flush=True)
+        print("running: dvc " + " ".join(cmd[1:]), flush=True)
         r = subprocess.run(cmd)
         if r.returncode != 0:
             print("dinoflow demo: `dvc repro` failed (see the stage output above)", file=sys.stderr)
             return r.returncode
     else:
+        from dinoflow import tracking
+
         try:
-            for stage in PIPELINE_ORDER:
-                print(f"--- {stage}", flush=True)
-                run_stage(stage, cfg)
+            with tracking.pipeline_parent_run(cfg, name="demo"):
+                for stage in PIPELINE_ORDER:
+                    print(f"--- {stage}", flush=True)
+                    run_stage(stage, cfg)
         except DinoflowError as e:
             print(f"dinoflow demo: {e}", file=sys.stderr)
             return 1
