@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from dinoflow.config import ConfigError, dump_config, load_config
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except DinoflowError as e:
         print(f"dinoflow {args.command}: {e}", file=sys.stderr)
         return 1
-    if summary is not None:
+    if summary is not None and os.environ.get("RANK", "0") == "0":  # one summary per torchrun job
         print(json.dumps(summary, indent=2, default=str))
     return 0
 

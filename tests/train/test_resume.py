@@ -67,3 +67,20 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path, image_folder):
     assert r.returncode == 0, r.stderr[-4000:]
     assert '"world_size": 1' in r.stdout and '"step": 5' in r.stdout
     assert [int(x["step"]) for x in _rows(tmp_path)] == [1, 2, 3, 4, 5]
+
+
+def test_fsdp_two_processes_then_resume_in_one(tmp_path, image_folder):
+    """FSDP2 (fully_shard) on 2 gloo processes: trains, checkpoints shards with DCP, exports a
+    full backbone; the sharded checkpoint resumes in a single unsharded process."""
+    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=3", "pretrain.train.checkpoint_every=3",
+                       "pretrain.train.strategy=fsdp")
+    r = run_cli(["pretrain", *ov], cwd=tmp_path, torchrun=2)
+    assert r.returncode == 0, r.stderr[-4000:]
+    sd = _teacher(tmp_path)
+    assert sd["cls_token"].shape == (1, 1, 64)  # gathered, not a shard
+    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=4")
+    r = run_cli(["pretrain", *ov], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert '"world_size": 1' in r.stdout and '"step": 4' in r.stdout
+    resumed = _teacher(tmp_path)
+    assert any(not torch.equal(sd[k], resumed[k]) for k in sd)  # it kept training from the shards

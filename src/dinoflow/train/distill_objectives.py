@@ -30,7 +30,8 @@ from torch import nn
 
 from dinoflow.config import DistillConfig, HeadConfig, ModelConfig
 from dinoflow.errors import DinoflowError
-from dinoflow.train.objectives import SSLNet, Views, build_heads, deepcopy_frozen, ema_update, unwrap
+from dinoflow.train.objectives import (SSLNet, Views, _sub, build_heads, deepcopy_frozen, ema_update,
+                                      full_state_dict, unwrap)
 
 
 def resample_tokens(tokens: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]) -> torch.Tensor:
@@ -73,10 +74,17 @@ class _DistillBase:
     def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
         ema_update(self.student_ema, unwrap(net), self.cfg.student_ema)
 
-    def export(self, out_dir) -> None:
-        from dinoflow.models import export_backbone
+    def export(self, out_dir, is_main: bool = True) -> None:
+        """Collective under FSDP; rank 0 writes the student EMA's backbone.pth + config.yaml."""
+        from dinoflow.models import backbone_from_config, export_backbone
 
-        export_backbone(self.student_ema.backbone, f"{out_dir}/backbone.pth", model_cfg=_student_model_cfg(self.cfg))
+        sd = full_state_dict(self.student_ema)
+        if not is_main:
+            return
+        model_cfg = _student_model_cfg(self.cfg)
+        backbone = backbone_from_config(model_cfg)
+        backbone.load_state_dict(_sub(sd, "backbone."))
+        export_backbone(backbone, f"{out_dir}/backbone.pth", model_cfg=model_cfg)
 
 
 def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, HeadConfig, ModelConfig]:

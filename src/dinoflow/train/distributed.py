@@ -75,17 +75,18 @@ def broadcast_object(obj):
     return obj
 
 
-def wrap_model(module: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
+def wrap_model(module: nn.Module, strategy: str, env: DistEnv, reshard_after_forward: bool | None = None) -> nn.Module:
     """DDP, or FSDP2 `fully_shard` per transformer block + root; unchanged on one process."""
     if not env.distributed:
         return module
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        kw = {} if reshard_after_forward is None else {"reshard_after_forward": reshard_after_forward}
         for sub in module.modules():
             for blk in getattr(sub, "blocks", []):
-                fully_shard(blk)
-        fully_shard(module)
+                fully_shard(blk, **kw)
+        fully_shard(module, **kw)
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -93,7 +94,11 @@ def wrap_model(module: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
 
 
 def shard_like(module: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
-    """The EMA teacher under FSDP is sharded exactly like the student so EMA works on local shards."""
+    """The EMA teacher under FSDP is sharded exactly like the student so EMA works on local shards.
+
+    It never runs a backward, so it must reshard after its forward itself (FSDP2 keeps the
+    root's parameters gathered until the backward otherwise).
+    """
     if env.distributed and strategy == "fsdp":
-        return wrap_model(module, "fsdp", env)
+        return wrap_model(module, "fsdp", env, reshard_after_forward=True)
     return module

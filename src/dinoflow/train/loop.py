@@ -209,8 +209,9 @@ def _run(make_objective, stage: str, sec) -> dict[str, Any]:
             bar.close()
         if env.is_main:
             log.flush()
-            if status == "finished":
-                objective.export(out)
+        if status == "finished":
+            objective.export(out, is_main=env.is_main)  # collective under FSDP
+            if env.is_main:
                 tracking.log_artifact(sec.report_csv)
     return {"stage": stage, "status": status, "step": step, "total_steps": end, "final_loss": last_loss,
             "skipped_images": skipped_total, "world_size": env.world_size, "out_dir": str(out)}

@@ -158,17 +158,34 @@ class PretrainObjective:
     def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
         ema_update(self.teacher, unwrap(net), s["momentum"])
 
-    def export(self, out_dir) -> None:
-        from dinoflow.models import export_backbone
-
-        export_backbone(self.teacher.backbone, f"{out_dir}/backbone.pth", model_cfg=self.cfg.model)
-        heads = {"dino_head": self.teacher.dino_head.state_dict()}
-        if self.teacher.ibot_head is not None:
-            heads["ibot_head"] = self.teacher.ibot_head.state_dict()
+    def export(self, out_dir, is_main: bool = True) -> None:
+        """Collective under FSDP (every rank calls it); rank 0 writes backbone.pth, config.yaml, heads.pth."""
         from dinoflow.io import atomic_path
+        from dinoflow.models import backbone_from_config, export_backbone
 
+        sd = full_state_dict(self.teacher)
+        if not is_main:
+            return
+        backbone = backbone_from_config(self.cfg.model)
+        backbone.load_state_dict(_sub(sd, "backbone."))
+        export_backbone(backbone, f"{out_dir}/backbone.pth", model_cfg=self.cfg.model)
+        heads = {"dino_head": _sub(sd, "dino_head.")}
+        if self.teacher.ibot_head is not None:
+            heads["ibot_head"] = _sub(sd, "ibot_head.")
         with atomic_path(f"{out_dir}/heads.pth") as tmp:
             torch.save(heads, tmp)
+
+
+def _sub(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict on CPU. Collective when the module is FSDP2-sharded: every rank
+    must call it (ranks other than 0 may discard the result)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(unwrap(module), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def deepcopy_frozen(module: nn.Module) -> nn.Module:
