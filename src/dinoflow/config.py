@@ -61,6 +61,7 @@ class HeadConfig(Section):
     hidden_dim: int = Field(2048, ge=1)
     bottleneck_dim: int = Field(256, ge=1)
     nlayers: int = Field(3, ge=1)
+    use_bn: bool = Field(False, description="BatchNorm in the head MLP (DINO v1 option; helps tiny models on small data break symmetry early)")
     separate_ibot_head: bool = False
     ibot_out_dim: int = Field(65536, ge=2)
 

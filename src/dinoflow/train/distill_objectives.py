@@ -72,7 +72,14 @@ class _DistillBase:
         return {"student_ema": self.student_ema}
 
     def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
-        ema_update(self.student_ema, unwrap(net), self.cfg.student_ema)
+        # Warm the EMA up (momentum min(m, (1+n)/(10+n)) after n updates): with a fixed 0.999
+        # a short run would export a student that is still mostly its random init.
+        self.ema_updates += 1
+        n = float(self.ema_updates)
+        ema_update(self.student_ema, unwrap(net), min(self.cfg.student_ema, (1 + n) / (10 + n)))
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        return {"student_ema_updates": self.ema_updates}
 
     def export(self, out_dir, is_main: bool = True) -> None:
         """Collective under FSDP; rank 0 writes the student EMA's backbone.pth + config.yaml."""
@@ -124,6 +131,7 @@ class HeadDistillObjective(_DistillBase):
         dino, ibot = build_heads(backbone.embed_dim, head_cfg)  # same prototypes as the teacher's
         self.student = SSLNet(backbone, dino, ibot).to(device)
         self.student_ema = deepcopy_frozen(self.student)
+        self.ema_updates = torch.zeros((), dtype=torch.float64)
         lc = cfg.loss
         self.dino_loss = DINOLoss(head_cfg.out_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
         ibot_dim = head_cfg.ibot_out_dim if head_cfg.separate_ibot_head else head_cfg.out_dim
@@ -133,7 +141,7 @@ class HeadDistillObjective(_DistillBase):
         self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher_model_cfg.patch_size
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"dino_center": self.dino_loss.center, "ibot_center": self.ibot_loss.center}
+        return {"dino_center": self.dino_loss.center, "ibot_center": self.ibot_loss.center, **self._ema_state()}
 
     def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         lc, temp = self.cfg.loss, s["teacher_temp"]
@@ -224,11 +232,12 @@ class FeatureDistillObjective(_DistillBase):
         torch.manual_seed(cfg.seed)
         self.student = FeatureStudent(backbone_from_config(_student_model_cfg(cfg)), self.teacher.embed_dim).to(device)
         self.student_ema = deepcopy_frozen(self.student)
+        self.ema_updates = torch.zeros((), dtype=torch.float64)
         self.views = Views(cfg.crops, None, cfg.student.patch_size, cfg.seed)
         self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher.patch_size
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {}
+        return self._ema_state()
 
     def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         g = v["global_crops"]
