@@ -46,9 +46,9 @@ def summary(cfg) -> str:
     cur = _read(f"{cfg.curate.report_dir}/curation.json")
     funnel = cur.get("funnel")
     if funnel:
-        lines.append("curation funnel:")
-        items = funnel.items() if isinstance(funnel, dict) else [(f.get("step"), f.get("count")) for f in funnel]
-        lines += [f"  {k:<28} {v}" for k, v in items]
+        lines.append("curation funnel (images remaining after each step):")
+        items = funnel.items() if isinstance(funnel, dict) else [(f.get("step"), f.get("remaining")) for f in funnel]
+        lines += [f"  {'after ' + str(k):<28} {v}" for k, v in items]
         gt = cur.get("ground_truth") or {}
         if gt:
             lines.append("  vs planted truth: " + ", ".join(
