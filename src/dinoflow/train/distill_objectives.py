@@ -30,8 +30,8 @@ from torch import nn
 
 from dinoflow.config import DistillConfig, HeadConfig, ModelConfig
 from dinoflow.errors import DinoflowError
-from dinoflow.train.objectives import (SSLNet, Views, _sub, build_heads, deepcopy_frozen, ema_update,
-                                      full_state_dict, unwrap)
+from dinoflow.train.objectives import (RecipeLosses, SSLNet, Views, _sub, build_heads, deepcopy_frozen,
+                                      ema_update, full_state_dict, unwrap)
 
 
 def resample_tokens(tokens: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]) -> torch.Tensor:
@@ -121,7 +121,6 @@ def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, H
 
 class HeadDistillObjective(_DistillBase):
     def __init__(self, cfg: DistillConfig, device: torch.device):
-        from dinoflow.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
         from dinoflow.models import backbone_from_config
 
         self.cfg = cfg
@@ -132,57 +131,35 @@ class HeadDistillObjective(_DistillBase):
         self.student = SSLNet(backbone, dino, ibot).to(device)
         self.student_ema = deepcopy_frozen(self.student)
         self.ema_updates = torch.zeros((), dtype=torch.float64)
-        lc = cfg.loss
-        self.dino_loss = DINOLoss(head_cfg.out_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
         ibot_dim = head_cfg.ibot_out_dim if head_cfg.separate_ibot_head else head_cfg.out_dim
-        self.ibot_loss = iBOTPatchLoss(ibot_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
-        self.koleo_loss = KoLeoLoss()
+        self.losses = RecipeLosses(cfg.loss, head_cfg.out_dim, ibot_dim, device)
         self.views = Views(cfg.crops, None, cfg.student.patch_size, cfg.seed)
         self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher_model_cfg.patch_size
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"dino_center": self.dino_loss.center, "ibot_center": self.ibot_loss.center, **self._ema_state()}
+        return {**self.losses.state(), **self._ema_state()}
 
     def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-        lc, temp = self.cfg.loss, s["teacher_temp"]
         g = v["global_crops"]
         n_img = g.shape[0]
         s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
+        n_s = s_grid[0] * s_grid[1]
         with torch.no_grad():
             tg = _teacher_input(g, self.t_patch)
             t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
-            t_all = torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device)
-            t = self.teacher(tg, patch_index=t_all)
+            t = self.teacher(tg, patch_index=torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device))
             cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
-            # resample patch logits to the student's grid before normalising
+            # resample the patch logits to the student's grid before normalising
             p_logits = resample_tokens(t["patch_logits"].view(n_img, -1, t["patch_logits"].shape[-1]), t_grid, s_grid)
-            p_logits = p_logits.flatten(0, 1)
-            n_patch = torch.tensor([p_logits.shape[0]], device=g.device)
-            if lc.centering == "softmax":
-                cls_p = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp=temp)
-                self.dino_loss.update_center(cls_logits)
-                patch_p = self.ibot_loss.softmax_center_teacher(p_logits, teacher_temp=temp)
-                self.ibot_loss.update_center(p_logits)
-            else:
-                cls_p = self.dino_loss.sinkhorn_knopp_teacher(cls_logits, teacher_temp=temp)
-                patch_p = self.ibot_loss.sinkhorn_knopp_teacher(p_logits, teacher_temp=temp, n_masked_patches_tensor=n_patch)
-            cls_p = cls_p.view(2, -1, cls_p.shape[-1])
-        s_all = torch.arange(n_img * s_grid[0] * s_grid[1], device=g.device)
-        out = net(g, v["local_crops"], masks=None, patch_index=s_all)
+            n_patch = torch.tensor([n_img * n_s], device=g.device)
+            cls_p, patch_p = self.losses.teacher_probs(cls_logits, p_logits.flatten(0, 1), s["teacher_temp"], n_patch)
+        # no masking: every patch token of both global crops is an iBOT target (weight 1/N each)
+        out = net(g, v["local_crops"], masks=None, patch_index=torch.arange(n_img * n_s, device=g.device))
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
-        n_terms = 2 * n_local + 2
-        terms: dict[str, torch.Tensor] = {}
-        if n_local:
-            terms["dino_local"] = self.dino_loss(list(out["l_cls_logits"].chunk(n_local)), list(cls_p)) / n_terms
-        terms["dino_global"] = self.dino_loss([out["g_cls_logits"]], [cls_p.flatten(0, 1)]) * 2 / n_terms
-        terms["koleo"] = sum(self.koleo_loss(p) for p in out["g_cls"].chunk(2))
-        all_masks = torch.ones(n_img, s_grid[0] * s_grid[1], dtype=torch.bool, device=g.device)
-        weights = torch.full((s_all.numel(),), 1.0 / all_masks.shape[1], device=g.device)
-        terms["ibot"] = self.ibot_loss.forward_masked(out["patch_logits"], patch_p, student_masks_flat=all_masks,
-                                                      n_masked_patches=n_patch, masks_weight=weights) * 2 * 0.5
-        loss = (lc.dino_weight * (terms.get("dino_local", 0.0) + terms["dino_global"])
-                + lc.koleo_weight * terms["koleo"] + lc.ibot_weight * terms["ibot"])
-        return loss, {k: float(x.detach()) for k, x in terms.items()}
+        all_masks = torch.ones(n_img, n_s, dtype=torch.bool, device=g.device)
+        weights = torch.full((n_img * n_s,), 1.0 / n_s, device=g.device)
+        return self.losses.student_terms(out, cls_p, patch_p, n_local=n_local, masks=all_masks, n_patches=n_patch,
+                                         masks_weight=weights)
 
 
 class FeatureStudent(nn.Module):

@@ -85,9 +85,56 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+class RecipeLosses:
+    """DINO + iBOT + KoLeo with the recipe's normalisations and scalings, shared by pretraining
+    and head-based distillation."""
+
+    def __init__(self, loss_cfg, cls_dim: int, patch_dim: int, device: torch.device):
+        from dinoflow.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
+
+        self.cfg = loss_cfg
+        self.dino = DINOLoss(cls_dim, student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum).to(device)
+        self.ibot = iBOTPatchLoss(patch_dim, student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum).to(device)
+        self.koleo = KoLeoLoss()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"dino_center": self.dino.center, "ibot_center": self.ibot.center}
+
+    @torch.no_grad()
+    def teacher_probs(self, cls_logits: torch.Tensor, patch_logits: torch.Tensor, temp: float,
+                      n_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cls_logits [2B,K] (already crop-swapped), patch_logits [M,K'] → ([2,B,K], [M,K'])."""
+        if self.cfg.centering == "softmax":
+            cls_p = self.dino.softmax_center_teacher(cls_logits, teacher_temp=temp)
+            self.dino.update_center(cls_logits)
+            patch_p = self.ibot.softmax_center_teacher(patch_logits, teacher_temp=temp)
+            self.ibot.update_center(patch_logits)
+        else:
+            cls_p = self.dino.sinkhorn_knopp_teacher(cls_logits, teacher_temp=temp)
+            patch_p = self.ibot.sinkhorn_knopp_teacher(patch_logits, teacher_temp=temp, n_masked_patches_tensor=n_patches)
+        return cls_p.view(2, -1, cls_p.shape[-1]), patch_p
+
+    def student_terms(self, out: dict[str, torch.Tensor], cls_p: torch.Tensor, patch_p: torch.Tensor, *,
+                      n_local: int, masks: torch.Tensor, n_patches: torch.Tensor,
+                      masks_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted total and its terms, with the official scalings."""
+        lc = self.cfg
+        n_terms = 2 * n_local + 2  # (student crop, other teacher crop) pairs
+        terms: dict[str, torch.Tensor] = {}
+        if n_local:
+            terms["dino_local"] = self.dino(list(out["l_cls_logits"].chunk(n_local)), list(cls_p)) / n_terms
+        terms["dino_global"] = self.dino([out["g_cls_logits"]], [cls_p.flatten(0, 1)]) * 2 / n_terms
+        terms["koleo"] = sum(self.koleo(p) for p in out["g_cls"].chunk(2))
+        # ×2 because both global crops are processed together, ×1/2 = 1/n_global (official scaling)
+        terms["ibot"] = self.ibot.forward_masked(out["patch_logits"], patch_p, student_masks_flat=masks,
+                                                 n_masked_patches=n_patches, masks_weight=masks_weight) * 2 * 0.5
+        loss = (lc.dino_weight * (terms.get("dino_local", 0.0) + terms["dino_global"])
+                + lc.koleo_weight * terms["koleo"] + lc.ibot_weight * terms["ibot"])
+        return loss, {k: float(t.detach()) for k, t in terms.items()}
+
+
 class PretrainObjective:
     def __init__(self, cfg: PretrainConfig, device: torch.device):
-        from dinoflow.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
         from dinoflow.models import backbone_from_config
 
         self.cfg = cfg
@@ -102,11 +149,8 @@ class PretrainObjective:
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
         self.teacher.eval()
-        lc = cfg.loss
-        self.dino_loss = DINOLoss(cfg.head.out_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
         ibot_dim = cfg.head.ibot_out_dim if cfg.head.separate_ibot_head else cfg.head.out_dim
-        self.ibot_loss = iBOTPatchLoss(ibot_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum).to(device)
-        self.koleo_loss = KoLeoLoss()
+        self.losses = RecipeLosses(cfg.loss, cfg.head.out_dim, ibot_dim, device)
         self.views = Views(cfg.crops, cfg.masks, cfg.model.patch_size, cfg.seed)
 
     # -- the loop's interface
@@ -117,43 +161,18 @@ class PretrainObjective:
         return {"teacher": self.teacher}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"dino_center": self.dino_loss.center, "ibot_center": self.ibot_loss.center}
-
-    def teacher_targets(self, v: dict[str, Any], temp: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher CLS probabilities [2, B, K] (crop order swapped) and masked-patch targets [M, K]."""
-        t = self.teacher(v["global_crops"], patch_index=v["mask_indices"])
-        cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
-        patch_logits = t["patch_logits"]
-        if self.cfg.loss.centering == "softmax":
-            cls_p = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp=temp)
-            self.dino_loss.update_center(cls_logits)
-            patch_p = self.ibot_loss.softmax_center_teacher(patch_logits, teacher_temp=temp)
-            self.ibot_loss.update_center(patch_logits)
-        else:
-            cls_p = self.dino_loss.sinkhorn_knopp_teacher(cls_logits, teacher_temp=temp)
-            patch_p = self.ibot_loss.sinkhorn_knopp_teacher(patch_logits, teacher_temp=temp,
-                                                            n_masked_patches_tensor=v["n_masked_patches"])
-        return cls_p.view(2, -1, cls_p.shape[-1]), patch_p
+        return self.losses.state()
 
     def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-        lc = self.cfg.loss
         with torch.no_grad():
-            t_cls, t_patch = self.teacher_targets(v, s["teacher_temp"])
+            t = self.teacher(v["global_crops"], patch_index=v["mask_indices"])
+            cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])  # student crop i ↔ teacher crop 1-i
+            cls_p, patch_p = self.losses.teacher_probs(cls_logits, t["patch_logits"], s["teacher_temp"],
+                                                       v["n_masked_patches"])
         out = net(v["global_crops"], v["local_crops"], masks=v["masks"], patch_index=v["mask_indices"])
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
-        n_terms = 2 * n_local + 2  # (student crop, other teacher crop) pairs
-        terms: dict[str, torch.Tensor] = {}
-        if n_local:
-            terms["dino_local"] = self.dino_loss(list(out["l_cls_logits"].chunk(n_local)), list(t_cls)) / n_terms
-        terms["dino_global"] = self.dino_loss([out["g_cls_logits"]], [t_cls.flatten(0, 1)]) * 2 / n_terms
-        terms["koleo"] = sum(self.koleo_loss(p) for p in out["g_cls"].chunk(2))
-        # ×2 because both global crops are processed together, ×1/2 = 1/n_global (official scaling)
-        terms["ibot"] = self.ibot_loss.forward_masked(out["patch_logits"], t_patch, student_masks_flat=v["masks"],
-                                                      n_masked_patches=v["n_masked_patches"],
-                                                      masks_weight=v["masks_weight"]) * 2 * 0.5
-        loss = (lc.dino_weight * (terms.get("dino_local", 0.0) + terms["dino_global"])
-                + lc.koleo_weight * terms["koleo"] + lc.ibot_weight * terms["ibot"])
-        return loss, {k: float(t.detach()) for k, t in terms.items()}
+        return self.losses.student_terms(out, cls_p, patch_p, n_local=n_local, masks=v["masks"],
+                                         n_patches=v["n_masked_patches"], masks_weight=v["masks_weight"])
 
     def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
         ema_update(self.teacher, unwrap(net), s["momentum"])
