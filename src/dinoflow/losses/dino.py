@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from dinoflow.losses.distributed import is_distributed
+from dinoflow.losses.distributed import AsyncMean
 from dinoflow.losses.sinkhorn import sinkhorn_knopp
 
 
@@ -44,8 +43,7 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
         # pending centre update: [1, K + 1] = (sum of teacher rows, row count), reduced over ranks
-        self._pending: torch.Tensor | None = None
-        self._reduce_handle: dist.Work | None = None
+        self._batch_mean = AsyncMean()
 
     # ------------------------------------------------------------------ teacher targets
 
@@ -122,21 +120,14 @@ class DINOLoss(nn.Module):
         if teacher_output.ndim != 2 or teacher_output.shape[-1] != self.out_dim:
             raise ValueError(f"teacher_output must be [B, {self.out_dim}], got {tuple(teacher_output.shape)}")
         self.apply_center_update()  # never drop an update that was queued but not yet applied
-        rows = teacher_output.float()
-        count = torch.full((1, 1), float(rows.shape[0]), dtype=rows.dtype, device=rows.device)
-        self._pending = torch.cat([rows.sum(dim=0, keepdim=True), count], dim=1)
-        self._reduce_handle = dist.all_reduce(self._pending, async_op=True) if is_distributed() else None
+        self._batch_mean.start(teacher_output)
 
     @torch.no_grad()
     def apply_center_update(self) -> None:
         """center ← m·center + (1 − m)·mean(teacher rows over all ranks), if an update is pending."""
-        if self._pending is None:
+        batch_center = self._batch_mean.take()
+        if batch_center is None:
             return
-        if self._reduce_handle is not None:
-            self._reduce_handle.wait()
-            self._reduce_handle = None
-        pending, self._pending = self._pending, None
-        batch_center = pending[:, :-1] / pending[:, -1:]
         m = self.center_momentum
         self.center.copy_(self.center * m + batch_center.to(self.center.device) * (1 - m))
 

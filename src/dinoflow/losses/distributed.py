@@ -69,3 +69,38 @@ def global_logsumexp(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     s = torch.sum(torch.exp(x - m_safe), dim=dim, keepdim=True)
     s = all_reduce_sum(s)
     return m_safe + torch.log(s)
+
+
+class AsyncMean:
+    """The global mean of rows summed across ranks, all-reduced asynchronously.
+
+    `start(rows [n, K])` launches the sum of rows and their count; `take()` waits for it and
+    returns the mean `[1, K]` (None when nothing is pending or no rank had a row). The teacher
+    centres use it so the all-reduce overlaps the student's forward, as the official code does.
+    """
+
+    def __init__(self) -> None:
+        self._pending: torch.Tensor | None = None
+        self._handle: dist.Work | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def start(self, rows: torch.Tensor) -> None:
+        rows = rows.float()
+        count = torch.full((1, 1), float(rows.shape[0]), dtype=rows.dtype, device=rows.device)
+        self._pending = torch.cat([rows.sum(dim=0, keepdim=True), count], dim=1)
+        self._handle = dist.all_reduce(self._pending, async_op=True) if is_distributed() else None
+
+    def take(self) -> torch.Tensor | None:
+        if self._pending is None:
+            return None
+        if self._handle is not None:
+            self._handle.wait()
+            self._handle = None
+        pending, self._pending = self._pending, None
+        count = pending[:, -1:]
+        if float(count) == 0:
+            return None
+        return pending[:, :-1] / count

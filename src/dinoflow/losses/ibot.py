@@ -19,11 +19,10 @@ the per-prototype mean over masked teacher tokens. `update_center` accepts
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from dinoflow.losses.distributed import is_distributed
+from dinoflow.losses.distributed import AsyncMean
 from dinoflow.losses.sinkhorn import sinkhorn_knopp
 
 
@@ -53,8 +52,7 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, 1, patch_out_dim))
         # pending centre update: [1, K + 1] = (sum of per-item means or tokens, item count)
-        self._pending: torch.Tensor | None = None
-        self._reduce_handle: dist.Work | None = None
+        self._batch_mean = AsyncMean()
 
     # ------------------------------------------------------------------ teacher targets
 
@@ -169,24 +167,15 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
             )
         self.apply_center_update()  # never drop an update that was queued but not yet applied
         x = x.float()
-        items = x if x.ndim == 2 else x.mean(dim=1)  # [items, K]: tokens, or per-image token means
-        count = torch.full((1, 1), float(items.shape[0]), dtype=items.dtype, device=items.device)
-        self._pending = torch.cat([items.sum(dim=0, keepdim=True), count], dim=1)
-        self._reduce_handle = dist.all_reduce(self._pending, async_op=True) if is_distributed() else None
+        self._batch_mean.start(x if x.ndim == 2 else x.mean(dim=1))  # tokens, or per-image token means
 
     @torch.no_grad()
     def apply_center_update(self) -> None:
         """center ← m·center + (1 − m)·(global mean item), if an update is pending."""
-        if self._pending is None:
+        batch_center = self._batch_mean.take()
+        if batch_center is None:  # nothing queued, or no masked token anywhere this step
             return
-        if self._reduce_handle is not None:
-            self._reduce_handle.wait()
-            self._reduce_handle = None
-        pending, self._pending = self._pending, None
-        count = pending[:, -1:]
-        if float(count) == 0:  # no masked token anywhere this step: nothing to average
-            return
-        batch_center = (pending[:, :-1] / count).reshape(1, 1, -1)
+        batch_center = batch_center.reshape(1, 1, -1)
         m = self.center_momentum
         self.center.copy_(self.center * m + batch_center.to(self.center.device) * (1 - m))
 
