@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -59,7 +61,8 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Mo
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    dcp.save(_state(modules, optimizer, train_module, extra), checkpoint_id=str(tmp))
+    with _single_process_quiet():
+        dcp.save(_state(modules, optimizer, train_module, extra), checkpoint_id=str(tmp))
     barrier()
     if is_main:
         (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, default=str))
@@ -78,7 +81,8 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], train_mo
     """Load in place (any world size); returns meta.json. `extra` tensors are filled in place."""
     path = Path(path)
     state = _state(modules, optimizer, train_module, extra)
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
     for name, m in modules.items():
         set_model_state_dict(m, state[name], options=StateDictOptions(strict=True))
     set_optimizer_state_dict(train_module, optimizer, state["optim"])
@@ -86,3 +90,11 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], train_mo
         if isinstance(v, torch.Tensor) and k in extra:
             extra[k].copy_(v)
     return json.loads((path / "meta.json").read_text())
+
+
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every call without a process group; a single process is a supported mode here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
