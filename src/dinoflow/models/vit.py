@@ -313,36 +313,15 @@ def build_backbone(
         ffn = "swiglu"
     if ffn not in ("mlp", "swiglu"):
         raise DinoflowError(f"ffn_layer {ffn_layer!r} is not supported; use 'mlp', 'swiglu' or 'auto'")
-    model = DinoVisionTransformer(
-        embed_dim=spec.embed_dim,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
-        mlp_ratio=spec.mlp_ratio,
-        swiglu=ffn == "swiglu",
-        patch_size=patch_size,
-        img_size=img_size,
-        num_register_tokens=num_register_tokens,
-        layerscale_init=layerscale_init,
-        drop_path_rate=drop_path_rate,
-        drop_path_uniform=drop_path_uniform,
-        interpolate_antialias=interpolate_antialias,
-        interpolate_offset=interpolate_offset,
-        block_chunks=block_chunks,
-    )
+    # the same settings build the model and describe it (model.config, saved beside exports)
+    shared = dict(patch_size=patch_size, img_size=img_size, num_register_tokens=num_register_tokens,
+                  layerscale_init=layerscale_init, drop_path_rate=drop_path_rate, drop_path_uniform=drop_path_uniform,
+                  interpolate_antialias=interpolate_antialias, interpolate_offset=interpolate_offset,
+                  block_chunks=block_chunks)
+    model = DinoVisionTransformer(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
+                                  mlp_ratio=spec.mlp_ratio, swiglu=ffn == "swiglu", **shared)
     model.arch = arch
-    model.config = ModelConfig(
-        arch=arch,
-        patch_size=patch_size,
-        img_size=img_size,
-        num_register_tokens=num_register_tokens,
-        layerscale_init=layerscale_init,
-        drop_path_rate=drop_path_rate,
-        drop_path_uniform=drop_path_uniform,
-        interpolate_antialias=interpolate_antialias,
-        interpolate_offset=interpolate_offset,
-        ffn_layer=ffn if ffn != spec.ffn else "auto",
-        block_chunks=block_chunks,
-    )
+    model.config = ModelConfig(arch=arch, ffn_layer=ffn if ffn != spec.ffn else "auto", **shared)
     return model
 
 

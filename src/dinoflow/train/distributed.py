@@ -66,15 +66,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj):
-    """Rank 0's object on every rank."""
-    if dist.is_available() and dist.is_initialized():
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
-
-
 def wrap_model(module: nn.Module, strategy: str, env: DistEnv, reshard_after_forward: bool | None = None) -> nn.Module:
     """DDP, or FSDP2 `fully_shard` per transformer block + root; unchanged on one process."""
     if not env.distributed:

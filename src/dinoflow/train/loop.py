@@ -99,29 +99,49 @@ def train_step(objective, net: nn.Module, optimizer: torch.optim.Optimizer, view
 
 
 class CsvLog:
-    """Per-step metrics for `dvc plots`; rewritten atomically, resumed without duplicate steps."""
+    """Per-step metrics for `dvc plots`, appended at each flush (never rewritten: a long run would
+    otherwise rewrite the whole file every few steps). On resume the file is cut back once,
+    atomically, to the rows of steps the checkpoint covers — which also drops a row a kill left
+    half-written — so no step appears twice."""
 
     def __init__(self, path: str | Path, start_step: int):
         self.path = Path(path)
-        self.rows: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []
+        self.fields: list[str] | None = None
+        kept: list[dict[str, Any]] = []
         if start_step > 0 and self.path.exists():
             with self.path.open() as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or []) or None
+                kept = [r for r in reader if r.get("step", "").isdigit() and None not in r.values()
+                        and int(r["step"]) <= start_step]
+        if self.fields is None or not kept:
+            self.fields = None
+            if self.path.exists():
+                self.path.unlink()
+        else:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=self.fields)
+            w.writeheader()
+            w.writerows(kept)
+            atomic_write_text(self.path, buf.getvalue())
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
+        self.pending.append(row)
 
     def flush(self) -> None:
-        if not self.rows:
+        if not self.pending:
             return
-        keys: list[str] = []
-        for r in self.rows:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(self.rows)
-        atomic_write_text(self.path, buf.getvalue())
+        new_file = self.fields is None
+        if new_file:  # the first row fixes the columns; every step logs the same keys
+            self.fields = list(self.pending[0])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new_file:
+                w.writeheader()
+            w.writerows(self.pending)
+        self.pending = []
 
 
 def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, cfg, section) -> dict[str, Any]:
