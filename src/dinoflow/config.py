@@ -62,6 +62,7 @@ class HeadConfig(Section):
     bottleneck_dim: int = Field(256, ge=1)
     nlayers: int = Field(3, ge=1)
     use_bn: bool = Field(False, description="BatchNorm in the head MLP (DINO v1 option; helps tiny models on small data break symmetry early)")
+    train_last_layer_norm: bool = Field(True, description="train the prototypes' weight-norm scale `weight_g` (DINOv2); false keeps it at 1 (DINO v1's norm_last_layer)")
     separate_ibot_head: bool = False
     ibot_out_dim: int = Field(65536, ge=2)
 

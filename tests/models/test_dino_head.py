@@ -31,9 +31,9 @@ def test_structure_and_output_shape():
     assert [type(m).__name__ for m in bn.mlp] == ["Linear", "BatchNorm1d", "GELU", "Linear"]
 
 
-def test_last_layer_norm_is_one_and_frozen():
+def test_last_layer_norm_starts_at_one_and_can_be_frozen():
     torch.manual_seed(0)
-    head = DINOHead(32, 64, hidden_dim=48, bottleneck_dim=16)
+    head = DINOHead(32, 64, hidden_dim=48, bottleneck_dim=16, train_last_layer_norm=False)
     w = head.last_layer.weight
     torch.testing.assert_close(w.norm(dim=1), torch.ones(64))
     assert head.last_layer.weight_g.shape == (64, 1) and not head.last_layer.weight_g.requires_grad
@@ -42,8 +42,13 @@ def test_last_layer_norm_is_one_and_frozen():
     assert head.last_layer.weight_v.grad is not None and head.mlp[0].weight.grad is not None
     opt.step()
     torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(64))
-    trainable = DINOHead(32, 64, hidden_dim=48, bottleneck_dim=16, train_last_layer_norm=True)
+    trainable = DINOHead(32, 64, hidden_dim=48, bottleneck_dim=16)  # the DINOv2 default
+    torch.testing.assert_close(trainable.last_layer.weight.norm(dim=1), torch.ones(64))
     assert trainable.last_layer.weight_g.requires_grad
+    opt = torch.optim.SGD(trainable.parameters(), lr=1.0)
+    trainable(torch.randn(8, 32)).logsumexp(-1).sum().backward()
+    opt.step()
+    assert (trainable.last_layer.weight.norm(dim=1) - 1).abs().max() > 1e-3  # the scale moved
 
 
 def test_init_matches_official():

@@ -73,3 +73,24 @@ def test_apply_schedules_sets_every_group():
         assert g["weight_decay"] == pytest.approx(0.1 * g["wd_multiplier"])
     n_params = sum(len(g["params"]) for g in opt.param_groups)
     assert n_params == len(list(TinyViT().parameters())) + len(list(Head().parameters()))
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_prototype_norm_follows_config_and_freezes_with_the_last_layer(trainable):
+    from dinoflow.config import HeadConfig
+    from dinoflow.train.objectives import build_heads
+
+    dino, _ = build_heads(16, HeadConfig(out_dim=8, hidden_dim=12, bottleneck_dim=6, train_last_layer_norm=trainable))
+    assert dino.last_layer.weight_g.requires_grad is trainable
+    groups = param_groups({"dino_head": dino}, OptimConfig(), {})
+    names = [n for g in groups for n in g["names"]]
+    assert ("dino_head.last_layer.weight_g" in names) is trainable
+    if trainable:  # official: in the last-layer group (zero LR while frozen), weight-decayed
+        g = _find(groups, "dino_head.last_layer.weight_g")
+        assert g["is_last_layer"] and g["wd_multiplier"] == 1.0
+        opt = build_optimizer(groups, OptimConfig())
+        apply_schedules(opt, lr=1.0, wd=0.0, last_layer_lr=0.0)
+        before = dino.last_layer.weight_g.detach().clone()
+        dino(torch.randn(4, 16)).logsumexp(-1).sum().backward()
+        opt.step()
+        torch.testing.assert_close(dino.last_layer.weight_g.detach(), before)  # frozen epochs leave it alone

@@ -61,8 +61,8 @@ class DINOHead(nn.Module):
     the prototypes `weight_v` keep PyTorch's default Linear init (the official head does the same
     because its init runs before the last layer exists) and the norms `weight_g` start at 1.
 
-    `train_last_layer_norm=False` (default) keeps `weight_g` at 1 for the whole run, as DINO's
-    `norm_last_layer=True` does; the official DINOv2 head leaves it trainable (pass True for that).
+    `train_last_layer_norm=True` (default) leaves `weight_g` trainable, as the official DINOv2
+    head does; False keeps it at 1 for the whole run, as DINO's `norm_last_layer=True` does.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         mlp_bias: bool = True,
-        train_last_layer_norm: bool = False,
+        train_last_layer_norm: bool = True,
     ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)

@@ -33,10 +33,10 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 def build_heads(embed_dim: int, head: HeadConfig) -> tuple[nn.Module, nn.Module | None]:
     from dinoflow.models import DINOHead
 
-    dino = DINOHead(embed_dim, head.out_dim, use_bn=head.use_bn, nlayers=head.nlayers, hidden_dim=head.hidden_dim,
-                    bottleneck_dim=head.bottleneck_dim)
-    ibot = (DINOHead(embed_dim, head.ibot_out_dim, use_bn=head.use_bn, nlayers=head.nlayers, hidden_dim=head.hidden_dim,
-                     bottleneck_dim=head.bottleneck_dim) if head.separate_ibot_head else None)
+    shape = dict(use_bn=head.use_bn, nlayers=head.nlayers, hidden_dim=head.hidden_dim,
+                 bottleneck_dim=head.bottleneck_dim, train_last_layer_norm=head.train_last_layer_norm)
+    dino = DINOHead(embed_dim, head.out_dim, **shape)
+    ibot = DINOHead(embed_dim, head.ibot_out_dim, **shape) if head.separate_ibot_head else None
     return dino, ibot
 
 
