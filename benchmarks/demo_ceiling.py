@@ -25,21 +25,11 @@ import torch.nn.functional as F
 
 from dinoflow.config import load_config
 from dinoflow.data.demo_sources import mnist_split
-from dinoflow.evaluation.features import pixel_features
+from dinoflow.evaluation.features import extract_features, pixel_features
 from dinoflow.evaluation.knn import knn_accuracy
 from dinoflow.evaluation.transform import eval_transform
 from dinoflow.models import backbone_from_config
 from dinoflow.train.schedules import scaled_lr
-
-
-@torch.inference_mode()
-def cls_features(model: torch.nn.Module, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """x [N, 3, H, W] (normalised) → CLS features [N, D] from the final norm, model in eval mode."""
-    was = model.training
-    model.eval()
-    out = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
-    model.train(was)
-    return out
 
 
 def knn20(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -47,11 +37,11 @@ def knn20(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, te
 
 
 def run(params: str, steps: int, every: int, seed: int, lr: float | None) -> dict:
-    cfg = load_config(params, []).pretrain
+    full = load_config(params, [])
+    cfg = full.pretrain
     xtr, ytr, xte, yte = mnist_split()
     size = cfg.model.img_size
     x_train = eval_transform(torch.from_numpy(xtr), size, 1.0)
-    x_test = eval_transform(torch.from_numpy(xte), size, 1.0)
     y_train, y_test = torch.from_numpy(ytr).long(), torch.from_numpy(yte).long()
     raw_tr = pixel_features(xtr, ytr, image_size=size, resize_ratio=1.0, progress=False)
     raw_te = pixel_features(xte, yte, image_size=size, resize_ratio=1.0, progress=False)
@@ -64,8 +54,12 @@ def run(params: str, steps: int, every: int, seed: int, lr: float | None) -> dic
     peak = lr if lr is not None else scaled_lr(cfg.optim.base_lr, batch, cfg.optim.lr_scaling)
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=peak, weight_decay=cfg.optim.weight_decay)
     g = torch.Generator().manual_seed(seed)
-    curve = [{"step": 0, "knn20": knn20(cls_features(model, x_train), y_train, cls_features(model, x_test), y_test),
-              "seconds": 0.0}]
+    def knn_now() -> float:  # the evaluate stage's features: final-norm CLS, eval mode
+        tr = extract_features(model, xtr, ytr, image_size=size, resize_ratio=1.0, progress=False)
+        te = extract_features(model, xte, yte, image_size=size, resize_ratio=1.0, progress=False)
+        return knn20(tr.cls, y_train, te.cls, y_test)
+
+    curve = [{"step": 0, "knn20": knn_now(), "seconds": 0.0}]
     print(json.dumps(curve[-1]), flush=True)
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
@@ -76,12 +70,12 @@ def run(params: str, steps: int, every: int, seed: int, lr: float | None) -> dic
         opt.step()
         if step % every == 0 or step == steps:
             train_s = time.perf_counter() - t0
-            acc = knn20(cls_features(model, x_train), y_train, cls_features(model, x_test), y_test)
+            acc = knn_now()
             curve.append({"step": step, "knn20": acc, "loss": float(loss.detach()), "seconds": round(train_s, 1)})
             print(json.dumps(curve[-1]), flush=True)
             t0 = time.perf_counter() - train_s  # evaluation time is not training time
     return {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": size, "batch": batch,
-            "lr": peak, "raw_pixels_knn20": raw, "curve": curve}
+            "lr": peak, "raw_pixels_knn20": raw, "gate_min_knn_top1": full.register.min_knn_top1, "curve": curve}
 
 
 def save_png(result: dict, path: Path) -> None:
@@ -94,6 +88,7 @@ def save_png(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot(steps, [100 * p["knn20"] for p in result["curve"]], marker="o", label=f"{result['arch']} supervised (CLS)")
     ax.axhline(100 * result["raw_pixels_knn20"], color="grey", ls="--", label="raw pixels")
+    ax.axhline(100 * result["gate_min_knn_top1"], color="tab:red", ls=":", label="registry gate")
     ax.set_xlabel("steps (batch %d)" % result["batch"])
     ax.set_ylabel("MNIST k-NN top-1 (%)")
     ax.legend(loc="lower right", fontsize=8)
