@@ -40,11 +40,12 @@ def run(params: str, steps: int, every: int, seed: int, lr: float | None) -> dic
     full = load_config(params, [])
     cfg = full.pretrain
     xtr, ytr, xte, yte = mnist_split()
-    size = cfg.model.img_size
-    x_train = eval_transform(torch.from_numpy(xtr), size, 1.0)
+    # the evaluate stage's transform, so every number here is comparable with eval.json
+    view = dict(image_size=full.evaluate.image_size, resize_ratio=full.evaluate.resize_ratio)
+    x_train = eval_transform(torch.from_numpy(xtr), view["image_size"], view["resize_ratio"])
     y_train, y_test = torch.from_numpy(ytr).long(), torch.from_numpy(yte).long()
-    raw_tr = pixel_features(xtr, ytr, image_size=size, resize_ratio=1.0, progress=False)
-    raw_te = pixel_features(xte, yte, image_size=size, resize_ratio=1.0, progress=False)
+    raw_tr = pixel_features(xtr, ytr, progress=False, **view)
+    raw_te = pixel_features(xte, yte, progress=False, **view)
     raw = knn20(raw_tr.cls, y_train, raw_te.cls, y_test)  # the evaluate stage's baseline
 
     torch.manual_seed(seed)
@@ -54,9 +55,10 @@ def run(params: str, steps: int, every: int, seed: int, lr: float | None) -> dic
     peak = lr if lr is not None else scaled_lr(cfg.optim.base_lr, batch, cfg.optim.lr_scaling)
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=peak, weight_decay=cfg.optim.weight_decay)
     g = torch.Generator().manual_seed(seed)
+
     def knn_now() -> float:  # the evaluate stage's features: final-norm CLS, eval mode
-        tr = extract_features(model, xtr, ytr, image_size=size, resize_ratio=1.0, progress=False)
-        te = extract_features(model, xte, yte, image_size=size, resize_ratio=1.0, progress=False)
+        tr = extract_features(model, xtr, ytr, progress=False, **view)
+        te = extract_features(model, xte, yte, progress=False, **view)
         return knn20(tr.cls, y_train, te.cls, y_test)
 
     curve = [{"step": 0, "knn20": knn_now(), "seconds": 0.0}]
@@ -74,7 +76,7 @@ def run(params: str, steps: int, every: int, seed: int, lr: float | None) -> dic
             curve.append({"step": step, "knn20": acc, "loss": float(loss.detach()), "seconds": round(train_s, 1)})
             print(json.dumps(curve[-1]), flush=True)
             t0 = time.perf_counter() - train_s  # evaluation time is not training time
-    return {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": size, "batch": batch,
+    return {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": view["image_size"], "batch": batch,
             "lr": peak, "raw_pixels_knn20": raw, "gate_min_knn_top1": full.register.min_knn_top1, "curve": curve}
 
 
