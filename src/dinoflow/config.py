@@ -370,6 +370,10 @@ class TrackingConfig(Section):
     system_metrics: bool = True
     probe_timeout_s: float = Field(5.0, gt=0, description="how long to wait for the tracking server's /health")
     hash_inputs: bool = Field(True, description="tag each run with the DVC md5 of its local inputs")
+    request_timeout_s: float = Field(30.0, gt=0, le=600, description="timeout of one request to the tracking server")
+    request_retries: int = Field(
+        3, ge=0, le=10, description="retries of a failed request (backoff 1, 2, 4 s ...); then the stage fails with a named error"
+    )
 
 
 # `register` is a stage name; pydantic warns that it shadows BaseModel.register (an ABC hook we never use)

@@ -1,4 +1,4 @@
-"""dinoflow.tracking: stage runs, nesting, tags, inputs, no-op modes and named failures.
+"""dinoflow.tracking.runs: stage runs, nesting, tags, inputs, no-op modes and named failures.
 
 Fast tests use a SQLite store in a temp dir; `slow` ones use the real MLflow server
 (PostgreSQL + S3 on moto) from tests/services.py.
@@ -17,24 +17,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from dinoflow import tracking
+from dinoflow import pipeline_env, tracking
 from dinoflow.config import load_config
 from dinoflow.errors import DinoflowError
+from dinoflow.stages import section_params
+from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID
 from services import free_port, start_moto, stop
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A clean cwd and env: no inherited tracking URI, parent run, pipeline key or rank."""
-    monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "RANK", tracking.ENV_PARENT_RUN_ID, tracking.ENV_PIPELINE_ID,
-                tracking.ENV_KFP_RUN_ID, tracking.ENV_GIT_COMMIT):
-        monkeypatch.delenv(var, raising=False)
-    while mlflow.active_run():
-        mlflow.end_run()
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
 
 
 def make_cfg(uri: str | None = None, *extra: str):
@@ -70,11 +58,11 @@ def test_flatten_drops_secrets_and_redacts_urls():
 
 def test_section_params_cover_the_stage_section():
     cfg = make_cfg()
-    params = tracking.section_params("pretrain", cfg)
+    params = section_params("pretrain", cfg)
     assert params["model.arch"] == cfg.pretrain.model.arch
     assert params["optim.base_lr"] == cfg.pretrain.optim.base_lr
     assert params["seed"] == cfg.seed
-    assert tracking.section_params("demo-data", cfg)["out_dir"] == cfg.demo.out_dir
+    assert section_params("demo-data", cfg)["out_dir"] == cfg.demo.out_dir
 
 
 def test_tracking_uri_precedence(monkeypatch):
@@ -95,7 +83,7 @@ def test_noop_off_rank_zero(workdir, monkeypatch):
         tracking.log_metrics({"loss": 1.0}, step=1)
         tracking.log_params({"a": 1})
         tracking.log_artifact("does-not-matter-when-off.txt")
-    assert not (workdir / "m.db").exists() and not (workdir / ".dinoflow").exists()
+    assert not (workdir / "m.db").exists() and list(workdir.iterdir()) == []
 
 
 def test_noop_when_disabled(workdir):
@@ -203,7 +191,7 @@ def test_pipeline_on_server_nests_in_and_out_of_process(workdir, mlflow_server, 
     """A driver's parent run; one stage in-process, one in a child process (like dvc repro / torchrun)."""
     commit = _git_repo(workdir)
     make_curated(workdir)
-    monkeypatch.setenv(tracking.ENV_KFP_RUN_ID, "kfp-run-42")
+    monkeypatch.setenv(pipeline_env.PIPELINE_RUN_ID, "kfp-run-42")
     mlflow.set_system_metrics_sampling_interval(0.5)
     mlflow.set_system_metrics_samples_before_logging(1)
     cfg = make_cfg(mlflow_server.uri, "tracking.system_metrics=true", "tracking.experiment=nesting")
@@ -232,7 +220,7 @@ def test_pipeline_on_server_nests_in_and_out_of_process(workdir, mlflow_server, 
     for r in (pre, dis):
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert r.data.tags["mlflow.source.git.commit"] == commit
-        assert r.data.tags["kfp.run_id"] == "kfp-run-42"
+        assert r.data.tags[TAG_PIPELINE_RUN_ID] == "kfp-run-42"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert any(k.startswith("system/cpu_utilization") for k in pre.data.metrics), sorted(pre.data.metrics)
     # artifacts went through the server into S3 (the client holds no S3 credentials)
@@ -244,7 +232,7 @@ def test_pipeline_on_server_nests_in_and_out_of_process(workdir, mlflow_server, 
 @pytest.mark.slow
 def test_kubeflow_run_id_keys_the_parent_across_processes(workdir, mlflow_server, monkeypatch):
     """Kubeflow pods share only the server: stages with the same KFP run id find one parent."""
-    monkeypatch.setenv(tracking.ENV_KFP_RUN_ID, f"kfp-{time.time_ns()}")
+    monkeypatch.setenv(pipeline_env.PIPELINE_RUN_ID, f"kfp-{time.time_ns()}")
     cfg = make_cfg(mlflow_server.uri, "tracking.experiment=kfp")
     with tracking.stage_run("curate", cfg) as a:
         pass
@@ -253,8 +241,8 @@ def test_kubeflow_run_id_keys_the_parent_across_processes(workdir, mlflow_server
     client = mlflow.MlflowClient(mlflow_server.uri)
     pa = client.get_run(a.info.run_id).data.tags["mlflow.parentRunId"]
     assert client.get_run(b.info.run_id).data.tags["mlflow.parentRunId"] == pa
-    assert client.get_run(pa).data.tags[tracking.TAG_PIPELINE_KEY] == f"kfp:{os.environ[tracking.ENV_KFP_RUN_ID]}"
-    assert not (workdir / ".dinoflow").exists()
+    assert client.get_run(pa).data.tags[TAG_PIPELINE_RUN_ID] == os.environ[pipeline_env.PIPELINE_RUN_ID]
+    assert list(workdir.iterdir()) == [], "a stage writes nothing into its working directory"
 
 
 @pytest.mark.slow
