@@ -54,7 +54,10 @@ def stage_inputs(name: str, cfg: Config) -> list[StageInput]:
     if name == "distill":
         return [*_data(cfg.distill.data), StageInput(cfg.distill.teacher, "model")]
     if name == "evaluate":
-        return [*(StageInput(m, "model") for m in cfg.evaluate.models.values()), *_data(cfg.evaluate.demo_dir)]
+        e = cfg.evaluate
+        demo = any(d.kind.startswith("demo_") for d in e.datasets)
+        return [*(StageInput(m, "model") for m in e.models.values()),
+                *_data(*(p for d in e.datasets for p in (d.train, d.test)), e.demo_dir if demo else None)]
     if name == "register":
         return [StageInput(cfg.register.eval_report, "report"), StageInput(cfg.register.model_path, "model")]
     return []

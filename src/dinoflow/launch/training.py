@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 from dinoflow.config import save_config
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.steps import step_config
+from dinoflow.pipeline_env import pipeline_run_id
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
 from dinoflow.stages import run_stage
 
@@ -49,7 +50,10 @@ class LaunchOptions:
     runtime: str = "torch-distributed"
     runtime_kind: str = "ClusterTrainingRuntime"
     shared_dir: str = "/mnt/dinoflow-shared"
-    run_id: str = "local"
+    run_id: str = field(default_factory=lambda: pipeline_run_id() or "local")
+    gpu_resource: str = "nvidia.com/gpu"  # the accelerator's extended resource name
+    tolerations: Sequence[dict] = ()  # for the TrainJob's pods (multi-node)
+    node_selector: dict = field(default_factory=dict)
     cpu_per_node: str = "8"
     memory_per_node: str = "32Gi"
     timeout_s: float = 7 * 24 * 3600.0
