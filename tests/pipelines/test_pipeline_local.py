@@ -98,7 +98,8 @@ def test_whole_dag_on_the_demo_config_with_real_stages(tmp_path, monkeypatch, ca
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("dinoflow").experiment_id
-    stages = client.search_runs([exp], filter_string="tags.`dinoflow.stage` != ''")
+    stages = client.search_runs([exp], filter_string=f"tags.`dinoflow.pipeline_run_id` = '{out['run_id']}' "
+                                                     "and tags.`dinoflow.stage` != ''")
     assert {r.data.tags["dinoflow.stage"] for r in stages} == {"curate", "pretrain", "distill", "evaluate", "register"}
     (parent,) = {r.data.tags["mlflow.parentRunId"] for r in stages}
     parent_run = client.get_run(parent)
