@@ -198,10 +198,13 @@ def test_mlflow_server_accepts_its_names_requires_auth_and_creates_its_bucket(ov
 
 
 def test_training_runtime_matches_what_the_pipeline_asks_for():
-    from pipelines.dinov2_pipeline import SHARED_DIR, TRAINJOB_RUNTIME
+    import pipelines.dinov2_pipeline as dag
+    from dinoflow.launch.shared import SHARED_DIR
+    from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 
     rt = find(_docs("standalone"), "TrainingRuntime")
-    assert rt["metadata"]["name"] == TRAINJOB_RUNTIME and "torch" in rt["spec"]["mlPolicy"]
+    assert (rt["kind"], rt["metadata"]["name"]) == (DEFAULT_RUNTIME_KIND, DEFAULT_RUNTIME) and "torch" in rt["spec"]["mlPolicy"]
+    assert (dag.TRAINJOB_RUNTIME, dag.SHARED_DIR) == (DEFAULT_RUNTIME, SHARED_DIR)  # what the DAG passes
     pod = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}

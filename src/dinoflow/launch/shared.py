@@ -22,6 +22,7 @@ from pathlib import Path
 from dinoflow.errors import DinoflowError
 from dinoflow.pipeline_env import PIPELINE_RUN_ID
 
+SHARED_DIR = "/mnt/dinoflow-shared"  # where the pipeline steps, the training runtime and torchx mount `dinoflow-shared`
 # The config key of a stage's checkpoint directory (default: <out_dir>/ckpt). Written against the
 # name the training-reliability branch adds (`pretrain.train.checkpoint_dir`,
 # `distill.train.checkpoint_dir`); the one place to change if it lands under another name.

@@ -33,11 +33,12 @@ import posixpath
 import shlex
 from typing import TYPE_CHECKING, Dict, Optional
 
+from dinoflow.launch.shared import SHARED_DIR
+
 if TYPE_CHECKING:  # torchx is an optional extra; the component imports it when called
     from torchx.specs import AppDef
 
 DEFAULT_IMAGE = "dinoflow/dinoflow-cuda:0.1.0"
-SHARED_DIR = "/mnt/dinoflow-shared"  # where the pipeline and the training runtime mount `dinoflow-shared`
 # non-root pod, as the k8s/ training runtime (the image's user)
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                 "seccompProfile": {"type": "RuntimeDefault"}}

@@ -36,7 +36,6 @@ from dinoflow.stages import run_stage
 log = logging.getLogger(__name__)
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-SHARED_DIR = "/mnt/dinoflow-shared"  # where the pipeline and the training runtime mount `dinoflow-shared`
 DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for the controller's verdict
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
@@ -59,7 +58,7 @@ class LaunchOptions:
     namespace: str = ""
     runtime: str = DEFAULT_RUNTIME
     runtime_kind: str = DEFAULT_RUNTIME_KIND
-    shared_dir: str = SHARED_DIR
+    shared_dir: str = shared.SHARED_DIR
     run_id: str | None = field(default_factory=pipeline_run_id)
     cpu_per_node: str = "8"
     memory_per_node: str = "32Gi"
