@@ -70,7 +70,8 @@ def _run(cluster, step, **opts):
         outputs={"pretrain.out_dir": str(step["teacher"]), "pretrain.report_csv": str(step["csv"])},
         opts=LaunchOptions(**{"num_nodes": 2, "gpus_per_node": 4, "image": "img:1", "namespace": "kubeflow",
                               "shared_dir": str(step["shared"]), "k8s_host": cluster.host, "poll_s": 0.0,
-                              "tolerations": [GPU_TAINT], "node_selector": POOL, "timeout_s": 3600.0, **opts}),
+                              "tolerations": (GPU_TAINT,), "node_selector": POOL, "timeout_s": 3600.0,
+                              "gpu_resource": "amd.com/gpu", **opts}),
     )
 
 
@@ -105,6 +106,7 @@ def test_the_trainjob_carries_placement_owner_deadline_and_no_credentials(cluste
     pod = model.spec.runtime_patches[0].training_runtime_spec.template.spec.replicated_jobs[0].template.spec.template.spec
     assert [t.to_dict() for t in pod.tolerations] == [GPU_TAINT] and pod.node_selector == POOL
     env = {e["name"]: e for e in seen["spec"]["trainer"]["env"]}
+    assert seen["spec"]["trainer"]["resourcesPerNode"]["limits"]["amd.com/gpu"] == "4"  # the accelerator asked for
     assert env["MLFLOW_TRACKING_URI"]["value"].endswith(":5000")
     for secret_var in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):
         assert "value" not in env[secret_var] and "secretKeyRef" in env[secret_var]["valueFrom"]

@@ -66,8 +66,9 @@ class LaunchOptions:
     poll_s: float = 15.0
     k8s_host: str | None = None
     secret_env: Sequence[tuple[str, str, str]] = field(default_factory=lambda: SECRET_ENV)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)  # TrainJob node pods (GPU taints)
-    node_selector: dict[str, str] = field(default_factory=dict)  # TrainJob node pods (GPU pool)
+    gpu_resource: str = "nvidia.com/gpu"  # the accelerator's extended resource name (KFP accelerator_type)
+    tolerations: Sequence[Mapping[str, Any]] = ()  # TrainJob node pods (GPU taints)
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # TrainJob node pods (GPU pool)
     stream_logs: bool = True
 
     def mode(self) -> str:
@@ -182,7 +183,8 @@ def _run_trainjob(stage: str, params_yaml: str, overrides: Sequence[str], *, inp
         num_nodes=opts.num_nodes, gpus_per_node=opts.gpus_per_node,
         cpu_per_node=opts.cpu_per_node, memory_per_node=opts.memory_per_node,
         runtime=opts.runtime, runtime_kind=opts.runtime_kind, env=env,
-        labels={"dinoflow/stage": stage}, tolerations=list(opts.tolerations), node_selector=dict(opts.node_selector),
+        labels={"dinoflow/stage": stage}, gpu_resource=opts.gpu_resource,
+        tolerations=[dict(t) for t in opts.tolerations], node_selector=dict(opts.node_selector),
         owner=owner_reference(*pod) if pod else None, active_deadline_seconds=max(1, int(opts.timeout_s)),
     ))
     name = job["metadata"]["name"]
