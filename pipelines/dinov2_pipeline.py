@@ -32,21 +32,21 @@ from components.finalize.component import finalize
 from components.images import TRAIN_IMAGE
 from components.pretrain.component import pretrain
 from components.register.component import register
+from dinoflow.launch.shared import SHARED_DIR
+from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, PIPELINE_RUN_ID
 
 PIPELINE_NAME = "dinoflow-dinov2"
 S3_SECRET = "dinoflow-s3"
 MLFLOW_SECRET = "dinoflow-mlflow"
-# secret key → env var inside the step (the same names as the k8s/ secret templates)
+# secret key → env var inside the step (the same names as k8s/base/pipeline/secrets.template.yaml)
 S3_ENV = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")}
 MLFLOW_ENV = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-SHARED_PVC = "dinoflow-shared"  # k8s/: the ReadWriteMany claim in the steps' namespace
-SHARED_DIR = "/mnt/dinoflow-shared"
+SHARED_PVC = "dinoflow-shared"  # k8s/base/pipeline/shared-volume.yaml: the ReadWriteMany claim in the steps' namespace
 SHM_SIZE = "16Gi"
 RUN_AS = 10001  # the images' non-root user
 RETRIES = 3  # KFP takes the retry count at compile time, not as a pipeline parameter
 DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-TRAINJOB_RUNTIME = "dinoflow-torch-distributed"  # k8s/: a TrainingRuntime in the steps' namespace
 
 
 def _step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
@@ -118,8 +118,8 @@ def dinov2_pipeline(
     gpu_node_selector: Dict[str, str] = {},
     gpu_tolerations: List[dict] = DEFAULT_TOLERATIONS,
     image: str = TRAIN_IMAGE,
-    trainjob_runtime: str = TRAINJOB_RUNTIME,
-    trainjob_runtime_kind: str = "TrainingRuntime",
+    trainjob_runtime: str = DEFAULT_RUNTIME,  # k8s/base/pipeline/training-runtime.yaml
+    trainjob_runtime_kind: str = DEFAULT_RUNTIME_KIND,
 ):
     """params_yaml: the params (YAML or one-line JSON) — no laptop defaults: name your data (s3:// or
     absolute paths on mounted volumes); overrides: `key=value` list applied on top."""

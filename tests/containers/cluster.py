@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERLAY = ROOT / "k8s" / "overlays" / "kfp-standalone"
+OVERLAY = ROOT / "k8s" / "overlays" / "standalone"
 SERVICES_NAMESPACE = "dinoflow"
 
 
@@ -33,7 +33,7 @@ class Manifests:
 
     @classmethod
     def build(cls, path: Path = OVERLAY) -> "Manifests":
-        docs = kustomize(path if path.is_dir() else ROOT / "k8s")
+        docs = kustomize(path)
         m = cls(docs)
         placeholders: dict[str, str] = {}
         for d in docs:

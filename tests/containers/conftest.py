@@ -83,6 +83,26 @@ class Cluster:
         return self.pod.run(self.images["cpu"], ["python", "-c", code], environment=env, timeout=timeout)
 
 
+CREATE_USER = """
+import base64, json, os, urllib.request
+body = json.dumps({"username": os.environ["MLFLOW_TRACKING_USERNAME"], "password": os.environ["MLFLOW_TRACKING_PASSWORD"]})
+req = urllib.request.Request(os.environ["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/users/create", data=body.encode(),
+                             headers={"Content-Type": "application/json"})
+admin = os.environ["ADMIN_USER"] + ":" + os.environ["ADMIN_PASSWORD"]
+req.add_header("Authorization", "Basic " + base64.b64encode(admin.encode()).decode())
+print(urllib.request.urlopen(req, timeout=30).status)
+"""
+
+
+def _create_pipeline_user(pod: Pod, m: Manifests, image: str) -> None:
+    """The README's deployment step 2: the admin creates the MLflow user named in dinoflow-mlflow."""
+    server = m.secret("dinoflow-mlflow-server", SERVICES_NAMESPACE)
+    env = {**m.secret("dinoflow-mlflow"), "ADMIN_USER": server["MLFLOW_AUTH_ADMIN_USERNAME"],
+           "ADMIN_PASSWORD": server["MLFLOW_AUTH_ADMIN_PASSWORD"]}
+    code, out = pod.run(image, ["python", "-c", CREATE_USER], environment=env, timeout=120)
+    assert code == 0, f"creating the pipeline's MLflow user failed:\n{out[-2000:]}"
+
+
 def _start_mlflow(pod: Pod, m: Manifests, image: str) -> None:
     """The MLflow Deployment's init containers, then its server, with exactly their specs."""
     spec = m.one("Deployment", "dinoflow-mlflow")["spec"]["template"]["spec"]
@@ -105,6 +125,7 @@ def cluster(images, manifests, docker_engine) -> Iterator[Cluster]:
         _start_mlflow(pod, manifests, images["cpu"])
         uri = f"http://{MLFLOW_HOST}:5000"
         pod.wait_healthy(images["cpu"], f"{uri}/health", timeout=240)
+        _create_pipeline_user(pod, manifests, images["cpu"])
         yield Cluster(pod, manifests, images, uri)
     except Exception:
         print(pod.logs())

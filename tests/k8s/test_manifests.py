@@ -204,7 +204,9 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
 
     rt = find(_docs("standalone"), "TrainingRuntime")
     assert (rt["kind"], rt["metadata"]["name"]) == (DEFAULT_RUNTIME_KIND, DEFAULT_RUNTIME) and "torch" in rt["spec"]["mlPolicy"]
-    assert (dag.TRAINJOB_RUNTIME, dag.SHARED_DIR) == (DEFAULT_RUNTIME, SHARED_DIR)  # what the DAG passes
+    inputs = dag.dinov2_pipeline.component_spec.inputs  # what the DAG passes by default
+    assert (inputs["trainjob_runtime"].default, inputs["trainjob_runtime_kind"].default) == (DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND)
+    assert dag.SHARED_DIR == SHARED_DIR and dag.SHARED_PVC == "dinoflow-shared"
     pod = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}
