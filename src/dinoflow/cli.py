@@ -79,6 +79,18 @@ def _free(p: Path) -> int:
         return FULL_BYTES
 
 
+def _close_progress_bars() -> None:
+    # A bar left open by the failed stage would redraw itself after the message at exit.
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
+def _report(label: str, message: str) -> None:
+    _close_progress_bars()
+    print(f"{label}: {bounded(message)}", file=sys.stderr)
+
+
 def run_guarded(label: str, fn: Callable[[], Any], outputs: list[Path]) -> tuple[int, Any]:
     """(0, fn()) — or (exit code, None) after printing one named error when fn fails with a
     DinoflowError, or with a full disk / read-only / permission OSError from anywhere inside."""
@@ -87,7 +99,7 @@ def run_guarded(label: str, fn: Callable[[], Any], outputs: list[Path]) -> tuple
     except DinoflowError as e:
         if _debug():
             traceback.print_exc()
-        print(f"{label}: {bounded(str(e))}", file=sys.stderr)
+        _report(label, str(e))
         return e.exit_code, None
     except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is a BaseException
         if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
@@ -99,7 +111,7 @@ def run_guarded(label: str, fn: Callable[[], Any], outputs: list[Path]) -> tuple
         if _debug():
             traceback.print_exc()
         hint = "" if _debug() else f" ({DEBUG_ENV}=1 shows the traceback)"
-        print(f"{label}: {bounded(str(named))}{hint}", file=sys.stderr)
+        _report(label, f"{named}{hint}")
         return named.exit_code, None
 
 

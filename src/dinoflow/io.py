@@ -39,7 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except DinoflowError:
         raise
     except Exception as e:
-        named = storage_error(e, path) or full_disk_error(e, [path.parent])
+        named = storage_error(e, path) or full_disk_error(e, [path.parent], path)
         if named is None:
             raise
         raise named from e

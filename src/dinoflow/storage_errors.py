@@ -86,8 +86,8 @@ def storage_error(exc: BaseException, path: str | Path | None = None) -> Storage
     return StorageError(f"{text}: {todo}")
 
 
-def full_disk_error(exc: BaseException, paths: Iterable[str | Path]) -> StorageError | None:
-    """A StorageError when a write failed with `exc` and one of `paths` has (almost) no space left."""
+def full_disk_error(exc: BaseException, paths: Iterable[str | Path], target: str | Path | None = None) -> StorageError | None:
+    """A StorageError when a write (of `target`) failed with `exc` and one of `paths` has (almost) no space left."""
     for path in paths:
         try:
             free = free_bytes(Path(path))
@@ -96,7 +96,7 @@ def full_disk_error(exc: BaseException, paths: Iterable[str | Path]) -> StorageE
         if free < FULL_BYTES:
             detail = " ".join(str(exc).split())[:200]
             return StorageError(
-                f"no space left on the device holding {path} ({free / 2**20:.1f} MiB free; the write failed with "
+                f"no space left on the device holding {target or path} ({free / 2**20:.1f} MiB free; the write failed with "
                 f"{type(exc).__name__}: {detail}): free space there, or point the stage's output elsewhere"
             )
     return None

@@ -47,12 +47,20 @@ def _userinfo_end(scheme: str, rest: str) -> int:
     return -1
 
 
+def _secret_end(scheme: str, rest: str) -> int:
+    """Like `_userinfo_end`, but -1 for a database user name without a password (not a secret)."""
+    end = _userinfo_end(scheme, rest)
+    if end >= 0 and _base_scheme(scheme) in USERNAME_OK_SCHEMES and ":" not in rest[:end]:
+        return -1
+    return end
+
+
 def redact_urls(text: str) -> str:
-    """`text` with the credentials of every URL in it replaced by `***`."""
+    """`text` with the credentials of every URL in it replaced by `***` (a database user name alone is kept)."""
 
     def sub(m: re.Match[str]) -> str:
         rest = m.group("rest")
-        end = _userinfo_end(m.group("scheme"), rest)
+        end = _secret_end(m.group("scheme"), rest)
         return m.group(0) if end < 0 else f"{m.group('scheme')}://{MASK}{rest[end:]}"
 
     return _URL.sub(sub, text)
@@ -76,12 +84,9 @@ def credential_problem(value: str) -> str | None:
     """
     for m in _URL.finditer(value):
         scheme, rest = m.group("scheme"), m.group("rest")
-        end = _userinfo_end(scheme, rest)
-        if end < 0:
+        if _secret_end(scheme, rest) < 0:
             continue
         base = _base_scheme(scheme)
-        if base in USERNAME_OK_SCHEMES and ":" not in rest[:end]:
-            continue  # a user name alone is not a secret
         hint = ENV_HINT["s3" if base in OBJECT_STORE_SCHEMES else "db" if base in USERNAME_OK_SCHEMES else "http"]
         return (
             f"{redact_urls(m.group(0))} carries credentials in the URL, which would be stored in plain text in "
