@@ -92,6 +92,8 @@ def _fifo(tmp: Path) -> Path:
 
 GENERATED = [
     ParamsCase("zero_bytes.yaml", r"is empty \(no settings\)", _write("zero_bytes.yaml", b"")),
+    ParamsCase("notes.txt", r"top level must be a mapping of sections \(e\.g\. `pretrain:`\), got a str",
+               _write("notes.txt", b"remember to set the learning rate\n")),
     ParamsCase("binary.yaml", "holds NUL bytes: it is a binary file", _write("binary.yaml", bytes(range(256)) * 8)),
     ParamsCase("latin1.yaml", r"is not UTF-8 text \(bad byte at offset 20\)", _write("latin1.yaml", "pretrain: {data: caf\xe9}\n".encode("latin-1"))),
     ParamsCase("oversized.yaml", "more than a params file may hold", _write("oversized.yaml", b"# x\n" * (MAX_PARAMS_BYTES // 4 + 1))),
