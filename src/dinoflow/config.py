@@ -86,7 +86,7 @@ class CropConfig(Section):
     # (global 1, global 2, locals): the INTENDED values of the paper / config. The official
     # code's GaussianBlur(p) wraps RandomApply(1 - p), so it never blurs global 1, blurs
     # global 2 with p 0.9 and locals with 0.5; dinoflow applies these values as written.
-    blur_p: tuple[Probability, Probability, Probability] = (1.0, 0.1, 0.5)
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     solarize_p: float = Field(0.2, ge=0, le=1, description="on the second global crop only")
     mean: tuple[Probability, Probability, Probability] = Field((0.485, 0.456, 0.406), description="per channel, pixels in [0, 1]")
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
@@ -98,6 +98,13 @@ class CropConfig(Section):
             raise ValueError(f"need 0 < low <= high, got {list(v)}")
         if info.field_name.endswith("_scale") and v[1] > 1:
             raise ValueError(f"a crop scale is a share of the image area: need 0 < low <= high <= 1, got {list(v)}")
+        return v
+
+    @field_validator("blur_p")
+    @classmethod
+    def _probabilities(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 <= p <= 1 for p in v):
+            raise ValueError(f"each blur probability must lie in [0, 1], got {list(v)}")
         return v
 
     @field_validator("color_jitter")
@@ -415,19 +422,6 @@ class Config(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register: RegisterConfig = Field(default_factory=RegisterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-
-    @model_validator(mode="after")
-    def _register_reads_this_evaluation(self) -> "Config":
-        # register reading this config's own eval.json: a typo would otherwise surface after the whole pipeline
-        ev, rc = self.evaluate, self.register
-        if Path(rc.eval_report) != Path(ev.report_dir) / "eval.json":
-            return self
-        names = [d.name for d in ev.datasets]
-        if rc.dataset not in names:
-            raise ValueError(f"register.dataset {rc.dataset!r} is not one of evaluate.datasets {names}")
-        if rc.student_key not in ev.models:
-            raise ValueError(f"register.student_key {rc.student_key!r} is not one of evaluate.models {list(ev.models)}")
-        return self
 
 
 # ---------------------------------------------------------------- loading
