@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -86,5 +87,17 @@ def reference_markdown() -> str:
     return "\n".join(parts)
 
 
-if __name__ == "__main__":
-    print(reference_markdown())
+def write_readme(readme: Path) -> None:
+    """Replace the generated section of `readme` with the current reference."""
+    text = readme.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    readme.write_text(text[:start] + reference_markdown() + text[end:])
+
+
+if __name__ == "__main__":  # python -m dinoflow.config_reference [--write README.md]
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_readme(Path(sys.argv[2] if len(sys.argv) > 2 else "README.md"))
+    else:
+        print(reference_markdown())

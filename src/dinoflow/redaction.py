@@ -1,9 +1,7 @@
 """What never reaches MLflow, logs or saved configs: secret-looking keys and credentials in URLs.
 
-A leaf module (no project imports) so the config loader, tracking and the launchers can all use it.
-
-One definition of "looks like a secret" for the whole project (`is_secret_key`), and one of a
-credential inside a URL (`redact`: `scheme://user:password@host` → `scheme://***@host`).
+One definition of "looks like a secret" for the whole project (`is_secret_key`); credentials inside
+URLs are found by `dinoflow.url_secrets` (`redact`: `scheme://user:password@host` → `scheme://***@host`).
 """
 
 from __future__ import annotations
@@ -12,18 +10,9 @@ import json
 import re
 from typing import Any
 
+from dinoflow.url_secrets import redact_urls as redact
+
 _SECRET_KEY = re.compile(r"secret|passw|token|credential|api[_-]?key|access[_-]?key|private[_-]?key|auth", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
-
-
-def redact(text: str) -> str:
-    """Hide the `user:password@` part of every URL in `text`."""
-    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
-
-
-def has_userinfo(text: str) -> bool:
-    """True when `text` holds a URL with credentials in it (`scheme://user[:password]@host`)."""
-    return bool(_URL_USERINFO.search(text))
 
 
 def is_secret_key(key: str) -> bool:
