@@ -100,3 +100,12 @@ def test_checkpoint_dir_must_be_a_file_system_path():
 
     with pytest.raises(ConfigError, match=r"pretrain.train.checkpoint_dir: .*file system path"):
         load_config(None, ["pretrain.train.checkpoint_dir=s3://bucket/ckpt"])
+
+
+def test_an_unreadable_record_is_refused_and_restart_gets_past_it(tiny_cfg, tmp_path):
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "train_config.yaml").write_text("model: {arch: vit_huge}\n")  # not valid settings
+    with pytest.raises(DinoflowError, match=r"train_config.yaml does not hold valid PretrainConfig settings"):
+        pretrain(tiny_cfg("pretrain.train.max_steps=1"))
+    out = pretrain(tiny_cfg("pretrain.train.max_steps=1", "pretrain.train.restart=true"))
+    assert out["step"] == 1 and out["resumed_from"] == 0

@@ -107,8 +107,8 @@ def _ckpt_dir(stage: str, sec: Any, settings: dict[str, Any]) -> Path:
 def check_run_dir(stage: str, sec: Any) -> RunDir:
     """Read-only, every rank: refuse a run directory trained with other settings (unless restart)."""
     out, settings = Path(sec.out_dir), training_settings(sec)
-    old = _recorded(out, type(sec))
-    if old is not None and old != settings and not sec.train.restart:
+    old = None if sec.train.restart else _recorded(out, type(sec))
+    if old is not None and old != settings:
         raise DinoflowError(
             f"{out} holds a run trained with other settings ({out / TRAIN_CONFIG}): {describe_changes(stage, old, settings)}. "
             f"Set {stage}.train.restart=true to start over there (its exports and checkpoints are deleted), "
@@ -120,7 +120,10 @@ def start_run_dir(stage: str, sec: Any, run: RunDir) -> None:
     """Main rank only: apply `train.restart`, then record the settings being trained."""
     run.out.mkdir(parents=True, exist_ok=True)
     if sec.train.restart:
-        old = _recorded(run.out, type(sec))  # after check_run_dir, so an unreadable file already failed
+        try:
+            old = _recorded(run.out, type(sec))
+        except DinoflowError:  # unreadable: nothing to clean up beyond this run's own checkpoints
+            old = None
         for name in EXPORTS:
             (run.out / name).unlink(missing_ok=True)
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)
