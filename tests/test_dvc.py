@@ -167,7 +167,11 @@ def test_repro_push_pull_and_exp_run(tmp_path, s3_server):
 
 def _descendants(pid: int) -> list[int]:
     kids: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # it exited meanwhile
+        return kids
+    for tid in tids:
         try:
             found = [int(k) for k in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
         except OSError:
