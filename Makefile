@@ -33,4 +33,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) data models reports mlruns mlartifacts mlflow.db .dvc/tmp
+	rm -rf $(VENV) data models checkpoints reports mlruns mlartifacts mlflow.db .dvc/tmp

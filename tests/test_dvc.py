@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,10 @@ def test_project_dvc_yaml_is_the_pipeline():
     assert metrics == {"reports/curation.json", "reports/eval.json", "reports/registry.json"}
     plots = {next(iter(p)) for s in spec.values() for p in s.get("plots", [])}
     assert plots == {"reports/pretrain.csv", "reports/distill.csv"}
+    # DVC deletes a stage's outs before it runs: training checkpoints must live elsewhere to be resumed
+    for name in ("pretrain", "distill"):
+        ckpt = Path(params[name]["train"]["checkpoint_dir"])
+        assert not any(ckpt == Path(o) or Path(o) in ckpt.parents for o in spec[name]["outs"]), (name, ckpt)
 
 
 @pytest.mark.slow
@@ -154,3 +160,107 @@ def test_repro_push_pull_and_exp_run(tmp_path, s3_server):
     # changing a prep param reruns both
     sh([DVC, "exp", "run", "-S", "prep.n=13"], repo, env)
     assert _ran(repo) == ["prep", "train"]
+
+
+# ---------------------------------------------------------------- the real pretrain stage under DVC
+
+
+def _descendants(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # it exited meanwhile
+        return kids
+    for tid in tids:
+        try:
+            found = [int(k) for k in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+        for k in found:
+            kids += [k, *_descendants(k)]
+    return kids
+
+
+def _stage_pid(dvc_pid: int) -> int | None:
+    """The `dinoflow pretrain` process DVC started (not DVC itself, not the shell around it)."""
+    for pid in _descendants(dvc_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"dinoflow") for a in argv[:2]) and b"pretrain" in argv:
+            return pid
+    return None
+
+
+def _csv_rows(path: Path) -> int:
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_preempted_pretrain_fails_dvc_repro_and_the_rerun_resumes(tmp_path):
+    """SIGTERM to the stage under `dvc repro`: the stage exits non-zero, so DVC records nothing;
+    its checkpoint lives outside the outs DVC deletes, so the next `dvc repro` resumes it; and
+    `dvc exp run -S` with a changed learning rate starts a fresh run rather than being refused."""
+    from PIL import Image
+
+    from dinoflow.data.demo_sources import mnist_split
+
+    repo = tmp_path / "repo"
+    (repo / "data" / "pool").mkdir(parents=True)
+    x, _, _, _ = mnist_split()
+    for i in range(64):
+        Image.fromarray(x[i]).save(repo / "data" / "pool" / f"img_{i:03d}.png")
+    params = {
+        "pretrain": {
+            "data": "data/pool", "out_dir": "models/teacher", "report_csv": "reports/pretrain.csv",
+            "model": {"arch": "vit_pico", "patch_size": 7, "img_size": 28, "layerscale_init": 0.1},
+            "head": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
+            "crops": {"global_size": 28, "local_size": 14, "n_local": 2},
+            "optim": {"base_lr": 0.01, "warmup_epochs": 1, "freeze_last_layer_epochs": 0},
+            "loss": {"warmup_teacher_temp_epochs": 1},
+            "train": {"epochs": 3, "epoch_length": 10, "batch_size_per_rank": 8, "checkpoint_every": 1000,
+                      "log_every": 1, "progress": False, "checkpoint_dir": "checkpoints"},
+        },
+        "tracking": {"enabled": False},
+    }
+    stage = {"cmd": "dinoflow pretrain", "deps": ["data/pool"], "params": ["pretrain"], "outs": ["models/teacher"],
+             "plots": [{"reports/pretrain.csv": {"cache": False}}]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"pretrain": stage}}, sort_keys=False))
+    (repo / ".gitignore").write_text("/checkpoints/\n")
+    env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    sh(["git", "init", "-q"], repo)
+    sh([DVC, "init", "-q"], repo)
+
+    proc = subprocess.Popen([DVC, "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    csv_path = repo / "reports" / "pretrain.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and _csv_rows(csv_path) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    pid = _stage_pid(proc.pid)
+    assert pid is not None and proc.poll() is None, "the stage ended before it could be preempted"
+    os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0, out[-3000:]
+    assert "stopped by SIGTERM" in out, out[-3000:]
+    lock = repo / "dvc.lock"
+    assert not lock.exists() or "pretrain" not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    assert not (repo / "models" / "teacher" / "backbone.pth").exists()
+    latest = list((repo / "checkpoints").glob("pretrain-*/latest"))
+    assert len(latest) == 1
+    stopped_at = int(latest[0].read_text().strip().removeprefix("step_"))
+    assert 3 <= stopped_at < 30
+
+    out = sh([DVC, "repro"], repo, env)  # DVC deletes models/teacher first; the checkpoint is elsewhere
+    assert f'"resumed_from": {stopped_at}' in out and '"step": 30' in out, out[-3000:]
+    assert [int(r.split(",")[0]) for r in csv_path.read_text().splitlines()[1:]] == list(range(1, 31))
+    assert "pretrain" in yaml.safe_load(lock.read_text())["stages"]
+    assert not latest[0].exists(), "a completed schedule drops its checkpoints"
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "pretrain"], repo)
+
+    out = sh([DVC, "exp", "run", "-S", "pretrain.optim.base_lr=0.02"], repo, env)
+    assert '"resumed_from": 0' in out and '"step": 30' in out, out[-3000:]
+    trained = yaml.safe_load((repo / "models" / "teacher" / "train_config.yaml").read_text())
+    assert trained["optim"]["base_lr"] == 0.02

@@ -198,6 +198,20 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps (tests, smoke runs)")
     load_size: int | None = Field(None, ge=8, description="images are loaded as squares of this side (default: the global crop size)")
     progress: bool = True
+    checkpoint_dir: str | None = Field(
+        None, description="resumable checkpoints go to <this>/<stage>-<settings hash>/ (default: <out_dir>/ckpt); keep it "
+        "outside the stage's DVC outs (DVC deletes those before a rerun) and on durable storage in a pipeline")
+    restart: bool = Field(
+        False, description="start over in out_dir: delete its exports and checkpoints, even when its train_config.yaml "
+        "records other settings (without it such a directory is refused); set it for one run, e.g. -S <stage>.train.restart=true")
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _local_checkpoint_dir(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v:
+            raise ValueError("checkpoints are written to a file system path; mount durable storage "
+                             "(a volume, a PVC) and give its path")
+        return v
 
 
 # ---------------------------------------------------------------- stages

@@ -48,6 +48,13 @@ def tiny_cfg(tmp_path, image_folder):
     return make
 
 
+def ckpt_dir(out_dir: Path, stage: str = "pretrain") -> Path:
+    """The one settings-keyed checkpoint directory under `<out_dir>/ckpt` (the default location)."""
+    found = sorted((out_dir / "ckpt").glob(f"{stage}-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 

@@ -37,3 +37,13 @@ def test_a_fresh_run_replaces_an_old_file(tmp_path):
     log.add({"step": 1, "loss": 1.0})
     log.flush()
     assert _steps(p) == [1]
+
+
+def test_rows_come_back_from_the_checkpoint_copy_when_the_file_is_gone(tmp_path):
+    p, saved = tmp_path / "m.csv", tmp_path / "ckpt_metrics.csv"
+    saved.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n")  # the copy a checkpoint at step 3 took
+    log = CsvLog(p, 2, saved=saved)  # e.g. DVC deleted the plot file before rerunning the stage
+    assert _steps(p) == [1, 2]
+    log.add({"step": 3, "loss": 0.35})
+    log.flush()
+    assert _steps(p) == [1, 2, 3]

@@ -11,6 +11,8 @@ import torch
 from dinoflow.errors import DinoflowError
 from dinoflow.train.pretrain import pretrain
 
+from .conftest import ckpt_dir
+
 
 def test_pretrain_runs_exports_and_logs(tiny_cfg, tmp_path):
     cfg = tiny_cfg("pretrain.train.max_steps=4")
@@ -18,8 +20,9 @@ def test_pretrain_runs_exports_and_logs(tiny_cfg, tmp_path):
     assert out["status"] == "finished" and out["step"] == 4
     assert math.isfinite(out["final_loss"])
     teacher = tmp_path / "teacher"
-    for name in ("backbone.pth", "config.yaml", "heads.pth", "train_config.yaml", "ckpt/latest"):
+    for name in ("backbone.pth", "config.yaml", "heads.pth", "train_config.yaml"):
         assert (teacher / name).exists(), name
+    assert out["checkpoint_dir"] == str(ckpt_dir(teacher)) and (ckpt_dir(teacher) / "latest").exists()
     rows = list(csv.DictReader((tmp_path / "pretrain.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     for key in ("dino_local", "dino_global", "ibot", "koleo", "lr", "teacher_temp", "momentum"):
@@ -59,7 +62,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_cfg, tmp_path
     cfg = tiny_cfg("pretrain.train.max_steps=4")
     pretrain(cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(
         update={"train": cfg.pretrain.train.model_copy(update={"max_steps": 2})})}))
-    ckpt = (tmp_path / "teacher" / "ckpt" / "latest").read_text()
+    latest = ckpt_dir(tmp_path / "teacher") / "latest"
+    ckpt = latest.read_text()
     real = objectives.PretrainObjective.loss
 
     def poisoned(self, net, v, s):
@@ -69,4 +73,4 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_cfg, tmp_path
     monkeypatch.setattr(objectives.PretrainObjective, "loss", poisoned)
     with pytest.raises(DinoflowError, match="loss became nan"):
         pretrain(cfg)
-    assert (tmp_path / "teacher" / "ckpt" / "latest").read_text() == ckpt
+    assert latest.read_text() == ckpt

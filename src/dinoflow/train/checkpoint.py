@@ -6,11 +6,15 @@ config). DCP stores tensors by their global (unsharded) names, so a job saved by
 resumes on M — DDP or FSDP2 alike. It is written to a hidden temp directory and renamed when
 complete, and `ckpt/latest` names the newest complete one: a job killed mid-save leaves the
 previous checkpoint as the one a restart trusts.
+
+Reading never unpickles anything but DCP's own metadata classes and plain values
+(`dinoflow.train.safe_dcp`): a crafted checkpoint directory gives a `CheckpointError`, not code.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -19,6 +23,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -30,15 +35,21 @@ from torch.distributed.checkpoint.state_dict import (
 
 from dinoflow.io import atomic_write_text
 from dinoflow.train.distributed import barrier
+from dinoflow.train.safe_dcp import CheckpointError, SafeFileSystemReader, SafeLoadPlanner, read_metadata
 
 KEEP_LAST = 2
+_STEP_DIR = re.compile(r"step_\d{8}")
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     p = Path(ckpt_dir) / "latest"
     if not p.exists():
         return None
-    target = Path(ckpt_dir) / p.read_text().strip()
+    name = p.read_text().strip()
+    if not _STEP_DIR.fullmatch(name):  # `latest` only ever names a sibling step_<N> directory
+        raise CheckpointError(f"{p} names {name!r}, not a step_<N> checkpoint beside it; delete {ckpt_dir} "
+                              "or set train.restart=true to start over")
+    target = Path(ckpt_dir) / name
     return target if (target / "meta.json").exists() else None
 
 
@@ -52,8 +63,9 @@ def _state(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, trai
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Module], train_module: nn.Module,
                     optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor], meta: dict[str, Any],
-                    is_main: bool) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+                    is_main: bool, files: dict[str, str | Path] | None = None) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory. `files` (name →
+    path, main rank): copies taken into the checkpoint, e.g. the metrics CSV up to this step."""
     ckpt_dir = Path(ckpt_dir)
     name = f"step_{step:08d}"
     tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name
@@ -66,6 +78,9 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Mo
     barrier()
     if is_main:
         (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, default=str))
+        for file_name, src in (files or {}).items():
+            if Path(src).is_file():
+                shutil.copyfile(src, tmp / file_name)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         atomic_write_text(ckpt_dir / "latest", name + "\n")
@@ -81,8 +96,15 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], train_mo
     """Load in place (any world size); returns meta.json. `extra` tensors are filled in place."""
     path = Path(path)
     state = _state(modules, optimizer, train_module, extra)
-    with _single_process_quiet():
-        dcp.load(state, checkpoint_id=str(path))
+    reader = SafeFileSystemReader(path, metadata=read_metadata(path / ".metadata"))
+    try:
+        with _single_process_quiet():
+            dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
+    except CheckpointException as e:  # DCP wraps each rank's error: surface ours unwrapped
+        ours = [exc for exc, _tb in e.failures.values() if isinstance(exc, CheckpointError)]
+        if ours:
+            raise ours[0] from None
+        raise
     for name, m in modules.items():
         set_model_state_dict(m, state[name], options=StateDictOptions(strict=True))
     set_optimizer_state_dict(train_module, optimizer, state["optim"])

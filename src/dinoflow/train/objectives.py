@@ -98,6 +98,11 @@ class RecipeLosses:
         self.koleo = KoLeoLoss()
 
     def state(self) -> dict[str, torch.Tensor]:
+        # The centre update of the step that just ended is still queued (it is applied lazily when
+        # the next targets are computed): apply it now, or a checkpoint holds the centre one step
+        # behind and a resumed run's next targets differ from the uninterrupted run's.
+        self.dino.apply_center_update()
+        self.ibot.apply_center_update()
         return {"dino_center": self.dino.center, "ibot_center": self.ibot.center}
 
     @torch.no_grad()
