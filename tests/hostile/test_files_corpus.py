@@ -190,7 +190,6 @@ def test_special_file(case, consumer, special_outcomes):
     check(case, consumer, special_outcomes(case)[consumer], n_good=2)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14.6: fixed on wip/trainrel")
 def test_training_folder_of_undecodable_files_is_a_named_error(tmp_path):
     """Only undecodable files: the reader must stop with a named error, not loop forever."""
     folder = tmp_path / "junk"

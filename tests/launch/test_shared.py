@@ -41,9 +41,6 @@ def test_the_run_id_comes_from_the_environment(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=DinoflowError,
-                   reason="needs the config key pretrain.train.checkpoint_dir from the training-reliability branch "
-                          "(wip/trainrel); remove this marker when both are merged")
 def test_in_process_step_checkpoints_on_the_shared_volume(tmp_path, monkeypatch):
     """One GPU or CPU (in-process): the checkpoints go to <shared>/<run>/<stage>/ckpt, not into the
     pod-local output, and are removed once the step succeeded."""

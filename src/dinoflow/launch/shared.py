@@ -23,9 +23,7 @@ from dinoflow.errors import DinoflowError
 from dinoflow.pipeline_env import PIPELINE_RUN_ID
 
 SHARED_DIR = "/mnt/dinoflow-shared"  # where the pipeline steps, the training runtime and torchx mount `dinoflow-shared`
-# The config key of a stage's checkpoint directory (default: <out_dir>/ckpt). Written against the
-# name the training-reliability branch adds (`pretrain.train.checkpoint_dir`,
-# `distill.train.checkpoint_dir`); the one place to change if it lands under another name.
+# The config key of a stage's checkpoint directory (default: <out_dir>/ckpt; see train/run_dir.py).
 CHECKPOINT_DIR_KEY = "{stage}.train.checkpoint_dir"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

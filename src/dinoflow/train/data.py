@@ -100,7 +100,11 @@ def _iter_unit(unit: tuple[str, object]) -> Iterator[tuple[str, bytes]]:
             yield s.key, s.data
     else:
         for path in ref:  # type: ignore[union-attr]
-            yield path, Path(path).read_bytes()
+            try:
+                data = Path(path).read_bytes()
+            except OSError:  # unreadable or gone since discovery: counted as undecodable, like a corrupt file
+                data = b""
+            yield path, data
 
 
 def to_square_uint8(img, size: int) -> torch.Tensor:
