@@ -1,4 +1,4 @@
-"""The dinoflow DAG: curate → pretrain → distill → evaluate → dsl.If(gate) → register.
+"""The dinoflow DAG: curate → pretrain → distill → evaluate → register (which applies the gate itself).
 
 Compile / run / submit through the CLI (from the repository root):
 
@@ -96,11 +96,11 @@ def dinov2_pipeline(
                             student=dis.outputs["student"]), cpu="4", memory="16Gi")
     ev.set_display_name("evaluate")
 
-    with dsl.If(ev.outputs["Output"] == True, name="gate"):  # noqa: E712 - a KFP condition, not a Python bool
-        reg = _cpu_step(register(params_yaml=params_yaml, overrides=overrides, student=dis.outputs["student"],
-                                 eval_reports=ev.outputs["reports"]), cpu="1", memory="2Gi")
-        reg.set_display_name("register")
-        reg.set_caching_options(enable_caching=False)  # writes to the MLflow registry: never skip it
+    # always runs: every candidate is registered; the gate inside decides whether it takes the alias
+    reg = _cpu_step(register(params_yaml=params_yaml, overrides=overrides, student=dis.outputs["student"],
+                             eval_reports=ev.outputs["reports"]), cpu="1", memory="2Gi")
+    reg.set_display_name("register")
+    reg.set_caching_options(enable_caching=False)  # writes to the MLflow registry: never skip it
 
 
 if __name__ == "__main__":  # python -m pipelines.dinov2_pipeline → same as `dinoflow pipeline compile`

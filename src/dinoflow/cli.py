@@ -5,6 +5,7 @@ Usage:
     torchrun --nproc-per-node=2 -m dinoflow pretrain -S pretrain.train.max_steps=10
     dinoflow pipeline compile|run|submit ...
     dinoflow demo
+    dinoflow embed models:/dinoflow-student@champion images/ -o embeddings.parquet
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dinoflow.stages import STAGES, run_stage
 DELEGATED = {
     "pipeline": "dinoflow.pipeline_cli:main",
     "demo": "dinoflow.demo:main",
+    "embed": "dinoflow.embedding.cli:main",
 }
 
 
