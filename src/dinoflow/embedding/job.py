@@ -110,6 +110,10 @@ def run_embed(model: LoadedModel, source: str, output: str | Path, *, batch_size
     from dinoflow.data.sources import SourceStats, iter_source
     from dinoflow.tracking import redact
 
+    from dinoflow.data.s3 import is_s3_url
+
+    if not is_s3_url(str(source)) and not Path(source).exists():
+        raise DinoflowError(f"input {source} does not exist: give an image folder, .tar shard(s) or s3://bucket/prefix")
     out = Path(output)
     settings = {"model_sha256": model.sha256, "image_size": model.image_size, "resize_ratio": model.resize_ratio,
                 "input": redact(str(source)), "pooled_patch_tokens": pooled, "format": 1}
