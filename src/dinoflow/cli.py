@@ -1,4 +1,4 @@
-"""`dinoflow <stage>`: one subcommand per stage, plus `pipeline`, `demo` and `config`.
+"""`dinoflow <stage>`: one subcommand per stage, plus `pipeline`, `demo`, `embed` and `config`.
 
 Usage:
     dinoflow curate -c params.yaml -S curate.near_dup_threshold=0.9

@@ -27,18 +27,16 @@ def _executor_of(spec, task: str, within: dict | None = None) -> str:
     return comp["executorLabel"]
 
 
-def test_dag_shape_and_gate(compiled):
+def test_dag_shape_register_always_runs(compiled):
     spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    conditions = [n for n in tasks if n.startswith("condition")]
-    assert set(tasks) - set(conditions) == {"curate", "pretrain", "distill", "evaluate"} and len(conditions) == 1
+    # no condition: register runs after every evaluate and applies the gate itself (as under DVC)
+    assert set(tasks) == {"curate", "pretrain", "distill", "evaluate", "register"}
+    assert "triggerPolicy" not in tasks["register"]
     assert tasks["pretrain"]["dependentTasks"] == ["curate"]
     assert sorted(tasks["distill"]["dependentTasks"]) == ["curate", "pretrain"]
-    gate = next(t for n, t in tasks.items() if n.startswith("condition"))
-    assert "evaluate-Output" in gate["triggerPolicy"]["condition"]
-    inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(inner) == ["register"]
-    assert "enableCache" not in inner["register"]["cachingOptions"]  # proto default: caching off
+    assert sorted(tasks["register"]["dependentTasks"]) == ["distill", "evaluate"]
+    assert "enableCache" not in tasks["register"]["cachingOptions"]  # proto default: caching off
     assert tasks["curate"]["cachingOptions"]["enableCache"] is True
 
 

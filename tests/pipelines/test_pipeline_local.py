@@ -2,15 +2,14 @@
 
 Two variants:
 - stand-in stages (tests/components/standin_stages.py, injected into every component
-  subprocess through a sitecustomize on PYTHONPATH): checks the DAG's artifact wiring and the
-  gate (register runs only when it passes), independent of the real stages;
-- the real stages on the tiny demo config: skipped, with the reason, while any stage module
-  is missing.
+  subprocess through a sitecustomize on PYTHONPATH): checks the DAG's artifact wiring, and that
+  register runs after every evaluate (it applies the gate itself), independent of the real stages;
+- the real stages on a tiny config, twice: the first run's student becomes `champion`; with
+  `distill.train.epochs=1` the second registers a worse version that does not take the alias.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,19 +17,14 @@ from pathlib import Path
 import pytest
 
 from dinoflow.pipeline_cli import main
-from dinoflow.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "tests" / "components"
 
 SITECUSTOMIZE = """
-import sys, types
 import dinoflow.stages
 import standin_stages as s
 dinoflow.stages.STAGES.update(s.STAGE_TABLE)
-registry = types.ModuleType("dinoflow.registry")
-registry.read_eval_report, registry.gate_verdict = s.read_eval_report, s.gate_verdict
-sys.modules["dinoflow.registry"] = registry
 """
 
 
@@ -68,44 +62,48 @@ def test_dag_wiring_and_gate_with_standin_stages(tmp_path, monkeypatch, capsys):
     assert all(str(tmp_path / "pass" / "kfp") in rec[s]["out_dir"] for s in ("curate", "pretrain", "distill"))
     assert out["pipeline_root"] == str((tmp_path / "pass" / "kfp").resolve())
 
+    assert rec["register"]["passed"] is True
     rec_fail, _ = _run_standin_dag(tmp_path / "fail", monkeypatch, knn=0.5, capsys=capsys)
-    assert list(rec_fail) == ["curate", "pretrain", "distill", "evaluate"], "register must not run below the gate"
+    assert list(rec_fail) == ["curate", "pretrain", "distill", "evaluate", "register"], "register runs below the gate too"
+    assert rec_fail["register"]["passed"] is False
 
 
-def _missing_stage_modules() -> list[str]:
-    missing = []
-    for target in STAGES.values():
-        module = target.split(":")[0]
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            missing.append(module)
-    return missing
+def _registry_record(out: dict) -> dict:
+    (registry,) = Path(out["pipeline_root"]).rglob("register/registry")
+    return json.loads(registry.read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_missing_stage_modules()), reason=f"stage modules not written yet: {', '.join(_missing_stage_modules())}")
-def test_whole_dag_on_the_demo_config_with_real_stages(tmp_path, monkeypatch, capsys):
+def test_whole_dag_with_real_stages_crowns_then_keeps_the_champion(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from tiny_pipeline import TINY_REGISTRY_PIPELINE
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    small = [
-        "pretrain.train.max_steps=3", "pretrain.train.batch_size_per_rank=32",
-        "distill.train.max_steps=3", "distill.train.batch_size_per_rank=32",
-        "evaluate.max_train=150", "evaluate.max_test=50", "evaluate.linear_epochs=1", "evaluate.linear_lrs=[0.1]",
-        "evaluate.logreg_cs=[1.0]", "evaluate.logreg_max_iter=50", "evaluate.n_pca_images=0", "evaluate.progress=false",
-        "register.min_knn_top1=0.0", "register.min_retention=0.0",
-    ]
-    args = ["run", "--local", "--demo", "-c", str(ROOT / "params.yaml"), "--pipeline-root", str(tmp_path / "kfp")]
-    for s in small:
-        args += ["-S", s]
-    assert main(args) == 0
-    out = _cli_json(capsys.readouterr().out)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+
+    def run(root: str, *extra: str) -> dict:
+        args = ["run", "--local", "--demo", "-c", str(ROOT / "params.yaml"), "--pipeline-root", str(tmp_path / root)]
+        for s in [*TINY_REGISTRY_PIPELINE, "register.onnx.enabled=false", *extra]:
+            args += ["-S", s]
+        assert main(args) == 0
+        return _cli_json(capsys.readouterr().out)
+
+    out = run("kfp1")
     root = Path(out["pipeline_root"])
     assert list(root.rglob("backbone.pth")), "teacher and student backbones are artifacts"
     (eval_json,) = root.rglob("evaluate/reports/eval.json")
-    assert {"teacher", "student", "raw_pixels"} <= set(json.loads(eval_json.read_text()))
-    (registry,) = root.rglob("register/registry")  # register ran: the gate (thresholds 0) passed
-    rec = json.loads(registry.read_text())
-    assert rec["registered"] is True and rec["gate"]["passed"] is True and rec["alias"] == "champion"
+    assert {"teacher", "student", "random_init", "raw_pixels", "_provenance"} <= set(json.loads(eval_json.read_text()))
+    first = _registry_record(out)
+    assert first["registered"] and first["took_alias"] and first["version"] == "1", first["gate"]
+    assert first["champion_uri"] == "models:/dinoflow-student@champion"
+
+    second = _registry_record(run("kfp2", "distill.train.epochs=1"))
+    assert second["registered"] and second["version"] == "2", "register runs even when the gate fails"
+    assert not second["took_alias"] and second["alias_version"] == "1"
+    assert second["gate"]["knn_top1"] < first["gate"]["knn_top1"] - 0.1
+    assert any("champion version 1" in r for r in second["gate"]["reasons"])
+    client = mlflow.MlflowClient(db)
+    assert str(client.get_model_version_by_alias("dinoflow-student", "champion").version) == "1"
+    assert client.get_model_version("dinoflow-student", "2").tags["gate"] == "failed"

@@ -103,7 +103,7 @@ def build_random_init(reference: torch.nn.Module, ev: EvaluateConfig) -> torch.n
 def eval_set_fingerprint(split: EvalSplit, ev: EvaluateConfig) -> str:
     """sha256 of the train/test images and labels as evaluated, plus the settings behind k-NN top-1."""
     def images(data: Any) -> Any:
-        return [data.images] if isinstance(data.images, np.ndarray) else data.images
+        return iter(data.images)  # image by image: a stacked array and a list of the same images hash alike
 
     protocol = {"image_size": ev.image_size, "resize_ratio": ev.resize_ratio, "ks": sorted(ev.ks),
                 "temperature": ev.temperature}
