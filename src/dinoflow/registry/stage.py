@@ -131,7 +131,9 @@ def _register_tracked(cfg: Any, run: Any, pth: Path, sha: str, evidence: EvalEvi
         run = client.get_run(run.info.run_id)
         train_id, found = training_run(client, run, pth, sha, rc.model_name)
         tags = {**version_tags(verdict, sha, train_id), **context_tags(run)}
+        train_run = client.get_run(train_id) if train_id else None
         lm = mlflow.initialize_logged_model(name="student", source_run_id=train_id or run.info.run_id, tags=tags,
+                                            params=dict(train_run.data.params) if train_run else None,  # its recipe
                                             model_type=MODEL_TYPE, experiment_id=run.info.experiment_id)
         info = log_embedding_model(pth, "student", cfg, model_id=lm.model_id,
                                    onnx_dir=Path(tmp) / "onnx" if onnx_info else None, metadata={"onnx": onnx_info})
@@ -139,7 +141,7 @@ def _register_tracked(cfg: Any, run: Any, pth: Path, sha: str, evidence: EvalEvi
         client.log_outputs(train_id, [LoggedModelOutput(lm.model_id, step=0)])
     link_evaluation(cfg, evidence, rc.student_key, lm.model_id)
     version = _new_version(client, rc.model_name, lm.model_id, train_id or run.info.run_id, tags)
-    data_hashes = {k[len("dvc.md5."):]: v for k, v in (client.get_run(train_id).data.tags if train_id else {}).items()
+    data_hashes = {k[len("dvc.md5."):]: v for k, v in (train_run.data.tags if train_run else {}).items()
                    if k.startswith("dvc.md5.")}
     lineage = {"training_run_id": train_id, "training_run_found": found, "sha256": sha,
                "commit": tags.get("dinoflow.git.commit"), "data_hashes": data_hashes}
