@@ -90,7 +90,8 @@ def save_png(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot(steps, [100 * p["knn20"] for p in result["curve"]], marker="o", label=f"{result['arch']} supervised (CLS)")
     ax.axhline(100 * result["raw_pixels_knn20"], color="grey", ls="--", label="raw pixels")
-    ax.axhline(100 * result["gate_min_knn_top1"], color="tab:red", ls=":", label="registry gate")
+    if result["gate_min_knn_top1"] is not None:  # the gate's absolute floor is off by default
+        ax.axhline(100 * result["gate_min_knn_top1"], color="tab:red", ls=":", label="registry gate (absolute floor)")
     ax.set_xlabel("steps (batch %d)" % result["batch"])
     ax.set_ylabel("MNIST k-NN top-1 (%)")
     ax.legend(loc="lower right", fontsize=8)

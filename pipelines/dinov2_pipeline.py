@@ -1,5 +1,5 @@
-"""The dinoflow DAG: curate → pretrain → distill → evaluate → register, inside an exit handler that
-closes the pipeline's MLflow parent run whatever happens.
+"""The dinoflow DAG: curate → pretrain → distill → evaluate → register (which applies the gate itself),
+inside an exit handler that closes the pipeline's MLflow parent run whatever happens.
 
 Compile / run / submit through the CLI (from the repository root):
 

@@ -2,7 +2,8 @@
 can start, artifacts in S3 on a moto_server endpoint), every stage function for real.
 
 Checks that every stage logs one run nested under one pipeline run, and that the registered
-champion served through `mlflow.pyfunc` returns the student backbone's embeddings.
+champion served through `mlflow.pyfunc` returns the student backbone's embeddings (the
+L2-normalised CLS token after the evaluation transform).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ TINY_PIPELINE = [
     "evaluate.max_train=300", "evaluate.max_test=100", "evaluate.linear_epochs=2", "evaluate.linear_lrs=[0.01]",
     "evaluate.ks=[10, 20]", "evaluate.logreg_cs=[1.0]", "evaluate.n_pca_images=1", "evaluate.progress=false",
     "evaluate.linear_n_last_blocks=[1]", "evaluate.linear_avgpool=[false]",
-    "register.min_knn_top1=0.0", "register.min_retention=0.0",
+    "register.min_teacher_gain=null", "register.min_retention=null", "register.onnx.enabled=false",
 ]
 
 
@@ -64,6 +65,7 @@ def test_tiny_pipeline_tracked_and_registered(tmp_path, monkeypatch, mlflow_serv
 
     reg = json.loads(Path("reports/registry.json").read_text())
     assert reg["gate"]["passed"] and reg["alias_version"] == reg["version"]
+    assert reg["training_run_id"] == by_stage["distill"].info.run_id, "the version's source run trained it"
     eval_report = json.loads(Path("reports/eval.json").read_text())
     assert {"teacher", "student", "random_init", "raw_pixels"} <= set(eval_report)
 
@@ -71,7 +73,7 @@ def test_tiny_pipeline_tracked_and_registered(tmp_path, monkeypatch, mlflow_serv
     images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     x = eval_transform(torch.from_numpy(images), cfg.evaluate.image_size, cfg.evaluate.resize_ratio)
     with torch.no_grad():
-        expected = student.forward_features(x)["x_norm_clstoken"].numpy()
+        expected = torch.nn.functional.normalize(student.forward_features(x)["x_norm_clstoken"], dim=-1).numpy()
     mlflow.set_tracking_uri(mlflow_server.uri)
     served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     np.testing.assert_allclose(served.predict(images), expected, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""register: the student into the MLflow model registry (alias `champion` when the gate passes)."""
+"""register: every student into the MLflow model registry; the gate moves the alias `champion`."""
 
 from typing import List
 
@@ -16,13 +16,15 @@ def register(
     eval_reports: Input[Artifact],
     registry: Output[Artifact],
 ):
-    """Run `dinoflow register`; `registry` is reports/registry.json (model name, version, alias, verdict)."""
+    """Run `dinoflow register` (always: it applies the gate itself); `registry` is reports/registry.json."""
     import os
 
+    from dinoflow.launch.gate import gate_line
     from dinoflow.launch.steps import run_step
 
-    run_step("register", params_yaml, overrides, {
+    summary = run_step("register", params_yaml, overrides, {
         "register.model_path": student.path,
         "register.eval_report": os.path.join(eval_reports.path, "eval.json"),
         "register.report": registry.path,
     })
+    print(gate_line(summary))

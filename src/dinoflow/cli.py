@@ -1,10 +1,11 @@
-"""`dinoflow <stage>`: one subcommand per stage, plus `pipeline`, `demo` and `config`.
+"""`dinoflow <stage>`: one subcommand per stage, plus `pipeline`, `demo`, `embed` and `config`.
 
 Usage:
     dinoflow curate -c params.yaml -S curate.near_dup_threshold=0.9
     torchrun --nproc-per-node=2 -m dinoflow pretrain -S pretrain.train.max_steps=10
     dinoflow pipeline compile|run|submit ...
     dinoflow demo
+    dinoflow embed models:/dinoflow-student@champion images/ -o embeddings.parquet
 
 Exit codes: 0 done; 1 a named error stopped the stage (bad input, full disk, unreachable
 service, …); 2 the configuration or command line is invalid (nothing was started). Named errors
@@ -36,6 +37,7 @@ OUTPUT_FILE_KEYS = ("report_csv", "report")
 DELEGATED = {
     "pipeline": "dinoflow.pipeline_cli:main",
     "demo": "dinoflow.demo:main",
+    "embed": "dinoflow.embedding.cli:main",
 }
 
 

@@ -392,18 +392,45 @@ class EvaluateConfig(Section):
         return self
 
 
+class OnnxExportConfig(Section):
+    """The student as ONNX next to the pyfunc model (dynamic batch), checked against PyTorch by onnxruntime."""
+
+    enabled: bool = Field(True, description="export the student to ONNX at registration and log it inside the model")
+    image_size: int | None = Field(
+        None, ge=1,
+        description="input side of the ONNX graph; null: evaluate.image_size (what the pyfunc model feeds the "
+                    "backbone); another size interpolates the positional embedding at export",
+    )
+    opset: int = Field(18, ge=18, description="ONNX opset of the export")
+    atol: float = Field(1e-4, gt=0, description="largest |ONNX − PyTorch| allowed on the parity check")
+
+
 class RegisterConfig(Section):
+    """Registration and the gate: floors on this run's own numbers, then the champion challenge."""
+
     model_name: str = Field("dinoflow-student", min_length=1, max_length=256)
     model_path: str = "models/student"
     eval_report: str = "reports/eval.json"
-    dataset: str = Field("mnist", min_length=1)
-    min_knn_top1: float = Field(0.9, ge=0, le=1)
-    min_retention: float = Field(0.95, ge=0, le=1.5, description="student k-NN / teacher k-NN")
+    dataset: str = Field("mnist", min_length=1, description="the eval.json dataset the gate reads")
+    min_teacher_gain: float | None = Field(
+        0.05, ge=-1, le=1,
+        description="floor: teacher k-NN top-1 minus the random-init baseline's (evaluate.baselines); null: off",
+    )
+    min_retention: float | None = Field(0.95, ge=0, le=1.5, description="floor: student k-NN / teacher k-NN; null: off")
+    min_knn_top1: float | None = Field(
+        None, ge=0, le=1, description="optional absolute floor on the student's k-NN top-1 (off by default: it depends on the data)"
+    )
+    champion_tolerance: float = Field(
+        0.005, ge=0, le=1,
+        description="challenge: take the alias only with k-NN top-1 >= the champion's minus this, on the same evaluation set",
+    )
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,255}$", description="MLflow alias: letters, digits, _ and -; not `latest` or `v<N>` (MLflow reserves them)")
     report: str = "reports/registry.json"
     student_key: str = Field("student", description="the candidate's entry in the eval report")
     teacher_key: str = Field("teacher", description="the reference entry for the retention gate")
+    baseline_key: str = Field("random_init", description="the random-init entry for the teacher-gain floor")
     teacher_path: str | None = Field("models/teacher", description="also log this backbone as a model (not registered); null skips")
+    onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
 
     @field_validator("alias")
     @classmethod

@@ -40,6 +40,28 @@ def _pct(x: Any) -> str:
     return f"{100 * x:5.1f}" if isinstance(x, (int, float)) else "   — "
 
 
+def registry_lines(reg: dict[str, Any]) -> list[str]:
+    """registry.json → the gate's verdict, this version's URI and the champion's URI."""
+    if not reg:
+        return []
+    gate = reg.get("gate") or {}
+    lines = [f"registry gate: {'PASSED' if gate.get('passed') else 'NOT PASSED'}"
+             + ("" if gate.get("passed") else "  " + "; ".join(gate.get("reasons") or []))]
+    if reg.get("version"):
+        taken = "took the alias" if reg.get("took_alias") else "registered as a candidate"
+        lines.append(f"  this run:  {reg.get('model_uri')}  ({taken})")
+    champion = reg.get("champion_uri") or reg.get("alias_uri")
+    if champion:
+        lines.append(f"  champion:  {champion}  (version {reg.get('alias_version')})")
+        lines.append(f"  use it:    dinoflow embed {champion} <images> -o embeddings.parquet   |   "
+                     f"mlflow models serve -m {champion} --env-manager local -p 5001")
+    elif reg.get("registered"):
+        lines.append(f"  champion:  none yet (alias {reg.get('alias')!r} unset)")
+    if reg.get("note"):
+        lines.append(f"  note: {reg['note']}")
+    return lines
+
+
 def summary(cfg) -> str:
     """The demo's result in a few lines, read back from the reports the stages wrote."""
     lines = ["", "=" * 72, "dinoflow demo — summary", "=" * 72]
@@ -55,7 +77,7 @@ def summary(cfg) -> str:
                 f"{k} {gt[k]:.3f}" if isinstance(gt[k], float) else f"{k} {gt[k]}"
                 for k in ("duplicate_recall", "duplicate_precision", "junk_kept_fraction", "corrupt_reported", "corrupt_total")
                 if k in gt))
-    ev = _read(f"{cfg.evaluate.report_dir}/eval.json")
+    ev = {k: v for k, v in _read(f"{cfg.evaluate.report_dir}/eval.json").items() if not k.startswith("_")}
     if ev:
         datasets = sorted({d for m in ev.values() if isinstance(m, dict) for d in m})
         lines.append("frozen features (top-1 %, k-NN k=20 / linear probe):")
@@ -65,14 +87,7 @@ def summary(cfg) -> str:
                 row = ev[model]
                 lines.append("  " + f"{model:<12}" + "".join(
                     f"{_pct(row.get(d, {}).get('knn_top1')):>13}{_pct(row.get(d, {}).get('linear_top1')):>13}" for d in datasets))
-    reg = _read(cfg.register.report)
-    if reg:
-        gate = reg.get("gate", {})
-        verdict = gate.get("passed", reg.get("passed"))
-        lines.append(f"registry gate: {'PASSED' if verdict else 'FAILED'}  {gate.get('reasons', '')}")
-        for key in ("model_uri", "champion_uri", "version_uri"):
-            if reg.get(key):
-                lines.append(f"  {key}: {reg[key]}")
+    lines += registry_lines(_read(cfg.register.report))
     lines += [
         "open the tracking UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then http://127.0.0.1:5000)",
         f"reports:  {cfg.curate.report_dir}/curation.html  {cfg.evaluate.report_dir}/eval.md  (+ PNGs beside them)",

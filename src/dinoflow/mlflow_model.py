@@ -1,37 +1,40 @@
-"""A backbone as an MLflow model that embeds images: images in, CLS embeddings out.
+"""A backbone as an MLflow model that embeds images: encoded images or pixel arrays in, embeddings out.
 
     model = mlflow.pyfunc.load_model("models:/dinoflow-student@champion")
-    emb = model.predict(images)          # uint8 [N,H,W] or [N,H,W,C]  → float32 [N,D]
-    emb = model.predict(pd.DataFrame({"image": [png_bytes, jpeg_bytes]}))
+    emb = model.predict(np.array([png_bytes, jpeg_bytes], dtype=object))   # → float32 [N, D]
+    emb = model.predict(pd.DataFrame({"image": [png_bytes, b64_text]}))     # bytes or base64 text
+    emb = model.predict(uint8_images)                                       # [N,H,W] or [N,H,W,C]
+    both = model.predict(images, params={"pooled_patch_tokens": True})     # {"embedding", "pooled_patch_tokens"}
 
-The embedding is the backbone's `x_norm_clstoken` after the evaluation transform
-(`dinoflow.evaluation.transform.eval_transform`: shorter side → image_size·resize_ratio,
-centre crop image_size, ImageNet mean/std; grey repeated to 3 channels) — the same features
-the k-NN gate was measured on. Transform settings come from the `evaluate` config section and
-travel with the model in `preprocess.json`.
+    mlflow models serve -m models:/dinoflow-student@champion --env-manager local -p 5001
+    curl -H 'Content-Type: application/json' -d @serving_input_example.json localhost:5001/invocations
+    # {"inputs": ["<base64 PNG>", ...]}  →  {"predictions": [[...D floats...], ...]}
 
-Serialisation: a pyfunc `PythonModel` (logged "from code": a three-line loader script, no
-cloudpickle) + the weights file, not MLflow 3's default PyTorch
-export (`torch.export` → pt2). Reasons:
+The embedding is defined in `dinoflow.embedding.compute` (L2-normalised `x_norm_clstoken` after
+the evaluation transform, the features the k-NN gate measured); `dinoflow embed` computes the
+same numbers. Transform settings travel with the model in `preprocess.json`.
+
+Serialisation: a pyfunc `PythonModel` logged "from code" (a three-line loader script, no
+cloudpickle) + the weights file, not MLflow's PyTorch export (`torch.export` → pt2). Reasons:
 - the artifact *is* the official-layout `backbone.pth` + `config.yaml`, loaded with
   `torch.load(weights_only=True)`: no pickled code to trust, and the same file works outside
   MLflow (DINOv2 hub code, `dinoflow.models.load_backbone`);
-- a pt2 program is traced for fixed input shapes: positional-embedding interpolation for other
-  image sizes, variable batch sizes and bytes decoding would have to be made export-friendly
-  (dynamic dims, no data-dependent Python branches) and the program is tied to the torch
-  version that exported it;
-- the model owns its pre-processing (decode, resize, normalise), which pt2 cannot hold.
+- the model owns its pre-processing (decode, resize, normalise), which a pt2 program cannot hold;
+- the ONNX export (`dinoflow.embedding.onnx_export`) travels beside it as artifact `onnx` for
+  runtimes without Python.
 The cost: loading needs torch + dinoflow's model code; the model carries that code
-(`code_paths`) and pins torch in its requirements.
+(`code_paths`) and lists what it imports in its requirements (public-index versions, no local
+`+cpu` tags), so `pip install -r requirements.txt` works on a fresh machine.
 
-Input schema: pyfunc enforces one signature, and the three accepted forms (uint8 [N,H,W],
-uint8 [N,H,W,C], a column of encoded bytes) differ in rank and type, so the signature declares
-a ragged object tensor `(-1,)` (MLflow's "any batch" spec) and `predict` validates the input
-itself with clear errors. The output is declared exactly: float32 `(-1, D)`.
+Input schema: the accepted forms (a 1-d batch of bytes / base64 text, uint8 [N,H,W], [N,H,W,C])
+differ in rank and type, so the signature declares an object tensor `(-1,)` — which MLflow
+enforces as "any ndarray" — and `predict` validates the input itself with clear errors.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 import tempfile
@@ -40,14 +43,26 @@ from typing import Any
 
 import numpy as np
 
+from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_images
+
 PREPROCESS_FILE = "preprocess.json"
 ARTIFACT_KEY = "backbone"
-PREDICT_BATCH = 256
+ONNX_ARTIFACT_KEY = "onnx"
+PARAM_POOLED = POOLED_PATCH_TOKENS
 LOADER_CODE = (
     "import mlflow.models\n"
     "from dinoflow.mlflow_model import EmbeddingModel\n"
     "mlflow.models.set_model(EmbeddingModel())\n"
 )
+# distribution → why the model needs it (what `dinoflow.mlflow_model` imports when loading and predicting)
+REQUIREMENTS = {
+    "torch": "the backbone",
+    "numpy": "arrays in and out",
+    "pillow": "PNG/JPEG decoding (dinoflow.data.decode)",
+    "pyyaml": "config.yaml beside the weights",
+    "pydantic": "the model config (dinoflow.config)",
+    "pandas": "DataFrame inputs",
+}
 
 
 def preprocess_settings(cfg: Any) -> dict[str, Any]:
@@ -64,20 +79,22 @@ def _decode(data: Any) -> np.ndarray:
     from dinoflow.data.decode import CorruptImage, decode_image
 
     if isinstance(data, str):
-        import base64
-
-        data = base64.b64decode(data)  # JSON serving sends binary columns base64-encoded
+        try:
+            data = base64.b64decode(data, validate=True)  # JSON serving sends images as base64 text
+        except ValueError as e:
+            raise ValueError(f"a text input must be a base64-encoded PNG/JPEG: {e}") from e
     try:
-        return np.asarray(decode_image(bytes(data)))
+        return np.array(decode_image(bytes(data)))
     except CorruptImage as e:
         raise ValueError(f"cannot decode an input image: {e}") from e
 
 
 def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
-    """Normalise a pyfunc input to uint8 images: an array [N,H,W] / [N,H,W,C], or a list of [H,W(,C)].
+    """Normalise a pyfunc input to uint8 images: an array [N,H,W] / [N,H,W,C], or a list of [H,W,3].
 
-    Accepts a uint8 array (also int arrays within 0–255, as JSON serving delivers them), a pandas
-    DataFrame whose first (or `image`) column holds PNG/JPEG bytes, or a sequence of such bytes.
+    Accepts a uint8 array (also integer arrays within 0–255, as JSON serving delivers them), a
+    pandas DataFrame whose `image` (or first) column holds PNG/JPEG bytes or base64 text, or a 1-d
+    batch (array, list) of such bytes / text.
     """
     try:
         import pandas as pd
@@ -91,9 +108,9 @@ def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
     if isinstance(model_input, (list, tuple)) and model_input and isinstance(model_input[0], (bytes, bytearray, str)):
         return [_decode(v) for v in model_input]
     a = np.asarray(model_input)
-    if a.dtype == object:
+    if a.dtype == object or a.dtype.kind in ("S", "U"):
         flat = a.reshape(-1) if a.ndim <= 2 else None
-        if flat is not None and len(flat) and isinstance(flat[0], (bytes, bytearray, str)):
+        if flat is not None and len(flat) and isinstance(flat[0], (bytes, bytearray, str, np.bytes_, np.str_)):
             return [_decode(v) for v in flat]
         a = np.asarray(a.tolist())
     if a.dtype != np.uint8:
@@ -108,28 +125,6 @@ def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
     return a
 
 
-def embed(model: Any, images: "list[np.ndarray] | np.ndarray", image_size: int, resize_ratio: float) -> np.ndarray:
-    """uint8 images → float32 [N, D] CLS embeddings (`x_norm_clstoken`) after the eval transform."""
-    import torch
-
-    from dinoflow.evaluation.transform import eval_transform
-
-    out = []
-    n = len(images)
-    for start in range(0, n, PREDICT_BATCH):
-        chunk = images[start : start + PREDICT_BATCH]
-        if isinstance(chunk, np.ndarray):
-            t = torch.from_numpy(np.ascontiguousarray(chunk))
-            batch = t if t.ndim == 3 else t[..., :3].permute(0, 3, 1, 2)
-        else:
-            batch = list(chunk)
-        x = eval_transform(batch, image_size=image_size, resize_ratio=resize_ratio)
-        with torch.inference_mode():
-            out.append(model.forward_features(x)["x_norm_clstoken"].float().numpy())
-    dim = int(getattr(model, "embed_dim", 0))
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
-
-
 try:
     import mlflow.pyfunc
 
@@ -139,42 +134,89 @@ except ImportError:  # pragma: no cover - mlflow is a dependency
 
 
 class EmbeddingModel(_PythonModel):
-    """pyfunc: images → CLS embeddings. Artifacts: a directory with backbone.pth, config.yaml, preprocess.json."""
+    """pyfunc: images → embeddings. Artifacts: `backbone` (backbone.pth, config.yaml, preprocess.json)."""
 
     def load_context(self, context: Any) -> None:
         from dinoflow.models import load_backbone
 
         d = Path(context.artifacts[ARTIFACT_KEY])
-        self._model = load_backbone(d / "backbone.pth")
-        self._prep = json.loads((d / PREPROCESS_FILE).read_text())
+        self.backbone_path = d / "backbone.pth"
+        self.backbone = load_backbone(self.backbone_path).eval()
+        self.prep = json.loads((d / PREPROCESS_FILE).read_text())
+
+    def embed(self, images: Any, pooled_patch_tokens: bool = False) -> dict[str, np.ndarray]:
+        """Decoded uint8 images → {"embedding": [N, D]} (+ pooled patch tokens); see `embed_images`."""
+        return embed_images(self.backbone, images, self.prep["image_size"], self.prep["resize_ratio"],
+                            pooled_patch_tokens=pooled_patch_tokens)
 
     # no type hints on predict: MLflow would try (and fail) to derive a signature from them
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        images = as_images(model_input)
-        return embed(self._model, images, self._prep["image_size"], self._prep["resize_ratio"])
+        pooled = bool((params or {}).get(PARAM_POOLED, False))
+        out = self.embed(as_images(model_input), pooled_patch_tokens=pooled)
+        return out if pooled else out[EMBEDDING]
 
 
-def _requirements() -> list[str]:
+def requirements() -> list[str]:
+    """`dist==version` for each of REQUIREMENTS, without local version tags (`2.13.0+cpu` → `2.13.0`).
+
+    A local tag names a build that only one index has; the public version installs anywhere
+    (install torch first where a CPU-only build is wanted: PyPI's Linux torch is a CUDA build).
+    """
     import importlib.metadata as md
 
     reqs = []
-    for dist in ("torch", "numpy", "pillow", "pyyaml", "pydantic", "pandas"):
+    for dist in REQUIREMENTS:
         try:
-            reqs.append(f"{dist}=={md.version(dist)}")
+            reqs.append(f"{dist}=={md.version(dist).split('+')[0]}")
         except md.PackageNotFoundError:
             reqs.append(dist)
     return reqs
 
 
-def log_embedding_model(backbone_path: str | Path, name: str, cfg: Any, registered_model_name: str | None = None) -> Any:
-    """Log `backbone_path` (a backbone.pth with config.yaml beside it, or their directory) into the
-    active run as pyfunc model `name`; also log the raw files under `weights/<name>/`.
+def example_images(size: int) -> list[bytes]:
+    """Two PNG images (a bright disc on black, a dark diagonal bar on white) at size × size."""
+    from PIL import Image
 
+    yy, xx = np.mgrid[:size, :size]
+    disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2).astype(np.uint8) * 255
+    bar = np.where(np.abs(yy - xx) < max(1, size // 8), 0, 255).astype(np.uint8)
+    out = []
+    for a in (disc, bar):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def signature(dim: int) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
+        params=ParamSchema([ParamSpec(PARAM_POOLED, "boolean", False)]),
+    )
+
+
+def log_embedding_model(
+    backbone_path: str | Path,
+    name: str,
+    cfg: Any,
+    registered_model_name: str | None = None,
+    *,
+    model_id: str | None = None,
+    onnx_dir: str | Path | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Any:
+    """Log `backbone_path` (a backbone.pth with config.yaml beside it, or their directory) into the
+    active run as pyfunc model `name`; also log the raw files under the run's `weights/<name>/`.
+
+    `model_id`: log into this already-created MLflow LoggedModel (e.g. one whose source run is the
+    training run); `onnx_dir`: a folder (model.onnx + onnx.json) logged as the model's `onnx` artifact.
     Returns MLflow's ModelInfo (`model_uri`, `model_id`, `registered_model_version`).
     """
     import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
 
     import dinoflow
     from dinoflow.errors import DinoflowError
@@ -186,13 +228,9 @@ def log_embedding_model(backbone_path: str | Path, name: str, cfg: Any, register
     if not pth.is_file():
         raise DinoflowError(f"cannot log model {name!r}: {pth} does not exist (run the stage that writes it first)")
     prep = preprocess_settings(cfg)
-    model = load_backbone(pth)
-    size = prep["image_size"]
-    example = np.random.default_rng(0).integers(0, 256, size=(2, size, size), dtype=np.uint8)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(model.embed_dim)))]),
-    )
+    dim = int(load_backbone(pth).embed_dim)
+    example = np.array([base64.b64encode(b).decode() for b in example_images(prep["image_size"])], dtype=object)
+    artifacts: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dinoflow-model-") as tmp:
         bundle = Path(tmp) / "backbone"
         bundle.mkdir()
@@ -200,19 +238,24 @@ def log_embedding_model(backbone_path: str | Path, name: str, cfg: Any, register
         if (pth.parent / "config.yaml").is_file():
             shutil.copy2(pth.parent / "config.yaml", bundle / "config.yaml")
         (bundle / PREPROCESS_FILE).write_text(json.dumps(prep))
+        artifacts[ARTIFACT_KEY] = str(bundle)
+        if onnx_dir is not None:
+            artifacts[ONNX_ARTIFACT_KEY] = str(onnx_dir)
         # models-from-code: MLflow stores this tiny script instead of a cloudpickled object
         loader = Path(tmp) / "embedding_model.py"
         loader.write_text(LOADER_CODE)
         mlflow.log_artifacts(str(bundle), f"weights/{name}")
-        info = mlflow.pyfunc.log_model(
+        return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(loader),
-            artifacts={ARTIFACT_KEY: str(bundle)},
+            artifacts=artifacts,
             code_paths=[str(Path(dinoflow.__file__).parent)],
-            signature=signature,
+            signature=signature(dim),
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=requirements(),
             registered_model_name=registered_model_name,
-            metadata={"embedding": "x_norm_clstoken", "embed_dim": int(model.embed_dim), **prep},
+            model_id=model_id,
+            metadata={"embedding": "L2-normalised x_norm_clstoken", "embed_dim": dim,
+                      "params": {PARAM_POOLED: "also return the L2-normalised mean patch token"},
+                      **prep, **(metadata or {})},
         )
-    return info

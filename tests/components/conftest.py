@@ -1,5 +1,4 @@
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture
 def standin_stages(monkeypatch, tmp_path):
-    """Route the stage table (and the registry gate) to the stand-ins; returns the log reader."""
+    """Route the stage table to the stand-ins; returns the log reader."""
     import standin_stages as s
 
     import dinoflow.stages
@@ -21,9 +20,6 @@ def standin_stages(monkeypatch, tmp_path):
     monkeypatch.setenv(s.LOG_ENV, str(log))
     for name, target in s.STAGE_TABLE.items():
         monkeypatch.setitem(dinoflow.stages.STAGES, name, target)
-    registry = types.ModuleType("dinoflow.registry")
-    registry.read_eval_report, registry.gate_verdict = s.read_eval_report, s.gate_verdict
-    monkeypatch.setitem(sys.modules, "dinoflow.registry", registry)
 
     def read() -> dict:
         import json

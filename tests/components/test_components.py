@@ -101,22 +101,26 @@ def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, 
 
     ev_reports, md = _art(dsl.Artifact, tmp_path / "eval"), _art(dsl.Markdown, tmp_path / "eval.md")
     ev_metrics = dsl.Metrics(name="em", uri=str(tmp_path / "em"))
-    out = evaluate.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.9"], teacher=teacher,
-                               student=student, reports=ev_reports, report_md=md, metrics=ev_metrics)
-    assert out is True and "passed: knn_top1 0.95 on mnist" in capsys.readouterr().out
+    out = evaluate.python_func(params_yaml=text, overrides=[], teacher=teacher, student=student, reports=ev_reports,
+                               report_md=md, metrics=ev_metrics)
+    assert out is None  # the gate runs in register, which always runs
     assert standin_stages()["evaluate"]["models"] == {"teacher": f"{teacher.path}/backbone.pth",
                                                       "student": f"{student.path}/backbone.pth"}
     assert ev_metrics.metadata == {"mnist.student.knn_top1": 0.95}
     assert "student" in Path(md.path).read_text()
-    below = evaluate.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.99"], teacher=teacher,
-                                 student=student, reports=ev_reports, report_md=md, metrics=ev_metrics)
-    assert below is False
 
     registry = _art(dsl.Artifact, tmp_path / "registry.json")
-    register.python_func(params_yaml=text, overrides=[], student=student, eval_reports=ev_reports, registry=registry)
+    register.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.9"], student=student,
+                         eval_reports=ev_reports, registry=registry)
     rec = standin_stages()["register"]
     assert rec["model_path"] == student.path and rec["eval_report"] == f"{ev_reports.path}/eval.json"
-    assert json.loads(Path(registry.path).read_text()) == {"alias": "champion"}
+    assert json.loads(Path(registry.path).read_text())["alias_uri"] == "models:/dinoflow-student@champion"
+    assert "registry gate passed: dinoflow-student version 1 is champion" in capsys.readouterr().out
+    register.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.99"], student=student,
+                         eval_reports=ev_reports, registry=registry)
+    assert standin_stages()["register"]["passed"] is False
+    assert "registry gate not passed: dinoflow-student version 1 registered as a candidate, no champion yet: " \
+           "knn_top1 0.95 < min_knn_top1 0.99" in capsys.readouterr().out
 
 
 def test_user_overrides_cannot_redirect_artifacts(standin_stages, tmp_path):

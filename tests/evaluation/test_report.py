@@ -44,6 +44,20 @@ def test_write_and_check(tmp_path):
         check_eval_report(bad)
 
 
+def test_provenance_is_written_beside_the_results_and_checked(tmp_path):
+    from dinoflow.evaluation.report import PROVENANCE_KEY, split_eval_json
+
+    rep = {"student": {"mnist": eval_entry(KNN, None, None, None)}}
+    prov = {"models": {"student": {"path": "s.pth", "sha256": "0" * 64}}, "datasets": {"mnist": {"fingerprint": "f" * 64}}}
+    written = json.loads(write_eval_json(tmp_path / "eval.json", rep, prov).read_text())
+    assert split_eval_json(written) == (rep, prov)
+    check_eval_report(written)
+    with pytest.raises(ValueError, match="needs a sha256"):
+        check_eval_report({**rep, PROVENANCE_KEY: {"models": {"student": {"path": "s.pth"}}}})
+    with pytest.raises(ValueError, match="non-empty mapping of models"):
+        check_eval_report({PROVENANCE_KEY: prov})
+
+
 def test_markdown_lists_every_model_and_value():
     rep = {m: {"mnist": eval_entry(KNN, 0.5 + i / 10, None if m == "raw_pixels" else {"n_last_blocks": 4, "avgpool": True, "lr": 0.01}, 0.4)}
            for i, m in enumerate(["teacher", "raw_pixels"])}

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from dinoflow.config import load_config
+from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.report import ENTRY_KEYS, check_eval_report
-from dinoflow.evaluation.run import build_random_init, evaluate
+from dinoflow.evaluation.datasets import EvalSplit, LabelledImages
+from dinoflow.evaluation.run import build_random_init, eval_set_fingerprint, evaluate
 from dinoflow.models import build_backbone, export_backbone
 
 
@@ -56,6 +58,11 @@ def test_evaluate_end_to_end(tmp_path):
     out = evaluate(cfg)
     rep = json.loads((tmp_path / "reports" / "eval.json").read_text())
     check_eval_report(rep)
+    prov = rep.pop("_provenance")  # what was evaluated: register checks it (issue 14.3)
+    assert prov["models"] == {n: {"path": str(tmp_path / n / "backbone.pth"),
+                                  "sha256": file_sha256(tmp_path / n / "backbone.pth")} for n in ("teacher", "student")}
+    assert set(prov["datasets"]) == {"mnist", "digits"} and prov["datasets"]["mnist"]["n_test"] == 50
+    assert prov["datasets"]["mnist"]["fingerprint"] != prov["datasets"]["digits"]["fingerprint"]
     assert set(rep) == {"teacher", "student", "random_init", "raw_pixels"}
     for per_ds in rep.values():
         assert set(per_ds) == {"mnist", "digits"}
@@ -69,3 +76,27 @@ def test_evaluate_end_to_end(tmp_path):
     assert "| random_init |" in md and "k-NN k clipped" in md  # k = 200 > 150 train samples
     names = sorted(p.name for p in (tmp_path / "reports").glob("*.png"))
     assert names == ["eval_cls_map_digits.png", "eval_cls_map_mnist.png", "eval_patch_pca_digits.png", "eval_patch_pca_mnist.png"]
+
+
+def test_eval_set_fingerprint_follows_images_labels_and_protocol():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), np.arange(6) % 2
+    split = lambda im, lab: EvalSplit("s", LabelledImages(im[:4], lab[:4]), LabelledImages(im[4:], lab[4:]))  # noqa: E731
+    ev = load_config("params.yaml").evaluate
+    base = eval_set_fingerprint(split(imgs, labels), ev)
+    assert base == eval_set_fingerprint(split(imgs.copy(), labels.copy()), ev) and len(base) == 64
+    flipped = imgs.copy()
+    flipped[5, 0, 0] ^= 1
+    assert eval_set_fingerprint(split(flipped, labels), ev) != base  # one pixel of the test split
+    assert eval_set_fingerprint(split(imgs, 1 - labels), ev) != base  # labels
+    assert eval_set_fingerprint(split(imgs, labels), ev.model_copy(update={"ks": [10]})) != base  # protocol
+    as_list = EvalSplit("s", LabelledImages(list(imgs[:4]), labels[:4]), LabelledImages(list(imgs[4:]), labels[4:]))
+    assert eval_set_fingerprint(as_list, ev) == base  # how the loader held the images does not matter
+
+
+def test_model_names_starting_with_underscore_are_reserved(tmp_path):
+    cfg = _cfg(tmp_path, f"evaluate.models={{_provenance: {tmp_path}/x.pth}}")
+    with pytest.raises(DinoflowError, match="reserved in eval.json"):
+        evaluate(cfg)

@@ -1,14 +1,13 @@
-"""Step config (params text + overrides + artifact wiring), torchrun command lines, the gate adapter."""
+"""Step config (params text + overrides + artifact wiring), torchrun command lines, the gate's log line."""
 
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
 
 from dinoflow.errors import DinoflowError
-from dinoflow.launch.gate import gate_verdict
+from dinoflow.launch.gate import gate_line
 from dinoflow.launch.steps import flat_metrics, publish, step_config, wiring_overrides
 from dinoflow.launch.torchrun import run_torchrun, torchrun_argv
 from dinoflow.launch.training import LaunchOptions
@@ -58,29 +57,14 @@ def test_launch_mode_follows_resources(nodes, gpus, mode):
     assert LaunchOptions(num_nodes=nodes, gpus_per_node=gpus).mode() == mode
 
 
-def _registry(monkeypatch, verdict):
-    registry = types.ModuleType("dinoflow.registry")
-    registry.read_eval_report = lambda path: {"path": str(path)}
-    registry.gate_verdict = lambda report, rc: verdict(report, rc)
-    monkeypatch.setitem(sys.modules, "dinoflow.registry", registry)
-
-
-def test_gate_adapter_uses_the_registry_rule(monkeypatch):
-    seen = {}
-
-    def verdict(report, rc):
-        seen.update(report=report, min_knn=rc.min_knn_top1)
-        return {"passed": False, "reasons": ["knn_top1 0.5 < 0.9", "retention 0.8 < 0.95"]}
-
-    _registry(monkeypatch, verdict)
-    cfg = step_config("", ["register.min_knn_top1=0.9"], {"register.eval_report": "/r/eval.json"})
-    assert gate_verdict(cfg) == (False, "knn_top1 0.5 < 0.9; retention 0.8 < 0.95")
-    assert seen == {"report": {"path": "/r/eval.json"}, "min_knn": 0.9}
-    _registry(monkeypatch, lambda r, rc: {"passed": True, "knn_top1": 0.97, "dataset": "mnist", "reasons": []})
-    assert gate_verdict(cfg) == (True, "passed: knn_top1 0.97 on mnist")
-
-
-def test_gate_adapter_explains_a_missing_gate(monkeypatch):
-    monkeypatch.setitem(sys.modules, "dinoflow.registry", types.ModuleType("dinoflow.registry"))
-    with pytest.raises(DinoflowError, match="gate_verdict|read_eval_report"):
-        gate_verdict(step_config(""))
+def test_gate_line_says_what_register_did():
+    base = {"model_name": "m", "alias": "champion", "registered": True, "version": "3"}
+    passed = {**base, "gate": {"passed": True, "reasons": []}, "alias_version": "3", "alias_uri": "models:/m@champion"}
+    assert gate_line(passed) == "registry gate passed: m version 3 is champion (models:/m@champion)"
+    failed = {**base, "gate": {"passed": False, "reasons": ["retention 0.8 < 0.95", "knn_top1 0.7 < champion's 0.8"]},
+              "alias_version": "2"}
+    assert gate_line(failed) == ("registry gate not passed: m version 3 registered as a candidate, champion stays on "
+                                 "version 2: retention 0.8 < 0.95; knn_top1 0.7 < champion's 0.8")
+    assert "no champion yet" in gate_line({**failed, "alias_version": None})
+    off = {"registered": False, "gate": {"passed": True}, "note": "tracking disabled"}
+    assert gate_line(off) == "registry gate passed; nothing registered: tracking disabled"

@@ -3,8 +3,11 @@
 Two variants:
 - stand-in stages (tests/components/standin_stages.py, injected into every component
   subprocess through a sitecustomize on PYTHONPATH): checks the DAG's artifact wiring, that
-  register runs whatever the gate says, and that the exit handler runs;
-- the real stages on the tiny demo config.
+  register runs after every evaluate whatever the gate says (it applies the gate itself), and that
+  the exit handler runs;
+- the real stages on a tiny config, twice: the first run's student becomes `champion` under one
+  MLflow parent run closed by the exit handler; with `distill.train.epochs=1` the second registers a
+  worse version that does not take the alias.
 """
 
 from __future__ import annotations
@@ -21,13 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "tests" / "components"
 
 SITECUSTOMIZE = """
-import sys, types
 import dinoflow.stages
 import standin_stages as s
 dinoflow.stages.STAGES.update(s.STAGE_TABLE)
-registry = types.ModuleType("dinoflow.registry")
-registry.read_eval_report, registry.gate_verdict = s.read_eval_report, s.gate_verdict
-sys.modules["dinoflow.registry"] = registry
 """
 
 
@@ -65,38 +64,45 @@ def test_dag_wiring_and_gate_with_standin_stages(tmp_path, monkeypatch, capsys):
     assert all(str(tmp_path / "pass" / "kfp") in rec[s]["out_dir"] for s in ("curate", "pretrain", "distill"))
     assert out["pipeline_root"] == str((tmp_path / "pass" / "kfp").resolve())
 
+    assert rec["register"]["passed"] is True
     rec_fail, _ = _run_standin_dag(tmp_path / "fail", monkeypatch, knn=0.5, capsys=capsys)
-    assert list(rec_fail) == ["curate", "pretrain", "distill", "evaluate", "register"], \
-        "every candidate is registered; the gate inside register decides the alias"
+    assert list(rec_fail) == ["curate", "pretrain", "distill", "evaluate", "register"], "register runs below the gate too"
+    assert rec_fail["register"]["passed"] is False
+
+
+def _registry_record(out: dict) -> dict:
+    (registry,) = Path(out["pipeline_root"]).rglob("register/registry")
+    return json.loads(registry.read_text())
 
 
 @pytest.mark.slow
-def test_whole_dag_on_the_demo_config_with_real_stages(tmp_path, monkeypatch, capsys):
+def test_whole_dag_with_real_stages_crowns_then_keeps_the_champion(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from tiny_pipeline import TINY_REGISTRY_PIPELINE
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    small = [
-        "pretrain.train.max_steps=3", "pretrain.train.batch_size_per_rank=32",
-        "distill.train.max_steps=3", "distill.train.batch_size_per_rank=32",
-        "evaluate.max_train=150", "evaluate.max_test=50", "evaluate.linear_epochs=1", "evaluate.linear_lrs=[0.1]",
-        "evaluate.logreg_cs=[1.0]", "evaluate.logreg_max_iter=50", "evaluate.n_pca_images=0", "evaluate.progress=false",
-        "register.min_knn_top1=0.0", "register.min_retention=0.0",
-    ]
-    args = ["run", "--local", "--demo", "-c", str(ROOT / "params.yaml"), "--pipeline-root", str(tmp_path / "kfp")]
-    for s in small:
-        args += ["-S", s]
-    assert main(args) == 0
-    out = _cli_json(capsys.readouterr().out)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+
+    def run(root: str, *extra: str) -> dict:
+        args = ["run", "--local", "--demo", "-c", str(ROOT / "params.yaml"), "--pipeline-root", str(tmp_path / root)]
+        for s in [*TINY_REGISTRY_PIPELINE, "register.onnx.enabled=false", *extra]:
+            args += ["-S", s]
+        assert main(args) == 0
+        return _cli_json(capsys.readouterr().out)
+
+    out = run("kfp1")
     root = Path(out["pipeline_root"])
     assert list(root.rglob("backbone.pth")), "teacher and student backbones are artifacts"
     (eval_json,) = root.rglob("evaluate/reports/eval.json")
-    assert {"teacher", "student", "raw_pixels"} <= set(json.loads(eval_json.read_text()))
-    (registry,) = root.rglob("register/registry")  # register ran: the gate (thresholds 0) passed
-    rec = json.loads(registry.read_text())
-    assert rec["registered"] is True and rec["gate"]["passed"] is True and rec["alias"] == "champion"
-    # one MLflow parent run for the pipeline run; the exit handler closed it
-    import mlflow
+    assert {"teacher", "student", "random_init", "raw_pixels", "_provenance"} <= set(json.loads(eval_json.read_text()))
+    first = _registry_record(out)
+    assert first["registered"] and first["took_alias"] and first["version"] == "1", first["gate"]
+    assert first["champion_uri"] == "models:/dinoflow-student@champion"
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # one MLflow parent run for the pipeline run; the exit handler closed it
+    client = mlflow.MlflowClient(db)
     exp = client.get_experiment_by_name("dinoflow").experiment_id
     stages = client.search_runs([exp], filter_string=f"tags.`dinoflow.pipeline_run_id` = '{out['run_id']}' "
                                                      "and tags.`dinoflow.stage` != ''")
@@ -104,3 +110,11 @@ def test_whole_dag_on_the_demo_config_with_real_stages(tmp_path, monkeypatch, ca
     (parent,) = {r.data.tags["mlflow.parentRunId"] for r in stages}
     parent_run = client.get_run(parent)
     assert parent_run.data.tags["dinoflow.pipeline_run_id"] == out["run_id"] and parent_run.info.status == "FINISHED"
+
+    second = _registry_record(run("kfp2", "distill.train.epochs=1"))
+    assert second["registered"] and second["version"] == "2", "register runs even when the gate fails"
+    assert not second["took_alias"] and second["alias_version"] == "1"
+    assert second["gate"]["knn_top1"] < first["gate"]["knn_top1"] - 0.1
+    assert any("champion version 1" in r for r in second["gate"]["reasons"])
+    assert str(client.get_model_version_by_alias("dinoflow-student", "champion").version) == "1"
+    assert client.get_model_version("dinoflow-student", "2").tags["gate"] == "failed"

@@ -2,29 +2,29 @@
 baselines (raw pixels, random init), reports. The stage itself is `dinoflow.evaluation.run:evaluate`.
 
 Accuracies are fractions in [0, 1] everywhere.
+
+Names are imported on first use: the registered embedding model imports
+`dinoflow.evaluation.transform` alone and must not pull in scikit-learn through this package.
 """
 
-from dinoflow.evaluation.features import FeatureSet, extract_features, patch_tokens, pixel_features
-from dinoflow.evaluation.knn import iter_knn_scores, knn_accuracy, knn_classify
-from dinoflow.evaluation.linear import LinearHParams, LinearResult, linear_probe, select_linear, stratified_split
-from dinoflow.evaluation.logreg import LogregResult, logreg_probe, select_logreg
-from dinoflow.evaluation.transform import eval_transform
+from __future__ import annotations
 
-__all__ = [
-    "FeatureSet",
-    "LinearHParams",
-    "LinearResult",
-    "LogregResult",
-    "eval_transform",
-    "extract_features",
-    "iter_knn_scores",
-    "knn_accuracy",
-    "knn_classify",
-    "linear_probe",
-    "logreg_probe",
-    "patch_tokens",
-    "pixel_features",
-    "select_linear",
-    "select_logreg",
-    "stratified_split",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "FeatureSet": "features", "extract_features": "features", "patch_tokens": "features", "pixel_features": "features",
+    "iter_knn_scores": "knn", "knn_accuracy": "knn", "knn_classify": "knn",
+    "LinearHParams": "linear", "LinearResult": "linear", "linear_probe": "linear", "select_linear": "linear",
+    "stratified_split": "linear",
+    "LogregResult": "logreg", "logreg_probe": "logreg", "select_logreg": "logreg",
+    "eval_transform": "transform",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

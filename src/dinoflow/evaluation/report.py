@@ -7,7 +7,11 @@ eval.json — every accuracy is a fraction in [0, 1]:
         "knn": {"10": top-1, "20": …, "100": …, "200": …},
         "knn_top5": <top-5 of k = 20>,
         "linear_top1": …, "linear_best": {"n_last_blocks": 4, "avgpool": true, "lr": 0.01},
-        "logreg_top1": …}}}
+        "logreg_top1": …}},
+     "_provenance": {                      # what was evaluated (register checks it)
+        "models": {model: {"path": …, "sha256": <of the backbone file>}},
+        "datasets": {dataset: {"fingerprint": <sha256 of the splits + k-NN protocol>,
+                               "n_train": …, "n_test": …, "n_classes": …}}}}
 
 Figures: the first three PCA components of a model's patch features as RGB (as in the DINOv2
 paper's figures) and a 2-D PCA map of CLS features coloured by class.
@@ -27,6 +31,7 @@ from dinoflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REPORT_K = 20
 ENTRY_KEYS = ("knn_top1", "knn", "knn_top5", "linear_top1", "linear_best", "logreg_top1")
+PROVENANCE_KEY = "_provenance"  # not a model: names starting with "_" are reserved
 
 
 def report_k(ks: Sequence[int]) -> int:
@@ -52,11 +57,30 @@ def eval_entry(
     }
 
 
+def split_eval_json(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """eval.json's content → ({model: {dataset: entry}}, the `_provenance` record or None)."""
+    models = {k: v for k, v in obj.items() if k != PROVENANCE_KEY}
+    return models, obj.get(PROVENANCE_KEY)
+
+
+def _check_provenance(prov: Any) -> None:
+    if not isinstance(prov, Mapping) or not isinstance(prov.get("models"), Mapping):
+        raise ValueError(f"eval report {PROVENANCE_KEY}: must be {{'models': {{name: {{'path', 'sha256'}}}}, 'datasets': …}}")
+    for name, rec in prov["models"].items():
+        if not isinstance(rec, Mapping) or not isinstance(rec.get("sha256"), str) or len(rec["sha256"]) != 64:
+            raise ValueError(f"eval report {PROVENANCE_KEY}.models.{name}: needs a sha256 hex digest; got {rec!r}")
+
+
 def check_eval_report(report: Mapping[str, Any]) -> None:
     """Raise ValueError unless `report` has the eval.json shape (accuracies in [0, 1])."""
     if not isinstance(report, Mapping) or not report:
         raise ValueError("eval report must be a non-empty mapping of models")
-    for model, per_ds in report.items():
+    models, prov = split_eval_json(report)
+    if prov is not None:
+        _check_provenance(prov)
+    if not models:
+        raise ValueError("eval report must be a non-empty mapping of models")
+    for model, per_ds in models.items():
         if not isinstance(per_ds, Mapping) or not per_ds:
             raise ValueError(f"eval report: {model!r} must map datasets to entries")
         for ds, entry in per_ds.items():
@@ -71,9 +95,13 @@ def check_eval_report(report: Mapping[str, Any]) -> None:
                 raise ValueError(f"{where}: knn keys must be k as strings; got {list(entry['knn'])}")
 
 
-def write_eval_json(path: str | Path, report: Mapping[str, Any]) -> Path:
-    check_eval_report(report)
-    atomic_write_json(path, report)
+def write_eval_json(path: str | Path, report: Mapping[str, Any], provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write eval.json: the model results, plus `_provenance` (what was evaluated) when given."""
+    out = dict(report)
+    if provenance is not None:
+        out[PROVENANCE_KEY] = dict(provenance)
+    check_eval_report(out)
+    atomic_write_json(path, out)
     return Path(path)
 
 

@@ -2,7 +2,10 @@
 and dataset, next to two baselines (raw pixels; the same architecture at random init).
 
 Outputs (in `evaluate.report_dir`): eval.json, eval.md, eval_patch_pca_<dataset>.png,
-eval_cls_map_<dataset>.png. Accuracies are fractions in [0, 1].
+eval_cls_map_<dataset>.png. Accuracies are fractions in [0, 1]. eval.json also records what was
+evaluated (`_provenance`): the sha256 of each model file and a fingerprint of each evaluation set
+and k-NN protocol, so `register` can refuse a report about another file and compare a candidate
+with the champion only on the same evaluation.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from dinoflow import tracking
 from dinoflow.config import Config, EvaluateConfig
+from dinoflow.digest import arrays_sha256, file_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.datasets import EvalSplit, load_eval_dataset
 from dinoflow.evaluation.features import FeatureSet, extract_features, patch_tokens, pixel_features, resolve_device
@@ -58,6 +62,8 @@ def check_model_files(cfg: Config) -> dict[str, Path]:
     for name, p in cfg.evaluate.models.items():
         if name in (RANDOM_INIT, RAW_PIXELS):
             raise DinoflowError(f"evaluate.models.{name}: {name!r} is a baseline name; rename the model")
+        if name.startswith("_"):
+            raise DinoflowError(f"evaluate.models.{name}: names starting with '_' are reserved in eval.json; rename the model")
         path = Path(p)
         if path.is_dir():
             path = path / "backbone.pth"
@@ -92,6 +98,16 @@ def build_random_init(reference: torch.nn.Module, ev: EvaluateConfig) -> torch.n
         torch.manual_seed(ev.seed)
         model = vit.backbone_from_config(cfg, layerscale_init=ev.random_init_layerscale, drop_path_rate=0.0)
     return model.eval()
+
+
+def eval_set_fingerprint(split: EvalSplit, ev: EvaluateConfig) -> str:
+    """sha256 of the train/test images and labels as evaluated, plus the settings behind k-NN top-1."""
+    def images(data: Any) -> Any:
+        return iter(data.images)  # image by image: a stacked array and a list of the same images hash alike
+
+    protocol = {"image_size": ev.image_size, "resize_ratio": ev.resize_ratio, "ks": sorted(ev.ks),
+                "temperature": ev.temperature}
+    return arrays_sha256([images(split.train), [split.train.labels], images(split.test), [split.test.labels]], protocol)
 
 
 def _pca_indices(labels: np.ndarray, n: int) -> np.ndarray:
@@ -140,6 +156,9 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     report: dict[str, dict[str, Any]] = {}
     figures: list[str] = []
     ds_meta: dict[str, dict[str, int]] = {}
+    # hashed before loading: the record names the bytes this run evaluated
+    provenance: dict[str, Any] = {"models": {n: {"path": str(p), "sha256": file_sha256(p)} for n, p in paths.items()},
+                                  "datasets": {}}
 
     with tracking.stage_run("evaluate", cfg):
         models: dict[str, torch.nn.Module] = {}
@@ -166,6 +185,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         for ds in ev.datasets:
             split: EvalSplit = load_eval_dataset(ds, seed=ev.seed, max_train=ev.max_train, max_test=ev.max_test)
             ds_meta[ds.name] = {"n_train": len(split.train), "n_test": len(split.test), "n_classes": split.num_classes}
+            provenance["datasets"][ds.name] = {"fingerprint": eval_set_fingerprint(split, ev), **ds_meta[ds.name]}
             test_cls: dict[str, torch.Tensor] = {}
             for name, model in models.items():
                 kw = dict(image_size=ev.image_size, resize_ratio=ev.resize_ratio, batch_size=ev.batch_size,
@@ -187,7 +207,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
             figures += _figures(ev, split, models, test_cls, out_dir, device)
 
         notes = list(dict.fromkeys(notes))
-        json_path = write_eval_json(out_dir / "eval.json", report)
+        json_path = write_eval_json(out_dir / "eval.json", report, provenance)
         meta = {"notes": notes, "models": descriptions, "datasets": ds_meta, "figures": figures}
         md_path = write_markdown(out_dir / "eval.md", report, meta)
         for p in (json_path, md_path, *figures):

@@ -1,26 +1,25 @@
-"""The registry gate as a pipeline condition (`dsl.If(gate)` before the register step).
+"""The registry gate in a pipeline step's log: one line from `dinoflow register`'s result.
 
-The rule lives in one place, `dinoflow.registry.gate_verdict(report, cfg.register)` (thresholds
-from `register` in params.yaml, report from `register.eval_report`); this only adapts it.
+Kubeflow runs `register` after every `evaluate` (no `dsl.If`): the stage applies the gate itself
+(`dinoflow.registry.gate`: floors, then the challenge against the champion), registers every
+candidate and moves the alias only when the gate passes — the same as under DVC.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from dinoflow.config import Config
-from dinoflow.errors import DinoflowError
+from typing import Any, Mapping
 
 
-def gate_verdict(cfg: Config) -> tuple[bool, str]:
-    """(passed, human-readable reason) for the evaluation report at `cfg.register.eval_report`."""
-    registry = importlib.import_module("dinoflow.registry")
-    for name in ("read_eval_report", "gate_verdict"):
-        if not hasattr(registry, name):
-            raise DinoflowError(f"dinoflow.registry.{name} is missing; the pipeline's gate needs it")
-    verdict = registry.gate_verdict(registry.read_eval_report(cfg.register.eval_report), cfg.register)
-    passed = bool(verdict["passed"])
-    reasons = verdict.get("reasons") or []
-    if passed:
-        return True, f"passed: knn_top1 {verdict.get('knn_top1')} on {verdict.get('dataset')}"
-    return False, "; ".join(map(str, reasons)) or "below the gate"
+def gate_line(result: Mapping[str, Any]) -> str:
+    """`dinoflow register`'s summary → "registry gate passed: version 3 is champion (models:/…@champion)" or why not."""
+    gate = result.get("gate") or {}
+    name = result.get("model_name", "?")
+    version = result.get("version")
+    if not result.get("registered"):
+        return f"registry gate {'passed' if gate.get('passed') else 'not passed'}; nothing registered: {result.get('note', '')}"
+    if gate.get("passed"):
+        return f"registry gate passed: {name} version {version} is {result.get('alias')} ({result.get('alias_uri')})"
+    holder = result.get("alias_version")
+    stays = f"{result.get('alias')} stays on version {holder}" if holder else f"no {result.get('alias')} yet"
+    return f"registry gate not passed: {name} version {version} registered as a candidate, {stays}: " + \
+        "; ".join(map(str, gate.get("reasons") or []))

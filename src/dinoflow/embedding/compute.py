@@ -1,0 +1,73 @@
+"""What an embedding is, in one place: images → the backbone's L2-normalised CLS embedding.
+
+The served pyfunc model, `dinoflow embed` and the ONNX export all produce these numbers:
+1. the evaluation transform (`dinoflow.evaluation.transform.eval_transform`: shorter side →
+   image_size·resize_ratio, centre crop image_size, ImageNet mean/std; grey repeated to RGB),
+   the same pixels the k-NN gate was measured on;
+2. the backbone's `x_norm_clstoken` (after its final LayerNorm), L2-normalised, so a dot product
+   is the cosine similarity the k-NN evaluation uses;
+3. optionally the mean of `x_norm_patchtokens`, L2-normalised (`pooled_patch_tokens`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EMBEDDING = "embedding"
+POOLED_PATCH_TOKENS = "pooled_patch_tokens"
+BATCH = 256
+
+
+class EmbeddingHead(torch.nn.Module):
+    """backbone → (embedding [B, D], pooled_patch_tokens [B, D]), both L2-normalised.
+
+    Input: float images [B, 3, S, S] after the evaluation transform. This module is also what the
+    ONNX export traces, so ONNX and PyTorch compute the same graph.
+    """
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.backbone.forward_features(x)
+        cls = F.normalize(out["x_norm_clstoken"].float(), dim=-1)
+        pooled = F.normalize(out["x_norm_patchtokens"].float().mean(dim=1), dim=-1)
+        return cls, pooled
+
+
+def embed_images(
+    backbone: torch.nn.Module,
+    images: "np.ndarray | Sequence[Any]",
+    image_size: int,
+    resize_ratio: float,
+    pooled_patch_tokens: bool = False,
+    batch_size: int = BATCH,
+) -> dict[str, np.ndarray]:
+    """uint8 images (an array [N,H,W] / [N,H,W,C], or a list of [H,W(,C)] arrays or PIL images) →
+    {"embedding": float32 [N, D]} (+ "pooled_patch_tokens": float32 [N, D] when asked)."""
+    from dinoflow.evaluation.transform import eval_transform
+
+    head = EmbeddingHead(backbone).eval()
+    dim = int(getattr(backbone, "embed_dim", 0))
+    cls_out, patch_out = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        if isinstance(chunk, np.ndarray):
+            t = torch.from_numpy(np.ascontiguousarray(chunk))
+            batch: Any = t if t.ndim == 3 else t[..., :3].permute(0, 3, 1, 2)
+        else:
+            batch = list(chunk)
+        x = eval_transform(batch, image_size=image_size, resize_ratio=resize_ratio)
+        with torch.inference_mode():
+            cls, pooled = head(x)
+        cls_out.append(cls.numpy())
+        patch_out.append(pooled.numpy())
+    out = {EMBEDDING: np.concatenate(cls_out) if cls_out else np.zeros((0, dim), np.float32)}
+    if pooled_patch_tokens:
+        out[POOLED_PATCH_TOKENS] = np.concatenate(patch_out) if patch_out else np.zeros((0, dim), np.float32)
+    return out

@@ -1,0 +1,161 @@
+"""`dinoflow embed`: a registered model (or a backbone file) + images → Parquet of (uid, embedding).
+
+Images come from `dinoflow.data.sources.iter_source` (an image folder, tar shards, an s3:// prefix;
+uids relative to the input, in a deterministic order) and are decoded with the curation's safe
+decoder: a bad image is reported (uid + reason in `<out stem>.skipped.json`) and skipped, never
+fatal. Embeddings are `dinoflow.embedding.compute.embed_images`, the numbers the served model
+returns. Output rows are committed in parts (`dinoflow.embedding.parts`), so a killed run
+resumes where it stopped when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dinoflow.digest import file_sha256
+from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_images
+from dinoflow.embedding.parts import PartStore
+from dinoflow.errors import DinoflowError
+
+MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+@dataclass
+class LoadedModel:
+    backbone: torch.nn.Module
+    image_size: int
+    resize_ratio: float
+    sha256: str  # of the backbone file: what the rows were made with
+    source: str  # the URI or path given
+
+
+def is_model_uri(spec: str) -> bool:
+    return spec.startswith(MODEL_URI_PREFIXES)
+
+
+def load_model(spec: str, image_size: int, resize_ratio: float) -> LoadedModel:
+    """A registry / run URI (`models:/dinoflow-student@champion`): the logged pyfunc model with its own
+    pre-processing; otherwise a backbone file (or its folder) with the given pre-processing."""
+    if is_model_uri(spec):
+        import mlflow
+
+        from dinoflow.mlflow_model import EmbeddingModel
+
+        try:
+            wrapped = mlflow.pyfunc.load_model(spec).unwrap_python_model()
+        except Exception as e:  # noqa: BLE001 - MlflowException, connection errors: name the model
+            raise DinoflowError(
+                f"cannot load model {spec} from the MLflow registry at {mlflow.get_tracking_uri()}: "
+                f"{type(e).__name__}: {str(e)[:300]} (set MLFLOW_TRACKING_URI or --tracking-uri)"
+            ) from None
+        if not isinstance(wrapped, EmbeddingModel):
+            raise DinoflowError(f"{spec} is not a dinoflow embedding model (it is {type(wrapped).__name__})")
+        prep = wrapped.prep
+        return LoadedModel(wrapped.backbone, int(prep["image_size"]), float(prep["resize_ratio"]),
+                           file_sha256(wrapped.backbone_path), spec)
+    from dinoflow.models import load_backbone
+
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "backbone.pth"
+    if not path.is_file():
+        raise DinoflowError(f"model {spec}: no such backbone file; give a backbone.pth (or its folder) or a models:/ URI")
+    return LoadedModel(load_backbone(path).eval(), image_size, resize_ratio, file_sha256(path), str(path))
+
+
+@dataclass
+class _Pending:
+    """Rows waiting for the next part: decoded images of the current batch, finished rows, skips."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    image_uids: list[str] = field(default_factory=list)
+    uids: list[str] = field(default_factory=list)
+    columns: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def rows(self) -> int:
+        return len(self.uids)
+
+
+def _embed_batch(model: LoadedModel, pending: _Pending, pooled: bool) -> int:
+    if not pending.images:
+        return 0
+    out = embed_images(model.backbone, pending.images, model.image_size, model.resize_ratio, pooled_patch_tokens=pooled)
+    for k, v in out.items():
+        pending.columns.setdefault(k, []).append(v)
+    pending.uids += pending.image_uids
+    n = len(pending.images)
+    pending.images, pending.image_uids = [], []
+    return n
+
+
+def _write_part(store: PartStore, pending: _Pending, dim: int, pooled: bool) -> None:
+    names = [EMBEDDING, POOLED_PATCH_TOKENS] if pooled else [EMBEDDING]
+    cols = {k: np.concatenate(pending.columns[k]) if pending.columns.get(k) else np.zeros((0, dim), np.float32)
+            for k in names}
+    store.write_part(pending.uids, cols, pending.skipped)
+    pending.uids, pending.columns, pending.skipped = [], {}, []
+
+
+def run_embed(model: LoadedModel, source: str, output: str | Path, *, batch_size: int = 64, part_size: int = 4096,
+              pooled: bool = False, restart: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Embed every image of `source` into `output` (Parquet); resumes a killed run. Returns a summary."""
+    from dinoflow.data.decode import CorruptImage, decode_image
+    from dinoflow.data.sources import SourceStats, iter_source
+    from dinoflow.tracking import redact
+
+    from dinoflow.data.s3 import is_s3_url
+
+    if not is_s3_url(str(source)) and not Path(source).exists():
+        raise DinoflowError(f"input {source} does not exist: give an image folder, .tar shard(s) or s3://bucket/prefix")
+    out = Path(output)
+    settings = {"model_sha256": model.sha256, "image_size": model.image_size, "resize_ratio": model.resize_ratio,
+                "input": redact(str(source)), "pooled_patch_tokens": pooled, "format": 1}
+    store = PartStore(out, settings, restart=restart)
+    done, resumed_rows, resumed_skips = store.done()
+    dim = int(getattr(model.backbone, "embed_dim", 0))
+    stats = SourceStats()
+    pending = _Pending()
+    from tqdm import tqdm
+
+    bar = tqdm(desc="embed", unit="img", dynamic_ncols=True, disable=not progress, initial=len(done))
+    t0, embedded = time.perf_counter(), 0
+    try:
+        for item in iter_source(source, stats):
+            if item.uid in done:
+                continue
+            bar.update(1)
+            if item.error:
+                pending.skipped.append({"uid": item.uid, "reason": item.error})
+            else:
+                try:
+                    pending.images.append(np.array(decode_image(item.data)))
+                    pending.image_uids.append(item.uid)
+                except CorruptImage as e:
+                    pending.skipped.append({"uid": item.uid, "reason": str(e)})
+            if len(pending.images) >= batch_size:
+                embedded += _embed_batch(model, pending, pooled)
+                bar.set_postfix(skipped=len(resumed_skips) + len(pending.skipped), refresh=False)
+            if pending.rows() >= part_size:
+                _write_part(store, pending, dim, pooled)
+        embedded += _embed_batch(model, pending, pooled)
+        _write_part(store, pending, dim, pooled)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if stats.items == 0:
+        store.discard()
+        raise DinoflowError(f"{source} holds no images ({', '.join(stats.skipped_files[:5]) or 'empty'}): nothing to embed")
+    summary = store.finish({"model": model.source, "dim": dim})
+    return {
+        "output": str(out), **summary, "dim": dim, "model": model.source, "input": settings["input"],
+        "resumed_rows": resumed_rows, "embedded_now": embedded, "seconds": round(seconds, 2),
+        "images_per_s": round(embedded / seconds, 1) if seconds > 0 else None,
+        "other_files": len(stats.skipped_files),
+    }

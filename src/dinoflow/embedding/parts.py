@@ -1,0 +1,118 @@
+"""A Parquet file of (uid, embedding) built from parts, so a killed `dinoflow embed` resumes.
+
+While it runs, `<out>.parts/` holds `state.json` (what the rows are made with: model hash,
+pre-processing, input) and `part-000000.parquet`, … — each written atomically, each carrying the
+uids it skipped (bad images) in its metadata. A rerun with the same settings skips every uid a
+part already holds; other settings are refused (the rows would mix two models). `finish` writes
+`<out>` (atomically, rows in input order), `<out stem>.skipped.json`, and removes the parts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dinoflow.errors import DinoflowError
+from dinoflow.io import atomic_path, atomic_write_json
+
+SKIPPED_META = b"dinoflow.skipped"
+SETTINGS_META = b"dinoflow.embed"
+STATE_FILE = "state.json"
+
+
+def parts_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def skipped_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".skipped.json")
+
+
+def _vectors(a: np.ndarray) -> pa.Array:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
+
+
+def read_embeddings(path: str | Path, column: str = "embedding") -> tuple[list[str], np.ndarray]:
+    """(uids, float32 [N, D]) from a Parquet file written by `dinoflow embed`."""
+    table = pq.read_table(path, columns=["uid", column])
+    col = table.column(column).combine_chunks()
+    dim = col.type.list_size
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return table.column("uid").to_pylist(), flat.reshape(-1, dim).astype(np.float32, copy=False)
+
+
+class PartStore:
+    """The parts of one output file; see the module docstring."""
+
+    def __init__(self, output: str | Path, settings: dict[str, Any], restart: bool = False) -> None:
+        self.output = Path(output)
+        self.dir = parts_dir(self.output)
+        self.settings = settings
+        if restart and self.dir.exists():
+            shutil.rmtree(self.dir)
+        state = self.dir / STATE_FILE
+        if state.exists():
+            before = json.loads(state.read_text())
+            if before != settings:
+                changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+                raise DinoflowError(
+                    f"{self.dir} holds a partial run with other settings ({', '.join(changed)} differ): rerun with "
+                    "the same model and input to resume, or pass --restart to discard it"
+                )
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(state, settings)
+        self._parts = sorted(self.dir.glob("part-*.parquet"))
+
+    def done(self) -> tuple[set[str], int, list[dict[str, str]]]:
+        """(uids already embedded or skipped, rows so far, skipped records so far)."""
+        uids: set[str] = set()
+        rows = 0
+        skipped: list[dict[str, str]] = []
+        for part in self._parts:
+            table = pq.read_table(part, columns=["uid"])
+            names = table.column("uid").to_pylist()
+            uids.update(names)
+            rows += len(names)
+            meta = pq.read_schema(part).metadata or {}
+            skipped += json.loads(meta.get(SKIPPED_META, b"[]"))
+        uids.update(s["uid"] for s in skipped)
+        return uids, rows, skipped
+
+    def write_part(self, uids: list[str], columns: dict[str, np.ndarray], skipped: list[dict[str, str]]) -> None:
+        """One part: rows (uid + each [N, D] column) and the skipped records of the same stretch of input."""
+        data = {"uid": pa.array(uids, pa.string()), **{k: _vectors(v) for k, v in columns.items()}}
+        table = pa.table(data).replace_schema_metadata({SKIPPED_META: json.dumps(skipped)})
+        path = self.dir / f"part-{len(self._parts):06d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        self._parts.append(path)
+
+    def finish(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Concatenate the parts into the output file; returns {rows, skipped, skipped_file}."""
+        tables = [pq.read_table(p) for p in self._parts]
+        tables = [t for t in tables if t.num_rows]
+        _, _, skipped = self.done()
+        if not tables:
+            atomic_write_json(skipped_path(self.output), skipped)
+            raise DinoflowError(
+                f"no image could be embedded ({len(skipped)} skipped; see {skipped_path(self.output)}): nothing to write"
+            )
+        table = pa.concat_tables(tables).replace_schema_metadata({
+            SETTINGS_META: json.dumps({**self.settings, **meta}), SKIPPED_META: json.dumps({"count": len(skipped)})})
+        atomic_write_json(skipped_path(self.output), skipped)
+        with atomic_path(self.output) as tmp:
+            pq.write_table(table, tmp)
+        shutil.rmtree(self.dir)
+        return {"rows": table.num_rows, "skipped": len(skipped), "skipped_file": str(skipped_path(self.output))}
+
+    def discard(self) -> None:
+        """Remove the parts (nothing was found to embed)."""
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""The registry gate: floors on the candidate's own evaluation, then a challenge against the champion.
+
+A candidate takes the alias (`champion`) only when both hold, on `register.dataset` of eval.json:
+
+Floors (meaningful on any data: relative to this run's own baselines; each `null` turns it off)
+    teacher k-NN − random-init k-NN   >= min_teacher_gain   (pretraining learned something)
+    student k-NN / teacher k-NN       >= min_retention      (distillation kept it)
+    student k-NN                      >= min_knn_top1       (optional absolute floor; off by default)
+Challenge
+    no champion yet, or
+    student k-NN >= champion k-NN − champion_tolerance, where the champion's k-NN was measured
+    on the same evaluation set (same images, labels and k-NN protocol: the fingerprint evaluate
+    records). A champion measured on another set cannot be compared: the alias stays.
+
+Every candidate is registered either way; the verdict (numbers, reasons, the champion compared
+with) becomes its version tags. This module is pure: the champion comes in as a `Champion`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dinoflow.errors import DinoflowError
+
+
+@dataclass
+class Champion:
+    """The current alias holder as its version tags recorded it."""
+
+    version: str
+    knn_top1: float | None
+    dataset: str | None
+    eval_set: str | None
+    sha256: str | None = None
+
+
+def knn_top1(models: dict[str, Any], model: str, dataset: str) -> float | None:
+    """models[model][dataset]["knn_top1"], or None when absent."""
+    value = ((models.get(model) or {}).get(dataset) or {}).get("knn_top1")
+    return None if value is None else float(value)
+
+
+def floor_reasons(models: dict[str, Any], rc: Any) -> tuple[dict[str, float | None], list[str]]:
+    """(numbers, reasons the floors fail). DinoflowError when the student has no score on the dataset."""
+    ds = rc.dataset
+    student = knn_top1(models, rc.student_key, ds)
+    if student is None:
+        have = {m: sorted(v) for m, v in models.items() if isinstance(v, dict)}
+        raise DinoflowError(
+            f"evaluation report has no knn_top1 for model {rc.student_key!r} on dataset {ds!r} "
+            f"(it has: {have}); set register.dataset / register.student_key, or rerun evaluate"
+        )
+    teacher = knn_top1(models, rc.teacher_key, ds)
+    baseline = knn_top1(models, rc.baseline_key, ds)
+    retention = student / teacher if teacher else None
+    gain = teacher - baseline if (teacher is not None and baseline is not None) else None
+    reasons = []
+    if rc.min_teacher_gain is not None:
+        if gain is None:
+            missing = rc.teacher_key if teacher is None else rc.baseline_key
+            reasons.append(f"no {missing!r} knn_top1 on {ds}: the teacher-gain floor cannot be checked "
+                           f"(evaluate the teacher with the random_init baseline, or set register.min_teacher_gain=null)")
+        elif gain < rc.min_teacher_gain:
+            reasons.append(f"teacher gain {gain:.4f} (teacher {teacher:.4f} − {rc.baseline_key} {baseline:.4f}) "
+                           f"< min_teacher_gain {rc.min_teacher_gain:.4f} on {ds}")
+    if rc.min_retention is not None:
+        if retention is None:
+            reasons.append(f"no teacher ({rc.teacher_key!r}) knn_top1 on {ds}: retention cannot be checked")
+        elif retention < rc.min_retention:
+            reasons.append(f"retention {retention:.4f} (student {student:.4f} / teacher {teacher:.4f}) "
+                           f"< min_retention {rc.min_retention:.4f} on {ds}")
+    if rc.min_knn_top1 is not None and student < rc.min_knn_top1:
+        reasons.append(f"knn_top1 {student:.4f} < min_knn_top1 {rc.min_knn_top1:.4f} on {ds}")
+    numbers = {"knn_top1": student, "teacher_knn_top1": teacher, "random_init_knn_top1": baseline,
+               "retention": retention, "teacher_gain": gain}
+    return numbers, reasons
+
+
+def challenge_reasons(student: float, dataset: str, eval_set: str | None, champion: Champion | None,
+                      tolerance: float) -> list[str]:
+    """Why the candidate may not replace `champion` (empty: it may)."""
+    if champion is None:
+        return []
+    who = f"champion version {champion.version}"
+    if eval_set is None:
+        return [f"the evaluation report records no fingerprint for {dataset}: cannot compare with the {who} "
+                "(rerun `dinoflow evaluate`)"]
+    if champion.eval_set != eval_set or champion.dataset != dataset or champion.knn_top1 is None:
+        theirs = f"{champion.dataset} {str(champion.eval_set)[:12]}" if champion.eval_set else "an unrecorded set"
+        return [f"the {who} was evaluated on another evaluation set ({theirs} vs {dataset} {eval_set[:12]}): "
+                "not comparable, the alias stays (evaluate both on one set, or move the alias by hand — README: the gate)"]
+    if student < champion.knn_top1 - tolerance:
+        return [f"knn_top1 {student:.4f} < {who}'s {champion.knn_top1:.4f} − champion_tolerance {tolerance:g} "
+                f"on the same evaluation set"]
+    return []
+
+
+def gate_verdict(models: dict[str, Any], rc: Any, eval_set: str | None, champion: Champion | None) -> dict[str, Any]:
+    """The gate's verdict with its numbers: `passed` (takes the alias) is False with `reasons` when it fails."""
+    numbers, floors = floor_reasons(models, rc)
+    challenge = challenge_reasons(numbers["knn_top1"], rc.dataset, eval_set, champion, rc.champion_tolerance)
+    reasons = floors + challenge
+    return {
+        "passed": not reasons,
+        "floors_passed": not floors,
+        "dataset": rc.dataset,
+        "eval_set": eval_set,
+        **numbers,
+        "min_teacher_gain": rc.min_teacher_gain,
+        "min_retention": rc.min_retention,
+        "min_knn_top1": rc.min_knn_top1,
+        "champion_tolerance": rc.champion_tolerance,
+        "champion": None if champion is None else asdict(champion),
+        "reasons": reasons,
+    }

@@ -1,0 +1,183 @@
+"""`dinoflow register`: every candidate becomes a registered version; the alias moves only through the gate.
+
+Order of work (each check before anything is written to MLflow):
+1. the student file exists, and eval.json evaluated exactly that file (sha256; `EvaluationMismatch`);
+2. the gate (`dinoflow.registry.gate`): floors on eval.json, challenge against the current champion;
+3. the ONNX export, checked against PyTorch (`register.onnx`);
+4. an MLflow LoggedModel whose source run is the run that trained the student (`lineage`), holding
+   the pyfunc model, its weights and the ONNX file; the evaluation metrics linked to it and to
+   their evaluation dataset; a new registered version from it, with the verdict, numbers, the
+   champion compared with, commit and pipeline-run as tags and a model card as its description;
+5. the alias, when the gate passed. `reports/registry.json` records all of it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dinoflow import tracking
+from dinoflow.errors import DinoflowError
+from dinoflow.io import atomic_write_json
+from dinoflow.registry.card import model_card
+from dinoflow.registry.evidence import EvalEvidence, check_evaluated, read_eval_report
+from dinoflow.registry.gate import gate_verdict
+from dinoflow.registry.lineage import TAG_SHA256, TAG_TRAINING_RUN, context_tags, current_champion, training_run
+
+EVAL_METRICS = ("knn_top1", "knn_top5", "linear_top1", "logreg_top1")
+MODEL_TYPE = "dinoflow-embedding"
+
+
+def model_file(path: str | Path) -> Path:
+    """register.model_path (a backbone.pth or its folder) → the backbone file; DinoflowError when absent."""
+    p = Path(path)
+    pth = p / "backbone.pth" if p.is_dir() or not p.suffix else p
+    if not pth.is_file():
+        raise DinoflowError(f"student backbone {pth} not found: run `dinoflow distill` first (or set register.model_path)")
+    return pth
+
+
+def version_tags(verdict: dict[str, Any], sha256: str, training_run_id: str | None) -> dict[str, str]:
+    """The verdict and its numbers as registered-version tags."""
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{float(v):.6f}"
+
+    champion = verdict.get("champion") or {}
+    tags = {
+        "gate": "passed" if verdict["passed"] else "failed",
+        "gate.floors": "passed" if verdict["floors_passed"] else "failed",
+        "gate.dataset": verdict["dataset"],
+        "gate.eval_set": verdict.get("eval_set") or "unrecorded",
+        **{f"gate.{k}": num(verdict[k]) for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1",
+                                                  "retention", "teacher_gain")},
+        "gate.champion_version": champion.get("version") or "none",
+        "gate.champion_knn_top1": num(champion.get("knn_top1")),
+        TAG_SHA256: sha256,
+        TAG_TRAINING_RUN: training_run_id or "unknown",
+    }
+    if verdict["reasons"]:
+        tags["gate.reasons"] = "; ".join(verdict["reasons"])[:5000]
+    return tags
+
+
+def _dataset(cfg: Any, name: str, fingerprint: str | None) -> Any:
+    """An MLflow dataset entity for evaluation set `name` (a reference: source + fingerprint, no copy)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    spec = next((d for d in cfg.evaluate.datasets if d.name == name), None)
+    if spec is not None and spec.test:
+        local = "://" not in spec.test
+        source = resolve_dataset_source(str(Path(spec.test).resolve()) if local else tracking.redact(spec.test))
+    else:
+        source = CodeDatasetSource({"dinoflow.eval_dataset": spec.kind if spec else name})
+    return MetaDataset(source, name=name, digest=(fingerprint or "")[:32] or None)  # MLflow stores ≤ 36 chars
+
+
+def link_evaluation(cfg: Any, evidence: EvalEvidence, key: str, model_id: str) -> None:
+    """Log the model's evaluation metrics linked to the LoggedModel and to each evaluation dataset."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    for ds_name, entry in (evidence.models.get(key) or {}).items():
+        ds = _dataset(cfg, ds_name, evidence.eval_set(ds_name))
+        metrics = {f"{ds_name}.{k}": float(entry[k]) for k in EVAL_METRICS if entry.get(k) is not None}
+        mlflow.log_metrics(metrics, model_id=model_id, dataset=ds)
+        mlflow.log_input(ds, context="evaluation", model=LoggedModelInput(model_id))
+
+
+def _new_version(client: Any, name: str, model_id: str, run_id: str, tags: dict[str, str]) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="dinoflow student backbones (image embeddings); see each version's card")
+    except MlflowException as e:
+        if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
+    return str(mv.version)
+
+
+def _onnx(cfg: Any, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
+    oc = cfg.register.onnx
+    if not oc.enabled:
+        return None
+    from dinoflow.embedding.onnx_export import export_checked
+    from dinoflow.mlflow_model import preprocess_settings
+
+    prep = preprocess_settings(cfg)
+    return export_checked(backbone, out_dir, oc.image_size or prep["image_size"], prep["resize_ratio"], oc.opset, oc.atol)
+
+
+def _register_tracked(cfg: Any, run: Any, pth: Path, sha: str, evidence: EvalEvidence) -> dict[str, Any]:
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+
+    from dinoflow.mlflow_model import log_embedding_model
+    from dinoflow.models import load_backbone
+
+    rc = cfg.register
+    client = mlflow.MlflowClient()
+    champion = current_champion(client, rc.model_name, rc.alias)
+    verdict = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), champion)
+    backbone = load_backbone(pth).eval()
+    with tempfile.TemporaryDirectory(prefix="dinoflow-onnx-") as tmp:
+        onnx_info = _onnx(cfg, backbone, Path(tmp) / "onnx")
+        tracking.log_metrics({f"gate.{k}": verdict[k] for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1",
+                                                                 "retention", "teacher_gain") if verdict[k] is not None})
+        tracking.set_tags({"gate": "passed" if verdict["passed"] else "failed"})
+        run = client.get_run(run.info.run_id)
+        train_id, found = training_run(client, run, pth, sha, rc.model_name)
+        tags = {**version_tags(verdict, sha, train_id), **context_tags(run)}
+        train_run = client.get_run(train_id) if train_id else None
+        lm = mlflow.initialize_logged_model(name="student", source_run_id=train_id or run.info.run_id, tags=tags,
+                                            params=dict(train_run.data.params) if train_run else None,  # its recipe
+                                            model_type=MODEL_TYPE, experiment_id=run.info.experiment_id)
+        info = log_embedding_model(pth, "student", cfg, model_id=lm.model_id,
+                                   onnx_dir=Path(tmp) / "onnx" if onnx_info else None, metadata={"onnx": onnx_info})
+    if train_id:
+        client.log_outputs(train_id, [LoggedModelOutput(lm.model_id, step=0)])
+    link_evaluation(cfg, evidence, rc.student_key, lm.model_id)
+    version = _new_version(client, rc.model_name, lm.model_id, train_id or run.info.run_id, tags)
+    data_hashes = {k[len("dvc.md5."):]: v for k, v in (train_run.data.tags if train_run else {}).items()
+                   if k.startswith("dvc.md5.")}
+    lineage = {"training_run_id": train_id, "training_run_found": found, "sha256": sha,
+               "commit": tags.get("dinoflow.git.commit"), "data_hashes": data_hashes}
+    client.update_model_version(rc.model_name, version, description=model_card(
+        rc.model_name, version, pth, backbone, evidence.models, verdict, lineage))
+    if verdict["passed"]:
+        client.set_registered_model_alias(rc.model_name, rc.alias, version)
+    holder = current_champion(client, rc.model_name, rc.alias)
+    alias_uri = f"models:/{rc.model_name}@{rc.alias}" if holder else None
+    return {
+        "gate": verdict, "registered": True, "version": version, "model_uri": f"models:/{rc.model_name}/{version}",
+        "logged_model_uri": info.model_uri, "model_id": lm.model_id, "took_alias": verdict["passed"],
+        "alias_version": holder.version if holder else None, "alias_uri": alias_uri, "champion_uri": alias_uri,
+        "training_run_id": train_id, "training_run_found": found, "onnx": onnx_info,
+    }
+
+
+def register(cfg: Any) -> dict[str, Any]:
+    """Register the student as a new version; move the alias only when the gate passes. Returns registry.json's content."""
+    rc = cfg.register
+    pth = model_file(rc.model_path)
+    evidence = read_eval_report(rc.eval_report)
+    sha = check_evaluated(evidence, rc.student_key, pth)
+    preview = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), None)  # bad report → error before MLflow
+    result: dict[str, Any] = {"model_name": rc.model_name, "alias": rc.alias, "model_sha256": sha, "registered": False}
+    with tracking.stage_run("register", cfg) as run:
+        if run is None:
+            result.update(gate=preview, note="tracking disabled (tracking.enabled=false or not rank 0): nothing "
+                                             "registered; the verdict ignores the champion")
+        else:
+            uri = tracking.tracking_uri(cfg)
+            with tracking.named_errors(f"registering {rc.model_name}", uri):
+                result.update(_register_tracked(cfg, run, pth, sha, evidence))
+                if rc.teacher_path and Path(rc.teacher_path).exists():
+                    result["teacher_model_uri"] = tracking.log_model(rc.teacher_path, "teacher", cfg).model_uri
+            result.update(run_id=run.info.run_id, tracking_uri=tracking.redact(uri))
+        atomic_write_json(rc.report, result)
+        tracking.log_artifact(rc.report, "reports")
+    return result

@@ -1,0 +1,156 @@
+"""`dinoflow register` against the real MLflow server (PostgreSQL or SQLite backend, artifacts in S3 on moto):
+every candidate registered, the alias moved by the gate only, MLflow 3 model-centric records, the model itself."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dinoflow import tracking
+from dinoflow.config import load_config
+from dinoflow.digest import file_sha256
+from dinoflow.models import build_backbone, export_backbone
+from dinoflow.registry import register
+
+pytestmark = pytest.mark.slow
+SET_A, SET_B = "a" * 64, "b" * 64
+
+
+def write_eval(student_file: Path, student: float, teacher: float = 0.80, eval_set: str = SET_A) -> None:
+    entry = lambda v: {"mnist": {"knn_top1": v, "linear_top1": v - 0.01, "logreg_top1": v - 0.02}}  # noqa: E731
+    rep = {"student": entry(student), "teacher": entry(teacher), "random_init": entry(0.5), "raw_pixels": entry(0.9),
+           "_provenance": {"models": {"student": {"path": str(student_file), "sha256": file_sha256(student_file)}},
+                           "datasets": {"mnist": {"fingerprint": eval_set, "n_train": 10, "n_test": 5, "n_classes": 2}}}}
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/eval.json").write_text(json.dumps(rep))
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def reference(model: torch.nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised CLS and mean patch token at native size: [0,1], grey → RGB, ImageNet mean/std (no resize)."""
+    x = torch.from_numpy(images).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model.forward_features((x - mean) / std)
+    cls = torch.nn.functional.normalize(out["x_norm_clstoken"], dim=-1)
+    patch = torch.nn.functional.normalize(out["x_norm_patchtokens"].mean(1), dim=-1)
+    return cls.numpy(), patch.numpy()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, mlflow_server):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DINOFLOW_GIT_COMMIT", "0123abc")
+    torch.manual_seed(0)
+    student = build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0).eval()
+    export_backbone(student, "models/student")
+    export_backbone(build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0), "models/teacher")
+    name = f"dinoflow-test-{time.time_ns()}"
+    overrides = [f"tracking.tracking_uri={mlflow_server.uri}", "tracking.system_metrics=false",
+                 f"tracking.experiment=registry-{time.time_ns()}", f"register.model_name={name}",
+                 "evaluate.image_size=28", "evaluate.resize_ratio=1.0"]
+    return student, name, overrides
+
+
+def test_register_champion_challenge_and_model_centric_records(project, mlflow_server, monkeypatch):
+    student, name, overrides = project
+    cfg = load_config(None, overrides)
+    pth = Path("models/student/backbone.pth")
+    write_eval(pth, 0.78)
+    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-7")  # an active parent run wins; the tag is still recorded
+    with tracking.pipeline_parent_run(cfg) as parent:
+        with tracking.stage_run("distill", cfg) as distill_run:  # the run that "trained" models/student
+            pass
+        first = register(cfg)
+    assert first["gate"]["passed"] and first["took_alias"] and first["version"] == "1" and first["alias_version"] == "1"
+    assert first["champion_uri"] == f"models:/{name}@champion"
+    assert first["training_run_id"] == distill_run.info.run_id
+    assert json.loads(Path("reports/registry.json").read_text()) == json.loads(json.dumps(first))
+
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    v1 = client.get_model_version(name, "1")
+    # the version's source is the LoggedModel, whose source run is the run that trained it
+    assert v1.source == f"models:/{first['model_id']}" and v1.run_id == distill_run.info.run_id
+    logged = client.get_logged_model(first["model_id"])
+    assert logged.source_run_id == distill_run.info.run_id
+    assert first["model_id"] in [o.model_id for o in client.get_run(distill_run.info.run_id).outputs.model_outputs]
+    linked = {m.key: m for m in logged.metrics}
+    assert linked["mnist.knn_top1"].value == pytest.approx(0.78)
+    assert linked["mnist.knn_top1"].dataset_name == "mnist" and linked["mnist.knn_top1"].dataset_digest == SET_A[:32]
+    tags = v1.tags
+    assert tags["gate"] == "passed" and tags["gate.eval_set"] == SET_A and tags["gate.champion_version"] == "none"
+    assert float(tags["gate.knn_top1"]) == pytest.approx(0.78) and float(tags["gate.teacher_gain"]) == pytest.approx(0.3)
+    assert tags["dinoflow.model.sha256"] == file_sha256(pth) and tags["dinoflow.training_run_id"] == distill_run.info.run_id
+    assert tags["dinoflow.git.commit"] == "0123abc" and tags["kfp.run_id"] == "kfp-run-7"
+    assert tags["dinoflow.pipeline_run_id"] == parent.info.run_id
+    card = v1.description
+    assert "## Frozen-feature evaluation" in card and "| raw_pixels | 90.0 |" in card and distill_run.info.run_id in card
+    assert "passed — took the alias" in card
+
+    # the model: requirements from the public index, a serving example, ONNX beside it
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", tracking_uri=mlflow_server.uri))
+    reqs = (local / "requirements.txt").read_text().split()
+    assert not [r for r in reqs if "+" in r], reqs
+    assert {r.split("==")[0] for r in reqs} >= {"mlflow", "torch", "numpy", "pillow", "pyyaml", "pydantic", "pandas"}
+    example = json.loads((local / "serving_input_example.json").read_text())
+    assert len(example["inputs"]) == 2 and base64.b64decode(example["inputs"][0]).startswith(b"\x89PNG")
+    onnx_info = json.loads((local / "artifacts" / "onnx" / "onnx.json").read_text())
+    assert (local / "artifacts" / "onnx" / "model.onnx").stat().st_size > 0
+    assert onnx_info["parity_max_abs_error"] <= 1e-4 and onnx_info["input_shape"] == ["batch", 3, 28, 28]
+
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    cls, patch = reference(student, images)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    got = served.predict(images)
+    assert got.shape == (6, student.embed_dim) and got.dtype == np.float32
+    np.testing.assert_allclose(got, cls, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(served.predict(np.repeat(images[..., None], 3, axis=-1)), cls, atol=1e-5)
+    pngs = [_png(a) for a in images]
+    np.testing.assert_allclose(served.predict(pd.DataFrame({"image": pngs})), cls, atol=1e-5)
+    b64 = np.array([base64.b64encode(p).decode() for p in pngs], dtype=object)
+    both = served.predict(b64, params={"pooled_patch_tokens": True})
+    np.testing.assert_allclose(both["embedding"], cls, atol=1e-5)
+    np.testing.assert_allclose(both["pooled_patch_tokens"], patch, atol=1e-5)
+    with pytest.raises(Exception, match="uint8"):
+        served.predict(images.astype(np.float32) / 255)
+    with pytest.raises(Exception, match="cannot decode an input image"):
+        served.predict(np.array([b"not an image"], dtype=object))
+
+    # a worse candidate: registered as version 2 with its verdict; the champion stays on version 1
+    quick = load_config(None, overrides + ["register.onnx.enabled=false"])
+    write_eval(pth, 0.70, teacher=0.72)
+    monkeypatch.delenv("KFP_RUN_ID")  # now a new pipeline run, without a distill run
+    second = register(quick)
+    assert not second["gate"]["passed"] and second["version"] == "2" and second["alias_version"] == "1"
+    assert second["gate"]["floors_passed"], "it passes the floors: only the champion stops it"
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["gate"] == "failed" and v2.tags["gate.champion_version"] == "1"
+    assert "champion version 1's 0.7800" in v2.tags["gate.reasons"] and "not passed" in v2.description
+    # registered again outside the pipeline run: the training run is found through version 1 (same file)
+    assert second["training_run_id"] == distill_run.info.run_id and "version 1" in second["training_run_found"]
+
+    # better numbers but on another evaluation set: not comparable, the alias stays
+    write_eval(pth, 0.95, teacher=0.96, eval_set=SET_B)
+    third = register(quick)
+    assert not third["gate"]["passed"] and third["alias_version"] == "1"
+    assert "another evaluation set" in third["gate"]["reasons"][0]
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
