@@ -20,6 +20,7 @@ from dinoflow import tracking
 from dinoflow.config import load_config
 from dinoflow.digest import file_sha256
 from dinoflow.models import build_backbone, export_backbone
+from dinoflow.pipeline_env import PIPELINE_RUN_ID
 from dinoflow.registry import register
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,7 @@ def test_register_champion_challenge_and_model_centric_records(project, mlflow_s
     cfg = load_config(None, overrides)
     pth = Path("models/student/backbone.pth")
     write_eval(pth, 0.78)
-    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-7")  # an active parent run wins; the tag is still recorded
+    monkeypatch.setenv(PIPELINE_RUN_ID, "kfp-run-7")  # an active parent run wins; the id is still recorded
     with tracking.pipeline_parent_run(cfg) as parent:
         with tracking.stage_run("distill", cfg) as distill_run:  # the run that "trained" models/student
             pass
@@ -98,8 +99,8 @@ def test_register_champion_challenge_and_model_centric_records(project, mlflow_s
     assert tags["gate"] == "passed" and tags["gate.eval_set"] == SET_A and tags["gate.champion_version"] == "none"
     assert float(tags["gate.knn_top1"]) == pytest.approx(0.78) and float(tags["gate.teacher_gain"]) == pytest.approx(0.3)
     assert tags["dinoflow.model.sha256"] == file_sha256(pth) and tags["dinoflow.training_run_id"] == distill_run.info.run_id
-    assert tags["dinoflow.git.commit"] == "0123abc" and tags["kfp.run_id"] == "kfp-run-7"
-    assert tags["dinoflow.pipeline_run_id"] == parent.info.run_id
+    assert tags["dinoflow.git.commit"] == "0123abc" and tags["dinoflow.pipeline_run_id"] == "kfp-run-7"
+    assert tags["dinoflow.parent_run_id"] == parent.info.run_id
     card = v1.description
     assert "## Frozen-feature evaluation" in card and "| raw_pixels | 90.0 |" in card and distill_run.info.run_id in card
     assert "passed — took the alias" in card
@@ -138,7 +139,7 @@ def test_register_champion_challenge_and_model_centric_records(project, mlflow_s
     # a worse candidate: registered as version 2 with its verdict; the champion stays on version 1
     quick = load_config(None, overrides + ["register.onnx.enabled=false"])
     write_eval(pth, 0.70, teacher=0.72)
-    monkeypatch.delenv("KFP_RUN_ID")  # now a new pipeline run, without a distill run
+    monkeypatch.delenv(PIPELINE_RUN_ID)  # now a new pipeline run, without a distill run
     second = register(quick)
     assert not second["gate"]["passed"] and second["version"] == "2" and second["alias_version"] == "1"
     assert second["gate"]["floors_passed"], "it passes the floors: only the champion stops it"

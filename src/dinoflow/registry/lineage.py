@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoflow.registry.gate import Champion
+from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID
 
 TAG_SHA256 = "dinoflow.model.sha256"
 TAG_TRAINING_RUN = "dinoflow.training_run_id"
@@ -80,11 +81,12 @@ def training_run(client: Any, register_run: Any, model_file: Path, sha256: str, 
 
 
 def context_tags(register_run: Any) -> dict[str, str]:
-    """Commit and pipeline-run tags of the register run, as version tags."""
+    """Commit, MLflow parent run and pipeline-run id (the KFP run id under Kubeflow) of the register run,
+    as version tags."""
     tags = register_run.data.tags
     out = {"dinoflow.register_run_id": register_run.info.run_id}
     for src, dst in (("mlflow.source.git.commit", "dinoflow.git.commit"), ("dinoflow.git.dirty", "dinoflow.git.dirty"),
-                     ("mlflow.parentRunId", "dinoflow.pipeline_run_id"), ("kfp.run_id", "kfp.run_id")):
+                     ("mlflow.parentRunId", "dinoflow.parent_run_id"), (TAG_PIPELINE_RUN_ID, TAG_PIPELINE_RUN_ID)):
         if tags.get(src):
             out[dst] = tags[src]
     return out
