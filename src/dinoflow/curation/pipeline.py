@@ -57,17 +57,29 @@ def check_inputs(c: CurateConfig) -> None:
         raise DinoflowError(f"curate.retrieval is {c.retrieval!r} but curate.seeds is empty: give seed images or set retrieval: none")
 
 
+def make_plans(c: CurateConfig, settings: str) -> dict[str, Plan]:
+    """The partitions of the pool ("pool"), the seeds ("seeds") and each eval set ("eval<i>")."""
+    plans = {"pool": plan_partitions("pool", list(c.sources), c.chunk_size, settings)}
+    if c.seeds:
+        plans["seeds"] = plan_partitions("seeds", [c.seeds], c.chunk_size, settings)
+    for i, s in enumerate(c.eval_sets):
+        plans[f"eval{i}"] = plan_partitions(f"eval{i}", [s], c.chunk_size, settings)
+    return plans
+
+
+def make_embedder(c: CurateConfig) -> Any:
+    from dinoflow.curation.embed import make_embedder as make
+
+    return make(c.embedder, size=c.embed_size, blur=c.embed_blur, align=c.embed_align, batch_size=c.batch_size,
+                arch=c.embedder_arch)
+
+
 def plan(run: Run, settings: str) -> dict[str, Plan]:
     """Rank 0 lists every input; all ranks get its plans (one listing, so every rank agrees)."""
     c, comm = run.c, run.comm
     text = b""
     if comm.is_main:
-        plans = {"pool": plan_partitions("pool", list(c.sources), c.chunk_size, settings)}
-        if c.seeds:
-            plans["seeds"] = plan_partitions("seeds", [c.seeds], c.chunk_size, settings)
-        for i, s in enumerate(c.eval_sets):
-            plans[f"eval{i}"] = plan_partitions(f"eval{i}", [s], c.chunk_size, settings)
-        text = "\n".join(p.to_json() for p in plans.values()).encode()
+        text = "\n".join(p.to_json() for p in make_plans(c, settings).values()).encode()
     data = comm.all_gather(np.frombuffer(text, np.uint8))[0].tobytes()
     plans = {p.namespace: p for p in map(Plan.from_json, data.decode().split("\n"))}
     run.info["partitions"] = len(plans["pool"].partitions)
@@ -139,7 +151,6 @@ def stop_on_signal() -> Iterator[None]:
 
 def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Stage `curate` (see the module docstring). `on_partition(n)` is called after each embedded partition."""
-    from dinoflow.curation.embed import make_embedder
     from dinoflow.curation.ingest import decode_settings
     from dinoflow.tracking import log_artifact, log_metrics, stage_run
 
@@ -147,8 +158,7 @@ def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) ->
     check_inputs(c)
     with stop_on_signal(), stage_run("curate", cfg):
         comm = init_comm()
-        embedder = make_embedder(c.embedder, size=c.embed_size, blur=c.embed_blur, align=c.embed_align,
-                                 batch_size=c.batch_size, arch=c.embedder_arch)
+        embedder = make_embedder(c)
         run = Run(c, comm, Path(c.out_dir), work_dir(c))
         plans = plan(run, decode_settings(c, embedder.identity()))
         decode_and_embed(run, plans, embedder, on_partition)
