@@ -244,7 +244,8 @@ class CurateConfig(Section):
     eval_dup_threshold: float = Field(0.99, gt=-1, le=1, description="cosine at or above which a pool image matches an eval image")
     ivf_threshold: int = Field(50_000, ge=1, description="pools at least this large use an IVF index (searched list by list) instead of exact search")
     ivf_nlist: int | None = Field(None, ge=1, description="IVF lists; null: about sqrt(nprobe * pool size)")
-    ivf_train_per_list: int = Field(64, ge=1, description="rows per list in the sample the IVF quantizer is trained on")
+    ivf_train_iters: int = Field(0, ge=0, description="Lloyd iterations that train the IVF lists; 0: the lists' centroids are a seeded sample of the pool (more even lists)")
+    ivf_train_per_list: int = Field(64, ge=1, description="with ivf_train_iters > 0: rows per list in the sample the quantizer is trained on")
     nprobe: int = Field(16, ge=1, description="IVF lists searched per image")
     retrieval: Literal["none", "sample", "cluster", "both"] = "cluster"
     retrieval_per_seed: int = Field(4, ge=1, description="nearest pool images per seed (sample retrieval; where seeds land in cluster retrieval)")

@@ -15,6 +15,13 @@ from dinoflow.curation.retrieve import cluster_retrieval, sample_retrieval
 from dinoflow.curation.sample import balanced_sample
 
 
+def grouped_probes(comm, xl, c):
+    from dinoflow.curation import probe
+
+    probe.GROUPED_FROM = 500  # 600 lists: the two-level search
+    return probe.probe_lists(comm, xl, c, 3)
+
+
 def main(path: str) -> None:
     comm = init_comm()
     rng = np.random.default_rng(0)
@@ -47,6 +54,7 @@ def main(path: str) -> None:
         "closest": every(balanced_sample(comm, h, gl, 700, seed=3, strategy="closest")),
         "sample_retrieval": every(sample_retrieval(comm, xl, gl, seeds, 4)),
         "cluster_retrieval": every(cr.keep),
+        "grouped_probes": every(grouped_probes(comm, xl, x[::10][:600])),
     }
     if comm.is_main:
         with open(path, "w") as f:

@@ -64,6 +64,10 @@ def test_fixed_point_sums_do_not_depend_on_order_or_split():
     shuffled = FixedPoint(ONE, x[perm]).centroids(ONE, labels[perm], prev)
     np.testing.assert_array_equal(whole, shuffled)  # bit for bit
     np.testing.assert_allclose(whole, np.stack([x[labels == j].mean(0) for j in range(7)]), atol=1e-6)
+    fp = FixedPoint(ONE, x)  # Lloyd keeps the sums and updates them with the rows that moved
+    fp.centroids(ONE, labels, prev)
+    relabelled = np.where(np.arange(len(x)) % 5 == 0, (labels + 1) % 7, labels)
+    np.testing.assert_array_equal(fp.centroids(ONE, relabelled, prev), FixedPoint(ONE, x).centroids(ONE, relabelled, prev))
 
 
 def test_assignment_is_certified_on_exact_ties():

@@ -9,7 +9,7 @@ from dinoflow.curation.dedup import (
 from dinoflow.curation.ivf import choose_nlist
 from dinoflow.curation.rows import hash128
 
-from ._synth import unit
+from ._synth import mixture, unit
 
 ONE = Comm()
 
@@ -100,3 +100,15 @@ def test_relative_duplicates_drop_whole_components():
     solo = relative_duplicates(ONE, x, gid, ev, 0.99)  # each row its own component
     assert solo.contaminated.sum() == 1 and solo.contaminated[d]
     assert not relative_duplicates(ONE, x, gid, ev[:0], 0.9).contaminated.any()
+
+
+def test_grouped_probing_picks_nearly_always_the_nearest_lists(monkeypatch):
+    from dinoflow.curation import probe
+
+    monkeypatch.setattr(probe, "GROUPED_FROM", 256)  # the two-level search, on a small quantizer
+    x, _ = mixture([300] * 20, dim=16, spread=0.5, seed=3)
+    c = x[np.random.default_rng(3).choice(len(x), 400, replace=False)]
+    grouped, exact = probe.probe_lists(ONE, x, c, 2), probe.nearest_lists(ONE, x, c, 2)
+    assert grouped.shape == exact.shape == (len(x), 2)
+    assert (grouped[:, 0] == exact[:, 0]).mean() > 0.95  # the home list
+    np.testing.assert_array_equal(probe.probe_lists(ONE, x[::-1], c, 2), grouped[::-1])  # whatever else is scored

@@ -1,7 +1,8 @@
 """Hierarchical k-means with resampling steps (Vo et al. 2024, "ssl-data-curation"), distributed.
 
 Level 0 clusters the pool's rows (spread over ranks, `kmeans.kmeans`); level l > 0 clusters the
-centroids of level l-1, which every rank holds, so those levels run on each rank alike. A
+centroids of level l-1, split over the ranks the same way (a level of a billion-image pool has
+millions of centroids). A
 resampling step re-fits a level's k-means on only the `sample_size` rows closest to each
 current centroid (chosen by each cluster's owner rank, `groups.select_smallest`) and then
 reassigns every row: dense regions stop dominating the centroids, which spread more evenly
@@ -44,14 +45,17 @@ def level_kmeans(
     comm: Comm, x: np.ndarray, gid: np.ndarray, k: int, *, resampling_steps: int, sample_size: int | None,
     iters: int, seed: int, max_points_per_centroid: int | None, progress: str | None = None,
 ) -> KMeans:
-    """One level: k-means, then `resampling_steps` re-fits on the rows closest to each centroid."""
-    km = kmeans(comm, x, gid, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid, progress=progress)
+    """One level: k-means, then `resampling_steps` re-fits on the rows closest to each centroid.
+
+    Each resampling step assigns every row, picks the `sample_size` rows closest to each centroid
+    (over all ranks) and fits k-means again on those alone (Lloyd on a seeded sample of them when
+    `max_points_per_centroid` is set); every row is then assigned to the last centroids.
+    """
+    km = kmeans(comm, x, gid, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid,
+                progress=progress)
     k = len(km.centroids)
-    n_all = int(km.sizes.sum())
-    size = sample_size if sample_size is not None else max(1, round(n_all / k / 2))
-    if size <= 1:  # one closest row per cluster just reproduces the centroids
-        return km
-    for step in range(resampling_steps):
+    size = sample_size if sample_size is not None else max(1, round(int(km.sizes.sum()) / k / 2))
+    for step in range(resampling_steps if size > 1 else 0):  # one closest row per cluster just gives the centroids
         picked = select_smallest(comm, km.labels, km.sq_dist, gid, np.full(k, size, np.int64))
         if comm.sum_int(int(picked.sum())) < k:
             break  # fewer picked rows than clusters: keep the fit on every row
@@ -60,7 +64,7 @@ def level_kmeans(
                      progress=f"{progress} resample {step + 1}" if progress else None)
         labels, sq = assign(comm, x, sub.centroids, with_dist=True)
         sizes = comm.all_reduce_sum(np.bincount(labels, minlength=k).astype(np.int64))
-        km = KMeans(sub.centroids, labels, sq, sizes, sub.iterations)
+        km = KMeans(sub.centroids, labels, sq, sizes, sub.iterations, km.train)
     return km
 
 
@@ -77,15 +81,14 @@ def hierarchical_kmeans(
     if not levels:
         raise ValueError("hierarchical k-means needs at least one level")
     sample_sizes = list(sample_sizes or [None] * len(levels))
-    local = Comm(device=comm.device)  # levels above 0 cluster centroids that every rank holds
     labels: list[np.ndarray] = []
     parents: list[np.ndarray] = []
     centroids: list[np.ndarray] = []
     sizes: list[np.ndarray] = []
     sq0 = np.zeros(len(x), np.float32)
-    pts, pts_gid, cm = x, gid, comm
+    pts, pts_gid = x, gid
     for lvl, k in enumerate(levels):
-        km = level_kmeans(cm, pts, pts_gid, k, resampling_steps=resampling_steps, sample_size=sample_sizes[lvl],
+        km = level_kmeans(comm, pts, pts_gid, k, resampling_steps=resampling_steps, sample_size=sample_sizes[lvl],
                           iters=iters, seed=seed + 1000 * lvl, max_points_per_centroid=max_points_per_centroid,
                           progress=f"curate: k-means level {lvl}")
         if lvl == 0:
@@ -93,10 +96,14 @@ def hierarchical_kmeans(
             sizes.append(km.sizes)
             sq0 = km.sq_dist
         else:
-            parents.append(km.labels)
-            labels.append(km.labels[labels[-1]])
-            sizes.append(np.bincount(km.labels, weights=sizes[-1], minlength=len(km.centroids)).astype(np.int64))
+            parent = comm.all_gather_cat(km.labels)  # ranks hold consecutive blocks: index order
+            parents.append(parent)
+            labels.append(parent[labels[-1]])
+            sizes.append(np.bincount(parent, weights=sizes[-1], minlength=len(km.centroids)).astype(np.int64))
         centroids.append(km.centroids)
-        pts, pts_gid, cm = km.centroids, np.arange(len(km.centroids), dtype=np.int64), local
+        # The next level clusters these centroids, split over the ranks like rows.
+        n_c = len(km.centroids)
+        block = slice(n_c * comm.rank // comm.world, n_c * (comm.rank + 1) // comm.world)
+        pts, pts_gid = km.centroids[block], np.arange(n_c, dtype=np.int64)[block]
     parents.append(np.zeros(len(centroids[-1]), np.int64))  # the top level hangs off one root
     return Hierarchy(labels, parents, centroids, sizes, sq0)

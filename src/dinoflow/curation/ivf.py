@@ -1,13 +1,13 @@
 """The near-duplicate graph over rows spread across ranks: an inverted file searched list by list.
 
-1. A coarse quantizer (`nlist` centroids) is trained by the distributed k-means on a seeded
-   sample of about `train_per_list` rows per list (1 list, i.e. exact search, below `ivf_threshold`).
-2. Every row gets its `nprobe` nearest lists (certified, `exact.topk_exact`); the first is its home.
+1. A coarse quantizer of `nlist` centroids, built from a seeded sample of the rows (`quantizer`:
+   the sample itself, or k-means on it); 1 list, i.e. exact search, below `ivf_threshold`.
+2. Every row gets the `nprobe` lists it probes (`probe.probe_lists`, certified); the first is its home.
 3. Lists are owned by ranks (`list % world`). In rounds that bound memory, every rank sends each
    row to the owner of its home list (as a member) and to the owners of its probed lists (as a
    query); the owner scores each list's queries against its members with one GEMM and keeps the
    pairs whose exact cosine is >= the threshold. Cost per list: |queries|·|members|·D, about
-   nprobe·N²/nlist·D in all, so nlist ≈ sqrt(nprobe·N) balances it against the quantizer's N·nlist·D.
+   nprobe·N²/nlist·D in all, against the quantizer's N·nlist·D (`choose_nlist`).
 4. The edges (a few per duplicate) are gathered on every rank; each row keeps its k most similar
    (exact cosine desc, then gid), as a k-NN graph at the threshold would.
 
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dinoflow.curation.comm import Comm
-from dinoflow.curation.exact import exact_dot, half_sq_norms, margin, pairs_above, topk_exact
-from dinoflow.curation.kmeans import BLOCK, kmeans
+from dinoflow.curation.exact import exact_dot, margin, pairs_above
+from dinoflow.curation.probe import probe_lists
+from dinoflow.curation.kmeans import kmeans
 
 QUERY_BLOCK = 4096
 MEMBER_BLOCK = 16384
@@ -42,29 +43,15 @@ class Graph:
 
 
 def choose_nlist(n_all: int, nprobe: int, ivf_threshold: int, nlist: int | None) -> int:
-    """1 (exact search) below the threshold, else `nlist` or about sqrt(nprobe·N), at least 39 rows per list."""
+    """1 (exact search) below the threshold, else `nlist` or about 1.5·sqrt(nprobe·N), at least 39 rows per list.
+
+    The search scores about nprobe·N²/nlist pairs (times the lists' imbalance, about 2 for lists
+    centred on sampled rows) and the probing N·nlist: the sum is smallest near sqrt(2·nprobe·N).
+    """
     if n_all < ivf_threshold:
         return 1
-    auto = nlist or round(math.sqrt(max(1, nprobe) * n_all))
+    auto = nlist or round(1.5 * math.sqrt(max(1, nprobe) * n_all))
     return int(max(1, min(auto, n_all // 39)))
-
-
-def probe_lists(comm: Comm, x: np.ndarray, c: np.ndarray, nprobe: int) -> np.ndarray:
-    """The `nprobe` nearest lists (L2) of each row, nearest first, certified: [n, min(nprobe, L)] int64."""
-    import torch
-
-    p = min(nprobe, len(c))
-    out = np.empty((len(x), p), np.int64)
-    h64 = half_sq_norms(c)
-    ct = torch.from_numpy(c).to(comm.device)
-    h32 = torch.from_numpy(h64.astype(np.float32)).to(comm.device)
-    tol = margin(x.shape[1], 1.0, float(np.sqrt(2 * h64.max())) if len(c) else 1.0, extra=float(h64.max(initial=0.0)))
-    for s in range(0, len(x), BLOCK):
-        xb = x[s : s + BLOCK]
-        scores = torch.from_numpy(xb).to(comm.device) @ ct.T - h32
-        _, cols, _ = topk_exact(scores, p, tol, lambda r, cc, xb=xb: exact_dot(xb, c, r, cc) - h64[cc])
-        out[s : s + len(xb)] = cols.reshape(len(xb), p)
-    return out
 
 
 def _rounds(cost: np.ndarray, budget: int) -> list[np.ndarray]:
@@ -98,7 +85,8 @@ def _best_other(scores, q_gid: np.ndarray, m_gid: np.ndarray, tol: float, exact)
     v, i = np.take_along_axis(v, order, 1), np.take_along_axis(i, order, 1)
     top, nxt = v[:, 0], (v[:, 1] if v.shape[1] > 1 else np.full(b, -np.inf))
     has = np.isfinite(top)
-    gap = np.where(has, top - np.where(np.isfinite(nxt), nxt, top - 2 * tol - 1), -np.inf)
+    gap = np.full(b, -np.inf)
+    gap[has] = top[has] - np.where(np.isfinite(nxt[has]), nxt[has], top[has] - 2 * tol - 1)
     clear = np.flatnonzero(has & (gap > tol))
     best[clear] = exact(clear, i[clear, 0])
     hard = np.flatnonzero(has & (gap <= tol))
@@ -211,6 +199,25 @@ def _top_k_edges(e: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return pairs[:, 0], pairs[:, 1], s[idx].astype(np.float32)
 
 
+def quantizer(comm: Comm, x: np.ndarray, gid: np.ndarray, n_lists: int, *, iters: int, train_per_list: int,
+              seed: int) -> np.ndarray:
+    """The IVF lists' centroids [L, D]: with `iters` 0, the L rows with the smallest seeded hash of
+    their gid (a uniform sample of the pool); else k-means (`iters` Lloyd iterations on a sample of
+    `train_per_list` rows per list). Sampled rows follow the pool's density, so their lists are
+    more even than trained ones, and the search costs the sum over lists of queries × members."""
+    from dinoflow.curation import seeded
+    from dinoflow.curation.groups import bottom_k_global
+
+    if iters > 0:
+        return kmeans(comm, x, gid, n_lists, iters=iters, seed=seed + 7, max_points_per_centroid=train_per_list,
+                      assign_all=False, progress="curate: IVF quantizer").centroids
+    key = seeded.row_hash(seed, seeded.IVF_TRAIN, gid)
+    mine = bottom_k_global(comm, key, gid, n_lists)
+    keys = comm.all_gather_cat(gid[mine])
+    rows = comm.all_gather_cat(x[mine].reshape(-1, x.shape[1]))
+    return np.ascontiguousarray(rows[np.argsort(keys, kind="stable")], dtype=np.float32)
+
+
 def _flat_graph(comm: Comm, x: np.ndarray, gid: np.ndarray, *, k: int, threshold: float, info: dict) -> Graph:
     """Exact search for small pools: every rank scores its own rows against all rows (gathered)."""
     all_x, all_gid = comm.all_gather_cat(x), comm.all_gather_cat(gid)
@@ -222,7 +229,7 @@ def _flat_graph(comm: Comm, x: np.ndarray, gid: np.ndarray, *, k: int, threshold
 
 def near_duplicate_graph(
     comm: Comm, x: np.ndarray, gid: np.ndarray, *, k: int, threshold: float, nprobe: int = 16,
-    ivf_threshold: int = 50_000, nlist: int | None = None, train_per_list: int = 64, iters: int = 10,
+    ivf_threshold: int = 50_000, nlist: int | None = None, train_per_list: int = 64, iters: int = 0,
     seed: int = 0, round_rows: int = 1 << 20,
 ) -> Graph:
     """Edges (cosine >= threshold, at most k per row) among the rows of every rank, identical on every rank."""
@@ -233,11 +240,11 @@ def near_duplicate_graph(
     n_lists = choose_nlist(n_all, nprobe, ivf_threshold, nlist)
     info: dict = {"kind": "flat" if n_lists == 1 else "ivf", "nlist": n_lists}
     if n_lists > 1:
-        quant = kmeans(comm, x, gid, n_lists, iters=iters, seed=seed + 7, max_points_per_centroid=train_per_list,
-                       assign_all=False, progress="curate: IVF quantizer")
-        n_lists = len(quant.centroids)
-        probes = probe_lists(comm, x, quant.centroids, nprobe)
-        info.update(nlist=n_lists, nprobe=probes.shape[1], train_per_list=train_per_list)
+        centroids = quantizer(comm, x, gid, n_lists, iters=iters, train_per_list=train_per_list, seed=seed)
+        n_lists = len(centroids)
+        probes = probe_lists(comm, x, centroids, nprobe)
+        info.update(nlist=n_lists, nprobe=probes.shape[1], train_iters=iters,
+                    **({"train_per_list": train_per_list} if iters else {}))
     else:
         probes = np.zeros((len(x), 1), np.int64)  # unused: exact search below
     if n_lists == 1:

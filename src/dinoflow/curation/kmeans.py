@@ -38,6 +38,7 @@ class KMeans:
     sq_dist: np.ndarray | None
     sizes: np.ndarray
     iterations: int = 0
+    train: np.ndarray | None = None  # [n] bool: the local rows the Lloyd iterations ran on
 
 
 def _torch(a: np.ndarray, device: str):
@@ -48,11 +49,12 @@ def _torch(a: np.ndarray, device: str):
 
 
 def max_norm(x: np.ndarray) -> float:
-    """Largest row norm of x [n, D] (float64), for the certification margin."""
+    """An upper bound of the row norms of x [n, D], for the certification margin."""
     best = 0.0
     for s in range(0, len(x), BLOCK):
-        best = max(best, float((x[s : s + BLOCK].astype(np.float64) ** 2).sum(axis=1).max(initial=0.0)))
-    return float(np.sqrt(best))
+        b = x[s : s + BLOCK]
+        best = max(best, float(np.einsum("ij,ij->i", b, b).max(initial=0.0)))
+    return float(np.sqrt(best)) * (1 + 1e-5) + 1e-30
 
 
 def assign(comm: Comm, x: np.ndarray, c: np.ndarray, *, with_dist: bool = False,
@@ -84,10 +86,10 @@ def assign(comm: Comm, x: np.ndarray, c: np.ndarray, *, with_dist: bool = False,
 
 
 def sq_distances(x: np.ndarray, c: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Exact ‖x_i − c_labels[i]‖² (float64, fixed order) rounded to float32: [n]."""
+    """‖x_i − c_labels[i]‖² computed row by row in a fixed order (the same value in every process): [n] float32."""
     out = np.empty(len(x), np.float32)
     for s in range(0, len(x), BLOCK):
-        diff = x[s : s + BLOCK].astype(np.float64) - c[labels[s : s + BLOCK]].astype(np.float64)
+        diff = x[s : s + BLOCK] - c[labels[s : s + BLOCK]]
         out[s : s + BLOCK] = (diff * diff).sum(axis=1)
     return out
 
@@ -96,7 +98,8 @@ class FixedPoint:
     """Rows as exact 64-bit integers (value · 2^s, rounded once), so per-cluster sums are exact in any order.
 
     s is the largest power of two (at most 2^40) for which the sum of |values| over every row of
-    every rank still fits in int64.
+    every rank still fits in int64. The global sums are kept between Lloyd iterations and updated
+    with the rows that changed cluster only (exact integers: the same as summing again).
     """
 
     def __init__(self, comm: Comm, x: np.ndarray) -> None:
@@ -105,19 +108,31 @@ class FixedPoint:
         top = float(comm.all_reduce_max(np.array([local], np.float64))[0]) or 1.0
         self.scale = 2.0 ** min(40, math.floor(62 - math.log2(max(1, n) * top)))
         self.rows = np.rint(x.astype(np.float64) * self.scale).astype(np.int64)
+        self.labels: np.ndarray | None = None
+        self.sums: np.ndarray | None = None  # [k, D + 1]: global sums and counts
+
+    def _local_sums(self, idx: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+        """[k, D + 1] int64: sums and counts of rows[idx] per label."""
+        out = np.zeros((k, self.rows.shape[1] + 1), np.int64)
+        if len(idx):
+            order = np.argsort(labels, kind="stable")
+            lab = labels[order]
+            starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+            out[lab[starts], :-1] = np.add.reduceat(self.rows[idx[order]], starts, axis=0)
+            out[lab[starts], -1] = np.diff(np.r_[starts, len(lab)])
+        return out
 
     def centroids(self, comm: Comm, labels: np.ndarray, previous: np.ndarray) -> np.ndarray:
         """Means of every rank's rows per label; a cluster with no row keeps its previous centroid."""
-        k, d = previous.shape
-        order = np.argsort(labels, kind="stable")
-        counts = np.bincount(labels, minlength=k).astype(np.int64)
-        sums = np.zeros((k, d), np.int64)
-        present = np.flatnonzero(counts)
-        if len(order):
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-            sums[present] = np.add.reduceat(self.rows[order], starts, axis=0)
-        both = comm.all_reduce_sum(np.concatenate([sums, counts[:, None]], axis=1))
-        total, counts = both[:, :d].astype(np.float64), both[:, d]
+        k = len(previous)
+        if self.sums is None or self.labels is None:
+            self.sums = comm.all_reduce_sum(self._local_sums(np.arange(len(labels)), labels, k))
+        else:
+            moved = np.flatnonzero(labels != self.labels)
+            delta = self._local_sums(moved, labels[moved], k) - self._local_sums(moved, self.labels[moved], k)
+            self.sums += comm.all_reduce_sum(delta)
+        self.labels = labels.copy()
+        total, counts = self.sums[:, :-1].astype(np.float64), self.sums[:, -1]
         new = previous.astype(np.float64).copy()
         filled = counts > 0
         new[filled] = total[filled] / self.scale / counts[filled, None]
@@ -145,29 +160,44 @@ def _one_thread():
     return cm()
 
 
+PLUS_PLUS_ROUNDS = 32
+
+
 def kmeans_plus_plus(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k-means++ seeding (D² sampling, seeded) on `sample` [m, D] → [k, D] centroids."""
+    """k-means++ seeding (D² sampling, seeded) on `sample` [m, D] → [k, D] centroids.
+
+    Centroids are drawn `k / PLUS_PLUS_ROUNDS` at a time (D² sampling with the distances of the
+    previous round, as in k-means||), so the distance updates are GEMMs, not k matrix-vector products.
+    """
     import torch
 
     rng = np.random.default_rng(seed)
     m = len(sample)
+    per_round = max(1, -(-k // PLUS_PLUS_ROUNDS))
     with _one_thread():
         xt = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
         xx = (xt * xt).sum(dim=1)
+
+        def dist_to(idx: np.ndarray) -> np.ndarray:
+            d = xx[:, None] - 2 * (xt @ xt[idx].T) + xx[idx][None, :]
+            return d.clamp_(min=0).min(dim=1).values.numpy().astype(np.float64)
+
         chosen = [int(rng.integers(m))]
-        d2 = (xx - 2 * (xt @ xt[chosen[0]]) + xx[chosen[0]]).clamp_(min=0).numpy().astype(np.float64)
-        d2[chosen[0]] = 0.0
-        for _ in range(1, k):
+        d2 = dist_to(np.array(chosen))
+        while len(chosen) < k:
+            d2[chosen] = 0.0
             total = d2.sum()
-            if total <= 0:  # every row coincides with a centroid: take rows in order
-                nxt = next(i for i in range(m) if i not in set(chosen))
-            else:
-                nxt = int(min(m - 1, np.searchsorted(np.cumsum(d2), rng.random() * total, side="right")))
-            chosen.append(nxt)
-            new = (xx - 2 * (xt @ xt[nxt]) + xx[nxt]).clamp_(min=0).numpy()
-            np.minimum(d2, new, out=d2)
-            d2[nxt] = 0.0
-    return np.ascontiguousarray(sample[chosen], dtype=np.float32)
+            want = min(per_round, k - len(chosen))
+            if total <= 0:  # every row coincides with a centroid: take unused rows in order
+                taken = set(chosen)
+                chosen += [i for i in range(m) if i not in taken][:want]
+                continue
+            draws = np.minimum(m - 1, np.searchsorted(np.cumsum(d2), rng.random(want) * total, side="right"))
+            _, first = np.unique(draws, return_index=True)
+            new = draws[np.sort(first)]
+            chosen += new.tolist()
+            np.minimum(d2, dist_to(new), out=d2)
+    return np.ascontiguousarray(sample[chosen[:k]], dtype=np.float32)
 
 
 def init_centroids(comm: Comm, x: np.ndarray, gid: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -221,10 +251,10 @@ def kmeans(
         bar.update(1)
     bar.close()
     if not assign_all:
-        return KMeans(c, None, None, np.zeros(k, np.int64), done)
+        return KMeans(c, None, None, np.zeros(k, np.int64), done, train)
     labels, sq = assign(comm, x, c, with_dist=True)
     sizes = comm.all_reduce_sum(np.bincount(labels, minlength=k).astype(np.int64))
-    return KMeans(c, labels, sq, sizes, done)
+    return KMeans(c, labels, sq, sizes, done, train)
 
 
 def objective(comm: Comm, km: KMeans) -> float:

@@ -73,7 +73,7 @@ def near_dedup(run: Run, rows: Rows) -> np.ndarray:
     cand = np.flatnonzero(rows.alive)
     nd = near_duplicates(run.comm, rows.emb[cand], rows.gid[cand], k=c.knn_k, threshold=c.near_dup_threshold,
                          nprobe=c.nprobe, ivf_threshold=c.ivf_threshold, nlist=c.ivf_nlist,
-                         train_per_list=c.ivf_train_per_list, seed=c.seed)
+                         train_per_list=c.ivf_train_per_list, iters=c.ivf_train_iters, seed=c.seed)
     drop = cand[~nd.keep]
     rows.dup_of[drop] = nd.dup_of[~nd.keep]
     rows.drop(np.isin(np.arange(len(rows.gid)), drop), "near_dup")
