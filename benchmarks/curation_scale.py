@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import time
 
@@ -130,10 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     comm.barrier()
     say(f"synthetic data      {time.perf_counter() - t:8.1f} s", flush=True)
 
-    t = time.perf_counter()
+    t, c0 = time.perf_counter(), time.process_time()
     nd = near_duplicates(comm, x, gid, k=a.k, threshold=a.threshold, nprobe=a.nprobe, ivf_threshold=1,
                          nlist=a.nlist or None, train_per_list=a.train_per_list, iters=a.ivf_train_iters, seed=a.seed)
-    t_dedup = time.perf_counter() - t
+    t_dedup, c_dedup = time.perf_counter() - t, comm.all_reduce_sum(np.array([time.process_time() - c0]))[0]
     labels = np.empty(a.n, np.int64)  # every row's component, to score the planted copies (not timed)
     labels[comm.all_gather_cat(gid)] = comm.all_gather_cat(nd.labels)
     pairs = comm.all_gather_cat(np.stack([gid[src >= 0], src[src >= 0]], 1).reshape(-1, 2))
@@ -145,12 +146,15 @@ def main(argv: list[str] | None = None) -> None:
 
     keep = np.flatnonzero(nd.keep)
     xk, gk = np.ascontiguousarray(x[keep]), gid[keep]
-    t = time.perf_counter()
+    t, c0 = time.perf_counter(), time.process_time()
     h = hierarchical_kmeans(comm, xk, gk, levels, resampling_steps=a.resampling_steps, iters=a.iters, seed=a.seed,
                             max_points_per_centroid=a.points_per_centroid)
-    t_km = time.perf_counter() - t
+    t_km, c_km = time.perf_counter() - t, comm.all_reduce_sum(np.array([time.process_time() - c0]))[0]
     say(f"hierarchical kmeans {t_km:8.1f} s   clusters/level {[len(c) for c in h.centroids]}", flush=True)
-    say(f"near dedup + hierarchical k-means: {t_dedup + t_km:.1f} s", flush=True)
+    cores = os.cpu_count() or 1
+    say(f"near dedup + hierarchical k-means: {t_dedup + t_km:.1f} s wall; CPU time {c_dedup:.1f} + {c_km:.1f} = "
+        f"{c_dedup + c_km:.1f} s over all processes (the machine is shared: on its {cores} idle cores that is "
+        f"about {(c_dedup + c_km) / cores:.1f} s of wall time)", flush=True)
 
     t = time.perf_counter()
     picked = balanced_sample(comm, h, gk, target, seed=a.seed)
