@@ -1,7 +1,7 @@
 """Curation at scale: distributed near dedup (IVF graph + components) and hierarchical k-means.
 
     python benchmarks/curation_scale.py --n 1000000 --levels 2000,100,10 --iters 10
-    torchrun --standalone --nproc-per-node=2 benchmarks/curation_scale.py --n 1000000 --levels 2000,100,10 --iters 10
+    python benchmarks/curation_scale.py --n 1000000 --levels 2000,100,10 --iters 10 --procs 2   # torchrun, gloo
     python benchmarks/curation_scale.py --n 200000 --check-objective   # + full-data Lloyd per level (slow)
 
 The embeddings are a clustered mixture (Zipf concept sizes) with planted near-duplicates (the
@@ -15,14 +15,18 @@ iterations), and the peak RSS of every rank.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
+import sys
 import resource
 import time
 
 import numpy as np
 
 BLOCK = 1 << 16
+ARGS_ENV = "CURATION_SCALE_ARGS"
 DUP_FRACTION = 0.05
 
 
@@ -109,7 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", type=int, default=0, help="balanced sample size (default n/4)")
     p.add_argument("--check-objective", action="store_true", help="also run full-data Lloyd per level and compare")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    p.add_argument("--procs", type=int, default=1, help="processes (torchrun --standalone, gloo on CPU / NCCL on GPUs)")
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(ARGS_ENV):  # a worker torchrun started: torchrun's own parser would misread "--n"
+        raw = json.loads(os.environ[ARGS_ENV])
+    a = p.parse_args(raw)
+    if a.procs > 1 and "RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.procs}", __file__]
+        raise SystemExit(subprocess.run(cmd, env={**os.environ, ARGS_ENV: json.dumps(raw)}).returncode)
 
     import torch
 

@@ -26,7 +26,13 @@ from dinoflow.curation.comm import Comm
 from dinoflow.curation.exact import argmax_exact, exact_dot, half_sq_norms, margin
 from dinoflow.curation.groups import bottom_k_global
 
-BLOCK = 8192  # rows per GEMM block: bounds the [BLOCK, k] score matrix
+BLOCK = 8192  # rows per GEMM block
+SCORES_PER_BLOCK = 1 << 26  # ... and at most this many scores (256 MiB of fp32) when k is large
+
+
+def block_rows(k: int) -> int:
+    """Rows per GEMM block against k centroids: BLOCK, fewer for very large k."""
+    return int(max(64, min(BLOCK, SCORES_PER_BLOCK // max(1, k))))
 
 
 @dataclass
@@ -74,14 +80,15 @@ def assign(comm: Comm, x: np.ndarray, c: np.ndarray, *, with_dist: bool = False,
     ct = _torch(np.ascontiguousarray(c.T), comm.device)
     neg_h = _torch(-h64.astype(np.float32), comm.device)
     tol = margin(d, max_norm(x) if x_norm is None else x_norm, float(np.sqrt(2 * h64.max())), extra=float(h64.max()))
-    for s in range(0, n, BLOCK):
-        xb = x[s : s + BLOCK]
+    step = block_rows(len(c))
+    for s in range(0, n, step):
+        xb = x[s : s + step]
         scores = torch.addmm(neg_h, _torch(xb, comm.device), ct)
 
         def exact(rows: np.ndarray, cols: np.ndarray, xb=xb) -> np.ndarray:
             return exact_dot(xb, c, rows, cols) - h64[cols]
 
-        labels[s : s + BLOCK] = argmax_exact(scores, tol, exact)
+        labels[s : s + step] = argmax_exact(scores, tol, exact)
     return labels, (sq_distances(x, c, labels) if with_dist else None)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from dinoflow.curation.comm import Comm
 from dinoflow.curation.exact import exact_dot, half_sq_norms, margin, topk_exact
-from dinoflow.curation.kmeans import BLOCK, kmeans, max_norm
+from dinoflow.curation.kmeans import BLOCK, block_rows, kmeans, max_norm
 
 GROUPED_FROM = 4096
 GROUPS_PER_ROW = 3
@@ -42,8 +42,9 @@ def nearest_lists(comm: Comm, x: np.ndarray, c: np.ndarray, p: int) -> np.ndarra
     h64 = half_sq_norms(c)
     neg_h = torch.from_numpy(-h64.astype(np.float32)).to(comm.device)
     tol = margin(x.shape[1], max_norm(x), float(np.sqrt(2 * h64.max())), extra=float(h64.max()))
-    for s in range(0, len(x), BLOCK):
-        xb = x[s : s + BLOCK]
+    step = block_rows(len(c))
+    for s in range(0, len(x), step):
+        xb = x[s : s + step]
         _, cols, _ = topk_exact(_scores(xb, c, neg_h, comm.device), p, tol,
                                 lambda r, cc, xb=xb: exact_dot(xb, c, r, cc) - h64[cc], values=False)
         out[s : s + len(xb)] = cols.reshape(len(xb), p)
