@@ -164,6 +164,7 @@ def test_hostile_files_in_the_pool_are_reported_corrupt(pool, tmp_path):
     (pool / "loop.png").symlink_to(pool / "loop.png")
     (pool / ".hidden.png").write_bytes(b"x")
     (pool / "notes.txt").write_text("not an image")
+    (pool / "bad.tar").write_bytes(b"garbage" * 100)
     (tmp_path / "elsewhere").mkdir()
     shape_image(77).save(tmp_path / "elsewhere/linked.png")
     (pool / "linked_dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
@@ -178,6 +179,7 @@ def test_hostile_files_in_the_pool_are_reported_corrupt(pool, tmp_path):
     report = json.loads((out / "reports/curation.json").read_text())
     skipped = {d["path"]: d["reason"] for d in report["skipped_files"]}
     assert skipped[".hidden.png"].startswith("hidden") and skipped["notes.txt"] == "not an image or .tar"
+    assert skipped["bad.tar"] == "not a readable tar shard"
 
 
 def test_non_utf8_file_names_are_stored_escaped(pool, tmp_path):

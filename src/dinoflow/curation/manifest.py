@@ -63,7 +63,7 @@ def write_parts(comm: Comm, rows: Rows, plan_parts: list[Any], work: Path, level
         part = plan_parts[p_index]
         sl = slice(start, start + int(n))
         uids = rows.uid[sl]
-        cols: dict[str, Any] = {
+        text = {
             "uid": uids,
             "source": [part.source] * len(uids),
             "path": [u[len(part.uid_prefix):] for u in uids],
@@ -72,6 +72,7 @@ def write_parts(comm: Comm, rows: Rows, plan_parts: list[Any], work: Path, level
             "detail": [str(d) for d in rows.detail[sl]],
             "duplicate_of": [dup_uid.get(i, "") for i in range(sl.start, sl.stop)],
         }
+        cols: dict[str, Any] = {k: pa.array(v, pa.string()) for k, v in text.items()}  # typed: a part may be empty
         for lvl in range(levels):
             cols[f"cluster_l{lvl}"] = pa.array(rows.clusters[sl, lvl], pa.int32())
         for name, v in rows.sims.items():

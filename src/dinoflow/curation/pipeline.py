@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from dinoflow.config import Config, CurateConfig
-from dinoflow.curation.comm import Comm, init_comm
+from dinoflow.curation.comm import init_comm
 from dinoflow.curation.partitions import Plan, plan_partitions, rank_partitions
 from dinoflow.curation.rows import Rows
 from dinoflow.curation.steps import (
@@ -193,6 +193,21 @@ def global_steps(run: Run, plans: dict[str, Plan], dim: int) -> dict[str, Any]:
     return report(run, plans["pool"], rows.clusters.shape[1], out)
 
 
+def read_skipped(work: Path, pool: Plan) -> list[dict[str, str]]:
+    """What reading the partitions skipped (a .tar that is not one), from their embedding shards."""
+    import pyarrow.parquet as pq
+
+    from dinoflow.curation.ingest import part_paths
+
+    out = []
+    for part in pool.partitions:
+        meta = pq.read_schema(part_paths(work, part)[0]).metadata or {}
+        for line in filter(None, meta.get(b"dinoflow.skipped", b"").decode().split("\n")):
+            path, _, reason = line.partition(": ")
+            out.append({"source": part.source, "path": path, "reason": reason})
+    return out
+
+
 def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, Any]:
     """Rank 0 writes the report; every rank returns its short summary."""
     from dinoflow.curation.report import write_report
@@ -202,6 +217,7 @@ def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, 
     if run.comm.is_main:
         s = summarize(run.work, pool.partitions, levels, run.c.report_images)
         info = dict(run.info)
+        info["skipped_files"] = info.get("skipped_files", []) + read_skipped(run.work, pool)
         run.lap("report")
         info["seconds"] = dict(run.seconds)
         summary = write_report(run.c, s, funnel=run.funnel, cluster_info=info.pop("clusters", {}),
@@ -209,5 +225,3 @@ def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, 
     run.comm.barrier()
     return summary
 
-
-__all__ = ["Comm", "curate", "check_inputs", "global_steps", "work_dir"]

@@ -56,9 +56,11 @@ def exact_dedup(run: Run, rows: Rows) -> None:
 
     cand = np.flatnonzero(rows.alive)
     first = exact_duplicate_of(run.comm, hash128([rows.pixel_hash[i] for i in cand]), rows.gid[cand])
-    dup = cand[first != rows.gid[cand]]
-    rows.dup_of[dup] = first[first != rows.gid[cand]]
-    rows.drop(np.isin(np.arange(len(rows.gid)), dup), "exact_dup")
+    is_dup = first != rows.gid[cand]
+    rows.dup_of[cand[is_dup]] = first[is_dup]
+    mask = np.zeros(len(rows.gid), bool)
+    mask[cand[is_dup]] = True
+    rows.drop(mask, "exact_dup")
     run.remaining("exact_dup", rows)
 
 
@@ -74,9 +76,10 @@ def near_dedup(run: Run, rows: Rows) -> np.ndarray:
     nd = near_duplicates(run.comm, rows.emb[cand], rows.gid[cand], k=c.knn_k, threshold=c.near_dup_threshold,
                          nprobe=c.nprobe, ivf_threshold=c.ivf_threshold, nlist=c.ivf_nlist,
                          train_per_list=c.ivf_train_per_list, iters=c.ivf_train_iters, seed=c.seed)
-    drop = cand[~nd.keep]
-    rows.dup_of[drop] = nd.dup_of[~nd.keep]
-    rows.drop(np.isin(np.arange(len(rows.gid)), drop), "near_dup")
+    rows.dup_of[cand[~nd.keep]] = nd.dup_of[~nd.keep]
+    mask = np.zeros(len(rows.gid), bool)
+    mask[cand[~nd.keep]] = True
+    rows.drop(mask, "near_dup")
     rows.sims["nn_similarity"][cand] = nd.graph.nn_sim
     labels = np.full(len(rows.gid), -1, np.int64)
     labels[cand] = nd.labels
