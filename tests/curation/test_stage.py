@@ -177,7 +177,8 @@ def test_hostile_files_in_the_pool_are_reported_corrupt(pool, tmp_path):
     assert detail["loop.png"] == ("corrupt", "unreadable: symlink loop")
     assert detail["linked_dir/linked.png"][0] == "kept"  # a symlinked folder is read
     report = json.loads((out / "reports/curation.json").read_text())
-    skipped = {d["path"]: d["reason"] for d in report["skipped_files"]}
+    skipped = {d["path"]: d["reason"] for d in report["skipped_reasons"]}
+    assert sorted(report["skipped_files"]) == sorted(skipped)
     assert skipped[".hidden.png"].startswith("hidden") and skipped["notes.txt"] == "not an image or .tar"
     assert skipped["bad.tar"] == "not a readable tar shard"
 

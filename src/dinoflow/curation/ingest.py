@@ -16,6 +16,7 @@ skips it. Only one partition's images are in memory at a time.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,8 +48,8 @@ def decode_item(data: bytes, error: str | None, max_pixels: int):
         return None, f"{e.reason}: {e.detail}" if e.detail else e.reason
 
 
-def decode_partition(part: Partition, c: Any) -> tuple[dict[str, list], list, list[int], list[str]]:
-    """Read and decode one partition: (columns, images of the rows to embed, their row indices, skipped notes)."""
+def decode_partition(part: Partition, c: Any) -> tuple[dict[str, list], list, list[int], list[dict]]:
+    """Read and decode one partition: (columns, images of the rows to embed, their row indices, what was skipped)."""
     from dinoflow.curation.junk import junk_reason
     from dinoflow.data.decode import pixel_hash
 
@@ -70,8 +71,7 @@ def decode_partition(part: Partition, c: Any) -> tuple[dict[str, list], list, li
             if status == "ok":
                 images.append(img)
                 rows.append(len(cols["uid"]) - 1)
-    notes = [f"{d['path']}: {d['reason']}" for d in stats.skipped_files]
-    return cols, images, rows, notes
+    return cols, images, rows, list(stats.skipped_files)
 
 
 def embed_rows(cols: dict[str, list], images: list, rows: list[int], embedder: Any) -> np.ndarray:
@@ -96,7 +96,7 @@ def part_paths(work: Path, part: Partition) -> tuple[Path, Path]:
     return base.with_suffix(".parquet"), base.with_suffix(".npy")
 
 
-def write_partition(work: Path, part: Partition, cols: dict[str, list], emb: np.ndarray, notes: list[str]) -> None:
+def write_partition(work: Path, part: Partition, cols: dict[str, list], emb: np.ndarray, notes: list[dict]) -> None:
     """Embeddings first, rows last: the .parquet marks a finished partition."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -106,7 +106,7 @@ def write_partition(work: Path, part: Partition, cols: dict[str, list], emb: np.
         np.save(f, emb, allow_pickle=False)
     types = {"ref": pa.binary(), "member": pa.binary()}
     table = pa.table({k: pa.array(cols[k], types.get(k, pa.string())) for k in COLUMNS})
-    meta = {"dinoflow.rows": str(len(emb)), "dinoflow.dim": str(emb.shape[1]), "dinoflow.skipped": "\n".join(notes)}
+    meta = {"dinoflow.rows": str(len(emb)), "dinoflow.dim": str(emb.shape[1]), "dinoflow.skipped": json.dumps(notes)}
     table = table.replace_schema_metadata(meta)
     with atomic_path(table_path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=False)

@@ -22,6 +22,7 @@ Same config and inputs → the same manifest and byte-identical shards, for any 
 
 from __future__ import annotations
 
+import json
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,7 +84,7 @@ def plan(run: Run, settings: str) -> dict[str, Plan]:
     data = comm.all_gather(np.frombuffer(text, np.uint8))[0].tobytes()
     plans = {p.namespace: p for p in map(Plan.from_json, data.decode().split("\n"))}
     run.info["partitions"] = len(plans["pool"].partitions)
-    run.info["skipped_files"] = plans["pool"].skipped
+    run.info["skipped_reasons"] = plans["pool"].skipped
     run.lap("plan")
     return plans
 
@@ -202,9 +203,8 @@ def read_skipped(work: Path, pool: Plan) -> list[dict[str, str]]:
     out = []
     for part in pool.partitions:
         meta = pq.read_schema(part_paths(work, part)[0]).metadata or {}
-        for line in filter(None, meta.get(b"dinoflow.skipped", b"").decode().split("\n")):
-            path, _, reason = line.partition(": ")
-            out.append({"source": part.source, "path": path, "reason": reason})
+        for d in json.loads(meta.get(b"dinoflow.skipped", b"[]")):
+            out.append({"source": part.source, **d})
     return out
 
 
@@ -217,7 +217,8 @@ def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, 
     if run.comm.is_main:
         s = summarize(run.work, pool.partitions, levels, run.c.report_images)
         info = dict(run.info)
-        info["skipped_files"] = info.get("skipped_files", []) + read_skipped(run.work, pool)
+        info["skipped_reasons"] = info.get("skipped_reasons", []) + read_skipped(run.work, pool)
+        info["skipped_files"] = [d["path"] for d in info["skipped_reasons"]]  # what the source held besides inputs
         run.lap("report")
         info["seconds"] = dict(run.seconds)
         summary = write_report(run.c, s, funnel=run.funnel, cluster_info=info.pop("clusters", {}),
