@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from dinoflow.data.sources import Entry, SourceStats, list_source
 
-PARTITION_FORMAT = 1
+PARTITION_FORMAT = 2  # 2: skip notes as JSON
 
 
 @dataclass
