@@ -62,6 +62,16 @@ def registry_lines(reg: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _demo_truth_score(cfg) -> dict[str, Any]:
+    """The curated manifest scored against the planted truth (empty when either is missing)."""
+    from dinoflow.data.demo_truth import find_ground_truth, score_curation
+
+    truth = find_ground_truth(list(cfg.curate.sources))
+    if truth is None or not (Path(cfg.curate.out_dir) / "manifest.parquet").exists():
+        return {}
+    return score_curation(cfg.curate.out_dir, truth)
+
+
 def summary(cfg) -> str:
     """The demo's result in a few lines, read back from the reports the stages wrote."""
     lines = ["", "=" * 72, "dinoflow demo — summary", "=" * 72]
@@ -71,7 +81,7 @@ def summary(cfg) -> str:
         lines.append("curation funnel (images remaining after each step):")
         items = funnel.items() if isinstance(funnel, dict) else [(f.get("step"), f.get("remaining")) for f in funnel]
         lines += [f"  {'after ' + str(k):<28} {v}" for k, v in items]
-        gt = cur.get("ground_truth") or {}
+        gt = _demo_truth_score(cfg)
         if gt:
             lines.append("  vs planted truth: " + ", ".join(
                 f"{k} {gt[k]:.3f}" if isinstance(gt[k], float) else f"{k} {gt[k]}"

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from dinoflow.curation.embed import EmbeddingCache, PixelEmbedder, make_embedder
+from dinoflow.curation.embed import PixelEmbedder, make_embedder
 from dinoflow.curation.junk import junk_reason, lag1_autocorrelation
 
 
@@ -38,23 +38,6 @@ def test_moments_xy_undoes_crop_resize():
     x = e([_img(a), _img(crop)])
     assert x[0] @ x[1] > 0.97
     assert e.identity() != PixelEmbedder(28, 0.5, "moments_xy").identity()
-
-
-def test_embedding_cache_reuses_chunks(tmp_path):
-    e = make_embedder("pixels", size=16)
-    imgs = [_img(_digit(i)) for i in range(5)]
-    cache = EmbeddingCache(tmp_path, e.identity())
-    a = cache.get_or_compute(["h1", "h2", "h3", "h4", "h5"], imgs, e)
-    b = cache.get_or_compute(["h1", "h2", "h3", "h4", "h5"], imgs, e)
-    np.testing.assert_array_equal(a, b)
-    assert cache.stats()["chunks_cached"] == 1 and cache.stats()["chunks_computed"] == 1
-    # Another chunk content or another embedder → another key.
-    assert cache.key(["h1"]) != cache.key(["h2"])
-    assert EmbeddingCache(tmp_path, "other").key(["h1"]) != cache.key(["h1"])
-    # A damaged file is recomputed, not trusted.
-    cache.path(cache.key(["h1", "h2", "h3", "h4", "h5"])).write_bytes(b"garbage")
-    c = cache.get_or_compute(["h1", "h2", "h3", "h4", "h5"], imgs, e)
-    np.testing.assert_array_equal(a, c)
 
 
 def test_junk_guards():

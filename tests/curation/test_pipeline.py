@@ -1,15 +1,31 @@
-"""End-to-end `curate` on the demo pool (slow): acceptance metrics, determinism, resume after a kill."""
+"""End-to-end `curate` on the demo pool (slow): acceptance metrics, one process vs torchrun, kill + resume.
 
-import filecmp
+- the demo's planted truth (scored by dinoflow.data.demo_truth, not by the library report);
+- `torchrun --standalone --nproc-per-node=2 -m dinoflow curate` gives the same manifest.parquet,
+  manifest.json and byte-identical shards as one process;
+- a run killed (SIGKILL) during decode + embed, then rerun, reuses the finished embedding shards
+  and gives byte-identical outputs;
+- balanced sampling to a target size reuses every embedding shard.
+"""
+
+from __future__ import annotations
+
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from dinoflow.config import load_config
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -21,73 +37,99 @@ def demo(tmp_path_factory) -> Path:
     return root
 
 
-def _cfg(demo: Path, out: Path, *extra: str):
-    return load_config(None, [
+def _overrides(demo: Path, out: Path, *extra: str) -> list[str]:
+    return [
         f"curate.sources=[{demo}/pool]", f"curate.seeds={demo}/seeds", f"curate.eval_sets=[{demo}/eval]",
         f"curate.out_dir={out}/curated", f"curate.report_dir={out}/reports", "curate.chunk_size=700",
         "curate.shard_size=800", "tracking.enabled=false", *extra,
-    ])
+    ]
 
 
-def test_curate_demo_acceptance_determinism_and_resume(demo, tmp_path):
-    import pyarrow.parquet as pq
+def _cli(demo: Path, out: Path, *, nproc: int = 1, wait: bool = True, extra: tuple = ()):
+    args = [x for o in _overrides(demo, out, *extra) for x in ("-S", o)]
+    head = [sys.executable, "-m", "dinoflow"] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "dinoflow"]
+    cmd = head + ["curate", "-c", str(ROOT / "params.yaml"), *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return time.perf_counter() - t
 
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    d = out / "curated"
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_curate_demo_acceptance_processes_kill_and_resume(demo, tmp_path):
     from dinoflow.curation.pipeline import curate
+    from dinoflow.data.demo_truth import score_curation
 
-    a = curate(_cfg(demo, tmp_path / "a"))
-    gt = a["ground_truth"]
+    t1 = _cli(demo, tmp_path / "one")
+    gt = score_curation(tmp_path / "one/curated", demo / "ground_truth.json")
     assert gt["duplicate_recall"] >= 0.95 and gt["duplicate_precision"] >= 0.95, gt
     assert gt["junk_kept_fraction"] <= 0.05
     assert gt["corrupt_reported"] == gt["corrupt_total"] == 20
     assert gt["eval_copies_removed"] == gt["eval_copies_total"]
-    assert gt["manifest_uids"] == gt["input_uids"] == len(list((demo / "pool").iterdir()))
-
-    man = pq.read_table(tmp_path / "a/curated/manifest.parquet").to_pandas()
-    assert man.uid.is_unique and len(man) == gt["input_uids"]
-    assert set(man.status) <= {"kept", "corrupt", "junk", "exact_dup", "near_dup", "eval_contamination", "not_retrieved", "not_sampled"}
-    assert (man.status == "kept").sum() == a["counts"]["kept"]
+    assert gt["manifest_uids"] == gt["truth_uids"] == len(list((demo / "pool").iterdir()))
+    man = pq.read_table(tmp_path / "one/curated/manifest.parquet").to_pandas()
+    assert man.uid.is_unique
     dups = man[man.status.isin(["exact_dup", "near_dup"])]
     assert dups.duplicate_of.isin(man.uid).all()
-    report = json.loads((tmp_path / "a/reports/curation.json").read_text())
+    report = json.loads((tmp_path / "one/reports/curation.json").read_text())
     assert [f["remaining"] for f in report["funnel"]] == sorted([f["remaining"] for f in report["funnel"]], reverse=True)
     for png in report["pngs"].values():
-        assert (tmp_path / "a/reports" / png).stat().st_size > 1000
-    assert (tmp_path / "a/reports/curation.html").read_text().count("<img") == len(report["pngs"])
+        assert (tmp_path / "one/reports" / png).stat().st_size > 1000
+    assert (tmp_path / "one/reports/curation.html").read_text().count("<img") == len(report["pngs"])
+    one = _outputs(tmp_path / "one")
+    assert "manifest.json" in one and sum(n.endswith(".tar") for n in one) == len(report["shards"]) > 1
 
-    # Kill a second run after two embedding chunks, then rerun: cached chunks are reused and
-    # the result is byte-identical to the uninterrupted run.
-    class Killed(RuntimeError):
-        pass
+    # Two processes under torchrun: the same manifest, record and shard bytes.
+    t2 = _cli(demo, tmp_path / "two", nproc=2)
+    assert _outputs(tmp_path / "two") == one
+    print(f"\ncurate on the demo pool: 1 process {t1:.1f} s, torchrun 2 processes {t2:.1f} s")
 
-    def kill_after_two(n: int) -> None:
-        if n == 2:
-            raise Killed()
+    # SIGKILL during decode + embed, then rerun: finished embedding shards are reused, outputs identical.
+    parts = tmp_path / "killed/curated/.curate/parts"
+    proc = _cli(demo, tmp_path / "killed", wait=False)
+    deadline = time.time() + 600
+    while len(list(parts.glob("pool-*.parquet"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(parts.glob("*.parquet")))
+    assert 2 <= len(list(parts.glob("pool-*.parquet"))) < report["partitions"], "the kill must land during decode + embed"
+    resumed = curate(load_config(ROOT / "params.yaml", _overrides(demo, tmp_path / "killed")))
+    assert resumed["embedding_shards"]["partitions_reused"] == finished
+    assert _outputs(tmp_path / "killed") == one
 
-    with pytest.raises(Killed):
-        curate(_cfg(demo, tmp_path / "b"), on_chunk=kill_after_two)
-    assert len(list((tmp_path / "b/curated/.cache").glob("emb-*.npy"))) == 2
-    b = curate(_cfg(demo, tmp_path / "b"))
-    assert b["embedding_cache"]["chunks_cached"] == 2
-    assert b["embedding_cache"]["chunks_computed"] == a["embedding_cache"]["chunks_computed"] - 2
-    files_a = sorted(p.name for p in (tmp_path / "a/curated").iterdir() if p.is_file())
-    files_b = sorted(p.name for p in (tmp_path / "b/curated").iterdir() if p.is_file())
-    assert files_a == files_b and "manifest.parquet" in files_a and any(f.endswith(".tar") for f in files_a)
-    for f in files_a:
-        assert filecmp.cmp(tmp_path / "a/curated" / f, tmp_path / "b/curated" / f, shallow=False), f
-
-    # A third run over finished output rewrites no shard.
-    c = curate(_cfg(demo, tmp_path / "b"))
-    assert c["shards_reused"] == c["n_shards"] > 0
-    assert c["embedding_cache"]["chunks_computed"] == 0
-
-    # Balanced sampling to a target size (same cache: no embedding work).
-    s = curate(_cfg(demo, tmp_path / "b", "curate.target_size=1000", "curate.kmeans_levels=[50,5]"))
-    assert s["embedding_cache"]["chunks_computed"] == 0
-    assert s["counts"]["kept"] == 1000
-    man = pq.read_table(tmp_path / "b/curated/manifest.parquet").to_pandas()
+    # Balanced sampling to a target size: no embedding work, the kept count is the target.
+    s = curate(load_config(ROOT / "params.yaml", _overrides(demo, tmp_path / "killed", "curate.target_size=1000",
+                                                           "curate.kmeans_levels=[50,5]")))
+    assert s["embedding_shards"]["partitions_computed"] == 0 and s["counts"]["kept"] == 1000
+    man = pq.read_table(tmp_path / "killed/curated/manifest.parquet").to_pandas()
     assert (man.status == "not_sampled").sum() == s["counts"]["not_sampled"] > 0
-    info = json.loads((tmp_path / "b/reports/curation.json").read_text())["clusters"]
+    info = json.loads((tmp_path / "killed/reports/curation.json").read_text())["clusters"]
     assert info["entropy_after"][-1] > info["entropy_before"][-1]  # the top level is balanced first
     kept = man[man.status == "kept"]
     assert (kept.cluster_l0 >= 0).all() and (kept.cluster_l1 >= 0).all()
     assert np.isfinite(kept.seed_similarity).all()
+
+
+def test_sigterm_stops_curation_promptly_with_a_named_error(demo, tmp_path):
+    """Issue 14 item 6: SIGTERM during curation ends the stage within seconds, non-zero, with a reason."""
+    cmd = [sys.executable, "-m", "dinoflow", "curate", "-c", str(ROOT / "params.yaml"),
+           *[x for o in _overrides(demo, tmp_path, "curate.chunk_size=200") for x in ("-S", o)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    parts = tmp_path / "curated/.curate/parts"
+    deadline = time.time() + 300
+    while not list(parts.glob("pool-*.parquet")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    t = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.perf_counter() - t < 15
+    assert proc.returncode == 1 and "stopped by SIGTERM" in err, err[-2000:]
+    assert not (tmp_path / "curated/manifest.json").exists()

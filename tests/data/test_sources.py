@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,7 +60,11 @@ def test_folder_recursive_sorted_relative_uids(tree):
     ]
     assert {i.source for i in items} == {str(tree)}
     assert items[4].meta == {"label": 1}
-    assert stats.skipped_files == ["notes.txt"] and stats.items == 10
+    assert stats.skipped_files == [
+        {"path": ".cache", "reason": "hidden (names starting with '.' are not inputs)"},
+        {"path": ".hidden.png", "reason": "hidden (names starting with '.' are not inputs)"},
+        {"path": "notes.txt", "reason": "not an image or .tar"},
+    ] and stats.items == 10
     assert [i.uid for i in iter_source(str(tree))] == [i.uid for i in items]  # deterministic
 
 
@@ -86,6 +94,7 @@ def test_malformed_shard_is_counted_not_raised(tmp_path):
     stats = SourceStats()
     assert [i.uid for i in iter_source(tmp_path, stats)] == ["ok.png"]
     assert stats.shards.unreadable_shards == 1
+    assert stats.skipped_files == [{"path": "bad.tar", "reason": "not a readable tar shard"}]
 
 
 def test_batches_and_multiple_sources(tree, tmp_path):
@@ -115,7 +124,7 @@ def test_s3_prefix_images_and_shards(tmp_path, bucket):
     items = list(iter_source(f"s3://{bucket}/pool", stats))  # no trailing slash: still the folder only
     assert [(i.uid, i.data) for i in items] == [("a/c.jpg", b"c"), ("b.png", b"b"), ("shards/s.tar/k", b"shard-img")]
     assert items[2].meta == {"a": 1}
-    assert stats.skipped_files == ["readme.md"]
+    assert stats.skipped_files == [{"path": "readme.md", "reason": "not an image or .tar"}]
     assert [i.uid for i in iter_source(f"s3://{bucket}/pool/b.png")] == ["b.png"]  # a single object
     assert len(list(iter_source(f"s3://{bucket}"))) == 4  # whole bucket
 
@@ -123,3 +132,93 @@ def test_s3_prefix_images_and_shards(tmp_path, bucket):
 def test_s3_missing_bucket(s3_env):
     with pytest.raises(DinoflowError, match="does not exist"):
         list(iter_source("s3://missing-bucket/pool/"))
+
+
+# ---------------------------------------------------------------- hostile folders (issue 14: items 5, 6, 7)
+
+
+def _run_unprivileged(fn):
+    """fn() with the permissions of an ordinary user: as root, in a forked child that drops to `nobody`
+    (root reads files whatever their mode); the result comes back as JSON."""
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(w, json.dumps(fn()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+@pytest.fixture
+def open_tmp():
+    """A temp folder any user can enter (pytest's tmp_path is private to its owner)."""
+    d = Path(tempfile.mkdtemp(prefix="dinoflow-sources-"))
+    d.chmod(0o755)
+    yield d
+    for p in sorted(d.rglob("*"), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_fifo_and_special_files_are_items_with_an_error_and_never_block(tmp_path):
+    touch(tmp_path / "a.png", b"a")
+    os.mkfifo(tmp_path / "fifo.png")
+    os.mkfifo(tmp_path / "fifo.tar")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    stats = SourceStats()
+    items = {i.uid: i for i in iter_source(tmp_path, stats)}  # returns at once (a FIFO read would block forever)
+    assert items["a.png"].data == b"a" and items["a.png"].error is None
+    assert items["fifo.png"].error == "not a regular file (fifo)" and items["fifo.png"].data == b""
+    assert items["dangling.png"].error == "dangling symlink"
+    assert items["loop.png"].error == "symlink loop"
+    assert {"path": "fifo.tar", "reason": "shard cannot be read: not a regular file"} in stats.skipped_files
+
+
+def test_symlinked_folders_are_followed_once_and_loops_reported(tmp_path):
+    touch(tmp_path / "real/x.png", b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real/back").symlink_to(tmp_path, target_is_directory=True)
+    stats = SourceStats()
+    uids = [i.uid for i in iter_source(tmp_path, stats)]
+    assert uids == ["link/x.png"]  # "link" sorts first: the folder is read through it, once
+    reasons = {d["path"]: d["reason"] for d in stats.skipped_files}
+    assert "already listed as 'link'" in reasons["real"]
+    assert "already listed as '.'" in reasons["link/back"]
+
+
+def test_non_utf8_names_get_escaped_uids(tmp_path):
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.png"
+    with open(raw, "wb") as f:
+        f.write(b"img")
+    items = list(iter_source(tmp_path))
+    assert [i.uid for i in items] == ["caf\\xe9.png"] and items[0].data == b"img"
+    assert items[0].uid.encode("utf-8")  # storable as text
+
+
+def test_unreadable_file_and_unlistable_folder_are_accounted_for(open_tmp):
+    touch(open_tmp / "ok.png", b"ok")
+    touch(open_tmp / "secret.png", b"s")
+    touch(open_tmp / "closed/inside.png", b"i")
+    (open_tmp / "secret.png").chmod(0)
+    (open_tmp / "closed").chmod(0)
+
+    def look():
+        stats = SourceStats()
+        items = [(i.uid, i.error) for i in iter_source(open_tmp, stats)]
+        return {"items": items, "skipped": stats.skipped_files}
+
+    got = _run_unprivileged(look)
+    assert [tuple(x) for x in got["items"]] == [("ok.png", None), ("secret.png", "Permission denied")]
+    assert got["skipped"] == [{"path": "closed", "reason": "folder cannot be listed: Permission denied"}]

@@ -216,15 +216,14 @@ def _folder_named_png(path: Path) -> None:
 
 
 NON_UTF8_NAME = os.fsdecode(b"bad-\xff\xfe-name.png")  # surrogate-escaped str of a non-UTF-8 name
-CURATION = "fixed on wip/curation"
 
 SPECIAL_CASES: list[FileCase] = [
-    FileCase("fifo.png", _fifo, Expect("reported", "ignored", CORRUPT), xfail={"curate": f"issue 14.6: {CURATION}"}),
+    FileCase("fifo.png", _fifo, Expect("reported", "ignored", CORRUPT)),
     FileCase("dangling.png", _dangling, Expect("corrupt:unreadable", "ignored", CORRUPT)),
     FileCase("loop_a.png", _loop, Expect("corrupt:unreadable", "ignored", CORRUPT)),
     FileCase("unreadable.png", _unreadable, Expect("corrupt:unreadable", "skipped", CORRUPT)),
-    FileCase(NON_UTF8_NAME, _write(good_png), Expect("reported", "used", "loaded"), xfail={"curate": f"issue 14.7: {CURATION}"}),
-    FileCase("locked_dir", _unlistable, Expect("reported", "ignored", CORRUPT), xfail={"curate": f"issue 14.7: {CURATION}"}),
+    FileCase(NON_UTF8_NAME, _write(good_png), Expect("reported", "used", "loaded")),
+    FileCase("locked_dir", _unlistable, Expect("reported", "ignored", CORRUPT)),
     FileCase("folder.png", _folder_named_png, Expect("decoded", "used", "loaded"), entry="folder.png/inside.png"),
 ]
 

@@ -179,7 +179,6 @@ def test_overrides_get_the_same_guards(tmp_path, monkeypatch):
         assert "hunter2" not in err.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14.8: fixed on wip/curation")
 def test_missing_seeds_path_is_refused_before_ingest(tmp_path, monkeypatch):
     """`curate.seeds` that does not exist: a named error before the pool is read, not after."""
     from hostile.corpus import write_good

@@ -46,8 +46,8 @@ def test_torchrun_argv_and_failure():
     argv = torchrun_argv("pretrain", "/c.yaml", nproc_per_node=4, python="py")
     assert argv[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=4" in argv
     assert argv[-5:] == ["-m", "dinoflow", "pretrain", "-c", "/c.yaml"]
-    with pytest.raises(DinoflowError, match="only pretrain, distill"):
-        torchrun_argv("curate", "/c.yaml", nproc_per_node=2)
+    with pytest.raises(DinoflowError, match="only pretrain, distill, curate"):
+        torchrun_argv("evaluate", "/c.yaml", nproc_per_node=2)
     with pytest.raises(DinoflowError, match="status 3"):
         run_torchrun([sys.executable, "-c", "raise SystemExit(3)"])
 

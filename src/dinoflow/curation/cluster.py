@@ -1,143 +1,109 @@
-"""k-means and hierarchical k-means with resampling steps (Vo et al. 2024, "ssl-data-curation").
+"""Hierarchical k-means with resampling steps (Vo et al. 2024, "ssl-data-curation"), distributed.
 
-Level 1 clusters the points; level l > 1 clusters the centroids of level l-1, so each level is a
-coarser partition and the levels form a tree. A resampling step re-fits a level's k-means on
-only the `sample_size` points closest to each current centroid and then reassigns every point:
-dense regions stop dominating the centroid positions, so the centroids spread more uniformly
+Level 0 clusters the pool's rows (spread over ranks, `kmeans.kmeans`); level l > 0 clusters the
+centroids of level l-1, split over the ranks the same way (a level of a billion-image pool has
+millions of centroids). A
+resampling step re-fits a level's k-means on only the `sample_size` rows closest to each
+current centroid (chosen by each cluster's owner rank, `groups.select_smallest`) and then
+reassigns every row: dense regions stop dominating the centroids, which spread more evenly
 over the concepts in the data (the paper's sample size is about half the mean cluster size).
-
-faiss does the k-means. faiss.Kmeans silently subsamples to `max_points_per_centroid` (256)
-points per centroid; we raise that so every point counts. Every run is seeded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from dinoflow.curation.knn import as_f32, gpu_available
-
-
-def kmeans(
-    x: np.ndarray, k: int, *, iters: int = 20, seed: int = 0, nredo: int = 1, verbose: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """L2 k-means of `x` [N, D]. Returns (centroids [k', D], assignment [N] int64, sq_dist [N] float32).
-
-    k is clamped to N (k' = min(k, N)); empty clusters are allowed in the result.
-    nredo > 1 runs that many seeded initialisations and keeps the lowest objective.
-    """
-    import faiss
-
-    x = as_f32(x)
-    n, d = x.shape
-    if n == 0:
-        raise ValueError("k-means needs at least one point")
-    k = int(max(1, min(k, n)))
-    if k == n:
-        # Each point its own cluster: the exact optimum, and faiss refuses k == n anyway in places.
-        return x.copy(), np.arange(n, dtype=np.int64), np.zeros(n, np.float32)
-    km = faiss.Kmeans(
-        d, k, niter=iters, seed=int(seed) % (2**31), nredo=nredo, verbose=verbose,
-        max_points_per_centroid=max(256, (n + k - 1) // k + 1), min_points_per_centroid=1,
-        gpu=gpu_available(),
-    )
-    km.train(x)
-    dist, assign = km.index.search(x, 1)
-    return km.centroids.copy(), assign[:, 0].astype(np.int64), dist[:, 0]
-
-
-def assign_to(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (L2) of each row: (assignment [N] int64, squared distance [N] float32)."""
-    import faiss
-
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(as_f32(centroids))
-    dist, ids = index.search(as_f32(x), 1)
-    return ids[:, 0].astype(np.int64), dist[:, 0]
-
-
-def closest_per_cluster(assign: np.ndarray, sq_dist: np.ndarray, k: int, n_per_cluster: int) -> np.ndarray:
-    """Indices of the `n_per_cluster` points nearest to their centroid in each of k clusters (sorted)."""
-    order = np.lexsort((np.arange(len(assign)), sq_dist, assign))  # by cluster, then distance
-    a = assign[order]
-    starts = np.searchsorted(a, np.arange(k))
-    rank = np.arange(len(order)) - starts[a]
-    return np.sort(order[rank < n_per_cluster])
+from dinoflow.curation.comm import Comm
+from dinoflow.curation.groups import select_smallest
+from dinoflow.curation.kmeans import KMeans, assign, kmeans
 
 
 @dataclass
-class HierarchicalClustering:
-    """A tree of clusters.
+class Hierarchy:
+    """A tree of clusters over this rank's rows.
 
-    point_labels[l]: cluster id at level l of every point, [N] int64 (level 0 = finest).
-    parents[l]: for level-l cluster ids, the level-(l+1) cluster id, [k_l] int64 (last level: none).
-    centroids[l]: [k_l, D] float32. sq_dist0: each point's squared distance to its level-0 centroid.
+    labels[l]: cluster id at level l of each local row, [n] int64 (level 0 = finest).
+    parents[l]: the level-(l+1) cluster of each level-l cluster, [k_l] int64 (last level: all 0).
+    centroids[l]: [k_l, D] float32. sizes[l]: rows (of every rank) in each level-l cluster, [k_l].
+    sq_dist0: each local row's exact squared distance to its level-0 centroid, [n] float32.
     """
 
-    point_labels: list[np.ndarray]
+    labels: list[np.ndarray]
     parents: list[np.ndarray]
     centroids: list[np.ndarray]
+    sizes: list[np.ndarray]
     sq_dist0: np.ndarray
-    sizes: list[np.ndarray] = field(default_factory=list)
 
     @property
     def n_levels(self) -> int:
         return len(self.centroids)
 
-    def __post_init__(self) -> None:
-        if not self.sizes:
-            self.sizes = [np.bincount(lab, minlength=len(c)) for lab, c in zip(self.point_labels, self.centroids)]
 
+def level_kmeans(
+    comm: Comm, x: np.ndarray, gid: np.ndarray, k: int, *, resampling_steps: int, sample_size: int | None,
+    iters: int, seed: int, max_points_per_centroid: int | None, progress: str | None = None,
+) -> KMeans:
+    """One level: k-means, then `resampling_steps` re-fits on the rows closest to each centroid.
 
-def _level_kmeans(
-    x: np.ndarray, k: int, resampling_steps: int, sample_size: int | None, iters: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cent, assign, dist = kmeans(x, k, iters=iters, seed=seed)
-    k = len(cent)
-    size = sample_size if sample_size is not None else max(1, round(len(x) / k / 2))
-    if size <= 1:  # a single closest point per cluster just reproduces the centroids
-        return cent, assign, dist
-    for step in range(resampling_steps):
-        picked = closest_per_cluster(assign, dist, k, size)
-        cent, _, _ = kmeans(x[picked], k, iters=iters, seed=seed + 1 + step)
-        if len(cent) < k:  # fewer picked points than clusters: keep k from the full set instead
-            break
-        assign, dist = assign_to(x, cent)
-    return cent, assign, dist
+    Each resampling step assigns every row, picks the `sample_size` rows closest to each centroid
+    (over all ranks) and fits k-means again on those alone (Lloyd on a seeded sample of them when
+    `max_points_per_centroid` is set); every row is then assigned to the last centroids.
+    """
+    km = kmeans(comm, x, gid, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid,
+                progress=progress)
+    k = len(km.centroids)
+    size = sample_size if sample_size is not None else max(1, round(int(km.sizes.sum()) / k / 2))
+    for step in range(resampling_steps if size > 1 else 0):  # one closest row per cluster just gives the centroids
+        picked = select_smallest(comm, km.labels, km.sq_dist, gid, np.full(k, size, np.int64))
+        if comm.sum_int(int(picked.sum())) < k:
+            break  # fewer picked rows than clusters: keep the fit on every row
+        sub = kmeans(comm, np.ascontiguousarray(x[picked]), gid[picked], k, iters=iters, seed=seed + 1 + step,
+                     max_points_per_centroid=max_points_per_centroid, assign_all=False,
+                     progress=f"{progress} resample {step + 1}" if progress else None)
+        labels, sq = assign(comm, x, sub.centroids, with_dist=True)
+        sizes = comm.all_reduce_sum(np.bincount(labels, minlength=k).astype(np.int64))
+        km = KMeans(sub.centroids, labels, sq, sizes, sub.iterations, km.train)
+    return km
 
 
 def hierarchical_kmeans(
-    x: np.ndarray,
-    levels: list[int],
-    *,
-    resampling_steps: int = 0,
-    sample_sizes: list[int | None] | None = None,
-    iters: int = 20,
-    seed: int = 0,
-) -> HierarchicalClustering:
-    """Hierarchical k-means of `x` [N, D] with `levels` = clusters per level, finest first (e.g. [100, 10]).
+    comm: Comm, x: np.ndarray, gid: np.ndarray, levels: list[int], *, resampling_steps: int = 0,
+    sample_sizes: list[int | None] | None = None, iters: int = 20, seed: int = 0,
+    max_points_per_centroid: int | None = None,
+) -> Hierarchy:
+    """Hierarchical k-means of every rank's rows; `levels` = clusters per level, finest first (e.g. [100, 10]).
 
-    A level asking for more clusters than the level below has (or than points) is clamped.
-    sample_sizes[l]: points kept per cluster in level l's resampling steps (None: half the mean size).
+    A level asking for more clusters than the level below has is clamped.
+    sample_sizes[l]: rows kept per cluster in level l's resampling steps (None: half the mean size).
     """
     if not levels:
         raise ValueError("hierarchical k-means needs at least one level")
-    sample_sizes = sample_sizes or [None] * len(levels)
-    pts = as_f32(x)
-    point_labels: list[np.ndarray] = []
+    sample_sizes = list(sample_sizes or [None] * len(levels))
+    labels: list[np.ndarray] = []
     parents: list[np.ndarray] = []
     centroids: list[np.ndarray] = []
-    sq_dist0 = np.zeros(len(pts), np.float32)
+    sizes: list[np.ndarray] = []
+    sq0 = np.zeros(len(x), np.float32)
+    pts, pts_gid = x, gid
     for lvl, k in enumerate(levels):
-        cent, assign, dist = _level_kmeans(pts, k, resampling_steps, sample_sizes[lvl], iters, seed + 1000 * lvl)
+        km = level_kmeans(comm, pts, pts_gid, k, resampling_steps=resampling_steps, sample_size=sample_sizes[lvl],
+                          iters=iters, seed=seed + 1000 * lvl, max_points_per_centroid=max_points_per_centroid,
+                          progress=f"curate: k-means level {lvl}")
         if lvl == 0:
-            point_labels.append(assign)
-            sq_dist0 = dist
+            labels.append(km.labels)
+            sizes.append(km.sizes)
+            sq0 = km.sq_dist
         else:
-            parents.append(assign)
-            point_labels.append(assign[point_labels[-1]])
-        centroids.append(cent)
-        pts = cent
+            parent = comm.all_gather_cat(km.labels)  # ranks hold consecutive blocks: index order
+            parents.append(parent)
+            labels.append(parent[labels[-1]])
+            sizes.append(np.bincount(parent, weights=sizes[-1], minlength=len(km.centroids)).astype(np.int64))
+        centroids.append(km.centroids)
+        # The next level clusters these centroids, split over the ranks like rows.
+        n_c = len(km.centroids)
+        block = slice(n_c * comm.rank // comm.world, n_c * (comm.rank + 1) // comm.world)
+        pts, pts_gid = km.centroids[block], np.arange(n_c, dtype=np.int64)[block]
     parents.append(np.zeros(len(centroids[-1]), np.int64))  # the top level hangs off one root
-    return HierarchicalClustering(point_labels, parents, centroids, sq_dist0)
+    return Hierarchy(labels, parents, centroids, sizes, sq0)

@@ -1,18 +1,22 @@
-"""Duplicate removal: exact (pixel hash), near (k-NN graph + union-find) and relative (vs eval sets).
+"""Duplicate removal over rows spread across ranks: exact (pixel hash), near (graph components), relative.
 
-The DINOv2 LVD-142M recipe: embed every image, link each to its k nearest neighbours whose
-cosine similarity is at least a threshold, take the connected components and keep one image
-per component. Relative dedup drops every pool component that touches an evaluation image.
+The DINOv2 LVD-142M recipe: embed every image, link each to its nearest neighbours whose cosine
+similarity is at least a threshold (`ivf.near_duplicate_graph`), take the connected components and
+keep one image per component (the first in source order, i.e. the smallest global id). Relative
+dedup drops every pool component that touches an evaluation image. Rows are identified by their
+global id (gid, the position in source order), so every result is the same for any number of ranks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from dinoflow.curation import knn as knnlib
+from dinoflow.curation.comm import Comm
+from dinoflow.curation.exact import exact_dot, margin, topk_exact
+from dinoflow.curation.groups import first_in_group
+from dinoflow.curation.ivf import Graph, near_duplicate_graph
 
 
 class UnionFind:
@@ -80,137 +84,87 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return uf.roots()
 
 
-def exact_duplicates(hashes: Sequence[str]) -> np.ndarray:
-    """For each item, the index of the first item with the same hash, or -1 when it is the first. [N] int64."""
-    first: dict[str, int] = {}
-    out = np.full(len(hashes), -1, dtype=np.int64)
-    for i, h in enumerate(hashes):
-        j = first.setdefault(h, i)
-        if j != i:
-            out[i] = j
-    return out
+def component_labels(gid: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Component of each gid (its smallest gid) in the graph of gid edges (a, b): [n] int64.
+
+    Only the nodes that have an edge enter the union-find, so its memory follows the edges, not the pool.
+    """
+    nodes = np.unique(np.concatenate([a, b]))
+    roots = connected_components(len(nodes), np.searchsorted(nodes, a), np.searchsorted(nodes, b))
+    labels = np.asarray(gid, np.int64).copy()
+    pos = np.searchsorted(nodes, labels)
+    inside = (pos < len(nodes)) & (nodes[np.minimum(pos, len(nodes) - 1)] == labels) if len(nodes) else np.zeros(len(labels), bool)
+    labels[inside] = nodes[roots[pos[inside]]]
+    return labels
+
+
+def exact_duplicate_of(comm: Comm, hashes: np.ndarray, gid: np.ndarray) -> np.ndarray:
+    """For each local row, the gid of the first row (any rank) with the same pixel hash: [n] int64.
+
+    hashes [n, 2] int64 (128 bits of the pixel sha256). A row is an exact duplicate when the
+    result is not its own gid.
+    """
+    return first_in_group(comm, hashes, gid)
 
 
 @dataclass
-class NearDupResult:
-    """labels: component of each row (smallest member index), [N] int64.
-    keep: True for the one row kept per component, [N] bool.
-    dup_of: the kept row of each dropped row, -1 for kept rows, [N] int64.
-    edge_a, edge_b, edge_sim: the graph edges (a < b) at or above the threshold.
-    nn_sim: similarity of each row to its nearest other row ([N] float32; -1 with no neighbour).
-    """
+class NearDup:
+    """labels: component (smallest gid) of each local row; keep: the one kept row per component;
+    dup_of: the kept gid of each dropped row (-1 for kept rows); graph: the edges found."""
 
     labels: np.ndarray
     keep: np.ndarray
     dup_of: np.ndarray
-    edge_a: np.ndarray
-    edge_b: np.ndarray
-    edge_sim: np.ndarray
-    nn_sim: np.ndarray
-    index: dict
+    graph: Graph
 
     @property
-    def n_components(self) -> int:
-        return int(self.keep.sum())
+    def index(self) -> dict:
+        return self.graph.index
 
 
-def knn_edges(
-    x: np.ndarray, k: int, threshold: float, *, seed: int = 0, index_kind: str = "auto", nprobe: int = 16,
-    batch_size: int = 65_536,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Edges of the cosine k-NN graph of `x` [N, D] (L2-normalised) with similarity >= threshold.
-
-    Returns (a, b, sim, nn_sim, index_info) with a < b, each undirected edge once, sorted by (a, b).
-    nn_sim [N] is each row's best similarity to another row (for the report's histograms).
-    """
-    n = len(x)
-    if n == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, np.zeros(0, np.float32), np.zeros(0, np.float32), {"kind": "none"}
-    index, info = knnlib.build_index(x, kind=index_kind, nprobe=nprobe, seed=seed)
-    nn_sim = np.full(n, -1.0, np.float32)
-    parts_a, parts_b, parts_s = [], [], []
-    # k + 1: a row finds itself first (or an exact twin); ignore self matches explicitly.
-    for start, sims, ids in knnlib.iter_knn(index, x, k + 1, batch_size):
-        rows = np.arange(start, start + len(ids))[:, None]
-        valid = (ids >= 0) & (ids != rows)
-        nn = np.where(valid, sims, -np.inf).max(axis=1)
-        nn_sim[start : start + len(ids)] = np.where(np.isfinite(nn), nn, -1.0)
-        hit = valid & (sims >= threshold)
-        r, c = np.nonzero(hit)
-        a, b = rows[r, 0], ids[r, c]
-        parts_a.append(np.minimum(a, b))
-        parts_b.append(np.maximum(a, b))
-        parts_s.append(sims[r, c])
-    a = np.concatenate(parts_a)
-    b = np.concatenate(parts_b)
-    s = np.concatenate(parts_s).astype(np.float32)
-    if a.size:
-        key = a * n + b
-        order = np.lexsort((-s, key))  # by edge, best similarity first
-        key, a, b, s = key[order], a[order], b[order], s[order]
-        first = np.ones(len(key), bool)
-        first[1:] = key[1:] != key[:-1]
-        a, b, s = a[first], b[first], s[first]
-    return a, b, s, nn_sim, info.as_dict()
-
-
-def near_duplicates(
-    x: np.ndarray, k: int, threshold: float, *, priority: np.ndarray | None = None, seed: int = 0,
-    index_kind: str = "auto", nprobe: int = 16,
-) -> NearDupResult:
-    """Self near-dedup of `x` [N, D] (L2-normalised): k-NN graph at `threshold`, union-find, keep one per component.
-
-    priority [N]: lower value is kept first within a component (default: row order); ties break
-    by row index, so the choice is deterministic.
-    """
-    n = len(x)
-    a, b, s, nn_sim, info = knn_edges(x, k, threshold, seed=seed, index_kind=index_kind, nprobe=nprobe)
-    labels = connected_components(n, a, b)
-    prio = np.arange(n) if priority is None else np.asarray(priority)
-    # The kept row of each component: smallest (priority, index) among its members.
-    order = np.lexsort((np.arange(n), prio, labels))
-    first = np.ones(n, bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    keep = np.zeros(n, bool)
-    keep[order[first]] = True
-    keeper_of_label = np.full(n, -1, np.int64)
-    keeper_of_label[labels[order[first]]] = order[first]
-    dup_of = np.where(keep, -1, keeper_of_label[labels])
-    return NearDupResult(labels, keep, dup_of, a, b, s, nn_sim, info)
+def near_duplicates(comm: Comm, x: np.ndarray, gid: np.ndarray, *, k: int, threshold: float, **search) -> NearDup:
+    """Self near-dedup of every rank's rows x [n, D] (L2-normalised): keep the first row of each component."""
+    g = near_duplicate_graph(comm, x, gid, k=k, threshold=threshold, **search)
+    labels = component_labels(gid, g.a, g.b)
+    keep = labels == gid
+    return NearDup(labels, keep, np.where(keep, -1, labels), g)
 
 
 @dataclass
-class RelativeDupResult:
-    """contaminated: pool rows whose component touches an eval image, [N] bool.
-    eval_match: for each pool row, the index of its best-matching eval image at/above the threshold, or -1.
-    eval_sim: each pool row's best similarity to any eval image, [N] float32 (-1 with no eval set).
-    """
+class RelativeDup:
+    """contaminated [n] bool: rows whose component touches an eval image; eval_match [n]: best eval
+    index at/above the threshold or -1; eval_sim [n] float32: best cosine to any eval image (-1: no eval set)."""
 
     contaminated: np.ndarray
     eval_match: np.ndarray
     eval_sim: np.ndarray
 
 
-def relative_duplicates(
-    pool: np.ndarray, eval_x: np.ndarray, threshold: float, *, labels: np.ndarray | None = None,
-    k: int = 1, seed: int = 0,
-) -> RelativeDupResult:
-    """Drop every pool component that touches an evaluation image at cosine >= threshold.
+def best_match(comm: Comm, x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's most similar reference row, certified: (index [n] int64, exact cosine [n] float64)."""
+    import torch
 
-    pool [N, D], eval_x [M, D] L2-normalised; labels [N]: near-dup components of the pool
-    (default: every row its own component).
+    n = len(x)
+    idx, sim = np.full(n, -1, np.int64), np.full(n, -1.0)
+    if n == 0 or len(ref) == 0:
+        return idx, sim
+    rt = torch.from_numpy(np.ascontiguousarray(ref)).to(comm.device)
+    tol = margin(x.shape[1], 1.0, 1.0)
+    for s in range(0, n, 8192):
+        xb = x[s : s + 8192]
+        scores = torch.from_numpy(np.ascontiguousarray(xb)).to(comm.device) @ rt.T
+        r, c, v = topk_exact(scores, 1, tol, lambda rr, cc, xb=xb: exact_dot(xb, ref, rr, cc))
+        idx[s + r], sim[s + r] = c, v
+    return idx, sim
+
+
+def relative_duplicates(comm: Comm, x: np.ndarray, labels: np.ndarray, eval_x: np.ndarray, threshold: float) -> RelativeDup:
+    """Drop every component (labels [n], from `near_duplicates`) that touches an eval row at cosine >= threshold.
+
+    eval_x [M, D] is held by every rank.
     """
-    n = len(pool)
-    eval_sim = np.full(n, -1.0, np.float32)
-    eval_match = np.full(n, -1, np.int64)
-    if n == 0 or len(eval_x) == 0:
-        return RelativeDupResult(np.zeros(n, bool), eval_match, eval_sim)
-    sims, ids = knnlib.knn(eval_x, pool, max(1, k), seed=seed)
-    eval_sim = sims[:, 0].astype(np.float32)
-    hit = eval_sim >= threshold
-    eval_match = np.where(hit, ids[:, 0], -1)
-    labels = np.arange(n) if labels is None else np.asarray(labels)
-    bad_components = np.unique(labels[hit])
-    contaminated = np.isin(labels, bad_components)
-    return RelativeDupResult(contaminated, eval_match, eval_sim)
+    match, sim = best_match(comm, x, eval_x)
+    hit = sim >= threshold
+    bad = np.unique(comm.all_gather_cat(np.asarray(labels, np.int64)[hit]))
+    contaminated = np.isin(labels, bad)
+    return RelativeDup(contaminated, np.where(hit, match, -1), sim.astype(np.float32))

@@ -9,8 +9,8 @@ of noise then moves the vector only a little), optional re-centring on the inten
 mass (undoes translations, which is what most near copies of centred objects differ by),
 subtract the image mean (brightness invariance) and L2-normalise (contrast invariance).
 
-`EmbeddingCache` stores one `.npy` per chunk of images under a key that hashes the embedder's
-identity and the chunk's pixel hashes, so a rerun (or a run killed midway) skips finished chunks.
+Embeddings are stored per partition with their uids (`curation.ingest`), keyed by the
+embedder's `identity()`, so a rerun (or a run killed midway) skips finished partitions.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import numpy as np
 from PIL import Image
 
 from dinoflow.errors import DinoflowError
-from dinoflow.io import atomic_path
 
 PIXEL_EMBEDDER_VERSION = 1
 
@@ -198,45 +197,3 @@ def make_embedder(
     if spec == "pixels":
         return PixelEmbedder(size=size, blur=blur, align=align)
     return BackboneEmbedder(spec, size=size, batch_size=batch_size, arch=arch)
-
-
-class EmbeddingCache:
-    """One `.npy` per chunk under `root`, keyed by sha256(embedder identity + the chunk's pixel hashes)."""
-
-    def __init__(self, root: str | Path, embedder_id: str) -> None:
-        self.root = Path(root)
-        self.embedder_id = embedder_id
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, hashes: Sequence[str]) -> str:
-        h = hashlib.sha256(self.embedder_id.encode())
-        for x in hashes:
-            h.update(x.encode())
-        return h.hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.root / f"emb-{key}.npy"
-
-    def get_or_compute(self, hashes: Sequence[str], images: Sequence[Image.Image], embedder: Embedder) -> np.ndarray:
-        """The chunk's embeddings [len(images), D]: from the cache when present and well-formed, else computed and stored."""
-        p = self.path(self.key(hashes))
-        if p.exists():
-            try:
-                x = np.load(p, allow_pickle=False)
-                if x.shape[0] == len(images):
-                    self.hits += 1
-                    return x
-            except (OSError, ValueError):
-                pass  # a damaged cache file is recomputed
-        x = embedder(images)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(p) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, x, allow_pickle=False)
-        self.misses += 1
-        return x
-
-    def stats(self) -> dict:
-        return {"chunks_cached": self.hits, "chunks_computed": self.misses, "embedder": self.embedder_id}
-

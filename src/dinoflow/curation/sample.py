@@ -1,18 +1,25 @@
-"""Top-down balanced sampling from a cluster tree (Vo et al. 2024), and balance measures.
+"""Top-down balanced sampling from a cluster tree (Vo et al. 2024), distributed, and balance measures.
 
 The target size is split across the top-level clusters by water-filling: every cluster gets
 min(size, t) with the largest cap t that fits the budget, and the few units left over go, one
 each, to randomly chosen clusters still above the cap. Each cluster's share is then split the
-same way over its children, down to the finest level, where points are drawn at random
-(or the ones closest to the centroid). Small clusters are taken whole, large ones are cut, so
-the sample is as uniform over concepts as the sizes allow. Every random choice is seeded.
+same way over its children, down to the finest level. The budgets need only the cluster sizes,
+which every rank holds, so every rank computes the same budgets. The rows of each finest
+cluster are then drawn by that cluster's owner rank: the `budget` rows with the smallest seeded
+hash of their gid ("random": a uniform draw without replacement) or the smallest distance to
+the centroid ("closest"). Every random choice is seeded and none depends on the number of ranks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dinoflow.curation.cluster import HierarchicalClustering
+from dinoflow.curation import seeded
+from dinoflow.curation.cluster import Hierarchy
+from dinoflow.curation.comm import Comm
+from dinoflow.curation.groups import select_smallest
+
+STRATEGIES = ("random", "closest")
 
 
 def water_fill(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
@@ -40,51 +47,32 @@ def water_fill(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np.n
     return out
 
 
-def balanced_sample(
-    hc: HierarchicalClustering, target_size: int, *, seed: int = 0, strategy: str = "random"
-) -> np.ndarray:
-    """Indices (sorted, [min(target_size, N)] int64) of a top-down balanced sample of the clustered points.
-
-    strategy: "random" draws leaf-cluster members at random, "closest" takes the ones nearest the centroid.
-    """
-    if strategy not in ("random", "closest"):
-        raise ValueError(f"unknown sampling strategy {strategy!r}; use 'random' or 'closest'")
+def leaf_budgets(h: Hierarchy, target_size: int, seed: int) -> np.ndarray:
+    """Rows to draw from each finest (level-0) cluster: [k_0] int64, summing to min(target, rows)."""
     rng = np.random.default_rng(seed)
-    n_levels = hc.n_levels
-    # children[l][c] = level-(l-1) clusters under level-l cluster c (level 0's children are points).
-    children: list[list[np.ndarray]] = []
-    for lvl in range(n_levels):
-        parent = hc.point_labels[0] if lvl == 0 else hc.parents[lvl - 1]
-        k = len(hc.centroids[lvl])
+    budget = water_fill(h.sizes[-1], int(target_size), rng)
+    for lvl in range(h.n_levels - 1, 0, -1):
+        parent = h.parents[lvl - 1]  # level-(l-1) cluster → its level-l cluster
+        child = np.zeros(len(parent), np.int64)
         order = np.argsort(parent, kind="stable")
-        bounds = np.searchsorted(parent[order], np.arange(k + 1))
-        children.append([order[bounds[c] : bounds[c + 1]] for c in range(k)])
-    top = len(hc.centroids[-1])
-    picked: list[np.ndarray] = []
+        bounds = np.searchsorted(parent[order], np.arange(len(budget) + 1))
+        for c in range(len(budget)):
+            kids = order[bounds[c] : bounds[c + 1]]
+            if budget[c] > 0 and len(kids):
+                child[kids] = water_fill(h.sizes[lvl - 1][kids], int(budget[c]), rng)
+        budget = child
+    return budget
 
-    def take(level: int, cluster: int, budget: int) -> None:
-        if budget <= 0:
-            return
-        kids = children[level][cluster]
-        if level == 0:
-            if budget >= len(kids):
-                picked.append(kids)
-            elif strategy == "random":
-                picked.append(rng.choice(kids, size=budget, replace=False))
-            else:
-                by_dist = kids[np.lexsort((kids, hc.sq_dist0[kids]))]
-                picked.append(by_dist[:budget])
-            return
-        shares = water_fill(hc.sizes[level - 1][kids], budget, rng)
-        for kid, share in zip(kids, shares):
-            take(level - 1, int(kid), int(share))
 
-    shares = water_fill(hc.sizes[-1], int(target_size), rng)
-    for c in range(top):
-        take(n_levels - 1, c, int(shares[c]))
-    if not picked:
-        return np.zeros(0, np.int64)
-    return np.sort(np.concatenate(picked).astype(np.int64))
+def balanced_sample(
+    comm: Comm, h: Hierarchy, gid: np.ndarray, target_size: int, *, seed: int = 0, strategy: str = "random"
+) -> np.ndarray:
+    """Mask [n] of this rank's rows in a top-down balanced sample of min(target_size, rows) rows."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; use one of {STRATEGIES}")
+    budget = leaf_budgets(h, target_size, seed)
+    key = seeded.row_hash(seed, seeded.SAMPLE_DRAW, gid) if strategy == "random" else h.sq_dist0
+    return select_smallest(comm, h.labels[0], key, gid, budget)
 
 
 def balance_entropy(labels: np.ndarray, n_clusters: int | None = None) -> float:
@@ -95,8 +83,15 @@ def balance_entropy(labels: np.ndarray, n_clusters: int | None = None) -> float:
     labels = np.asarray(labels)
     if labels.size == 0:
         return 0.0
-    counts = np.bincount(labels)
+    return entropy_of_counts(np.bincount(labels), n_clusters)
+
+
+def entropy_of_counts(counts: np.ndarray, n_clusters: int | None = None) -> float:
+    """`balance_entropy` from per-cluster counts (what ranks can all-reduce)."""
+    counts = np.asarray(counts)
     counts = counts[counts > 0]
+    if counts.sum() == 0:
+        return 0.0
     k = n_clusters if n_clusters is not None else len(counts)
     if k <= 1:
         return 1.0

@@ -1,21 +1,33 @@
 """Raw inputs for curation: every image of a folder tree, a set of tar shards, or an s3:// prefix.
 
-`iter_source(source)` yields `RawItem(uid, source, data)` in a deterministic order (sorted by
-relative path / object key, then by position inside a shard). Items are not decoded here:
-decoding (and dropping corrupt inputs with a reason) is the caller's job, so a corrupt file is
-still an item with a uid that the curation manifest can account for.
+A source is first *listed* (`list_source`: its image files and .tar shards, sorted by relative
+path), then its entries are *read* (`iter_entry`: one item for an image, one per sample for a
+shard). `iter_source(source)` does both and yields `RawItem(uid, source, data)` in that order.
+Items are not decoded here: decoding (and dropping corrupt inputs with a reason) is the caller's
+job, so a corrupt file is still an item with a uid that the curation manifest accounts for.
 
-Hidden files and folders (names starting with ".", e.g. an atomic writer's temp files) are not
-inputs and are not listed; any other non-image file is listed in `SourceStats.skipped_files`.
+Listing policy (every file is either an entry or in `SourceStats.skipped_files` with a reason):
+- hidden files and folders (names starting with ".": temp files of atomic writers, .git,
+  .DS_Store) are not inputs: each is listed as skipped ("hidden"), a hidden folder once;
+- symlinks are followed, to files and to folders; a folder reached a second time (a symlink
+  loop, or two links to one folder) is read once and the other path is skipped with a reason;
+- a folder that cannot be listed is skipped with the OS error;
+- files that are neither images nor .tar shards are skipped ("not an image or .tar").
 
-uids are relative to the source root:
+Reading never blocks and never trusts the file type from the name: a FIFO, socket or device
+named `x.png`, a dangling symlink, a symlink loop and an unreadable file all become items with
+an `error` (reported as `corrupt`), and a tar that is not readable is skipped with a reason.
+
+uids are relative to the source root (bytes of a name that is not UTF-8 appear as `\\xNN`):
 - an image file: its relative POSIX path, e.g. `a/img_001.png`;
 - a shard sample: `<relative tar path>/<key>`, e.g. `shards-000000.tar/000017`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,6 +38,7 @@ from dinoflow.errors import DinoflowError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 TAR_SUFFIX = ".tar"
+READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -37,6 +50,19 @@ class RawItem:
     data: bytes
     meta: dict[str, Any] = field(default_factory=dict)  # a shard sample's JSON metadata
     error: str | None = None
+    entry: str = ""  # the listed file or object it came from (its uid for images)
+    member: str = ""  # the shard key, for shard samples
+
+
+@dataclass
+class Entry:
+    """One listed input file or object: `kind` "image" or "tar"; `ref` its local path or s3:// URL."""
+
+    rel: str  # printable relative path (the uid of an image)
+    kind: str
+    ref: str
+    size: int = -1
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -44,8 +70,16 @@ class SourceStats:
     """What a source held besides the items yielded."""
 
     items: int = 0
-    skipped_files: list[str] = field(default_factory=list)  # neither an image nor a .tar (relative paths)
+    skipped_files: list[dict[str, str]] = field(default_factory=list)  # {"path": relative path, "reason": why}
     shards: ShardStats = field(default_factory=ShardStats)
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped_files.append({"path": path, "reason": reason})
+
+
+def printable(name: str) -> str:
+    """A name as text: bytes that are not UTF-8 (held as surrogates by os functions) become `\\xNN`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _kind(name: str) -> str | None:
@@ -57,76 +91,75 @@ def _kind(name: str) -> str | None:
     return None
 
 
-def _local_files(root: Path) -> list[str]:
-    """Relative POSIX paths of every file under root, sorted (hidden files and dirs are skipped)."""
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(root)
-        for name in filenames:
-            if name.startswith("."):
-                continue  # temp files of an atomic writer, .DS_Store, ...
-            out.append((rel_dir / name).as_posix())
-    return sorted(out)
+def _walk(root: Path, stats: SourceStats) -> list[tuple[str, str]]:
+    """(relative path, absolute path) of every candidate file under root, following symlinks once per folder."""
+    found: list[tuple[str, str]] = []
+    seen: dict[tuple[int, int], str] = {}
+    st = os.stat(root)
+    seen[(st.st_dev, st.st_ino)] = "."
+    todo = [(str(root), "")]
+    while todo:  # depth first, in name order: the first path to reach a folder is always the same
+        path, rel = todo.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda de: de.name)
+        except OSError as e:
+            stats.skip(printable(rel.rstrip("/")) or ".", f"folder cannot be listed: {e.strerror or e}")
+            continue
+        subdirs: list[tuple[str, str]] = []
+        for de in entries:
+            sub = rel + de.name
+            if de.name.startswith("."):
+                stats.skip(printable(sub), "hidden (names starting with '.' are not inputs)")
+                continue
+            try:
+                is_dir = de.is_dir(follow_symlinks=True)
+                key = (de.stat().st_dev, de.stat().st_ino) if is_dir else None
+            except OSError:
+                is_dir, key = False, None
+            if is_dir and key is not None:
+                if key in seen:
+                    stats.skip(printable(sub), f"folder already listed as {printable(seen[key])!r} (symlink loop or second link): read once")
+                    continue
+                seen[key] = sub
+                subdirs.append((de.path, sub + "/"))
+            elif _kind(de.name) is None:
+                stats.skip(printable(sub), "not an image or .tar")
+            else:
+                found.append((sub, de.path))
+        todo.extend(reversed(subdirs))
+    return sorted(found)
 
 
-def _read_local(path: Path) -> tuple[bytes, str | None]:
+def _stat(path: str) -> tuple[int, int]:
     try:
-        return path.read_bytes(), None
-    except OSError as e:
-        return b"", f"unreadable: {e.strerror or e}"
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, 0
 
 
-def _tar_items(url: str, uid_prefix: str, source: str, stats: SourceStats) -> Iterator[RawItem]:
-    for sample in iter_shard(url, stats.shards):
-        yield RawItem(f"{uid_prefix}/{sample.key}", source, sample.data, sample.meta)
+def list_source(source: str | Path, stats: SourceStats | None = None) -> list[Entry]:
+    """The image files and .tar shards of one source, sorted by relative path (see the module docstring).
 
-
-def iter_source(source: str | Path, stats: SourceStats | None = None) -> Iterator[RawItem]:
-    """Every raw item of one source, in a deterministic order.
-
-    `source` is a directory (searched recursively for images and .tar shards), a single image or
-    .tar file, or `s3://bucket/prefix` (images and .tar objects under the prefix). Files of other
-    types are skipped and listed in `stats.skipped_files`; malformed shard members are counted in
-    `stats.shards`.
+    Raises DinoflowError when the source does not exist or is a file of another type.
     """
     stats = stats if stats is not None else SourceStats()
     src = str(source)
     if s3.is_s3_url(src):
-        yield from _iter_s3(src, stats)
-        return
+        return _list_s3(src, stats)
     root = Path(src)
     if root.is_file():
         kind = _kind(root.name)
-        if kind == "tar":
-            items = _tar_items(str(root), root.name, src, stats)
-        elif kind == "image":
-            data, err = _read_local(root)
-            items = iter([RawItem(root.name, src, data, error=err)])
-        else:
+        if kind is None:
             raise DinoflowError(f"source {src} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a .tar shard")
-        for item in items:
-            stats.items += 1
-            yield item
-        return
+        return [Entry(printable(root.name), kind, src, *_stat(src))]
     if not root.is_dir():
         raise DinoflowError(f"source {src} does not exist: give an image folder, a .tar shard (or a folder of them) or s3://bucket/prefix")
-    for rel in _local_files(root):
-        kind = _kind(rel)
-        if kind is None:
-            stats.skipped_files.append(rel)
-            continue
-        if kind == "tar":
-            for item in _tar_items(str(root / rel), rel, src, stats):
-                stats.items += 1
-                yield item
-        else:
-            data, err = _read_local(root / rel)
-            stats.items += 1
-            yield RawItem(rel, src, data, error=err)
+    return [Entry(printable(rel), _kind(rel) or "", path, *_stat(path)) for rel, path in _walk(root, stats)]
 
 
-def _iter_s3(src: str, stats: SourceStats) -> Iterator[RawItem]:
+def _list_s3(src: str, stats: SourceStats) -> list[Entry]:
     u = s3.parse_s3_url(src)
     # A prefix "a/b" lists "a/b/..." and "a/bc..."; treat it as a folder when it names one.
     prefix = u.key if (not u.key or u.key.endswith("/")) else u.key + "/"
@@ -134,20 +167,95 @@ def _iter_s3(src: str, stats: SourceStats) -> Iterator[RawItem]:
     if not keys and u.key and not u.key.endswith("/"):
         keys = [k for k in s3.list_keys(src) if k == u.key]  # a single object
         prefix = u.key.rpartition("/")[0] + "/" if "/" in u.key else ""
+    out = []
     for key in keys:
         rel = key[len(prefix) :]
         kind = _kind(key)
         if kind is None:
-            stats.skipped_files.append(rel)
-            continue
-        url = f"s3://{u.bucket}/{key}"
-        if kind == "tar":
-            for item in _tar_items(url, rel, src, stats):
-                stats.items += 1
-                yield item
+            stats.skip(rel, "not an image or .tar")
         else:
-            stats.items += 1
-            yield RawItem(rel, src, s3.read_bytes(url))
+            out.append(Entry(rel, kind, f"s3://{u.bucket}/{key}"))
+    return out
+
+
+def read_local(path: str) -> tuple[bytes, str | None]:
+    """A regular file's bytes, or (b"", why not). Never blocks: FIFOs and devices are refused unopened-for-data."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return b"", "symlink loop"
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            return b"", "dangling symlink"
+        return b"", e.strerror or str(e)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device" if (
+                stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "directory" if stat.S_ISDIR(mode) else "special file"
+            return b"", f"not a regular file ({kind})"
+        os.set_blocking(fd, True)
+        parts = []
+        while chunk := os.read(fd, READ_CHUNK):
+            parts.append(chunk)
+        return b"".join(parts), None
+    except OSError as e:
+        return b"", e.strerror or str(e)
+    finally:
+        os.close(fd)
+
+
+def read_entry_bytes(entry: Entry) -> tuple[bytes, str | None]:
+    """The bytes of an image entry (local or s3), or (b"", why not) for a local file that cannot be read."""
+    if s3.is_s3_url(entry.ref):
+        return s3.read_bytes(entry.ref), None
+    return read_local(entry.ref)
+
+
+def _tar_readable(entry: Entry) -> str | None:
+    """Why a local shard must not be opened (a FIFO would block the tar reader), or None."""
+    if s3.is_s3_url(entry.ref):
+        return None
+    try:
+        fd = os.open(entry.ref, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        return "symlink loop" if e.errno == errno.ELOOP else (e.strerror or str(e))
+    try:
+        return None if stat.S_ISREG(os.fstat(fd).st_mode) else "not a regular file"
+    finally:
+        os.close(fd)
+
+
+def iter_entry(entry: Entry, source: str, stats: SourceStats | None = None) -> Iterator[RawItem]:
+    """The items of one listed entry: the image itself, or every sample of a shard (in file order)."""
+    stats = stats if stats is not None else SourceStats()
+    if entry.kind == "image":
+        data, err = read_entry_bytes(entry)
+        stats.items += 1
+        yield RawItem(entry.rel, source, data, error=err, entry=entry.rel)
+        return
+    why = _tar_readable(entry)
+    if why:
+        stats.skip(entry.rel, f"shard cannot be read: {why}")
+        return
+    before = stats.shards.unreadable_shards
+    for sample in iter_shard(entry.ref, stats.shards):
+        stats.items += 1
+        key = printable(sample.key)
+        yield RawItem(f"{entry.rel}/{key}", source, sample.data, sample.meta, entry=entry.rel, member=sample.key)
+    if stats.shards.unreadable_shards > before:
+        stats.skip(entry.rel, "not a readable tar shard")
+
+
+def iter_source(source: str | Path, stats: SourceStats | None = None) -> Iterator[RawItem]:
+    """Every raw item of one source, in a deterministic order.
+
+    `source` is a directory (searched recursively for images and .tar shards), a single image or
+    .tar file, or `s3://bucket/prefix` (images and .tar objects under the prefix).
+    """
+    stats = stats if stats is not None else SourceStats()
+    for entry in list_source(source, stats):
+        yield from iter_entry(entry, str(source), stats)
 
 
 def iter_sources(sources: Iterable[str | Path], stats: SourceStats | None = None) -> Iterator[RawItem]:

@@ -14,7 +14,8 @@ from typing import Sequence
 
 from dinoflow.errors import DinoflowError
 
-TRAINING_STAGES = ("pretrain", "distill")
+# Stages that run as one process, under torchrun or as a TrainJob (curate: its global steps, issue 16).
+TRAINING_STAGES = ("pretrain", "distill", "curate")
 
 
 def stage_argv(stage: str, config_path: str | Path, overrides: Sequence[str] = ()) -> list[str]:

@@ -39,7 +39,10 @@ MAX_UNDECODABLE_RUN = 1000  # undecodable samples in a row before the data is de
 
 def discover_units(source: str) -> list[tuple[str, object]]:
     """("shard", url) units for shard sources, ("files", [paths]) units for an image folder."""
+    from dinoflow.curation.manifest import verify_curated
     from dinoflow.data.shards import list_shards
+
+    verify_curated(source)  # a curated directory a killed curate run left behind is refused here
 
     if source.startswith("s3://"):
         shards = list_shards(source)

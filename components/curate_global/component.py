@@ -1,0 +1,45 @@
+"""curate_global: the fan-out's global steps — dedup, retrieval, k-means, sampling, shards, manifest.
+
+Runs `dinoflow curate` on the embedding shards of every curate_partition task: in the step
+(num_nodes 1, procs_per_node <= 1), under torchrun (procs_per_node > 1: gloo on CPU, NCCL on
+GPUs), or as a Kubeflow Trainer TrainJob (num_nodes > 1), like training (dinoflow.launch.training).
+"""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def curate_global(
+    params_yaml: str,
+    overrides: List[str],
+    embeddings: Input[List[Artifact]],
+    curated: Output[Dataset],
+    reports: Output[Artifact],
+    report_html: Output[HTML],
+    metrics: Output[Metrics],
+    num_nodes: int,
+    procs_per_node: int,
+    image: str,
+    trainjob_runtime: str,
+    trainjob_runtime_kind: str,
+    shared_dir: str,
+    run_id: str,
+):
+    """The curated shards + manifest become `curated`; the report becomes `reports` / `report_html`."""
+    import os
+
+    from dinoflow.curation.fanout import run_global_step
+    from dinoflow.launch.steps import log_summary_metrics, publish
+    from dinoflow.launch.training import LaunchOptions
+
+    opts = LaunchOptions(num_nodes=num_nodes, gpus_per_node=procs_per_node, image=image, runtime=trainjob_runtime,
+                         runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=run_id)
+    summary = run_global_step(params_yaml, overrides, [e.path for e in embeddings], out_dir=curated.path,
+                              report_dir=reports.path, opts=opts)
+    publish(os.path.join(reports.path, "curation.html"), report_html.path)
+    log_summary_metrics(metrics, summary)

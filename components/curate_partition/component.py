@@ -1,0 +1,20 @@
+"""curate_partition: one fan-out task — decode + embed every partition p with p % groups == group.
+
+Its output holds one embedding shard per partition (with the rows' uids), for curate_global.
+"""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def curate_partition(params_yaml: str, overrides: List[str], group: int, groups: int, embeddings: Output[Artifact]):
+    """Decode + embed this task's partitions of the pool, the seeds and the eval sets into `embeddings`."""
+    from dinoflow.curation.fanout import embed_group
+    from dinoflow.launch.steps import step_config
+
+    embed_group(step_config(params_yaml, overrides), group, groups, embeddings.path)

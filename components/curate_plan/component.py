@@ -1,0 +1,16 @@
+"""curate_plan: how many decode + embed tasks the curation fan-out starts (one per group of partitions)."""
+
+from typing import List
+
+from kfp import dsl
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def curate_plan(params_yaml: str, overrides: List[str], max_groups: int) -> List[int]:
+    """List the pool; return the task indices [0, min(max_groups, partitions))."""
+    from dinoflow.curation.fanout import fanout_groups
+    from dinoflow.launch.steps import step_config
+
+    return fanout_groups(step_config(params_yaml, overrides), max_groups)

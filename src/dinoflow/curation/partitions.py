@@ -1,0 +1,96 @@
+"""The pool split into partitions: the unit of decode + embed work, of caching and of resuming.
+
+A partition is `chunk_size` consecutive image files of a source (sorted by relative path) or
+one .tar shard. The split depends only on the listing, never on the number of processes, so a
+partition's rows, its embeddings and their global row ids (gid: position in source order) are the
+same whichever rank or Kubeflow task computes it. A partition's `key` hashes what it was made
+from (relative paths, sizes, modification times, and the settings that change its rows), so a
+rerun reuses a finished partition only when its files are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from dinoflow.data.sources import Entry, SourceStats, list_source
+
+PARTITION_FORMAT = 2  # 2: skip notes as JSON
+
+
+@dataclass
+class Partition:
+    """One unit of work: entries of one source. `index` is its position in its namespace's plan."""
+
+    namespace: str  # "pool", "seeds", "eval0", ...
+    index: int
+    source: str
+    uid_prefix: str  # "" for a single source, else "<source>/"
+    entries: list[Entry] = field(default_factory=list)
+    key: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.namespace}-{self.index:06d}-{self.key[:20]}"
+
+
+@dataclass
+class Plan:
+    """The partitions of one namespace, in source order, and what the listing skipped."""
+
+    namespace: str
+    partitions: list[Partition]
+    skipped: list[dict[str, str]]
+
+    def to_json(self) -> str:
+        return json.dumps({"namespace": self.namespace, "skipped": self.skipped,
+                           "partitions": [asdict(p) for p in self.partitions]}, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "Plan":
+        d = json.loads(text)
+        parts = [Partition(**{**p, "entries": [Entry(**e) for e in p["entries"]]}) for p in d["partitions"]]
+        return Plan(d["namespace"], parts, d["skipped"])
+
+
+def _key(part: Partition, settings: str) -> str:
+    h = hashlib.sha256(f"partition-v{PARTITION_FORMAT}|{settings}|{part.namespace}|{part.source}|{part.uid_prefix}".encode())
+    for e in part.entries:
+        h.update(json.dumps([e.rel, e.kind, e.size, e.mtime_ns], ensure_ascii=True).encode())
+    return h.hexdigest()
+
+
+def plan_partitions(namespace: str, sources: list[str], chunk_size: int, settings: str) -> Plan:
+    """List `sources` and split them into partitions (`settings`: what else changes a partition's rows)."""
+    parts: list[Partition] = []
+    skipped: list[dict[str, str]] = []
+    multi = len(sources) > 1
+    for src in sources:
+        stats = SourceStats()
+        prefix = f"{src.rstrip('/')}/" if multi else ""
+        images: list[Entry] = []
+
+        def flush() -> None:
+            if images:
+                parts.append(Partition(namespace, len(parts), src, prefix, list(images)))
+                images.clear()
+
+        for entry in list_source(src, stats):
+            if entry.kind == "tar":
+                flush()
+                parts.append(Partition(namespace, len(parts), src, prefix, [entry]))
+            else:
+                images.append(entry)
+                if len(images) >= chunk_size:
+                    flush()
+        flush()
+        skipped += [{"source": src, **d} for d in stats.skipped_files]
+    for p in parts:
+        p.key = _key(p, settings)
+    return Plan(namespace, parts, skipped)
+
+
+def rank_partitions(n_parts: int, rank: int, world: int) -> range:
+    """The contiguous block of partition indices a rank works on (balanced by count)."""
+    return range(n_parts * rank // world, n_parts * (rank + 1) // world)

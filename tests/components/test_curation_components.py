@@ -1,0 +1,52 @@
+"""The curation fan-out components: specs (types, image, wiring only) and the sub-pipeline's shape."""
+
+from __future__ import annotations
+
+from components.curate_global.component import curate_global
+from components.curate_partition.component import curate_partition
+from components.curate_plan.component import curate_plan
+from components.images import CPU_IMAGE, TRAIN_IMAGE
+
+
+def _io(comp):
+    spec = comp.component_spec
+    return spec, {k: v.type.split("@")[0] for k, v in (spec.inputs or {}).items()}, \
+        {k: v.type.split("@")[0] for k, v in (spec.outputs or {}).items()}
+
+
+def test_fanout_component_specs():
+    spec, ins, outs = _io(curate_plan)
+    assert spec.implementation.container.image == CPU_IMAGE
+    assert ins == {"params_yaml": "String", "overrides": "typing.List[str]", "max_groups": "Integer"}
+    assert outs == {"Output": "typing.List[int]"}
+    spec, ins, outs = _io(curate_partition)
+    assert spec.implementation.container.image == TRAIN_IMAGE
+    assert ins["group"] == ins["groups"] == "Integer" and outs == {"embeddings": "system.Artifact"}
+    spec, ins, outs = _io(curate_global)
+    assert spec.inputs["embeddings"].is_artifact_list and ins["embeddings"] == "system.Artifact"
+    assert outs == {"curated": "system.Dataset", "reports": "system.Artifact", "report_html": "system.HTML",
+                    "metrics": "system.Metrics"}
+    assert {"num_nodes", "procs_per_node", "image", "trainjob_runtime", "trainjob_runtime_kind", "shared_dir", "run_id"} <= set(ins)
+    for comp in (curate_plan, curate_partition, curate_global):  # bodies wire, dinoflow does the work
+        container = comp.component_spec.implementation.container
+        body = " ".join(container.args) + " ".join(container.command)
+        assert "pip install" not in body and "dinoflow.curation.fanout" in body
+
+
+def test_fanout_subpipeline_compiles_with_a_parallel_for_and_outputs():
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+    from kfp import compiler
+
+    from pipelines.curation_fanout import curation_fanout
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "fanout.yaml"
+        compiler.Compiler().compile(curation_fanout, str(path))
+        spec = yaml.safe_load(path.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("curate-plan-Output")
+    assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"curated", "reports", "report_html", "metrics"}

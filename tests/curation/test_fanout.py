@@ -1,0 +1,44 @@
+"""The fan-out's library side: task groups, per-task embedding, the global step in-process and under torchrun."""
+
+import pytest
+
+from dinoflow.curation.fanout import embed_group, fanout_groups, run_global_step
+from dinoflow.curation.pipeline import curate
+from dinoflow.errors import DinoflowError
+from dinoflow.launch.training import LaunchOptions
+
+from .conftest import tiny_cfg
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+
+
+def test_groups_cover_every_partition_once(pool, tmp_path):
+    cfg = tiny_cfg(pool, tmp_path / "x")  # 33 files, 8 per partition: 5 partitions
+    assert fanout_groups(cfg, 3) == [0, 1, 2] and fanout_groups(cfg, 99) == [0, 1, 2, 3, 4]
+    with pytest.raises(DinoflowError, match="max_groups"):
+        fanout_groups(cfg, 0)
+    done = [embed_group(cfg, g, 3, tmp_path / f"task{g}")["partitions_computed"] for g in (0, 1, 2.0)]
+    assert done == [2, 2, 1]  # the third index arrives as a float, as KFP hands list items over
+    with pytest.raises(DinoflowError, match="not one of 3 groups"):
+        embed_group(cfg, 3, 3, tmp_path / "task3")
+
+
+@pytest.mark.slow
+def test_global_step_in_process_and_under_torchrun_match_plain_curate(pool, tmp_path):
+    from dinoflow.config import dump_config
+
+    cfg = tiny_cfg(pool, tmp_path / "plain")
+    curate(cfg)
+    expected = _files(tmp_path / "plain/curated")
+    tasks = [str(tmp_path / f"task{g}") for g in range(2)]
+    for g in range(2):
+        embed_group(cfg, g, 2, tasks[g])
+    text = dump_config(tiny_cfg(pool, tmp_path / "unused"))
+    for name, procs in (("inproc", 1), ("torchrun", 2)):
+        out = tmp_path / name
+        summary = run_global_step(text, [], tasks, out_dir=str(out / "curated"), report_dir=str(out / "reports"),
+                                  opts=LaunchOptions(gpus_per_node=procs))
+        assert summary["embedding_shards"]["partitions_computed"] == 0  # every partition came from a task
+        assert _files(out / "curated") == expected, name
