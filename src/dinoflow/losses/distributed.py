@@ -89,8 +89,13 @@ class AsyncMean:
 
     def start(self, rows: torch.Tensor) -> None:
         rows = rows.float()
-        count = torch.full((1, 1), float(rows.shape[0]), dtype=rows.dtype, device=rows.device)
-        self._pending = torch.cat([rows.sum(dim=0, keepdim=True), count], dim=1)
+        self.start_sum(rows.sum(dim=0, keepdim=True), rows.shape[0])
+
+    def start_sum(self, total: torch.Tensor, count: int) -> None:
+        """Like `start` for rows already summed: total [1, K] over `count` rows."""
+        total = total.float().reshape(1, -1)
+        n = torch.full((1, 1), float(count), dtype=total.dtype, device=total.device)
+        self._pending = torch.cat([total, n], dim=1)
         self._handle = dist.all_reduce(self._pending, async_op=True) if is_distributed() else None
 
     def take(self) -> torch.Tensor | None:
