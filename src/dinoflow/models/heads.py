@@ -100,10 +100,15 @@ class DINOHead(nn.Module):
             bottleneck_dim=cfg.bottleneck_dim,
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, parts: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """[*, in_dim] → prototype scores [*, out_dim]; with `parts`, the two factors of those
+        scores instead: (normalised bottleneck features [*, bottleneck], prototypes [out_dim,
+        bottleneck]), for losses that never hold all the scores at once (a chunked cross-entropy)."""
         x = self.mlp(x)
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
         x = F.normalize(x, dim=-1, p=2, eps=eps)
+        if parts:
+            return x, self.last_layer.weight
         return self.last_layer(x)
 
 

@@ -111,6 +111,9 @@ class DinoVisionTransformer(nn.Module):
             self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS)
         self.head = nn.Identity()
+        # Pack the crop sizes of forward_features_list into one pass per block (same numbers;
+        # see dinoflow.models.packing). Training turns it off with train.pack_crops=false.
+        self.pack_crops = True
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -194,8 +197,17 @@ class DinoVisionTransformer(nn.Module):
             tokens = torch.cat((tokens[:, :1], self.register_tokens.expand(b, -1, -1), tokens[:, 1:]), dim=1)
         return tokens
 
-    def _outputs(self, x: Tensor, masks: Tensor | None) -> dict[str, Any]:
-        x_norm = self.norm(x)
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """"none", "selective" or "full" for every block (see dinoflow.models.checkpointing)."""
+        from dinoflow.models.checkpointing import MODES
+
+        if mode not in MODES:
+            raise DinoflowError(f"activation checkpointing {mode!r} is not one of {MODES}")
+        for blk in self.block_list():
+            blk.checkpointing = mode
+
+    def _outputs(self, x: Tensor, masks: Tensor | None, x_norm: Tensor | None = None) -> dict[str, Any]:
+        x_norm = self.norm(x) if x_norm is None else x_norm
         r = self.num_register_tokens
         return {
             "x_norm_clstoken": x_norm[:, 0],
@@ -223,14 +235,22 @@ class DinoVisionTransformer(nn.Module):
     def forward_features_list(self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None]) -> list[dict[str, Any]]:
         """Several batches of different resolutions (e.g. global and local crops) → one dict each.
 
-        Equivalent to the official nested-tensor path (attention never mixes sequences).
+        Equivalent to the official nested-tensor path (attention never mixes sequences). With
+        `pack_crops` the crop sizes share one pass per block (dinoflow.models.packing).
         """
         if len(x_list) != len(masks_list):
             raise DinoflowError(f"got {len(x_list)} image batches but {len(masks_list)} mask entries")
         xs = [self.prepare_tokens_with_masks(x, m) for x, m in zip(x_list, masks_list)]
+        if not (self.pack_crops and len(xs) > 1):
+            for blk in self.block_list():
+                xs = [blk(x) for x in xs]
+            return [self._outputs(x, m) for x, m in zip(xs, masks_list)]
+        from dinoflow.models.packing import pack, unpack
+
+        x, segments = pack(xs)
         for blk in self.block_list():
-            xs = [blk(x) for x in xs]
-        return [self._outputs(x, m) for x, m in zip(xs, masks_list)]
+            x = blk(x, segments)
+        return [self._outputs(p, m, pn) for p, pn, m in zip(unpack(x, segments), unpack(self.norm(x), segments), masks_list)]
 
     def forward(self, *args: Any, is_training: bool = False, **kwargs: Any) -> Any:
         """CLS features [B, D] (through the identity `head`), or the forward_features dict when is_training."""

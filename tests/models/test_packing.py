@@ -1,0 +1,90 @@
+"""Packed crops, per-block compilation and activation checkpointing keep the backbone's numbers."""
+
+import pytest
+import torch
+
+from dinoflow.models import build_backbone
+
+
+def _model(drop_path=0.0, **kw):
+    torch.manual_seed(0)
+    return build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=0.5, drop_path_rate=drop_path, **kw)
+
+
+def _crops(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    glob, loc = torch.randn(4, 3, 28, 28, generator=g), torch.randn(6, 3, 14, 14, generator=g)
+    masks = torch.rand(4, 16, generator=g) < 0.3
+    return [glob, loc], [masks, None]
+
+
+def _run(model, pack, seed=5):
+    """Forward (seeded: stochastic depth) and backward; returns outputs and parameter gradients."""
+    model.pack_crops = pack
+    model.zero_grad(set_to_none=True)
+    xs, ms = _crops()
+    torch.manual_seed(seed)
+    outs = model.forward_features_list(xs, ms)
+    loss = sum((o["x_norm_clstoken"] ** 2).sum() + o["x_norm_patchtokens"].sum() for o in outs)
+    loss.backward()
+    flat = {f"{i}/{k}": o[k].detach() for i, o in enumerate(outs) for k in ("x_norm_clstoken", "x_norm_patchtokens", "x_prenorm")}
+    return flat, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("drop_path", [0.0, 0.05, 0.4])  # none, Bernoulli masks, the subset fast path
+def test_packed_pass_equals_one_pass_per_crop_size(drop_path):
+    model = _model(drop_path).train()
+    out_a, grad_a = _run(model, pack=False)
+    out_b, grad_b = _run(model, pack=True)
+    assert out_a.keys() == out_b.keys() and grad_a.keys() == grad_b.keys() and len(grad_a) > 20
+    for k in out_a:
+        torch.testing.assert_close(out_b[k], out_a[k], rtol=1e-5, atol=1e-5, msg=k)
+    for k in grad_a:
+        torch.testing.assert_close(grad_b[k], grad_a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_stochastic_depth_really_acts_in_both_paths():
+    model = _model(0.4).train()
+    out_a, _ = _run(model, pack=True, seed=5)
+    out_b, _ = _run(model, pack=True, seed=6)
+    assert not torch.allclose(out_a["0/x_prenorm"], out_b["0/x_prenorm"])
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_activation_checkpointing_keeps_gradients_and_saves_memory(mode):
+    model = _model(0.4).train()
+    out_a, grad_a = _run(model, pack=True)
+
+    def saved_bytes():
+        total = []
+        xs, ms = _crops()
+        torch.manual_seed(5)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel() * t.element_size()) or t, lambda t: t):
+            outs = model.forward_features_list(xs, ms)
+        return sum(total), outs
+
+    plain, _ = saved_bytes()
+    model.set_activation_checkpointing(mode)
+    out_b, grad_b = _run(model, pack=True)
+    for k in grad_a:
+        torch.testing.assert_close(grad_b[k], grad_a[k], rtol=1e-4, atol=1e-5, msg=k)
+    kept, _ = saved_bytes()
+    assert kept < (0.9 if mode == "selective" else 0.5) * plain, (mode, kept, plain)
+
+
+def test_blocks_compile_without_graph_breaks():
+    """Each block compiles as one graph (fullgraph=True raises on a break), packed or not,
+    with stochastic depth and selective checkpointing, forward and backward."""
+    model = _model(0.4).train()
+    ref_out, ref_grad = _run(model, pack=True)
+    torch._dynamo.reset()
+    for blk in model.block_list():
+        blk.compile(fullgraph=True, backend="aot_eager", dynamic=False)
+    out, grad = _run(model, pack=True)
+    for k in ref_grad:
+        torch.testing.assert_close(grad[k], ref_grad[k], rtol=1e-4, atol=1e-5, msg=k)
+    _run(model, pack=False)
+    model.set_activation_checkpointing("selective")
+    _run(model, pack=True)
+    with torch.no_grad():
+        model.eval().forward_features(_crops()[0][0])
