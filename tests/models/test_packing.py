@@ -55,21 +55,23 @@ def test_activation_checkpointing_keeps_gradients_and_saves_memory(mode):
     model = _model(0.4).train()
     out_a, grad_a = _run(model, pack=True)
 
-    def saved_bytes():
-        total = []
+    def held_bytes():
+        from torch.profiler import ProfilerActivity, profile
+
         xs, ms = _crops()
         torch.manual_seed(5)
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel() * t.element_size()) or t, lambda t: t):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             outs = model.forward_features_list(xs, ms)
-        return sum(total), outs
+        del outs
+        return sum(e.self_cpu_memory_usage for e in prof.events())
 
-    plain, _ = saved_bytes()
+    plain = held_bytes()
     model.set_activation_checkpointing(mode)
     out_b, grad_b = _run(model, pack=True)
     for k in grad_a:
         torch.testing.assert_close(grad_b[k], grad_a[k], rtol=1e-4, atol=1e-5, msg=k)
-    kept, _ = saved_bytes()
-    assert kept < (0.9 if mode == "selective" else 0.5) * plain, (mode, kept, plain)
+    kept = held_bytes()
+    assert kept < (0.8 if mode == "selective" else 0.3) * plain, (mode, kept, plain)
 
 
 def test_blocks_compile_without_graph_breaks():
