@@ -81,6 +81,7 @@ def _step(rank: int, world: int, centering: str) -> tuple[float, dict]:
 
     opt.step = step_and_keep_grads
     loss, _ = train_step(obj, net, opt, views, s, clip_grad=3.0)
+    loss = float(loss)
     sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
     return loss, {**{f"param/{k}": v for k, v in sd.items()}, **{f"grad/{k}": v for k, v in grads.items()}}
 

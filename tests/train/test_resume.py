@@ -84,3 +84,21 @@ def test_fsdp_two_processes_then_resume_in_one(tmp_path, image_folder):
     assert '"world_size": 1' in r.stdout and '"step": 4' in r.stdout
     resumed = _teacher(tmp_path)
     assert any(not torch.equal(sd[k], resumed[k]) for k in sd)  # it kept training from the shards
+
+
+def test_fsdp_with_block_chunks_trains_and_resumes(tmp_path, image_folder):
+    """Regression: with `block_chunks > 0` FSDP sharded the chunk containers, which the forward
+    never calls, and crashed at the first forward on still-sharded weights. Two processes train
+    with the chunked layout, checkpoint, and two processes resume from the shards."""
+    chunked = ["pretrain.model.block_chunks=3", "pretrain.train.strategy=fsdp"]
+    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=2", "pretrain.train.checkpoint_every=2", *chunked)
+    r = run_cli(["pretrain", *ov], cwd=tmp_path, torchrun=2)
+    assert r.returncode == 0, r.stderr[-4000:]
+    first = _teacher(tmp_path)
+    assert first["blocks.0.attn.qkv.weight"].shape == (192, 64)  # exported in the flat official layout
+    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=4", *chunked)
+    r = run_cli(["pretrain", *ov], cwd=tmp_path, torchrun=2)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert '"step": 4' in r.stdout
+    assert [int(x["step"]) for x in _rows(tmp_path)] == [1, 2, 3, 4]
+    assert any(not torch.equal(first[k], v) for k, v in _teacher(tmp_path).items())

@@ -38,7 +38,10 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def global_count(n: int | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """The number of items summed over ranks, as a float64 scalar tensor (a copy: inputs stay intact)."""
-    t = torch.as_tensor(n, device=device).detach().reshape(-1)[:1].clone().to(torch.float64)
+    if isinstance(n, torch.Tensor):
+        t = n.detach().reshape(-1)[:1].to(device=device, dtype=torch.float64, copy=True)
+    else:  # a fill on the device, not a host-to-device copy (which on a GPU waits for the device)
+        t = torch.full((1,), float(n), dtype=torch.float64, device=device)
     return all_reduce_sum(t).reshape(())
 
 

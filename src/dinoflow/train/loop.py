@@ -4,33 +4,34 @@
     schedules → loss → backward → clip → step → EMA → metrics / CSV / checkpoint → export
 
 Checkpoints every `checkpoint_every` steps, on SIGTERM/SIGINT (spot nodes get SIGTERM before
-preemption) and at the end. A non-finite loss stops the job with a clear error and leaves the
-last good checkpoint in place.
+preemption) and at the end; they are written in the background (`train.async_checkpoint`) and
+published when complete. Metrics stay on the device and are read every `log_every` steps and
+before every checkpoint: a non-finite loss stops the job with a clear error naming its step,
+and no checkpoint is ever written after it, so the last good one stays in place.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import signal
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from dinoflow import tracking
-from dinoflow.config import TrainConfig, dump_config
+from dinoflow.config import dump_config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_text
-from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dinoflow.train.data import make_loader
-from dinoflow.train.distributed import DistEnv, all_reduce_sum, init_distributed, shard_like, wrap_model
-from dinoflow.train.objectives import step_seed, unwrap
-from dinoflow.train.optim import apply_schedules, build_optimizer, param_groups
+from dinoflow.train.checkpoint import PendingSave, latest_checkpoint, load_checkpoint, start_save
+from dinoflow.train.data import make_loader, resolve_workers
+from dinoflow.train.distributed import DistEnv, any_rank, init_distributed
+from dinoflow.train.metrics import CsvLog, StepMetrics
+from dinoflow.train.objectives import step_seed
+from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.schedules import Schedules
+from dinoflow.train.step import autocast_context, clip_gradients, prepare_networks, train_step, unwrap
+
+__all__ = ["CsvLog", "StopRequested", "autocast_context", "clip_gradients", "run_training", "train_step"]
 
 
 class StopRequested:
@@ -56,95 +57,7 @@ class StopRequested:
             signal.signal(sig, old)
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CUDA only: this class of CPU has no fast bf16."""
-    use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
-    if precision == "bf16" and device.type != "cuda":
-        raise DinoflowError("train.precision bf16 needs a CUDA device; CPU runs fp32 (set precision: auto)")
-    return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else torch.autocast("cpu", enabled=False)
-
-
-def clip_gradients(net: nn.Module, max_norm: float | None) -> dict[str, float]:
-    """Clip each submodule (backbone, heads) separately, as the recipe does."""
-    norms: dict[str, float] = {}
-    if max_norm is None:
-        return norms
-    for name, mod in unwrap(net).param_modules().items():
-        params = [p for p in mod.parameters() if p.grad is not None]
-        if params:
-            n = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            norms[f"grad_norm_{name}"] = float(n.full_tensor() if hasattr(n, "full_tensor") else n)
-    return norms
-
-
-def train_step(objective, net: nn.Module, optimizer: torch.optim.Optimizer, views: dict[str, Any],
-               s: dict[str, float], *, clip_grad: float | None, precision: str = "auto",
-               device: torch.device = torch.device("cpu")) -> tuple[float, dict[str, float]]:
-    """One optimiser step on prepared views. Returns (global mean loss, metrics)."""
-    apply_schedules(optimizer, lr=s["lr"], wd=s["wd"], last_layer_lr=s["last_layer_lr"])
-    with autocast_context(device, precision):
-        loss, metrics = objective.loss(net, views, s)
-    # every rank must agree on stopping: reduce the loss before anything acts on it
-    red = all_reduce_sum(torch.stack([loss.detach().float(), torch.ones((), device=loss.device)]))
-    mean_loss = float(red[0] / red[1])
-    if not math.isfinite(mean_loss):
-        raise DinoflowError(f"the loss became {mean_loss} (terms: {metrics}); stopping. The last good checkpoint "
-                            "is kept: lower optim.base_lr, check the data, or raise optim.warmup_epochs, then resume")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    metrics.update(clip_gradients(net, clip_grad))
-    optimizer.step()
-    objective.after_step(net, s)
-    return mean_loss, metrics
-
-
-class CsvLog:
-    """Per-step metrics for `dvc plots`, appended at each flush (never rewritten: a long run would
-    otherwise rewrite the whole file every few steps). On resume the file is cut back once,
-    atomically, to the rows of steps the checkpoint covers — which also drops a row a kill left
-    half-written — so no step appears twice."""
-
-    def __init__(self, path: str | Path, start_step: int):
-        self.path = Path(path)
-        self.pending: list[dict[str, Any]] = []
-        self.fields: list[str] | None = None
-        kept: list[dict[str, Any]] = []
-        if start_step > 0 and self.path.exists():
-            with self.path.open() as f:
-                reader = csv.DictReader(f)
-                self.fields = list(reader.fieldnames or []) or None
-                kept = [r for r in reader if r.get("step", "").isdigit() and None not in r.values()
-                        and int(r["step"]) <= start_step]
-        if self.fields is None or not kept:
-            self.fields = None
-            if self.path.exists():
-                self.path.unlink()
-        else:
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(kept)
-            atomic_write_text(self.path, buf.getvalue())
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.pending.append(row)
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        new_file = self.fields is None
-        if new_file:  # the first row fixes the columns; every step logs the same keys
-            self.fields = list(self.pending[0])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new_file:
-                w.writeheader()
-            w.writerows(self.pending)
-        self.pending = []
-
-
-def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, cfg, section) -> dict[str, Any]:
+def run_training(make_objective: Callable[[Any], Any], *, stage: str, cfg, section) -> dict[str, Any]:
     """Train with the objective `make_objective(device)` builds; export when finished.
 
     `cfg` is the whole Config (tracking); `section` the stage's section (pretrain / distill),
@@ -154,90 +67,118 @@ def run_training(make_objective: Callable[[torch.device], Any], *, stage: str, c
         return _run(make_objective, stage, section)
 
 
-def _run(make_objective, stage: str, sec) -> dict[str, Any]:
-    tcfg, seed = sec.train, sec.seed
-    env: DistEnv = init_distributed(tcfg.device)
-    out = Path(sec.out_dir)
-    ckpt_dir = out / "ckpt"
+class _Checkpoints:
+    """At most one save in flight; a new one (or the end) first publishes the previous one."""
+
+    def __init__(self, ckpt_dir: Path, objective, modules: dict, net, optimizer, env: DistEnv, meta: dict, asynchronous: bool):
+        self.ckpt_dir, self.objective, self.modules, self.net, self.optimizer = ckpt_dir, objective, modules, net, optimizer
+        self.env, self.meta, self.asynchronous = env, meta, asynchronous
+        self.pending: PendingSave | None = None
+
+    def save(self, step: int, extra_meta: dict, wait: bool) -> None:
+        self.finish()
+        self.pending = start_save(self.ckpt_dir, step, modules=self.modules, train_module=self.net, optimizer=self.optimizer,
+                                  extra=self.objective.extra_state(), meta={**self.meta, **extra_meta},
+                                  is_main=self.env.is_main, asynchronous=self.asynchronous and not wait)
+        if wait:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.finish()
+
+
+def _setup(make_objective, stage: str, sec, env: DistEnv):
+    """Objective, wrapped networks, optimiser, schedules, and the state of a resumed run."""
+    tcfg = sec.train
     objective = make_objective(env.device)
-    net = wrap_model(objective.train_module(), tcfg.strategy, env)
-    for m in objective.checkpoint_modules().values():
-        shard_like(m, tcfg.strategy, env)
-    if tcfg.compile:
-        net = torch.compile(net)
+    net = prepare_networks(objective, tcfg, env)
     base = unwrap(net)
     groups = param_groups(base.param_modules(), sec.optim, {"backbone": base.backbone.n_blocks})
     optimizer = build_optimizer(groups, sec.optim)
     sched = Schedules(optim=sec.optim, loss=sec.loss, epoch_length=tcfg.epoch_length, epochs=tcfg.epochs,
                       total_batch=tcfg.batch_size_per_rank * env.world_size)
     modules = {"student": net, **objective.checkpoint_modules()}
-    start = 0
-    latest = latest_checkpoint(ckpt_dir)
+    start, skipped = 0, 0
+    latest = latest_checkpoint(Path(sec.out_dir) / "ckpt")
     if latest is not None:
         meta = load_checkpoint(latest, modules=modules, train_module=net, optimizer=optimizer,
                                extra=objective.extra_state())
-        start = int(meta["step"])
+        start, skipped = int(meta["step"]), int(meta.get("skipped_images", 0))
+    return objective, net, optimizer, sched, modules, start, skipped
+
+
+def _run(make_objective, stage: str, sec) -> dict[str, Any]:
+    tcfg, seed = sec.train, sec.seed
+    env: DistEnv = init_distributed(tcfg.device)
+    out = Path(sec.out_dir)
+    objective, net, optimizer, sched, modules, start, skipped = _setup(make_objective, stage, sec, env)
     end = sched.total_steps if tcfg.max_steps is None else min(sched.total_steps, tcfg.max_steps)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "train_config.yaml", dump_config(sec))
-    loader = make_loader(sec.data, load_size=tcfg.load_size or sec.crops.global_size, seed=seed, rank=env.rank, world_size=env.world_size,
-                         batch_size=tcfg.batch_size_per_rank, num_workers=tcfg.num_workers, skip_batches=start)
+    views = objective.views.bind(env.rank, crops_on_host=env.device.type == "cpu")
+    loader = make_loader(sec.data, load_size=tcfg.load_size or sec.crops.global_size, seed=seed, rank=env.rank,
+                         world_size=env.world_size, batch_size=tcfg.batch_size_per_rank,
+                         num_workers=resolve_workers(tcfg.num_workers, env.device, env.local_world_size),
+                         skip_batches=start, prepare=views.prepare)
     log = CsvLog(sec.report_csv, start)
-    meta_common = {"stage": stage, "world_size": env.world_size, "config": sec.model_dump(mode="json")}
-    skipped_total, last_loss, status = 0, float("nan"), "finished"
+    ckpts = _Checkpoints(out / "ckpt", objective, modules, net, optimizer, env,
+                         {"stage": stage, "world_size": env.world_size, "config": sec.model_dump(mode="json")},
+                         tcfg.async_checkpoint)
+    metrics = StepMetrics(tcfg.batch_size_per_rank * env.world_size, tcfg.epoch_length)
+    metrics.skipped_total = skipped
+    last_loss, status, step = float("nan"), "finished", start
     bar = None
     if env.is_main and tcfg.progress and end > start:
         from tqdm import tqdm
 
         bar = tqdm(total=end, initial=start, desc=stage, unit="step", dynamic_ncols=True)
     with StopRequested() as stop:
-        step = start
-        t_last = time.perf_counter()
         while step < end:
             batch = next(loader)
-            skipped_total += int(batch["skipped"].sum())
-            images = batch["image"].to(env.device, non_blocking=True)
+            if batch["step"] != step:
+                raise DinoflowError(f"the data loader delivered the batch of step {batch['step']} at step {step}")
+            views_t = views.finish(batch["prepared"], step, env.device)
             torch.manual_seed(step_seed(seed, step, env.rank) + 1)  # stochastic depth and friends
-            views = objective.views(images, step, env.rank)
             s = sched.at(step)
-            last_loss, metrics = train_step(objective, net, optimizer, views, s, clip_grad=sec.optim.clip_grad,
-                                            precision=tcfg.precision, device=env.device)
+            loss, terms = train_step(objective, net, optimizer, views_t, s, clip_grad=sec.optim.clip_grad,
+                                     precision=tcfg.precision, device=env.device)
             step += 1
-            now = time.perf_counter()
-            ips = tcfg.batch_size_per_rank * env.world_size / max(now - t_last, 1e-9)
-            t_last = now
-            row = {"step": step, "epoch": round(step / tcfg.epoch_length, 4), "loss": last_loss, **metrics,
-                   **{k: v for k, v in s.items()}, "images_per_s": round(ips, 2), "skipped_images": skipped_total}
-            if env.is_main:
-                log.add(row)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{ips:.0f}")
-                if step % tcfg.log_every == 0 or step == end:
-                    tracking.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=step)
-                    log.flush()
-            stop_now = _agree(stop.flag, env.device)
-            if step % tcfg.checkpoint_every == 0 or step == end or stop_now:
-                save_checkpoint(ckpt_dir, step, modules=modules, train_module=net, optimizer=optimizer,
-                                extra=objective.extra_state(), meta={**meta_common, "skipped_images": skipped_total},
-                                is_main=env.is_main)
+            metrics.add(step, loss, terms, s, batch["skipped"])
+            if bar is not None:
+                bar.update(1)
+            stop_now = any_rank(stop.flag)
+            checkpoint_now = step % tcfg.checkpoint_every == 0 or step == end or stop_now
+            if step % tcfg.log_every == 0 or checkpoint_now:
+                last_loss = _publish(metrics.read(), log, bar, env, tcfg.log_every, end, last_loss)
+            if checkpoint_now:
+                ckpts.save(step, {"skipped_images": metrics.skipped_total}, wait=stop_now or step == end)
             if stop_now:
                 status = "preempted"
                 break
+        ckpts.finish()
         if bar is not None:
             bar.close()
-        if env.is_main:
-            log.flush()
         if status == "finished":
             objective.export(out, is_main=env.is_main)  # collective under FSDP
             if env.is_main:
                 tracking.log_artifact(sec.report_csv)
     return {"stage": stage, "status": status, "step": step, "total_steps": end, "final_loss": last_loss,
-            "skipped_images": skipped_total, "world_size": env.world_size, "out_dir": str(out)}
+            "skipped_images": metrics.skipped_total, "world_size": env.world_size, "out_dir": str(out)}
 
 
-def _agree(flag: bool, device: torch.device) -> bool:
-    """Any rank asked to stop → all stop at the same step."""
-    t = all_reduce_sum(torch.tensor([1.0 if flag else 0.0], device=device))
-    return bool(t.item() > 0)
+def _publish(rows: list[dict[str, Any]], log: CsvLog, bar, env: DistEnv, log_every: int, end: int, last_loss: float) -> float:
+    """Rows read from the device → CSV, MLflow (every log_every-th step and the last), progress bar."""
+    if not rows:
+        return last_loss
+    if env.is_main:
+        for row in rows:
+            log.add(row)
+            if row["step"] % log_every == 0 or row["step"] == end:
+                tracking.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=row["step"])
+        log.flush()
+        if bar is not None:
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", img_s=f"{rows[-1]['images_per_s']:.0f}")
+    return rows[-1]["loss"]
