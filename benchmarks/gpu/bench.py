@@ -59,6 +59,8 @@ def run_one(cfg: dict, dry_run: bool, peak: float, device: torch.device) -> dict
     torch._dynamo.reset()
     t_build = time.perf_counter()
     pcfg, obj, net, opt, sched = tt.build(args, device)
+    for m in (net, obj.teacher):  # every configuration computes all the model FLOPs the MFU counts
+        m.backbone.prune_last_block = False
     images = torch.randint(0, 256, (args.batch, 3, args.global_size, args.global_size), dtype=torch.uint8, device=device)
     views = [obj.views(images, step, 0) for step in range(2)]  # the step alone: crops are the loader's job
     cuda = device.type == "cuda"

@@ -90,3 +90,34 @@ def test_blocks_compile_without_graph_breaks():
     _run(model, pack=True)
     with torch.no_grad():
         model.eval().forward_features(_crops()[0][0])
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_last_block_computes_only_the_kept_tokens_with_the_same_numbers(pack):
+    """forward_kept: CLS tokens and the chosen patch tokens equal the full forward's, and so do
+    the gradients; the last block's projection and MLP see only those rows."""
+    model = _model(0.0, num_register_tokens=2).train()
+    model.pack_crops = pack
+    xs, ms = _crops()
+    keep = [torch.tensor([3, 0, 17, 40, 63]), torch.zeros(0, dtype=torch.long)]  # 4 × 16 global patches, locals: CLS only
+
+    def run(prune):
+        model.prune_last_block = prune
+        model.zero_grad(set_to_none=True)
+        seen = []
+        hook = model.block_list()[-1].mlp.register_forward_hook(lambda m, a, o: seen.append(a[0].numel() // a[0].shape[-1]))
+        outs = model.forward_kept(xs, ms, keep)
+        hook.remove()
+        loss = sum((o["x_norm_clstoken"] ** 2).sum() + o["x_norm_patchtokens_kept"].sin().sum() for o in outs)
+        loss.backward()
+        return outs, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, sum(seen)
+
+    full, grad_full, rows_full = run(False)
+    kept, grad_kept, rows_kept = run(True)
+    assert rows_kept == 4 + 6 + 5 and rows_full > 100
+    for a, b in zip(full, kept):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    assert kept[0]["x_norm_patchtokens_kept"].shape == (5, 64) and kept[1]["x_norm_patchtokens_kept"].shape == (0, 64)
+    for k in grad_full:
+        torch.testing.assert_close(grad_kept[k], grad_full[k], rtol=1e-4, atol=1e-6, msg=k)

@@ -34,11 +34,11 @@ def _policy(ctx, op, *args, **kwargs):  # noqa: ANN001
     return CheckpointPolicy.MUST_SAVE if op in _SAVE else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def checkpoint_block(fn: Callable, x: torch.Tensor, segments, mode: str) -> torch.Tensor:
-    """fn(x, segments) under the checkpointing `mode` ("selective" or "full")."""
+def checkpoint_block(fn: Callable, x: torch.Tensor, segments, mode: str, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """fn(x, segments, rows) under the checkpointing `mode` ("selective" or "full")."""
     if mode == "full":
-        return checkpoint(fn, x, segments, use_reentrant=False)
+        return checkpoint(fn, x, segments, rows, use_reentrant=False)
     if mode == "selective":
-        return checkpoint(fn, x, segments, use_reentrant=False,
+        return checkpoint(fn, x, segments, rows, use_reentrant=False,
                           context_fn=partial(create_selective_checkpoint_contexts, _policy))
     raise ValueError(f"activation checkpointing mode {mode!r} is not one of {MODES}")

@@ -62,11 +62,13 @@ class Attention(nn.Module):
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
 
-    def forward(self, x: Tensor, segments: Segments | None = None) -> Tensor:
+    def forward(self, x: Tensor, segments: Segments | None = None, rows: Tensor | None = None) -> Tensor:
         """x [B, N, D] → [B, N, D]; or packed tokens x [T, D] of several crop sizes → [T, D].
 
         Packed: the linear layers see all T tokens at once; attention runs per crop size
-        (`segments`), so tokens of different images never attend to each other.
+        (`segments`), so tokens of different images never attend to each other. With `rows`
+        (packed only) every token still serves as key and value, but only the outputs of
+        those rows are projected: [len(rows), D].
         """
         if segments is None:
             b, n, _ = x.shape
@@ -74,7 +76,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x)
         parts = qkv.split([b * n for b, n in segments])
         out = [self._attend(part, b, n).flatten(0, 1) for part, (b, n) in zip(parts, segments)]
-        return self.proj(torch.cat(out) if len(out) > 1 else out[0])
+        out = torch.cat(out) if len(out) > 1 else out[0]
+        return self.proj(out if rows is None else out.index_select(0, rows))
 
 
 class Mlp(nn.Module):
@@ -186,16 +189,25 @@ class Block(nn.Module):
     def _ffn_branch(self, x: Tensor, segments: Segments | None = None) -> Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor, segments: Segments | None = None) -> Tensor:
-        """x [B, N, D] → [B, N, D], or packed x [T, D] with `segments` → [T, D]. Drop path acts in training mode only."""
+    def forward(self, x: Tensor, segments: Segments | None = None, rows: Tensor | None = None) -> Tensor:
+        """x [B, N, D] → [B, N, D], or packed x [T, D] with `segments` → [T, D]. Drop path acts in training mode only.
+
+        With `rows` (packed, no stochastic depth): only those tokens' outputs, [len(rows), D];
+        all tokens still serve as keys and values (the last block when few outputs are used).
+        """
         if self.checkpointing != "none" and self.training and torch.is_grad_enabled():
             from dinoflow.models.checkpointing import checkpoint_block
 
-            return checkpoint_block(self._forward, x, segments, self.checkpointing)
-        return self._forward(x, segments)
+            return checkpoint_block(self._forward, x, segments, self.checkpointing, rows)
+        return self._forward(x, segments, rows)
 
-    def _forward(self, x: Tensor, segments: Segments | None) -> Tensor:
+    def _forward(self, x: Tensor, segments: Segments | None, rows: Tensor | None = None) -> Tensor:
         rate = self.drop_path_rate if self.training else 0.0
+        if rows is not None:
+            if segments is None or rate > 0.0:
+                raise DinoflowError("a block computes selected rows on packed tokens without stochastic depth only")
+            x = x.index_select(0, rows) + self.ls1(self.attn(self.norm1(x), segments, rows))
+            return x + self._ffn_branch(x)
         if segments is not None and rate > 0.0:
             from dinoflow.models.packing import packed_drop_path_block
 

@@ -27,19 +27,22 @@ class SSLNet(nn.Module):
         masks bool [G, N] or None (iBOT: masked patches get the mask token),
         patch_index long [M]: flat indices into the [G·N] global patch tokens sent through the head.
 
-        Returns: g_cls [G,D] (backbone CLS), g_patch [G,N,D], g_cls_logits [G,K],
+        Returns: g_cls [G,D] (backbone CLS), g_cls_logits [G,K],
         l_cls_logits [L,K] (if locals), and for the picked patches (if patch_index and
         project_patches) either patch_logits [M,K'] or, with `patch_parts`, the factors of those
         logits: patch_z [M,bottleneck] and patch_w [K',bottleneck] (patch_logits = patch_z @ patch_wᵀ),
         so a chunked loss never holds [M, K'] at once.
         """
+        wanted = patch_index is not None and project_patches
+        none = torch.zeros(0, dtype=torch.long, device=global_crops.device)  # CLS only
+        crops, crop_masks, keep = [global_crops], [masks], [patch_index if wanted else none]
         if local_crops is not None:
-            g, loc = self.backbone.forward_features_list([global_crops, local_crops], [masks, None])
-        else:
-            g, loc = self.backbone.forward_features(global_crops, masks=masks), None
-        g_cls, g_patch = g["x_norm_clstoken"], g["x_norm_patchtokens"]
-        out = {"g_cls": g_cls, "g_patch": g_patch}
-        picked = g_patch.flatten(0, 1)[patch_index] if (patch_index is not None and project_patches) else None
+            crops, crop_masks, keep = crops + [local_crops], crop_masks + [None], keep + [none]
+        feats = self.backbone.forward_kept(crops, crop_masks, keep)  # only the tokens the heads use
+        g_cls = feats[0]["x_norm_clstoken"]
+        out = {"g_cls": g_cls}
+        picked = feats[0]["x_norm_patchtokens_kept"] if wanted else None
+        loc = feats[1] if local_crops is not None else None
         cls_in = [g_cls] + ([loc["x_norm_clstoken"]] if loc is not None else [])
         shared = self.ibot_head is None and picked is not None
         if shared:

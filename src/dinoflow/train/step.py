@@ -64,7 +64,10 @@ def train_step(objective, net: nn.Module, optimizer: torch.optim.Optimizer, view
 
 def compile_blocks(module: nn.Module, device: torch.device, backend: str | None = None) -> None:
     """torch.compile each transformer block on its own (one graph each, no breaks; blocks share
-    their compiled code). Module names and state dicts are unchanged."""
+    their compiled code). Module names and state dicts are unchanged. The last block then
+    computes every token's output (its kept-token count changes every step, which would
+    recompile a static-shape graph)."""
+    module.backbone.prune_last_block = False
     for blk in module.backbone.block_list():
         blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
 
