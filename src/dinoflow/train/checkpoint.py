@@ -101,7 +101,10 @@ def start_save(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Module]
         tmp.mkdir(parents=True)
     barrier()
     state = _state(modules, optimizer, train_module, extra)
-    kw = {"process_group": checkpoint_group(), "no_dist": not torch.distributed.is_initialized()}
+    single = not torch.distributed.is_initialized()
+    if single:  # a single process is a supported mode; the background writer would warn at any time
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+    kw = {"process_group": checkpoint_group(), "no_dist": single}
     if asynchronous:
         future = dcp.async_save(state, checkpoint_id=str(tmp), **kw)
     else:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-_CKPT_GROUP: dist.ProcessGroup | None = None
+_CKPT_GROUP: tuple[object, dist.ProcessGroup] | None = None  # (the default group it belongs to, the group)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,6 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_pref: str = "auto") -> DistEnv:
     """Join the process group torchrun describes (idempotent); single process otherwise."""
-    global _CKPT_GROUP
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -64,13 +63,19 @@ def init_distributed(device_pref: str = "auto") -> DistEnv:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
                                 **({"device_id": device} if device.type == "cuda" else {}))
-        _CKPT_GROUP = dist.new_group(backend="gloo")  # collective: every rank creates it, in the same order
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, local_world_size=local_world)
 
 
 def checkpoint_group() -> dist.ProcessGroup | None:
-    """The gloo group checkpoints use (None: the default group, or no group)."""
-    return _CKPT_GROUP if dist.is_available() and dist.is_initialized() else None
+    """The gloo group checkpoints use (None without a process group). Collective on first use:
+    every rank reaches it at the same point (the first checkpoint save)."""
+    global _CKPT_GROUP
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.group.WORLD
+    if _CKPT_GROUP is None or _CKPT_GROUP[0] is not world:  # none yet, or the process group was re-created
+        _CKPT_GROUP = (world, dist.new_group(backend="gloo"))
+    return _CKPT_GROUP[1]
 
 
 def barrier() -> None:
