@@ -1,8 +1,6 @@
 #!/bin/sh
-# dinoflow image entrypoint: a writable HOME and cache dirs even with a read-only root
-# filesystem (pods mount an emptyDir at /tmp), then run the given command as PID 1's child.
+# dinoflow image entrypoint for `docker run`: tini (PID 1) reaps torchrun's workers; this only
+# runs the command. Caches and HOME are set as ENV in the Dockerfiles, because Kubernetes'
+# `command` (Kubeflow steps, TrainJobs) replaces this entrypoint.
 set -eu
-export HOME="${HOME:-/tmp}"
-export MPLCONFIGDIR="${MPLCONFIGDIR:-/tmp/matplotlib}"
-export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/torchinductor}"
 exec "$@"

@@ -1,16 +1,24 @@
-"""The dinoflow DAG: curate → pretrain → distill → evaluate → dsl.If(gate) → register.
+"""The dinoflow DAG: curate → pretrain → distill → evaluate → register, inside an exit handler that
+closes the pipeline's MLflow parent run whatever happens.
 
 Compile / run / submit through the CLI (from the repository root):
 
-    dinoflow pipeline compile -o dinov2_pipeline.yaml     # IR YAML for the KFP UI or API
+    dinoflow pipeline compile -c my-cluster-params.yaml -o dinov2_pipeline.yaml
     dinoflow pipeline run --local --demo                  # the same DAG via kfp.local, on this machine
-    dinoflow pipeline submit --host https://kfp.example.com
+    dinoflow pipeline submit --host https://kfp.example.com -c my-cluster-params.yaml
 
-Cluster settings live here, not in the components: MLflow and S3 credentials from Kubernetes
-secrets (`k8s/secrets.template.yaml`), a memory-backed /dev/shm for data loaders, GPU type and
-count, node selector and tolerations from pipeline parameters, retries for preemptible GPU nodes
-(training resumes from its checkpoint), and caching everywhere except `register`, which has a
-side effect outside the pipeline (the MLflow registry).
+Cluster settings live here, not in the components:
+- every step learns its pipeline run id from its pod's `pipeline/runid` label (downward API →
+  `$DINOFLOW_PIPELINE_RUN_ID`), never from an input, so cached steps stay cacheable;
+- MLflow and S3 credentials come from Kubernetes secrets in the namespace the steps run in;
+- training steps mount the shared ReadWriteMany volume (checkpoints keyed by run and stage, so a
+  retried step resumes; TrainJob staging), get a memory-backed /dev/shm, GPU type and count, node
+  selector and tolerations from pipeline parameters, and retries for preemptible nodes. With
+  `num_nodes > 1` the step only submits a Kubeflow Trainer TrainJob and waits: it runs on a small
+  CPU pod and requests no GPU (the TrainJob's pods get the GPUs, tolerations and node selector);
+- `register` and the exit handler are never cached (they write to the MLflow registry / runs).
+Supported backends: KFP 2.5 or newer (accelerators, node selectors, tolerations from parameters
+and step retries); the security context below is applied by backends 2.16 and newer.
 """
 
 from typing import Dict, List
@@ -20,35 +28,51 @@ from kfp import dsl, kubernetes
 from components.curate.component import curate
 from components.distill.component import distill
 from components.evaluate.component import evaluate
+from components.finalize.component import finalize
 from components.images import TRAIN_IMAGE
 from components.pretrain.component import pretrain
 from components.register.component import register
+from dinoflow.launch.shared import SHARED_DIR
+from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
+from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, PIPELINE_RUN_ID
 
 PIPELINE_NAME = "dinoflow-dinov2"
 S3_SECRET = "dinoflow-s3"
 MLFLOW_SECRET = "dinoflow-mlflow"
-# secret key → env var inside the step (the same names as k8s/secrets.template.yaml)
+# secret key → env var inside the step (the same names as k8s/base/pipeline/secrets.template.yaml)
 S3_ENV = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")}
 MLFLOW_ENV = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+SHARED_PVC = "dinoflow-shared"  # k8s/base/pipeline/shared-volume.yaml: the ReadWriteMany claim in the steps' namespace
 SHM_SIZE = "16Gi"
+RUN_AS = 10001  # the images' non-root user
 RETRIES = 3  # KFP takes the retry count at compile time, not as a pipeline parameter
 DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-TRAINJOB_RUNTIME = "dinoflow-torch-distributed"  # k8s/training-runtime.yaml: torch-distributed + shared volume
-SHARED_DIR = "/mnt/dinoflow-shared"
 
 
-def _with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+def _step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """What every step gets: its run id, credentials, the shared volume (data named by absolute
+    path lives there, as do checkpoints), a non-root identity and a display name."""
+    task.set_display_name(name)
+    kubernetes.mount_pvc(task, pvc_name=SHARED_PVC, mount_path=SHARED_DIR)
+    kubernetes.use_field_path_as_env(task, env_name=PIPELINE_RUN_ID, field_path=f"metadata.labels['{KFP_RUN_ID_LABEL}']")
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_ENV)
     kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_ENV)
+    kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
     return task
 
 
-def _cpu_step(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
+def _cpu_step(task: dsl.PipelineTask, name: str, cpu: str, memory: str) -> dsl.PipelineTask:
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-    return _with_credentials(task)
+    return _step(task, name)
 
 
-def _gpu_step(task: dsl.PipelineTask, accelerator_type: str, gpus_per_node: int,
+def _training_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Retries: a preempted step is retried and resumes from its checkpoint on the shared volume."""
+    task.set_retry(num_retries=RETRIES, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="600s")
+    return task
+
+
+def _gpu_step(task: dsl.PipelineTask, name: str, accelerator_type: str, gpus_per_node: int,
               node_selector: dict, tolerations: list) -> dsl.PipelineTask:
     task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus_per_node)
     task.set_cpu_request("8").set_memory_request("32Gi")
@@ -56,14 +80,37 @@ def _gpu_step(task: dsl.PipelineTask, accelerator_type: str, gpus_per_node: int,
     kubernetes.add_toleration_json(task, tolerations)
     # data-loader workers share batches through /dev/shm; the container default (64 MiB) is too small
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE)
-    # spot/preemptible GPU nodes: the retried step resumes from the checkpoint in its output dir
-    task.set_retry(num_retries=RETRIES, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="600s")
-    return _with_credentials(task)
+    return _step(_training_pod(task), name)
+
+
+def _launcher_step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """Multi-node: this pod only stages data, submits the TrainJob and follows it; no GPU."""
+    task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("2Gi").set_memory_limit("4Gi")
+    return _step(_training_pod(task), name)
+
+
+def _training_step(task: dsl.PipelineTask, name: str, multi_node: bool, gpu: dict) -> dsl.PipelineTask:
+    return _launcher_step(task, f"{name} (TrainJob)") if multi_node else _gpu_step(task, name, **gpu)
+
+
+def _after_curation(cfg: dict, launch: dict, gpu: dict, curated, multi_node: bool) -> None:
+    """pretrain → distill → evaluate → register, on one node (the steps hold the GPUs) or on many
+    (the steps launch TrainJobs). The chain is built once per shape, under dsl.If / dsl.Else, rather
+    than joining the two training steps with dsl.OneOf, which kfp.local cannot run."""
+    pre = _training_step(pretrain(**cfg, **launch, curated=curated), "pretrain", multi_node, gpu)
+    teacher = pre.outputs["teacher"]
+    dis = _training_step(distill(**cfg, **launch, curated=curated, teacher=teacher), "distill", multi_node, gpu)
+    student = dis.outputs["student"]
+    ev = _cpu_step(evaluate(**cfg, teacher=teacher, student=student), "evaluate", cpu="4", memory="16Gi")
+    # every candidate is registered; the gate inside decides whether it takes the alias
+    reg = _cpu_step(register(**cfg, student=student, eval_reports=ev.outputs["reports"]), "register",
+                    cpu="1", memory="2Gi")
+    reg.set_caching_options(enable_caching=False)  # writes to the MLflow registry: never skip it
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="DINOv2-style self-supervised pipeline: curate, pretrain, distill, evaluate, register")
 def dinov2_pipeline(
-    params_yaml: str = "",
+    params_yaml: str,
     overrides: List[str] = [],
     accelerator_type: str = "nvidia.com/gpu",
     gpus_per_node: int = 1,
@@ -71,41 +118,25 @@ def dinov2_pipeline(
     gpu_node_selector: Dict[str, str] = {},
     gpu_tolerations: List[dict] = DEFAULT_TOLERATIONS,
     image: str = TRAIN_IMAGE,
-    trainjob_runtime: str = TRAINJOB_RUNTIME,
-    trainjob_runtime_kind: str = "TrainingRuntime",
-    shared_dir: str = SHARED_DIR,
+    trainjob_runtime: str = DEFAULT_RUNTIME,  # k8s/base/pipeline/training-runtime.yaml
+    trainjob_runtime_kind: str = DEFAULT_RUNTIME_KIND,
 ):
-    """params_yaml: the full params.yaml text (compile embeds the repo's); overrides: `key=value` list."""
-    launch = dict(num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
-                  trainjob_runtime=trainjob_runtime,
-                  trainjob_runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    """params_yaml: the params (YAML or one-line JSON) — no laptop defaults: name your data (s3:// or
+    absolute paths on mounted volumes); overrides: `key=value` list applied on top."""
+    cfg = dict(params_yaml=params_yaml, overrides=overrides)
+    # GPU settings are inputs too: the TrainJob's pods need them (and kfp.local resolves a condition
+    # branch's accelerator settings only from its tasks' inputs)
+    launch = dict(num_nodes=num_nodes, gpus_per_node=gpus_per_node, accelerator_type=accelerator_type, image=image,
+                  trainjob_runtime=trainjob_runtime, trainjob_runtime_kind=trainjob_runtime_kind,
+                  shared_dir=SHARED_DIR, tolerations=gpu_tolerations, node_selector=gpu_node_selector)
     gpu = dict(accelerator_type=accelerator_type, gpus_per_node=gpus_per_node,
                node_selector=gpu_node_selector, tolerations=gpu_tolerations)
 
-    cur = _cpu_step(curate(params_yaml=params_yaml, overrides=overrides), cpu="4", memory="16Gi")
-    cur.set_display_name("curate")
-
-    pre = _gpu_step(pretrain(params_yaml=params_yaml, overrides=overrides, curated=cur.outputs["curated"], **launch), **gpu)
-    pre.set_display_name("pretrain")
-
-    dis = _gpu_step(distill(params_yaml=params_yaml, overrides=overrides, curated=cur.outputs["curated"],
-                            teacher=pre.outputs["teacher"], **launch), **gpu)
-    dis.set_display_name("distill")
-
-    ev = _cpu_step(evaluate(params_yaml=params_yaml, overrides=overrides, teacher=pre.outputs["teacher"],
-                            student=dis.outputs["student"]), cpu="4", memory="16Gi")
-    ev.set_display_name("evaluate")
-
-    with dsl.If(ev.outputs["Output"] == True, name="gate"):  # noqa: E712 - a KFP condition, not a Python bool
-        reg = _cpu_step(register(params_yaml=params_yaml, overrides=overrides, student=dis.outputs["student"],
-                                 eval_reports=ev.outputs["reports"]), cpu="1", memory="2Gi")
-        reg.set_display_name("register")
-        reg.set_caching_options(enable_caching=False)  # writes to the MLflow registry: never skip it
-
-
-if __name__ == "__main__":  # python -m pipelines.dinov2_pipeline → same as `dinoflow pipeline compile`
-    import sys
-
-    from dinoflow.pipeline_cli import main
-
-    raise SystemExit(main(["compile", *sys.argv[1:]]))
+    done = _cpu_step(finalize(**cfg, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "finalize", cpu="1", memory="1Gi")
+    done.set_caching_options(enable_caching=False)  # closes this run's MLflow parent: always runs
+    with dsl.ExitHandler(done, name="dinoflow"):
+        cur = _cpu_step(curate(**cfg), "curate", cpu="4", memory="16Gi")
+        with dsl.If(num_nodes == 1, name="one-node"):
+            _after_curation(cfg, launch, gpu, cur.outputs["curated"], multi_node=False)
+        with dsl.Else(name="multi-node"):
+            _after_curation(cfg, launch, gpu, cur.outputs["curated"], multi_node=True)

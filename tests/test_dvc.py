@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from dinoflow import tracking
-from dinoflow.stages import PIPELINE_ORDER
+from dinoflow.stages import PIPELINE_ORDER, SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -43,7 +43,7 @@ def test_project_dvc_yaml_is_the_pipeline():
     outs: dict[str, str] = {}
     for name, stage in spec.items():
         assert stage["cmd"] == f"dinoflow {name}"
-        section = tracking.SECTION[name]
+        section = SECTIONS[name]
         assert stage["params"] == [section] and section in params
         for dep in stage["deps"]:
             assert (ROOT / dep).exists() or dep in outs or dep.startswith("reports/"), f"{name}: unknown dep {dep}"

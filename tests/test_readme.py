@@ -17,7 +17,7 @@ def test_config_reference_is_current():
     text = README.read_text()
     assert BEGIN in text and END in text, "README.md lacks the generated configuration reference"
     current = text[text.index(BEGIN): text.index(END) + len(END)]
-    assert current == reference_markdown(), "regenerate it: python -m dinoflow.config_reference"
+    assert current == reference_markdown(), "regenerate it: python -m dinoflow.config_reference --write"
 
 
 def test_every_params_yaml_key_is_documented():

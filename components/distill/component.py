@@ -1,6 +1,9 @@
-"""distill: frozen teacher + curated shards → smaller student backbone (its EMA is what ships)."""
+"""distill: frozen teacher + curated shards → smaller student backbone (its EMA is what ships).
 
-from typing import List
+Launch, run id and checkpoints as for pretrain (components/pretrain/component.py).
+"""
+
+from typing import Dict, List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -18,11 +21,13 @@ def distill(
     curves: Output[Artifact],
     num_nodes: int,
     gpus_per_node: int,
+    accelerator_type: str,
     image: str,
     trainjob_runtime: str,
     trainjob_runtime_kind: str,
     shared_dir: str,
-    run_id: str,
+    tolerations: List[dict],
+    node_selector: Dict[str, str],
 ):
     """Run `dinoflow distill` from the pretrain step's teacher directory."""
     from dinoflow.launch.training import LaunchOptions, run_training_step
@@ -31,6 +36,7 @@ def distill(
         "distill", params_yaml, overrides,
         inputs={"distill.data": curated.path, "distill.teacher": teacher.path},
         outputs={"distill.out_dir": student.path, "distill.report_csv": curves.path},
-        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
-                           runtime=trainjob_runtime, runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=run_id),
+        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, gpu_resource=accelerator_type, image=image, runtime=trainjob_runtime,
+                           runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, tolerations=tolerations,
+                           node_selector=node_selector),
     )

@@ -2,9 +2,12 @@
 
 One GPU runs in the step; N GPUs on one node run under torchrun in the step; several nodes run
 as a Kubeflow Trainer TrainJob that the step submits and waits for (dinoflow.launch.training).
+The pipeline run id arrives as `$DINOFLOW_PIPELINE_RUN_ID` (the pod's label), not as an input, so
+the step stays cacheable; checkpoints go to the shared volume keyed by run and stage, so a retried
+step resumes.
 """
 
-from typing import List
+from typing import Dict, List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -21,19 +24,22 @@ def pretrain(
     curves: Output[Artifact],
     num_nodes: int,
     gpus_per_node: int,
+    accelerator_type: str,
     image: str,
     trainjob_runtime: str,
     trainjob_runtime_kind: str,
     shared_dir: str,
-    run_id: str,
+    tolerations: List[dict],
+    node_selector: Dict[str, str],
 ):
-    """Run `dinoflow pretrain`; `teacher` holds backbone.pth + config.yaml (+ the resumable checkpoint)."""
+    """Run `dinoflow pretrain`; `teacher` holds backbone.pth + config.yaml."""
     from dinoflow.launch.training import LaunchOptions, run_training_step
 
     run_training_step(
         "pretrain", params_yaml, overrides,
         inputs={"pretrain.data": curated.path},
         outputs={"pretrain.out_dir": teacher.path, "pretrain.report_csv": curves.path},
-        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
-                           runtime=trainjob_runtime, runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=run_id),
+        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, gpu_resource=accelerator_type, image=image, runtime=trainjob_runtime,
+                           runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, tolerations=tolerations,
+                           node_selector=node_selector),
     )

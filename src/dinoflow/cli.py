@@ -5,6 +5,10 @@ Usage:
     torchrun --nproc-per-node=2 -m dinoflow pretrain -S pretrain.train.max_steps=10
     dinoflow pipeline compile|run|submit ...
     dinoflow demo
+
+Exit codes: 0 done; 1 a named error stopped the stage (bad input, full disk, unreachable
+service, …); 2 the configuration or command line is invalid (nothing was started). Named errors
+print one message without a traceback; `DINOFLOW_DEBUG=1` prints the traceback too.
 """
 
 from __future__ import annotations
@@ -14,10 +18,19 @@ import importlib
 import json
 import os
 import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
 
-from dinoflow.config import ConfigError, dump_config, load_config
-from dinoflow.errors import DinoflowError
+from dinoflow.config import Config, ConfigError, dump_config, load_config
+from dinoflow.errors import DinoflowError, bounded
 from dinoflow.stages import STAGES, run_stage
+from dinoflow.storage_errors import FULL_BYTES, free_bytes, full_disk_error, storage_error
+
+DEBUG_ENV = "DINOFLOW_DEBUG"
+# keys whose values are where a stage writes (a file's folder for the file-valued ones)
+OUTPUT_DIR_KEYS = ("out_dir", "report_dir")
+OUTPUT_FILE_KEYS = ("report_csv", "report")
 
 # Subcommands with their own argument parsing: name → "module:function(argv) -> int".
 DELEGATED = {
@@ -46,25 +59,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "no")
+
+
+def output_locations(cfg: Config, command: str) -> list[Path]:
+    """Local folders the stage writes to (its out_dir / report_dir / report files' folders, and the cwd)."""
+    section = getattr(cfg, "demo" if command == "demo-data" else command.replace("-", "_"), None)
+    tree = section.model_dump() if section is not None else {}
+    out = [Path(str(tree[k])) for k in OUTPUT_DIR_KEYS if tree.get(k)]
+    out += [Path(str(tree[k])).parent for k in OUTPUT_FILE_KEYS if tree.get(k)]
+    return [p for p in out if "://" not in str(p)] + [Path(".")]
+
+
+def _free(p: Path) -> int:
+    try:
+        return free_bytes(p)
+    except OSError:
+        return FULL_BYTES
+
+
+def _close_progress_bars() -> None:
+    # A bar left open by the failed stage would redraw itself after the message at exit.
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
+def _report(label: str, message: str) -> None:
+    _close_progress_bars()
+    print(f"{label}: {bounded(message)}", file=sys.stderr)
+
+
+def run_guarded(label: str, fn: Callable[[], Any], outputs: list[Path]) -> tuple[int, Any]:
+    """(0, fn()) — or (exit code, None) after printing one named error when fn fails with a
+    DinoflowError, or with a full disk / read-only / permission OSError from anywhere inside."""
+    try:
+        return 0, fn()
+    except DinoflowError as e:
+        if _debug():
+            traceback.print_exc()
+        _report(label, str(e))
+        return e.exit_code, None
+    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        full = [p for p in outputs if _free(p) < FULL_BYTES]
+        named = storage_error(e, full[0] if full else None) or full_disk_error(e, full)
+        if named is None:
+            raise
+        if _debug():
+            traceback.print_exc()
+        hint = "" if _debug() else f" ({DEBUG_ENV}=1 shows the traceback)"
+        _report(label, f"{named}{hint}")
+        return named.exit_code, None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         module, fn = DELEGATED[argv[0]].split(":")
-        return int(getattr(importlib.import_module(module), fn)(argv[1:]) or 0)
+        code, result = run_guarded(
+            f"dinoflow {argv[0]}", lambda: getattr(importlib.import_module(module), fn)(argv[1:]), [Path(".")]
+        )
+        return code or int(result or 0)
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"dinoflow: {e}", file=sys.stderr)
-        return 2
+        print(f"dinoflow: {bounded(str(e))}", file=sys.stderr)
+        return e.exit_code
     if args.command == "config":
         print(dump_config(cfg), end="")
         return 0
-    try:
-        summary = run_stage(args.command, cfg)
-    except DinoflowError as e:
-        print(f"dinoflow {args.command}: {e}", file=sys.stderr)
-        return 1
+    code, summary = run_guarded(
+        f"dinoflow {args.command}", lambda: run_stage(args.command, cfg), output_locations(cfg, args.command)
+    )
+    if code:
+        return code
     if summary is not None and os.environ.get("RANK", "0") == "0":  # one summary per torchrun job
         print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -2,29 +2,29 @@
 
 Every section is a pydantic model with `extra="forbid"`, so a misspelt key or an invalid value
 is rejected before any stage starts work, with a message naming the key and what is allowed.
-The resolved config is saved next to every checkpoint and logged with every run.
+Numbers have their natural ranges, floats must be finite, URLs must not carry credentials
+(`config_base`); the YAML is read by `params_yaml`. The resolved config (URL credentials
+redacted) is saved next to every checkpoint and logged with every run.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from dinoflow.config_base import PositiveFloat, PositiveInt, Probability, SafeName, Section, Seed, explain
+from dinoflow.errors import ConfigError  # noqa: F401 - re-exported: `from dinoflow.config import ConfigError`
+from dinoflow.params_yaml import check_tree, parse_override, read_params_file, set_dotted  # noqa: F401 - parse_override re-exported
+from dinoflow.url_secrets import redact_tree
 
 ARCHS = ("vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2")
 Arch = Literal["vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the person who wrote params.yaml."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
 # ---------------------------------------------------------------- shared building blocks
@@ -37,7 +37,7 @@ class ModelConfig(Section):
     patch_size: int = Field(14, ge=1)
     img_size: int = Field(224, ge=1, description="image side the positional embedding is built for")
     num_register_tokens: int = Field(0, ge=0)
-    layerscale_init: float | None = Field(1e-5, description="LayerScale init; null disables LayerScale")
+    layerscale_init: float | None = Field(1e-5, gt=0, description="LayerScale init; null disables LayerScale")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_uniform: bool = True
     interpolate_antialias: bool = False
@@ -88,14 +88,16 @@ class CropConfig(Section):
     # global 2 with p 0.9 and locals with 0.5; dinoflow applies these values as written.
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     solarize_p: float = Field(0.2, ge=0, le=1, description="on the second global crop only")
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[Probability, Probability, Probability] = Field((0.485, 0.456, 0.406), description="per channel, pixels in [0, 1]")
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
 
     @field_validator("global_scale", "local_scale", "blur_sigma", "aspect_ratio")
     @classmethod
-    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+    def _ordered(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         if not (0 < v[0] <= v[1]):
             raise ValueError(f"need 0 < low <= high, got {list(v)}")
+        if info.field_name.endswith("_scale") and v[1] > 1:
+            raise ValueError(f"a crop scale is a share of the image area: need 0 < low <= high <= 1, got {list(v)}")
         return v
 
     @field_validator("blur_p")
@@ -110,13 +112,6 @@ class CropConfig(Section):
     def _jitter_strengths(cls, v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         if min(v) < 0 or v[3] > 0.5:
             raise ValueError(f"color_jitter is (brightness, contrast, saturation, hue), each >= 0 and hue <= 0.5; got {list(v)}")
-        return v
-
-    @field_validator("std")
-    @classmethod
-    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if not all(s > 0 for s in v):
-            raise ValueError(f"std must be > 0 per channel, got {list(v)}")
         return v
 
     @field_validator("blur_kernel_size")
@@ -143,6 +138,12 @@ class MaskConfig(Section):
         if not (0 <= v[0] <= v[1] <= 1):
             raise ValueError(f"need 0 <= min <= max <= 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _aspect_order(self) -> "MaskConfig":
+        if self.max_aspect is not None and self.max_aspect < self.min_aspect:
+            raise ValueError(f"max_aspect {self.max_aspect} is below min_aspect {self.min_aspect}")
+        return self
 
 
 class LossConfig(Section):
@@ -172,6 +173,13 @@ class OptimConfig(Section):
     freeze_last_layer_epochs: float = Field(1, ge=0)
     momentum_teacher: float = Field(0.992, ge=0, le=1)
     final_momentum_teacher: float = Field(1.0, ge=0, le=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _adam_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"AdamW betas must each lie in [0, 1), got {list(v)}")
+        return v
 
 
 class TrainConfig(Section):
@@ -224,7 +232,7 @@ class DemoConfig(Section):
         description="near duplicates cycle through these transforms",
     )
     include_digits: bool = True
-    seed: int = Field(0, description="seed of every planted choice (the MNIST split itself is fixed, seed 0)")
+    seed: Seed = Field(0, description="seed of every planted choice (the MNIST split itself is fixed, seed 0)")
 
 
 class CurateConfig(Section):
@@ -286,7 +294,14 @@ class PretrainConfig(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    seed: int = 0
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> "PretrainConfig":
+        w = self.loss
+        if w.dino_weight == 0 and w.ibot_weight == 0 and w.koleo_weight == 0:
+            raise ValueError("loss.dino_weight, loss.ibot_weight and loss.koleo_weight are all 0: nothing would be trained")
+        return self
 
 
 class DistillConfig(Section):
@@ -295,8 +310,8 @@ class DistillConfig(Section):
     )
     teacher: str = Field("models/teacher", description="a pretrain out_dir (heads mode) or a backbone .pth (features mode)")
     teacher_arch: Arch | None = Field(None, description="features mode with an official file: the teacher's arch")
-    teacher_patch_size: int | None = None
-    teacher_num_register_tokens: int | None = None
+    teacher_patch_size: int | None = Field(None, ge=1)
+    teacher_num_register_tokens: int | None = Field(None, ge=0)
     data: str = "data/curated"
     out_dir: str = "models/student"
     report_csv: str = "reports/distill.csv"
@@ -307,11 +322,11 @@ class DistillConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     student_ema: float = Field(0.999, ge=0, le=1, description="momentum of the exported student EMA")
     feature_patch_weight: float = Field(1.0, ge=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvalDataset(Section):
-    name: str
+    name: SafeName
     kind: Literal["demo_mnist", "demo_digits", "folder", "shards"]
     train: str | None = Field(None, description="folder/shards: the labelled train split (class per subfolder, or json `label`)")
     test: str | None = Field(None, description="folder/shards: the labelled test split")
@@ -324,23 +339,24 @@ class EvalDataset(Section):
 
 
 class EvaluateConfig(Section):
-    models: dict[str, str] = Field(
+    models: dict[SafeName, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=lambda: {"teacher": "models/teacher/backbone.pth", "student": "models/student/backbone.pth"}
     )
     datasets: list[EvalDataset] = Field(
-        default_factory=lambda: [EvalDataset(name="mnist", kind="demo_mnist"), EvalDataset(name="digits", kind="demo_digits")]
+        default_factory=lambda: [EvalDataset(name="mnist", kind="demo_mnist"), EvalDataset(name="digits", kind="demo_digits")],
+        min_length=1,
     )
     demo_dir: str = "data/demo"
     image_size: int = Field(224, ge=8, description="centre-crop side fed to the backbone")
     resize_ratio: float = Field(256 / 224, ge=1.0, description="resize to image_size*ratio, then centre crop")
     batch_size: int = Field(256, ge=1)
-    ks: list[int] = Field(default_factory=lambda: [10, 20, 100, 200])
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20, 100, 200], min_length=1)
     temperature: float = Field(0.07, gt=0)
-    linear_n_last_blocks: list[int] = Field(default_factory=lambda: [1, 4])
-    linear_avgpool: list[bool] = Field(default_factory=lambda: [False, True])
-    linear_lrs: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
+    linear_n_last_blocks: list[PositiveInt] = Field(default_factory=lambda: [1, 4], min_length=1)
+    linear_avgpool: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
+    linear_lrs: list[PositiveFloat] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1], min_length=1)
     linear_epochs: int = Field(30, ge=1)
-    logreg_cs: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0])
+    logreg_cs: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 1.0, 10.0], min_length=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     random_init_layerscale: float = Field(1.0, gt=0, description="LayerScale of the random-init baseline")
     baselines: list[Literal["random_init", "raw_pixels"]] = Field(
@@ -358,30 +374,55 @@ class EvaluateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
     report_dir: str = "reports"
-    seed: int = 0
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvaluateConfig":
+        for key in ("ks", "linear_n_last_blocks", "linear_avgpool", "linear_lrs", "logreg_cs", "baselines"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"evaluate.{key} lists a value twice: {values}")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluate.datasets: two datasets share a name ({names}); names key the report")
+        if self.random_init_like is not None and self.random_init_like not in self.models:
+            raise ValueError(f"evaluate.random_init_like {self.random_init_like!r} is not one of evaluate.models {list(self.models)}")
+        return self
 
 
 class RegisterConfig(Section):
-    model_name: str = "dinoflow-student"
+    model_name: str = Field("dinoflow-student", min_length=1, max_length=256)
     model_path: str = "models/student"
     eval_report: str = "reports/eval.json"
-    dataset: str = "mnist"
+    dataset: str = Field("mnist", min_length=1)
     min_knn_top1: float = Field(0.9, ge=0, le=1)
     min_retention: float = Field(0.95, ge=0, le=1.5, description="student k-NN / teacher k-NN")
-    alias: str = "champion"
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,255}$", description="MLflow alias: letters, digits, _ and -; not `latest` or `v<N>` (MLflow reserves them)")
     report: str = "reports/registry.json"
     student_key: str = Field("student", description="the candidate's entry in the eval report")
     teacher_key: str = Field("teacher", description="the reference entry for the retention gate")
     teacher_path: str | None = Field("models/teacher", description="also log this backbone as a model (not registered); null skips")
 
+    @field_validator("alias")
+    @classmethod
+    def _mlflow_alias(cls, v: str) -> str:
+        # MLflow reserves these: `latest` and `v<N>` name versions, not aliases
+        if v.lower() == "latest" or (v[:1] in "vV" and v[1:].isdigit()):
+            raise ValueError(f"{v!r} is reserved by MLflow (latest, v<number>); choose another alias, e.g. champion")
+        return v
+
 
 class TrackingConfig(Section):
     enabled: bool = True
-    experiment: str = "dinoflow"
+    experiment: str = Field("dinoflow", min_length=1)
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     system_metrics: bool = True
     probe_timeout_s: float = Field(5.0, gt=0, description="how long to wait for the tracking server's /health")
     hash_inputs: bool = Field(True, description="tag each run with the DVC md5 of its local inputs")
+    request_timeout_s: float = Field(30.0, gt=0, le=600, description="timeout of one request to the tracking server")
+    request_retries: int = Field(
+        3, ge=0, le=10, description="retries of a failed request (backoff 1, 2, 4 s ...); then the stage fails with a named error"
+    )
 
 
 # `register` is a stage name; pydantic warns that it shadows BaseModel.register (an ABC hook we never use)
@@ -389,7 +430,7 @@ warnings.filterwarnings("ignore", message='Field name "register"', category=User
 
 
 class Config(Section):
-    seed: int = 0
+    seed: Seed = 0
     demo: DemoConfig = Field(default_factory=DemoConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
@@ -402,76 +443,44 @@ class Config(Section):
 # ---------------------------------------------------------------- loading
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        if not isinstance(node.get(k, {}), dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`section.key=value` → (dotted key, YAML-parsed value)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
-    return key, value
-
-
-def _explain(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key (check the spelling; see the configuration reference in README.md)")
-        else:
-            ctx = e.get("ctx") or {}
-            allowed = f" (allowed: {ctx['expected']})" if "expected" in ctx else ""
-            lines.append(f"  {loc}: {e['msg']}{allowed}; got {e.get('input')!r}")
-    return "invalid configuration:\n" + "\n".join(lines)
-
-
 def config_from_dict(tree: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_explain(e)) from None
+        raise ConfigError(explain(e)) from None
 
 
 def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load `path` (a missing default file means all defaults), apply overrides, validate.
+    """Load `path` (a missing default `params.yaml` means all defaults), apply overrides, validate.
 
-    Raises ConfigError naming every bad key and value.
+    Raises ConfigError naming every bad key and value, before any stage starts work. A params file
+    that exists but sets nothing (empty, or only comments) is refused: write `{}` to ask for the
+    defaults on purpose.
     """
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if p.exists():
-            loaded = yaml.safe_load(p.read_text()) or {}
+        if os.path.lexists(p) or str(path) != "params.yaml":
+            loaded = read_params_file(p)
+            if loaded is None:
+                raise ConfigError(
+                    f"{p} is empty (no settings): every stage would run the full DINOv2 recipe defaults. "
+                    "To run with the defaults on purpose, write `{}` in it; otherwise check that it is the file you meant"
+                )
             if not isinstance(loaded, dict):
-                raise ConfigError(f"{p}: top level must be a mapping of sections")
+                raise ConfigError(f"{p}: top level must be a mapping of sections (e.g. `pretrain:`), got a {type(loaded).__name__}")
             tree = loaded
-        elif str(path) != "params.yaml":
-            raise ConfigError(f"config file {p} not found")
     tree = copy.deepcopy(tree)
     for ov in overrides:
         key, value = parse_override(ov)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
+    check_tree(tree)
     return config_from_dict(tree)
 
 
 def dump_config(cfg: BaseModel) -> str:
-    """YAML text of a (section of the) config, as saved beside checkpoints and runs."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """YAML text of a (section of the) config, as saved beside checkpoints and runs (URL credentials redacted)."""
+    return yaml.safe_dump(redact_tree(cfg.model_dump(mode="json")), sort_keys=False)
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -20,6 +21,8 @@ END = "<!-- config-reference:end -->"
 
 def _type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:  # constrained types (e.g. list[PositiveInt]) read as their base type
+        return _type_name(typing.get_args(ann)[0])
     if origin is typing.Literal:
         return " \\| ".join(repr(a).replace("'", "") for a in typing.get_args(ann))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -84,5 +87,17 @@ def reference_markdown() -> str:
     return "\n".join(parts)
 
 
-if __name__ == "__main__":
-    print(reference_markdown())
+def write_readme(readme: Path) -> None:
+    """Replace the generated section of `readme` with the current reference."""
+    text = readme.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    readme.write_text(text[:start] + reference_markdown() + text[end:])
+
+
+if __name__ == "__main__":  # python -m dinoflow.config_reference [--write README.md]
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_readme(Path(sys.argv[2] if len(sys.argv) > 2 else "README.md"))
+    else:
+        print(reference_markdown())

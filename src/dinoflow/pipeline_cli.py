@@ -1,8 +1,13 @@
 """`dinoflow pipeline compile|run|submit`: the Kubeflow DAG from the command line.
 
-    dinoflow pipeline compile [-c params.yaml] [-o dinov2_pipeline.yaml]
+    dinoflow pipeline compile [-c cluster-params.yaml] [-o dinov2_pipeline.yaml]
     dinoflow pipeline run --local [-c params.yaml] [-S key=value ...] [--demo] [--pipeline-root DIR]
-    dinoflow pipeline submit --host URL [-c params.yaml] [-S ...] [--experiment NAME] [--wait]
+    dinoflow pipeline submit --host URL -c cluster-params.yaml [-S ...] [--experiment NAME] [--wait]
+
+On a cluster the steps run in pods whose working directory is the image's read-only /app, so the
+params given to `compile -c` and `submit` must name data by s3:// URI or absolute path (a
+mounted volume): they are checked before anything is compiled or sent. `run --local` runs on
+this machine, where the laptop demo's relative paths are fine.
 
 The DAG lives in `pipelines/dinov2_pipeline.py` and its components in `components/`, at the
 repository root, outside the installed package (they are deployment files, not library code).
@@ -19,8 +24,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dinoflow.config import ConfigError, load_config
+from dinoflow import pipeline_env
+from dinoflow.config import Config, ConfigError, load_config
 from dinoflow.errors import DinoflowError
+from dinoflow.stages import stage_inputs
 
 PIPELINE_FILE = Path("pipelines") / "dinov2_pipeline.py"
 
@@ -57,6 +64,37 @@ def _params_text(path: str, overrides: list[str]) -> str:
     return p.read_text() if p.exists() else ""
 
 
+# inputs the DAG does not wire from artifacts: the user's data, named by params
+_CLUSTER_READ_STAGES = ("curate", "evaluate")
+
+
+def cluster_problems(cfg: Config) -> list[str]:
+    """Why these params cannot run in cluster pods (relative paths, laptop demo data), or []."""
+    problems = []
+    for stage in _CLUSTER_READ_STAGES:
+        for inp in stage_inputs(stage, cfg):
+            if stage == "evaluate" and inp.kind == "model":
+                continue  # the DAG passes the trained models as artifacts
+            if "://" not in inp.path and not Path(inp.path).is_absolute():
+                problems.append(f"{stage} reads relative path {inp.path!r}")
+    demo = [d.name for d in cfg.evaluate.datasets if d.kind.startswith("demo_")]
+    if demo:
+        problems.append(f"evaluate.datasets {demo} are the laptop demo's; give kind: folder with s3:// or absolute paths")
+    return problems
+
+
+def _cluster_params_text(path: str, overrides: list[str]) -> str:
+    text = _params_text(path, overrides)
+    problems = cluster_problems(load_config(path, overrides))
+    if problems:
+        raise DinoflowError(
+            f"{path} is not ready for a cluster: " + "; ".join(problems) + ". In a pod the working directory is the "
+            "image's read-only /app: name data by s3:// URI or an absolute path on a mounted volume "
+            "(template: pipelines/params.cluster.example.yaml)."
+        )
+    return text
+
+
 def compact_params(text: str) -> str:
     """The params as one line of JSON (valid YAML). KFP copies parameter defaults into the IR
     file's header comment line by line, and a multi-line default breaks that YAML."""
@@ -67,19 +105,27 @@ def compact_params(text: str) -> str:
     return json.dumps(yaml.safe_load(text) or {}, separators=(",", ":"), sort_keys=False)
 
 
-def compile_pipeline(output: str | Path, params_path: str = "params.yaml") -> Path:
-    """Write the IR YAML; the params file (as one-line JSON) becomes the default of `params_yaml`."""
+def compile_pipeline(output: str | Path, params_path: str | None = None) -> Path:
+    """Write the IR YAML. With `params_path` (checked for cluster use) its params, as one-line JSON,
+    become the default of `params_yaml`; without, `params_yaml` is a required run parameter."""
     from kfp import compiler
 
+    defaults = {"params_yaml": compact_params(_cluster_params_text(params_path, []))} if params_path else None
     pipeline = load_pipeline()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline, str(output), pipeline_parameters={"params_yaml": compact_params(_params_text(params_path, []))})
+    compiler.Compiler().compile(pipeline, str(output), pipeline_parameters=defaults)
     return output
 
 
-def run_local(params_path: str, overrides: list[str], *, pipeline_root: str, demo: bool) -> dict[str, Any]:
-    """Run the DAG with kfp.local's SubprocessRunner in this environment (lightweight components, CPU)."""
+def run_local(params_path: str, overrides: list[str], *, pipeline_root: str, demo: bool, runner: Any = None,
+              run_id: str | None = None) -> dict[str, Any]:
+    """Run the DAG with kfp.local: by default the SubprocessRunner in this environment (lightweight
+    components, CPU); `runner` may be a `kfp.local.DockerRunner` for the project's images. The run
+    gets an id (`$DINOFLOW_PIPELINE_RUN_ID`, as the pod label gives it on a cluster)."""
+    import os
+    import uuid
+
     from kfp import local
 
     text = _params_text(params_path, overrides)
@@ -91,30 +137,53 @@ def run_local(params_path: str, overrides: list[str], *, pipeline_root: str, dem
             print(f"dinoflow pipeline: building the demo data in {cfg.demo.out_dir}", file=sys.stderr)
             run_stage("demo-data", cfg)
     pipeline = load_pipeline()
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
-    task = pipeline(params_yaml=text, overrides=list(overrides), gpus_per_node=0, num_nodes=1)
-    return {"pipeline_root": str(Path(pipeline_root).resolve()), "outputs": {k: str(v) for k, v in (task.outputs or {}).items()}}
+    run_id = run_id or f"local-{uuid.uuid4().hex[:12]}"
+    previous = os.environ.get(pipeline_env.PIPELINE_RUN_ID)
+    os.environ[pipeline_env.PIPELINE_RUN_ID] = run_id  # the SubprocessRunner's steps inherit it
+    try:
+        local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
+                   raise_on_error=True)
+        task = pipeline(params_yaml=text, overrides=list(overrides), gpus_per_node=0, num_nodes=1)
+    finally:
+        if previous is None:
+            os.environ.pop(pipeline_env.PIPELINE_RUN_ID, None)
+        else:
+            os.environ[pipeline_env.PIPELINE_RUN_ID] = previous
+    return {"pipeline_root": str(Path(pipeline_root).resolve()), "run_id": run_id,
+            "outputs": {k: str(v) for k, v in (task.outputs or {}).items()}}
+
+
+# the ServiceAccount pipeline pods run as (k8s/overlays/*: the RoleBinding's subject)
+RUNNER_SA_STANDALONE = "pipeline-runner"
+RUNNER_SA_MULTI_USER = "default-editor"
+
+
+def runner_service_account(namespace: str | None) -> str:
+    """Standalone KFP runs steps as `pipeline-runner`; multi-user KFP (a profile namespace) as `default-editor`."""
+    return RUNNER_SA_MULTI_USER if namespace else RUNNER_SA_STANDALONE
 
 
 def submit(host: str, params_path: str, overrides: list[str], *, experiment: str, run_name: str | None,
-           namespace: str | None, arguments: dict[str, Any], wait: bool, timeout: float) -> dict[str, Any]:
+           namespace: str | None, arguments: dict[str, Any], wait: bool, timeout: float,
+           service_account: str | None = None) -> dict[str, Any]:
     """Compile and send the DAG to a KFP API endpoint (token from $KFP_TOKEN when it needs one)."""
     import os
 
     import kfp
 
-    text = _params_text(params_path, overrides)
+    text = _cluster_params_text(params_path, overrides)
+    account = service_account or runner_service_account(namespace)
     with tempfile.TemporaryDirectory(prefix="dinoflow-kfp-") as tmp:
-        package = compile_pipeline(Path(tmp) / "dinov2_pipeline.yaml", params_path)
+        package = compile_pipeline(Path(tmp) / "dinov2_pipeline.yaml")
         try:
             client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN"))
             run = client.create_run_from_pipeline_package(
                 str(package), arguments={"params_yaml": text, "overrides": list(overrides), **arguments},
-                run_name=run_name, experiment_name=experiment, namespace=namespace,
+                run_name=run_name, experiment_name=experiment, namespace=namespace, service_account=account,
             )
         except Exception as e:  # noqa: BLE001 - kfp/urllib3 raise many types for an unreachable host
             raise DinoflowError(f"could not submit to the KFP endpoint {host}: {type(e).__name__}: {e}") from None
-    out: dict[str, Any] = {"run_id": run.run_id, "host": host}
+    out: dict[str, Any] = {"run_id": run.run_id, "host": host, "service_account": account}
     if wait:
         detail = client.wait_for_run_completion(run.run_id, timeout=timeout)
         out["state"] = str(getattr(detail, "state", ""))
@@ -131,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="config override passed to every step (repeatable)")
 
     c = sub.add_parser("compile", help="write the pipeline IR YAML")
-    c.add_argument("-c", "--config", default="params.yaml", help="params file embedded as the default params")
+    c.add_argument("-c", "--config", default=None,
+                   help="cluster params embedded as the default of params_yaml (default: none, a required run parameter)")
     c.add_argument("-o", "--output", default="dinov2_pipeline.yaml")
 
     r = sub.add_parser("run", help="run the DAG here with kfp.local")
@@ -146,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", default="dinoflow")
     s.add_argument("--run-name", default=None)
     s.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+    s.add_argument("--service-account", default=None,
+                   help=f"ServiceAccount the steps run as (default: {RUNNER_SA_STANDALONE}; "
+                        f"{RUNNER_SA_MULTI_USER} with --namespace)")
     s.add_argument("--gpus-per-node", type=int, default=None)
     s.add_argument("--num-nodes", type=int, default=None)
     s.add_argument("--accelerator-type", default=None)
@@ -170,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "accelerator_type": args.accelerator_type, "image": args.image}.items() if v is not None}
             print(json.dumps(submit(args.host, args.config, args.overrides, experiment=args.experiment,
                                     run_name=args.run_name, namespace=args.namespace, arguments=extra,
-                                    wait=args.wait, timeout=args.timeout), indent=2))
+                                    wait=args.wait, timeout=args.timeout, service_account=args.service_account),
+                             indent=2))
     except DinoflowError as e:
         print(f"dinoflow pipeline {args.cmd}: {e}", file=sys.stderr)
         return 1

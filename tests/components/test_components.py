@@ -64,11 +64,13 @@ def test_component_spec(comp, image, inputs, outputs):
     assert "dinoflow.launch" in body
 
 
-def test_training_components_take_launch_parameters():
+def test_training_components_take_launch_parameters_but_no_run_id():
+    """The run id is not an input: a run-unique input would enter KFP's cache key (never a hit)."""
     for comp in (pretrain, distill):
         params = set(_spec(comp).inputs)
         assert {"num_nodes", "gpus_per_node", "image", "trainjob_runtime", "trainjob_runtime_kind",
-                "shared_dir", "run_id"} <= params
+                "shared_dir", "tolerations", "node_selector"} <= params
+        assert not {p for p in params if "run" in p and "id" in p}
 
 
 def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, capsys):
@@ -83,8 +85,9 @@ def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, 
     assert metrics.metadata == {"funnel.input": 5.0, "funnel.kept": 3.0}
 
     teacher, tcurves = _art(dsl.Model, tmp_path / "teacher"), _art(dsl.Artifact, tmp_path / "pretrain.csv")
-    launch = dict(num_nodes=1, gpus_per_node=0, image="img", trainjob_runtime="rt",
-                  trainjob_runtime_kind="TrainingRuntime", shared_dir=str(tmp_path / "shared"), run_id="r1")
+    launch = dict(num_nodes=1, gpus_per_node=0, accelerator_type="nvidia.com/gpu", image="img", trainjob_runtime="rt",
+                  trainjob_runtime_kind="TrainingRuntime", shared_dir=str(tmp_path / "shared"), tolerations=[],
+                  node_selector={})
     pretrain.python_func(params_yaml=text, overrides=[], curated=curated, teacher=teacher, curves=tcurves, **launch)
     log = standin_stages()
     assert log["pretrain"]["data"] == curated.path and log["pretrain"]["out_dir"] == teacher.path

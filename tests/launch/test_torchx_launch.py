@@ -37,6 +37,54 @@ def test_multi_node_appdef_rendezvous_on_rank0():
         train(stage="curate")
 
 
+CLUSTER = dict(image="img:1", config="/app/params.yaml", shared_pvc="dinoflow-shared", workdir="/mnt/dinoflow-shared/torchx",
+               tracking_uri="http://dinoflow-mlflow.dinoflow.svc.cluster.local:5000",
+               s3_endpoint_url="http://dinoflow-minio.dinoflow.svc.cluster.local:9000", secrets="dinoflow-s3,dinoflow-mlflow")
+
+
+def _volcano_job(app, namespace):
+    """What torchx would submit to Kubernetes (its dry run; no API server here, so no server-side validation)."""
+    from torchx.runner import get_runner
+
+    info = get_runner().dryrun(app, "kubernetes", cfg={"queue": "default", "namespace": namespace, "validate_spec": False})
+    return info.request.resource
+
+
+def test_kubernetes_job_runs_on_the_shared_volume_with_credentials_from_secrets():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / ".torchxconfig")
+    namespace = cfg["kubernetes"]["namespace"]
+    assert namespace == "kubeflow"  # the standalone overlay's pipeline namespace (k8s/overlays/standalone)
+    job = _volcano_job(train(stage="pretrain", j="2x8", gpu=8, **CLUSTER), namespace)
+    assert job["spec"]["schedulerName"] == "volcano" and len(job["spec"]["tasks"]) == 2
+    for task in job["spec"]["tasks"]:
+        pod = task["template"]
+        (c,) = pod.spec.containers
+        assert [e.secret_ref.name for e in c.env_from] == ["dinoflow-s3", "dinoflow-mlflow"]
+        env = {e.name: e.value for e in c.env}
+        assert env["MLFLOW_TRACKING_URI"] == CLUSTER["tracking_uri"] and env["AWS_ENDPOINT_URL"] == CLUSTER["s3_endpoint_url"]
+        assert not any(w in name for name in env for w in ("SECRET", "PASSWORD", "ACCESS_KEY"))
+        mounts = {m.mount_path: m.name for m in c.volume_mounts}
+        claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim}
+        assert claims[mounts["/mnt/dinoflow-shared"]] == "dinoflow-shared"
+        assert pod.spec.security_context.run_as_non_root is True
+        script = c.command[-1]
+        assert script.startswith("mkdir -p '/mnt/dinoflow-shared/torchx/dinoflow-pretrain-") and "-c /app/params.yaml" in script
+
+
+def test_kubernetes_job_refuses_what_would_break_or_leak():
+    with pytest.raises(ValueError, match="--secrets"):
+        train(**{**CLUSTER, "secrets": ""})
+    with pytest.raises(ValueError, match="absolute"):
+        train(**{**CLUSTER, "workdir": "runs"})
+    with pytest.raises(ValueError, match="--config must be absolute"):
+        train(**{**CLUSTER, "config": "params.yaml"})
+    with pytest.raises(ValueError, match="not on the shared volume"):
+        train(**{**CLUSTER, "workdir": "/app/runs"})
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("dinoflow.train.pretrain") is None,
                     reason="the training loop (src/dinoflow/train/pretrain.py) is not written yet")

@@ -1,4 +1,5 @@
-"""The compiled IR YAML carries the cluster settings: GPU, tolerations, /dev/shm, secrets, retries, caching."""
+"""The compiled IR YAML carries the cluster settings. No KFP API server can run here: these tests
+read the IR that `dinoflow pipeline compile` writes, which is exactly what a backend receives."""
 
 from __future__ import annotations
 
@@ -7,80 +8,129 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dinoflow.pipeline_cli import main
+from dinoflow.pipeline_cli import main, runner_service_account
 
 ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_PARAMS = ROOT / "pipelines" / "params.cluster.example.yaml"
+TRAINING = ("pretrain", "pretrain-2", "distill", "distill-2")  # one-node branch, TrainJob branch
+AFTER_CURATION = ("pretrain", "distill", "evaluate", "register")
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("ir") / "dinov2_pipeline.yaml"
-    assert main(["compile", "-c", str(ROOT / "params.yaml"), "-o", str(out)]) == 0
+    assert main(["compile", "-c", str(CLUSTER_PARAMS), "-o", str(out)]) == 0
     docs = list(yaml.safe_load_all(out.read_text()))
     assert len(docs) == 2, "pipeline spec + platform spec"
     return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def _executor_of(spec, task: str, within: dict | None = None) -> str:
-    tasks = (within or spec["root"]["dag"]["tasks"])
-    comp = spec["components"][tasks[task]["componentRef"]["name"]]
-    return comp["executorLabel"]
+def _tasks(spec) -> dict[str, dict]:
+    """Every task of every DAG, by name."""
+    out = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        out.update(comp.get("dag", {}).get("tasks", {}))
+    return out
 
 
-def test_dag_shape_and_gate(compiled):
+def _executor(spec, task: str) -> str:
+    return spec["components"][_tasks(spec)[task]["componentRef"]["name"]]["executorLabel"]
+
+
+def test_dag_shape_exit_handler_and_no_gate_skip(compiled):
     spec, _ = compiled
-    tasks = spec["root"]["dag"]["tasks"]
-    conditions = [n for n in tasks if n.startswith("condition")]
-    assert set(tasks) - set(conditions) == {"curate", "pretrain", "distill", "evaluate"} and len(conditions) == 1
-    assert tasks["pretrain"]["dependentTasks"] == ["curate"]
-    assert sorted(tasks["distill"]["dependentTasks"]) == ["curate", "pretrain"]
-    gate = next(t for n, t in tasks.items() if n.startswith("condition"))
-    assert "evaluate-Output" in gate["triggerPolicy"]["condition"]
-    inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(inner) == ["register"]
-    assert "enableCache" not in inner["register"]["cachingOptions"]  # proto default: caching off
-    assert tasks["curate"]["cachingOptions"]["enableCache"] is True
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finalize"}
+    assert root["finalize"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert set(inner) == {"curate", "condition-branches-2"}
+    branches = spec["components"]["comp-condition-branches-2"]["dag"]["tasks"]
+    conditions = {t["triggerPolicy"]["condition"]: t["componentRef"]["name"] for t in branches.values()}
+    one = conditions["int(inputs.parameter_values['pipelinechannel--num_nodes']) == 1"]
+    many = conditions["!(int(inputs.parameter_values['pipelinechannel--num_nodes']) == 1)"]
+    assert set(spec["components"][one]["dag"]["tasks"]) == set(AFTER_CURATION)
+    assert set(spec["components"][many]["dag"]["tasks"]) == {f"{n}-2" for n in AFTER_CURATION}
+    tasks = _tasks(spec)
+    for name in ("register", "register-2"):
+        assert "triggerPolicy" not in tasks[name], "every candidate is registered; the gate decides the alias"
+    for name in ("register", "register-2", "finalize"):
+        assert "enableCache" not in tasks[name]["cachingOptions"]  # proto default: caching off
+    for name in ("curate", *TRAINING, "evaluate", "evaluate-2"):
+        assert tasks[name]["cachingOptions"]["enableCache"] is True
 
 
-def test_gpu_steps_have_accelerator_retries_and_resources(compiled):
+def test_no_step_takes_a_run_unique_input(compiled):
+    """A run id among the inputs would make every cache key unique: caching would never hit."""
     spec, _ = compiled
-    tasks = spec["root"]["dag"]["tasks"]
-    for step in ("pretrain", "distill"):
-        res = spec["deploymentSpec"]["executors"][_executor_of(spec, step)]["container"]["resources"]
-        acc = res["accelerator"]
-        assert "accelerator_type" in acc["resourceType"] and "gpus_per_node" in acc["resourceCount"]
-        assert tasks[step]["retryPolicy"]["maxRetryCount"] == 3
-        assert res["resourceMemoryRequest"] == "32Gi"
-    cur = spec["deploymentSpec"]["executors"][_executor_of(spec, "curate")]["container"]
-    assert "accelerator" not in cur["resources"] and cur["image"].startswith("dinoflow/dinoflow-cpu")
+    for name, task in _tasks(spec).items():
+        if name == "finalize":
+            continue  # the exit handler is never cached and takes the run's name
+        text = yaml.safe_dump(task.get("inputs", {}))
+        assert "pipeline_job" not in text and "pipeline_task" not in text, name
 
 
-def test_platform_settings_tolerations_shm_secrets(compiled):
+def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
     spec, executors = compiled
-    for step in ("pretrain", "distill"):
-        ex = executors[_executor_of(spec, step)]
-        assert ex["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "gpu_tolerations"
-        assert ex["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
-        (shm,) = ex["emptyDirMounts"]
-        assert shm == {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm", "sizeLimit": "16Gi"}
-    for ex in executors.values():
-        secrets = {s["secretName"]["runtimeValue"]["constant"] if isinstance(s.get("secretName"), dict) else s.get("secretName")
-                   for s in ex["secretAsEnv"]}
-        assert secrets == {"dinoflow-s3", "dinoflow-mlflow"}
+    assert len(executors) == 10  # curate + finalize + 2 × (pretrain, distill, evaluate, register)
+    for label, ex in executors.items():
+        assert ex["fieldPathAsEnv"] == [{"fieldPath": "metadata.labels['pipeline/runid']",
+                                         "name": "DINOFLOW_PIPELINE_RUN_ID"}], label
+        assert {s["secretName"] for s in ex["secretAsEnv"]} == {"dinoflow-s3", "dinoflow-mlflow"}, label
         envs = {kv["envVar"] for s in ex["secretAsEnv"] for kv in s["keyToEnv"]}
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"} <= envs
-    assert len(executors) == 5
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD"} <= envs
+        assert ex["pvcMount"] == [{"constant": "dinoflow-shared", "mountPath": "/mnt/dinoflow-shared",
+                                   "pvcNameParameter": {"runtimeValue": {"constant": "dinoflow-shared"}}}], label
+        assert ex["securityContext"] == {"runAsGroup": "10001", "runAsNonRoot": True, "runAsUser": "10001"}
 
 
-def test_pipeline_parameters_and_embedded_params(compiled):
+def test_one_node_training_holds_gpus_and_the_trainjob_launcher_none(compiled):
+    spec, executors = compiled
+    tasks = _tasks(spec)
+    for one, many in (("pretrain", "pretrain-2"), ("distill", "distill-2")):
+        res = spec["deploymentSpec"]["executors"][_executor(spec, one)]["container"]["resources"]
+        assert "gpus_per_node" in res["accelerator"]["resourceCount"] and res["resourceMemoryRequest"] == "32Gi"
+        ex = executors[_executor(spec, one)]
+        assert ex["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
+        assert ex["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("gpu_node_selector")
+        assert ex["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm",
+                                         "sizeLimit": "16Gi"}]
+        launcher = spec["deploymentSpec"]["executors"][_executor(spec, many)]["container"]["resources"]
+        assert "accelerator" not in launcher and launcher["resourceCpuLimit"] == "2"
+        assert "tolerations" not in executors[_executor(spec, many)], "the launcher may land on any CPU node"
+        for name in (one, many):
+            assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
+            params = tasks[name]["inputs"]["parameters"]
+            # the TrainJob's pods get the GPU tolerations and node selector through these inputs
+            assert params["tolerations"]["componentInputParameter"].endswith("gpu_tolerations")
+            assert params["node_selector"]["componentInputParameter"].endswith("gpu_node_selector")
+            assert params["shared_dir"]["runtimeValue"]["constant"] == "/mnt/dinoflow-shared"
+
+
+def test_cpu_steps_use_the_cpu_image(compiled):
+    spec, _ = compiled
+    for name in ("curate", "evaluate", "register", "evaluate-2", "register-2", "finalize"):
+        container = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]
+        assert container["image"].startswith("dinoflow/dinoflow-cpu") and "accelerator" not in container["resources"]
+
+
+def test_cluster_params_are_embedded_and_laptop_params_refused(compiled, tmp_path, capsys):
     spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["gpu_tolerations"]["defaultValue"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert params["accelerator_type"]["defaultValue"] == "nvidia.com/gpu"
-    # one-line JSON (multi-line defaults break the IR file's header comment)
-    assert "\n" not in params["params_yaml"]["defaultValue"]
-    assert yaml.safe_load(params["params_yaml"]["defaultValue"]) == yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "\n" not in params["params_yaml"]["defaultValue"]  # one-line JSON keeps the IR header valid
+    assert yaml.safe_load(params["params_yaml"]["defaultValue"]) == yaml.safe_load(CLUSTER_PARAMS.read_text())
     assert params["trainjob_runtime"]["defaultValue"] == "dinoflow-torch-distributed"
+    # the laptop demo's params name relative paths: refused, nothing written
+    assert main(["compile", "-c", str(ROOT / "params.yaml"), "-o", str(tmp_path / "x.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "not ready for a cluster" in err and "data/demo/pool" in err and "demo" in err
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_without_params_the_run_must_name_them(tmp_path):
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-o", str(out)]) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+    assert "defaultValue" not in spec["root"]["inputDefinitions"]["parameters"]["params_yaml"]
 
 
 def test_compile_rejects_an_invalid_params_file(tmp_path, capsys):
@@ -93,9 +143,14 @@ def test_compile_rejects_an_invalid_params_file(tmp_path, capsys):
 
 def test_submit_to_an_unreachable_host_fails_clearly(capsys):
     """No KFP API server can run here; this checks only the error path of `submit`."""
-    assert main(["submit", "--host", "http://127.0.0.1:9", "-c", str(ROOT / "params.yaml")]) == 1
+    assert main(["submit", "--host", "http://127.0.0.1:9", "-c", str(CLUSTER_PARAMS)]) == 1
     err = capsys.readouterr().err
     assert "could not submit" in err and "127.0.0.1:9" in err
+
+
+def test_submit_runs_steps_as_the_overlays_service_account():
+    assert runner_service_account(None) == "pipeline-runner"  # k8s/overlays/kfp-standalone
+    assert runner_service_account("team-a") == "default-editor"  # k8s/overlays/kfp-multi-user
 
 
 def test_find_repo_root_from_elsewhere(tmp_path):

@@ -7,6 +7,8 @@ split. Images stay in memory: evaluation sets are small next to the pretraining 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,7 +66,32 @@ def _decode_file(path: Path) -> np.ndarray:
         img = decode_image(path.read_bytes())
     except CorruptImage as e:
         raise DinoflowError(f"evaluation image {path} cannot be decoded ({e}); remove or replace it") from None
+    except OSError as e:
+        raise DinoflowError(f"evaluation image {path} cannot be read ({e.strerror or e}); fix or remove it") from None
     return np.asarray(img, dtype=np.uint8)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image-suffixed files under `folder`, sorted. Evaluation labels must be complete, so an entry
+    that cannot be listed or is not a regular file (a FIFO, a dangling symlink) is an error, not a skip."""
+
+    def unlistable(e: OSError) -> None:
+        raise DinoflowError(f"evaluation folder {e.filename} cannot be listed ({e.strerror}); fix its permissions")
+
+    out = []
+    for dirpath, _dirs, names in os.walk(folder, onerror=unlistable):
+        for name in names:
+            p = Path(dirpath) / name
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                mode = p.stat().st_mode
+            except OSError as e:
+                raise DinoflowError(f"evaluation image {p} cannot be read ({e.strerror}); fix or remove it") from None
+            if not stat.S_ISREG(mode):
+                raise DinoflowError(f"evaluation image {p} is not a regular file (a FIFO, socket or device); remove it")
+            out.append(p)
+    return sorted(out)
 
 
 def load_folder(root: str | Path, classes: list[str] | None = None) -> tuple[LabelledImages, list[str]]:
@@ -72,7 +99,10 @@ def load_folder(root: str | Path, classes: list[str] | None = None) -> tuple[Lab
     root = Path(root)
     if not root.is_dir():
         raise DinoflowError(f"evaluation folder {root} does not exist; it must hold one subfolder of images per class")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    try:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    except OSError as e:
+        raise DinoflowError(f"evaluation folder {root} cannot be listed ({e.strerror}); fix its permissions") from None
     if not found:
         raise DinoflowError(f"evaluation folder {root} has no class subfolders (expected {root}/<class>/<image>)")
     if classes is None:
@@ -83,8 +113,7 @@ def load_folder(root: str | Path, classes: list[str] | None = None) -> tuple[Lab
     index = {c: i for i, c in enumerate(classes)}
     images, labels = [], []
     for c in found:
-        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        for p in files:
+        for p in _image_files(root / c):
             images.append(_decode_file(p))
             labels.append(index[c])
     if not images:

@@ -1,16 +1,23 @@
 """Submit a TrainJob, wait for it, and fail the calling step when it fails.
 
 Talks to the Kubernetes API through `kubernetes.client.CustomObjectsApi` (the pipeline pod's
-ServiceAccount in a cluster; `k8s/rbac.yaml` grants create/get/watch/delete on trainjobs).
-Status comes from the TrainJob's conditions: `Complete=True` succeeds, `Failed=True` fails.
+ServiceAccount in a cluster; `k8s/base/pipeline/rbac.yaml` grants exactly the calls made here
+and in k8s_logs: trainjobs create/get/delete/patch, pods list, pods/log get).
+Status comes from the TrainJob's conditions: `Complete=True` succeeds, `Failed=True` fails
+(`DeadlineExceeded` when its activeDeadlineSeconds ran out). While it waits, `run` streams the
+rank-0 log into the step's log, and a SIGTERM (the run was cancelled, the step pod is stopping)
+deletes the job before the step exits non-zero.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.trainjob import GROUP, PLURAL, VERSION, validate_trainer_object
@@ -20,6 +27,27 @@ log = logging.getLogger(__name__)
 
 class TrainJobFailed(DinoflowError):
     """The TrainJob reached `Failed` (or vanished); the message carries the controller's reason."""
+
+
+class TrainJobCancelled(DinoflowError):
+    """The step got SIGTERM while its TrainJob ran; the job has been deleted."""
+
+
+@contextlib.contextmanager
+def raise_on_sigterm(what: str) -> Iterator[None]:
+    """Turn SIGTERM into TrainJobCancelled for the duration (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise TrainJobCancelled(f"SIGTERM while waiting for {what}: the run was cancelled or the step pod is stopping")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -87,7 +115,7 @@ class TrainJobClient:
         except ApiException as e:
             if e.status == 403:
                 raise DinoflowError(
-                    f"{what}: forbidden; the step's ServiceAccount needs the dinoflow-trainjobs Role (k8s/rbac.yaml)"
+                    f"{what}: forbidden; the step's ServiceAccount needs the dinoflow-trainjobs Role (k8s/base/pipeline/rbac.yaml)"
                 ) from None
             if e.status == 404 and what.startswith("create"):
                 raise DinoflowError(f"{what}: the TrainJob API is missing; install Kubeflow Trainer v2 in the cluster") from None
@@ -112,9 +140,24 @@ class TrainJobClient:
             if e.status != 404:
                 raise DinoflowError(f"delete TrainJob {name}: Kubernetes API error {e.status} {e.reason}") from None
 
+    def add_owner(self, name: str, existing: dict[str, Any], owner: dict[str, Any]) -> None:
+        """Add `owner` to the job's ownerReferences (a retried step adopts the job it re-attaches
+        to, so the job survives the earlier attempt's pod and still dies with the run)."""
+        refs = list((existing.get("metadata") or {}).get("ownerReferences") or [])
+        if any(r.get("uid") == owner["uid"] for r in refs):
+            return
+        patch = {"metadata": {"ownerReferences": [*refs, owner]}}
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._call(f"patch TrainJob {name}", self.api.patch_namespaced_custom_object, name, patch)
+        except ApiException as e:
+            raise DinoflowError(f"patch TrainJob {name}: Kubernetes API error {e.status} {e.reason}") from None
+
     def submit(self, job: dict[str, Any]) -> dict[str, Any]:
         """Create the TrainJob. A step retried after preemption re-attaches to its running job
-        (same deterministic name); a previous *failed* attempt is deleted and submitted afresh."""
+        (same deterministic name) and adds its pod as an owner; a previous *failed* attempt is
+        deleted and submitted afresh."""
         from kubernetes.client.exceptions import ApiException
 
         validate_trainer_object(job)
@@ -127,6 +170,8 @@ class TrainJobClient:
         existing = self.get(name)
         if existing is not None and job_state(existing).phase != "Failed":
             log.info("TrainJob %s already exists (%s); attaching to it", name, job_state(existing).phase)
+            for owner in job["metadata"].get("ownerReferences") or []:
+                self.add_owner(name, existing, owner)
             return existing
         log.info("TrainJob %s failed before; deleting it and submitting again", name)
         self.delete(name)
@@ -167,13 +212,25 @@ class TrainJobClient:
             self._sleep(poll)
 
     def run(self, job: dict[str, Any], *, timeout: float = 7 * 24 * 3600.0, poll: float = 10.0,
-            delete_on_failure: bool = False) -> JobState:
-        """submit + wait; optionally delete the job when it fails (frees GPUs held by stuck pods)."""
-        self.submit(job)
+            delete_on_failure: bool = True, follow_logs: bool = True) -> JobState:
+        """submit + wait, streaming the rank-0 log. The job is deleted (its GPUs freed) when it
+        fails or times out (unless `delete_on_failure` is off) and always on SIGTERM."""
+        from dinoflow.launch.k8s_logs import LogFollower
+
         name = job["metadata"]["name"]
-        try:
-            return self.wait(name, timeout=timeout, poll=poll)
-        except TrainJobFailed:
-            if delete_on_failure:
+        with raise_on_sigterm(f"TrainJob {self.namespace}/{name}"):
+            try:
+                self.submit(job)
+                follower = LogFollower(self.api.api_client, self.namespace, name) if follow_logs else contextlib.nullcontext()
+                with follower:
+                    return self.wait(name, timeout=timeout, poll=poll)
+            except TrainJobCancelled:
+                log.warning("deleting TrainJob %s/%s: the step was told to stop", self.namespace, name)
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the delete
                 self.delete(name)
-            raise
+                raise
+            except TrainJobFailed:
+                if delete_on_failure:
+                    self.delete(name)
+                raise

@@ -13,10 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dinoflow import pipeline_env
 from dinoflow.config import Config, ConfigError, load_config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
-from dinoflow.stages import run_stage
+from dinoflow.stages import run_stage, stage_inputs
+
+# KFP's final task states → MLflow run states
+_FINAL_STATES = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED", "CANCELING": "KILLED"}
 
 
 def wiring_overrides(wiring: Mapping[str, Any]) -> list[str]:
@@ -40,10 +44,39 @@ def step_config(params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping
             raise DinoflowError(f"pipeline parameters do not give a valid config: {e}") from None
 
 
+def check_pod_paths(stage: str, cfg: Config) -> None:
+    """Inside a Kubeflow step pod, a relative input path points into the image's read-only working
+    directory (/app), where no data is: refuse it before any work, naming the key's value."""
+    if pipeline_env.kfp_pod() is None:
+        return
+    relative = [i.path for i in stage_inputs(stage, cfg) if "://" not in i.path and not Path(i.path).is_absolute()]
+    if relative:
+        raise DinoflowError(
+            f"stage {stage!r} in a Kubeflow step reads relative path(s) {relative}: inside the pod they point into "
+            "the image's working directory, not your data. Give s3:// URIs or absolute paths on mounted volumes "
+            "in the pipeline's params_yaml (see pipelines/params.cluster.example.yaml)."
+        )
+
+
 def run_step(stage: str, params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build the step's config and run the stage function in this process; returns its summary."""
     cfg = step_config(params_yaml, overrides, wiring)
+    check_pod_paths(stage, cfg)
     return run_stage(stage, cfg) or {}
+
+
+def finish_pipeline(params_yaml: str, overrides: Sequence[str], *, state: str, run_name: str) -> str | None:
+    """The exit handler's work: end this pipeline run's MLflow parent run with the KFP final state."""
+    import os
+
+    from dinoflow import tracking
+
+    if run_name and not run_name.startswith("{{"):  # an unresolved placeholder is no name
+        os.environ[pipeline_env.PIPELINE_RUN_NAME] = run_name
+    status = _FINAL_STATES.get(str(state).upper(), "FAILED")
+    parent = tracking.finish_pipeline_run(step_config(params_yaml, overrides), status)
+    print(f"pipeline run {pipeline_env.pipeline_run_id()} ended {state}: MLflow parent run {parent} set to {status}")
+    return parent
 
 
 def publish(src: str | Path, dest: str | Path) -> None:

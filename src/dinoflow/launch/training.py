@@ -4,15 +4,19 @@
 - `num_nodes == 1` and N > 1 GPUs: `torchrun --nproc-per-node=N -m dinoflow <stage>` in this pod;
 - `num_nodes > 1`: a Kubeflow Trainer `TrainJob` that this step submits and waits for.
 
-TrainJob pods do not see the step pod's artifact paths, so in that mode the step copies its
-inputs to a shared ReadWriteMany volume (`shared_dir`, mounted at the same path in the step pod
-and by the `dinoflow` training runtime), points the config there, and copies the outputs back
-into its output artifacts when the job completes. The directory is keyed by pipeline run and
-stage, so a retried step (preempted node) re-attaches to the same job and checkpoint directory.
+Durable state lives on the shared ReadWriteMany volume when it is mounted (`shared_dir`, see
+dinoflow.launch.shared): in every mode the stage's checkpoints go to
+`<shared_dir>/<run id>/<stage>/ckpt`, so a retried step (preempted node) resumes instead of
+starting over; step output paths are pod-local and start empty on a retry. TrainJob pods do not
+see the step pod's artifact paths, so in that mode the step also stages its inputs there, the job
+writes its outputs there, and the step copies them into its output artifacts when the job
+completes. The run id comes from the environment (`DINOFLOW_PIPELINE_RUN_ID`, filled by the DAG
+from the pod label `pipeline/runid`), not from a component input, so caching still works.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -22,14 +26,20 @@ from typing import Any, Mapping, Sequence
 
 from dinoflow.config import save_config
 from dinoflow.errors import DinoflowError
+from dinoflow.launch import shared
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
+from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
+from dinoflow.pipeline_env import kfp_pod, pipeline_run_id
 from dinoflow.stages import run_stage
 
+log = logging.getLogger(__name__)
+
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for the controller's verdict
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-# credentials the TrainJob pods read from the same secrets as the pipeline steps (k8s/secrets.template.yaml)
+# credentials the TrainJob pods read from the same secrets as the pipeline steps (k8s/base/pipeline/secrets.template.yaml)
 SECRET_ENV = (
     ("AWS_ACCESS_KEY_ID", "dinoflow-s3", "AWS_ACCESS_KEY_ID"),
     ("AWS_SECRET_ACCESS_KEY", "dinoflow-s3", "AWS_SECRET_ACCESS_KEY"),
@@ -46,16 +56,20 @@ class LaunchOptions:
     gpus_per_node: int = 0
     image: str = ""
     namespace: str = ""
-    runtime: str = "torch-distributed"
-    runtime_kind: str = "ClusterTrainingRuntime"
-    shared_dir: str = "/mnt/dinoflow-shared"
-    run_id: str = "local"
+    runtime: str = DEFAULT_RUNTIME
+    runtime_kind: str = DEFAULT_RUNTIME_KIND
+    shared_dir: str = shared.SHARED_DIR
+    run_id: str | None = field(default_factory=pipeline_run_id)
     cpu_per_node: str = "8"
     memory_per_node: str = "32Gi"
-    timeout_s: float = 7 * 24 * 3600.0
+    timeout_s: float = 7 * 24 * 3600.0  # also the TrainJob's activeDeadlineSeconds
     poll_s: float = 15.0
     k8s_host: str | None = None
     secret_env: Sequence[tuple[str, str, str]] = field(default_factory=lambda: SECRET_ENV)
+    gpu_resource: str = "nvidia.com/gpu"  # the accelerator's extended resource name (KFP accelerator_type)
+    tolerations: Sequence[Mapping[str, Any]] = ()  # TrainJob node pods (GPU taints)
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # TrainJob node pods (GPU pool)
+    stream_logs: bool = True
 
     def mode(self) -> str:
         if self.num_nodes < 1 or self.gpus_per_node < 0:
@@ -81,6 +95,19 @@ def _copy(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest) if src.is_dir() else shutil.copy2(src, dest)
 
 
+def _stage_input(src: Path, dest: Path) -> None:
+    """Copy an input once per run: a retried step must not rewrite files a running job reads."""
+    marker = dest.parent / f".{dest.name}.staged"
+    if marker.exists() and dest.exists():
+        return
+    tmp = dest.parent / f".{dest.name}.partial"
+    _copy(src, tmp)
+    if dest.exists():
+        shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+    tmp.rename(dest)
+    marker.touch()
+
+
 def _slug(key: str) -> str:
     return key.replace(".", "_")
 
@@ -98,38 +125,47 @@ def run_training_step(
     if stage not in TRAINING_STAGES:
         raise DinoflowError(f"run_training_step runs {', '.join(TRAINING_STAGES)}, not {stage!r}")
     mode = opts.mode()
-    wiring = {**inputs, **outputs}
+    if mode == "trainjob":
+        return _run_trainjob(stage, params_yaml, overrides, inputs=inputs, outputs=outputs, opts=opts)
+    wiring: dict[str, Any] = {**inputs, **outputs}
+    root = None
+    if opts.run_id and shared.is_mounted(opts.shared_dir):
+        root = shared.stage_dir(opts.shared_dir, opts.run_id, stage)
+        wiring[shared.checkpoint_key(stage)] = str(root / "ckpt")
+    cfg = step_config(params_yaml, overrides, wiring)
     if mode == "in-process":
-        summary = run_stage(stage, step_config(params_yaml, overrides, wiring)) or {}
-        return {**summary, "launcher": mode}
-    if mode == "torchrun":
-        cfg = step_config(params_yaml, overrides, wiring)
+        summary = {**(run_stage(stage, cfg) or {}), "launcher": mode}
+    else:
         with tempfile.TemporaryDirectory(prefix="dinoflow-torchrun-") as tmp:
             cfg_path = Path(tmp) / "params.yaml"
             save_config(cfg, cfg_path)
             run_torchrun(torchrun_argv(stage, cfg_path, nproc_per_node=opts.gpus_per_node))
-        return {"launcher": mode, "nproc_per_node": opts.gpus_per_node}
-    return _run_trainjob(stage, params_yaml, overrides, inputs=inputs, outputs=outputs, opts=opts)
+        summary = {"launcher": mode, "nproc_per_node": opts.gpus_per_node}
+    if root is not None:  # the outputs are in the artifacts now; the checkpoints served their purpose
+        shared.clean(root)
+    return summary
 
 
 def _run_trainjob(stage: str, params_yaml: str, overrides: Sequence[str], *, inputs: Mapping[str, str],
                   outputs: Mapping[str, str], opts: LaunchOptions) -> dict[str, Any]:
     from dinoflow.launch.k8s import TrainJobClient, api_client
-    from dinoflow.launch.trainjob import TrainJobRequest, build_trainjob, env_from_secret, env_value, job_name
+    from dinoflow.launch.trainjob import (
+        TrainJobRequest, build_trainjob, env_from_secret, env_value, job_name, owner_reference,
+    )
 
     if not opts.image:
         raise DinoflowError("a multi-node TrainJob needs the training image; set the pipeline parameter `image`")
-    name = job_name("dinoflow", opts.run_id, stage)
-    root = Path(opts.shared_dir) / name
-    if not Path(opts.shared_dir).is_dir():
+    run_id = shared.require_run_id(opts.run_id, f"multi-node {stage}")
+    if not shared.is_mounted(opts.shared_dir):
         raise DinoflowError(
             f"shared volume {opts.shared_dir} is not mounted in this step; multi-node training needs the "
             "ReadWriteMany PVC `dinoflow-shared` (k8s/) mounted there"
         )
+    root = shared.stage_dir(opts.shared_dir, run_id, stage)
     wiring: dict[str, str] = {}
     for key, path in inputs.items():
         dest = root / "in" / _slug(key)
-        _copy(Path(path), dest)
+        _stage_input(Path(path), dest)
         wiring[key] = str(dest)
     for key in outputs:
         wiring[key] = str(root / "out" / _slug(key))
@@ -137,17 +173,25 @@ def _run_trainjob(stage: str, params_yaml: str, overrides: Sequence[str], *, inp
     save_config(cfg, root / "params.yaml")
     env = [env_value(k, os.environ[k]) for k in FORWARDED_ENV if os.environ.get(k)]
     env += [env_from_secret(var, secret, key) for var, secret, key in opts.secret_env]
+    pod = kfp_pod()
+    if pod is None:
+        log.warning("not in a KFP step pod (KFP_POD_NAME/KFP_POD_UID unset): the TrainJob gets no owner and "
+                    "outlives a cancelled run until its deadline")
     job = build_trainjob(TrainJobRequest(
-        name=name, namespace=_namespace(opts), image=opts.image,
+        name=job_name(stage, run_id), namespace=_namespace(opts), image=opts.image,
         command=["torchrun", *stage_argv(stage, root / "params.yaml")],
         num_nodes=opts.num_nodes, gpus_per_node=opts.gpus_per_node,
         cpu_per_node=opts.cpu_per_node, memory_per_node=opts.memory_per_node,
         runtime=opts.runtime, runtime_kind=opts.runtime_kind, env=env,
-        labels={"dinoflow/stage": stage},
+        labels={"dinoflow/stage": stage}, gpu_resource=opts.gpu_resource,
+        tolerations=[dict(t) for t in opts.tolerations], node_selector=dict(opts.node_selector),
+        owner=owner_reference(*pod) if pod else None, active_deadline_seconds=max(1, int(opts.timeout_s)),
     ))
+    name = job["metadata"]["name"]
     client = TrainJobClient(job["metadata"]["namespace"], api_client(opts.k8s_host))
-    state = client.run(job, timeout=opts.timeout_s, poll=opts.poll_s)
+    state = client.run(job, timeout=opts.timeout_s + DEADLINE_GRACE_S, poll=opts.poll_s, follow_logs=opts.stream_logs)
     for key, path in outputs.items():
         _copy(Path(wiring[key]), Path(path))
+    shared.clean(root)
     return {"launcher": "trainjob", "trainjob": name, "num_nodes": opts.num_nodes,
             "gpus_per_node": opts.gpus_per_node, "state": state.phase}

@@ -4,10 +4,16 @@ A TrainJob names a runtime (`torch-distributed`, or the `dinoflow` runtime from 
 how many nodes and processes per node run the trainer command. The runtime's torch ML policy
 sets `PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR`, `PET_MASTER_PORT`,
 which torchrun reads as its defaults, so the command is just `torchrun -m dinoflow <stage> ...`.
+
+Per-job pod settings (GPU tolerations, node selector) go through the TrainJob's `runtimePatches`
+(Trainer >= 2.2): one patch, owned by `PATCH_MANAGER`, on the runtime's `node` job's pod
+template. The job can carry an owner reference to the pipeline step pod that created it, so the
+garbage collector deletes it once that pod is gone (a cancelled run), and an active deadline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -18,7 +24,10 @@ GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 PLURAL = "trainjobs"
-DEFAULT_RUNTIME = "torch-distributed"
+DEFAULT_RUNTIME = "dinoflow-torch-distributed"  # k8s/base/pipeline/training-runtime.yaml
+DEFAULT_RUNTIME_KIND = "TrainingRuntime"  # namespaced: it lives with the TrainJobs, in the pipeline namespace
+NODE_JOB = "node"  # the runtime's replicated job (and container) that runs the trainer
+PATCH_MANAGER = "dinoflow.launch"  # owner of our entry in spec.runtimePatches
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -35,11 +44,14 @@ class TrainJobRequest:
     cpu_per_node: str = "8"
     memory_per_node: str = "32Gi"
     runtime: str = DEFAULT_RUNTIME
-    runtime_kind: str = "ClusterTrainingRuntime"
+    runtime_kind: str = DEFAULT_RUNTIME_KIND
     env: list[dict[str, Any]] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     gpu_resource: str = "nvidia.com/gpu"
     active_deadline_seconds: int | None = None
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    owner: dict[str, Any] | None = None  # an ownerReference (owner_reference(...))
 
 
 def job_name(*parts: str, max_len: int = 52) -> str:
@@ -49,8 +61,29 @@ def job_name(*parts: str, max_len: int = 52) -> str:
     text = re.sub(r"-{2,}", "-", text)
     if not text or not text[0].isalpha():
         text = "dinoflow-" + text
-    text = text[:max_len].rstrip("-")
+    if len(text) > max_len:  # keep it unique: a cut alone could merge two stages of one run
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        text = text[: max_len - 9].rstrip("-") + "-" + digest
     return text
+
+
+def owner_reference(pod_name: str, pod_uid: str) -> dict[str, Any]:
+    """An ownerReference to a Pod (the pipeline step). Not a controller reference, and
+    blockOwnerDeletion false: deleting the pod never waits for the job, and setting it needs no
+    `delete` permission on pods."""
+    return {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid,
+            "controller": False, "blockOwnerDeletion": False}
+
+
+def node_pod_patch(tolerations: Sequence[Mapping[str, Any]], node_selector: Mapping[str, str]) -> dict[str, Any]:
+    """The `runtimePatches` entry that puts tolerations / a node selector on every node pod."""
+    pod: dict[str, Any] = {}
+    if tolerations:
+        pod["tolerations"] = [dict(t) for t in tolerations]
+    if node_selector:
+        pod["nodeSelector"] = {str(k): str(v) for k, v in node_selector.items()}
+    job = {"name": NODE_JOB, "template": {"spec": {"template": {"spec": pod}}}}
+    return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
 
 
 def env_value(name: str, value: str) -> dict[str, Any]:
@@ -89,18 +122,20 @@ def build_trainjob(req: TrainJobRequest) -> dict[str, Any]:
         "runtimeRef": {"apiGroup": GROUP, "kind": req.runtime_kind, "name": req.runtime},
         "trainer": trainer,
     }
-    if req.active_deadline_seconds:
+    if req.active_deadline_seconds is not None:
+        if req.active_deadline_seconds < 1:
+            raise DinoflowError(f"the TrainJob deadline must be >= 1 s, got {req.active_deadline_seconds}")
         spec["activeDeadlineSeconds"] = int(req.active_deadline_seconds)
-    obj = {
-        "apiVersion": API_VERSION,
-        "kind": "TrainJob",
-        "metadata": {
-            "name": req.name,
-            "namespace": req.namespace,
-            "labels": {"app.kubernetes.io/part-of": "dinoflow", **req.labels},
-        },
-        "spec": spec,
+    if req.tolerations or req.node_selector:
+        spec["runtimePatches"] = [node_pod_patch(req.tolerations, req.node_selector)]
+    metadata: dict[str, Any] = {
+        "name": req.name,
+        "namespace": req.namespace,
+        "labels": {"app.kubernetes.io/part-of": "dinoflow", **req.labels},
     }
+    if req.owner:
+        metadata["ownerReferences"] = [dict(req.owner)]
+    obj = {"apiVersion": API_VERSION, "kind": "TrainJob", "metadata": metadata, "spec": spec}
     validate_trainer_object(obj)
     return obj
 
