@@ -188,15 +188,27 @@ class TrainConfig(Section):
     epochs: int = Field(100, ge=1)
     epoch_length: int = Field(1250, ge=1, description="optimiser steps per (official) epoch")
     batch_size_per_rank: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(
+        None, ge=0, description="data-loader workers (decode, iBOT masks); null: 0 on a CPU, on a GPU the CPUs per process − 1 (at most 8)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"
-    compile: bool = False
+    fsdp_reshard_after_forward: bool | Literal["auto"] = Field(
+        "auto", description="FSDP2: free gathered weights after the forward; auto: yes on one node, down to the node across nodes"
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block (one graph per block)")
+    pack_crops: bool = Field(True, description="run global and local crops through each block in one pass (same numbers)")
+    activation_checkpointing: Literal["none", "selective", "full"] = Field(
+        "none", description="recompute activations in the backward: selective (element-wise ops only) or full blocks"
+    )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(500, ge=1)
-    log_every: int = Field(10, ge=1)
+    async_checkpoint: bool = Field(True, description="write checkpoints in the background (published when complete)")
+    log_every: int = Field(10, ge=1, description="read metrics from the device (and log them) every this many steps")
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps (tests, smoke runs)")
-    load_size: int | None = Field(None, ge=8, description="images are loaded as squares of this side (default: the global crop size)")
+    load_size: int | None = Field(
+        None, ge=8, description="images are loaded with this shorter side, aspect kept (default: the global crop size)"
+    )
     progress: bool = True
     checkpoint_dir: str | None = Field(
         None, description="resumable checkpoints go to <this>/<stage>-<settings hash>/ (default: <out_dir>/ckpt); keep it "

@@ -300,6 +300,7 @@ def test_config_rejects_bad_values() -> None:
         CropConfig(aspect_ratio=(4 / 3, 3 / 4))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu() -> None:
     aug = MultiCropAugment(small_cfg(global_size=32, local_size=16))

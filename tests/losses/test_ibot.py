@@ -146,3 +146,15 @@ def test_a_batch_without_masked_tokens_gives_empty_targets_and_zero_loss():
     assert fn.sinkhorn_knopp_teacher(empty, 0.07, torch.tensor([0])).shape == (0, 5)
     assert fn.softmax_center_teacher(empty, 0.07).shape == (0, 5)
     assert float(fn.forward_masked(empty, empty, masks)) == 0.0
+
+
+def test_gathered_form_compiles_without_graph_breaks_or_host_reads():
+    """Regression: `ce[:n_masked_patches]` with a tensor count read the device value (a host sync
+    on a GPU) and broke a compiled graph. The count of real rows now comes from a shape."""
+    masks, s, t = _batch(7)
+    idx = masks["mask_indices_list"]
+    fn = iBOTPatchLoss(12)
+    args = (s.flatten(0, 1)[idx], t.flatten(0, 1)[idx], masks["masks"], masks["n_masked_patches"], masks["masks_weight"])
+    torch._dynamo.reset()
+    compiled = torch.compile(fn.forward_masked, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(*args), fn.forward_masked(*args))

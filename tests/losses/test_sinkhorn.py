@@ -67,3 +67,32 @@ def test_ibot_variant_uses_the_given_count_and_keeps_it_intact():
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match="samples, prototypes"):
         sinkhorn_knopp(torch.randn(2, 3, 4), 0.1)
+
+
+@pytest.mark.parametrize("chunk_elems", [1, 33, 10_000])
+def test_chunking_does_not_change_the_result(chunk_elems):
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(17, 11, generator=g) * 5
+    out = sinkhorn_knopp(logits, 0.05, chunk_elems=chunk_elems)
+    assert torch.allclose(out, sinkhorn_knopp(logits, 0.05), rtol=1e-6, atol=1e-7)
+    assert torch.allclose(out.double(), _linear_sinkhorn64(logits, 0.05, 3), rtol=1e-4, atol=1e-5)
+
+
+def test_only_scaling_vectors_are_kept():
+    """Q = exp(L + r + c): the vectors alone reproduce the matrix, computed from row chunks the
+    caller produces on demand (e.g. from bottleneck features), never from a stored [B, K] matrix."""
+    from dinoflow.losses.sinkhorn import sinkhorn_scalings
+
+    g = torch.Generator().manual_seed(5)
+    z, w = torch.randn(40, 4, generator=g), torch.randn(25, 4, generator=g)
+    requested = []
+
+    def rows(a, b):
+        requested.append(b - a)
+        return (z[a:b] @ w.t()) / 0.07
+
+    r, c = sinkhorn_scalings(rows, 40, 25, torch.device("cpu"), chunk_elems=25 * 8)
+    assert r.shape == (40,) and c.shape == (25,)
+    assert max(requested) == 8
+    q = torch.exp(rows(0, 40) + r[:, None] + c[None, :])
+    assert torch.allclose(q.double(), _linear_sinkhorn64(z @ w.t(), 0.07, 3), rtol=1e-5, atol=1e-7)

@@ -112,3 +112,21 @@ def test_zero_bottleneck_gives_zero_scores_not_nan():
     head.mlp.bias.data.zero_()
     out = head(torch.randn(2, 8))
     assert torch.equal(out, torch.zeros(2, 10))
+
+
+def test_weight_norm_gradients_match_autograd_of_the_formula():
+    from dinoflow.models.heads import _NormedLinear, _WeightNorm
+
+    g = torch.Generator().manual_seed(7)
+    v = torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(9, 1, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(_WeightNorm.apply, (v, s))
+    torch.testing.assert_close(_WeightNorm.apply(v, s), v * (s / v.norm(dim=1, keepdim=True)))
+    frozen = s.detach()
+    out = _WeightNorm.apply(v, frozen)
+    (grad_v,) = torch.autograd.grad(out.pow(2).sum(), v)
+    (want,) = torch.autograd.grad((v * (frozen / v.norm(dim=1, keepdim=True))).pow(2).sum(), v)
+    torch.testing.assert_close(grad_v, want)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_NormedLinear.apply, (x, v, s))
+    torch.testing.assert_close(_NormedLinear.apply(x, v, s), x @ (v * (s / v.norm(dim=1, keepdim=True))).t())

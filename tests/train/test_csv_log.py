@@ -1,6 +1,6 @@
 import csv
 
-from dinoflow.train.loop import CsvLog
+from dinoflow.train.metrics import CsvLog
 
 
 def _steps(path):

@@ -57,7 +57,7 @@ def _slice(full: dict, rank: int, world: int) -> dict:
 
 
 def _step(rank: int, world: int, centering: str) -> tuple[float, dict]:
-    from dinoflow.train.loop import train_step
+    from dinoflow.train.step import train_step
     from dinoflow.train.objectives import PretrainObjective
     from dinoflow.train.optim import build_optimizer, param_groups
     from dinoflow.train.schedules import Schedules
@@ -81,6 +81,7 @@ def _step(rank: int, world: int, centering: str) -> tuple[float, dict]:
 
     opt.step = step_and_keep_grads
     loss, _ = train_step(obj, net, opt, views, s, clip_grad=3.0)
+    loss = float(loss)
     sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
     return loss, {**{f"param/{k}": v for k, v in sd.items()}, **{f"grad/{k}": v for k, v in grads.items()}}
 

@@ -71,3 +71,42 @@ def test_heads_mode_needs_a_pretraining_output(tmp_path, image_folder):
     cfg = _distill_cfg(tmp_path, image_folder, f"distill.teacher={tmp_path / 'nothing'}")
     with pytest.raises(DinoflowError, match="needs a dinoflow pretraining output"):
         distill(cfg)
+
+
+@pytest.mark.parametrize("centering", ["sinkhorn_knopp", "softmax"])
+def test_heads_mode_ibot_on_every_patch_never_holds_all_patch_logits(tmp_path, image_folder, centering):
+    """Regression: heads mode sent all 2B·N patch tokens through the K-wide heads at once (out of
+    memory at ViT-L). The loss now goes through the heads' factors chunk by chunk, with the same
+    value as the materialised computation, and keeps nothing [2B·N, K] for the backward."""
+    from dinoflow.config import dump_config
+    from dinoflow.train.distill_objectives import HeadDistillObjective, _teacher_input
+    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.recipe_losses import RecipeLosses
+
+    k = 4096
+    cfg = _distill_cfg(tmp_path, image_folder, f"pretrain.head={{out_dim: {k}, ibot_out_dim: {k}, hidden_dim: 32, bottleneck_dim: 16}}",
+                       f"distill.loss.centering={centering}", f"distill.teacher={tmp_path / 'teacher'}")
+    PretrainObjective(cfg.pretrain, torch.device("cpu")).export(tmp_path / "teacher")
+    (tmp_path / "teacher" / "train_config.yaml").write_text(dump_config(cfg.pretrain))
+    obj = HeadDistillObjective(cfg.distill, torch.device("cpu"))
+    images = torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8)
+    v = obj.views(images, 0, 0)
+    s = {"teacher_temp": 0.05}
+    n_rows = 16 * 49  # 2 global crops × 8 images × a 7×7 student grid
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        loss, terms = obj.loss(obj.student, v, s)
+    loss.backward()
+    assert max(saved) < n_rows * k / 8
+    # the same loss, materialised: teacher patch logits resampled to the student's grid, [M, K] targets
+    ref = RecipeLosses(cfg.distill.loss, k, k, torch.device("cpu"))
+    with torch.no_grad():
+        tg = _teacher_input(v["global_crops"], 7)
+        t = obj.teacher(tg, patch_index=torch.arange(16 * 16))
+        p_logits = resample_tokens(t["patch_logits"].view(16, 16, k), (4, 4), (7, 7)).flatten(0, 1)
+        cls_p = ref.teacher_cls_probs(torch.cat(t["g_cls_logits"].chunk(2)[::-1]), 0.05)
+        patch_p = ref.teacher_patch_targets({"patch_logits": p_logits}, 0.05, torch.tensor([n_rows]))
+    out = obj.student(v["global_crops"], v["local_crops"], patch_index=torch.arange(n_rows))
+    _, want = ref.student_terms(out, cls_p, patch_p, n_local=2, n_global=16, masks_weight=torch.full((n_rows,), 1 / 49))
+    for name in ("ibot", "dino_global", "dino_local"):
+        assert float(terms[name]) == pytest.approx(float(want[name]), rel=1e-5), name

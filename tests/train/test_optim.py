@@ -94,3 +94,29 @@ def test_prototype_norm_follows_config_and_freezes_with_the_last_layer(trainable
         dino(torch.randn(4, 16)).logsumexp(-1).sum().backward()
         opt.step()
         torch.testing.assert_close(dino.last_layer.weight_g.detach(), before)  # frozen epochs leave it alone
+
+
+def test_chunked_block_names_give_the_block_index_not_the_chunk():
+    """Regression: with block_chunks the names are blocks.<chunk>.<i>.*; the chunk index was read
+    as the layer id, so every block of a chunk got the same (wrong) learning rate."""
+    from dinoflow.models import build_backbone
+
+    assert layer_id("blocks.1.6.attn.qkv.weight", 12) == 7
+    assert layer_id("blocks.0.0.norm1.weight", 12) == 1
+    cfg = OptimConfig(layerwise_decay=0.5)
+    flat = build_backbone("vit_pico", patch_size=7, img_size=28)
+    chunked = build_backbone("vit_pico", patch_size=7, img_size=28, block_chunks=3)
+
+    def multipliers(model):
+        return {n.split(".", 1)[1].replace("blocks.0.0.", "blocks.0.").replace("blocks.1.1.", "blocks.1.")
+                .replace("blocks.2.2.", "blocks.2."): g["lr_multiplier"]
+                for g in param_groups({"backbone": model}, cfg, {"backbone": 3}) for n in g["names"]}
+
+    want, got = multipliers(flat), multipliers(chunked)
+    assert got == want and len(set(want.values())) == 6  # embeddings, patch embed, three blocks, final norm
+
+
+def test_adamw_is_fused():
+    model = nn.Linear(3, 3)
+    opt = build_optimizer(param_groups({"head": model}, OptimConfig(), {}), OptimConfig())
+    assert opt.defaults["fused"] is True

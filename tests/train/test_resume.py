@@ -36,13 +36,19 @@ def _summary(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{"):])
 
 
-def _interrupt(args: list[str], run_dir: Path, sig: int, after_rows: int, cwd: Path) -> tuple[int, str, int]:
-    """Start `python -m dinoflow *args`, send `sig` once the CSV has `after_rows` rows; (rc, stderr, rows)."""
+def _interrupt(args: list[str], run_dir: Path, sig: int, after_rows: int, cwd: Path,
+               published: Path | None = None) -> tuple[int, str, int]:
+    """Start `python -m dinoflow *args`, send `sig` once the CSV has `after_rows` rows (and, with
+    `published`, once a checkpoint directory under that root names a published checkpoint: they are
+    written in the background); (rc, stderr, rows)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dinoflow", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and len(_rows(run_dir)) < after_rows and proc.poll() is None:
+    def ready() -> bool:
+        return len(_rows(run_dir)) >= after_rows and (published is None or any(published.glob("*/latest")))
+
+    while time.time() < deadline and not ready() and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
@@ -114,9 +120,11 @@ def test_demo_settings_resume_is_bitwise_identical(tmp_path, image_folder, demo_
         assert rc == 1 and "stopped by SIGTERM" in err, err[-3000:]
         resume_at = stopped_at
     else:  # nothing saved at the kill: the resume starts from the periodic checkpoint
-        rc, err, stopped_at = _interrupt(args, tmp_path, signal.SIGKILL, DEMO_EVERY + 1, tmp_path)
+        rc, err, stopped_at = _interrupt(args, tmp_path, signal.SIGKILL, DEMO_EVERY + 1, tmp_path,
+                                         published=tmp_path / "ckpt")
         assert rc == -signal.SIGKILL, err[-3000:]
-        resume_at = DEMO_EVERY
+        (latest,) = (tmp_path / "ckpt").glob("*/latest")
+        resume_at = int(latest.read_text().strip().removeprefix("step_"))
     assert 1 <= resume_at < DEMO_STEPS and stopped_at < DEMO_STEPS
 
     r = run_cli(args, cwd=tmp_path)
@@ -160,3 +168,21 @@ def test_fsdp_two_processes_then_resume_in_one(tmp_path, image_folder):
     assert '"world_size": 1' in r.stdout and '"step": 4' in r.stdout
     resumed = _teacher(tmp_path)
     assert any(not torch.equal(sd[k], resumed[k]) for k in sd)  # it kept training from the shards
+
+
+def test_fsdp_with_block_chunks_trains_and_resumes(tmp_path, image_folder):
+    """Regression: with `block_chunks > 0` FSDP sharded the chunk containers, which the forward
+    never calls, and crashed at the first forward on still-sharded weights. Two processes train
+    with the chunked layout, checkpoint, and two processes resume from the shards."""
+    chunked = ["pretrain.model.block_chunks=3", "pretrain.train.strategy=fsdp"]
+    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=2", "pretrain.train.checkpoint_every=2", *chunked)
+    r = run_cli(["pretrain", *ov], cwd=tmp_path, torchrun=2)
+    assert r.returncode == 0, r.stderr[-4000:]
+    first = _teacher(tmp_path)
+    assert first["blocks.0.attn.qkv.weight"].shape == (192, 64)  # exported in the flat official layout
+    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=4", *chunked)
+    r = run_cli(["pretrain", *ov], cwd=tmp_path, torchrun=2)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert '"step": 4' in r.stdout
+    assert [int(x["step"]) for x in _rows(tmp_path)] == [1, 2, 3, 4]
+    assert any(not torch.equal(first[k], v) for k, v in _teacher(tmp_path).items())

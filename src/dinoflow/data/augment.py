@@ -214,15 +214,17 @@ class MultiCropAugment:
         n_crops = 2 + cfg.n_local
         gen_dev = generator.device if generator is not None else torch.device("cpu")
         u = torch.rand(b, n_crops, N_PARAMS, generator=generator, dtype=torch.float64, device=gen_dev).to(dev)
-        heights, widths = heights.to(dev), widths.to(dev)
+        heights, widths = heights.to(dev, non_blocking=True), widths.to(dev, non_blocking=True)
 
         def crop_major(cols: torch.Tensor) -> torch.Tensor:  # [B, k, P] → [k·B, P]
             return cols.transpose(0, 1).reshape(-1, N_PARAMS)
 
         u_glob = crop_major(u[:, :2])
         g = self._crops(x, heights, widths, u_glob, 2, cfg.global_size, cfg.global_scale)
-        blur_p = torch.tensor([cfg.blur_p[0]] * b + [cfg.blur_p[1]] * b, dtype=torch.float64, device=dev)
-        sol_p = torch.tensor([0.0] * b + [cfg.solarize_p] * b, dtype=torch.float64, device=dev)
+        blur_p = torch.cat([torch.full((b,), cfg.blur_p[0], dtype=torch.float64, device=dev),
+                            torch.full((b,), cfg.blur_p[1], dtype=torch.float64, device=dev)])
+        sol_p = torch.cat([torch.zeros(b, dtype=torch.float64, device=dev),
+                           torch.full((b,), cfg.solarize_p, dtype=torch.float64, device=dev)])
         g = self._photometric(g, u_glob, blur_p, sol_p, self.global_kernel)
 
         if cfg.n_local:
@@ -268,7 +270,7 @@ class MultiCropAugment:
         cfg = self.cfg
         bri, con, sat, hue = cfg.color_jitter
         jitter_rows = u[:, _JITTER] < cfg.color_jitter_p
-        if cfg.color_jitter_p > 0 and bool(jitter_rows.any()):
+        if cfg.color_jitter_p > 0 and (x.device.type != "cpu" or bool(jitter_rows.any())):
             f = u[:, _FACTORS]
             ops = []  # (op, per-row factor) in torchvision's op numbering
             for strength, fn, col in ((bri, color.adjust_brightness, 0), (con, color.adjust_contrast, 1), (sat, color.adjust_saturation, 2)):
@@ -285,13 +287,24 @@ class MultiCropAugment:
         sigma = (lo + (hi - lo) * u[:, _SIGMA]).float()
         x = _apply_rows(x, u[:, _BLUR] < blur_p, lambda t, s: color.gaussian_blur(t, s, kernel), sigma)
         x = _apply_rows(x, u[:, _SOLARIZE] < solarize_p, color.solarize)
-        mean = torch.tensor(cfg.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(cfg.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        mean = _const(cfg.mean, x).view(1, 3, 1, 1)
+        std = _const(cfg.std, x).view(1, 3, 1, 1)
         return x.sub_(mean).div_(std)
 
 
+def _const(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """A small constant tensor on `like`'s device built by fill kernels (no host-to-device copy,
+    which on a GPU would wait for the device)."""
+    return torch.cat([torch.full((1,), float(v), dtype=like.dtype, device=like.device) for v in values])
+
+
 def _apply_rows(x: torch.Tensor, rows: torch.Tensor, fn, *params: torch.Tensor) -> torch.Tensor:
-    """Apply `fn(x[rows], *params[rows])` to the selected rows only (bool [N]); others untouched."""
+    """Apply `fn(x[rows], *params[rows])` to the selected rows only (bool [N]); others untouched.
+
+    On an accelerator every row is computed and a mask selects: selecting the rows first needs
+    `nonzero()`, whose size the host must read (a wait for the device per coin flip)."""
+    if x.device.type != "cpu":
+        return torch.where(rows.view(-1, *([1] * (x.dim() - 1))), fn(x, *params), x)
     idx = rows.nonzero().squeeze(1)
     if idx.numel() == 0:
         return x

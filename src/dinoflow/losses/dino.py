@@ -21,6 +21,7 @@ from torch import nn
 
 from dinoflow.losses.distributed import AsyncMean
 from dinoflow.losses.sinkhorn import sinkhorn_knopp
+from dinoflow.losses.soft_ce import soft_cross_entropy
 
 
 class DINOLoss(nn.Module):
@@ -82,25 +83,30 @@ class DINOLoss(nn.Module):
     ) -> torch.Tensor:
         """-sum over (student crop s, teacher crop t) of mean_b sum_k t[b,k] log_softmax(s/τ)[b,k].
 
+        Computed as one fused cross-entropy per student crop against the sum of the teacher crops
+        (Σ_t t·log p = (Σ_t t)·log p), in fp32 whatever the logits' dtype.
+
         Args:
             student_output_list: crops of student logits, each [B, K] (a tensor [n, B, K] works too).
             teacher_out_softmaxed_centered_list: teacher targets, each [B, K].
         Returns:
-            scalar loss (not divided by the number of crop pairs: the caller scales it).
+            scalar fp32 loss (not divided by the number of crop pairs: the caller scales it).
         """
         teachers = list(teacher_out_softmaxed_centered_list)
-        total = None
-        for s in student_output_list:
-            log_p = F.log_softmax(s / self.student_temp, dim=-1)
-            for t in teachers:
-                if t.shape != log_p.shape:
-                    raise ValueError(
-                        f"student crop {tuple(log_p.shape)} and teacher crop {tuple(t.shape)} must have the same shape"
-                    )
-                term = torch.sum(t * log_p, dim=-1).mean()
-                total = -term if total is None else total - term
-        if total is None:
+        students = list(student_output_list)
+        if not teachers or not students:
             raise ValueError("DINOLoss needs at least one student and one teacher crop")
+        for t in teachers:
+            for s in students:
+                if t.shape != s.shape:
+                    raise ValueError(
+                        f"student crop {tuple(s.shape)} and teacher crop {tuple(t.shape)} must have the same shape"
+                    )
+        target = teachers[0] if len(teachers) == 1 else torch.stack(teachers).sum(0)
+        total = None
+        for s in students:
+            term = soft_cross_entropy(s, target, self.student_temp, weights=1.0 / s.shape[0])
+            total = term if total is None else total + term
         return total
 
     # ------------------------------------------------------------------ centre EMA

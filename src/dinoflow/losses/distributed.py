@@ -38,7 +38,10 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def global_count(n: int | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """The number of items summed over ranks, as a float64 scalar tensor (a copy: inputs stay intact)."""
-    t = torch.as_tensor(n, device=device).detach().reshape(-1)[:1].clone().to(torch.float64)
+    if isinstance(n, torch.Tensor):
+        t = n.detach().reshape(-1)[:1].to(device=device, dtype=torch.float64, copy=True)
+    else:  # a fill on the device, not a host-to-device copy (which on a GPU waits for the device)
+        t = torch.full((1,), float(n), dtype=torch.float64, device=device)
     return all_reduce_sum(t).reshape(())
 
 
@@ -89,8 +92,13 @@ class AsyncMean:
 
     def start(self, rows: torch.Tensor) -> None:
         rows = rows.float()
-        count = torch.full((1, 1), float(rows.shape[0]), dtype=rows.dtype, device=rows.device)
-        self._pending = torch.cat([rows.sum(dim=0, keepdim=True), count], dim=1)
+        self.start_sum(rows.sum(dim=0, keepdim=True), rows.shape[0])
+
+    def start_sum(self, total: torch.Tensor, count: int) -> None:
+        """Like `start` for rows already summed: total [1, K] over `count` rows."""
+        total = total.float().reshape(1, -1)
+        n = torch.full((1, 1), float(count), dtype=total.dtype, device=total.device)
+        self._pending = torch.cat([total, n], dim=1)
         self._handle = dist.all_reduce(self._pending, async_op=True) if is_distributed() else None
 
     def take(self) -> torch.Tensor | None:

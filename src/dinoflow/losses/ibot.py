@@ -24,12 +24,7 @@ from torch import nn
 
 from dinoflow.losses.distributed import AsyncMean
 from dinoflow.losses.sinkhorn import sinkhorn_knopp
-
-
-def _cross_entropy_terms(teacher: torch.Tensor, student: torch.Tensor, student_temp: float) -> torch.Tensor:
-    """sum_k t[..., k] · log_softmax(s / τ)[..., k] in at least fp32 (as DINOv2's fused kernel does)."""
-    dtype = torch.promote_types(torch.promote_types(teacher.dtype, student.dtype), torch.float32)
-    return torch.sum(teacher.to(dtype) * F.log_softmax(student.to(dtype) / student_temp, dim=-1), dim=-1)
+from dinoflow.losses.soft_ce import soft_cross_entropy
 
 
 class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv2 users look for it
@@ -108,42 +103,47 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
                 f"student_masks_flat {tuple(student_masks_flat.shape)} must match the tokens' "
                 f"[B, N] = {tuple(student_patch_tokens.shape[:-1])}"
             )
-        ce = torch.sum(teacher_patch_tokens * F.log_softmax(student_patch_tokens / self.student_temp, dim=-1), dim=-1)
         mask = student_masks_flat.float()
-        per_image = torch.sum(ce * mask, dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
-        return -per_image.mean()
+        w = mask / mask.sum(dim=-1, keepdim=True).clamp(min=1.0) / mask.shape[0]
+        return soft_cross_entropy(student_patch_tokens.flatten(0, 1), teacher_patch_tokens.flatten(0, 1),
+                                  self.student_temp, weights=w.flatten())
 
     def forward_masked(
         self,
         student_patch_tokens_masked: torch.Tensor,
         teacher_patch_tokens_masked: torch.Tensor,
         student_masks_flat: torch.Tensor,
-        n_masked_patches: int | None = None,
+        n_masked_patches: int | torch.Tensor | None = None,
         masks_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Gathered form: only the masked tokens, in `mask_indices_list` order.
+
+        The real rows are the first M = len(masks_weight): their count is a shape, never read
+        from a tensor (reading one would wait for the device and break a compiled graph).
 
         Args:
             student_patch_tokens_masked: [M', K] student logits (M' >= M: may carry buffer padding).
             teacher_patch_tokens_masked: [M', K] teacher targets.
             student_masks_flat: [B, N] bool mask; gives B and, without `masks_weight`, the weights.
-            n_masked_patches: M, the number of real rows (rows beyond are padding and ignored).
+            n_masked_patches: M as an int (checked against the weights), or a tensor (ignored:
+                the weights' length is M); required when buffers are padded and no weights are given.
             masks_weight: [M] weight of each masked token, 1 / (#masked in its image).
         Returns:
-            scalar: -sum_i w_i · ce_i / B.
+            scalar fp32: -sum_i w_i · ce_i / B.
         """
-        ce = _cross_entropy_terms(teacher_patch_tokens_masked, student_patch_tokens_masked, self.student_temp)
         if masks_weight is None:
             per_image = 1.0 / student_masks_flat.sum(-1).clamp(min=1.0)
             masks_weight = per_image.unsqueeze(-1).expand_as(student_masks_flat)[student_masks_flat.bool()]
-        if n_masked_patches is not None:
-            ce = ce[:n_masked_patches]
-        if ce.shape[0] != masks_weight.shape[0]:
+        m = masks_weight.shape[0]
+        rows = student_patch_tokens_masked.shape[0]
+        padded_ok = n_masked_patches is not None and not (isinstance(n_masked_patches, int) and n_masked_patches != m)
+        if rows < m or (rows != m and not padded_ok) or teacher_patch_tokens_masked.shape[0] < m:
             raise ValueError(
-                f"{ce.shape[0]} masked-token losses but {masks_weight.shape[0]} mask weights: pass "
+                f"{rows} masked-token losses but {m} mask weights: pass "
                 "n_masked_patches when the token buffers are padded, and weights for the same tokens"
             )
-        return -(ce * masks_weight).sum() / student_masks_flat.shape[0]
+        return soft_cross_entropy(student_patch_tokens_masked[:m], teacher_patch_tokens_masked[:m], self.student_temp,
+                                  weights=masks_weight / student_masks_flat.shape[0])
 
     # ------------------------------------------------------------------ centre EMA
 
@@ -168,6 +168,15 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
         self.apply_center_update()  # never drop an update that was queued but not yet applied
         x = x.float()
         self._batch_mean.start(x if x.ndim == 2 else x.mean(dim=1))  # tokens, or per-image token means
+
+    @torch.no_grad()
+    def update_center_from_sum(self, total: torch.Tensor, count: int) -> None:
+        """Queue the centre update of `count` masked tokens given only their sum [K] (or [1, K]),
+        e.g. Σ z @ Wᵀ when the [M, K] tokens are never materialised."""
+        if total.numel() != self.patch_out_dim:
+            raise ValueError(f"total must hold {self.patch_out_dim} values, got {tuple(total.shape)}")
+        self.apply_center_update()
+        self._batch_mean.start_sum(total, count)
 
     @torch.no_grad()
     def apply_center_update(self) -> None:

@@ -1,32 +1,96 @@
-"""Sinkhorn-Knopp teacher normalisation (SwAV / DINOv2), computed in log-space.
+"""Sinkhorn-Knopp teacher normalisation (SwAV / DINOv2) in log-space, keeping only its scaling vectors.
 
-The official implementation exponentiates `logits / temp` directly and overflows to inf (then
-NaN) once that ratio exceeds ~88 in fp32. Every step of the algorithm is a rescaling, so it can be
-carried out on log-probabilities with log-sum-exp normalisers instead: the result is the same
-matrix wherever the official one is finite, and stays finite for any finite logits.
+Every Sinkhorn step rescales rows or columns, so after any number of steps the assignment is
+Q = exp(L + r[:, None] + c[None, :]) with L = logits / T and two vectors: r [B] (samples) and
+c [K] (prototypes). Each step recomputes one vector from the other with a log-sum-exp:
 
-Marginals of the returned Q [B, K] (B samples over all ranks, K prototypes), for n_iterations >= 1:
-every row (sample) sums to exactly 1 — the last step is a per-sample normalisation — and each
-column (prototype) sums to approximately B / K over the global batch (exact only in the limit of
-many iterations).
+    c ← −log Σ_b exp(L + r)  − log K     (each prototype gets mass 1/K over the global batch)
+    r ← −log Σ_k exp(L + c)  − log B     (each sample gets mass 1/B; rows are local)
+
+so the matrix itself is never rewritten: one fp32 copy of L (or none, when the caller produces
+L chunk by chunk), walked in cache-sized row chunks, and the result is written in place at the
+end. The official implementation exponentiates `logits / temp` directly and overflows once that
+ratio exceeds ~88 in fp32; log-sum-exp with the max shifted out stays finite for finite logits.
+
+Marginals of the returned Q [B, K] (B samples over all ranks), for n_iterations >= 1: every row
+sums to exactly 1 (the last step normalises samples) and each column sums to approximately B / K
+over the global batch (exact only in the limit of many iterations).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+from torch import Tensor
 
-from dinoflow.losses.distributed import global_count, global_logsumexp
+from dinoflow.losses.distributed import all_reduce_max, all_reduce_sum, global_count
+from dinoflow.losses.soft_ce import chunk_rows
+
+RowsFn = Callable[[int, int], Tensor]  # (start, end) → fp32 rows of L = logits / T
+
+
+def _col_logsumexp(rows: RowsFn, n: int, k: int, row_shift: Tensor, step: int, device: torch.device) -> Tensor:
+    """log Σ_b exp(L[b] + row_shift[b]) per column, over the rows of every rank → [K]."""
+    m = torch.full((k,), -math.inf, device=device)
+    s = torch.zeros(k, device=device)
+    for a in range(0, n, step):  # streaming log-sum-exp: rescale the running sum to each new max
+        b = min(n, a + step)
+        x = rows(a, b) + row_shift[a:b, None]
+        new_m = torch.maximum(m, x.amax(dim=0))
+        safe = torch.where(torch.isfinite(new_m), new_m, torch.zeros_like(new_m))
+        s = s * torch.exp(m - safe) + x.sub_(safe).exp_().sum(dim=0)
+        m = new_m
+    g = all_reduce_max(m.clone())
+    safe = torch.where(torch.isfinite(g), g, torch.zeros_like(g))  # -inf: no entry anywhere → exp() gives 0
+    s = all_reduce_sum(s * torch.exp(m - safe))
+    return safe + torch.log(s)
+
+
+def _row_logsumexp(rows: RowsFn, n: int, col_shift: Tensor, step: int, device: torch.device) -> Tensor:
+    """log Σ_k exp(L[b] + col_shift) per (local) row → [B]."""
+    out = torch.empty(n, device=device)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        out[a:b] = torch.logsumexp(rows(a, b) + col_shift, dim=1)
+    return out
+
+
+@torch.no_grad()
+def sinkhorn_scalings(rows: RowsFn, n_rows: int, n_protos: int, device: torch.device, n_iterations: int = 3,
+                      n_samples: int | Tensor | None = None, chunk_elems: int | None = None) -> tuple[Tensor, Tensor]:
+    """The scaling vectors of Sinkhorn-Knopp: Q = exp(L + r[:, None] + c[None, :]).
+
+    Args:
+        rows: (a, b) → fp32 rows a..b of L = logits / T (this rank's rows; called once per pass).
+        n_rows, n_protos: B_local and K.
+        n_samples: this rank's sample count (summed over ranks); defaults to n_rows.
+    Returns:
+        r [B_local], c [K] (fp32); rows of Q sum to 1 for n_iterations >= 1.
+    """
+    step = chunk_rows(n_protos, device, chunk_elems)
+    log_b = torch.log(global_count(n_rows if n_samples is None else n_samples, device=device)).float()
+    log_k = math.log(n_protos)
+    r = torch.zeros(n_rows, device=device)
+    c = torch.zeros(n_protos, device=device)
+    if n_iterations == 0:  # Q normalised to total mass 1 (a constant shift of r cancels in any later step)
+        total = _col_logsumexp(rows, n_rows, n_protos, r, step, device)
+        r = r - torch.logsumexp(total, dim=0)
+    for _ in range(n_iterations):
+        c = -_col_logsumexp(rows, n_rows, n_protos, r, step, device) - log_k
+        r = -_row_logsumexp(rows, n_rows, c, step, device) - log_b
+    return r + log_b, c
 
 
 @torch.no_grad()
 def sinkhorn_knopp(
-    logits: torch.Tensor,
+    logits: Tensor,
     teacher_temp: float,
     n_iterations: int = 3,
-    n_samples: int | torch.Tensor | None = None,
-) -> torch.Tensor:
+    n_samples: int | Tensor | None = None,
+    chunk_elems: int | None = None,
+) -> Tensor:
     """Balanced soft assignment of samples to prototypes.
 
     Args:
@@ -41,19 +105,6 @@ def sinkhorn_knopp(
         raise ValueError(f"sinkhorn_knopp expects [samples, prototypes] logits, got shape {tuple(logits.shape)}")
     if n_iterations < 0:
         raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
-    log_q = logits.float() / teacher_temp
-    n_protos = log_q.shape[1]
-    local_n = log_q.shape[0] if n_samples is None else n_samples
-    log_b = torch.log(global_count(local_n, device=log_q.device)).to(log_q.dtype)
-    log_k = math.log(n_protos)
-
-    # Normalise the whole matrix to sum 1 (cancels below for n_iterations >= 1; kept so that
-    # n_iterations = 0 returns the same scaling as the reference).
-    log_q = log_q - global_logsumexp(log_q, dim=None)
-    for _ in range(n_iterations):
-        # each prototype gets total mass 1/K over the global batch
-        log_q = log_q - global_logsumexp(log_q, dim=0) - log_k
-        # each sample gets total mass 1/B (samples are local: no communication)
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - log_b
-    # rescale so that each sample's row is a distribution over prototypes
-    return torch.exp(log_q + log_b)
+    q = logits.float() / teacher_temp  # the one [B, K] fp32 copy; the result is written into it
+    r, c = sinkhorn_scalings(lambda a, b: q[a:b], q.shape[0], q.shape[1], q.device, n_iterations, n_samples, chunk_elems)
+    return q.add_(r.unsqueeze(1)).add_(c.unsqueeze(0)).exp_()

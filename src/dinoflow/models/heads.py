@@ -17,6 +17,73 @@ from torch import Tensor, nn
 from dinoflow.config import HeadConfig
 
 
+def _row_norm(v: Tensor) -> Tensor:
+    """‖v‖ per row [K, 1], accumulated and returned in fp32 even for bf16 weights."""
+    return torch.linalg.vector_norm(v, dim=1, keepdim=True, dtype=torch.promote_types(v.dtype, torch.float32))
+
+
+def _weight_norm_grads(grad_w: Tensor, v: Tensor, g: Tensor, norm: Tensor, need_v: bool, need_g: bool,
+                       inplace: bool = False):
+    """(∂L/∂v, ∂L/∂g) from G = ∂L/∂w for w = g·v/‖v‖ (rows), with one [K, d] result and no other
+    [K, d] temporary (autograd's mul/div/norm chain makes several):
+
+        ∂L/∂g = (G·v) / ‖v‖,   ∂L/∂v = (g/‖v‖) · (G − (G·v) v / ‖v‖²)
+    """
+    acc = norm.dtype
+    dot = torch.einsum("kd,kd->k", grad_w.to(acc), v.to(acc)).unsqueeze(1)  # a batched dot: no product tensor
+    scale = g.to(acc) / norm
+    grad_g = (dot / norm).to(g.dtype) if need_g else None
+    grad_v = None
+    if need_v:
+        grad_v = grad_w.mul_(scale.to(grad_w.dtype)) if inplace else grad_w * scale.to(grad_w.dtype)
+        grad_v.addcmul_(v, (scale * dot / norm.square()).to(v.dtype), value=-1.0)
+    return grad_v, grad_g
+
+
+class _WeightNorm(torch.autograd.Function):
+    """w = g · v / ‖v‖ (row-wise), materialised (the factored heads' prototypes)."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, g: Tensor) -> Tensor:  # noqa: ANN001
+        norm = _row_norm(v)
+        ctx.save_for_backward(v, g, norm)
+        return v * (g / norm).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001
+        v, g, norm = ctx.saved_tensors
+        return _weight_norm_grads(grad, v, g, norm, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+
+
+class _NormedLinear(torch.autograd.Function):
+    """x @ (g · v / ‖v‖)ᵀ = (x @ vᵀ) · (g / ‖v‖)ᵀ: the row scales go on the [N, K] output instead
+    of a [K, d] weight (N = 16–200 rows per head against d = 256, and nothing [K, d] is kept)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x: Tensor, v: Tensor, g: Tensor) -> Tensor:  # noqa: ANN001
+        norm = _row_norm(v)
+        scale = (g.to(norm.dtype) / norm).t()  # [1, K]
+        out = F.linear(x, v)
+        ctx.save_for_backward(x, v, g, norm)
+        return out.mul_(scale.to(out.dtype))
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad: Tensor):  # noqa: ANN001
+        x, v, g, norm = ctx.saved_tensors
+        scale = (g.to(norm.dtype) / norm).t()
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad * scale.to(grad.dtype)) @ v.to(grad.dtype)
+        grad_v = grad_g = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_w = grad.t() @ x.to(grad.dtype)  # ∂L/∂w for w = g·v/‖v‖
+            grad_v, grad_g = _weight_norm_grads(grad_w, v, g, norm, ctx.needs_input_grad[1], ctx.needs_input_grad[2],
+                                                inplace=True)
+        return grad_x, grad_v, grad_g
+
+
 class WeightNormLinear(nn.Module):
     """Bias-free Linear with weight = g · v / ‖v‖ (row-wise): each output row has norm |g|."""
 
@@ -29,10 +96,11 @@ class WeightNormLinear(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=1, keepdim=True))
+        return _WeightNorm.apply(self.weight_v, self.weight_g)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight)
+        """x [N, in] → [N, out]; the normalisation scales the output (see _NormedLinear)."""
+        return _NormedLinear.apply(x, self.weight_v, self.weight_g)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -100,10 +168,15 @@ class DINOHead(nn.Module):
             bottleneck_dim=cfg.bottleneck_dim,
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, parts: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """[*, in_dim] → prototype scores [*, out_dim]; with `parts`, the two factors of those
+        scores instead: (normalised bottleneck features [*, bottleneck], prototypes [out_dim,
+        bottleneck]), for losses that never hold all the scores at once (a chunked cross-entropy)."""
         x = self.mlp(x)
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
         x = F.normalize(x, dim=-1, p=2, eps=eps)
+        if parts:
+            return x, self.last_layer.weight
         return self.last_layer(x)
 
 

@@ -42,6 +42,9 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+Segments = tuple[tuple[int, int], ...]  # packed tokens: (images, tokens per image) of each crop size, in order
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; one fused `qkv` projection laid out as [3, heads, head_dim]."""
 
@@ -53,13 +56,28 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x [B, N, D] → [B, N, D]; scale 1/sqrt(head_dim) (the SDPA default, as official)."""
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+    def _attend(self, qkv: Tensor, b: int, n: int) -> Tensor:
+        """qkv [B·N, 3D] (or [B, N, 3D]) → attention output [B, N, D]; scale 1/sqrt(head_dim) (SDPA default, as official)."""
+        d = qkv.shape[-1] // 3
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+
+    def forward(self, x: Tensor, segments: Segments | None = None, rows: Tensor | None = None) -> Tensor:
+        """x [B, N, D] → [B, N, D]; or packed tokens x [T, D] of several crop sizes → [T, D].
+
+        Packed: the linear layers see all T tokens at once; attention runs per crop size
+        (`segments`), so tokens of different images never attend to each other. With `rows`
+        (packed only) every token still serves as key and value, but only the outputs of
+        those rows are projected: [len(rows), D].
+        """
+        if segments is None:
+            b, n, _ = x.shape
+            return self.proj(self._attend(self.qkv(x), b, n))
+        qkv = self.qkv(x)
+        parts = qkv.split([b * n for b, n in segments])
+        out = [self._attend(part, b, n).flatten(0, 1) for part, (b, n) in zip(parts, segments)]
+        out = torch.cat(out) if len(out) > 1 else out[0]
+        return self.proj(out if rows is None else out.index_select(0, rows))
 
 
 class Mlp(nn.Module):
@@ -132,7 +150,14 @@ def _residual_on_subset(x: Tensor, branch: Callable[[Tensor], Tensor], rate: flo
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))).
+
+    Takes one crop size [B, N, D], or the tokens of several crop sizes packed as [T, D] with
+    their `segments` (see `Attention`). Stochastic depth draws its random numbers in the same
+    order either way, so packed and unpacked passes give the same numbers.
+    `checkpointing` ("none", "selective", "full") trades recomputation for activation memory
+    (see `dinoflow.models.checkpointing`).
+    """
 
     def __init__(
         self,
@@ -156,20 +181,42 @@ class Block(nn.Module):
         self.drop_path_rate = float(drop_path_rate)
         self.drop_path1 = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.drop_path2 = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.checkpointing = "none"
 
-    def _attn_branch(self, x: Tensor) -> Tensor:
-        return self.ls1(self.attn(self.norm1(x)))
+    def _attn_branch(self, x: Tensor, segments: Segments | None = None) -> Tensor:
+        return self.ls1(self.attn(self.norm1(x), segments))
 
-    def _ffn_branch(self, x: Tensor) -> Tensor:
+    def _ffn_branch(self, x: Tensor, segments: Segments | None = None) -> Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x [B, N, D] → [B, N, D]. Drop path acts in training mode only."""
-        if self.training and self.drop_path_rate > 0.1:
-            x = _residual_on_subset(x, self._attn_branch, self.drop_path_rate)
-            return _residual_on_subset(x, self._ffn_branch, self.drop_path_rate)
-        if self.training and self.drop_path_rate > 0.0:
+    def forward(self, x: Tensor, segments: Segments | None = None, rows: Tensor | None = None) -> Tensor:
+        """x [B, N, D] → [B, N, D], or packed x [T, D] with `segments` → [T, D]. Drop path acts in training mode only.
+
+        With `rows` (packed, no stochastic depth): only those tokens' outputs, [len(rows), D];
+        all tokens still serve as keys and values (the last block when few outputs are used).
+        """
+        if self.checkpointing != "none" and self.training and torch.is_grad_enabled():
+            from dinoflow.models.checkpointing import checkpoint_block
+
+            return checkpoint_block(self._forward, x, segments, self.checkpointing, rows)
+        return self._forward(x, segments, rows)
+
+    def _forward(self, x: Tensor, segments: Segments | None, rows: Tensor | None = None) -> Tensor:
+        rate = self.drop_path_rate if self.training else 0.0
+        if rows is not None:
+            if segments is None or rate > 0.0:
+                raise DinoflowError("a block computes selected rows on packed tokens without stochastic depth only")
+            x = x.index_select(0, rows) + self.ls1(self.attn(self.norm1(x), segments, rows))
+            return x + self._ffn_branch(x)
+        if segments is not None and rate > 0.0:
+            from dinoflow.models.packing import packed_drop_path_block
+
+            return packed_drop_path_block(x, segments, self._attn_branch, self._ffn_branch, rate)
+        if rate > 0.1:
+            x = _residual_on_subset(x, self._attn_branch, rate)
+            return _residual_on_subset(x, self._ffn_branch, rate)
+        if rate > 0.0:
             x = x + self.drop_path1(self._attn_branch(x))
             return x + self.drop_path2(self._ffn_branch(x))
-        x = x + self._attn_branch(x)
+        x = x + self._attn_branch(x, segments)
         return x + self._ffn_branch(x)

@@ -111,6 +111,11 @@ class DinoVisionTransformer(nn.Module):
             self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS)
         self.head = nn.Identity()
+        # Pack the crop sizes of forward_features_list into one pass per block (same numbers;
+        # see dinoflow.models.packing). Training turns it off with train.pack_crops=false.
+        self.pack_crops = True
+        # forward_kept: the last block computes only the outputs the caller uses (see there)
+        self.prune_last_block = True
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -194,8 +199,17 @@ class DinoVisionTransformer(nn.Module):
             tokens = torch.cat((tokens[:, :1], self.register_tokens.expand(b, -1, -1), tokens[:, 1:]), dim=1)
         return tokens
 
-    def _outputs(self, x: Tensor, masks: Tensor | None) -> dict[str, Any]:
-        x_norm = self.norm(x)
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """"none", "selective" or "full" for every block (see dinoflow.models.checkpointing)."""
+        from dinoflow.models.checkpointing import MODES
+
+        if mode not in MODES:
+            raise DinoflowError(f"activation checkpointing {mode!r} is not one of {MODES}")
+        for blk in self.block_list():
+            blk.checkpointing = mode
+
+    def _outputs(self, x: Tensor, masks: Tensor | None, x_norm: Tensor | None = None) -> dict[str, Any]:
+        x_norm = self.norm(x) if x_norm is None else x_norm
         r = self.num_register_tokens
         return {
             "x_norm_clstoken": x_norm[:, 0],
@@ -223,14 +237,70 @@ class DinoVisionTransformer(nn.Module):
     def forward_features_list(self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None]) -> list[dict[str, Any]]:
         """Several batches of different resolutions (e.g. global and local crops) → one dict each.
 
-        Equivalent to the official nested-tensor path (attention never mixes sequences).
+        Equivalent to the official nested-tensor path (attention never mixes sequences). With
+        `pack_crops` the crop sizes share one pass per block (dinoflow.models.packing).
         """
         if len(x_list) != len(masks_list):
             raise DinoflowError(f"got {len(x_list)} image batches but {len(masks_list)} mask entries")
         xs = [self.prepare_tokens_with_masks(x, m) for x, m in zip(x_list, masks_list)]
+        if not (self.pack_crops and len(xs) > 1):
+            for blk in self.block_list():
+                xs = [blk(x) for x in xs]
+            return [self._outputs(x, m) for x, m in zip(xs, masks_list)]
+        from dinoflow.models.packing import pack, unpack
+
+        x, segments = pack(xs)
         for blk in self.block_list():
-            xs = [blk(x) for x in xs]
-        return [self._outputs(x, m) for x, m in zip(xs, masks_list)]
+            x = blk(x, segments)
+        return [self._outputs(p, m, pn) for p, pn, m in zip(unpack(x, segments), unpack(self.norm(x), segments), masks_list)]
+
+    def forward_kept(self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None],
+                     keep: Sequence[Tensor | None]) -> list[dict[str, Tensor]]:
+        """For callers that use only some outputs (training): per crop set, the CLS tokens and the
+        patch tokens at `keep[i]` (flat indices into that set's [B·N] patch tokens; None: all).
+
+        Returns per set {"x_norm_clstoken": [B, D], "x_norm_patchtokens_kept": [M, D]} (rows in
+        `keep` order). The last block then runs its output projection and MLP for those tokens
+        only — every token still serves as key and value, so the numbers are those of the full
+        forward. Off (`prune_last_block`) or with stochastic depth in the last block, the full
+        forward runs and the tokens are gathered from it.
+        """
+        blocks = self.block_list()
+        last = blocks[-1]
+        if not self.prune_last_block or (last.training and last.drop_path_rate > 0):
+            outs = (self.forward_features_list(x_list, masks_list) if len(x_list) > 1
+                    else [self.forward_features(x_list[0], masks=masks_list[0])])
+            return [{"x_norm_clstoken": o["x_norm_clstoken"],
+                     "x_norm_patchtokens_kept": o["x_norm_patchtokens"].flatten(0, 1) if k is None
+                     else o["x_norm_patchtokens"].flatten(0, 1)[k]} for o, k in zip(outs, keep)]
+        from dinoflow.models.packing import pack
+
+        xs = [self.prepare_tokens_with_masks(x, m) for x, m in zip(x_list, masks_list)]
+        if self.pack_crops or len(xs) == 1:
+            x, segments = pack(xs)
+            for blk in blocks[:-1]:
+                x = blk(x, segments)
+        else:
+            for blk in blocks[:-1]:
+                xs = [blk(t) for t in xs]
+            x, segments = pack(xs)
+        rows, sizes = self._kept_rows(segments, keep, x.device)
+        x = self.norm(last(x, segments, rows=rows))
+        parts = x.split([n for pair in sizes for n in pair])
+        return [{"x_norm_clstoken": parts[2 * i], "x_norm_patchtokens_kept": parts[2 * i + 1]} for i in range(len(sizes))]
+
+    def _kept_rows(self, segments, keep: Sequence[Tensor | None], device: torch.device) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Packed row indices [CLS of set 0, kept patches of set 0, CLS of set 1, ...] and the
+        (CLS count, kept count) of each set."""
+        rows, sizes, offset = [], [], 0
+        for (b, n), k in zip(segments, keep):
+            p = n - 1 - self.num_register_tokens
+            idx = torch.arange(b * p, device=device) if k is None else k.to(device)
+            rows += [offset + torch.arange(b, device=device) * n,
+                     offset + torch.div(idx, p, rounding_mode="floor") * n + 1 + self.num_register_tokens + idx % p]
+            sizes.append((b, int(idx.shape[0])))
+            offset += b * n
+        return torch.cat(rows), sizes
 
     def forward(self, *args: Any, is_training: bool = False, **kwargs: Any) -> Any:
         """CLS features [B, D] (through the identity `head`), or the forward_features dict when is_training."""

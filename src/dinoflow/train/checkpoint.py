@@ -1,5 +1,8 @@
 """Resumable checkpoints with `torch.distributed.checkpoint` (DCP).
 
+Saves are asynchronous by default (`start_save`, then `PendingSave.finish`): the state is
+staged to CPU memory and written in the background while training goes on.
+
 A checkpoint directory `ckpt/step_<N>/` holds the DCP shards of student, teacher, optimiser
 and objective state (loss centres, student EMA) plus `meta.json` (step, data positions,
 config). DCP stores tensors by their global (unsharded) names, so a job saved by N processes
@@ -66,6 +69,43 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Mo
                     is_main: bool, files: dict[str, str | Path] | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory. `files` (name →
     path, main rank): copies taken into the checkpoint, e.g. the metrics CSV up to this step."""
+    return start_save(ckpt_dir, step, modules=modules, train_module=train_module, optimizer=optimizer, extra=extra,
+                      meta=meta, is_main=is_main, files=files, asynchronous=False).finish()
+
+
+class PendingSave:
+    """A checkpoint being written. `finish()` (collective) waits for the write, then publishes
+    it: meta.json, the rename from the temp directory, `latest`, and pruning. Until then the
+    previous checkpoint stays the one a restart trusts."""
+
+    def __init__(self, future: Any, tmp: Path, final: Path, step: int, meta: dict[str, Any], is_main: bool):
+        self.future, self.tmp, self.final, self.step, self.meta, self.is_main = future, tmp, final, step, meta, is_main
+
+    def finish(self) -> Path:
+        if self.future is not None:
+            self.future.result()
+        barrier()
+        if self.is_main:
+            ckpt_dir = self.final.parent
+            (self.tmp / "meta.json").write_text(json.dumps({**self.meta, "step": self.step}, indent=2, default=str))
+            shutil.rmtree(self.final, ignore_errors=True)
+            self.tmp.rename(self.final)
+            atomic_write_text(ckpt_dir / "latest", self.final.name + "\n")
+            done = sorted(d for d in ckpt_dir.glob("step_*") if d.is_dir())
+            for old in done[:-KEEP_LAST]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        return self.final
+
+
+def start_save(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Module], train_module: nn.Module,
+               optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor], meta: dict[str, Any],
+               is_main: bool, files: dict[str, str | Path] | None = None, asynchronous: bool = True) -> PendingSave:
+    """Collective. Asynchronous: the state is copied to CPU memory now (training may change the
+    tensors right after) and written by a background thread over a gloo group of its own. `files`
+    are copied now, so they hold what was written up to this step."""
+    from dinoflow.train.distributed import checkpoint_group
+
     ckpt_dir = Path(ckpt_dir)
     name = f"step_{step:08d}"
     tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name
@@ -73,22 +113,21 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Mo
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    with _single_process_quiet():
-        dcp.save(_state(modules, optimizer, train_module, extra), checkpoint_id=str(tmp))
-    barrier()
     if is_main:
-        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, default=str))
         for file_name, src in (files or {}).items():
             if Path(src).is_file():
                 shutil.copyfile(src, tmp / file_name)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        atomic_write_text(ckpt_dir / "latest", name + "\n")
-        done = sorted(d for d in ckpt_dir.glob("step_*") if d.is_dir())
-        for old in done[:-KEEP_LAST]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
+    state = _state(modules, optimizer, train_module, extra)
+    single = not torch.distributed.is_initialized()
+    if single:  # a single process is a supported mode; the background writer would warn at any time
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+    kw = {"process_group": checkpoint_group(), "no_dist": single}
+    if asynchronous:
+        future = dcp.async_save(state, checkpoint_id=str(tmp), **kw)
+    else:
+        dcp.save(state, checkpoint_id=str(tmp), **kw)
+        future = None
+    return PendingSave(future, tmp, final, step, meta, is_main)
 
 
 def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], train_module: nn.Module,

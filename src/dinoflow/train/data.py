@@ -6,6 +6,12 @@ are fewer units than slots, every slot reads all units and keeps every slots-th 
 so no rank starves. Inside a unit, a seeded shuffle buffer mixes samples. The stream is endless
 (epochs follow each other); the loop decides when to stop.
 
+Batches, not samples, leave the workers: each worker decodes its images and runs the step's
+host-side preparation (`prepare(images, step)`: iBOT masks, and the crops when training on a
+CPU), so none of it runs on the training thread. The DataLoader takes batch j from worker
+j % W; on a restart at step k the workers' roles rotate by k so that batch j is still global
+batch k + j, and every batch carries its step for the loop to check.
+
 Resume: the stream is a pure function of (seed, rank, world size, workers), so a job restarted
 after k batches skips k batches' worth of samples without decoding them and continues with
 exactly the batches the uninterrupted job would have seen. (On a different world size the
@@ -21,9 +27,10 @@ undecodable samples in a row, or after an epoch without a single image.
 from __future__ import annotations
 
 import random
+import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +42,10 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 FILES_PER_UNIT = 256
 SHUFFLE_BUFFER = 1024
 MAX_UNDECODABLE_RUN = 1000  # undecodable samples in a row before the data is declared unusable
+MAX_ASPECT = 4.0  # longer side kept up to this multiple of the shorter one (see load_image)
+MAX_AUTO_WORKERS = 8
+
+Prepare = Callable[[Any, int], dict]  # (uint8 images [B,3,H,W] or a list of [3,H,W], step) → host-side views
 
 
 def discover_units(source: str) -> list[tuple[str, object]]:
@@ -110,41 +121,70 @@ def _iter_unit(unit: tuple[str, object]) -> Iterator[tuple[str, bytes]]:
             yield path, data
 
 
-def to_square_uint8(img, size: int) -> torch.Tensor:
-    """PIL RGB → uint8 [3, size, size]: shorter side resized to `size` (bicubic), centre crop.
-
-    Random-resized crops are then taken from this square; for the square demo images it is the
-    identity, for photos it trims the longer side's borders.
+def load_image(img, size: int) -> torch.Tensor:
+    """PIL image → uint8 RGB [3, H, W] with its shorter side resized to `size` (bicubic), the
+    aspect ratio kept: multi-crop then samples its crops from the whole image, as the recipe's
+    RandomResizedCrop does. Only an extreme panorama is trimmed (centre) to MAX_ASPECT : 1,
+    which bounds a batch's memory; the recipe's crops (aspect ≤ 4/3, area ≥ 5%) barely reach
+    past that anyway.
     """
     from PIL import Image
 
     w, h = img.size
-    if (w, h) != (size, size):
-        s = size / min(w, h)
-        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+    cw, ch = min(nw, int(size * MAX_ASPECT)), min(nh, int(size * MAX_ASPECT))
+    if (cw, ch) != (nw, nh):
+        left, top = (nw - cw) // 2, (nh - ch) // 2
+        img = img.crop((left, top, left + cw, top + ch))
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+def collate_images(images: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """One uint8 [B, 3, H, W] tensor when all images share a size, else the list (multi-crop
+    takes both)."""
+    if all(im.shape == images[0].shape for im in images):
+        return torch.stack(images)
+    return images
+
+
+def resolve_workers(setting: int | None, device: torch.device, local_world_size: int = 1) -> int:
+    """`train.num_workers`, or with null: 0 on a CPU (the step uses every core), else the CPUs
+    available per GPU process minus one for the training thread, at most MAX_AUTO_WORKERS."""
+    if setting is not None:
+        return setting
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_world_size) - 1))
+
+
 class TrainStream(IterableDataset):
-    """Endless, seeded, rank- and worker-sharded stream of {"image": uint8 [3,S,S], "skipped": int}."""
+    """Endless, seeded, rank- and worker-sharded stream of batches:
+    {"prepared": prepare(images, step) (default: {"images": images}), "skipped": int, "step": int,
+    "epoch": int}; images uint8 [B, 3, H, W] (or a list of [3, H, W] when sizes differ)."""
 
     def __init__(self, source: str, *, load_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  batch_size: int = 1, skip_batches: int = 0, max_pixels: int = 64_000_000,
-                 units: list[tuple[str, object]] | None = None):
+                 prepare: Prepare | None = None, units: list[tuple[str, object]] | None = None):
         self.source = source
         self.units = units if units is not None else discover_units(source)
         self.load_size, self.seed = load_size, seed
         self.rank, self.world = rank, world_size
         self.batch_size, self.skip_batches, self.max_pixels = batch_size, skip_batches, max_pixels
+        self.prepare = prepare
 
     def _slot(self) -> tuple[int, int, int, int]:
+        """(worker id, workers, data slot, slots). A worker's role (which share of the data it
+        reads) is its id rotated by the batches already done, so batch j of a resumed loader
+        (from worker j % W) is the uninterrupted run's batch skip + j."""
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        return wid, nw, self.rank * nw + wid, self.world * nw
+        role = (wid + self.skip_batches) % nw
+        return wid, nw, self.rank * nw + role, self.world * nw
 
     def _epoch_items(self, epoch: int, slot: int, n_slots: int) -> Iterator[tuple[str, bytes]]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
@@ -165,14 +205,12 @@ class TrainStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def __iter__(self):
+    def _samples(self, slot: int, n_slots: int, to_skip: int) -> Iterator[tuple[torch.Tensor | None, int]]:
+        """(image uint8 [3, H, W], epoch) forever, after skipping `to_skip` samples undecoded;
+        (None, epoch) marks an undecodable sample."""
         from dinoflow.data.decode import CorruptImage, decode_image
 
-        wid, nw, slot, n_slots = self._slot()
-        # batch i of the DataLoader comes from worker i % nw: skip this worker's share
-        my_batches = max(0, (self.skip_batches - wid + nw - 1) // nw)
-        to_skip = my_batches * self.batch_size
-        epoch, skipped, bad_run, bad_total = 0, 0, 0, 0
+        epoch, bad_run, bad_total = 0, 0, 0
         while True:
             produced, resumed_past, decoded = 0, 0, 0
             for _key, data in self._epoch_items(epoch, slot, n_slots):
@@ -183,14 +221,14 @@ class TrainStream(IterableDataset):
                 try:
                     img = decode_image(data, max_pixels=self.max_pixels)
                 except CorruptImage:
-                    skipped, bad_run, bad_total = skipped + 1, bad_run + 1, bad_total + 1
+                    bad_run, bad_total = bad_run + 1, bad_total + 1
                     if bad_run >= MAX_UNDECODABLE_RUN:
                         raise DinoflowError(f"the training data {self.source} gave {bad_run} undecodable samples in a "
                                             f"row ({bad_total} on this rank so far): check or re-curate it") from None
+                    yield None, epoch
                     continue
                 decoded, bad_run = decoded + 1, 0
-                yield {"image": to_square_uint8(img, self.load_size), "skipped": skipped, "epoch": epoch}
-                skipped = 0
+                yield load_image(img, self.load_size), epoch
             if produced == 0:
                 raise DinoflowError("the training data yielded no samples for this rank")
             if decoded == 0 and resumed_past == 0:
@@ -198,14 +236,35 @@ class TrainStream(IterableDataset):
                                     f"{epoch} decodes as an image ({bad_total} undecodable so far)")
             epoch += 1
 
+    def __iter__(self):
+        wid, nw, slot, n_slots = self._slot()
+        role = slot - self.rank * nw
+        # this role's share of the batches already done: skip their samples without decoding
+        my_batches = max(0, (self.skip_batches - role + nw - 1) // nw)
+        step = self.skip_batches + wid  # the global step of this worker's next batch
+        images: list[torch.Tensor] = []
+        skipped = 0
+        for img, epoch in self._samples(slot, n_slots, my_batches * self.batch_size):
+            if img is None:
+                skipped += 1
+                continue
+            images.append(img)
+            if len(images) < self.batch_size:
+                continue
+            batch = collate_images(images)
+            prepared = self.prepare(batch, step) if self.prepare is not None else {"images": batch}
+            yield {"prepared": prepared, "skipped": skipped, "step": step, "epoch": epoch}
+            images, skipped, step = [], 0, step + nw
+
 
 def make_loader(source: str, *, load_size: int, seed: int, rank: int, world_size: int, batch_size: int,
-                num_workers: int, skip_batches: int = 0,
-                units: list[tuple[str, object]] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches {"image": uint8 [B,3,S,S], "skipped": [B], "epoch": [B]} forever. `units`: from
+                num_workers: int, skip_batches: int = 0, prepare: Prepare | None = None,
+                pin_memory: bool | None = None, units: list[tuple[str, object]] | None = None) -> Iterator[dict[str, Any]]:
+    """Batches (see TrainStream) forever; batch j is global step skip_batches + j. `units`: from
     `check_training_data` (saves listing the source twice)."""
     ds = TrainStream(source, load_size=load_size, seed=seed, rank=rank, world_size=world_size,
-                     batch_size=batch_size, skip_batches=skip_batches, units=units)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=True,
-                        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+                     batch_size=batch_size, skip_batches=skip_batches, prepare=prepare, units=units)
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    loader = DataLoader(ds, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                        pin_memory=pin, prefetch_factor=4 if num_workers > 0 else None)
     return iter(loader)

@@ -139,7 +139,9 @@ class HeadDistillObjective(_DistillBase):
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {**self.losses.state(), **self._ema_state()}
 
-    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """iBOT on every patch token of both global crops, through the heads' factors: the
+        [2B·N, K] logits (student and teacher) exist only one chunk at a time."""
         g = v["global_crops"]
         n_img = g.shape[0]
         s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
@@ -147,19 +149,18 @@ class HeadDistillObjective(_DistillBase):
         with torch.no_grad():
             tg = _teacher_input(g, self.t_patch)
             t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
-            t = self.teacher(tg, patch_index=torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device))
+            t = self.teacher(tg, patch_index=torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device), patch_parts=True)
             cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
-            # resample the patch logits to the student's grid before normalising
-            p_logits = resample_tokens(t["patch_logits"].view(n_img, -1, t["patch_logits"].shape[-1]), t_grid, s_grid)
+            # logits are linear in z, so resampling z to the student's grid resamples the logits
+            z_t = resample_tokens(t["patch_z"].view(n_img, -1, t["patch_z"].shape[-1]), t_grid, s_grid).flatten(0, 1)
             n_patch = torch.tensor([n_img * n_s], device=g.device)
-            cls_p, patch_p = self.losses.teacher_probs(cls_logits, p_logits.flatten(0, 1), s["teacher_temp"], n_patch)
+            cls_p = self.losses.teacher_cls_probs(cls_logits, s["teacher_temp"])
+            patch_t = self.losses.teacher_patch_targets({"patch_z": z_t, "patch_w": t["patch_w"]}, s["teacher_temp"], n_patch)
         # no masking: every patch token of both global crops is an iBOT target (weight 1/N each)
-        out = net(g, v["local_crops"], masks=None, patch_index=torch.arange(n_img * n_s, device=g.device))
+        out = net(g, v["local_crops"], masks=None, patch_index=torch.arange(n_img * n_s, device=g.device), patch_parts=True)
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
-        all_masks = torch.ones(n_img, n_s, dtype=torch.bool, device=g.device)
         weights = torch.full((n_img * n_s,), 1.0 / n_s, device=g.device)
-        return self.losses.student_terms(out, cls_p, patch_p, n_local=n_local, masks=all_masks, n_patches=n_patch,
-                                         masks_weight=weights)
+        return self.losses.student_terms(out, cls_p, patch_t, n_local=n_local, n_global=n_img, masks_weight=weights)
 
 
 class FeatureStudent(nn.Module):
@@ -216,7 +217,7 @@ class FeatureDistillObjective(_DistillBase):
     def extra_state(self) -> dict[str, torch.Tensor]:
         return self._ema_state()
 
-    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         g = v["global_crops"]
         s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
         with torch.no_grad():
@@ -234,4 +235,4 @@ class FeatureDistillObjective(_DistillBase):
             n_local = out["l_cls"].shape[0] // t_img.shape[0]
             terms["local_cls"] = cosine_distance(out["l_cls"], t_img.repeat(n_local, 1))
         loss = terms["cls"] + terms.get("local_cls", 0.0) + self.cfg.feature_patch_weight * terms["patch"]
-        return loss, {k: float(x.detach()) for k, x in terms.items()}
+        return loss, {k: x.detach() for k, x in terms.items()}

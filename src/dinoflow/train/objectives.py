@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from dinoflow.config import CropConfig, HeadConfig, MaskConfig, PretrainConfig
+from dinoflow.train.recipe_losses import RecipeLosses
 from dinoflow.train.ssl_net import SSLNet
+from dinoflow.train.step import unwrap
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -41,101 +43,84 @@ def build_heads(embed_dim: int, head: HeadConfig) -> tuple[nn.Module, nn.Module 
 
 
 class Views:
-    """Multi-crop views of one batch (+ iBOT masks when masking is on)."""
+    """Multi-crop views of one batch (+ iBOT masks when masking is on), in two halves:
+
+    `prepare(images, step)` runs in a data-loader worker (CPU): the iBOT masks, and the crops
+    too when `crops_on_host` (training on a CPU); `finish(prepared, step, device)` runs in
+    the loop: it moves everything to the device and, when the crops are not made yet, crops
+    there (on a GPU, where the batched augmentation is fast). Either way each step's
+    randomness derives from (seed, step, rank) alone, so the split never changes the numbers
+    on a given device.
+    """
 
     def __init__(self, crops: CropConfig, masks: MaskConfig | None, patch_size: int, seed: int):
         from dinoflow.data.augment import MultiCropAugment
 
         self.aug = MultiCropAugment(crops)
         self.crops, self.mask_cfg, self.patch_size, self.seed = crops, masks, patch_size, seed
+        self.rank, self.crops_on_host = 0, False
 
-    def __call__(self, images: torch.Tensor, step: int, rank: int) -> dict[str, Any]:
-        """images uint8 [B,3,S,S] on the training device → global_crops [2B,3,G,G],
-        local_crops [nL·B,3,L,L] | None, and with masking: masks bool [2B,N], mask_indices [M],
-        masks_weight [M], n_masked_patches [1]."""
-        s = step_seed(self.seed, step, rank)
-        gen = torch.Generator(device=images.device).manual_seed(s)
-        out = self.aug(images, generator=gen)
-        views: dict[str, Any] = {"global_crops": out["global_crops"],
-                                 "local_crops": out["local_crops"] if self.crops.n_local > 0 else None}
+    def bind(self, rank: int, crops_on_host: bool) -> "Views":
+        self.rank, self.crops_on_host = rank, crops_on_host
+        return self
+
+    def _crops(self, images, seed: int, device: torch.device) -> dict[str, Any]:
+        out = self.aug(images, generator=torch.Generator(device=device).manual_seed(seed))
+        return {"global_crops": out["global_crops"],
+                "local_crops": out["local_crops"] if self.crops.n_local > 0 else None}
+
+    def prepare(self, images, step: int) -> dict[str, Any]:
+        """uint8 images [B,3,H,W] (or a list of [3,H,W]) on the CPU → masks (bool [2B,N],
+        mask_indices [M], masks_weight [M], n_masked_patches [1]) and either the crops or the images."""
+        s = step_seed(self.seed, step, self.rank)
+        out: dict[str, Any] = {}
         if self.mask_cfg is not None:
             from dinoflow.data.masking import collate_masks
 
             grid = self.crops.global_size // self.patch_size
-            m = collate_masks(out["global_crops"].shape[0], (grid, grid), self.mask_cfg, random.Random(s))
-            dev = images.device
-            views.update(masks=m["masks"].to(dev), mask_indices=m["mask_indices_list"].to(dev),
-                         masks_weight=m["masks_weight"].to(dev), n_masked_patches=m["n_masked_patches"].to(dev))
+            m = collate_masks(2 * len(images), (grid, grid), self.mask_cfg, random.Random(s))
+            out.update(masks=m["masks"], mask_indices=m["mask_indices_list"], masks_weight=m["masks_weight"],
+                       n_masked_patches=m["n_masked_patches"])
+        if self.crops_on_host:
+            out.update(self._crops(images, s, torch.device("cpu")))
+        else:
+            out["images"] = images
+        return out
+
+    def finish(self, prepared: dict[str, Any], step: int, device: torch.device) -> dict[str, Any]:
+        """→ global_crops [2B,3,G,G], local_crops [nL·B,3,L,L] | None (+ the masks) on `device`."""
+        def move(x):
+            if isinstance(x, list):
+                return [move(t) for t in x]
+            return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
+
+        views = {k: move(v) for k, v in prepared.items()}
+        if "images" in views:
+            views.update(self._crops(views.pop("images"), step_seed(self.seed, step, self.rank), device))
+        views.setdefault("local_crops", None)
         return views
+
+    def __call__(self, images: torch.Tensor, step: int, rank: int) -> dict[str, Any]:
+        """Both halves at once on the images' device: uint8 [B,3,S,S] → the views."""
+        self.rank = rank
+        host = self.crops_on_host
+        self.crops_on_host = False
+        try:
+            return self.finish(self.prepare(images, step), step, images.device)
+        finally:
+            self.crops_on_host = host
 
 
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
-    """target ← m·target + (1−m)·source, parameter by parameter (local shards under FSDP)."""
+    """target ← m·target + (1−m)·source = lerp(target, source, 1−m), one fused pass over the
+    parameters (local shards under FSDP)."""
     def local(p):
         return p.to_local() if hasattr(p, "to_local") else p
 
     t = [local(p) for p in target.parameters()]
     s = [local(p).detach() for p in source.parameters()]
-    torch._foreach_mul_(t, momentum)
-    torch._foreach_add_(t, s, alpha=1.0 - momentum)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
-
-
-class RecipeLosses:
-    """DINO + iBOT + KoLeo with the recipe's normalisations and scalings, shared by pretraining
-    and head-based distillation."""
-
-    def __init__(self, loss_cfg, cls_dim: int, patch_dim: int, device: torch.device):
-        from dinoflow.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
-
-        self.cfg = loss_cfg
-        self.dino = DINOLoss(cls_dim, student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum).to(device)
-        self.ibot = iBOTPatchLoss(patch_dim, student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum).to(device)
-        self.koleo = KoLeoLoss()
-
-    def state(self) -> dict[str, torch.Tensor]:
-        # The centre update of the step that just ended is still queued (it is applied lazily when
-        # the next targets are computed): apply it now, or a checkpoint holds the centre one step
-        # behind and a resumed run's next targets differ from the uninterrupted run's.
-        self.dino.apply_center_update()
-        self.ibot.apply_center_update()
-        return {"dino_center": self.dino.center, "ibot_center": self.ibot.center}
-
-    @torch.no_grad()
-    def teacher_probs(self, cls_logits: torch.Tensor, patch_logits: torch.Tensor, temp: float,
-                      n_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cls_logits [2B,K] (already crop-swapped), patch_logits [M,K'] → ([2,B,K], [M,K'])."""
-        if self.cfg.centering == "softmax":
-            cls_p = self.dino.softmax_center_teacher(cls_logits, teacher_temp=temp)
-            self.dino.update_center(cls_logits)
-            patch_p = self.ibot.softmax_center_teacher(patch_logits, teacher_temp=temp)
-            self.ibot.update_center(patch_logits)
-        else:
-            cls_p = self.dino.sinkhorn_knopp_teacher(cls_logits, teacher_temp=temp)
-            patch_p = self.ibot.sinkhorn_knopp_teacher(patch_logits, teacher_temp=temp, n_masked_patches_tensor=n_patches)
-        return cls_p.view(2, -1, cls_p.shape[-1]), patch_p
-
-    def student_terms(self, out: dict[str, torch.Tensor], cls_p: torch.Tensor, patch_p: torch.Tensor, *,
-                      n_local: int, masks: torch.Tensor, n_patches: torch.Tensor,
-                      masks_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The weighted total and its terms, with the official scalings."""
-        lc = self.cfg
-        n_terms = 2 * n_local + 2  # (student crop, other teacher crop) pairs
-        terms: dict[str, torch.Tensor] = {}
-        if n_local:
-            terms["dino_local"] = self.dino(list(out["l_cls_logits"].chunk(n_local)), list(cls_p)) / n_terms
-        terms["dino_global"] = self.dino([out["g_cls_logits"]], [cls_p.flatten(0, 1)]) * 2 / n_terms
-        terms["koleo"] = sum(self.koleo(p) for p in out["g_cls"].chunk(2))
-        # ×2 because both global crops are processed together, ×1/2 = 1/n_global (official scaling)
-        terms["ibot"] = self.ibot.forward_masked(out["patch_logits"], patch_p, student_masks_flat=masks,
-                                                 n_masked_patches=n_patches, masks_weight=masks_weight) * 2 * 0.5
-        loss = (lc.dino_weight * (terms.get("dino_local", 0.0) + terms["dino_global"])
-                + lc.koleo_weight * terms["koleo"] + lc.ibot_weight * terms["ibot"])
-        return loss, {k: float(t.detach()) for k, t in terms.items()}
+    torch._foreach_lerp_(t, s, 1.0 - momentum)
 
 
 class PretrainObjective:
@@ -168,16 +153,16 @@ class PretrainObjective:
     def extra_state(self) -> dict[str, torch.Tensor]:
         return self.losses.state()
 
-    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
             t = self.teacher(v["global_crops"], patch_index=v["mask_indices"])
             cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])  # student crop i ↔ teacher crop 1-i
-            cls_p, patch_p = self.losses.teacher_probs(cls_logits, t["patch_logits"], s["teacher_temp"],
-                                                       v["n_masked_patches"])
+            cls_p = self.losses.teacher_cls_probs(cls_logits, s["teacher_temp"])
+            patch_t = self.losses.teacher_patch_targets(t, s["teacher_temp"], v["n_masked_patches"])
         out = net(v["global_crops"], v["local_crops"], masks=v["masks"], patch_index=v["mask_indices"])
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
-        return self.losses.student_terms(out, cls_p, patch_p, n_local=n_local, masks=v["masks"],
-                                         n_patches=v["n_masked_patches"], masks_weight=v["masks_weight"])
+        return self.losses.student_terms(out, cls_p, patch_t, n_local=n_local, n_global=v["masks"].shape[0],
+                                         masks_weight=v["masks_weight"])
 
     def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
         ema_update(self.teacher, unwrap(net), s["momentum"])

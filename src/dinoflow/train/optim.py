@@ -18,7 +18,8 @@ from torch import nn
 from dinoflow.config import OptimConfig
 
 _EMBED_NAMES = ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")
-_BLOCK = re.compile(r"blocks\.(\d+)\.")
+# "blocks.<i>." or, in the official chunked layout, "blocks.<chunk>.<i>." (i is the global block index)
+_BLOCK = re.compile(r"blocks\.(?:\d+\.)?(\d+)\.")
 
 
 def _clean(name: str) -> str:
@@ -31,7 +32,8 @@ def _clean(name: str) -> str:
 def layer_id(name: str, depth: int) -> int:
     """0 for embeddings, i+1 for block i, depth+1 for everything after the blocks.
 
-    `name` is relative to the backbone (e.g. "blocks.3.attn.qkv.weight").
+    `name` is relative to the backbone: "blocks.3.attn.qkv.weight", or with block chunks
+    "blocks.1.3.attn.qkv.weight" (chunk 1 holds block 3; the block index is the second number).
     """
     if name.split(".")[0] in _EMBED_NAMES:
         return 0
@@ -68,8 +70,10 @@ def param_groups(modules: dict[str, nn.Module], cfg: OptimConfig, backbone_depth
 
 
 def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
-    # lr/weight_decay are placeholders: apply_schedules() sets them before every step.
-    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=tuple(cfg.betas))
+    """AdamW with the fused kernel (one pass per parameter instead of a dozen element-wise ops
+    with temporaries; CPU and CUDA). lr/weight_decay are placeholders: apply_schedules() sets
+    them before every step."""
+    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=tuple(cfg.betas), fused=True)
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:

@@ -8,6 +8,7 @@ FSDP2 gathers the root's parameters only inside the root module's forward, so ca
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -20,32 +21,50 @@ class SSLNet(nn.Module):
 
     def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None,
                 masks: torch.Tensor | None = None, patch_index: torch.Tensor | None = None,
-                project_patches: bool = True) -> dict[str, torch.Tensor]:
+                project_patches: bool = True, patch_parts: bool = False) -> dict[str, torch.Tensor]:
         """
         global_crops [G,3,H,W] (G = 2·B, crop-major), local_crops [L,3,h,w] or None,
         masks bool [G, N] or None (iBOT: masked patches get the mask token),
         patch_index long [M]: flat indices into the [G·N] global patch tokens sent through the head.
 
-        Returns: g_cls [G,D] (backbone CLS), g_patch [G,N,D], g_cls_logits [G,K],
-        l_cls_logits [L,K] (if locals), patch_logits [M,K'] (if patch_index and project_patches).
+        Returns: g_cls [G,D] (backbone CLS), g_cls_logits [G,K],
+        l_cls_logits [L,K] (if locals), and for the picked patches (if patch_index and
+        project_patches) either patch_logits [M,K'] or, with `patch_parts`, the factors of those
+        logits: patch_z [M,bottleneck] and patch_w [K',bottleneck] (patch_logits = patch_z @ patch_wᵀ),
+        so a chunked loss never holds [M, K'] at once.
         """
+        wanted = patch_index is not None and project_patches
+        none = torch.zeros(0, dtype=torch.long, device=global_crops.device)  # CLS only
+        crops, crop_masks, keep = [global_crops], [masks], [patch_index if wanted else none]
         if local_crops is not None:
-            g, loc = self.backbone.forward_features_list([global_crops, local_crops], [masks, None])
-        else:
-            g, loc = self.backbone.forward_features(global_crops, masks=masks), None
-        g_cls, g_patch = g["x_norm_clstoken"], g["x_norm_patchtokens"]
-        out = {"g_cls": g_cls, "g_patch": g_patch}
-        picked = g_patch.flatten(0, 1)[patch_index] if (patch_index is not None and project_patches) else None
+            crops, crop_masks, keep = crops + [local_crops], crop_masks + [None], keep + [none]
+        feats = self.backbone.forward_kept(crops, crop_masks, keep)  # only the tokens the heads use
+        g_cls = feats[0]["x_norm_clstoken"]
+        out = {"g_cls": g_cls}
+        picked = feats[0]["x_norm_patchtokens_kept"] if wanted else None
+        loc = feats[1] if local_crops is not None else None
         cls_in = [g_cls] + ([loc["x_norm_clstoken"]] if loc is not None else [])
-        if self.ibot_head is None and picked is not None:
+        shared = self.ibot_head is None and picked is not None
+        if shared:
             cls_in.append(picked)
         sizes = [t.shape[0] for t in cls_in]
-        logits = self.dino_head(torch.cat(cls_in)).split(sizes)
+        if shared and patch_parts:
+            z, w = self.dino_head(torch.cat(cls_in), parts=True)
+            zs = z.split(sizes)
+            logits = [F.linear(part, w) for part in zs[:-1]]
+            out["patch_z"], out["patch_w"] = zs[-1], w
+        else:
+            logits = self.dino_head(torch.cat(cls_in)).split(sizes)
         out["g_cls_logits"] = logits[0]
         if loc is not None:
             out["l_cls_logits"] = logits[1]
-        if picked is not None:
-            out["patch_logits"] = logits[-1] if self.ibot_head is None else self.ibot_head(picked)
+        if picked is not None and not shared:
+            if patch_parts:
+                out["patch_z"], out["patch_w"] = self.ibot_head(picked, parts=True)
+            else:
+                out["patch_logits"] = self.ibot_head(picked)
+        elif shared and not patch_parts:
+            out["patch_logits"] = logits[-1]
         return out
 
     def param_modules(self) -> dict[str, nn.Module]:

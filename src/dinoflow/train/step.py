@@ -1,0 +1,92 @@
+"""One optimiser step, and how the trained networks are set up for it.
+
+Nothing in a step waits for the device: the loss, its terms and the gradient norms come back
+as device tensors, and the loop reads them (one transfer) every `log_every` steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dinoflow.errors import DinoflowError
+from dinoflow.train.distributed import DistEnv, all_reduce_sum, shard_like, wrap_model
+from dinoflow.train.optim import apply_schedules
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CUDA only: this class of CPU has no fast bf16."""
+    use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+    if precision == "bf16" and device.type != "cuda":
+        raise DinoflowError("train.precision bf16 needs a CUDA device; CPU runs fp32 (set precision: auto)")
+    return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else torch.autocast("cpu", enabled=False)
+
+
+def clip_gradients(net: nn.Module, max_norm: float | None) -> dict[str, torch.Tensor]:
+    """Clip each submodule (backbone, heads) separately, as the recipe does; norms stay on the device."""
+    norms: dict[str, torch.Tensor] = {}
+    if max_norm is None:
+        return norms
+    for name, mod in unwrap(net).param_modules().items():
+        params = [p for p in mod.parameters() if p.grad is not None]
+        if params:
+            n = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+            norms[f"grad_norm_{name}"] = (n.full_tensor() if hasattr(n, "full_tensor") else n).detach()
+    return norms
+
+
+def train_step(objective, net: nn.Module, optimizer: torch.optim.Optimizer, views: dict[str, Any],
+               s: dict[str, float], *, clip_grad: float | None, precision: str = "auto",
+               device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on prepared views. Returns (global mean loss, metrics), 0-d device tensors.
+
+    A non-finite loss is not checked here (that would wait for the device every step): the
+    loop checks every value it reads, and before every checkpoint.
+    """
+    apply_schedules(optimizer, lr=s["lr"], wd=s["wd"], last_layer_lr=s["last_layer_lr"])
+    with autocast_context(device, precision):
+        loss, metrics = objective.loss(net, views, s)
+    red = all_reduce_sum(torch.stack([loss.detach().float(), torch.ones((), device=loss.device)]))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics = dict(metrics)
+    metrics.update(clip_gradients(net, clip_grad))
+    optimizer.step()
+    objective.after_step(net, s)
+    return red[0] / red[1], metrics
+
+
+def compile_blocks(module: nn.Module, device: torch.device, backend: str | None = None) -> None:
+    """torch.compile each transformer block on its own (one graph each, no breaks; blocks share
+    their compiled code). Module names and state dicts are unchanged. The last block then
+    computes every token's output (its kept-token count changes every step, which would
+    recompile a static-shape graph)."""
+    module.backbone.prune_last_block = False
+    for blk in module.backbone.block_list():
+        blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
+
+
+def prepare_networks(objective, tcfg, env: DistEnv) -> nn.Module:
+    """Backbone settings (packing, checkpointing), wrapping (DDP / FSDP2) of the trained network,
+    sharding of the EMA copies like it, then per-block compilation. Returns the train module."""
+    module = objective.train_module()
+    others = list(objective.checkpoint_modules().values())
+    for m in [module, *others]:
+        backbone = getattr(m, "backbone", None)
+        if backbone is not None and hasattr(backbone, "pack_crops"):
+            backbone.pack_crops = tcfg.pack_crops
+            backbone.set_activation_checkpointing(tcfg.activation_checkpointing)
+    net = wrap_model(module, tcfg.strategy, env, reshard_after_forward=tcfg.fsdp_reshard_after_forward,
+                     precision=tcfg.precision)
+    for m in others:
+        shard_like(m, tcfg.strategy, env, precision=tcfg.precision)
+    if tcfg.compile:
+        for m in [unwrap(net), *others]:
+            compile_blocks(m, env.device)
+    return net
