@@ -1,19 +1,24 @@
-"""The curate stage as a Kubeflow fan-out (a sub-pipeline the main DAG can call in place of `curate`):
+"""The curate stage as a Kubeflow fan-out, built by one function (`curation_tasks`) that the main
+DAG (pipelines/dinov2_pipeline.py) calls inside its exit handler and that `curation_fanout`, a
+curate-only pipeline, wraps:
 
     curate_plan ─▶ ParallelFor(task g): curate_partition(g) ─▶ curate_global(Collected embeddings)
 
 Each curate_partition task decodes and embeds its share of the partitions (pool, seeds, eval
-sets); curate_global runs the global steps on all of them, in its pod, under torchrun, or as a
-TrainJob. Outputs: `curated` (shards + manifest.parquet + manifest.json), `reports`,
-`report_html`, `metrics` — the same artifacts as the single `curate` component, and the same
+sets); curate_global runs the global steps on all of them. Outputs of the global task: `curated`
+(shards + manifest.parquet + manifest.json), `reports`, `report_html`, `metrics` — the same
 curated bytes as `dinoflow curate` alone.
 
-    from pipelines.curation_fanout import curation_fanout
-    cur = curation_fanout(params_yaml=params_yaml, overrides=overrides, max_groups=8, ...)
-    pretrain(..., curated=cur.outputs["curated"], ...)
+Parameters: `groups` decode + embed tasks (at most one per partition: fewer when the pool has
+fewer partitions); the global step's processes: `num_nodes` 1 and `procs_per_node` <= 1, in its
+pod; 1 and N > 1, torchrun of N processes in its pod (gloo: the pod has no GPU); `num_nodes` M > 1,
+a Kubeflow Trainer TrainJob of M GPU nodes with `procs_per_node` GPUs (one process each), placed
+like training's (accelerator type, GPU tolerations, node selector); the step's pod then only waits.
+The run id and the shared volume come from the pod (pipelines/steps.py), never from inputs, so
+every task stays cacheable.
 """
 
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Metrics
@@ -22,9 +27,27 @@ from components.curate_global.component import curate_global
 from components.curate_partition.component import curate_partition
 from components.curate_plan.component import curate_plan
 from components.images import TRAIN_IMAGE
+from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
+from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried
 
 PIPELINE_NAME = "dinoflow-curation-fanout"
 Outputs = NamedTuple("Outputs", curated=Dataset, reports=Artifact, report_html=HTML, metrics=Metrics)
+
+
+def curation_tasks(cfg: dict, *, groups, num_nodes, procs_per_node, trainjob: dict) -> dsl.PipelineTask:
+    """Add plan → ParallelFor decode + embed → global steps to the pipeline being defined; returns
+    the global task. cfg: params_yaml + overrides; trainjob: image, trainjob_runtime(_kind),
+    accelerator_type, tolerations, node_selector (what a TrainJob of the global step needs)."""
+    plan = cpu_step(curate_plan(**cfg, max_groups=groups), "curate: plan", cpu="1", memory="2Gi")
+    with dsl.ParallelFor(plan.output, name="curate-partitions") as group:
+        # `groups`, not the plan's length: task g takes partitions p with p % groups == g, and the
+        # plan starts tasks 0 .. min(groups, partitions) - 1, so every partition has its task
+        part = curate_partition(**cfg, group=group, groups=groups)
+        cpu_step(part, "curate: decode + embed", cpu="4", memory="16Gi")
+    glob = curate_global(**cfg, embeddings=dsl.Collected(part.outputs["embeddings"]), num_nodes=num_nodes,
+                         procs_per_node=procs_per_node, **trainjob)
+    # retried like training: a preempted global step (or its TrainJob's launcher) starts again
+    return cpu_step(retried(glob), "curate: global steps", cpu="4", memory="16Gi")
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="curate as a fan-out: decode + embed per partition group, then the global steps")
@@ -35,23 +58,17 @@ def curation_fanout(
     num_nodes: int = 1,
     procs_per_node: int = 1,
     image: str = TRAIN_IMAGE,
-    trainjob_runtime: str = "dinoflow-torch-distributed",
-    trainjob_runtime_kind: str = "TrainingRuntime",
-    shared_dir: str = "/mnt/dinoflow-shared",
-    run_id: str = "local",
+    trainjob_runtime: str = DEFAULT_RUNTIME,
+    trainjob_runtime_kind: str = DEFAULT_RUNTIME_KIND,
+    accelerator_type: str = "nvidia.com/gpu",
+    gpu_node_selector: Dict[str, str] = {},
+    gpu_tolerations: List[dict] = DEFAULT_TOLERATIONS,
 ) -> Outputs:
-    """max_groups: decode + embed tasks (at most one per partition); num_nodes / procs_per_node: the
-    global step's processes (1 / 1: in the step; 1 / N: torchrun; M > 1: a TrainJob of M nodes)."""
-    plan = curate_plan(params_yaml=params_yaml, overrides=overrides, max_groups=max_groups)
-    plan.set_display_name("curate: plan")
-    with dsl.ParallelFor(plan.output, name="partition-groups") as group:
-        part = curate_partition(params_yaml=params_yaml, overrides=overrides, group=group, groups=max_groups)
-        part.set_display_name("curate: decode + embed")
-    glob = curate_global(
-        params_yaml=params_yaml, overrides=overrides, embeddings=dsl.Collected(part.outputs["embeddings"]),
-        num_nodes=num_nodes, procs_per_node=procs_per_node, image=image, trainjob_runtime=trainjob_runtime,
-        trainjob_runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=run_id,
-    )
-    glob.set_display_name("curate: global steps")
+    """max_groups: decode + embed tasks; num_nodes / procs_per_node: the global step's processes
+    (see the module docstring); the GPU settings place a TrainJob's pods."""
+    trainjob = dict(image=image, trainjob_runtime=trainjob_runtime, trainjob_runtime_kind=trainjob_runtime_kind,
+                    accelerator_type=accelerator_type, tolerations=gpu_tolerations, node_selector=gpu_node_selector)
+    glob = curation_tasks(dict(params_yaml=params_yaml, overrides=overrides), groups=max_groups,
+                          num_nodes=num_nodes, procs_per_node=procs_per_node, trainjob=trainjob)
     return Outputs(curated=glob.outputs["curated"], reports=glob.outputs["reports"],
                    report_html=glob.outputs["report_html"], metrics=glob.outputs["metrics"])

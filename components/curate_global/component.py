@@ -2,10 +2,14 @@
 
 Runs `dinoflow curate` on the embedding shards of every curate_partition task: in the step
 (num_nodes 1, procs_per_node <= 1), under torchrun (procs_per_node > 1: gloo on CPU, NCCL on
-GPUs), or as a Kubeflow Trainer TrainJob (num_nodes > 1), like training (dinoflow.launch.training).
+GPUs), or as a Kubeflow Trainer TrainJob (num_nodes > 1: procs_per_node GPUs of
+`accelerator_type` per node, with the tolerations and node selector), like training
+(dinoflow.launch.training). The pipeline run id arrives as `$DINOFLOW_PIPELINE_RUN_ID` (the pod's
+label) and the shared volume is the DAG's mount (dinoflow.launch.shared.SHARED_DIR), not inputs,
+so the step stays cacheable.
 """
 
-from typing import List
+from typing import Dict, List
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
@@ -24,11 +28,12 @@ def curate_global(
     metrics: Output[Metrics],
     num_nodes: int,
     procs_per_node: int,
+    accelerator_type: str,
     image: str,
     trainjob_runtime: str,
     trainjob_runtime_kind: str,
-    shared_dir: str,
-    run_id: str,
+    tolerations: List[dict],
+    node_selector: Dict[str, str],
 ):
     """The curated shards + manifest become `curated`; the report becomes `reports` / `report_html`."""
     import os
@@ -37,8 +42,9 @@ def curate_global(
     from dinoflow.launch.steps import log_summary_metrics, publish
     from dinoflow.launch.training import LaunchOptions
 
-    opts = LaunchOptions(num_nodes=num_nodes, gpus_per_node=procs_per_node, image=image, runtime=trainjob_runtime,
-                         runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, run_id=run_id)
+    opts = LaunchOptions(num_nodes=num_nodes, gpus_per_node=procs_per_node, gpu_resource=accelerator_type, image=image,
+                         runtime=trainjob_runtime, runtime_kind=trainjob_runtime_kind, tolerations=tolerations,
+                         node_selector=node_selector)
     summary = run_global_step(params_yaml, overrides, [e.path for e in embeddings], out_dir=curated.path,
                               report_dir=reports.path, opts=opts)
     publish(os.path.join(reports.path, "curation.html"), report_html.path)

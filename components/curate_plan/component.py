@@ -1,4 +1,8 @@
-"""curate_plan: how many decode + embed tasks the curation fan-out starts (one per group of partitions)."""
+"""curate_plan: how many decode + embed tasks the curation fan-out starts (one per group of partitions).
+
+The fan-out's first step: it also refuses, before any task starts, params that name data by a
+relative path inside a step pod (check_pod_paths).
+"""
 
 from typing import List
 
@@ -11,6 +15,8 @@ from components.images import CPU_IMAGE
 def curate_plan(params_yaml: str, overrides: List[str], max_groups: int) -> List[int]:
     """List the pool; return the task indices [0, min(max_groups, partitions))."""
     from dinoflow.curation.fanout import fanout_groups
-    from dinoflow.launch.steps import step_config
+    from dinoflow.launch.steps import check_pod_paths, step_config
 
-    return fanout_groups(step_config(params_yaml, overrides), max_groups)
+    cfg = step_config(params_yaml, overrides)
+    check_pod_paths("curate", cfg)
+    return fanout_groups(cfg, max_groups)

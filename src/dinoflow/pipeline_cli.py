@@ -223,9 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-nodes", type=int, default=None)
     s.add_argument("--accelerator-type", default=None)
     s.add_argument("--image", default=None, help="training image for TrainJob pods")
+    s.add_argument("--curate-groups", type=int, default=None, help="curation decode + embed tasks (default 4)")
+    s.add_argument("--curate-num-nodes", type=int, default=None,
+                   help="curation global step: 1 in its pod (default), more: a TrainJob of that many GPU nodes")
+    s.add_argument("--curate-procs-per-node", type=int, default=None,
+                   help="curation global step: torchrun processes in its pod, or GPUs per TrainJob node")
     s.add_argument("--wait", action="store_true", help="wait for the run to finish")
     s.add_argument("--timeout", type=float, default=24 * 3600.0)
     return p
+
+
+# `submit` options that set pipeline parameters of the same name (dashes → underscores)
+PIPELINE_ARGUMENTS = ("gpus_per_node", "num_nodes", "accelerator_type", "image",
+                      "curate_groups", "curate_num_nodes", "curate_procs_per_node")
+
+
+def submit_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline parameters given on the command line (the rest keep the DAG's defaults)."""
+    return {k: getattr(args, k) for k in PIPELINE_ARGUMENTS if getattr(args, k) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "run":
             print(json.dumps(run_local(args.config, args.overrides, pipeline_root=args.pipeline_root, demo=args.demo), indent=2))
         else:
-            extra = {k: v for k, v in {"gpus_per_node": args.gpus_per_node, "num_nodes": args.num_nodes,
-                                       "accelerator_type": args.accelerator_type, "image": args.image}.items() if v is not None}
+            extra = submit_arguments(args)
             print(json.dumps(submit(args.host, args.config, args.overrides, experiment=args.experiment,
                                     run_name=args.run_name, namespace=args.namespace, arguments=extra,
                                     wait=args.wait, timeout=args.timeout, service_account=args.service_account),

@@ -11,15 +11,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture
 def standin_stages(monkeypatch, tmp_path):
-    """Route the stage table to the stand-ins; returns the log reader."""
+    """Route the stage table and the fan-out functions to the stand-ins; returns the log reader."""
     import standin_stages as s
 
     import dinoflow.stages
 
     log = tmp_path / "standin.log"
     monkeypatch.setenv(s.LOG_ENV, str(log))
+    import dinoflow.curation.fanout
+
     for name, target in s.STAGE_TABLE.items():
         monkeypatch.setitem(dinoflow.stages.STAGES, name, target)
+    for name in s.FANOUT_FUNCTIONS:
+        monkeypatch.setattr(dinoflow.curation.fanout, name, getattr(s, name))
 
     def read() -> dict:
         import json

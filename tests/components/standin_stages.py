@@ -28,14 +28,38 @@ def _need(path: str | Path) -> None:
 
 
 def curate(cfg) -> dict[str, Any]:
+    """Records the embedding shards it was given (curate.work_dir: the fan-out's gathered parts)."""
     out, rep = Path(cfg.curate.out_dir), Path(cfg.curate.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     rep.mkdir(parents=True, exist_ok=True)
     (out / "shard-000000.tar").write_bytes(b"tar")
     (out / "manifest.json").write_text("{}")
+    summary = {"funnel": {"input": 5, "kept": 3}, "note": "text is not a metric"}
     (rep / "curation.html").write_text("<html>funnel</html>")
-    _record("curate", out_dir=str(out), report_dir=str(rep))
-    return {"funnel": {"input": 5, "kept": 3}, "note": "text is not a metric"}
+    (rep / "curation.json").write_text(json.dumps(summary))
+    work = cfg.curate.work_dir
+    parts = sorted(p.name for p in (Path(work) / "parts").iterdir()) if work else None
+    _record("curate", out_dir=str(out), report_dir=str(rep), parts=parts)
+    return summary
+
+
+STANDIN_PARTITIONS = 3  # the pool the stand-in plan lists
+
+
+def fanout_groups(cfg, max_groups: int) -> list[int]:
+    """Stand-in for dinoflow.curation.fanout.fanout_groups: a pool of STANDIN_PARTITIONS partitions."""
+    return list(range(min(int(max_groups), STANDIN_PARTITIONS)))
+
+
+def embed_group(cfg, group: int, groups: int, work_dir) -> dict[str, Any]:
+    """Stand-in for dinoflow.curation.fanout.embed_group: one embedding shard per partition of the group."""
+    parts = Path(work_dir) / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    mine = [p for p in range(STANDIN_PARTITIONS) if p % int(groups) == int(group)]
+    for p in mine:
+        (parts / f"pool-{p:05d}.npy").write_bytes(b"emb")
+    _record(f"embed-{int(group)}", work_dir=str(work_dir), partitions=mine)
+    return {"group": int(group), "partitions_computed": len(mine)}
 
 
 def _train(stage: str, data: str, out_dir: str, csv: str, teacher: str | None = None) -> dict[str, Any]:
@@ -93,3 +117,18 @@ def register(cfg) -> dict[str, Any]:
 
 
 STAGE_TABLE = {name: f"{__name__}:{name}" for name in ("curate", "pretrain", "distill", "evaluate", "register")}
+# the fan-out's per-task functions (dinoflow.curation.fanout), which read the real pool
+FANOUT_FUNCTIONS = ("fanout_groups", "embed_group")
+
+
+def install() -> None:
+    """Route this process's stages and fan-out functions to the stand-ins (kfp.local component
+    subprocesses: the DAG tests import this from a sitecustomize)."""
+    import sys
+
+    import dinoflow.curation.fanout as fanout
+    import dinoflow.stages
+
+    dinoflow.stages.STAGES.update(STAGE_TABLE)
+    for name in FANOUT_FUNCTIONS:
+        setattr(fanout, name, getattr(sys.modules[__name__], name))

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
-from components.curate.component import curate
+from components.curate_global.component import curate_global
+from components.curate_partition.component import curate_partition
+from components.curate_plan.component import curate_plan
 from components.distill.component import distill
 from components.evaluate.component import evaluate
 from components.images import CPU_IMAGE, TRAIN_IMAGE
@@ -36,8 +38,9 @@ def _spec(comp):
 @pytest.mark.parametrize(
     "comp,image,inputs,outputs",
     [
-        (curate, CPU_IMAGE, {}, {"curated": "system.Dataset", "reports": "system.Artifact",
-                                 "report_html": "system.HTML", "metrics": "system.Metrics"}),
+        (curate_global, TRAIN_IMAGE, {"embeddings": "system.Artifact"},
+         {"curated": "system.Dataset", "reports": "system.Artifact", "report_html": "system.HTML",
+          "metrics": "system.Metrics"}),
         (pretrain, TRAIN_IMAGE, {"curated": "system.Dataset"}, {"teacher": "system.Model", "curves": "system.Artifact"}),
         (distill, TRAIN_IMAGE, {"curated": "system.Dataset", "teacher": "system.Model"},
          {"student": "system.Model", "curves": "system.Artifact"}),
@@ -45,7 +48,7 @@ def _spec(comp):
          {"reports": "system.Artifact", "report_md": "system.Markdown", "metrics": "system.Metrics"}),
         (register, CPU_IMAGE, {"student": "system.Model", "eval_reports": "system.Artifact"}, {"registry": "system.Artifact"}),
     ],
-    ids=["curate", "pretrain", "distill", "evaluate", "register"],
+    ids=["curate_global", "pretrain", "distill", "evaluate", "register"],
 )
 def test_component_spec(comp, image, inputs, outputs):
     spec = _spec(comp)
@@ -73,14 +76,33 @@ def test_training_components_take_launch_parameters_but_no_run_id():
         assert not {p for p in params if "run" in p and "id" in p}
 
 
-def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, capsys):
-    text = PARAMS.read_text()
+CURATE_LAUNCH = dict(num_nodes=1, procs_per_node=1, accelerator_type="nvidia.com/gpu", image="img",
+                    trainjob_runtime="rt", trainjob_runtime_kind="TrainingRuntime", tolerations=[], node_selector={})
+
+
+def _curate(tmp_path: Path, text: str, overrides: list[str], embeddings: list) -> tuple:
+    """Run curate_global's body on `embeddings`; returns its (curated, reports, html, metrics) artifacts."""
     curated, reports = _art(dsl.Dataset, tmp_path / "curated"), _art(dsl.Artifact, tmp_path / "cur_reports")
     html, metrics = _art(dsl.HTML, tmp_path / "curation.html"), dsl.Metrics(name="m", uri=str(tmp_path / "m"))
-    curate.python_func(params_yaml=text, overrides=["curate.seed=3"], curated=curated, reports=reports,
-                       report_html=html, metrics=metrics)
+    curate_global.python_func(params_yaml=text, overrides=overrides, embeddings=embeddings, curated=curated,
+                              reports=reports, report_html=html, metrics=metrics, **CURATE_LAUNCH)
+    return curated, reports, html, metrics
+
+
+def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, capsys):
+    text = PARAMS.read_text()
+    groups = curate_plan.python_func(params_yaml=text, overrides=["curate.seed=3"], max_groups=2)
+    assert groups == [0, 1]  # the stand-in pool has 3 partitions: two tasks of at most 2
+    embeddings = [_art(dsl.Artifact, tmp_path / f"embeddings-{g}") for g in groups]
+    for g, emb in zip(groups, embeddings):
+        curate_partition.python_func(params_yaml=text, overrides=[], group=g, groups=2, embeddings=emb)
+    log = standin_stages()
+    assert log["embed-0"]["work_dir"] == embeddings[0].path and log["embed-0"]["partitions"] == [0, 2]
+    assert log["embed-1"]["partitions"] == [1]
+    curated, reports, html, metrics = _curate(tmp_path, text, ["curate.seed=3"], embeddings)
     log = standin_stages()
     assert log["curate"]["out_dir"] == curated.path and log["curate"]["report_dir"] == reports.path
+    assert log["curate"]["parts"] == ["pool-00000.npy", "pool-00001.npy", "pool-00002.npy"]  # every task's shards
     assert Path(html.path).read_text() == "<html>funnel</html>"
     assert metrics.metadata == {"funnel.input": 5.0, "funnel.kept": 3.0}
 
@@ -124,17 +146,15 @@ def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, 
 
 
 def test_user_overrides_cannot_redirect_artifacts(standin_stages, tmp_path):
-    curated, reports = _art(dsl.Dataset, tmp_path / "curated"), _art(dsl.Artifact, tmp_path / "rep")
-    curate.python_func(params_yaml=PARAMS.read_text(), overrides=["curate.out_dir=/elsewhere"], curated=curated,
-                       reports=reports, report_html=_art(dsl.HTML, tmp_path / "c.html"),
-                       metrics=dsl.Metrics(name="m", uri=str(tmp_path / "m")))
+    curated, *_ = _curate(tmp_path, PARAMS.read_text(), ["curate.out_dir=/elsewhere", "curate.work_dir=/elsewhere"], [])
     assert standin_stages()["curate"]["out_dir"] == curated.path
+    assert standin_stages()["curate"]["parts"] == []  # the gathered work directory, not the override
 
 
 def test_bad_override_is_a_clear_error(standin_stages, tmp_path):
     from dinoflow.errors import DinoflowError
 
     with pytest.raises(DinoflowError, match="curate.knn_kk"):
-        curate.python_func(params_yaml="", overrides=["curate.knn_kk=3"], curated=_art(dsl.Dataset, tmp_path / "c"),
-                           reports=_art(dsl.Artifact, tmp_path / "r"), report_html=_art(dsl.HTML, tmp_path / "h"),
-                           metrics=dsl.Metrics(name="m", uri=str(tmp_path / "m")))
+        _curate(tmp_path, "", ["curate.knn_kk=3"], [])
+    with pytest.raises(DinoflowError, match="curate.knn_kk"):
+        curate_plan.python_func(params_yaml="", overrides=["curate.knn_kk=3"], max_groups=2)

@@ -1,4 +1,5 @@
-"""The curation fan-out components: specs (types, image, wiring only) and the sub-pipeline's shape."""
+"""The curation fan-out components: specs (types, image, wiring only, no run-unique input) and the
+curate-only pipeline's shape."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ def test_fanout_component_specs():
     assert spec.inputs["embeddings"].is_artifact_list and ins["embeddings"] == "system.Artifact"
     assert outs == {"curated": "system.Dataset", "reports": "system.Artifact", "report_html": "system.HTML",
                     "metrics": "system.Metrics"}
-    assert {"num_nodes", "procs_per_node", "image", "trainjob_runtime", "trainjob_runtime_kind", "shared_dir", "run_id"} <= set(ins)
+    assert {"num_nodes", "procs_per_node", "accelerator_type", "image", "trainjob_runtime", "trainjob_runtime_kind",
+            "tolerations", "node_selector"} <= set(ins)
+    # the run id comes from the pod's label and the shared volume from the DAG's mount: a run-unique
+    # input would enter KFP's cache key (never a hit)
+    for comp in (curate_plan, curate_partition, curate_global):
+        assert not {p for p in comp.component_spec.inputs if ("run" in p and "id" in p) or p == "shared_dir"}
     for comp in (curate_plan, curate_partition, curate_global):  # bodies wire, dinoflow does the work
         container = comp.component_spec.implementation.container
         body = " ".join(container.args) + " ".join(container.command)
@@ -45,8 +51,14 @@ def test_fanout_subpipeline_compiles_with_a_parallel_for_and_outputs():
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "fanout.yaml"
         compiler.Compiler().compile(curation_fanout, str(path))
-        spec = yaml.safe_load(path.read_text())
+        spec, platform = yaml.safe_load_all(path.read_text())
     tasks = spec["root"]["dag"]["tasks"]
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("curate-plan-Output")
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"curated", "reports", "report_html", "metrics"}
+    # built by the same function as the main DAG's curation: the same cluster settings on every task
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-curate-plan", "exec-curate-partition", "exec-curate-global"}
+    for ex in executors.values():
+        assert ex["fieldPathAsEnv"][0]["name"] == "DINOFLOW_PIPELINE_RUN_ID" and ex["pvcMount"]
+        assert ex["securityContext"]["runAsNonRoot"] is True

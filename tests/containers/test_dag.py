@@ -64,6 +64,15 @@ def docker_runner(cluster, demo: Path, shared: Path, run_id: str, **extra):
     )
 
 
+def _task_dirs(run: Path):
+    """kfp.local's task directories of one run; a ParallelFor iteration's directory holds its tasks'."""
+    for p in (p for p in run.iterdir() if p.is_dir()):
+        if p.name.startswith("for-loop-"):
+            yield from (q for q in p.iterdir() if q.is_dir())
+        else:
+            yield p
+
+
 def test_the_dag_runs_in_restricted_containers_and_tracks_to_the_cluster_server(cluster, demo_data, tmp_path):
     run_id = f"kfp-{uuid.uuid4().hex[:10]}"
     root, shared = scratch_dir("dinoflow-kfp-root-"), scratch_dir("dinoflow-shared-")
@@ -75,9 +84,12 @@ def test_the_dag_runs_in_restricted_containers_and_tracks_to_the_cluster_server(
     assert rec["registered"] is True and rec["version"]
 
     # nothing but declared outputs under the pipeline root (the root filesystem was read-only)
-    declared = {"curated", "reports", "report_html", "metrics", "teacher", "curves", "student", "report_md", "registry"}
-    for task_dir in (p for p in next(runs.iterdir()).iterdir() if p.is_dir()):
+    declared = {"curated", "reports", "report_html", "metrics", "teacher", "curves", "student", "report_md", "registry",
+                "embeddings"}
+    task_dirs = list(_task_dirs(next(runs.iterdir())))
+    for task_dir in task_dirs:
         assert {p.name for p in task_dir.iterdir()} <= declared | {"executor_output.json"}, task_dir
+    assert sum(d.name == "curate-partition" for d in task_dirs) >= 2, "curate ran as the fan-out"
 
     code, text = cluster.python(f"""
 import json, mlflow

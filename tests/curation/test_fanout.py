@@ -36,9 +36,15 @@ def test_global_step_in_process_and_under_torchrun_match_plain_curate(pool, tmp_
     for g in range(2):
         embed_group(cfg, g, 2, tasks[g])
     text = dump_config(tiny_cfg(pool, tmp_path / "unused"))
-    for name, procs in (("inproc", 1), ("torchrun", 2)):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    # "in-pod": a Kubeflow step pod with the shared volume mounted and the run id set (curate keeps
+    # no checkpoints there, and leaves nothing behind)
+    for name, procs, shared_dir in (("inproc", 1, ""), ("torchrun", 2, ""), ("in-pod", 1, str(shared))):
         out = tmp_path / name
+        opts = LaunchOptions(gpus_per_node=procs, shared_dir=shared_dir or str(tmp_path / "absent"), run_id="run-3")
         summary = run_global_step(text, [], tasks, out_dir=str(out / "curated"), report_dir=str(out / "reports"),
-                                  opts=LaunchOptions(gpus_per_node=procs))
+                                  opts=opts)
         assert summary["embedding_shards"]["partitions_computed"] == 0  # every partition came from a task
         assert _files(out / "curated") == expected, name
+    assert list(shared.iterdir()) == []

@@ -199,6 +199,7 @@ def test_mlflow_server_accepts_its_names_requires_auth_and_creates_its_bucket(ov
 
 def test_training_runtime_matches_what_the_pipeline_asks_for():
     import pipelines.dinov2_pipeline as dag
+    import pipelines.steps as steps
     from dinoflow.launch.shared import SHARED_DIR
     from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 
@@ -206,7 +207,7 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
     assert (rt["kind"], rt["metadata"]["name"]) == (DEFAULT_RUNTIME_KIND, DEFAULT_RUNTIME) and "torch" in rt["spec"]["mlPolicy"]
     inputs = dag.dinov2_pipeline.component_spec.inputs  # what the DAG passes by default
     assert (inputs["trainjob_runtime"].default, inputs["trainjob_runtime_kind"].default) == (DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND)
-    assert dag.SHARED_DIR == SHARED_DIR and dag.SHARED_PVC == "dinoflow-shared"
+    assert dag.SHARED_DIR == SHARED_DIR and steps.SHARED_PVC == "dinoflow-shared"
     pod = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}

@@ -23,6 +23,16 @@ def test_layout_is_keyed_by_run_and_stage(tmp_path):
             shared.stage_dir(tmp_path, bad, "pretrain")
 
 
+def test_only_training_stages_wire_checkpoints(tmp_path):
+    from dinoflow.launch.steps import step_config
+
+    root = shared.stage_dir(tmp_path, "r", "distill")
+    assert shared.checkpoint_wiring("distill", root) == {"distill.train.checkpoint_dir": str(root / "ckpt")}
+    assert shared.checkpoint_wiring("curate", shared.stage_dir(tmp_path, "r", "curate")) == {}  # no curate.train
+    for stage in ("pretrain", "distill", "curate"):  # what run_training_step wires is a valid config
+        step_config("", [], shared.checkpoint_wiring(stage, shared.stage_dir(tmp_path, "r", stage)))
+
+
 def test_clean_removes_the_stage_and_an_empty_run_dir(tmp_path):
     a, b = shared.stage_dir(tmp_path, "r", "pretrain"), shared.stage_dir(tmp_path, "r", "distill")
     for d in (a, b):

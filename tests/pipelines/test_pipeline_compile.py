@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_PARAMS = ROOT / "pipelines" / "params.cluster.example.yaml"
 TRAINING = ("pretrain", "pretrain-2", "distill", "distill-2")  # one-node branch, TrainJob branch
 AFTER_CURATION = ("pretrain", "distill", "evaluate", "register")
+CURATION = ("curate-plan", "curate-partition", "curate-global")  # the fan-out
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,9 @@ def test_dag_shape_exit_handler_and_no_gate_skip(compiled):
     assert set(root) == {"exit-handler-1", "finalize"}
     assert root["finalize"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert set(inner) == {"curate", "condition-branches-2"}
-    branches = spec["components"]["comp-condition-branches-2"]["dag"]["tasks"]
+    (loop,), (branch,) = ([n for n in inner if n.startswith(p)] for p in ("for-loop-", "condition-branches-"))
+    assert set(inner) == {"curate-plan", loop, "curate-global", branch}
+    branches = spec["components"][inner[branch]["componentRef"]["name"]]["dag"]["tasks"]
     conditions = {t["triggerPolicy"]["condition"]: t["componentRef"]["name"] for t in branches.values()}
     one = conditions["int(inputs.parameter_values['pipelinechannel--num_nodes']) == 1"]
     many = conditions["!(int(inputs.parameter_values['pipelinechannel--num_nodes']) == 1)"]
@@ -55,8 +57,52 @@ def test_dag_shape_exit_handler_and_no_gate_skip(compiled):
         assert "triggerPolicy" not in tasks[name], "every candidate is registered; the gate decides the alias"
     for name in ("register", "register-2", "finalize"):
         assert "enableCache" not in tasks[name]["cachingOptions"]  # proto default: caching off
-    for name in ("curate", *TRAINING, "evaluate", "evaluate-2"):
+    for name in (*CURATION, *TRAINING, "evaluate", "evaluate-2"):
         assert tasks[name]["cachingOptions"]["enableCache"] is True
+
+
+def test_curate_runs_as_the_fan_out(compiled):
+    """plan → ParallelFor decode + embed over the plan's list → global steps over the collected
+    embeddings, whose curated dataset every training step reads."""
+    spec, _ = compiled
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    ((loop_name, loop),) = [(n, t) for n, t in inner.items() if n.startswith("for-loop-")]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--curate-plan-Output"
+    assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"curate-partition"}
+    tasks = _tasks(spec)
+    assert tasks["curate-plan"]["inputs"]["parameters"]["max_groups"]["componentInputParameter"] == "pipelinechannel--curate_groups"
+    part = tasks["curate-partition"]["inputs"]["parameters"]
+    assert part["groups"]["componentInputParameter"] == "pipelinechannel--curate_groups"
+    assert part["group"]["componentInputParameter"] == "pipelinechannel--curate-plan-Output-loop-item"
+    glob = tasks["curate-global"]
+    emb = glob["inputs"]["artifacts"]["embeddings"]["taskOutputArtifact"]  # dsl.Collected over the loop
+    assert emb == {"outputArtifactKey": "pipelinechannel--curate-partition-embeddings", "producerTask": loop_name}
+    for name in TRAINING:
+        curated = tasks[name]["inputs"]["artifacts"]["curated"]["componentInputArtifact"]
+        assert curated == "pipelinechannel--curate-global-curated", name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {k: params[k]["defaultValue"] for k in ("curate_groups", "curate_num_nodes", "curate_procs_per_node")} == \
+        {"curate_groups": 4, "curate_num_nodes": 1, "curate_procs_per_node": 1}
+
+
+def test_the_global_curation_step_launches_like_training(compiled):
+    """The global step runs in its CPU pod (torchrun for procs > 1) or submits a TrainJob of
+    `curate_num_nodes` GPU nodes: that job's pods get the training GPU placement through its inputs;
+    the step itself holds no GPU and is retried like training."""
+    spec, executors = compiled
+    tasks = _tasks(spec)
+    params = tasks["curate-global"]["inputs"]["parameters"]
+    assert params["num_nodes"]["componentInputParameter"] == "pipelinechannel--curate_num_nodes"
+    assert params["procs_per_node"]["componentInputParameter"] == "pipelinechannel--curate_procs_per_node"
+    assert params["tolerations"]["componentInputParameter"] == "pipelinechannel--gpu_tolerations"
+    assert params["node_selector"]["componentInputParameter"] == "pipelinechannel--gpu_node_selector"
+    assert params["accelerator_type"]["componentInputParameter"] == "pipelinechannel--accelerator_type"
+    assert not {"run_id", "shared_dir"} & set(params)  # from the pod's label and the DAG's mount
+    assert tasks["curate-global"]["retryPolicy"]["maxRetryCount"] == 3
+    for name in CURATION:
+        res = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]["resources"]
+        assert "accelerator" not in res and res["resourceCpuLimit"] == res["resourceCpuRequest"], name
+        assert "tolerations" not in executors[_executor(spec, name)], "curation pods land on CPU nodes"
 
 
 def test_no_step_takes_a_run_unique_input(compiled):
@@ -67,11 +113,15 @@ def test_no_step_takes_a_run_unique_input(compiled):
             continue  # the exit handler is never cached and takes the run's name
         text = yaml.safe_dump(task.get("inputs", {}))
         assert "pipeline_job" not in text and "pipeline_task" not in text, name
+    for name, comp in spec["components"].items():
+        inputs = comp.get("inputDefinitions", {}).get("parameters", {})
+        assert not {p for p in inputs if "run" in p and "id" in p}, name
 
 
 def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
     spec, executors = compiled
-    assert len(executors) == 10  # curate + finalize + 2 × (pretrain, distill, evaluate, register)
+    # plan, decode + embed, global steps, finalize + 2 × (pretrain, distill, evaluate, register)
+    assert len(executors) == 12 and {f"exec-{n}" for n in CURATION} <= set(executors)
     for label, ex in executors.items():
         assert ex["fieldPathAsEnv"] == [{"fieldPath": "metadata.labels['pipeline/runid']",
                                          "name": "DINOFLOW_PIPELINE_RUN_ID"}], label
@@ -81,6 +131,14 @@ def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
         assert ex["pvcMount"] == [{"constant": "dinoflow-shared", "mountPath": "/mnt/dinoflow-shared",
                                    "pvcNameParameter": {"runtimeValue": {"constant": "dinoflow-shared"}}}], label
         assert ex["securityContext"] == {"runAsGroup": "10001", "runAsNonRoot": True, "runAsUser": "10001"}
+    tasks = _tasks(spec)
+    for name in tasks:  # every container task has resources
+        if not name.startswith(("for-loop-", "condition-", "exit-handler-")):
+            res = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]["resources"]
+            assert res.get("resourceMemoryRequest") and res.get("resourceCpuRequest"), name
+    names = {n: tasks[n]["taskInfo"]["name"] for n in (*CURATION, "pretrain-2")}
+    assert names == {"curate-plan": "curate: plan", "curate-partition": "curate: decode + embed",
+                     "curate-global": "curate: global steps", "pretrain-2": "pretrain (TrainJob)"}
 
 
 def test_one_node_training_holds_gpus_and_the_trainjob_launcher_none(compiled):
@@ -108,7 +166,7 @@ def test_one_node_training_holds_gpus_and_the_trainjob_launcher_none(compiled):
 
 def test_cpu_steps_use_the_cpu_image(compiled):
     spec, _ = compiled
-    for name in ("curate", "evaluate", "register", "evaluate-2", "register-2", "finalize"):
+    for name in ("curate-plan", "evaluate", "register", "evaluate-2", "register-2", "finalize"):
         container = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]
         assert container["image"].startswith("dinoflow/dinoflow-cpu") and "accelerator" not in container["resources"]
 
@@ -146,6 +204,17 @@ def test_submit_to_an_unreachable_host_fails_clearly(capsys):
     assert main(["submit", "--host", "http://127.0.0.1:9", "-c", str(CLUSTER_PARAMS)]) == 1
     err = capsys.readouterr().err
     assert "could not submit" in err and "127.0.0.1:9" in err
+
+
+def test_submit_options_are_pipeline_parameters(compiled):
+    from dinoflow.pipeline_cli import PIPELINE_ARGUMENTS, build_parser, submit_arguments
+
+    spec, _ = compiled
+    assert set(PIPELINE_ARGUMENTS) <= set(spec["root"]["inputDefinitions"]["parameters"])
+    args = build_parser().parse_args(["submit", "--host", "h", "--curate-groups", "16", "--curate-num-nodes", "2",
+                                      "--curate-procs-per-node", "8", "--num-nodes", "4"])
+    assert submit_arguments(args) == {"curate_groups": 16, "curate_num_nodes": 2, "curate_procs_per_node": 8,
+                                      "num_nodes": 4}
 
 
 def test_submit_runs_steps_as_the_overlays_service_account():

@@ -2,12 +2,13 @@
 
 Two variants:
 - stand-in stages (tests/components/standin_stages.py, injected into every component
-  subprocess through a sitecustomize on PYTHONPATH): checks the DAG's artifact wiring, that
-  register runs after every evaluate whatever the gate says (it applies the gate itself), and that
-  the exit handler runs;
-- the real stages on a tiny config, twice: the first run's student becomes `champion` under one
-  MLflow parent run closed by the exit handler; with `distill.train.epochs=1` the second registers a
-  worse version that does not take the alias.
+  subprocess through a sitecustomize on PYTHONPATH): checks the DAG's artifact wiring (the
+  curation fan-out's tasks into its global step, that into training), that register runs after
+  every evaluate whatever the gate says (it applies the gate itself), and that the exit handler runs;
+- the real stages on a tiny config, twice (issue 16's acceptance test: the DAG curates the demo
+  data through the fan-out, and pretrain/distill read what its global step wrote): the first
+  run's student becomes `champion` under one MLflow parent run closed by the exit handler; with
+  `distill.train.epochs=1` the second registers a worse version that does not take the alias.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from dinoflow.pipeline_cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "tests" / "components"
+FANOUT_TASKS = ("embed-0", "embed-1", "embed-2")  # the stand-in records of the decode + embed tasks
 
 SITECUSTOMIZE = """
-import dinoflow.stages
-import standin_stages as s
-dinoflow.stages.STAGES.update(s.STAGE_TABLE)
+import standin_stages
+standin_stages.install()
 """
 
 
@@ -51,10 +52,22 @@ def _run_standin_dag(tmp_path: Path, monkeypatch, knn: float, capsys) -> tuple[d
     return records, _cli_json(capsys.readouterr().out)
 
 
+def _order(records: dict) -> list[str]:
+    """The stages in the order they ran; the decode + embed tasks in any order among themselves."""
+    names = list(records)
+    n = len(FANOUT_TASKS)
+    return sorted(names[:n]) + names[n:]
+
+
 @pytest.mark.slow
 def test_dag_wiring_and_gate_with_standin_stages(tmp_path, monkeypatch, capsys):
     rec, out = _run_standin_dag(tmp_path / "pass", monkeypatch, knn=0.95, capsys=capsys)
-    assert list(rec) == ["curate", "pretrain", "distill", "evaluate", "register"]
+    # curate is the fan-out: a decode + embed task per partition group (the stand-in pool has 3
+    # partitions, fewer than the default 4 groups), then the global step, then the rest
+    assert _order(rec) == [*FANOUT_TASKS, "curate", "pretrain", "distill", "evaluate", "register"]
+    assert [rec[t]["partitions"] for t in FANOUT_TASKS] == [[0], [1], [2]]
+    assert rec["curate"]["parts"] == ["pool-00000.npy", "pool-00001.npy", "pool-00002.npy"]
+    assert len({rec[t]["work_dir"] for t in FANOUT_TASKS}) == 3  # each task wrote its own output
     # each step consumed the artifact the previous one produced
     assert rec["pretrain"]["data"] == rec["curate"]["out_dir"] == rec["distill"]["data"]
     assert rec["distill"]["teacher"] == rec["pretrain"]["out_dir"]
@@ -66,8 +79,24 @@ def test_dag_wiring_and_gate_with_standin_stages(tmp_path, monkeypatch, capsys):
 
     assert rec["register"]["passed"] is True
     rec_fail, _ = _run_standin_dag(tmp_path / "fail", monkeypatch, knn=0.5, capsys=capsys)
-    assert list(rec_fail) == ["curate", "pretrain", "distill", "evaluate", "register"], "register runs below the gate too"
+    assert _order(rec_fail) == [*FANOUT_TASKS, "curate", "pretrain", "distill", "evaluate", "register"], \
+        "register runs below the gate too"
     assert rec_fail["register"]["passed"] is False
+
+
+def _check_fan_out(root: Path) -> Path:
+    """The DAG curated through the fan-out: at least two decode + embed tasks each wrote embedding
+    shards, and the global step computed none itself. Returns the curated dataset it produced."""
+    tasks = [p for p in root.rglob("embeddings") if p.is_dir()]
+    assert len(tasks) >= 2, tasks
+    shards = [{f.name for f in (t / "parts").iterdir()} for t in tasks]
+    assert all(shards) and not set.intersection(*shards), "each task embedded its own partitions"
+    (report,) = root.rglob("curate-global/reports/curation.json")
+    used = json.loads(report.read_text())["embedding_shards"]
+    assert used["partitions_computed"] == 0, used  # every partition came from a task
+    (curated,) = root.rglob("curate-global/curated")
+    assert (curated / "manifest.json").is_file() and not (curated / ".curate").exists()
+    return curated
 
 
 def _registry_record(out: dict) -> dict:
@@ -79,6 +108,7 @@ def _registry_record(out: dict) -> dict:
 def test_whole_dag_with_real_stages_crowns_then_keeps_the_champion(tmp_path, monkeypatch, capsys):
     import mlflow
 
+    from dinoflow.tracking.provenance import hash_input, tag_key
     from tiny_pipeline import TINY_REGISTRY_PIPELINE
 
     monkeypatch.chdir(tmp_path)
@@ -94,6 +124,7 @@ def test_whole_dag_with_real_stages_crowns_then_keeps_the_champion(tmp_path, mon
 
     out = run("kfp1")
     root = Path(out["pipeline_root"])
+    curated = _check_fan_out(root)
     assert list(root.rglob("backbone.pth")), "teacher and student backbones are artifacts"
     (eval_json,) = root.rglob("evaluate/reports/eval.json")
     assert {"teacher", "student", "random_init", "raw_pixels", "_provenance"} <= set(json.loads(eval_json.read_text()))
@@ -108,6 +139,11 @@ def test_whole_dag_with_real_stages_crowns_then_keeps_the_champion(tmp_path, mon
                                                      "and tags.`dinoflow.stage` != ''")
     assert {r.data.tags["dinoflow.stage"] for r in stages} == {"curate", "pretrain", "distill", "evaluate", "register"}
     (parent,) = {r.data.tags["mlflow.parentRunId"] for r in stages}
+    # pretrain and distill read the fan-out's curated dataset: its path and its DVC md5
+    digest = hash_input(curated).digest
+    for r in stages:
+        if r.data.tags["dinoflow.stage"] in ("pretrain", "distill"):
+            assert r.data.tags[tag_key("dvc.md5", str(curated))] == digest, r.data.tags["dinoflow.stage"]
     parent_run = client.get_run(parent)
     assert parent_run.data.tags["dinoflow.pipeline_run_id"] == out["run_id"] and parent_run.info.status == "FINISHED"
 

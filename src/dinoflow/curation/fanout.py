@@ -1,12 +1,12 @@
 """Curation as a Kubeflow fan-out: decode + embed in parallel tasks, then the global steps in one.
 
-`pipelines/curation_fanout.py` wires these: `fanout_groups` (how many tasks), `embed_group` in a
-ParallelFor (task g decodes and embeds every partition p with p % groups == g, of the pool, the
-seeds and the eval sets, into its own output), then `gather_embeddings` puts every task's embedding
-shards into one work directory and the `curate` stage runs on it (in the step, under torchrun,
-or as a TrainJob): it lists the inputs again, reuses every partition whose key matches (any
-partition that changed or is missing is embedded there), and runs the global steps. The output
-is the one `dinoflow curate` gives alone.
+`pipelines/curation_fanout.py` wires these, as the main DAG's curate: `fanout_groups` (how many
+tasks), `embed_group` in a ParallelFor (task g decodes and embeds every partition p with
+p % groups == g, of the pool, the seeds and the eval sets, into its own output), then
+`gather_embeddings` puts every task's embedding shards into one work directory and the `curate`
+stage runs on it (in the step, under torchrun, or as a TrainJob): it lists the inputs again,
+reuses every partition whose key matches (any partition that changed or is missing is embedded
+there), and runs the global steps. The output is the one `dinoflow curate` gives alone.
 """
 
 from __future__ import annotations

@@ -25,11 +25,19 @@ from dinoflow.pipeline_env import PIPELINE_RUN_ID
 SHARED_DIR = "/mnt/dinoflow-shared"  # where the pipeline steps, the training runtime and torchx mount `dinoflow-shared`
 # The config key of a stage's checkpoint directory (default: <out_dir>/ckpt; see train/run_dir.py).
 CHECKPOINT_DIR_KEY = "{stage}.train.checkpoint_dir"
+# Stages with training checkpoints. curate has none (no `curate.train`): a retried curate step
+# resumes from the embedding shards it is given (its work directory: the fan-out tasks' outputs).
+CHECKPOINTED_STAGES = ("pretrain", "distill")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def checkpoint_key(stage: str) -> str:
     return CHECKPOINT_DIR_KEY.format(stage=stage)
+
+
+def checkpoint_wiring(stage: str, root: Path) -> dict[str, str]:
+    """Config wiring that puts `stage`'s checkpoints under `root` (a stage_dir); {} for a stage without."""
+    return {checkpoint_key(stage): str(root / "ckpt")} if stage in CHECKPOINTED_STAGES else {}
 
 
 def is_mounted(shared_dir: str | Path) -> bool:

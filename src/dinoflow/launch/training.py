@@ -6,12 +6,13 @@
 
 Durable state lives on the shared ReadWriteMany volume when it is mounted (`shared_dir`, see
 dinoflow.launch.shared): in every mode the stage's checkpoints go to
-`<shared_dir>/<run id>/<stage>/ckpt`, so a retried step (preempted node) resumes instead of
-starting over; step output paths are pod-local and start empty on a retry. TrainJob pods do not
-see the step pod's artifact paths, so in that mode the step also stages its inputs there, the job
-writes its outputs there, and the step copies them into its output artifacts when the job
-completes. The run id comes from the environment (`DINOFLOW_PIPELINE_RUN_ID`, filled by the DAG
-from the pod label `pipeline/runid`), not from a component input, so caching still works.
+`<shared_dir>/<run id>/<stage>/ckpt` (pretrain, distill; curate has none: it resumes from the
+embedding shards it is given), so a retried step (preempted node) resumes instead of starting
+over; step output paths are pod-local and start empty on a retry. TrainJob pods do not see the
+step pod's artifact paths, so in that mode the step also stages its inputs there, the job writes
+its outputs there, and the step copies them into its output artifacts when the job completes.
+The run id comes from the environment (`DINOFLOW_PIPELINE_RUN_ID`, filled by the DAG from the pod
+label `pipeline/runid`), not from a component input, so caching still works.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def run_training_step(
     root = None
     if opts.run_id and shared.is_mounted(opts.shared_dir):
         root = shared.stage_dir(opts.shared_dir, opts.run_id, stage)
-        wiring[shared.checkpoint_key(stage)] = str(root / "ckpt")
+        wiring.update(shared.checkpoint_wiring(stage, root))
     cfg = step_config(params_yaml, overrides, wiring)
     if mode == "in-process":
         summary = {**(run_stage(stage, cfg) or {}), "launcher": mode}
