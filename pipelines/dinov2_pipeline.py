@@ -1,7 +1,7 @@
 """The dinoflow DAG: curate → pretrain → distill → evaluate → register (which applies the gate itself),
 inside an exit handler that closes the pipeline's MLflow parent run whatever happens.
 
-Compile / run / submit through the CLI (from the repository root):
+Compile / run / submit through the CLI (`pipelines/cli.py`; the packages are installed, any directory):
 
     dinoflow pipeline compile -c my-cluster-params.yaml -o dinov2_pipeline.yaml
     dinoflow pipeline run --local --demo                  # the same DAG via kfp.local, on this machine
@@ -32,16 +32,15 @@ from components.finalize.component import finalize
 from components.images import TRAIN_IMAGE
 from components.pretrain.component import pretrain
 from components.register.component import register
+from dinoflow.launch.secrets import MLFLOW_KEYS, MLFLOW_SECRET, S3_KEYS, S3_SECRET
 from dinoflow.launch.shared import SHARED_DIR
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, PIPELINE_RUN_ID
 
 PIPELINE_NAME = "dinoflow-dinov2"
-S3_SECRET = "dinoflow-s3"
-MLFLOW_SECRET = "dinoflow-mlflow"
-# secret key → env var inside the step (the same names as k8s/base/pipeline/secrets.template.yaml)
-S3_ENV = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")}
-MLFLOW_ENV = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+# secret key → env var of the same name inside the step
+S3_ENV = {k: k for k in S3_KEYS}
+MLFLOW_ENV = {k: k for k in MLFLOW_KEYS}
 SHARED_PVC = "dinoflow-shared"  # k8s/base/pipeline/shared-volume.yaml: the ReadWriteMany claim in the steps' namespace
 SHM_SIZE = "16Gi"
 RUN_AS = 10001  # the images' non-root user
