@@ -173,8 +173,8 @@ IMAGE_CASES: list[FileCase] = [
     FileCase("gray16.png", _save(_gray16, "PNG"), Expect("decoded", "used", "loaded")),
     FileCase("palette_alpha.png", _save(_palette_alpha, "PNG"), Expect("decoded", "used", "loaded")),
     FileCase("animated.png", _animated("PNG"), Expect("decoded", "used", "loaded")),
-    # .gif is not a curation / training input suffix (listed as skipped), but evaluation reads it
-    FileCase("animated.gif", _animated("GIF"), Expect("skipped", "ignored", "loaded")),
+    # .gif is not an image suffix (dinoflow.data.formats): listed as skipped, read by no stage
+    FileCase("animated.gif", _animated("GIF"), Expect("skipped", "ignored", "ignored")),
     FileCase("tall_1x60000.png", _save(lambda: Image.new("L", (1, 60000), 128), "PNG"), Expect("junk:too_small", "used", "loaded")),
     FileCase("not_an_image_suffix.png.txt", _write(good_png), Expect("skipped", "ignored", "ignored")),
     FileCase("no_suffix", _write(good_png), Expect("skipped", "ignored", "ignored")),

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dinoflow.data import s3
+from dinoflow.data.formats import IMAGE_SUFFIXES
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+IMAGE_EXTS = tuple(s.removeprefix(".") for s in IMAGE_SUFFIXES)  # shard members: "000017.png" → "png"
 META_EXT = "json"
 TAR_MTIME = 0
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-/]+$")

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dinoflow.data import s3
+from dinoflow.data.formats import IMAGE_SUFFIXES, TAR_SUFFIX
 from dinoflow.data.shards import ShardStats, iter_shard
 from dinoflow.errors import DinoflowError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-TAR_SUFFIX = ".tar"
 READ_CHUNK = 1 << 20
 
 
