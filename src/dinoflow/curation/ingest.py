@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from dinoflow.curation.partitions import Partition
+from dinoflow.curation.statuses import PARTITION_OK
 from dinoflow.data.sources import SourceStats, iter_entry
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
@@ -63,12 +64,12 @@ def decode_partition(part: Partition, c: Any) -> tuple[dict[str, list], list, li
             if img is not None:
                 phash = pixel_hash(img)
                 junk = junk_reason(img, min_side=c.min_side, min_std=c.min_std, min_autocorr=c.min_autocorr)
-                status, why = ("junk", junk) if junk else ("ok", "")
+                status, why = ("junk", junk) if junk else (PARTITION_OK, "")
             for k, v in zip(COLUMNS, (part.uid_prefix + item.uid, item.entry, os.fsencode(entry.ref),
                                       os.fsencode(item.member), status, why, phash,
                                       hashlib.sha256(item.data).hexdigest() if item.data else "")):
                 cols[k].append(v)
-            if status == "ok":
+            if status == PARTITION_OK:
                 images.append(img)
                 rows.append(len(cols["uid"]) - 1)
     return cols, images, rows, list(stats.skipped_files)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from dinoflow.curation.report_data import HIST_EDGES, Summary
-from dinoflow.curation.rows import STATUSES
+from dinoflow.curation.statuses import STATUSES
 from dinoflow.io import atomic_path, atomic_write_json, atomic_write_text
 
 
