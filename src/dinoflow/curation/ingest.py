@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from dinoflow.config import CurateConfig
 from dinoflow.curation.partitions import Partition
 from dinoflow.curation.statuses import PARTITION_OK
 from dinoflow.data.sources import SourceStats, iter_entry
@@ -32,7 +33,7 @@ from dinoflow.io import atomic_path
 COLUMNS = ("uid", "entry", "ref", "member", "status", "detail", "pixel_hash", "content_sha256")
 
 
-def decode_settings(c: Any, embedder_id: str) -> str:
+def decode_settings(c: CurateConfig, embedder_id: str) -> str:
     """What, besides the files, changes a partition's rows: part of its key."""
     return f"{embedder_id}|max_pixels={c.max_pixels}|min_side={c.min_side}|min_std={c.min_std:g}|min_autocorr={c.min_autocorr:g}"
 
@@ -49,7 +50,7 @@ def decode_item(data: bytes, error: str | None, max_pixels: int):
         return None, f"{e.reason}: {e.detail}" if e.detail else e.reason
 
 
-def decode_partition(part: Partition, c: Any) -> tuple[dict[str, list], list, list[int], list[dict]]:
+def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list], list, list[int], list[dict]]:
     """Read and decode one partition: (columns, images of the rows to embed, their row indices, what was skipped)."""
     from dinoflow.curation.junk import junk_reason
     from dinoflow.data.decode import pixel_hash
@@ -139,7 +140,7 @@ def invalidate(work: Path, part: Partition) -> None:
         p.unlink(missing_ok=True)
 
 
-def _decoded(parts: list[Partition], c: Any, workers: int) -> Iterator[tuple[Partition, tuple]]:
+def _decoded(parts: list[Partition], c: CurateConfig, workers: int) -> Iterator[tuple[Partition, tuple]]:
     if workers <= 0:
         for p in parts:
             yield p, decode_partition(p, c)
@@ -157,7 +158,7 @@ def _decoded(parts: list[Partition], c: Any, workers: int) -> Iterator[tuple[Par
 
 
 def ingest_partitions(
-    parts: list[Partition], c: Any, embedder: Any, work: Path, *, workers: int = 0, show: bool = True,
+    parts: list[Partition], c: CurateConfig, embedder: Any, work: Path, *, workers: int = 0, show: bool = True,
     on_partition: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Decode + embed every partition of `parts` that is not finished in `work`; returns counts."""
