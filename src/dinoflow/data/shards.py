@@ -366,9 +366,3 @@ def _has_nonzero_tail(tf: tarfile.TarFile) -> bool:
                 return True
     except Exception:  # noqa: BLE001 - best effort; a read error here also means a broken tail
         return True
-
-
-def iter_shards(urls: Iterable[str], stats: ShardStats | None = None) -> Iterator[Sample]:
-    """Chain `iter_shard` over several shards, accumulating into one `ShardStats`."""
-    for url in urls:
-        yield from iter_shard(url, stats)

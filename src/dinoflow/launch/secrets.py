@@ -11,7 +11,6 @@ MLFLOW_SECRET = "dinoflow-mlflow"
 # the keys of each secret; every key becomes the env var of the same name in a step
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-SECRET_KEYS = {S3_SECRET: S3_KEYS, MLFLOW_SECRET: MLFLOW_KEYS}
 # the credentials among those keys: TrainJob pods read these by secretKeyRef (the plain endpoints
 # and URI are forwarded from the step's env instead, dinoflow.launch.training.FORWARDED_ENV)
 CREDENTIAL_KEYS = {S3_SECRET: ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
