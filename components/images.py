@@ -7,6 +7,7 @@ Tags match `docker/Dockerfile` (CUDA training image) and `docker/Dockerfile.cpu`
 
 import os
 
-VERSION = "0.1.0"
-TRAIN_IMAGE = os.environ.get("DINOFLOW_TRAIN_IMAGE", f"dinoflow/dinoflow-cuda:{VERSION}")
-CPU_IMAGE = os.environ.get("DINOFLOW_CPU_IMAGE", f"dinoflow/dinoflow-cpu:{VERSION}")
+from dinoflow.launch import images
+
+TRAIN_IMAGE = os.environ.get("DINOFLOW_TRAIN_IMAGE", images.TRAIN_IMAGE)
+CPU_IMAGE = os.environ.get("DINOFLOW_CPU_IMAGE", images.CPU_IMAGE)

@@ -2,7 +2,7 @@
 applies the gate itself), inside an exit handler that closes the pipeline's MLflow parent run
 whatever happens.
 
-Compile / run / submit through the CLI (from the repository root):
+Compile / run / submit through the CLI (`pipelines/cli.py`; the packages are installed, any directory):
 
     dinoflow pipeline compile -c my-cluster-params.yaml -o dinov2_pipeline.yaml
     dinoflow pipeline run --local --demo                  # the same DAG via kfp.local, on this machine

@@ -14,14 +14,13 @@ outside to a sub-pipeline's inner tasks, so each pipeline builds its tasks throu
 
 from kfp import dsl, kubernetes
 
+from dinoflow.launch.secrets import MLFLOW_KEYS, MLFLOW_SECRET, S3_KEYS, S3_SECRET
 from dinoflow.launch.shared import SHARED_DIR
 from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, PIPELINE_RUN_ID
 
-S3_SECRET = "dinoflow-s3"
-MLFLOW_SECRET = "dinoflow-mlflow"
 # secret key → env var inside the step (the same names as k8s/base/pipeline/secrets.template.yaml)
-S3_ENV = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")}
-MLFLOW_ENV = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+S3_ENV = {k: k for k in S3_KEYS}
+MLFLOW_ENV = {k: k for k in MLFLOW_KEYS}
 SHARED_PVC = "dinoflow-shared"  # k8s/base/pipeline/shared-volume.yaml: the ReadWriteMany claim in the steps' namespace
 SHM_SIZE = "16Gi"
 RUN_AS = 10001  # the images' non-root user

@@ -264,3 +264,58 @@ def test_preempted_pretrain_fails_dvc_repro_and_the_rerun_resumes(tmp_path):
     assert '"resumed_from": 0' in out and '"step": 30' in out, out[-3000:]
     trained = yaml.safe_load((repo / "models" / "teacher" / "train_config.yaml").read_text())
     assert trained["optim"]["base_lr"] == 0.02
+
+
+# ---------------------------------------------------------------- defaults in config modules
+
+
+def _standin_cmd(stage: dict) -> str:
+    """A command that produces the stage's outs, metrics and plots in no time (the project's deps,
+    params and outs are kept: only what runs is replaced)."""
+    outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
+    files = [next(iter(m)) for key in ("metrics", "plots") for m in stage.get(key, [])]
+    code = ["import pathlib"]
+    code += [f"pathlib.Path({o!r}).mkdir(parents=True, exist_ok=True); pathlib.Path({o!r}, 'x').write_text('x')"
+             for o in outs]
+    code += [f"pathlib.Path({f!r}).parent.mkdir(parents=True, exist_ok=True); pathlib.Path({f!r}).write_text("
+             f"{'step,v' + chr(10) + '1,1' + chr(10) if f.endswith('.csv') else '{}'!r})" for f in files]
+    return f'{sys.executable} -c "{"; ".join(code)}"'
+
+
+# (config module, a default in it, the changed default) → the stages whose deps change
+DEFAULT_EDITS = {
+    "config_train.py": ('base_lr: float = Field(0.004,', 'base_lr: float = Field(0.005,', {"pretrain", "distill"}),
+    "config_data.py": ('n_junk: int = Field(60,', 'n_junk: int = Field(61,', {"demo-data", "curate"}),
+    "config_release.py": ('temperature: float = Field(0.07,', 'temperature: float = Field(0.08,', {"evaluate", "register"}),
+    "config.py": ("seed: Seed = 0", "seed: Seed = 1", set(PIPELINE_ORDER)),
+}
+
+
+@pytest.mark.slow
+def test_a_changed_default_in_the_config_reruns_the_stages_it_affects(tmp_path):
+    """params.yaml lists only overrides; a default changed in the config modules must still make
+    `dvc status` report the stages that read it (the project's dvc.yaml, stand-in commands)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for stage in spec["stages"].values():
+        stage["cmd"] = _standin_cmd(stage)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    sh(["git", "init", "-q"], repo)
+    sh([DVC, "init", "-q"], repo)
+    sh([DVC, "repro", "-q"], repo)
+    assert json.loads(sh([DVC, "status", "--json", "-q"], repo) or "{}") == {}
+
+    config_dir = repo / "src" / "dinoflow"
+    for module, (old, new, expected) in DEFAULT_EDITS.items():
+        path = config_dir / module
+        original = path.read_text()
+        assert original.count(old) == 1, f"{module}: the default to edit ({old!r}) is not where the test expects it"
+        path.write_text(original.replace(old, new))
+        status = json.loads(sh([DVC, "status", "--json"], repo))
+        changed = {name for name, what in status.items()
+                   if any(f"src/dinoflow/{module}" in (w.get("changed deps") or {}) for w in what if isinstance(w, dict))}
+        assert changed == expected, (module, status)
+        path.write_text(original)
+    assert json.loads(sh([DVC, "status", "--json"], repo) or "{}") == {}

@@ -35,7 +35,7 @@ OUTPUT_FILE_KEYS = ("report_csv", "report")
 
 # Subcommands with their own argument parsing: name → "module:function(argv) -> int".
 DELEGATED = {
-    "pipeline": "dinoflow.pipeline_cli:main",
+    "pipeline": "pipelines.cli:main",
     "demo": "dinoflow.demo:main",
     "embed": "dinoflow.embedding.cli:main",
 }

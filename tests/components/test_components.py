@@ -61,10 +61,35 @@ def test_component_spec(comp, image, inputs, outputs):
         assert spec.inputs[name].type.split("@")[0] == schema, name
     for name, schema in outputs.items():
         assert spec.outputs[name].type.split("@")[0] == schema, name
-    # the body holds wiring only: it imports dinoflow and nothing heavy
-    src = container.command[-1] if container.command else ""
-    body = " ".join(container.args) + src
-    assert "dinoflow.launch" in body
+    _check_program(comp, container)
+
+
+def _check_program(comp, container) -> None:
+    """The program the container runs: KFP's preamble (kfp and typing imports) and exactly this
+    component's function, which the executor is told to call; the function imports only the
+    standard library and dinoflow (the image's packages, nothing installed at run time), and
+    every name it imports exists in this environment (a renamed dinoflow function fails here,
+    not in a pod)."""
+    import ast
+    import importlib
+    import sys
+
+    tree = ast.parse(container.command[-1])
+    fn_name = container.args[container.args.index("--function_to_execute") + 1]
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert [d.name for d in defs] == [fn_name] == [comp.python_func.__name__]
+    params = [a.arg for a in defs[0].args.args]
+    assert params == list(comp.python_func.__code__.co_varnames[: comp.python_func.__code__.co_argcount])
+    preamble = {n.module if isinstance(n, ast.ImportFrom) else a.name
+                for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert preamble == {"kfp", "kfp.dsl", "typing"}
+    imports = [(n.module, a.name) for n in ast.walk(defs[0]) if isinstance(n, ast.ImportFrom) for a in n.names]
+    imports += [(a.name, None) for n in ast.walk(defs[0]) if isinstance(n, ast.Import) for a in n.names]
+    assert any(m.startswith("dinoflow.") for m, _ in imports), "the component delegates to dinoflow"
+    for module, name in imports:
+        assert module.split(".")[0] == "dinoflow" or module.split(".")[0] in sys.stdlib_module_names, module
+        if name is not None:
+            assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
 
 
 def test_training_components_take_launch_parameters_but_no_run_id():
@@ -136,13 +161,17 @@ def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, 
                          eval_reports=ev_reports, registry=registry)
     rec = standin_stages()["register"]
     assert rec["model_path"] == student.path and rec["eval_report"] == f"{ev_reports.path}/eval.json"
-    assert json.loads(Path(registry.path).read_text())["alias_uri"] == "models:/dinoflow-student@champion"
+    record = json.loads(Path(registry.path).read_text())
+    assert record["alias_uri"] == "models:/dinoflow-student@champion"
+    # the real gate's verdict: params.yaml's floors on the stand-in teacher / random-init scores
+    assert record["gate"]["retention"] == pytest.approx(0.95 / 0.96)
+    assert record["gate"]["teacher_gain"] == pytest.approx(0.96 - 0.10) and record["gate"]["reasons"] == []
     assert "registry gate passed: dinoflow-student version 1 is champion" in capsys.readouterr().out
     register.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.99"], student=student,
                          eval_reports=ev_reports, registry=registry)
     assert standin_stages()["register"]["passed"] is False
     assert "registry gate not passed: dinoflow-student version 1 registered as a candidate, no champion yet: " \
-           "knn_top1 0.95 < min_knn_top1 0.99" in capsys.readouterr().out
+           "knn_top1 0.9500 < min_knn_top1 0.9900 on mnist" in capsys.readouterr().out
 
 
 def test_user_overrides_cannot_redirect_artifacts(standin_stages, tmp_path):

@@ -16,11 +16,12 @@ import pytest
 
 from containers.cluster import SERVICES_NAMESPACE, Manifests
 from containers.engine import BASE_IMAGE, SERVICES_IMAGE, Pod, build, build_base_image, docker_client, image_exists, project_context
+from dinoflow.launch import images
 
-CPU_IMAGE = "dinoflow/dinoflow-cpu:0.1.0"  # the tag components/images.py and k8s/ name
+CPU_IMAGE = images.CPU_IMAGE  # the tag components/images.py and k8s/ name
 # The CUDA training image cannot be built here (no GPU, no CUDA wheels): the CPU image, built from
 # docker/Dockerfile.cpu, runs the training steps under the training image's name.
-TRAIN_IMAGE = "dinoflow/dinoflow-cuda:0.1.0"
+TRAIN_IMAGE = images.TRAIN_IMAGE
 MLFLOW_HOST = f"dinoflow-mlflow.{SERVICES_NAMESPACE}.svc.cluster.local"
 
 

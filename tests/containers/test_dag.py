@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from containers.engine import scratch_dir
-from dinoflow.pipeline_cli import run_local
+from pipelines.cli import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
 

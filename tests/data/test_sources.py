@@ -12,7 +12,7 @@ import pytest
 
 from dinoflow.data import s3
 from dinoflow.data.shards import write_shard
-from dinoflow.data.sources import SourceStats, iter_source, iter_source_batches, iter_sources
+from dinoflow.data.sources import SourceStats, iter_source
 from dinoflow.errors import DinoflowError
 
 
@@ -95,18 +95,6 @@ def test_malformed_shard_is_counted_not_raised(tmp_path):
     assert [i.uid for i in iter_source(tmp_path, stats)] == ["ok.png"]
     assert stats.shards.unreadable_shards == 1
     assert stats.skipped_files == [{"path": "bad.tar", "reason": "not a readable tar shard"}]
-
-
-def test_batches_and_multiple_sources(tree, tmp_path):
-    other = tmp_path / "other"
-    touch(other / "o.png", b"o")
-    batches = list(iter_source_batches(tree, 4))
-    assert [len(b) for b in batches] == [4, 4, 2]
-    both = list(iter_source_batches([tree, other], 100))
-    assert len(both) == 1 and both[0][-1].uid == "o.png" and both[0][-1].source == str(other)
-    assert len(list(iter_sources([tree, other]))) == 11
-    with pytest.raises(ValueError):
-        list(iter_source_batches(tree, 0))
 
 
 def test_s3_prefix_images_and_shards(tmp_path, bucket):

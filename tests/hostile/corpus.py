@@ -173,8 +173,8 @@ IMAGE_CASES: list[FileCase] = [
     FileCase("gray16.png", _save(_gray16, "PNG"), Expect("decoded", "used", "loaded")),
     FileCase("palette_alpha.png", _save(_palette_alpha, "PNG"), Expect("decoded", "used", "loaded")),
     FileCase("animated.png", _animated("PNG"), Expect("decoded", "used", "loaded")),
-    # .gif is not a curation / training input suffix (listed as skipped), but evaluation reads it
-    FileCase("animated.gif", _animated("GIF"), Expect("skipped", "ignored", "loaded")),
+    # .gif is not an image suffix (dinoflow.data.formats): listed as skipped, read by no stage
+    FileCase("animated.gif", _animated("GIF"), Expect("skipped", "ignored", "ignored")),
     FileCase("tall_1x60000.png", _save(lambda: Image.new("L", (1, 60000), 128), "PNG"), Expect("junk:too_small", "used", "loaded")),
     FileCase("not_an_image_suffix.png.txt", _write(good_png), Expect("skipped", "ignored", "ignored")),
     FileCase("no_suffix", _write(good_png), Expect("skipped", "ignored", "ignored")),
@@ -217,10 +217,12 @@ def _folder_named_png(path: Path) -> None:
 
 NON_UTF8_NAME = os.fsdecode(b"bad-\xff\xfe-name.png")  # surrogate-escaped str of a non-UTF-8 name
 
+# Training lists a folder as curation does (dinoflow.data.sources.list_source): what curation lists
+# and cannot read (a FIFO, a dangling or looping symlink) training reads as b"", a skipped sample.
 SPECIAL_CASES: list[FileCase] = [
-    FileCase("fifo.png", _fifo, Expect("reported", "ignored", CORRUPT)),
-    FileCase("dangling.png", _dangling, Expect("corrupt:unreadable", "ignored", CORRUPT)),
-    FileCase("loop_a.png", _loop, Expect("corrupt:unreadable", "ignored", CORRUPT)),
+    FileCase("fifo.png", _fifo, Expect("reported", "skipped", CORRUPT)),
+    FileCase("dangling.png", _dangling, Expect("corrupt:unreadable", "skipped", CORRUPT)),
+    FileCase("loop_a.png", _loop, Expect("corrupt:unreadable", "skipped", CORRUPT)),
     FileCase("unreadable.png", _unreadable, Expect("corrupt:unreadable", "skipped", CORRUPT)),
     FileCase(NON_UTF8_NAME, _write(good_png), Expect("reported", "used", "loaded")),
     FileCase("locked_dir", _unlistable, Expect("reported", "ignored", CORRUPT)),

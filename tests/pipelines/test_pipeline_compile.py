@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dinoflow.pipeline_cli import main, runner_service_account
+from pipelines.cli import main, runner_service_account
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_PARAMS = ROOT / "pipelines" / "params.cluster.example.yaml"
@@ -207,7 +207,7 @@ def test_submit_to_an_unreachable_host_fails_clearly(capsys):
 
 
 def test_submit_options_are_pipeline_parameters(compiled):
-    from dinoflow.pipeline_cli import PIPELINE_ARGUMENTS, build_parser, submit_arguments
+    from pipelines.cli import PIPELINE_ARGUMENTS, build_parser, submit_arguments
 
     spec, _ = compiled
     assert set(PIPELINE_ARGUMENTS) <= set(spec["root"]["inputDefinitions"]["parameters"])
@@ -222,8 +222,14 @@ def test_submit_runs_steps_as_the_overlays_service_account():
     assert runner_service_account("team-a") == "default-editor"  # k8s/overlays/kfp-multi-user
 
 
-def test_find_repo_root_from_elsewhere(tmp_path):
-    from dinoflow.pipeline_cli import find_repo_root
+def test_the_cli_compiles_from_any_directory(tmp_path):
+    """`dinoflow pipeline` imports the DAG as an installed package: no repository checkout on the
+    path, no sys.path patching (a fresh interpreter, run away from the repository)."""
+    import subprocess
+    import sys
 
-    assert find_repo_root(tmp_path) == ROOT  # falls back to the editable checkout
-    assert find_repo_root(ROOT / "k8s") == ROOT
+    out = tmp_path / "ir.yaml"
+    proc = subprocess.run([sys.executable, "-m", "dinoflow", "pipeline", "compile", "-o", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load_all(out.read_text()).__next__()["pipelineInfo"]["name"] == "dinoflow-dinov2"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoflow.pipeline_cli import main
+from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "tests" / "components"

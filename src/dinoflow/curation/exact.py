@@ -119,16 +119,3 @@ def pairs_above(scores, threshold: float, tol: float, exact_fn, exclude=None) ->
     vals = exact_fn(rows, cols)
     ok = vals >= threshold
     return rows[ok], cols[ok], vals[ok]
-
-
-def row_max_exact(scores, tol: float, exact_fn, valid=None) -> np.ndarray:
-    """Certified maximum exact score per row (−inf for rows with no valid column): [B] float64."""
-    s = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
-    if s.shape[1] == 0:
-        return np.full(s.shape[0], -np.inf)
-    rows, _, vals = topk_exact(s, 1, tol, exact_fn)
-    out = np.full(s.shape[0], -np.inf)
-    best = s.max(dim=1).values.cpu().numpy()
-    ok = np.isfinite(best[rows])
-    out[rows[ok]] = vals[ok]
-    return out

@@ -23,7 +23,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from dinoflow.config import CurateConfig
 from dinoflow.curation.partitions import Partition
+from dinoflow.curation.statuses import PARTITION_OK
 from dinoflow.data.sources import SourceStats, iter_entry
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
@@ -31,7 +33,7 @@ from dinoflow.io import atomic_path
 COLUMNS = ("uid", "entry", "ref", "member", "status", "detail", "pixel_hash", "content_sha256")
 
 
-def decode_settings(c: Any, embedder_id: str) -> str:
+def decode_settings(c: CurateConfig, embedder_id: str) -> str:
     """What, besides the files, changes a partition's rows: part of its key."""
     return f"{embedder_id}|max_pixels={c.max_pixels}|min_side={c.min_side}|min_std={c.min_std:g}|min_autocorr={c.min_autocorr:g}"
 
@@ -48,7 +50,7 @@ def decode_item(data: bytes, error: str | None, max_pixels: int):
         return None, f"{e.reason}: {e.detail}" if e.detail else e.reason
 
 
-def decode_partition(part: Partition, c: Any) -> tuple[dict[str, list], list, list[int], list[dict]]:
+def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list], list, list[int], list[dict]]:
     """Read and decode one partition: (columns, images of the rows to embed, their row indices, what was skipped)."""
     from dinoflow.curation.junk import junk_reason
     from dinoflow.data.decode import pixel_hash
@@ -63,12 +65,12 @@ def decode_partition(part: Partition, c: Any) -> tuple[dict[str, list], list, li
             if img is not None:
                 phash = pixel_hash(img)
                 junk = junk_reason(img, min_side=c.min_side, min_std=c.min_std, min_autocorr=c.min_autocorr)
-                status, why = ("junk", junk) if junk else ("ok", "")
+                status, why = ("junk", junk) if junk else (PARTITION_OK, "")
             for k, v in zip(COLUMNS, (part.uid_prefix + item.uid, item.entry, os.fsencode(entry.ref),
                                       os.fsencode(item.member), status, why, phash,
                                       hashlib.sha256(item.data).hexdigest() if item.data else "")):
                 cols[k].append(v)
-            if status == "ok":
+            if status == PARTITION_OK:
                 images.append(img)
                 rows.append(len(cols["uid"]) - 1)
     return cols, images, rows, list(stats.skipped_files)
@@ -138,7 +140,7 @@ def invalidate(work: Path, part: Partition) -> None:
         p.unlink(missing_ok=True)
 
 
-def _decoded(parts: list[Partition], c: Any, workers: int) -> Iterator[tuple[Partition, tuple]]:
+def _decoded(parts: list[Partition], c: CurateConfig, workers: int) -> Iterator[tuple[Partition, tuple]]:
     if workers <= 0:
         for p in parts:
             yield p, decode_partition(p, c)
@@ -156,7 +158,7 @@ def _decoded(parts: list[Partition], c: Any, workers: int) -> Iterator[tuple[Par
 
 
 def ingest_partitions(
-    parts: list[Partition], c: Any, embedder: Any, work: Path, *, workers: int = 0, show: bool = True,
+    parts: list[Partition], c: CurateConfig, embedder: Any, work: Path, *, workers: int = 0, show: bool = True,
     on_partition: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Decode + embed every partition of `parts` that is not finished in `work`; returns counts."""

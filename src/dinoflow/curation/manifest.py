@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from dinoflow.curation.comm import Comm
-from dinoflow.curation.rows import STATUSES, Rows
+from dinoflow.curation.rows import Rows
+from dinoflow.curation.statuses import STATUSES
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path, atomic_write_json, atomic_write_text
 

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dinoflow.config import CurateConfig
 from dinoflow.curation.report_data import HIST_EDGES, Summary
-from dinoflow.curation.rows import STATUSES
+from dinoflow.curation.statuses import STATUSES
 from dinoflow.io import atomic_path, atomic_write_json, atomic_write_text
 
 
@@ -108,7 +109,7 @@ def _grid_png(rows_of_imgs: list[tuple[str, list[Image.Image]]], path: Path, cel
 # ---------------------------------------------------------------- the report
 
 
-def _pictures(c: Any, s: Summary, funnel: list[dict], rdir: Path) -> dict[str, str]:
+def _pictures(c: CurateConfig, s: Summary, funnel: list[dict], rdir: Path) -> dict[str, str]:
     pngs: dict[str, str] = {}
     _funnel_png(funnel, rdir / "curation_funnel.png")
     pngs["funnel"] = "curation_funnel.png"
@@ -131,7 +132,7 @@ def _pictures(c: Any, s: Summary, funnel: list[dict], rdir: Path) -> dict[str, s
     return pngs
 
 
-def write_report(c: Any, s: Summary, *, funnel: list[dict], cluster_info: dict, retrieval_info: dict, extra: dict) -> dict[str, Any]:
+def write_report(c: CurateConfig, s: Summary, *, funnel: list[dict], cluster_info: dict, retrieval_info: dict, extra: dict) -> dict[str, Any]:
     """Write curation.json / curation.html / PNGs into `c.report_dir`; returns a short summary."""
     rdir = Path(c.report_dir)
     rdir.mkdir(parents=True, exist_ok=True)

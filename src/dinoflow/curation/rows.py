@@ -16,10 +16,8 @@ import numpy as np
 from dinoflow.curation.comm import Comm
 from dinoflow.curation.ingest import load_partition
 from dinoflow.curation.partitions import Plan, rank_partitions
+from dinoflow.curation.statuses import KEPT, PARTITION_OK, STATUSES
 
-# Manifest statuses (`kept` or why a row was dropped). The code of a status is its index here;
-# nothing else depends on this order.
-STATUSES = ("kept", "corrupt", "junk", "exact_dup", "near_dup", "eval_contamination", "not_retrieved", "not_sampled")
 CODE = {s: i for i, s in enumerate(STATUSES)}
 SIMILARITY_COLUMNS = ("seed_similarity", "nn_similarity", "eval_similarity")
 
@@ -48,7 +46,7 @@ class Rows:
 
     @property
     def alive(self) -> np.ndarray:
-        return self.status == CODE["kept"]
+        return self.status == CODE[KEPT]
 
     def drop(self, mask: np.ndarray, status: str, detail: np.ndarray | str | None = None) -> None:
         """Give the kept rows in `mask` a drop status (a row keeps the first reason it was dropped for)."""
@@ -80,7 +78,7 @@ def load_rows(comm: Comm, plan: Plan, work: Path, dim: int) -> Rows:
     start = int(all_counts[: rank_partitions(len(plan.partitions), comm.rank, comm.world).start].sum())
     n = int(counts.sum())
     col = {k: [v for t in tables for v in t.column(k).to_pylist()] for k in ("uid", "status", "detail", "pixel_hash")}
-    status = np.array([CODE["kept"] if s == "ok" else CODE[s] for s in col["status"]], np.int8)
+    status = np.array([CODE[KEPT] if s == PARTITION_OK else CODE[s] for s in col["status"]], np.int8)
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     return Rows(
         parts=mine, part_rows=counts, gid=np.arange(start, start + n, dtype=np.int64), uid=col["uid"], status=status,
@@ -96,7 +94,7 @@ def load_reference(plan: Plan, work: Path) -> tuple[np.ndarray, list[str]]:
     xs, uids = [], []
     for part in plan.partitions:
         t, e = load_partition(work, part)
-        ok = np.array([s == "ok" for s in t.column("status").to_pylist()], bool)
+        ok = np.array([s == PARTITION_OK for s in t.column("status").to_pylist()], bool)
         xs.append(np.asarray(e)[ok])
         uids += [u for u, k in zip(t.column("uid").to_pylist(), ok) if k]
     if not xs:

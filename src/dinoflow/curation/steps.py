@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dinoflow.config import CurateConfig
 from dinoflow.curation.comm import Comm
 from dinoflow.curation.rows import CODE, Rows
 from dinoflow.errors import DinoflowError
@@ -22,7 +23,7 @@ from dinoflow.errors import DinoflowError
 class Run:
     """One curate run: settings, this process's place in the job, and what the report will show."""
 
-    c: Any  # CurateConfig
+    c: CurateConfig
     comm: Comm
     out: Path
     work: Path

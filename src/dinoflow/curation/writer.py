@@ -15,10 +15,10 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from dinoflow.config import CurateConfig
 from dinoflow.curation.comm import Comm
 from dinoflow.curation.ingest import decode_item, invalidate, load_partition
 from dinoflow.curation.manifest import read_part, sha256_file
@@ -110,7 +110,7 @@ def _png(data: bytes, max_pixels: int, max_side: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition], work: Path, c: Any) -> None:
+def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition], work: Path, c: CurateConfig) -> None:
     from dinoflow.data.shards import write_shard
 
     datas = _read_all(samples)
@@ -124,7 +124,7 @@ def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition]
     write_shard(out / name, [(s["key"], _png(d, c.max_pixels, c.max_side), "png", s["meta"]) for s, d in zip(samples, datas)])
 
 
-def write_shards(comm: Comm, c: Any, parts: list[Partition], first_gid: np.ndarray, kept_per_part: np.ndarray,
+def write_shards(comm: Comm, c: CurateConfig, parts: list[Partition], first_gid: np.ndarray, kept_per_part: np.ndarray,
                  work: Path, levels: int, show: bool = True) -> tuple[list[dict], int]:
     """Write this rank's shards of the plan (first_gid [P]: gid of each partition's first row).
 

@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-DUP_STATUSES = ("exact_dup", "near_dup")
+from dinoflow.curation.statuses import DUPLICATE_STATUSES as DUP_STATUSES
+
 
 
 def find_ground_truth(sources: list[str]) -> Path | None:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dinoflow.data import s3
+from dinoflow.data.formats import IMAGE_SUFFIXES
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+IMAGE_EXTS = tuple(s.removeprefix(".") for s in IMAGE_SUFFIXES)  # shard members: "000017.png" → "png"
 META_EXT = "json"
 TAR_MTIME = 0
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-/]+$")
@@ -365,9 +366,3 @@ def _has_nonzero_tail(tf: tarfile.TarFile) -> bool:
                 return True
     except Exception:  # noqa: BLE001 - best effort; a read error here also means a broken tail
         return True
-
-
-def iter_shards(urls: Iterable[str], stats: ShardStats | None = None) -> Iterator[Sample]:
-    """Chain `iter_shard` over several shards, accumulating into one `ShardStats`."""
-    for url in urls:
-        yield from iter_shard(url, stats)

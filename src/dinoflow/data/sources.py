@@ -30,14 +30,13 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from dinoflow.data import s3
+from dinoflow.data.formats import IMAGE_SUFFIXES, TAR_SUFFIX
 from dinoflow.data.shards import ShardStats, iter_shard
 from dinoflow.errors import DinoflowError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-TAR_SUFFIX = ".tar"
 READ_CHUNK = 1 << 20
 
 
@@ -256,26 +255,3 @@ def iter_source(source: str | Path, stats: SourceStats | None = None) -> Iterato
     stats = stats if stats is not None else SourceStats()
     for entry in list_source(source, stats):
         yield from iter_entry(entry, str(source), stats)
-
-
-def iter_sources(sources: Iterable[str | Path], stats: SourceStats | None = None) -> Iterator[RawItem]:
-    """`iter_source` over several sources in the given order (uids stay relative to each source)."""
-    for src in sources:
-        yield from iter_source(src, stats)
-
-
-def iter_source_batches(
-    source: str | Path | Iterable[str | Path], batch_size: int, stats: SourceStats | None = None
-) -> Iterator[list[RawItem]]:
-    """`iter_source` (or `iter_sources` for a list) in lists of at most `batch_size` items."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    it = iter_source(source, stats) if isinstance(source, (str, Path)) else iter_sources(source, stats)
-    batch: list[RawItem] = []
-    for item in it:
-        batch.append(item)
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

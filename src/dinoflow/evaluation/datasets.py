@@ -16,11 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from dinoflow.config import EvalDataset
+from dinoflow.data.formats import IMAGE_SUFFIXES
 from dinoflow.errors import DinoflowError
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass

@@ -33,12 +33,13 @@ import posixpath
 import shlex
 from typing import TYPE_CHECKING, Dict, Optional
 
+from dinoflow.launch.images import TRAIN_IMAGE
 from dinoflow.launch.shared import SHARED_DIR
 
 if TYPE_CHECKING:  # torchx is an optional extra; the component imports it when called
     from torchx.specs import AppDef
 
-DEFAULT_IMAGE = "dinoflow/dinoflow-cuda:0.1.0"
+DEFAULT_IMAGE = TRAIN_IMAGE
 # non-root pod, as the k8s/ training runtime (the image's user)
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                 "seccompProfile": {"type": "RuntimeDefault"}}

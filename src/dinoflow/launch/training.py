@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 from dinoflow.config import save_config
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
+from dinoflow.launch.secrets import CREDENTIAL_KEYS
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
@@ -41,12 +42,7 @@ DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 # credentials the TrainJob pods read from the same secrets as the pipeline steps (k8s/base/pipeline/secrets.template.yaml)
-SECRET_ENV = (
-    ("AWS_ACCESS_KEY_ID", "dinoflow-s3", "AWS_ACCESS_KEY_ID"),
-    ("AWS_SECRET_ACCESS_KEY", "dinoflow-s3", "AWS_SECRET_ACCESS_KEY"),
-    ("MLFLOW_TRACKING_USERNAME", "dinoflow-mlflow", "MLFLOW_TRACKING_USERNAME"),
-    ("MLFLOW_TRACKING_PASSWORD", "dinoflow-mlflow", "MLFLOW_TRACKING_PASSWORD"),
-)
+SECRET_ENV = tuple((key, secret, key) for secret, keys in CREDENTIAL_KEYS.items() for key in keys)
 
 
 @dataclass

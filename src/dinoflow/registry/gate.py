@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dinoflow.config import RegisterConfig
 from dinoflow.errors import DinoflowError
 
 
@@ -41,7 +42,7 @@ def knn_top1(models: dict[str, Any], model: str, dataset: str) -> float | None:
     return None if value is None else float(value)
 
 
-def floor_reasons(models: dict[str, Any], rc: Any) -> tuple[dict[str, float | None], list[str]]:
+def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str, float | None], list[str]]:
     """(numbers, reasons the floors fail). DinoflowError when the student has no score on the dataset."""
     ds = rc.dataset
     student = knn_top1(models, rc.student_key, ds)
@@ -96,7 +97,7 @@ def challenge_reasons(student: float, dataset: str, eval_set: str | None, champi
     return []
 
 
-def gate_verdict(models: dict[str, Any], rc: Any, eval_set: str | None, champion: Champion | None) -> dict[str, Any]:
+def gate_verdict(models: dict[str, Any], rc: RegisterConfig, eval_set: str | None, champion: Champion | None) -> dict[str, Any]:
     """The gate's verdict with its numbers: `passed` (takes the alias) is False with `reasons` when it fails."""
     numbers, floors = floor_reasons(models, rc)
     challenge = challenge_reasons(numbers["knn_top1"], rc.dataset, eval_set, champion, rc.champion_tolerance)

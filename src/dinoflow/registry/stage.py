@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoflow import tracking
+from dinoflow.config import Config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_json
 from dinoflow.registry.card import model_card
@@ -61,7 +62,7 @@ def version_tags(verdict: dict[str, Any], sha256: str, training_run_id: str | No
     return tags
 
 
-def _dataset(cfg: Any, name: str, fingerprint: str | None) -> Any:
+def _dataset(cfg: Config, name: str, fingerprint: str | None) -> Any:
     """An MLflow dataset entity for evaluation set `name` (a reference: source + fingerprint, no copy)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -76,7 +77,7 @@ def _dataset(cfg: Any, name: str, fingerprint: str | None) -> Any:
     return MetaDataset(source, name=name, digest=(fingerprint or "")[:32] or None)  # MLflow stores ≤ 36 chars
 
 
-def link_evaluation(cfg: Any, evidence: EvalEvidence, key: str, model_id: str) -> None:
+def link_evaluation(cfg: Config, evidence: EvalEvidence, key: str, model_id: str) -> None:
     """Log the model's evaluation metrics linked to the LoggedModel and to each evaluation dataset."""
     import mlflow
     from mlflow.entities import LoggedModelInput
@@ -100,7 +101,7 @@ def _new_version(client: Any, name: str, model_id: str, run_id: str, tags: dict[
     return str(mv.version)
 
 
-def _onnx(cfg: Any, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
+def _onnx(cfg: Config, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
     oc = cfg.register.onnx
     if not oc.enabled:
         return None
@@ -111,7 +112,7 @@ def _onnx(cfg: Any, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
     return export_checked(backbone, out_dir, oc.image_size or prep["image_size"], prep["resize_ratio"], oc.opset, oc.atol)
 
 
-def _register_tracked(cfg: Any, run: Any, pth: Path, sha: str, evidence: EvalEvidence) -> dict[str, Any]:
+def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: EvalEvidence) -> dict[str, Any]:
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
@@ -159,7 +160,7 @@ def _register_tracked(cfg: Any, run: Any, pth: Path, sha: str, evidence: EvalEvi
     }
 
 
-def register(cfg: Any) -> dict[str, Any]:
+def register(cfg: Config) -> dict[str, Any]:
     """Register the student as a new version; move the alias only when the gate passes. Returns registry.json's content."""
     rc = cfg.register
     pth = model_file(rc.model_path)

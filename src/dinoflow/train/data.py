@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dinoflow.data.formats import IMAGE_SUFFIXES
 from dinoflow.errors import DinoflowError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 FILES_PER_UNIT = 256
 SHUFFLE_BUFFER = 1024
 MAX_UNDECODABLE_RUN = 1000  # undecodable samples in a row before the data is declared unusable
@@ -49,28 +49,27 @@ Prepare = Callable[[Any, int], dict]  # (uint8 images [B,3,H,W] or a list of [3,
 
 
 def discover_units(source: str) -> list[tuple[str, object]]:
-    """("shard", url) units for shard sources, ("files", [paths]) units for an image folder."""
+    """("shard", url) units for shard sources, ("files", [paths or s3:// URLs]) units for images.
+
+    The source is listed exactly as curation lists its inputs (`dinoflow.data.sources.list_source`:
+    a local folder, a single file or an s3:// prefix, recursively, hidden files skipped), so any
+    folder `dinoflow curate` can read is one training can read. A source holding .tar shards is
+    read as shards (curated output); otherwise as its image files.
+    """
     from dinoflow.curation.manifest import verify_curated
-    from dinoflow.data.shards import list_shards
+    from dinoflow.data.sources import list_source
 
     verify_curated(source)  # a curated directory a killed curate run left behind is refused here
 
-    if source.startswith("s3://"):
-        shards = list_shards(source)
-        if not shards:
-            raise DinoflowError(f"no .tar shards under {source}: run `dinoflow curate` or point the data path at shards")
-        return [("shard", s) for s in shards]
-    root = Path(source)
-    if not root.exists():
+    if not source.startswith("s3://") and not Path(source).exists():
         raise DinoflowError(f"training data {source} does not exist: run `dinoflow curate` first or set the data path")
-    if root.is_file() and root.suffix == ".tar":
-        return [("shard", str(root))]
-    shards = list_shards(str(root))
+    entries = list_source(source)
+    shards = [e.ref for e in entries if e.kind == "tar"]
     if shards:
         return [("shard", s) for s in shards]
-    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = [e.ref for e in entries if e.kind == "image"]
     if not files:
-        raise DinoflowError(f"{source} holds no .tar shards and no images ({', '.join(sorted(IMAGE_EXTS))})")
+        raise DinoflowError(f"{source} holds no .tar shards and no images ({', '.join(IMAGE_SUFFIXES)})")
     return [("files", files[i : i + FILES_PER_UNIT]) for i in range(0, len(files), FILES_PER_UNIT)]
 
 
@@ -113,11 +112,12 @@ def _iter_unit(unit: tuple[str, object]) -> Iterator[tuple[str, bytes]]:
         for s in iter_shard(str(ref)):
             yield s.key, s.data
     else:
+        from dinoflow.data.sources import Entry, read_entry_bytes
+
         for path in ref:  # type: ignore[union-attr]
-            try:
-                data = Path(path).read_bytes()
-            except OSError:  # unreadable or gone since discovery: counted as undecodable, like a corrupt file
-                data = b""
+            # local files are read without blocking (a FIFO named x.png is not waited on); unreadable
+            # or gone since discovery: b"", counted as undecodable, like a corrupt file
+            data, _ = read_entry_bytes(Entry(path, "image", path))
             yield path, data
 
 

@@ -9,11 +9,14 @@ params given to `compile -c` and `submit` must name data by s3:// URI or absolut
 mounted volume): they are checked before anything is compiled or sent. `run --local` runs on
 this machine, where the laptop demo's relative paths are fine.
 
-The DAG lives in `pipelines/dinov2_pipeline.py` and its components in `components/`, at the
-repository root, outside the installed package (they are deployment files, not library code).
-This command finds that root (the working directory or one of its parents, else the checkout
-this package was installed from in editable mode) and puts it on `sys.path`; run it from the
-repository (the images copy both folders to their working directory, /app).
+Where this lives, and why: the layers are `dinoflow` (the library) < `components` (KFP
+components, which name dinoflow functions) < `pipelines` (the DAG and this command). This command
+compiles and submits the DAG, so it sits in the top layer, beside the DAG it imports; nothing in
+`dinoflow` imports it (`dinoflow pipeline` reaches it through the CLI's table of delegated
+subcommands, a name resolved when the subcommand runs), so there is no import cycle between the
+library and the deployment files. All three packages are installed by pyproject.toml, so
+`dinoflow pipeline ...` works from any directory, with no repository checkout and no `sys.path`
+patching; the images carry them the same way.
 """
 
 from __future__ import annotations
@@ -29,26 +32,10 @@ from dinoflow.config import Config, ConfigError, load_config
 from dinoflow.errors import DinoflowError
 from dinoflow.stages import stage_inputs
 
-PIPELINE_FILE = Path("pipelines") / "dinov2_pipeline.py"
 
-
-def find_repo_root(start: Path | None = None) -> Path:
-    """The directory holding `pipelines/dinov2_pipeline.py` and `components/`."""
-    start = (start or Path.cwd()).resolve()
-    candidates = [start, *start.parents, Path(__file__).resolve().parents[2]]
-    for d in candidates:
-        if (d / PIPELINE_FILE).is_file() and (d / "components").is_dir():
-            return d
-    raise DinoflowError(
-        f"cannot find {PIPELINE_FILE} and components/ from {start}; run `dinoflow pipeline` in the dinoflow repository"
-    )
-
-
-def load_pipeline(root: Path | None = None) -> Any:
-    """Import and return the `dinov2_pipeline` function (a KFP GraphComponent)."""
-    root = root or find_repo_root()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+def load_pipeline() -> Any:
+    """The `dinov2_pipeline` function (a KFP GraphComponent), imported when a command needs it:
+    building the DAG imports kfp and every component, which `--help` and the checks should not pay for."""
     from pipelines.dinov2_pipeline import dinov2_pipeline
 
     return dinov2_pipeline
