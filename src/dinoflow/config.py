@@ -18,13 +18,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from dinoflow.archs import ARCHS
 from dinoflow.config_base import PositiveFloat, PositiveInt, Probability, SafeName, Section, Seed, explain
 from dinoflow.errors import ConfigError  # noqa: F401 - re-exported: `from dinoflow.config import ConfigError`
 from dinoflow.params_yaml import check_tree, parse_override, read_params_file, set_dotted  # noqa: F401 - parse_override re-exported
 from dinoflow.url_secrets import redact_tree
 
-ARCHS = ("vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2")
-Arch = Literal["vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"]
+# Literal[tuple] spells Literal[*names] at runtime, so pydantic validates against the one table
+# (and the generated reference lists the same names); a static checker sees only `str` choices.
+Arch = Literal[ARCHS]  # type: ignore[valid-type]
 
 
 # ---------------------------------------------------------------- shared building blocks
