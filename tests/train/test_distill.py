@@ -80,7 +80,7 @@ def test_heads_mode_ibot_on_every_patch_never_holds_all_patch_logits(tmp_path, i
     value as the materialised computation, and keeps nothing [2B·N, K] for the backward."""
     from dinoflow.config import dump_config
     from dinoflow.train.distill_objectives import HeadDistillObjective, _teacher_input
-    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.recipe_losses import RecipeLosses
 
     k = 4096
