@@ -24,9 +24,7 @@ from dinoflow.errors import ConfigError  # noqa: F401 - re-exported: `from dinof
 from dinoflow.params_yaml import check_tree, parse_override, read_params_file, set_dotted  # noqa: F401 - parse_override re-exported
 from dinoflow.url_secrets import redact_tree
 
-# Literal[tuple] spells Literal[*names] at runtime, so pydantic validates against the one table
-# (and the generated reference lists the same names); a static checker sees only `str` choices.
-Arch = Literal[ARCHS]  # type: ignore[valid-type]
+Arch = Literal[ARCHS]  # type: ignore[valid-type]  # = Literal[*names] at runtime: pydantic checks the one table
 
 
 # ---------------------------------------------------------------- shared building blocks
