@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from dinoflow.archs import ARCHS
 from dinoflow.evaluation.features import _autocast, resolve_device
 from dinoflow.models import build_backbone
 
@@ -33,7 +34,7 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", default="vit_small")
+    ap.add_argument("--arch", default="vit_small", choices=ARCHS)
     ap.add_argument("--patch-size", type=int, default=14)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -90,7 +90,11 @@ def step_flops(bb, head_cfg, args) -> float:
 def build(args, device: torch.device):
     """(config, objective, student, optimiser, schedules) for the benchmark's configuration."""
     from dinoflow.config import load_config
-    from dinoflow.train.objectives import PretrainObjective
+
+    try:
+        from dinoflow.train.pretrain_objective import PretrainObjective
+    except ImportError:  # an older checkout (--compare-with)
+        from dinoflow.train.objectives import PretrainObjective
     from dinoflow.train.optim import build_optimizer, param_groups
     from dinoflow.train.schedules import Schedules
 

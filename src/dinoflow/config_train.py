@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from dinoflow.archs import ARCHS
 from dinoflow.config_base import PositiveFloat, Probability, Section, Seed
 
-ARCHS = ("vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2")
-Arch = Literal["vit_pico", "vit_mini", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"]
+Arch = Literal[ARCHS]  # type: ignore[valid-type]  # = Literal[*names] at runtime: pydantic checks the one table
 
 
 class ModelConfig(Section):

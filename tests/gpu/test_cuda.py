@@ -19,7 +19,7 @@ TINY = [
 
 def _step_parts(*extra: str):
     from dinoflow.config import load_config
-    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.optim import build_optimizer, param_groups
     from dinoflow.train.schedules import Schedules
 
@@ -114,7 +114,7 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_fp32_gradients():
     import torch.distributed as dist
 
     from dinoflow.train.distributed import DistEnv, wrap_model
-    from dinoflow.train.objectives import build_heads
+    from dinoflow.models import heads_from_config
     from dinoflow.config import HeadConfig
     from dinoflow.models import build_backbone
     from dinoflow.train.ssl_net import SSLNet
@@ -125,7 +125,7 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_fp32_gradients():
     try:
         torch.manual_seed(0)
         bb = build_backbone("vit_pico", patch_size=7, img_size=28)
-        dino, _ = build_heads(bb.embed_dim, HeadConfig(out_dim=256, hidden_dim=64, bottleneck_dim=32))
+        dino, _ = heads_from_config(bb.embed_dim, HeadConfig(out_dim=256, hidden_dim=64, bottleneck_dim=32))
         net = SSLNet(bb, dino).cuda()
         # a world of one, wrapped as a multi-process job would be
         env = DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0), local_world_size=2)

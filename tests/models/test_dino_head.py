@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinoflow.config import HeadConfig
-from dinoflow.models import DINOHead, convert_official_head_state_dict
+from dinoflow.models import DINOHead, convert_official_head_state_dict, heads_from_config
 
 
 def official_style_head(in_dim, out_dim, hidden, bottleneck):
@@ -104,6 +104,25 @@ def test_from_config():
     assert head(torch.randn(2, 32)).shape == (2, 100)
     assert len(head.mlp) == 3 and head.mlp[-1].out_features == 12
     assert DINOHead.from_config(32, cfg, out_dim=cfg.ibot_out_dim)(torch.randn(2, 32)).shape == (2, 50)
+
+
+def test_from_config_honours_every_head_setting():
+    cfg = HeadConfig(out_dim=20, hidden_dim=16, bottleneck_dim=8, nlayers=2, use_bn=True, train_last_layer_norm=False)
+    head = DINOHead.from_config(32, cfg)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in head.mlp.modules())
+    assert not head.last_layer.weight_g.requires_grad
+    plain = DINOHead.from_config(32, cfg.model_copy(update={"use_bn": False, "train_last_layer_norm": True}))
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in plain.mlp.modules())
+    assert plain.last_layer.weight_g.requires_grad
+
+
+def test_heads_from_config_builds_the_ibot_head_only_when_separate():
+    shared = HeadConfig(out_dim=20, hidden_dim=16, bottleneck_dim=8, ibot_out_dim=30, separate_ibot_head=False)
+    dino, ibot = heads_from_config(32, shared)
+    assert ibot is None and dino(torch.randn(3, 32)).shape == (3, 20)
+    dino, ibot = heads_from_config(32, shared.model_copy(update={"separate_ibot_head": True, "use_bn": True}))
+    assert ibot(torch.randn(3, 32)).shape == (3, 30)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in ibot.mlp.modules())
 
 
 def test_zero_bottleneck_gives_zero_scores_not_nan():

@@ -107,3 +107,17 @@ def test_unknown_arch_and_bad_sizes_are_clear_errors():
         build_backbone("vit_pico", patch_size=7, img_size=30)
     with pytest.raises(DinoflowError, match="ffn_layer"):
         build_backbone("vit_pico", patch_size=7, img_size=28, ffn_layer="moe")
+
+
+def test_config_arch_choices_come_from_the_preset_table():
+    import typing
+
+    import pydantic
+
+    from dinoflow.archs import ARCH_SPECS, ARCHS
+    from dinoflow.config import Arch, ModelConfig
+
+    assert typing.get_args(Arch) == ARCHS == tuple(ARCH_SPECS)
+    assert [ModelConfig(arch=a).arch for a in ARCHS] == list(ARCHS)
+    with pytest.raises(pydantic.ValidationError, match="vit_giant2"):
+        ModelConfig(arch="vit_huge")

@@ -12,7 +12,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
 from dinoflow.train.safe_dcp import CheckpointError
 
 from .conftest import ckpt_dir, cli_overrides, run_cli
@@ -39,8 +39,8 @@ def _model():
 
 def _save(tmp_path):
     m, opt = _model()
-    path = save_checkpoint(tmp_path / "ck", 3, modules={"student": m}, train_module=m, optimizer=opt,
-                           extra={"center": torch.arange(2.0)}, meta={"loss": 1.5}, is_main=True)
+    path = start_save(tmp_path / "ck", 3, modules={"student": m}, train_module=m, optimizer=opt,
+                      extra={"center": torch.arange(2.0)}, meta={"loss": 1.5}, is_main=True, asynchronous=False).finish()
     return path, m, opt
 
 

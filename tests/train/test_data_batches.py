@@ -10,7 +10,7 @@ from PIL import Image
 
 from dinoflow.config import load_config
 from dinoflow.train.data import MAX_ASPECT, load_image, make_loader, resolve_workers
-from dinoflow.train.objectives import Views
+from dinoflow.train.views import Views
 
 
 def test_load_image_keeps_the_whole_image():

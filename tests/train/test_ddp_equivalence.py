@@ -58,7 +58,7 @@ def _slice(full: dict, rank: int, world: int) -> dict:
 
 def _step(rank: int, world: int, centering: str) -> tuple[float, dict]:
     from dinoflow.train.step import train_step
-    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.optim import build_optimizer, param_groups
     from dinoflow.train.schedules import Schedules
 
@@ -133,6 +133,6 @@ def test_two_ranks_match_one_rank_with_double_batch(centering, tmp_path):
 
 
 def _step_init(centering: str) -> dict:
-    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
 
     return PretrainObjective(_cfg(centering), torch.device("cpu")).student.state_dict()

@@ -80,7 +80,7 @@ def test_heads_mode_ibot_on_every_patch_never_holds_all_patch_logits(tmp_path, i
     value as the materialised computation, and keeps nothing [2B·N, K] for the backward."""
     from dinoflow.config import dump_config
     from dinoflow.train.distill_objectives import HeadDistillObjective, _teacher_input
-    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.recipe_losses import RecipeLosses
 
     k = 4096
@@ -110,3 +110,34 @@ def test_heads_mode_ibot_on_every_patch_never_holds_all_patch_logits(tmp_path, i
     _, want = ref.student_terms(out, cls_p, patch_p, n_local=2, n_global=16, masks_weight=torch.full((n_rows,), 1 / 49))
     for name in ("ibot", "dino_global", "dino_local"):
         assert float(terms[name]) == pytest.approx(float(want[name]), rel=1e-5), name
+
+
+def test_heads_mode_student_learns_the_teachers_targets(tmp_path):
+    """A few optimiser steps on one batch lower the heads-mode loss and each of its teacher-matching
+    terms (DINO on CLS tokens, iBOT on every patch token), while the teacher stays as loaded."""
+    from dinoflow.config import dump_config
+    from dinoflow.train.distill_objectives import HeadDistillObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
+
+    cfg = _distill_cfg(tmp_path, tmp_path / "unused", f"distill.teacher={tmp_path / 'teacher'}")
+    PretrainObjective(cfg.pretrain, torch.device("cpu")).export(tmp_path / "teacher")
+    (tmp_path / "teacher" / "train_config.yaml").write_text(dump_config(cfg.pretrain))
+    obj = HeadDistillObjective(cfg.distill, torch.device("cpu"))
+    teacher_before = {k: t.clone() for k, t in obj.teacher.state_dict().items()}
+    ema_before = {k: t.clone() for k, t in obj.student_ema.state_dict().items()}
+    v = obj.views(torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), 0, 0)
+    opt = torch.optim.AdamW(obj.student.parameters(), lr=1e-3)
+    history = []
+    for _ in range(6):
+        loss, terms = obj.loss(obj.student, v, {"teacher_temp": 0.04})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        obj.after_step(obj.student, {})
+        history.append({"loss": float(loss.detach()), **{k: float(t) for k, t in terms.items()}})
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.9 * first["loss"], history
+    for term in ("dino_global", "dino_local", "ibot"):
+        assert last[term] < first[term], (term, history)
+    assert all(torch.equal(t, teacher_before[k]) for k, t in obj.teacher.state_dict().items())
+    assert any(not torch.equal(t, ema_before[k]) for k, t in obj.student_ema.state_dict().items())  # the EMA follows

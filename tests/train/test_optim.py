@@ -78,9 +78,9 @@ def test_apply_schedules_sets_every_group():
 @pytest.mark.parametrize("trainable", [True, False])
 def test_prototype_norm_follows_config_and_freezes_with_the_last_layer(trainable):
     from dinoflow.config import HeadConfig
-    from dinoflow.train.objectives import build_heads
+    from dinoflow.models import heads_from_config
 
-    dino, _ = build_heads(16, HeadConfig(out_dim=8, hidden_dim=12, bottleneck_dim=6, train_last_layer_norm=trainable))
+    dino, _ = heads_from_config(16, HeadConfig(out_dim=8, hidden_dim=12, bottleneck_dim=6, train_last_layer_norm=trainable))
     assert dino.last_layer.weight_g.requires_grad is trainable
     groups = param_groups({"dino_head": dino}, OptimConfig(), {})
     names = [n for g in groups for n in g["names"]]

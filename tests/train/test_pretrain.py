@@ -33,7 +33,7 @@ def test_pretrain_runs_exports_and_logs(tiny_cfg, tmp_path):
 
 def test_teacher_moves_by_ema(tiny_cfg, tmp_path):
     from dinoflow.models import load_backbone
-    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
 
     cfg = tiny_cfg("pretrain.train.max_steps=2")
     init = PretrainObjective(cfg.pretrain, torch.device("cpu")).teacher.backbone.state_dict()
@@ -57,7 +57,7 @@ def test_missing_data_is_named(tiny_cfg, tmp_path):
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    from dinoflow.train import objectives
+    from dinoflow.train import pretrain_objective as objectives
 
     cfg = tiny_cfg("pretrain.train.max_steps=4")
     pretrain(cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(

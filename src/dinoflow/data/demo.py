@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dinoflow.config import Config
+from dinoflow.config import Config, DemoConfig
 from dinoflow.data.decode import pixel_hash
 from dinoflow.data.demo_sources import digits_split, mnist_split
 from dinoflow.errors import DinoflowError
@@ -207,92 +207,29 @@ def _check_counts(cfg: Config) -> None:
         raise DinoflowError(f"demo.n_junk ({d.n_junk}) is above 600, the most distinct junk images the demo makes")
 
 
+Entry = tuple[bytes, dict[str, Any]]  # (file bytes, ground-truth record); record["_src"]: the entry it copies
+
+
 def _plan(cfg: Config) -> dict[str, Any]:
-    """Every output file's bytes and the ground truth, computed in memory (deterministic)."""
+    """Every output file's bytes and the ground truth, computed in memory (deterministic).
+
+    One generator drives every planted choice, in a fixed order (duplicates, eval copies, junk,
+    corrupt files, pool order, seeds): reordering the steps below changes the demo's bytes.
+    """
     d = cfg.demo
     _check_counts(cfg)
     tr_x, tr_y, te_x, te_y = mnist_split(MNIST_SPLIT_SEED)
     te_x, te_y = te_x[: d.n_eval], te_y[: d.n_eval]
-    n_train = len(tr_x)
     rng = np.random.default_rng([d.seed, 20240229])
-
-    # (bytes, record) with record["_src"] = index of the entry it copies (resolved to a uid later)
-    entries: list[tuple[bytes, dict[str, Any]]] = []
-    greys: list[np.ndarray] = []  # pixels of every distinct image so far (exact dups excluded)
-    for i in range(n_train):
-        entries.append((png_bytes(tr_x[i]), {"kind": "original", "label": int(tr_y[i]), "mnist_train_index": i}))
-        greys.append(tr_x[i])
-    if d.include_digits:
-        dx, dy, _, _ = digits_split(MNIST_SPLIT_SEED)
-        for j in range(len(dx)):
-            entries.append((png_bytes(dx[j]), {"kind": "digits", "label": int(dy[j]), "digits_train_index": j}))
-            greys.append(dx[j])
-
-    sources = rng.choice(n_train, size=d.n_exact_dups + d.n_near_dups, replace=False)
-    for src, variant in zip(sources[: d.n_exact_dups], _cycle(EXACT_VARIANTS, d.n_exact_dups)):
-        rec = {"kind": "exact_dup", "_src": int(src), "variant": variant, "label": int(tr_y[src])}
-        entries.append((_exact_variant(tr_x[src], variant), rec))
-    for src, transform in zip(sources[d.n_exact_dups :], _cycle(tuple(d.near_dup_transforms), d.n_near_dups)):
-        arr, params = _near_variant(tr_x[src], transform, rng)
-        if np.array_equal(arr, tr_x[src]):  # cannot happen for these transforms on a real digit; be sure
-            arr = jpeg_roundtrip(arr, 70)
-        rec = {"kind": "near_dup", "_src": int(src), "transform": transform, "params": params, "label": int(tr_y[src])}
-        entries.append((png_bytes(arr), rec))
-        greys.append(arr)
-
     eval_uids = [f"eval_{i:04d}.png" for i in range(len(te_x))]
-    copies = rng.choice(len(te_x), size=d.n_eval_copies, replace=False)
-    for k, variant in zip(copies, _cycle(EVAL_COPY_VARIANTS, d.n_eval_copies)):
-        arr = te_x[k] if variant == "exact" else jpeg_roundtrip(te_x[k], 90)
-        rec = {"kind": "eval_copy", "of": eval_uids[k], "variant": variant, "label": int(te_y[k])}
-        entries.append((png_bytes(arr), rec))
-        greys.append(arr)
 
-    seen = {_grey_hash(a) for a in greys}
-    blank_values = [int(v) for v in rng.permutation(256)]
-    for kind in _cycle(JUNK_KINDS, d.n_junk):
-        for _ in range(100):  # redraw the rare junk image that collides with an existing one
-            data, params = _junk(kind, rng, blank_values)
-            h = pixel_hash(Image.open(io.BytesIO(data)).convert("RGB"))
-            if h not in seen:
-                break
-        else:
-            raise DinoflowError(f"could not make {d.n_junk} distinct junk images: lower demo.n_junk")
-        seen.add(h)
-        entries.append((data, {"kind": "junk", "junk_kind": kind, "params": params}))
-
-    for kind in _cycle(CORRUPT_KINDS, d.n_corrupt):
-        donor = tr_x[int(rng.integers(n_train))]
-        entries.append((_corrupt(kind, rng, donor), {"kind": "corrupt", "corrupt_kind": kind, "expected_reason": CORRUPT_REASON[kind]}))
-
-    order = rng.permutation(len(entries))  # order[k] = entry placed at position k
-    uid_of_entry = np.empty(len(entries), dtype=np.int64)
-    uid_of_entry[order] = np.arange(len(entries))
-    pool_files: dict[str, bytes] = {}
-    pool_truth: dict[str, dict[str, Any]] = {}
-    train_uid = {}  # mnist train index → pool uid of the original
-    for pos, e in enumerate(order):
-        data, rec = entries[e]
-        uid = f"img_{pos:05d}.png"
-        pool_files[uid] = data
-        pool_truth[uid] = dict(rec)
-        if rec["kind"] == "original":
-            train_uid[rec["mnist_train_index"]] = uid
-    for uid, rec in pool_truth.items():
-        if "_src" in rec:
-            rec["of"] = train_uid[rec.pop("_src")]
-
-    seed_files: dict[str, bytes] = {}
-    seed_truth: dict[str, dict[str, Any]] = {}
-    for label in range(10):
-        idx = np.flatnonzero(tr_y == label)
-        if len(idx) < d.n_seeds_per_class:
-            raise DinoflowError(f"class {label} has {len(idx)} training images, fewer than demo.n_seeds_per_class")
-        for n, i in enumerate(np.sort(rng.choice(idx, size=d.n_seeds_per_class, replace=False))):
-            uid = f"class{label}_{n:03d}.png"
-            seed_files[uid] = png_bytes(tr_x[i])
-            seed_truth[uid] = {"label": label, "pool_uid": train_uid[int(i)], "mnist_train_index": int(i)}
-
+    entries, greys = _clean_entries(d.include_digits, tr_x, tr_y)  # greys: pixels of every distinct image
+    entries += _duplicate_entries(d, tr_x, tr_y, rng, greys)
+    entries += _eval_copy_entries(d.n_eval_copies, te_x, te_y, eval_uids, rng, greys)
+    entries += _junk_entries(d.n_junk, rng, {_grey_hash(a) for a in greys})
+    entries += _corrupt_entries(d.n_corrupt, tr_x, rng)
+    pool_files, pool_truth, train_uid = _place(entries, rng)
+    seed_files, seed_truth = _seeds(d.n_seeds_per_class, tr_x, tr_y, train_uid, rng)
     eval_files = {uid: png_bytes(te_x[k]) for k, uid in enumerate(eval_uids)}
     eval_truth = {uid: {"label": int(te_y[k]), "mnist_test_index": k} for k, uid in enumerate(eval_uids)}
 
@@ -309,6 +246,113 @@ def _plan(cfg: Config) -> dict[str, Any]:
         "eval": eval_truth,
     }
     return {"files": {"pool": pool_files, "seeds": seed_files, "eval": eval_files}, "truth": truth}
+
+
+def _clean_entries(include_digits: bool, tr_x: np.ndarray, tr_y: np.ndarray) -> tuple[list[Entry], list[np.ndarray]]:
+    """The MNIST originals (and the sklearn digits): the entries and their grey pixels [28, 28]."""
+    entries: list[Entry] = []
+    greys: list[np.ndarray] = []
+    for i in range(len(tr_x)):
+        entries.append((png_bytes(tr_x[i]), {"kind": "original", "label": int(tr_y[i]), "mnist_train_index": i}))
+        greys.append(tr_x[i])
+    if include_digits:
+        dx, dy, _, _ = digits_split(MNIST_SPLIT_SEED)
+        for j in range(len(dx)):
+            entries.append((png_bytes(dx[j]), {"kind": "digits", "label": int(dy[j]), "digits_train_index": j}))
+            greys.append(dx[j])
+    return entries, greys
+
+
+def _duplicate_entries(d: DemoConfig, tr_x: np.ndarray, tr_y: np.ndarray, rng: np.random.Generator,
+                       greys: list[np.ndarray]) -> list[Entry]:
+    """Exact and near duplicates of distinct originals; near duplicates' pixels join `greys`."""
+    entries: list[Entry] = []
+    sources = rng.choice(len(tr_x), size=d.n_exact_dups + d.n_near_dups, replace=False)
+    for src, variant in zip(sources[: d.n_exact_dups], _cycle(EXACT_VARIANTS, d.n_exact_dups)):
+        rec = {"kind": "exact_dup", "_src": int(src), "variant": variant, "label": int(tr_y[src])}
+        entries.append((_exact_variant(tr_x[src], variant), rec))
+    for src, transform in zip(sources[d.n_exact_dups :], _cycle(tuple(d.near_dup_transforms), d.n_near_dups)):
+        arr, params = _near_variant(tr_x[src], transform, rng)
+        if np.array_equal(arr, tr_x[src]):  # cannot happen for these transforms on a real digit; be sure
+            arr = jpeg_roundtrip(arr, 70)
+        rec = {"kind": "near_dup", "_src": int(src), "transform": transform, "params": params, "label": int(tr_y[src])}
+        entries.append((png_bytes(arr), rec))
+        greys.append(arr)
+    return entries
+
+
+def _eval_copy_entries(n: int, te_x: np.ndarray, te_y: np.ndarray, eval_uids: list[str], rng: np.random.Generator,
+                       greys: list[np.ndarray]) -> list[Entry]:
+    """Copies of `n` distinct evaluation images (exact or JPEG'd); their pixels join `greys`."""
+    entries: list[Entry] = []
+    copies = rng.choice(len(te_x), size=n, replace=False)
+    for k, variant in zip(copies, _cycle(EVAL_COPY_VARIANTS, n)):
+        arr = te_x[k] if variant == "exact" else jpeg_roundtrip(te_x[k], 90)
+        rec = {"kind": "eval_copy", "of": eval_uids[k], "variant": variant, "label": int(te_y[k])}
+        entries.append((png_bytes(arr), rec))
+        greys.append(arr)
+    return entries
+
+
+def _junk_entries(n: int, rng: np.random.Generator, seen: set[str]) -> list[Entry]:
+    """`n` junk images whose pixels differ from every image in `seen` (pixel hashes) and each other."""
+    entries: list[Entry] = []
+    blank_values = [int(v) for v in rng.permutation(256)]
+    for kind in _cycle(JUNK_KINDS, n):
+        for _ in range(100):  # redraw the rare junk image that collides with an existing one
+            data, params = _junk(kind, rng, blank_values)
+            h = pixel_hash(Image.open(io.BytesIO(data)).convert("RGB"))
+            if h not in seen:
+                break
+        else:
+            raise DinoflowError(f"could not make {n} distinct junk images: lower demo.n_junk")
+        seen.add(h)
+        entries.append((data, {"kind": "junk", "junk_kind": kind, "params": params}))
+    return entries
+
+
+def _corrupt_entries(n: int, tr_x: np.ndarray, rng: np.random.Generator) -> list[Entry]:
+    entries: list[Entry] = []
+    for kind in _cycle(CORRUPT_KINDS, n):
+        donor = tr_x[int(rng.integers(len(tr_x)))]
+        entries.append((_corrupt(kind, rng, donor), {"kind": "corrupt", "corrupt_kind": kind, "expected_reason": CORRUPT_REASON[kind]}))
+    return entries
+
+
+def _place(entries: list[Entry], rng: np.random.Generator) -> tuple[dict[str, bytes], dict[str, dict[str, Any]], dict[int, str]]:
+    """Shuffle the entries into pool uids (which hide the kind); resolve each copy's `_src` to the
+    uid of its original. → (pool files, pool truth, MNIST train index → uid of its original)."""
+    order = rng.permutation(len(entries))  # order[k] = entry placed at position k
+    pool_files: dict[str, bytes] = {}
+    pool_truth: dict[str, dict[str, Any]] = {}
+    train_uid: dict[int, str] = {}
+    for pos, e in enumerate(order):
+        data, rec = entries[e]
+        uid = f"img_{pos:05d}.png"
+        pool_files[uid] = data
+        pool_truth[uid] = dict(rec)
+        if rec["kind"] == "original":
+            train_uid[rec["mnist_train_index"]] = uid
+    for uid, rec in pool_truth.items():
+        if "_src" in rec:
+            rec["of"] = train_uid[rec.pop("_src")]
+    return pool_files, pool_truth, train_uid
+
+
+def _seeds(n_per_class: int, tr_x: np.ndarray, tr_y: np.ndarray, train_uid: dict[int, str],
+           rng: np.random.Generator) -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
+    """`n_per_class` labelled training images per class (also in the pool as originals)."""
+    seed_files: dict[str, bytes] = {}
+    seed_truth: dict[str, dict[str, Any]] = {}
+    for label in range(10):
+        idx = np.flatnonzero(tr_y == label)
+        if len(idx) < n_per_class:
+            raise DinoflowError(f"class {label} has {len(idx)} training images, fewer than demo.n_seeds_per_class")
+        for n, i in enumerate(np.sort(rng.choice(idx, size=n_per_class, replace=False))):
+            uid = f"class{label}_{n:03d}.png"
+            seed_files[uid] = png_bytes(tr_x[i])
+            seed_truth[uid] = {"label": label, "pool_uid": train_uid[int(i)], "mnist_train_index": int(i)}
+    return seed_files, seed_truth
 
 
 def _check_foreign(folder: Path, pattern: re.Pattern[str]) -> None:

@@ -1,4 +1,5 @@
-"""Collective helpers for the losses: no-ops without a process group, all-reduces with one.
+"""Collective helpers for the losses (and the one `all_reduce_sum` the training loop uses too):
+no-ops without a process group, all-reduces with one.
 
 The losses need global batch statistics (the teacher centre, Sinkhorn-Knopp marginals, sample
 counts). Each helper here returns the *global* value when `torch.distributed` is initialised

@@ -6,7 +6,7 @@
     hub = load_backbone("dinov2_vits14_reg4_pretrain.pth")    # architecture inferred, strict load
 """
 
-from dinoflow.models.heads import DINOHead, WeightNormLinear, convert_official_head_state_dict
+from dinoflow.models.heads import DINOHead, WeightNormLinear, convert_official_head_state_dict, heads_from_config
 from dinoflow.models.layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed, SwiGLUFFN, swiglu_hidden_dim
 from dinoflow.models.presets import ARCH_SPECS, HUB_NAMES, ArchSpec, arch_spec, hub_kwargs
 from dinoflow.models.vit import DinoVisionTransformer, backbone_from_config, build_backbone, build_hub_backbone
@@ -42,6 +42,7 @@ __all__ = [
     "convert_official_head_state_dict",
     "export_backbone",
     "extract_backbone_state_dict",
+    "heads_from_config",
     "hub_kwargs",
     "infer_model_config",
     "load_backbone",

@@ -163,9 +163,11 @@ class DINOHead(nn.Module):
         return cls(
             in_dim,
             out_dim if out_dim is not None else cfg.out_dim,
+            use_bn=cfg.use_bn,
             nlayers=cfg.nlayers,
             hidden_dim=cfg.hidden_dim,
             bottleneck_dim=cfg.bottleneck_dim,
+            train_last_layer_norm=cfg.train_last_layer_norm,
         )
 
     def forward(self, x: Tensor, parts: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -178,6 +180,14 @@ class DINOHead(nn.Module):
         if parts:
             return x, self.last_layer.weight
         return self.last_layer(x)
+
+
+def heads_from_config(in_dim: int, cfg: HeadConfig) -> tuple[DINOHead, DINOHead | None]:
+    """The DINO head and, when `cfg.separate_ibot_head`, the iBOT head (else None: patch tokens
+    share the DINO head); both map [*, in_dim] → [*, K] with K = out_dim / ibot_out_dim."""
+    dino = DINOHead.from_config(in_dim, cfg)  # first: the random init draws in this order
+    ibot = DINOHead.from_config(in_dim, cfg, out_dim=cfg.ibot_out_dim) if cfg.separate_ibot_head else None
+    return dino, ibot
 
 
 _PARAMETRIZATION_NAMES = {

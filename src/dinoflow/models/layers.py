@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinoflow.errors import DinoflowError
+from dinoflow.models.packing import Segments, packed_drop_path_block
 
 
 def swiglu_hidden_dim(dim: int, mlp_ratio: float = 4.0) -> int:
@@ -40,9 +41,6 @@ class PatchEmbed(nn.Module):
                 f"image size {h}x{w} is not divisible by the patch size {p}; resize or crop to a multiple of {p}"
             )
         return self.proj(x).flatten(2).transpose(1, 2)
-
-
-Segments = tuple[tuple[int, int], ...]  # packed tokens: (images, tokens per image) of each crop size, in order
 
 
 class Attention(nn.Module):
@@ -209,8 +207,6 @@ class Block(nn.Module):
             x = x.index_select(0, rows) + self.ls1(self.attn(self.norm1(x), segments, rows))
             return x + self._ffn_branch(x)
         if segments is not None and rate > 0.0:
-            from dinoflow.models.packing import packed_drop_path_block
-
             return packed_drop_path_block(x, segments, self._attn_branch, self._ffn_branch, rate)
         if rate > 0.1:
             x = _residual_on_subset(x, self._attn_branch, rate)

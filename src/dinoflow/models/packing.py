@@ -14,8 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from dinoflow.models.layers import Segments
-
+Segments = tuple[tuple[int, int], ...]  # packed tokens: (images, tokens per image) of each crop size, in order
 Branch = Callable[[Tensor, Segments], Tensor]
 
 

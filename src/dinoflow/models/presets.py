@@ -6,32 +6,12 @@ The four official sizes reproduce DINOv2's `vit_small` … `vit_giant2`; the sma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from dinoflow.archs import ARCH_SPECS, ArchSpec
 from dinoflow.errors import DinoflowError
 
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """Width, depth and heads of one ViT preset; `ffn` is the FFN used when `ffn_layer="auto"`."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    ffn: str = "mlp"
-    mlp_ratio: float = 4.0
-
-
-ARCH_SPECS: dict[str, ArchSpec] = {
-    "vit_pico": ArchSpec(64, 3, 2),
-    "vit_mini": ArchSpec(128, 4, 4),
-    "vit_tiny": ArchSpec(192, 12, 3),
-    "vit_small": ArchSpec(384, 12, 6),
-    "vit_base": ArchSpec(768, 12, 12),
-    "vit_large": ArchSpec(1024, 24, 16),
-    "vit_giant2": ArchSpec(1536, 40, 24, ffn="swiglu"),
-}
+__all__ = ["ARCH_SPECS", "HUB_NAMES", "ArchSpec", "arch_from_shape", "arch_spec", "hub_kwargs"]
 
 
 def arch_spec(arch: str) -> ArchSpec:

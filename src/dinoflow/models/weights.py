@@ -33,9 +33,9 @@ from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
 from dinoflow.models.presets import arch_from_shape
 from dinoflow.models.vit import DinoVisionTransformer, backbone_from_config
+from dinoflow.models.wrappers import strip_wrapper_names, unwrap
 
 WRAPPER_KEYS = ("teacher", "model", "state_dict", "backbone")
-_WRAPPER_COMPONENTS = {"module", "_orig_mod"}
 _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.(.+)$")
 BACKBONE_FILE = "backbone.pth"
 CONFIG_FILE = "config.yaml"
@@ -82,8 +82,7 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def _flat_name(key: str) -> str:
-    parts = [c for c in key.split(".") if c not in _WRAPPER_COMPONENTS]
-    name = ".".join(parts)
+    name = strip_wrapper_names(key)
     m = _CHUNKED.match(name)
     return f"blocks.{m.group(1)}.{m.group(2)}" if m else name
 
@@ -176,7 +175,7 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: str | Path | Map
     the module docstring for the layouts understood. Raises BackboneWeightsError listing every
     missing, unexpected and shape-mismatched key.
     """
-    target = _unwrap(model)
+    target = unwrap(model)
     source = path_or_state_dict
     obj = read_weights(source) if isinstance(source, (str, Path)) else source
     sd = extract_backbone_state_dict(obj)
@@ -209,15 +208,9 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: str | Path | Map
 # ---------------------------------------------------------------------- export
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The backbone inside DDP (`.module`) and/or torch.compile (`._orig_mod`) wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def _export_state_dict(model: nn.Module) -> dict[str, Tensor]:
     out = {}
-    for k, v in _unwrap(model).state_dict().items():
+    for k, v in unwrap(model).state_dict().items():
         if hasattr(v, "full_tensor"):  # DTensor from FSDP2: gather the full parameter
             v = v.full_tensor()
         out[_flat_name(k)] = v.detach().to("cpu", copy=True).contiguous()
@@ -246,7 +239,7 @@ def export_backbone(model: nn.Module, path: str | Path, model_cfg: ModelConfig |
     path = Path(path)
     if path.is_dir() or path.suffix == "":
         path = path / BACKBONE_FILE
-    cfg = model_cfg if model_cfg is not None else getattr(_unwrap(model), "config", None)
+    cfg = model_cfg if model_cfg is not None else getattr(unwrap(model), "config", None)
     if cfg is None:
         raise BackboneWeightsError(
             "export_backbone needs a ModelConfig: pass model_cfg=, or build the model with build_backbone()"

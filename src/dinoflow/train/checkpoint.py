@@ -64,15 +64,6 @@ def _state(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, trai
     return state
 
 
-def save_checkpoint(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Module], train_module: nn.Module,
-                    optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor], meta: dict[str, Any],
-                    is_main: bool, files: dict[str, str | Path] | None = None) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory. `files` (name →
-    path, main rank): copies taken into the checkpoint, e.g. the metrics CSV up to this step."""
-    return start_save(ckpt_dir, step, modules=modules, train_module=train_module, optimizer=optimizer, extra=extra,
-                      meta=meta, is_main=is_main, files=files, asynchronous=False).finish()
-
-
 class PendingSave:
     """A checkpoint being written. `finish()` (collective) waits for the write, then publishes
     it: meta.json, the rename from the temp directory, `latest`, and pruning. Until then the

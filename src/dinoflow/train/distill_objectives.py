@@ -21,7 +21,6 @@ resampled to the student's grid (bilinear on the spatial map; probabilities reno
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +29,13 @@ from torch import nn
 
 from dinoflow.config import DistillConfig, HeadConfig, ModelConfig
 from dinoflow.errors import DinoflowError
-from dinoflow.train.objectives import (RecipeLosses, SSLNet, Views, _sub, build_heads, deepcopy_frozen,
-                                      ema_update, full_state_dict, unwrap)
+from dinoflow.models.wrappers import unwrap
+from dinoflow.train.ema import ema_update, frozen_copy
+from dinoflow.train.export import export_network
+from dinoflow.train.objective import Batch, Schedule
+from dinoflow.train.recipe_losses import RecipeLosses
+from dinoflow.train.ssl_net import SSLNet
+from dinoflow.train.views import Views
 
 
 def resample_tokens(tokens: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]) -> torch.Tensor:
@@ -71,7 +75,7 @@ class _DistillBase:
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {"student_ema": self.student_ema}
 
-    def after_step(self, net: nn.Module, s: dict[str, float]) -> None:
+    def after_step(self, net: nn.Module, s: Schedule) -> None:
         # Warm the EMA up (momentum min(m, (1+n)/(10+n)) after n updates): with a fixed 0.999
         # a short run would export a student that is still mostly its random init.
         self.ema_updates += 1
@@ -81,23 +85,15 @@ class _DistillBase:
     def _ema_state(self) -> dict[str, torch.Tensor]:
         return {"student_ema_updates": self.ema_updates}
 
-    def export(self, out_dir, is_main: bool = True) -> None:
+    def export(self, out_dir: str | Path, is_main: bool = True) -> None:
         """Collective under FSDP; rank 0 writes the student EMA's backbone.pth + config.yaml."""
-        from dinoflow.models import backbone_from_config, export_backbone
-
-        sd = full_state_dict(self.student_ema)
-        if not is_main:
-            return
-        model_cfg = _student_model_cfg(self.cfg)
-        backbone = backbone_from_config(model_cfg)
-        backbone.load_state_dict(_sub(sd, "backbone."))
-        export_backbone(backbone, f"{out_dir}/backbone.pth", model_cfg=model_cfg)
+        export_network(self.student_ema, _student_model_cfg(self.cfg), out_dir, is_main)
 
 
 def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, HeadConfig, ModelConfig]:
     """A dinoflow pretraining output dir → frozen SSLNet (backbone + heads) and its configs."""
     from dinoflow.config import PretrainConfig
-    from dinoflow.models import load_backbone
+    from dinoflow.models import heads_from_config, load_backbone
     from dinoflow.models.weights import read_weights
 
     d = Path(teacher_dir)
@@ -108,7 +104,7 @@ def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, H
                             "run `dinoflow pretrain`, or use distill.mode=features with a backbone file")
     pcfg = PretrainConfig.model_validate(yaml.safe_load((d / "train_config.yaml").read_text()))
     backbone = load_backbone(str(d / "backbone.pth"))
-    dino, ibot = build_heads(backbone.embed_dim, pcfg.head)
+    dino, ibot = heads_from_config(backbone.embed_dim, pcfg.head)
     heads = read_weights(d / "heads.pth")
     dino.load_state_dict(heads["dino_head"])
     if ibot is not None:
@@ -121,15 +117,15 @@ def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, H
 
 class HeadDistillObjective(_DistillBase):
     def __init__(self, cfg: DistillConfig, device: torch.device):
-        from dinoflow.models import backbone_from_config
+        from dinoflow.models import backbone_from_config, heads_from_config
 
         self.cfg = cfg
         self.teacher, head_cfg, self.teacher_model_cfg = load_head_teacher(cfg.teacher, device)
         torch.manual_seed(cfg.seed)
         backbone = backbone_from_config(_student_model_cfg(cfg))
-        dino, ibot = build_heads(backbone.embed_dim, head_cfg)  # same prototypes as the teacher's
+        dino, ibot = heads_from_config(backbone.embed_dim, head_cfg)  # same prototypes as the teacher's
         self.student = SSLNet(backbone, dino, ibot).to(device)
-        self.student_ema = deepcopy_frozen(self.student)
+        self.student_ema = frozen_copy(self.student)
         self.ema_updates = torch.zeros((), dtype=torch.float64)
         ibot_dim = head_cfg.ibot_out_dim if head_cfg.separate_ibot_head else head_cfg.out_dim
         self.losses = RecipeLosses(cfg.loss, head_cfg.out_dim, ibot_dim, device)
@@ -139,7 +135,7 @@ class HeadDistillObjective(_DistillBase):
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {**self.losses.state(), **self._ema_state()}
 
-    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, net: nn.Module, v: Batch, s: Schedule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """iBOT on every patch token of both global crops, through the heads' factors: the
         [2B·N, K] logits (student and teacher) exist only one chunk at a time."""
         g = v["global_crops"]
@@ -209,7 +205,7 @@ class FeatureDistillObjective(_DistillBase):
         self.teacher.eval()
         torch.manual_seed(cfg.seed)
         self.student = FeatureStudent(backbone_from_config(_student_model_cfg(cfg)), self.teacher.embed_dim).to(device)
-        self.student_ema = deepcopy_frozen(self.student)
+        self.student_ema = frozen_copy(self.student)
         self.ema_updates = torch.zeros((), dtype=torch.float64)
         self.views = Views(cfg.crops, None, cfg.student.patch_size, cfg.seed)
         self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher.patch_size
@@ -217,7 +213,7 @@ class FeatureDistillObjective(_DistillBase):
     def extra_state(self) -> dict[str, torch.Tensor]:
         return self._ema_state()
 
-    def loss(self, net: nn.Module, v: dict[str, Any], s: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, net: nn.Module, v: Batch, s: Schedule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         g = v["global_crops"]
         s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
         with torch.no_grad():

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dinoflow.losses.distributed import all_reduce_sum
+
 _CKPT_GROUP: tuple[object, dist.ProcessGroup] | None = None  # (the default group it belongs to, the group)
 
 
@@ -81,12 +83,6 @@ def checkpoint_group() -> dist.ProcessGroup | None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 def any_rank(flag: bool) -> bool:

@@ -21,23 +21,30 @@ from typing import Any, Callable, NoReturn
 import torch
 
 from dinoflow import tracking
+from dinoflow.config import Config, DistillConfig, PretrainConfig
 from dinoflow.errors import DinoflowError
+from dinoflow.models.wrappers import unwrap
 from dinoflow.train.checkpoint import PendingSave, latest_checkpoint, load_checkpoint, start_save
 from dinoflow.train.data import check_training_data, make_loader, resolve_workers
 from dinoflow.train.distributed import DistEnv, any_rank, barrier, init_distributed
 from dinoflow.train.metrics import CsvLog, StepMetrics
-from dinoflow.train.objectives import step_seed
+from dinoflow.train.objective import Objective
 from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.preemption import Preempted, StopRequested, StopSignal
 from dinoflow.train.resources import check_batch_fits
 from dinoflow.train.run_dir import RunDir, check_checkpoint_settings, check_run_dir, finish_run_dir, start_run_dir
 from dinoflow.train.schedules import Schedules
-from dinoflow.train.step import prepare_networks, train_step, unwrap
+from dinoflow.train.step import prepare_networks, train_step
+from dinoflow.train.views import step_seed
 
 METRICS_COPY = "metrics.csv"  # the metrics CSV as of a checkpoint, kept inside it
 
 
-def run_training(make_objective: Callable[[Any], Any], *, stage: str, cfg, section) -> dict[str, Any]:
+StageSection = PretrainConfig | DistillConfig  # the stage's section: train, optim, loss, crops, data, out_dir, ...
+MakeObjective = Callable[[torch.device], Objective]
+
+
+def run_training(make_objective: MakeObjective, *, stage: str, cfg: Config, section: StageSection) -> dict[str, Any]:
     """Train with the objective `make_objective(device)` builds; export when finished.
 
     `cfg` is the whole Config (tracking); `section` the stage's section (pretrain / distill),
@@ -47,7 +54,7 @@ def run_training(make_objective: Callable[[Any], Any], *, stage: str, cfg, secti
         return _run(make_objective, stage, section)
 
 
-def _run(make_objective, stage: str, sec) -> dict[str, Any]:
+def _run(make_objective: MakeObjective, stage: str, sec: StageSection) -> dict[str, Any]:
     with StopRequested(distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1) as stop:
         try:
             return _train(make_objective, stage, sec, stop)
@@ -59,7 +66,8 @@ def _run(make_objective, stage: str, sec) -> dict[str, Any]:
 class _Checkpoints:
     """At most one save in flight; a new one (or the end) first publishes the previous one."""
 
-    def __init__(self, ckpt_dir: Path, objective, modules: dict, net, optimizer, env: DistEnv, meta: dict,
+    def __init__(self, ckpt_dir: Path, objective: Objective, modules: dict[str, torch.nn.Module], net: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, env: DistEnv, meta: dict,
                  asynchronous: bool, files: dict[str, str]):
         self.ckpt_dir, self.objective, self.modules, self.net, self.optimizer = ckpt_dir, objective, modules, net, optimizer
         self.env, self.meta, self.asynchronous, self.files = env, meta, asynchronous, files
@@ -89,10 +97,10 @@ class _Checkpoints:
                 self.finish()
 
 
-def _prepare(stage: str, sec, env: DistEnv, run: RunDir) -> list:
+def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir) -> list:
     """Up-front checks (batch vs memory, data decodes), then record the run; returns the data units."""
     tcfg = sec.train
-    model_cfg = sec.model if hasattr(sec, "model") else sec.student  # pretrain / distill: the model trained
+    model_cfg = sec.model if isinstance(sec, PretrainConfig) else sec.student  # the model trained
     check_batch_fits(f"{stage}.train.batch_size_per_rank", tcfg.batch_size_per_rank, model_cfg, sec.crops,
                      tcfg.load_size or sec.crops.global_size, env.device)
     units = check_training_data(sec.data, f"{stage}.data")
@@ -102,7 +110,7 @@ def _prepare(stage: str, sec, env: DistEnv, run: RunDir) -> list:
     return units
 
 
-def _setup(make_objective, stage: str, sec, env: DistEnv, run: RunDir):
+def _setup(make_objective: MakeObjective, stage: str, sec: StageSection, env: DistEnv, run: RunDir):
     """Objective, wrapped networks, optimiser, schedules, and the state of a resumed run."""
     tcfg = sec.train
     objective = make_objective(env.device)
@@ -117,7 +125,8 @@ def _setup(make_objective, stage: str, sec, env: DistEnv, run: RunDir):
     return objective, net, optimizer, sched, modules, resumed
 
 
-def _resume(stage: str, sec, run: RunDir, modules, net, optimizer, objective) -> tuple[Path | None, int, int, float]:
+def _resume(stage: str, sec: StageSection, run: RunDir, modules: dict[str, torch.nn.Module], net: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, objective: Objective) -> tuple[Path | None, int, int, float]:
     """Load the run's latest checkpoint if there is one: (its path, step, skipped images, loss)."""
     latest = latest_checkpoint(run.ckpt_dir)
     if latest is None:
@@ -127,7 +136,7 @@ def _resume(stage: str, sec, run: RunDir, modules, net, optimizer, objective) ->
     return latest, int(meta["step"]), int(meta.get("skipped_images", 0)), float(meta.get("loss", "nan"))
 
 
-def _train(make_objective, stage: str, sec, stop: StopRequested) -> dict[str, Any]:
+def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: StopRequested) -> dict[str, Any]:
     tcfg, seed = sec.train, sec.seed
     run = check_run_dir(stage, sec)  # every rank, before any work: refuses changed settings
     env: DistEnv = init_distributed(tcfg.device)

@@ -16,17 +16,11 @@ import torch
 from torch import nn
 
 from dinoflow.config import OptimConfig
+from dinoflow.models.wrappers import strip_wrapper_names
 
 _EMBED_NAMES = ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")
 # "blocks.<i>." or, in the official chunked layout, "blocks.<chunk>.<i>." (i is the global block index)
 _BLOCK = re.compile(r"blocks\.(?:\d+\.)?(\d+)\.")
-
-
-def _clean(name: str) -> str:
-    # wrappers (DDP, FSDP1, torch.compile) add prefixes that are not part of the recipe's names
-    for prefix in ("module.", "_orig_mod.", "_fsdp_wrapped_module."):
-        name = name.replace(prefix, "")
-    return name
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -55,7 +49,7 @@ def param_groups(modules: dict[str, nn.Module], cfg: OptimConfig, backbone_depth
         for pname, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            name = _clean(pname)
+            name = strip_wrapper_names(pname)  # the recipe's names, not the wrappers'
             lr_mult = cfg.layerwise_decay ** (depth + 1 - layer_id(name, depth)) if depth > 0 else 1.0
             if "patch_embed" in name:
                 lr_mult *= cfg.patch_embed_lr_mult

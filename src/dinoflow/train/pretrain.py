@@ -19,7 +19,7 @@ def check_geometry(crops, patch_size: int, what: str) -> None:
 
 def pretrain(cfg: Config) -> dict[str, Any]:
     from dinoflow.train.loop import run_training
-    from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.pretrain_objective import PretrainObjective
 
     pc = cfg.pretrain
     check_geometry(pc.crops, pc.model.patch_size, "pretrain")

@@ -6,18 +6,16 @@ as device tensors, and the loop reads them (one transfer) every `log_every` step
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from dinoflow.config import TrainConfig
 from dinoflow.errors import DinoflowError
-from dinoflow.train.distributed import DistEnv, all_reduce_sum, shard_like, wrap_model
+from dinoflow.losses.distributed import all_reduce_sum
+from dinoflow.models.wrappers import unwrap
+from dinoflow.train.distributed import DistEnv, shard_like, wrap_model
+from dinoflow.train.objective import Batch, Objective, Schedule
 from dinoflow.train.optim import apply_schedules
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -41,8 +39,8 @@ def clip_gradients(net: nn.Module, max_norm: float | None) -> dict[str, torch.Te
     return norms
 
 
-def train_step(objective, net: nn.Module, optimizer: torch.optim.Optimizer, views: dict[str, Any],
-               s: dict[str, float], *, clip_grad: float | None, precision: str = "auto",
+def train_step(objective: Objective, net: nn.Module, optimizer: torch.optim.Optimizer, views: Batch,
+               s: Schedule, *, clip_grad: float | None, precision: str = "auto",
                device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimiser step on prepared views. Returns (global mean loss, metrics), 0-d device tensors.
 
@@ -72,7 +70,7 @@ def compile_blocks(module: nn.Module, device: torch.device, backend: str | None 
         blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
 
 
-def prepare_networks(objective, tcfg, env: DistEnv) -> nn.Module:
+def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> nn.Module:
     """Backbone settings (packing, checkpointing), wrapping (DDP / FSDP2) of the trained network,
     sharding of the EMA copies like it, then per-block compilation. Returns the train module."""
     module = objective.train_module()
