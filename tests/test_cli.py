@@ -97,7 +97,7 @@ def test_checkpoint_exception_with_a_full_disk_inside_is_named(capsys):
 def test_a_stage_error_exits_1_and_a_config_error_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["register", "-S", "register.eval_report=missing.json", "-S", "tracking.enabled=false"]) == 1
-    assert "missing.json not found" in capsys.readouterr().err
+    assert "models/student/backbone.pth not found" in capsys.readouterr().err  # the stage's own check, named
     assert main(["register", "-S", "register.min_knn_top1=2"]) == 2
     assert "register.min_knn_top1: Input should be less than or equal to 1" in capsys.readouterr().err
 

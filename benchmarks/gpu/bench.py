@@ -87,7 +87,7 @@ def run_one(cfg: dict, dry_run: bool, peak: float, device: torch.device) -> dict
            "setup_and_warmup_s": round(warm_s, 1)}
     if cuda:
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    del obj, net, opt, views
+    obj = net = opt = views = None  # free the GPU memory before the next configuration
     if cuda:
         torch.cuda.empty_cache()
     return out

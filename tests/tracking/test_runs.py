@@ -224,8 +224,10 @@ def test_pipeline_on_server_nests_in_and_out_of_process(workdir, mlflow_server, 
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert any(k.startswith("system/cpu_utilization") for k in pre.data.metrics), sorted(pre.data.metrics)
     # artifacts went through the server into S3 (the client holds no S3 credentials)
-    keys = [o["Key"] for o in mlflow_server.s3.client().list_objects_v2(
-        Bucket=mlflow_server.s3.bucket, Prefix="mlartifacts/").get("Contents", [])]
+    # (the bucket is shared by the session's tests: page through every key, not the first 1000)
+    pages = mlflow_server.s3.client().get_paginator("list_objects_v2").paginate(
+        Bucket=mlflow_server.s3.bucket, Prefix="mlartifacts/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/config/resolved.yaml") for k in keys)
 
 

@@ -120,7 +120,7 @@ def train_linear(
             layer.weight.normal_(0.0, 0.01, generator=g)
             layer.bias.zero_()
         layers.append(layer)
-    groups = [{"params": list(l.parameters()), "lr": lr * batch_size / 256.0} for l, lr in zip(layers, lrs)]
+    groups = [{"params": list(head.parameters()), "lr": lr * batch_size / 256.0} for head, lr in zip(layers, lrs)]
     opt = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps_per_epoch), eta_min=0.0)
@@ -131,12 +131,12 @@ def train_linear(
             for start in range(0, len(x), batch_size):
                 idx = perm[start : start + batch_size]
                 xb, yb = x[idx], y[idx]
-                loss = sum(F.cross_entropy(l(xb), yb) for l in layers)
+                loss = sum(F.cross_entropy(head(xb), yb) for head in layers)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[union-attr]
                 opt.step()
                 sched.step()
-    return [l.requires_grad_(False) for l in layers]
+    return [head.requires_grad_(False) for head in layers]
 
 
 @torch.no_grad()
