@@ -70,3 +70,20 @@ with tracking.stage_run("curate", load_config(None, ["tracking.system_metrics=fa
     pass
 """, env=anonymous)
     assert code != 0 and "refused the request (HTTP 401)" in out and "MLFLOW_TRACKING_USERNAME" in out
+
+
+def test_champion_lookup_of_a_model_not_registered_yet_is_none_on_the_authenticated_server(cluster):
+    """MLflow's basic-auth app answers 403 (not 404) for an alias of a model that does not exist:
+    the first registration must read that as "no champion", while the lookup of a model that exists
+    without the alias still answers plainly."""
+    code, out = cluster.python("""
+import json, uuid, mlflow
+from dinoflow.registry.lineage import current_champion
+client, name = mlflow.MlflowClient(), "tier-" + uuid.uuid4().hex[:8]
+missing = current_champion(client, name, "champion")
+client.create_registered_model(name)
+no_alias = current_champion(client, name, "champion")
+print(json.dumps({"missing": missing, "no_alias": no_alias}))
+""", env=cluster.step_env())
+    assert code == 0, out[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {"missing": None, "no_alias": None}
