@@ -7,15 +7,18 @@ one); CI installs docker.io and debootstrap and starts dockerd (.ci/run), so the
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from containers.cluster import SERVICES_NAMESPACE, Manifests
-from containers.engine import BASE_IMAGE, SERVICES_IMAGE, Pod, build, build_base_image, docker_client, image_exists, project_context
+from containers.engine import (BASE_IMAGE, SERVICES_IMAGE, Pod, build, build_base_image, docker_client, image_exists,
+                               project_context, scratch_dir)
+from containers.steps import ROOT
 from dinoflow.launch import images
 
 CPU_IMAGE = images.CPU_IMAGE  # the tag components/images.py and k8s/ name
@@ -23,6 +26,16 @@ CPU_IMAGE = images.CPU_IMAGE  # the tag components/images.py and k8s/ name
 # docker/Dockerfile.cpu, runs the training steps under the training image's name.
 TRAIN_IMAGE = images.TRAIN_IMAGE
 MLFLOW_HOST = f"dinoflow-mlflow.{SERVICES_NAMESPACE}.svc.cluster.local"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows the services' logs: a server error (HTTP 500) is only explained there."""
+    outcome = yield
+    report = outcome.get_result()
+    cluster = getattr(item, "funcargs", {}).get("cluster")
+    if report.when == "call" and report.failed and cluster is not None:
+        report.sections.append(("services' logs (last lines of each)", cluster.pod.logs()))
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +64,42 @@ def images(docker_engine, tmp_path_factory) -> dict[str, str]:
     return {"cpu": CPU_IMAGE, "train": TRAIN_IMAGE, "services": SERVICES_IMAGE}
 
 
+@pytest.fixture
+def scratch() -> Iterator[Callable[[str], Path]]:
+    """`scratch(prefix)`: a host directory the steps' uid 10001 can write (pytest's own tmp_path is
+    private to root), removed after the test with whatever the containers left in it."""
+    made: list[Path] = []
+
+    def make(prefix: str) -> Path:
+        made.append(scratch_dir(prefix))
+        return made[-1]
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The demo pool, built on the host and mounted read-only into the steps."""
+    from dinoflow.config import load_config
+    from dinoflow.stages import run_stage
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    run_stage("demo-data", load_config(ROOT / "params.yaml", [f"demo.out_dir={out}", "tracking.enabled=false"]))
+    return out
+
+
 @pytest.fixture(scope="session")
 def manifests() -> Manifests:
     return Manifests.build()
 
 
+# UTF8 as the official postgres image initialises it (LANG=en_US.utf8): under the stand-in's C
+# locale initdb would pick SQL_ASCII, and psycopg2 then cannot store a non-ASCII value (HTTP 500).
 PG_START = """set -eu
 printf '%s' "$POSTGRES_PASSWORD" > /tmp/pw
-initdb -D /tmp/pg -U "$POSTGRES_USER" --pwfile=/tmp/pw -A scram-sha-256 >/dev/null
+initdb -D /tmp/pg -U "$POSTGRES_USER" --pwfile=/tmp/pw -A scram-sha-256 -E UTF8 --no-locale >/dev/null
 rm /tmp/pw
 postgres -D /tmp/pg -k /tmp -c listen_addresses=127.0.0.1 -p 5432 &
 until pg_isready -q -h 127.0.0.1 -p 5432; do sleep 0.3; done

@@ -178,8 +178,8 @@ class Pod:
             time.sleep(2)
         raise RuntimeError(f"{url} did not become healthy within {timeout:.0f} s: {last[-1500:]}")
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {c.name}\n{c.logs(tail=60).decode(errors='replace')}" for c in self.containers[1:])
+    def logs(self, tail: int = 200) -> str:
+        return "\n".join(f"--- {c.name}\n{c.logs(tail=tail).decode(errors='replace')}" for c in self.containers[1:])
 
     def close(self) -> None:
         for c in reversed(self.containers):

@@ -3,6 +3,8 @@ is refused with a CheckpointError (no file appears), and an honest checkpoint st
 
 from __future__ import annotations
 
+import enum
+import io
 import os
 import pickle
 import shutil
@@ -10,6 +12,7 @@ import shutil
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
 from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
@@ -81,6 +84,50 @@ def test_crafted_non_tensor_entry_runs_no_code(tmp_path):
     with pytest.raises(CheckpointError, match=r"entry 'optim.param_groups.0.lr' is not plain data"):
         _load(tmp_path / "ck", m, opt, torch.zeros(2))
     assert not marker.exists()
+
+
+class _EnumByName(pickle.Pickler):
+    """Pickles Enum members as Python 3.11.2 does (`getattr(EnumClass, name)`), whatever runs the test."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, enum.Enum):
+            return getattr, (type(obj), obj.name)
+        return NotImplemented
+
+
+def _repickle(path, md, reduce_enums_by_name=True):
+    buf = io.BytesIO()
+    (_EnumByName(buf) if reduce_enums_by_name else pickle.Pickler(buf)).dump(md)
+    (path / ".metadata").write_bytes(buf.getvalue())
+
+
+def test_metadata_written_by_a_python_that_pickles_enums_by_name_resumes(tmp_path):
+    """A checkpoint saved in the image's Debian Python 3.11.2 (enum members as getattr calls) resumes."""
+    path, m, opt = _save(tmp_path)
+    md = pickle.loads((path / ".metadata").read_bytes())
+    _repickle(path, md)
+    assert b"getattr" in (path / ".metadata").read_bytes()
+    saved = {k: v.clone() for k, v in m.state_dict().items()}
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    assert _load(path, fresh, torch.optim.AdamW(fresh.parameters(), lr=0.5), torch.zeros(2))["step"] == 3
+    assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_metadata_getattr_other_than_an_enum_member_is_refused(tmp_path):
+    path, m, opt = _save(tmp_path)
+    md = pickle.loads((path / ".metadata").read_bytes())
+    md.storage_meta = Getattr(Metadata, "__init__")  # an attribute of an allowed class, not an enum member
+    _repickle(path, md, reduce_enums_by_name=False)
+    with pytest.raises(CheckpointError, match=r"calls getattr\(Metadata, '__init__'\).*refusing to load it"):
+        _load(path, m, opt, torch.zeros(2))
+
+
+class Getattr:
+    def __init__(self, obj, name):
+        self.obj, self.name = obj, name
+
+    def __reduce__(self):
+        return getattr, (self.obj, self.name)
 
 
 def test_metadata_naming_a_shard_outside_its_directory_is_refused(tmp_path):

@@ -26,6 +26,12 @@ def _not_found(exc: Exception) -> bool:
     return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
+def _model_visible(client: Any, name: str) -> bool:
+    """Whether registered model `name` exists for this client (search results are filtered by read permission)."""
+    quote = '"' if "'" in name else "'"
+    return any(m.name == name for m in client.search_registered_models(filter_string=f"name = {quote}{name}{quote}"))
+
+
 def current_champion(client: Any, name: str, alias: str) -> Champion | None:
     """The alias holder of registered model `name`, or None when the model or the alias does not exist yet."""
     from mlflow.exceptions import MlflowException
@@ -34,6 +40,11 @@ def current_champion(client: Any, name: str, alias: str) -> Champion | None:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
         if _not_found(e):
+            return None
+        # MLflow's basic-auth app (3.17) answers 403, not 404, for a model that does not exist yet:
+        # its permission check finds no model to check against. The first registration on an
+        # authenticated server must not fail on that; a model that exists but is unreadable still does.
+        if getattr(e, "error_code", "") == "PERMISSION_DENIED" and not _model_visible(client, name):
             return None
         raise
     tags = mv.tags or {}

@@ -13,6 +13,7 @@ still resumes on another world size and stays readable by stock DCP tools.
 
 from __future__ import annotations
 
+import enum
 import io
 import pickle
 from pathlib import Path, PurePath
@@ -47,12 +48,26 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
+        if (module, name) == ("builtins", "getattr"):
+            return self._enum_member
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise CheckpointError(
             f"{self.where} refers to {module}.{name}, which a checkpoint's metadata never holds: refusing to "
             "load it (a crafted file could run code). Delete this checkpoint directory or restore it from a "
             "trusted copy; set train.restart=true to start over")
+
+    def _enum_member(self, cls: Any, name: Any) -> Any:
+        """Some Python 3.11 releases (3.11.2, Debian bookworm's) pickle an Enum member as
+        `getattr(EnumClass, "NAME")`: honest metadata from such an interpreter holds that call. It is
+        answered only for a member of an allowed Enum (the class itself came through find_class)."""
+        if isinstance(cls, type) and issubclass(cls, enum.Enum) and isinstance(name, str) and name in cls.__members__:
+            return cls[name]
+        raise CheckpointError(
+            f"{self.where} calls getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r}), which is no "
+            "member of an enumeration a checkpoint's metadata holds: refusing to load it (a crafted file could "
+            "run code). Delete this checkpoint directory or restore it from a trusted copy; set "
+            "train.restart=true to start over")
 
     def persistent_load(self, pid: Any) -> Any:
         raise CheckpointError(f"{self.where} uses pickle persistent ids, which checkpoint metadata never does")
