@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # instead of downloading a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast lint-fix demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff runs inside `make test` (tests/test_lint.py); this applies its fixes and formatting
+lint-fix: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m dinoflow demo

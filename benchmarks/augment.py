@@ -28,10 +28,14 @@ RECIPES = {
 }
 
 
-def measure(cfg: CropConfig, chw: tuple[int, int, int], batch: int, iters: int, device: torch.device) -> dict[str, float]:
+def measure(
+    cfg: CropConfig, chw: tuple[int, int, int], batch: int, iters: int, device: torch.device
+) -> dict[str, float]:
     """Median and best seconds per batch over `iters` timed calls (after one warm-up call)."""
     aug = MultiCropAugment(cfg)
-    images = torch.randint(0, 256, (batch, *chw), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+    images = torch.randint(0, 256, (batch, *chw), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
     gen = torch.Generator().manual_seed(0)
     aug(images, gen)
     times = []
@@ -44,7 +48,12 @@ def measure(cfg: CropConfig, chw: tuple[int, int, int], batch: int, iters: int, 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     sec = sorted(times)[len(times) // 2]
-    return {"sec": sec, "images_s": batch / sec, "best_images_s": batch / min(times), "crops_s": batch * (2 + cfg.n_local) / sec}
+    return {
+        "sec": sec,
+        "images_s": batch / sec,
+        "best_images_s": batch / min(times),
+        "crops_s": batch * (2 + cfg.n_local) / sec,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         batch = args.demo_batch if name.startswith("demo") else args.batch
         r = measure(cfg, chw, batch, args.iters, device)
         print(
-            f"{name:<38} {batch:>6} {1000 * r['sec']:>10.1f} {r['images_s']:>10.1f} {r['best_images_s']:>11.1f} {r['crops_s']:>10.1f}"
+            f"{name:<38} {batch:>6} {1000 * r['sec']:>10.1f} {r['images_s']:>10.1f} "
+            f"{r['best_images_s']:>11.1f} {r['crops_s']:>10.1f}"
         )
     print("\nms/batch, images/s, crops/s: median call; best img/s: fastest call (a busy machine inflates the median)")
 

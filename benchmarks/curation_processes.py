@@ -30,11 +30,28 @@ def children_cpu_s() -> float:
 
 def run(procs: int, demo: Path, out: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one curate run into `out`."""
-    overrides = [f"curate.sources=[{demo}/pool]", f"curate.seeds={demo}/seeds", f"curate.eval_sets=[{demo}/eval]",
-                 f"curate.out_dir={out}/curated", f"curate.report_dir={out}/reports", "tracking.enabled=false"]
-    head = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                  f"--nproc-per-node={procs}"]
-    cmd = [*head, "-m", "dinoflow", "curate", "-c", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("-S", o)]]
+    overrides = [
+        f"curate.sources=[{demo}/pool]",
+        f"curate.seeds={demo}/seeds",
+        f"curate.eval_sets=[{demo}/eval]",
+        f"curate.out_dir={out}/curated",
+        f"curate.report_dir={out}/reports",
+        "tracking.enabled=false",
+    ]
+    head = (
+        [sys.executable]
+        if procs == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+    )
+    cmd = [
+        *head,
+        "-m",
+        "dinoflow",
+        "curate",
+        "-c",
+        str(ROOT / "params.yaml"),
+        *[x for o in overrides for x in ("-S", o)],
+    ]
     cpu, t = children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -60,8 +77,11 @@ def main() -> None:
             wall, cpu = run(n, demo, out)
             files = {f.name: f.read_bytes() for f in sorted((out / "curated").iterdir()) if f.is_file()}
             reference = reference if reference is not None else files
-            print(f"{n} process(es): {wall:6.1f} s wall, {cpu:6.1f} s CPU, {len(files)} files, "
-                  f"identical to the first run: {files == reference}", flush=True)
+            print(
+                f"{n} process(es): {wall:6.1f} s wall, {cpu:6.1f} s CPU, {len(files)} files, "
+                f"identical to the first run: {files == reference}",
+                flush=True,
+            )
     print(f"({os.cpu_count()} cores; load average now {os.getloadavg()[0]:.1f})")
 
 

@@ -18,9 +18,9 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
-import resource
 import time
 
 import numpy as np
@@ -49,7 +49,9 @@ def synthetic_block(b: int, n: int, dim: int, n_concepts: int, seed: int) -> tup
     src = np.full(m, -1, np.int64)
     if n_dup:
         src[m - n_dup :] = rng.choice(m - n_dup, size=n_dup, replace=False)
-        x[m - n_dup :] = x[src[m - n_dup :]] + 0.05 * rng.standard_normal((n_dup, dim)).astype(np.float32) / math.sqrt(dim)
+        x[m - n_dup :] = x[src[m - n_dup :]] + 0.05 * rng.standard_normal((n_dup, dim)).astype(np.float32) / math.sqrt(
+            dim
+        )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, np.where(src >= 0, src + lo, -1)
 
@@ -86,12 +88,24 @@ def check_levels(comm, xk, gk, h, a) -> list[tuple[float, float]]:
 
     out = []
     for lvl in range(h.n_levels):
-        cm, pts, ids = (comm, xk, gk) if lvl == 0 else (Comm(), h.centroids[lvl - 1], np.arange(len(h.centroids[lvl - 1])))
+        cm, pts, ids = (
+            (comm, xk, gk) if lvl == 0 else (Comm(), h.centroids[lvl - 1], np.arange(len(h.centroids[lvl - 1])))
+        )
         ours_labels = h.labels[0] if lvl == 0 else h.parents[lvl - 1]
-        ours = objective(cm, KMeans(h.centroids[lvl], ours_labels, sq_distances(pts, h.centroids[lvl], ours_labels),
-                                    h.sizes[lvl]))
-        full = level_kmeans(cm, pts, ids, len(h.centroids[lvl]), resampling_steps=a.resampling_steps, sample_size=None,
-                            iters=a.iters, seed=a.seed + 1000 * lvl, max_points_per_centroid=None)
+        ours = objective(
+            cm, KMeans(h.centroids[lvl], ours_labels, sq_distances(pts, h.centroids[lvl], ours_labels), h.sizes[lvl])
+        )
+        full = level_kmeans(
+            cm,
+            pts,
+            ids,
+            len(h.centroids[lvl]),
+            resampling_steps=a.resampling_steps,
+            sample_size=None,
+            iters=a.iters,
+            seed=a.seed + 1000 * lvl,
+            max_points_per_centroid=None,
+        )
         out.append((ours, objective(cm, full)))
     return out
 
@@ -104,12 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--nprobe", type=int, default=2)
     p.add_argument("--nlist", type=int, default=0, help="IVF lists (0: about sqrt(nprobe·n))")
-    p.add_argument("--ivf-train-iters", type=int, default=0, help="Lloyd iterations for the IVF lists (0: sampled rows)")
+    p.add_argument(
+        "--ivf-train-iters", type=int, default=0, help="Lloyd iterations for the IVF lists (0: sampled rows)"
+    )
     p.add_argument("--train-per-list", type=int, default=16, help="with --ivf-train-iters: rows per list it trains on")
     p.add_argument("--levels", type=str, default="2000,100,10", help="comma-separated clusters per level, finest first")
     p.add_argument("--resampling-steps", type=int, default=1)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--points-per-centroid", type=int, default=64, help="Lloyd iterations run on this many rows per centroid")
+    p.add_argument(
+        "--points-per-centroid", type=int, default=64, help="Lloyd iterations run on this many rows per centroid"
+    )
     p.add_argument("--target", type=int, default=0, help="balanced sample size (default n/4)")
     p.add_argument("--check-objective", action="store_true", help="also run full-data Lloyd per level and compare")
     p.add_argument("--seed", type=int, default=0)
@@ -133,9 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     say = print if comm.is_main else (lambda *_, **__: None)
     levels = [int(v) for v in a.levels.split(",")]
     target = a.target or a.n // 4
-    say(f"n={a.n:,} dim={a.dim} k={a.k} threshold={a.threshold} nprobe={a.nprobe} levels={levels} "
+    say(
+        f"n={a.n:,} dim={a.dim} k={a.k} threshold={a.threshold} nprobe={a.nprobe} levels={levels} "
         f"resampling={a.resampling_steps} iters={a.iters} points/centroid={a.points_per_centroid} target={target:,} "
-        f"processes={comm.world} torch threads/process={torch.get_num_threads()} device={comm.device}")
+        f"processes={comm.world} torch threads/process={torch.get_num_threads()} device={comm.device}"
+    )
     say(f"GEMM now: {gemm_gflops():.0f} GFLOP/s per process", flush=True)
     t = time.perf_counter()
     x, gid, src = my_rows(comm, a.n, a.dim, a.seed)
@@ -143,33 +163,61 @@ def main(argv: list[str] | None = None) -> None:
     say(f"synthetic data      {time.perf_counter() - t:8.1f} s", flush=True)
 
     t, c0 = time.perf_counter(), time.process_time()
-    nd = near_duplicates(comm, x, gid, k=a.k, threshold=a.threshold, nprobe=a.nprobe, ivf_threshold=1,
-                         nlist=a.nlist or None, train_per_list=a.train_per_list, iters=a.ivf_train_iters, seed=a.seed)
+    nd = near_duplicates(
+        comm,
+        x,
+        gid,
+        k=a.k,
+        threshold=a.threshold,
+        nprobe=a.nprobe,
+        ivf_threshold=1,
+        nlist=a.nlist or None,
+        train_per_list=a.train_per_list,
+        iters=a.ivf_train_iters,
+        seed=a.seed,
+    )
     t_dedup, c_dedup = time.perf_counter() - t, comm.all_reduce_sum(np.array([time.process_time() - c0]))[0]
     labels = np.empty(a.n, np.int64)  # every row's component, to score the planted copies (not timed)
     labels[comm.all_gather_cat(gid)] = comm.all_gather_cat(nd.labels)
     pairs = comm.all_gather_cat(np.stack([gid[src >= 0], src[src >= 0]], 1).reshape(-1, 2))
     found = int((labels[pairs[:, 0]] == labels[pairs[:, 1]]).sum())
-    say(f"near dedup          {t_dedup:8.1f} s   index {nd.index}  edges {len(nd.graph.a):,}  "
+    say(
+        f"near dedup          {t_dedup:8.1f} s   index {nd.index}  edges {len(nd.graph.a):,}  "
         f"dropped {comm.sum_int(int((~nd.keep).sum())):,}  planted copies {len(pairs):,}, found {found:,} "
-        f"(recall {found / max(1, len(pairs)):.4f})", flush=True)
+        f"(recall {found / max(1, len(pairs)):.4f})",
+        flush=True,
+    )
     del labels
 
     keep = np.flatnonzero(nd.keep)
     xk, gk = np.ascontiguousarray(x[keep]), gid[keep]
     t, c0 = time.perf_counter(), time.process_time()
-    h = hierarchical_kmeans(comm, xk, gk, levels, resampling_steps=a.resampling_steps, iters=a.iters, seed=a.seed,
-                            max_points_per_centroid=a.points_per_centroid)
+    h = hierarchical_kmeans(
+        comm,
+        xk,
+        gk,
+        levels,
+        resampling_steps=a.resampling_steps,
+        iters=a.iters,
+        seed=a.seed,
+        max_points_per_centroid=a.points_per_centroid,
+    )
     t_km, c_km = time.perf_counter() - t, comm.all_reduce_sum(np.array([time.process_time() - c0]))[0]
     say(f"hierarchical kmeans {t_km:8.1f} s   clusters/level {[len(c) for c in h.centroids]}", flush=True)
     cores = os.cpu_count() or 1
-    say(f"near dedup + hierarchical k-means: {t_dedup + t_km:.1f} s wall; CPU time {c_dedup:.1f} + {c_km:.1f} = "
+    say(
+        f"near dedup + hierarchical k-means: {t_dedup + t_km:.1f} s wall; CPU time {c_dedup:.1f} + {c_km:.1f} = "
         f"{c_dedup + c_km:.1f} s over all processes (the machine is shared: on its {cores} idle cores that is "
-        f"about {(c_dedup + c_km) / cores:.1f} s of wall time)", flush=True)
+        f"about {(c_dedup + c_km) / cores:.1f} s of wall time)",
+        flush=True,
+    )
 
     t = time.perf_counter()
     picked = balanced_sample(comm, h, gk, target, seed=a.seed)
-    say(f"balanced sampling   {time.perf_counter() - t:8.1f} s   sampled {comm.sum_int(int(picked.sum())):,}", flush=True)
+    say(
+        f"balanced sampling   {time.perf_counter() - t:8.1f} s   sampled {comm.sum_int(int(picked.sum())):,}",
+        flush=True,
+    )
     say(f"GEMM now: {gemm_gflops():.0f} GFLOP/s per process", flush=True)
     rss = comm.all_gather_cat(np.array([peak_rss_gib()]))
     say(f"peak RSS per process {[f'{v:.2f}' for v in rss]} GiB (sum {rss.sum():.2f} GiB)", flush=True)
@@ -177,8 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.check_objective:
         t = time.perf_counter()
         pairs = check_levels(comm, xk, gk, h, a)
-        say(f"full-data Lloyd     {time.perf_counter() - t:8.1f} s   objective per level (ours / full-data Lloyd): "
-            + ", ".join(f"L{lvl}: {o:.1f} / {r:.1f} = {o / r:.4f}" for lvl, (o, r) in enumerate(pairs)), flush=True)
+        say(
+            f"full-data Lloyd     {time.perf_counter() - t:8.1f} s   objective per level (ours / full-data Lloyd): "
+            + ", ".join(f"L{lvl}: {o:.1f} / {r:.1f} = {o / r:.4f}" for lvl, (o, r) in enumerate(pairs)),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,16 @@ def run(params: str, steps: int, every: int, seed: int, lr: float | None) -> dic
             curve.append({"step": step, "knn20": acc, "loss": float(loss.detach()), "seconds": round(train_s, 1)})
             print(json.dumps(curve[-1]), flush=True)
             t0 = time.perf_counter() - train_s  # evaluation time is not training time
-    return {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": view["image_size"], "batch": batch,
-            "lr": peak, "raw_pixels_knn20": raw, "gate_min_knn_top1": full.register.min_knn_top1, "curve": curve}
+    return {
+        "arch": cfg.model.arch,
+        "patch_size": cfg.model.patch_size,
+        "img_size": view["image_size"],
+        "batch": batch,
+        "lr": peak,
+        "raw_pixels_knn20": raw,
+        "gate_min_knn_top1": full.register.min_knn_top1,
+        "curve": curve,
+    }
 
 
 def save_png(result: dict, path: Path) -> None:
@@ -117,8 +125,10 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         save_png(result, args.out.with_suffix(".png"))
     best = max(result["curve"], key=lambda c: c["knn20"])
-    print(f"raw pixels {100 * result['raw_pixels_knn20']:.1f}% | supervised {result['arch']} best "
-          f"{100 * best['knn20']:.1f}% at step {best['step']} | final {100 * result['curve'][-1]['knn20']:.1f}%")
+    print(
+        f"raw pixels {100 * result['raw_pixels_knn20']:.1f}% | supervised {result['arch']} best "
+        f"{100 * best['knn20']:.1f}% at step {best['step']} | final {100 * result['curve'][-1]['knn20']:.1f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     dev = resolve_device(args.device)
     torch.manual_seed(0)
-    model = build_backbone(args.arch, patch_size=args.patch_size, img_size=args.image_size, layerscale_init=1.0).eval().to(dev)
+    model = (
+        build_backbone(args.arch, patch_size=args.patch_size, img_size=args.image_size, layerscale_init=1.0)
+        .eval()
+        .to(dev)
+    )
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=dev)
 
     def step() -> None:

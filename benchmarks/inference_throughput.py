@@ -1,6 +1,6 @@
 """Inference throughput of backbone files, measured in one run (compare the ratio).
 
-    python benchmarks/inference_throughput.py models/teacher/backbone.pth models/student/backbone.pth --size 28
+python benchmarks/inference_throughput.py models/teacher/backbone.pth models/student/backbone.pth --size 28
 """
 
 from __future__ import annotations

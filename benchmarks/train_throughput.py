@@ -61,8 +61,12 @@ def matmul_peak(device: torch.device, n: int = 2048, iters: int = 10, dtype=torc
 def vit_flops(dim: int, depth: int, tokens: int, mlp_hidden: int, images: int, mlp_products: int = 2) -> float:
     """Forward matmul FLOPs of a ViT over `images` images of `tokens` tokens
     (qkv, proj, QKᵀ and AV, and the FFN: 2 products for an MLP, 3 for SwiGLU)."""
-    per_block = 2 * tokens * dim * (3 * dim) + 2 * tokens * dim * dim + 2 * 2 * tokens * tokens * dim \
+    per_block = (
+        2 * tokens * dim * (3 * dim)
+        + 2 * tokens * dim * dim
+        + 2 * 2 * tokens * tokens * dim
         + 2 * tokens * dim * mlp_hidden * mlp_products
+    )
     return images * depth * per_block
 
 
@@ -77,13 +81,17 @@ def step_flops(bb, head_cfg, args) -> float:
     hidden, products = (mlp.fc1.out_features, 2) if hasattr(mlp, "fc1") else (mlp.w3.in_features, 3)
     g_tok = (args.global_size // args.patch) ** 2 + 1
     l_tok = (args.local_size // args.patch) ** 2 + 1
-    student = (vit_flops(dim, depth, g_tok, hidden, 2 * args.batch, products)
-               + vit_flops(dim, depth, l_tok, hidden, args.n_local * args.batch, products))
+    student = vit_flops(dim, depth, g_tok, hidden, 2 * args.batch, products) + vit_flops(
+        dim, depth, l_tok, hidden, args.n_local * args.batch, products
+    )
     masked_rows = int(0.5 * 2 * args.batch * 0.3 * (g_tok - 1))
     h = head_cfg
-    heads = head_flops(dim, h.hidden_dim, h.bottleneck_dim, h.out_dim, 2 * args.batch + args.n_local * args.batch + masked_rows)
-    teacher = vit_flops(dim, depth, g_tok, hidden, 2 * args.batch, products) + \
-        head_flops(dim, h.hidden_dim, h.bottleneck_dim, h.out_dim, 2 * args.batch + masked_rows)
+    heads = head_flops(
+        dim, h.hidden_dim, h.bottleneck_dim, h.out_dim, 2 * args.batch + args.n_local * args.batch + masked_rows
+    )
+    teacher = vit_flops(dim, depth, g_tok, hidden, 2 * args.batch, products) + head_flops(
+        dim, h.hidden_dim, h.bottleneck_dim, h.out_dim, 2 * args.batch + masked_rows
+    )
     return 3 * (student + heads) + teacher
 
 
@@ -130,7 +138,9 @@ def measure(args) -> dict:
         from dinoflow.train.step import train_step
     device = pick_device(args.device)
     cfg, obj, net, opt, sched = build(args, device)
-    images = torch.randint(0, 256, (args.batch, 3, args.global_size, args.global_size), dtype=torch.uint8, device=device)
+    images = torch.randint(
+        0, 256, (args.batch, 3, args.global_size, args.global_size), dtype=torch.uint8, device=device
+    )
     dtype = peak_dtype(device, args.precision)
     peak = matmul_peak(device, n=args.peak_size, dtype=dtype)
     if device.type == "cuda":
@@ -141,31 +151,51 @@ def measure(args) -> dict:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         views = obj.views(images, step, 0)
-        loss, _ = train_step(obj, net, opt, views, sched.at(step), clip_grad=cfg.optim.clip_grad,
-                             precision=args.precision, device=device)
+        loss, _ = train_step(
+            obj, net, opt, views, sched.at(step), clip_grad=cfg.optim.clip_grad, precision=args.precision, device=device
+        )
         float(loss)  # the step's end, on any version (old ones return a float, new ones a device tensor)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return {"step_s": times[1:], "flops": step_flops(net.backbone, cfg.head, args), "peak_flops": peak,
-            "peak_dtype": str(dtype).replace("torch.", ""), "device": str(device), "threads": torch.get_num_threads(),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+    return {
+        "step_s": times[1:],
+        "flops": step_flops(net.backbone, cfg.head, args),
+        "peak_flops": peak,
+        "peak_dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
 
 
 def report(res: dict, args, label: str = "") -> None:
     step_s = statistics.median(res["step_s"])
     achieved = res["flops"] / step_s
     print(f"{label}device            {res['device']} (threads {res['threads']})")
-    print(f"{label}model             {args.arch}/{args.patch}  globals 2×{args.global_size}px  locals {args.n_local}×{args.local_size}px  "
-          f"K {args.prototypes}{' ×2 heads' if args.separate_ibot_head else ''}  batch {args.batch}")
-    print(f"{label}step time         median {step_s * 1000:.1f} ms  (min {min(res['step_s']) * 1000:.1f} ms, {len(res['step_s'])} steps)")
+    print(
+        f"{label}model             {args.arch}/{args.patch}  globals 2×{args.global_size}px  "
+        f"locals {args.n_local}×{args.local_size}px  "
+        f"K {args.prototypes}{' ×2 heads' if args.separate_ibot_head else ''}  batch {args.batch}"
+    )
+    print(
+        f"{label}step time         median {step_s * 1000:.1f} ms  "
+        f"(min {min(res['step_s']) * 1000:.1f} ms, {len(res['step_s'])} steps)"
+    )
     print(f"{label}images/s          {args.batch / step_s:.2f}")
     print(f"{label}model GFLOP/step  {res['flops'] / 1e9:.2f}")
     print(f"{label}achieved          {achieved / 1e9:.1f} GFLOP/s")
-    print(f"{label}matmul peak       {res['peak_flops'] / 1e9:.1f} GFLOP/s ({args.peak_size}² {res['peak_dtype']}, same run)")
-    print(f"{label}MFU               {100 * achieved / res['peak_flops']:.1f}% of the measured {res['peak_dtype']} peak")
-    print(f"{label}peak RSS          {res['peak_rss_mb']:.0f} MiB" + (f"   peak GPU {res['peak_gpu_mb']:.0f} MiB" if res["peak_gpu_mb"] else ""))
+    print(
+        f"{label}matmul peak       {res['peak_flops'] / 1e9:.1f} GFLOP/s ({args.peak_size}² {res['peak_dtype']}, same run)"
+    )
+    print(
+        f"{label}MFU               {100 * achieved / res['peak_flops']:.1f}% of the measured {res['peak_dtype']} peak"
+    )
+    print(
+        f"{label}peak RSS          {res['peak_rss_mb']:.0f} MiB"
+        + (f"   peak GPU {res['peak_gpu_mb']:.0f} MiB" if res["peak_gpu_mb"] else "")
+    )
 
 
 def compare(args, argv: list[str]) -> None:
@@ -181,13 +211,20 @@ def compare(args, argv: list[str]) -> None:
                 raise SystemExit(f"{name} run failed:\n{out.stderr[-3000:]}")
             res = json.loads(out.stdout.strip().splitlines()[-1])
             runs[name].append(res)
-            print(f"rep {rep + 1} {name}: median step {statistics.median(res['step_s']):.3f} s  "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MiB", flush=True)
+            print(
+                f"rep {rep + 1} {name}: median step {statistics.median(res['step_s']):.3f} s  "
+                f"peak RSS {res['peak_rss_mb']:.0f} MiB",
+                flush=True,
+            )
     med = {k: statistics.median(statistics.median(r["step_s"]) for r in v) for k, v in runs.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
-    print(f"old ({args.compare_with}): median step {med['old']:.3f} s, {args.batch / med['old']:.2f} images/s, "
-          f"peak RSS {rss['old']:.0f} MiB")
-    print(f"new ({SRC}): median step {med['new']:.3f} s, {args.batch / med['new']:.2f} images/s, peak RSS {rss['new']:.0f} MiB")
+    print(
+        f"old ({args.compare_with}): median step {med['old']:.3f} s, {args.batch / med['old']:.2f} images/s, "
+        f"peak RSS {rss['old']:.0f} MiB"
+    )
+    print(
+        f"new ({SRC}): median step {med['new']:.3f} s, {args.batch / med['new']:.2f} images/s, peak RSS {rss['new']:.0f} MiB"
+    )
     print(f"speed-up {med['old'] / med['new']:.2f}×   peak RSS {rss['new'] / rss['old']:.2f}× of old")
 
 
@@ -212,10 +249,16 @@ def activation_memory(args) -> None:
     base = None
     for mode in ("none", "selective", "full"):
         net.backbone.set_activation_checkpointing(mode)
-        held = forward_memory(lambda: net(v["global_crops"], v["local_crops"], masks=v["masks"],
-                                          patch_index=v["mask_indices"])) / 2**20
+        held = (
+            forward_memory(
+                lambda: net(v["global_crops"], v["local_crops"], masks=v["masks"], patch_index=v["mask_indices"])
+            )
+            / 2**20
+        )
         base = base or held
-        print(f"activation checkpointing {mode:9s}  {held:8.1f} MiB held after the student forward ({100 * held / base:.0f}%)")
+        print(
+            f"activation checkpointing {mode:9s}  {held:8.1f} MiB held after the student forward ({100 * held / base:.0f}%)"
+        )
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -66,7 +66,9 @@ def cluster_problems(cfg: Config) -> list[str]:
                 problems.append(f"{stage} reads relative path {inp.path!r}")
     demo = [d.name for d in cfg.evaluate.datasets if d.kind.startswith("demo_")]
     if demo:
-        problems.append(f"evaluate.datasets {demo} are the laptop demo's; give kind: folder with s3:// or absolute paths")
+        problems.append(
+            f"evaluate.datasets {demo} are the laptop demo's; give kind: folder with s3:// or absolute paths"
+        )
     return problems
 
 
@@ -105,8 +107,15 @@ def compile_pipeline(output: str | Path, params_path: str | None = None) -> Path
     return output
 
 
-def run_local(params_path: str, overrides: list[str], *, pipeline_root: str, demo: bool, runner: Any = None,
-              run_id: str | None = None) -> dict[str, Any]:
+def run_local(
+    params_path: str,
+    overrides: list[str],
+    *,
+    pipeline_root: str,
+    demo: bool,
+    runner: Any = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Run the DAG with kfp.local: by default the SubprocessRunner in this environment (lightweight
     components, CPU); `runner` may be a `kfp.local.DockerRunner` for the project's images. The run
     gets an id (`$DINOFLOW_PIPELINE_RUN_ID`, as the pod label gives it on a cluster)."""
@@ -128,16 +137,20 @@ def run_local(params_path: str, overrides: list[str], *, pipeline_root: str, dem
     previous = os.environ.get(pipeline_env.PIPELINE_RUN_ID)
     os.environ[pipeline_env.PIPELINE_RUN_ID] = run_id  # the SubprocessRunner's steps inherit it
     try:
-        local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
-                   raise_on_error=True)
+        local.init(
+            runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True
+        )
         task = pipeline(params_yaml=text, overrides=list(overrides), gpus_per_node=0, num_nodes=1)
     finally:
         if previous is None:
             os.environ.pop(pipeline_env.PIPELINE_RUN_ID, None)
         else:
             os.environ[pipeline_env.PIPELINE_RUN_ID] = previous
-    return {"pipeline_root": str(Path(pipeline_root).resolve()), "run_id": run_id,
-            "outputs": {k: str(v) for k, v in (task.outputs or {}).items()}}
+    return {
+        "pipeline_root": str(Path(pipeline_root).resolve()),
+        "run_id": run_id,
+        "outputs": {k: str(v) for k, v in (task.outputs or {}).items()},
+    }
 
 
 # the ServiceAccount pipeline pods run as (k8s/overlays/*: the RoleBinding's subject)
@@ -150,9 +163,19 @@ def runner_service_account(namespace: str | None) -> str:
     return RUNNER_SA_MULTI_USER if namespace else RUNNER_SA_STANDALONE
 
 
-def submit(host: str, params_path: str, overrides: list[str], *, experiment: str, run_name: str | None,
-           namespace: str | None, arguments: dict[str, Any], wait: bool, timeout: float,
-           service_account: str | None = None) -> dict[str, Any]:
+def submit(
+    host: str,
+    params_path: str,
+    overrides: list[str],
+    *,
+    experiment: str,
+    run_name: str | None,
+    namespace: str | None,
+    arguments: dict[str, Any],
+    wait: bool,
+    timeout: float,
+    service_account: str | None = None,
+) -> dict[str, Any]:
     """Compile and send the DAG to a KFP API endpoint (token from $KFP_TOKEN when it needs one)."""
     import os
 
@@ -165,8 +188,12 @@ def submit(host: str, params_path: str, overrides: list[str], *, experiment: str
         try:
             client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN"))
             run = client.create_run_from_pipeline_package(
-                str(package), arguments={"params_yaml": text, "overrides": list(overrides), **arguments},
-                run_name=run_name, experiment_name=experiment, namespace=namespace, service_account=account,
+                str(package),
+                arguments={"params_yaml": text, "overrides": list(overrides), **arguments},
+                run_name=run_name,
+                experiment_name=experiment,
+                namespace=namespace,
+                service_account=account,
             )
         except Exception as e:  # noqa: BLE001 - kfp/urllib3 raise many types for an unreachable host
             raise DinoflowError(f"could not submit to the KFP endpoint {host}: {type(e).__name__}: {e}") from None
@@ -178,22 +205,37 @@ def submit(host: str, params_path: str, overrides: list[str], *, experiment: str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dinoflow pipeline", description="compile, run locally, or submit the Kubeflow DAG")
+    p = argparse.ArgumentParser(
+        prog="dinoflow pipeline", description="compile, run locally, or submit the Kubeflow DAG"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def config_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", default="params.yaml", help="params file (default: params.yaml)")
-        sp.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override passed to every step (repeatable)")
+        sp.add_argument(
+            "-S",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="config override passed to every step (repeatable)",
+        )
 
     c = sub.add_parser("compile", help="write the pipeline IR YAML")
-    c.add_argument("-c", "--config", default=None,
-                   help="cluster params embedded as the default of params_yaml (default: none, a required run parameter)")
+    c.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        help="cluster params embedded as the default of params_yaml (default: none, a required run parameter)",
+    )
     c.add_argument("-o", "--output", default="dinov2_pipeline.yaml")
 
     r = sub.add_parser("run", help="run the DAG here with kfp.local")
     config_args(r)
-    r.add_argument("--local", action="store_true", required=True, help="run with kfp.local's SubprocessRunner (required)")
+    r.add_argument(
+        "--local", action="store_true", required=True, help="run with kfp.local's SubprocessRunner (required)"
+    )
     r.add_argument("--demo", action="store_true", help="build the demo data first when it is missing")
     r.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local keeps artifacts")
 
@@ -203,26 +245,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", default="dinoflow")
     s.add_argument("--run-name", default=None)
     s.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
-    s.add_argument("--service-account", default=None,
-                   help=f"ServiceAccount the steps run as (default: {RUNNER_SA_STANDALONE}; "
-                        f"{RUNNER_SA_MULTI_USER} with --namespace)")
+    s.add_argument(
+        "--service-account",
+        default=None,
+        help=f"ServiceAccount the steps run as (default: {RUNNER_SA_STANDALONE}; "
+        f"{RUNNER_SA_MULTI_USER} with --namespace)",
+    )
     s.add_argument("--gpus-per-node", type=int, default=None)
     s.add_argument("--num-nodes", type=int, default=None)
     s.add_argument("--accelerator-type", default=None)
     s.add_argument("--image", default=None, help="training image for TrainJob pods")
     s.add_argument("--curate-groups", type=int, default=None, help="curation decode + embed tasks (default 4)")
-    s.add_argument("--curate-num-nodes", type=int, default=None,
-                   help="curation global step: 1 in its pod (default), more: a TrainJob of that many GPU nodes")
-    s.add_argument("--curate-procs-per-node", type=int, default=None,
-                   help="curation global step: torchrun processes in its pod, or GPUs per TrainJob node")
+    s.add_argument(
+        "--curate-num-nodes",
+        type=int,
+        default=None,
+        help="curation global step: 1 in its pod (default), more: a TrainJob of that many GPU nodes",
+    )
+    s.add_argument(
+        "--curate-procs-per-node",
+        type=int,
+        default=None,
+        help="curation global step: torchrun processes in its pod, or GPUs per TrainJob node",
+    )
     s.add_argument("--wait", action="store_true", help="wait for the run to finish")
     s.add_argument("--timeout", type=float, default=24 * 3600.0)
     return p
 
 
 # `submit` options that set pipeline parameters of the same name (dashes → underscores)
-PIPELINE_ARGUMENTS = ("gpus_per_node", "num_nodes", "accelerator_type", "image",
-                      "curate_groups", "curate_num_nodes", "curate_procs_per_node")
+PIPELINE_ARGUMENTS = (
+    "gpus_per_node",
+    "num_nodes",
+    "accelerator_type",
+    "image",
+    "curate_groups",
+    "curate_num_nodes",
+    "curate_procs_per_node",
+)
 
 
 def submit_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,13 +299,30 @@ def main(argv: list[str] | None = None) -> int:
             out = compile_pipeline(args.output, args.config)
             print(f"wrote {out}")
         elif args.cmd == "run":
-            print(json.dumps(run_local(args.config, args.overrides, pipeline_root=args.pipeline_root, demo=args.demo), indent=2))
+            print(
+                json.dumps(
+                    run_local(args.config, args.overrides, pipeline_root=args.pipeline_root, demo=args.demo), indent=2
+                )
+            )
         else:
             extra = submit_arguments(args)
-            print(json.dumps(submit(args.host, args.config, args.overrides, experiment=args.experiment,
-                                    run_name=args.run_name, namespace=args.namespace, arguments=extra,
-                                    wait=args.wait, timeout=args.timeout, service_account=args.service_account),
-                             indent=2))
+            print(
+                json.dumps(
+                    submit(
+                        args.host,
+                        args.config,
+                        args.overrides,
+                        experiment=args.experiment,
+                        run_name=args.run_name,
+                        namespace=args.namespace,
+                        arguments=extra,
+                        wait=args.wait,
+                        timeout=args.timeout,
+                        service_account=args.service_account,
+                    ),
+                    indent=2,
+                )
+            )
     except DinoflowError as e:
         print(f"dinoflow pipeline {args.cmd}: {e}", file=sys.stderr)
         return 1

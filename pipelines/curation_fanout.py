@@ -44,13 +44,20 @@ def curation_tasks(cfg: dict, *, groups, num_nodes, procs_per_node, trainjob: di
         # plan starts tasks 0 .. min(groups, partitions) - 1, so every partition has its task
         part = curate_partition(**cfg, group=group, groups=groups)
         cpu_step(part, "curate: decode + embed", cpu="4", memory="16Gi")
-    glob = curate_global(**cfg, embeddings=dsl.Collected(part.outputs["embeddings"]), num_nodes=num_nodes,
-                         procs_per_node=procs_per_node, **trainjob)
+    glob = curate_global(
+        **cfg,
+        embeddings=dsl.Collected(part.outputs["embeddings"]),
+        num_nodes=num_nodes,
+        procs_per_node=procs_per_node,
+        **trainjob,
+    )
     # retried like training: a preempted global step (or its TrainJob's launcher) starts again
     return cpu_step(retried(glob), "curate: global steps", cpu="4", memory="16Gi")
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="curate as a fan-out: decode + embed per partition group, then the global steps")
+@dsl.pipeline(
+    name=PIPELINE_NAME, description="curate as a fan-out: decode + embed per partition group, then the global steps"
+)
 def curation_fanout(
     params_yaml: str = "",
     overrides: List[str] = [],
@@ -66,9 +73,24 @@ def curation_fanout(
 ) -> Outputs:
     """max_groups: decode + embed tasks; num_nodes / procs_per_node: the global step's processes
     (see the module docstring); the GPU settings place a TrainJob's pods."""
-    trainjob = dict(image=image, trainjob_runtime=trainjob_runtime, trainjob_runtime_kind=trainjob_runtime_kind,
-                    accelerator_type=accelerator_type, tolerations=gpu_tolerations, node_selector=gpu_node_selector)
-    glob = curation_tasks(dict(params_yaml=params_yaml, overrides=overrides), groups=max_groups,
-                          num_nodes=num_nodes, procs_per_node=procs_per_node, trainjob=trainjob)
-    return Outputs(curated=glob.outputs["curated"], reports=glob.outputs["reports"],
-                   report_html=glob.outputs["report_html"], metrics=glob.outputs["metrics"])
+    trainjob = dict(
+        image=image,
+        trainjob_runtime=trainjob_runtime,
+        trainjob_runtime_kind=trainjob_runtime_kind,
+        accelerator_type=accelerator_type,
+        tolerations=gpu_tolerations,
+        node_selector=gpu_node_selector,
+    )
+    glob = curation_tasks(
+        dict(params_yaml=params_yaml, overrides=overrides),
+        groups=max_groups,
+        num_nodes=num_nodes,
+        procs_per_node=procs_per_node,
+        trainjob=trainjob,
+    )
+    return Outputs(
+        curated=glob.outputs["curated"],
+        reports=glob.outputs["reports"],
+        report_html=glob.outputs["report_html"],
+        metrics=glob.outputs["metrics"],
+    )

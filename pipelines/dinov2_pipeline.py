@@ -54,12 +54,16 @@ def _after_curation(cfg: dict, launch: dict, gpu: dict, curated, multi_node: boo
     student = dis.outputs["student"]
     ev = cpu_step(evaluate(**cfg, teacher=teacher, student=student), "evaluate", cpu="4", memory="16Gi")
     # every candidate is registered; the gate inside decides whether it takes the alias
-    reg = cpu_step(register(**cfg, student=student, eval_reports=ev.outputs["reports"]), "register",
-                   cpu="1", memory="2Gi")
+    reg = cpu_step(
+        register(**cfg, student=student, eval_reports=ev.outputs["reports"]), "register", cpu="1", memory="2Gi"
+    )
     reg.set_caching_options(enable_caching=False)  # writes to the MLflow registry: never skip it
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="DINOv2-style self-supervised pipeline: curate, pretrain, distill, evaluate, register")
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="DINOv2-style self-supervised pipeline: curate, pretrain, distill, evaluate, register",
+)
 def dinov2_pipeline(
     params_yaml: str,
     overrides: List[str] = [],
@@ -81,17 +85,32 @@ def dinov2_pipeline(
     cfg = dict(params_yaml=params_yaml, overrides=overrides)
     # GPU settings are inputs too: the TrainJob's pods need them (and kfp.local resolves a condition
     # branch's accelerator settings only from its tasks' inputs)
-    trainjob = dict(image=image, trainjob_runtime=trainjob_runtime, trainjob_runtime_kind=trainjob_runtime_kind,
-                    accelerator_type=accelerator_type, tolerations=gpu_tolerations, node_selector=gpu_node_selector)
+    trainjob = dict(
+        image=image,
+        trainjob_runtime=trainjob_runtime,
+        trainjob_runtime_kind=trainjob_runtime_kind,
+        accelerator_type=accelerator_type,
+        tolerations=gpu_tolerations,
+        node_selector=gpu_node_selector,
+    )
     launch = dict(num_nodes=num_nodes, gpus_per_node=gpus_per_node, shared_dir=SHARED_DIR, **trainjob)
-    gpu = dict(accelerator_type=accelerator_type, gpus_per_node=gpus_per_node,
-               node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+    gpu = dict(
+        accelerator_type=accelerator_type,
+        gpus_per_node=gpus_per_node,
+        node_selector=gpu_node_selector,
+        tolerations=gpu_tolerations,
+    )
 
     done = cpu_step(finalize(**cfg, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "finalize", cpu="1", memory="1Gi")
     done.set_caching_options(enable_caching=False)  # closes this run's MLflow parent: always runs
     with dsl.ExitHandler(done, name="dinoflow"):
-        cur = curation_tasks(cfg, groups=curate_groups, num_nodes=curate_num_nodes,
-                             procs_per_node=curate_procs_per_node, trainjob=trainjob)
+        cur = curation_tasks(
+            cfg,
+            groups=curate_groups,
+            num_nodes=curate_num_nodes,
+            procs_per_node=curate_procs_per_node,
+            trainjob=trainjob,
+        )
         with dsl.If(num_nodes == 1, name="one-node"):
             _after_curation(cfg, launch, gpu, cur.outputs["curated"], multi_node=False)
         with dsl.Else(name="multi-node"):

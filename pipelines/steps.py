@@ -33,7 +33,9 @@ def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     path lives there, as do checkpoints), a non-root identity and a display name."""
     task.set_display_name(name)
     kubernetes.mount_pvc(task, pvc_name=SHARED_PVC, mount_path=SHARED_DIR)
-    kubernetes.use_field_path_as_env(task, env_name=PIPELINE_RUN_ID, field_path=f"metadata.labels['{KFP_RUN_ID_LABEL}']")
+    kubernetes.use_field_path_as_env(
+        task, env_name=PIPELINE_RUN_ID, field_path=f"metadata.labels['{KFP_RUN_ID_LABEL}']"
+    )
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_ENV)
     kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_ENV)
     kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
@@ -51,8 +53,9 @@ def retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def gpu_step(task: dsl.PipelineTask, name: str, accelerator_type: str, gpus_per_node: int,
-             node_selector: dict, tolerations: list) -> dsl.PipelineTask:
+def gpu_step(
+    task: dsl.PipelineTask, name: str, accelerator_type: str, gpus_per_node: int, node_selector: dict, tolerations: list
+) -> dsl.PipelineTask:
     task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus_per_node)
     task.set_cpu_request("8").set_memory_request("32Gi")
     kubernetes.add_node_selector_json(task, node_selector)

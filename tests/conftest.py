@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import services` from any test module
 
-from services import SERVICE_NOTES, mlflow_server, postgres_db, s3_server  # noqa: E402,F401
+from services import SERVICE_NOTES, mlflow_server, postgres_db, s3_server  # noqa: F401
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

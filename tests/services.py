@@ -92,8 +92,11 @@ class S3Server:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
         )
 
 
@@ -106,12 +109,16 @@ def start_moto(workdir: Path, bucket: str | None = "dinoflow", require_auth: boo
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     proc = subprocess.Popen(
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     endpoint = f"http://127.0.0.1:{port}"
     wait_http(f"{endpoint}/moto-api/", 30, proc, log)
-    server = S3Server(endpoint, bucket or "", proc, {**DUMMY_AWS, "AWS_ENDPOINT_URL": endpoint,
-                                                     "MLFLOW_S3_ENDPOINT_URL": endpoint})
+    server = S3Server(
+        endpoint, bucket or "", proc, {**DUMMY_AWS, "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    )
     if bucket and not require_auth:
         server.client().create_bucket(Bucket=bucket)
     return server
@@ -227,9 +234,26 @@ def start_mlflow(workdir: Path, s3: S3Server, backend_uri: str, backend: str, re
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     env.update(DUMMY_AWS, MLFLOW_S3_ENDPOINT_URL=s3.endpoint)  # only the server holds S3 credentials
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts,
-         "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            artifacts,
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=workdir,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:

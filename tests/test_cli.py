@@ -30,9 +30,16 @@ def _good_pool(root: Path) -> Path:
 
 
 def _curate_cmd(pool: Path, out: Path) -> list[str]:
-    sets = [f"curate.sources=[{pool}]", "curate.seeds=null", "curate.eval_sets=[]", "curate.retrieval=none",
-            "curate.kmeans_levels=[2]", f"curate.out_dir={out}/curated", f"curate.report_dir={out}/reports",
-            "tracking.enabled=false"]
+    sets = [
+        f"curate.sources=[{pool}]",
+        "curate.seeds=null",
+        "curate.eval_sets=[]",
+        "curate.retrieval=none",
+        "curate.kmeans_levels=[2]",
+        f"curate.out_dir={out}/curated",
+        f"curate.report_dir={out}/reports",
+        "tracking.enabled=false",
+    ]
     return [sys.executable, "-m", "dinoflow", "curate", *[a for s in sets for a in ("-S", s)]]
 
 
@@ -137,10 +144,18 @@ def test_permission_denied_output_is_named():
         pool, locked = _good_pool(root), root / "locked"
         locked.mkdir(mode=0o555)
         locked.chmod(0o555)  # readable, not writable by anyone but root
-        r = subprocess.run([*prefix, *_curate_cmd(pool, locked)], capture_output=True, text=True, timeout=180,
-                           env=ENV, cwd=tempfile.gettempdir())
+        r = subprocess.run(
+            [*prefix, *_curate_cmd(pool, locked)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=ENV,
+            cwd=tempfile.gettempdir(),
+        )
         assert r.returncode == 1, r.stderr[-3000:]
-        assert _last_line(r.stderr).startswith(f"dinoflow curate: permission denied on {locked}/curated"), r.stderr[-3000:]
+        assert _last_line(r.stderr).startswith(f"dinoflow curate: permission denied on {locked}/curated"), r.stderr[
+            -3000:
+        ]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -55,22 +55,25 @@ from pydantic import ValidationError  # noqa: E402
 from dinoflow.config import EvaluateConfig, OptimConfig, dump_config, save_config  # noqa: E402
 
 
-@pytest.mark.parametrize("override,message", [
-    ("evaluate.ks=[0,-5]", r"evaluate\.ks\.0: Input should be greater than or equal to 1"),
-    ("evaluate.datasets=[]", r"evaluate\.datasets: List should have at least 1 item"),
-    ("pretrain.optim.base_lr=.inf", r"pretrain\.optim\.base_lr: Input should be a finite number; got inf"),
-    ("pretrain.crops.mean=[0.5, .nan, 0.5]", r"pretrain\.crops\.mean\.1: Input should be a finite number"),
-    ("distill.student_ema=1.5", r"distill\.student_ema: Input should be less than or equal to 1"),
-    ("pretrain.model.layerscale_init=0", r"pretrain\.model\.layerscale_init: Input should be greater than 0"),
-    ("distill.teacher_patch_size=0", r"distill\.teacher_patch_size: Input should be greater than or equal to 1"),
-    ("evaluate.seed=-1", r"evaluate\.seed: Input should be greater than or equal to 0"),
-    ("seed=4294967296", r"seed: Input should be less than or equal to 4294967295"),
-    ("evaluate.logreg_cs=[0]", r"evaluate\.logreg_cs\.0: Input should be greater than 0"),
-    ("evaluate.ks=[20,20]", r"evaluate\.ks lists a value twice"),
-    ("register.alias=v3", r"register\.alias: 'v3' is reserved by MLflow"),
-    ("register.alias=has space", r"register\.alias: String should match pattern"),
-    ("tracking.probe_timeout_s=.inf", r"tracking\.probe_timeout_s: Input should be a finite number"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("evaluate.ks=[0,-5]", r"evaluate\.ks\.0: Input should be greater than or equal to 1"),
+        ("evaluate.datasets=[]", r"evaluate\.datasets: List should have at least 1 item"),
+        ("pretrain.optim.base_lr=.inf", r"pretrain\.optim\.base_lr: Input should be a finite number; got inf"),
+        ("pretrain.crops.mean=[0.5, .nan, 0.5]", r"pretrain\.crops\.mean\.1: Input should be a finite number"),
+        ("distill.student_ema=1.5", r"distill\.student_ema: Input should be less than or equal to 1"),
+        ("pretrain.model.layerscale_init=0", r"pretrain\.model\.layerscale_init: Input should be greater than 0"),
+        ("distill.teacher_patch_size=0", r"distill\.teacher_patch_size: Input should be greater than or equal to 1"),
+        ("evaluate.seed=-1", r"evaluate\.seed: Input should be greater than or equal to 0"),
+        ("seed=4294967296", r"seed: Input should be less than or equal to 4294967295"),
+        ("evaluate.logreg_cs=[0]", r"evaluate\.logreg_cs\.0: Input should be greater than 0"),
+        ("evaluate.ks=[20,20]", r"evaluate\.ks lists a value twice"),
+        ("register.alias=v3", r"register\.alias: 'v3' is reserved by MLflow"),
+        ("register.alias=has space", r"register\.alias: String should match pattern"),
+        ("tracking.probe_timeout_s=.inf", r"tracking\.probe_timeout_s: Input should be a finite number"),
+    ],
+)
 def test_bad_values_are_refused_with_key_and_range(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("params.yaml", [override])
@@ -103,7 +106,10 @@ def test_dump_redacts_credentials_that_bypassed_validation(tmp_path):
 
 
 def test_dump_then_load_round_trips(tmp_path):
-    cfg = load_config("params.yaml", ["pretrain.data=s3://bucket/curated/", "tracking.tracking_uri=postgresql://mlflow@db:5432/mlflow"])
+    cfg = load_config(
+        "params.yaml",
+        ["pretrain.data=s3://bucket/curated/", "tracking.tracking_uri=postgresql://mlflow@db:5432/mlflow"],
+    )
     (tmp_path / "resolved.yaml").write_text(dump_config(cfg))
     assert load_config(tmp_path / "resolved.yaml") == cfg
 
@@ -134,8 +140,7 @@ def test_error_messages_are_bounded_and_list_at_most_20_problems():
 def test_yaml_anchors_within_budget_still_work(tmp_path):
     """Sharing one crops block between pretrain and distill is what anchors are for."""
     (tmp_path / "p.yaml").write_text(
-        "pretrain:\n  crops: &crops {global_size: 28, local_size: 14, n_local: 2}\n"
-        "distill:\n  crops: *crops\n"
+        "pretrain:\n  crops: &crops {global_size: 28, local_size: 14, n_local: 2}\ndistill:\n  crops: *crops\n"
     )
     cfg = load_config(tmp_path / "p.yaml")
     assert cfg.pretrain.crops == cfg.distill.crops and cfg.distill.crops.global_size == 28

@@ -23,8 +23,14 @@ from dinoflow.config_reference import leaf_keys
 ROOT = Path(__file__).resolve().parents[1]
 CODE = [ROOT / "src" / "dinoflow", ROOT / "components", ROOT / "pipelines"]
 # the modules that define the keys (a key's own definition and validators are not reads)
-CONFIG_MODULES = {"config.py", "config_base.py", "config_train.py", "config_data.py", "config_release.py",
-                  "config_reference.py"}
+CONFIG_MODULES = {
+    "config.py",
+    "config_base.py",
+    "config_train.py",
+    "config_data.py",
+    "config_release.py",
+    "config_reference.py",
+}
 
 
 def _build_backbone_parameters() -> set[str]:
@@ -87,8 +93,10 @@ def unread_keys(config: BaseModel, names: set[str]) -> list[str]:
 
 def test_every_config_key_is_read():
     unread = unread_keys(Config(), names_in_code())
-    assert not unread, (f"config keys that no code reads: {unread}. Wire each into the code that should use "
-                        "it, or remove it from the config (and regenerate the README reference)")
+    assert not unread, (
+        f"config keys that no code reads: {unread}. Wire each into the code that should use "
+        "it, or remove it from the config (and regenerate the README reference)"
+    )
 
 
 def test_a_key_nobody_reads_is_found():
@@ -104,8 +112,10 @@ def test_a_key_nobody_reads_is_found():
 
     GENERIC[WithExtraModel] = GENERIC[ModelConfig]
     try:
-        assert unread_keys(Extended(), names_in_code()) == ["brand_new_setting_nobody_reads",
-                                                            "model_section.qk_norm_never_wired"]
+        assert unread_keys(Extended(), names_in_code()) == [
+            "brand_new_setting_nobody_reads",
+            "model_section.qk_norm_never_wired",
+        ]
     finally:
         del GENERIC[WithExtraModel]
 
@@ -115,9 +125,20 @@ def test_generic_sections_are_taken_whole_where_the_comment_says():
     default, reaches the backbone that backbone_from_config builds (its recorded config)."""
     from dinoflow.models.vit import backbone_from_config
 
-    cfg = ModelConfig(arch="vit_pico", patch_size=7, img_size=28, num_register_tokens=1, layerscale_init=0.5,
-                      drop_path_rate=0.1, drop_path_uniform=False, interpolate_antialias=True, interpolate_offset=0.0,
-                      ffn_layer="swiglu", block_chunks=2)
-    assert {k for k, v in cfg.model_dump().items() if v != ModelConfig.model_fields[k].default} == \
-        set(ModelConfig.model_fields), "every field is set away from its default"
+    cfg = ModelConfig(
+        arch="vit_pico",
+        patch_size=7,
+        img_size=28,
+        num_register_tokens=1,
+        layerscale_init=0.5,
+        drop_path_rate=0.1,
+        drop_path_uniform=False,
+        interpolate_antialias=True,
+        interpolate_offset=0.0,
+        ffn_layer="swiglu",
+        block_chunks=2,
+    )
+    assert {k for k, v in cfg.model_dump().items() if v != ModelConfig.model_fields[k].default} == set(
+        ModelConfig.model_fields
+    ), "every field is set away from its default"
     assert backbone_from_config(cfg).config == cfg

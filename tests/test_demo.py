@@ -6,9 +6,17 @@ from dinoflow.demo import registry_lines
 
 
 def test_summary_prints_the_champion_uri():
-    reg = {"registered": True, "version": "1", "model_uri": "models:/dinoflow-student/1", "took_alias": True,
-           "alias": "champion", "alias_version": "1", "alias_uri": "models:/dinoflow-student@champion",
-           "champion_uri": "models:/dinoflow-student@champion", "gate": {"passed": True, "reasons": []}}
+    reg = {
+        "registered": True,
+        "version": "1",
+        "model_uri": "models:/dinoflow-student/1",
+        "took_alias": True,
+        "alias": "champion",
+        "alias_version": "1",
+        "alias_uri": "models:/dinoflow-student@champion",
+        "champion_uri": "models:/dinoflow-student@champion",
+        "gate": {"passed": True, "reasons": []},
+    }
     text = "\n".join(registry_lines(reg))
     assert "registry gate: PASSED" in text and "this run:  models:/dinoflow-student/1  (took the alias)" in text
     assert "champion:  models:/dinoflow-student@champion  (version 1)" in text
@@ -16,9 +24,16 @@ def test_summary_prints_the_champion_uri():
 
 
 def test_summary_of_a_candidate_that_did_not_take_the_alias():
-    reg = {"registered": True, "version": "2", "model_uri": "models:/m/2", "took_alias": False, "alias": "champion",
-           "alias_version": "1", "alias_uri": "models:/m@champion",
-           "gate": {"passed": False, "reasons": ["retention 0.8 < min_retention 0.95"]}}
+    reg = {
+        "registered": True,
+        "version": "2",
+        "model_uri": "models:/m/2",
+        "took_alias": False,
+        "alias": "champion",
+        "alias_version": "1",
+        "alias_uri": "models:/m@champion",
+        "gate": {"passed": False, "reasons": ["retention 0.8 < min_retention 0.95"]},
+    }
     text = "\n".join(registry_lines(reg))
     assert "registry gate: NOT PASSED  retention 0.8 < min_retention 0.95" in text
     assert "(registered as a candidate)" in text and "champion:  models:/m@champion  (version 1)" in text

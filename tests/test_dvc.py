@@ -24,13 +24,19 @@ from dinoflow.stages import PIPELINE_ORDER, SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "DVC_NO_ANALYTICS": "1"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+    "DVC_NO_ANALYTICS": "1",
+}
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, **GIT_ENV, **(env or {})})
+    r = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **GIT_ENV, **(env or {})}
+    )
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     return r.stdout + r.stderr
 
@@ -103,8 +109,13 @@ TRAIN = textwrap.dedent("""
 TINY_DVC = {
     "stages": {
         "prep": {"cmd": "python prep.py", "deps": ["prep.py"], "params": ["prep"], "outs": ["data/raw"]},
-        "train": {"cmd": "python train.py", "deps": ["train.py", "data/raw"], "params": ["train"],
-                  "outs": ["models"], "metrics": [{"metrics.json": {"cache": False}}]},
+        "train": {
+            "cmd": "python train.py",
+            "deps": ["train.py", "data/raw"],
+            "params": ["train"],
+            "outs": ["models"],
+            "metrics": [{"metrics.json": {"cache": False}}],
+        },
     }
 }
 
@@ -142,7 +153,9 @@ def test_repro_push_pull_and_exp_run(tmp_path, s3_server):
     sh(["git", "commit", "-qm", "pipeline"], repo)
 
     sh([DVC, "push"], repo, env)
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="dvc-test/")["Contents"]]
+    keys = [
+        o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="dvc-test/")["Contents"]
+    ]
     assert any(k.endswith(raw_md5.replace(".dir", "")[2:] + ".dir") for k in keys)
 
     clone = tmp_path / "clone"
@@ -156,7 +169,8 @@ def test_repro_push_pull_and_exp_run(tmp_path, s3_server):
     out = sh([DVC, "exp", "run", "-S", "train.lr=0.2"], repo, env)
     assert _ran(repo) == ["train"], out
     assert json.loads((repo / "metrics.json").read_text())["score"] == pytest.approx(
-        2 * json.loads(sh(["git", "show", "HEAD:metrics.json"], repo))["score"])
+        2 * json.loads(sh(["git", "show", "HEAD:metrics.json"], repo))["score"]
+    )
     # changing a prep param reruns both
     sh([DVC, "exp", "run", "-S", "prep.n=13"], repo, env)
     assert _ran(repo) == ["prep", "train"]
@@ -213,27 +227,48 @@ def test_preempted_pretrain_fails_dvc_repro_and_the_rerun_resumes(tmp_path):
         Image.fromarray(x[i]).save(repo / "data" / "pool" / f"img_{i:03d}.png")
     params = {
         "pretrain": {
-            "data": "data/pool", "out_dir": "models/teacher", "report_csv": "reports/pretrain.csv",
+            "data": "data/pool",
+            "out_dir": "models/teacher",
+            "report_csv": "reports/pretrain.csv",
             "model": {"arch": "vit_pico", "patch_size": 7, "img_size": 28, "layerscale_init": 0.1},
             "head": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
             "crops": {"global_size": 28, "local_size": 14, "n_local": 2},
             "optim": {"base_lr": 0.01, "warmup_epochs": 1, "freeze_last_layer_epochs": 0},
             "loss": {"warmup_teacher_temp_epochs": 1},
-            "train": {"epochs": 3, "epoch_length": 10, "batch_size_per_rank": 8, "checkpoint_every": 1000,
-                      "log_every": 1, "progress": False, "checkpoint_dir": "checkpoints"},
+            "train": {
+                "epochs": 3,
+                "epoch_length": 10,
+                "batch_size_per_rank": 8,
+                "checkpoint_every": 1000,
+                "log_every": 1,
+                "progress": False,
+                "checkpoint_dir": "checkpoints",
+            },
         },
         "tracking": {"enabled": False},
     }
-    stage = {"cmd": "dinoflow pretrain", "deps": ["data/pool"], "params": ["pretrain"], "outs": ["models/teacher"],
-             "plots": [{"reports/pretrain.csv": {"cache": False}}]}
+    stage = {
+        "cmd": "dinoflow pretrain",
+        "deps": ["data/pool"],
+        "params": ["pretrain"],
+        "outs": ["models/teacher"],
+        "plots": [{"reports/pretrain.csv": {"cache": False}}],
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"pretrain": stage}}, sort_keys=False))
     (repo / ".gitignore").write_text("/checkpoints/\n")
-    env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        **GIT_ENV,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     sh(["git", "init", "-q"], repo)
     sh([DVC, "init", "-q"], repo)
 
-    proc = subprocess.Popen([DVC, "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [DVC, "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     csv_path = repo / "reports" / "pretrain.csv"
     deadline = time.time() + 240
     while time.time() < deadline and _csv_rows(csv_path) < 3 and proc.poll() is None:
@@ -275,18 +310,27 @@ def _standin_cmd(stage: dict) -> str:
     outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
     files = [next(iter(m)) for key in ("metrics", "plots") for m in stage.get(key, [])]
     code = ["import pathlib"]
-    code += [f"pathlib.Path({o!r}).mkdir(parents=True, exist_ok=True); pathlib.Path({o!r}, 'x').write_text('x')"
-             for o in outs]
-    code += [f"pathlib.Path({f!r}).parent.mkdir(parents=True, exist_ok=True); pathlib.Path({f!r}).write_text("
-             f"{'step,v' + chr(10) + '1,1' + chr(10) if f.endswith('.csv') else '{}'!r})" for f in files]
+    code += [
+        f"pathlib.Path({o!r}).mkdir(parents=True, exist_ok=True); pathlib.Path({o!r}, 'x').write_text('x')"
+        for o in outs
+    ]
+    code += [
+        f"pathlib.Path({f!r}).parent.mkdir(parents=True, exist_ok=True); pathlib.Path({f!r}).write_text("
+        f"{'step,v' + chr(10) + '1,1' + chr(10) if f.endswith('.csv') else '{}'!r})"
+        for f in files
+    ]
     return f'{sys.executable} -c "{"; ".join(code)}"'
 
 
 # (config module, a default in it, the changed default) → the stages whose deps change
 DEFAULT_EDITS = {
-    "config_train.py": ('base_lr: float = Field(0.004,', 'base_lr: float = Field(0.005,', {"pretrain", "distill"}),
-    "config_data.py": ('n_junk: int = Field(60,', 'n_junk: int = Field(61,', {"demo-data", "curate"}),
-    "config_release.py": ('temperature: float = Field(0.07,', 'temperature: float = Field(0.08,', {"evaluate", "register"}),
+    "config_train.py": ("base_lr: float = Field(0.004,", "base_lr: float = Field(0.005,", {"pretrain", "distill"}),
+    "config_data.py": ("n_junk: int = Field(60,", "n_junk: int = Field(61,", {"demo-data", "curate"}),
+    "config_release.py": (
+        "temperature: float = Field(0.07,",
+        "temperature: float = Field(0.08,",
+        {"evaluate", "register"},
+    ),
     "config.py": ("seed: Seed = 0", "seed: Seed = 1", set(PIPELINE_ORDER)),
 }
 
@@ -314,8 +358,11 @@ def test_a_changed_default_in_the_config_reruns_the_stages_it_affects(tmp_path):
         assert original.count(old) == 1, f"{module}: the default to edit ({old!r}) is not where the test expects it"
         path.write_text(original.replace(old, new))
         status = json.loads(sh([DVC, "status", "--json"], repo))
-        changed = {name for name, what in status.items()
-                   if any(f"src/dinoflow/{module}" in (w.get("changed deps") or {}) for w in what if isinstance(w, dict))}
+        changed = {
+            name
+            for name, what in status.items()
+            if any(f"src/dinoflow/{module}" in (w.get("changed deps") or {}) for w in what if isinstance(w, dict))
+        }
         assert changed == expected, (module, status)
         path.write_text(original)
     assert json.loads(sh([DVC, "status", "--json"], repo) or "{}") == {}

@@ -111,10 +111,17 @@ def test_no_import_cycle_at_import_time():
 
 def test_the_library_never_imports_the_deployment_layer():
     graph = _graph(import_time_only=False)
-    upward = {(m, d) for m, deps in graph.items() if m.startswith("dinoflow") for d in deps
-              if d.split(".")[0] in ("components", "pipelines")}
+    upward = {
+        (m, d)
+        for m, deps in graph.items()
+        if m.startswith("dinoflow")
+        for d in deps
+        if d.split(".")[0] in ("components", "pipelines")
+    }
     assert upward == set()
-    below = {(m, d) for m, deps in graph.items() if m.startswith("components") for d in deps if d.startswith("pipelines")}
+    below = {
+        (m, d) for m, deps in graph.items() if m.startswith("components") for d in deps if d.startswith("pipelines")
+    }
     assert below == set()
 
 

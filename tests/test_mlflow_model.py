@@ -26,20 +26,29 @@ def test_every_accepted_input_form_gives_the_same_images():
     b64 = [base64.b64encode(p).decode() for p in pngs]
     assert as_images(grey) is not None and as_images(grey).shape == (3, 12, 10)
     assert as_images(grey.astype(np.int64)).dtype == np.uint8  # JSON delivers integers
-    for form in (pd.DataFrame({"image": pngs}), pd.DataFrame({"x": b64}), np.array(pngs, dtype=object),
-                 np.array(b64), pngs, {"inputs": b64}):
+    for form in (
+        pd.DataFrame({"image": pngs}),
+        pd.DataFrame({"x": b64}),
+        np.array(pngs, dtype=object),
+        np.array(b64),
+        pngs,
+        {"inputs": b64},
+    ):
         decoded = as_images(form)
         assert len(decoded) == 3 and all(np.array_equal(d, r) for d, r in zip(decoded, rgb))
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    (np.zeros((2, 4, 4), np.float32), "must be uint8"),
-    (np.full((2, 4, 4), 300), "must be uint8"),
-    (np.zeros((2, 4, 4, 5), np.uint8), "C in 1/3/4"),
-    (np.zeros((4, 4), np.uint8), "batch"),
-    (np.array([b"not an image"], dtype=object), "cannot decode an input image: not_an_image"),
-    (np.array(["@@not base64@@"]), "must be a base64-encoded PNG/JPEG"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros((2, 4, 4), np.float32), "must be uint8"),
+        (np.full((2, 4, 4), 300), "must be uint8"),
+        (np.zeros((2, 4, 4, 5), np.uint8), "C in 1/3/4"),
+        (np.zeros((4, 4), np.uint8), "batch"),
+        (np.array([b"not an image"], dtype=object), "cannot decode an input image: not_an_image"),
+        (np.array(["@@not base64@@"]), "must be a base64-encoded PNG/JPEG"),
+    ],
+)
 def test_bad_inputs_are_named(bad, message):
     with pytest.raises(ValueError, match=message):
         as_images(bad)

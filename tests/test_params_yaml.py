@@ -8,7 +8,14 @@ import time
 import pytest
 
 from dinoflow.errors import ConfigError
-from dinoflow.params_yaml import MAX_PARAMS_BYTES, MAX_YAML_NODES, check_tree, parse_override, parse_yaml, read_params_file
+from dinoflow.params_yaml import (
+    MAX_PARAMS_BYTES,
+    MAX_YAML_NODES,
+    check_tree,
+    parse_override,
+    parse_yaml,
+    read_params_file,
+)
 
 
 def test_duplicate_keys_name_both_lines():
@@ -19,7 +26,10 @@ def test_duplicate_keys_name_both_lines():
 
 
 def test_merge_keys_may_be_overridden():
-    assert parse_yaml("base: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 5\n", "p") == {"base": {"x": 1, "y": 2}, "c": {"x": 5, "y": 2}}
+    assert parse_yaml("base: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 5\n", "p") == {
+        "base": {"x": 1, "y": 2},
+        "c": {"x": 5, "y": 2},
+    }
 
 
 def test_alias_bomb_is_refused_before_expansion_in_milliseconds():
@@ -116,7 +126,10 @@ def test_unreadable_file_is_a_config_error():
         with open(p, "w") as f:
             f.write("a: 1\n")
         os.chmod(p, 0)
-        code = "from dinoflow.params_yaml import read_params_file as r\ntry: r(%r)\nexcept Exception as e: print(type(e).__name__, e)" % p
+        code = (
+            "from dinoflow.params_yaml import read_params_file as r\n"
+            "try: r(%r)\nexcept Exception as e: print(type(e).__name__, e)" % p
+        )
         r = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert "ConfigError" in r.stdout and "cannot be read: Permission denied" in r.stdout, r.stdout + r.stderr
     finally:
@@ -133,7 +146,9 @@ def test_overrides_are_guarded_like_files():
 
 
 def test_tree_checks():
-    with pytest.raises(ConfigError, match="pretrain.train.epochs: 1000000000000000000000000000000000000000… does not fit in 64 bits"):
+    with pytest.raises(
+        ConfigError, match="pretrain.train.epochs: 1000000000000000000000000000000000000000… does not fit in 64 bits"
+    ):
         check_tree({"pretrain": {"train": {"epochs": 10**60}}})
     with pytest.raises(ConfigError, match="True: keys must be names, got a bool"):
         check_tree({True: 1})

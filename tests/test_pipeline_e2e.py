@@ -25,8 +25,13 @@ pytestmark = pytest.mark.slow
 
 TINY_PIPELINE = [
     "tracking.system_metrics=false",
-    "demo.include_digits=false", "demo.n_exact_dups=20", "demo.n_near_dups=20", "demo.n_junk=12",
-    "demo.n_corrupt=6", "demo.n_eval=200", "demo.n_eval_copies=5",
+    "demo.include_digits=false",
+    "demo.n_exact_dups=20",
+    "demo.n_near_dups=20",
+    "demo.n_junk=12",
+    "demo.n_corrupt=6",
+    "demo.n_eval=200",
+    "demo.n_eval_copies=5",
     "curate.kmeans_levels=[20, 5]",
     "pretrain.model={arch: vit_pico, patch_size: 7, img_size: 28, layerscale_init: 0.1}",
     "pretrain.head={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16}",
@@ -35,10 +40,19 @@ TINY_PIPELINE = [
     "distill.student={arch: vit_pico, patch_size: 7, img_size: 28}",
     "distill.crops={global_size: 28, local_size: 14, n_local: 2}",
     "distill.train={epochs: 1, epoch_length: 2, batch_size_per_rank: 16, progress: false}",
-    "evaluate.max_train=300", "evaluate.max_test=100", "evaluate.linear_epochs=2", "evaluate.linear_lrs=[0.01]",
-    "evaluate.ks=[10, 20]", "evaluate.logreg_cs=[1.0]", "evaluate.n_pca_images=1", "evaluate.progress=false",
-    "evaluate.linear_n_last_blocks=[1]", "evaluate.linear_avgpool=[false]",
-    "register.min_teacher_gain=null", "register.min_retention=null", "register.onnx.enabled=false",
+    "evaluate.max_train=300",
+    "evaluate.max_test=100",
+    "evaluate.linear_epochs=2",
+    "evaluate.linear_lrs=[0.01]",
+    "evaluate.ks=[10, 20]",
+    "evaluate.logreg_cs=[1.0]",
+    "evaluate.n_pca_images=1",
+    "evaluate.progress=false",
+    "evaluate.linear_n_last_blocks=[1]",
+    "evaluate.linear_avgpool=[false]",
+    "register.min_teacher_gain=null",
+    "register.min_retention=null",
+    "register.onnx.enabled=false",
 ]
 
 
@@ -49,8 +63,15 @@ def test_tiny_pipeline_tracked_and_registered(tmp_path, monkeypatch, mlflow_serv
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     name = f"dinoflow-e2e-{time.time_ns()}"
-    cfg = load_config(None, TINY_PIPELINE + [f"tracking.tracking_uri={mlflow_server.uri}",
-                                             f"tracking.experiment=e2e-{time.time_ns()}", f"register.model_name={name}"])
+    cfg = load_config(
+        None,
+        TINY_PIPELINE
+        + [
+            f"tracking.tracking_uri={mlflow_server.uri}",
+            f"tracking.experiment=e2e-{time.time_ns()}",
+            f"register.model_name={name}",
+        ],
+    )
     summaries = {}
     with tracking.pipeline_parent_run(cfg) as parent:
         for stage in PIPELINE_ORDER:

@@ -16,7 +16,7 @@ def test_readme_shows_the_two_commands():
 def test_config_reference_is_current():
     text = README.read_text()
     assert BEGIN in text and END in text, "README.md lacks the generated configuration reference"
-    current = text[text.index(BEGIN): text.index(END) + len(END)]
+    current = text[text.index(BEGIN) : text.index(END) + len(END)]
     assert current == reference_markdown(), "regenerate it: python -m dinoflow.config_reference --write"
 
 

@@ -5,26 +5,32 @@ import pytest
 from dinoflow.url_secrets import credential_problem, redact_tree, redact_urls
 
 
-@pytest.mark.parametrize("text,redacted", [
-    ("s3://user:hunter2@bucket/pool/", "s3://***@bucket/pool/"),
-    ("s3://AKIAEXAMPLE:wJal/K7MD+bPx@bucket/pool", "s3://***@bucket/pool"),  # unencoded "/" in the secret
-    ("https://ghp_token@github.example/x", "https://***@github.example/x"),
-    ("http://u:p%40ss@host:5000/api", "http://***@host:5000/api"),
-    ("see s3://a:b@bk/x and https://c:d@h/y", "see s3://***@bk/x and https://***@h/y"),
-    ("postgresql://mlflow:pw@db:5432/m", "postgresql://***@db:5432/m"),
-    ("postgresql+psycopg2://mlflow@db:5432/m", "postgresql+psycopg2://mlflow@db:5432/m"),  # a user name only
-])
+@pytest.mark.parametrize(
+    "text,redacted",
+    [
+        ("s3://user:hunter2@bucket/pool/", "s3://***@bucket/pool/"),
+        ("s3://AKIAEXAMPLE:wJal/K7MD+bPx@bucket/pool", "s3://***@bucket/pool"),  # unencoded "/" in the secret
+        ("https://ghp_token@github.example/x", "https://***@github.example/x"),
+        ("http://u:p%40ss@host:5000/api", "http://***@host:5000/api"),
+        ("see s3://a:b@bk/x and https://c:d@h/y", "see s3://***@bk/x and https://***@h/y"),
+        ("postgresql://mlflow:pw@db:5432/m", "postgresql://***@db:5432/m"),
+        ("postgresql+psycopg2://mlflow@db:5432/m", "postgresql+psycopg2://mlflow@db:5432/m"),  # a user name only
+    ],
+)
 def test_redact(text, redacted):
     assert redact_urls(text) == redacted
 
 
-@pytest.mark.parametrize("text", [
-    "s3://bucket/user@example.com/img.png",  # "@" in an object key
-    "http://host:5000/path@x",  # "@" in the path
-    "sqlite:///mlflow.db",
-    "data/curated",
-    "mail me: someone@example.com",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "s3://bucket/user@example.com/img.png",  # "@" in an object key
+        "http://host:5000/path@x",  # "@" in the path
+        "sqlite:///mlflow.db",
+        "data/curated",
+        "mail me: someone@example.com",
+    ],
+)
 def test_no_false_positives(text):
     assert redact_urls(text) == text and credential_problem(text) is None
 

@@ -5,9 +5,10 @@ checked here."""
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
+
+import tomllib
 
 import dinoflow
 from dinoflow.launch import images
@@ -25,8 +26,12 @@ def test_pyproject_reads_the_package_version():
 
 def test_every_image_tag_outside_the_code_names_the_version():
     files = [p for d in ("k8s", "docker") for p in (ROOT / d).rglob("*") if p.is_file()]
-    tags = {(str(p.relative_to(ROOT)), m.group(0)) for p in files for m in IMAGE_TAG.finditer(p.read_text(errors="replace"))}
-    assert len(tags) >= 4, "the manifests and Dockerfiles name the images (a pattern that matches nothing checks nothing)"
+    tags = {
+        (str(p.relative_to(ROOT)), m.group(0)) for p in files for m in IMAGE_TAG.finditer(p.read_text(errors="replace"))
+    }
+    assert len(tags) >= 4, (
+        "the manifests and Dockerfiles name the images (a pattern that matches nothing checks nothing)"
+    )
     wrong = {(f, t) for f, t in tags if t.split(":")[1] != dinoflow.__version__}
     assert not wrong, f"image tags that are not version {dinoflow.__version__}: {sorted(wrong)}"
     assert {t for _, t in tags} <= {images.TRAIN_IMAGE, images.CPU_IMAGE}

@@ -45,14 +45,22 @@ def shape_args(cfg: dict, dry_run: bool) -> SimpleNamespace:
     else:
         base = dict(patch=14, global_size=224, local_size=98, n_local=8, batch=64, prototypes=65536, steps=10, warmup=3)
     # the recipe: a separate iBOT head for ViT-L (and g), the DINO head shared for S and B
-    return SimpleNamespace(arch=cfg["arch"], separate_ibot_head=cfg["arch"] == "vit_large", no_pack=not cfg["pack"],
-                           compile=cfg["compile"], compile_backend="aot_eager" if dry_run else None,
-                           precision="auto", device="cuda" if not dry_run else "cpu", **base)
+    return SimpleNamespace(
+        arch=cfg["arch"],
+        separate_ibot_head=cfg["arch"] == "vit_large",
+        no_pack=not cfg["pack"],
+        compile=cfg["compile"],
+        compile_backend="aot_eager" if dry_run else None,
+        precision="auto",
+        device="cuda" if not dry_run else "cpu",
+        **base,
+    )
 
 
 def run_one(cfg: dict, dry_run: bool, peak: float, device: torch.device) -> dict:
     """Warm up (compiles), then time `steps` steps with a single synchronisation at the end."""
     import train_throughput as tt
+
     from dinoflow.train.step import train_step
 
     args = shape_args(cfg, dry_run)
@@ -61,14 +69,24 @@ def run_one(cfg: dict, dry_run: bool, peak: float, device: torch.device) -> dict
     pcfg, obj, net, opt, sched = tt.build(args, device)
     for m in (net, obj.teacher):  # every configuration computes all the model FLOPs the MFU counts
         m.backbone.prune_last_block = False
-    images = torch.randint(0, 256, (args.batch, 3, args.global_size, args.global_size), dtype=torch.uint8, device=device)
+    images = torch.randint(
+        0, 256, (args.batch, 3, args.global_size, args.global_size), dtype=torch.uint8, device=device
+    )
     views = [obj.views(images, step, 0) for step in range(2)]  # the step alone: crops are the loader's job
     cuda = device.type == "cuda"
 
     def steps(n: int, first: int) -> None:
         for i in range(n):
-            train_step(obj, net, opt, views[i % 2], sched.at(first + i), clip_grad=pcfg.optim.clip_grad,
-                       precision=args.precision, device=device)
+            train_step(
+                obj,
+                net,
+                opt,
+                views[i % 2],
+                sched.at(first + i),
+                clip_grad=pcfg.optim.clip_grad,
+                precision=args.precision,
+                device=device,
+            )
 
     steps(args.warmup, 0)
     if cuda:
@@ -81,10 +99,17 @@ def run_one(cfg: dict, dry_run: bool, peak: float, device: torch.device) -> dict
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - t0) / args.steps
     flops = tt.step_flops(net.backbone, pcfg.head, args)
-    out = {**cfg, "batch": args.batch, "separate_ibot_head": args.separate_ibot_head, "step_ms": round(1000 * step_s, 2),
-           "images_per_s": round(args.batch / step_s, 1), "tflop_per_step": round(flops / 1e12, 3),
-           "mfu_spec": float(f"{flops / step_s / SPEC_BF16_FLOPS:.4g}"), "mfu_measured": float(f"{flops / step_s / peak:.4g}"),
-           "setup_and_warmup_s": round(warm_s, 1)}
+    out = {
+        **cfg,
+        "batch": args.batch,
+        "separate_ibot_head": args.separate_ibot_head,
+        "step_ms": round(1000 * step_s, 2),
+        "images_per_s": round(args.batch / step_s, 1),
+        "tflop_per_step": round(flops / 1e12, 3),
+        "mfu_spec": float(f"{flops / step_s / SPEC_BF16_FLOPS:.4g}"),
+        "mfu_measured": float(f"{flops / step_s / peak:.4g}"),
+        "setup_and_warmup_s": round(warm_s, 1),
+    }
     if cuda:
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     obj = net = opt = views = None  # free the GPU memory before the next configuration
@@ -107,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu") if args.dry_run else torch.device("cuda")
     dtype = tt.peak_dtype(device)
     peak = tt.matmul_peak(device, n=512 if args.dry_run else 8192, iters=3 if args.dry_run else 20, dtype=dtype)
-    head = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-            "matmul_peak_tflops": round(peak / 1e12, 2), "peak_dtype": str(dtype), "spec_peak_tflops": SPEC_BF16_FLOPS / 1e12}
+    head = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "matmul_peak_tflops": round(peak / 1e12, 2),
+        "peak_dtype": str(dtype),
+        "spec_peak_tflops": SPEC_BF16_FLOPS / 1e12,
+    }
     print(json.dumps(head), flush=True)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
@@ -120,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 res = run_one(cfg, args.dry_run, peak, device)
-            except Exception as exc:  # report and go on: one failing configuration must not hide the others
+            except Exception as exc:  # noqa: BLE001 - report and go on: one failing configuration must not hide the others
                 failed += 1
                 res = {**cfg, "error": f"{type(exc).__name__}: {exc}"[:2000]}
                 traceback.print_exc()

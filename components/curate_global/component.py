@@ -42,10 +42,18 @@ def curate_global(
     from dinoflow.launch.steps import log_summary_metrics, publish
     from dinoflow.launch.training import LaunchOptions
 
-    opts = LaunchOptions(num_nodes=num_nodes, gpus_per_node=procs_per_node, gpu_resource=accelerator_type, image=image,
-                         runtime=trainjob_runtime, runtime_kind=trainjob_runtime_kind, tolerations=tolerations,
-                         node_selector=node_selector)
-    summary = run_global_step(params_yaml, overrides, [e.path for e in embeddings], out_dir=curated.path,
-                              report_dir=reports.path, opts=opts)
+    opts = LaunchOptions(
+        num_nodes=num_nodes,
+        gpus_per_node=procs_per_node,
+        gpu_resource=accelerator_type,
+        image=image,
+        runtime=trainjob_runtime,
+        runtime_kind=trainjob_runtime_kind,
+        tolerations=tolerations,
+        node_selector=node_selector,
+    )
+    summary = run_global_step(
+        params_yaml, overrides, [e.path for e in embeddings], out_dir=curated.path, report_dir=reports.path, opts=opts
+    )
     publish(os.path.join(reports.path, "curation.html"), report_html.path)
     log_summary_metrics(metrics, summary)

@@ -33,10 +33,20 @@ def distill(
     from dinoflow.launch.training import LaunchOptions, run_training_step
 
     run_training_step(
-        "distill", params_yaml, overrides,
+        "distill",
+        params_yaml,
+        overrides,
         inputs={"distill.data": curated.path, "distill.teacher": teacher.path},
         outputs={"distill.out_dir": student.path, "distill.report_csv": curves.path},
-        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, gpu_resource=accelerator_type, image=image, runtime=trainjob_runtime,
-                           runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, tolerations=tolerations,
-                           node_selector=node_selector),
+        opts=LaunchOptions(
+            num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            gpu_resource=accelerator_type,
+            image=image,
+            runtime=trainjob_runtime,
+            runtime_kind=trainjob_runtime_kind,
+            shared_dir=shared_dir,
+            tolerations=tolerations,
+            node_selector=node_selector,
+        ),
     )

@@ -24,8 +24,10 @@ def evaluate(
     from dinoflow.launch.steps import log_summary_metrics, publish, run_step
 
     wiring = {
-        "evaluate.models": {"teacher": os.path.join(teacher.path, "backbone.pth"),
-                            "student": os.path.join(student.path, "backbone.pth")},
+        "evaluate.models": {
+            "teacher": os.path.join(teacher.path, "backbone.pth"),
+            "student": os.path.join(student.path, "backbone.pth"),
+        },
         "evaluate.report_dir": reports.path,
     }
     summary = run_step("evaluate", params_yaml, overrides, wiring)

@@ -36,10 +36,20 @@ def pretrain(
     from dinoflow.launch.training import LaunchOptions, run_training_step
 
     run_training_step(
-        "pretrain", params_yaml, overrides,
+        "pretrain",
+        params_yaml,
+        overrides,
         inputs={"pretrain.data": curated.path},
         outputs={"pretrain.out_dir": teacher.path, "pretrain.report_csv": curves.path},
-        opts=LaunchOptions(num_nodes=num_nodes, gpus_per_node=gpus_per_node, gpu_resource=accelerator_type, image=image, runtime=trainjob_runtime,
-                           runtime_kind=trainjob_runtime_kind, shared_dir=shared_dir, tolerations=tolerations,
-                           node_selector=node_selector),
+        opts=LaunchOptions(
+            num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            gpu_resource=accelerator_type,
+            image=image,
+            runtime=trainjob_runtime,
+            runtime_kind=trainjob_runtime_kind,
+            shared_dir=shared_dir,
+            tolerations=tolerations,
+            node_selector=node_selector,
+        ),
     )

@@ -22,9 +22,14 @@ def register(
     from dinoflow.launch.gate import gate_line
     from dinoflow.launch.steps import run_step
 
-    summary = run_step("register", params_yaml, overrides, {
-        "register.model_path": student.path,
-        "register.eval_report": os.path.join(eval_reports.path, "eval.json"),
-        "register.report": registry.path,
-    })
+    summary = run_step(
+        "register",
+        params_yaml,
+        overrides,
+        {
+            "register.model_path": student.path,
+            "register.eval_report": os.path.join(eval_reports.path, "eval.json"),
+            "register.report": registry.path,
+        },
+    )
     print(gate_line(summary))

@@ -44,7 +44,12 @@ DELEGATED = {
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument(
-        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. -S pretrain.train.max_steps=10 (repeatable)",
     )
 

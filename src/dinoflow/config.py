@@ -43,10 +43,31 @@ from dinoflow.params_yaml import check_tree, parse_override, read_params_file, s
 from dinoflow.url_secrets import redact_tree
 
 __all__ = [
-    "ARCHS", "Arch", "Config", "ConfigError", "CropConfig", "CurateConfig", "DemoConfig", "DistillConfig",
-    "EvalDataset", "EvaluateConfig", "HeadConfig", "LossConfig", "MaskConfig", "ModelConfig", "OnnxExportConfig",
-    "OptimConfig", "PretrainConfig", "RegisterConfig", "TrackingConfig", "TrainConfig", "config_from_dict",
-    "dump_config", "load_config", "parse_override", "save_config",
+    "ARCHS",
+    "Arch",
+    "Config",
+    "ConfigError",
+    "CropConfig",
+    "CurateConfig",
+    "DemoConfig",
+    "DistillConfig",
+    "EvalDataset",
+    "EvaluateConfig",
+    "HeadConfig",
+    "LossConfig",
+    "MaskConfig",
+    "ModelConfig",
+    "OnnxExportConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "RegisterConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "parse_override",
+    "save_config",
 ]
 
 # `register` is a stage name; pydantic warns once, when the class is built, that it shadows
@@ -94,7 +115,9 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
                     "To run with the defaults on purpose, write `{}` in it; otherwise check that it is the file you meant"
                 )
             if not isinstance(loaded, dict):
-                raise ConfigError(f"{p}: top level must be a mapping of sections (e.g. `pretrain:`), got a {type(loaded).__name__}")
+                raise ConfigError(
+                    f"{p}: top level must be a mapping of sections (e.g. `pretrain:`), got a {type(loaded).__name__}"
+                )
             tree = loaded
     tree = copy.deepcopy(tree)
     for ov in overrides:

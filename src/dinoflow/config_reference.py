@@ -81,8 +81,14 @@ def reference_markdown() -> str:
         if not isinstance(value, BaseModel):
             continue
         doc = (type(value).__doc__ or "").strip().splitlines()[0] if type(value).__doc__ else ""
-        parts += ["", f"#### `{section}`" + (f" — {doc}" if doc else ""), "",
-                  "| key | type | default | meaning |", "|---|---|---|---|", *_rows(value, f"{section}.")]
+        parts += [
+            "",
+            f"#### `{section}`" + (f" — {doc}" if doc else ""),
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+            *_rows(value, f"{section}."),
+        ]
     parts.append(END)
     return "\n".join(parts)
 

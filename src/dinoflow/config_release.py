@@ -10,10 +10,13 @@ from pydantic import Field, field_validator, model_validator
 
 from dinoflow.config_base import PositiveFloat, PositiveInt, SafeName, Section, Seed
 
+
 class EvalDataset(Section):
     name: SafeName
     kind: Literal["demo_mnist", "demo_digits", "folder", "shards"]
-    train: str | None = Field(None, description="folder/shards: the labelled train split (class per subfolder, or json `label`)")
+    train: str | None = Field(
+        None, description="folder/shards: the labelled train split (class per subfolder, or json `label`)"
+    )
     test: str | None = Field(None, description="folder/shards: the labelled test split")
 
     @model_validator(mode="after")
@@ -28,7 +31,10 @@ class EvaluateConfig(Section):
         default_factory=lambda: {"teacher": "models/teacher/backbone.pth", "student": "models/student/backbone.pth"}
     )
     datasets: list[EvalDataset] = Field(
-        default_factory=lambda: [EvalDataset(name="mnist", kind="demo_mnist"), EvalDataset(name="digits", kind="demo_digits")],
+        default_factory=lambda: [
+            EvalDataset(name="mnist", kind="demo_mnist"),
+            EvalDataset(name="digits", kind="demo_digits"),
+        ],
         min_length=1,
     )
     demo_dir: str = "data/demo"
@@ -49,7 +55,8 @@ class EvaluateConfig(Section):
         description="baselines evaluated next to the models in the same run",
     )
     random_init_like: str | None = Field(
-        None, description="model name whose architecture the random-init baseline copies (default: teacher, else the first)"
+        None,
+        description="model name whose architecture the random-init baseline copies (default: teacher, else the first)",
     )
     linear_batch_size: int = Field(256, ge=1, description="SGD batch of the linear probe; LR is scaled by batch/256")
     logreg_max_iter: int = Field(1000, ge=1)
@@ -71,7 +78,9 @@ class EvaluateConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"evaluate.datasets: two datasets share a name ({names}); names key the report")
         if self.random_init_like is not None and self.random_init_like not in self.models:
-            raise ValueError(f"evaluate.random_init_like {self.random_init_like!r} is not one of evaluate.models {list(self.models)}")
+            raise ValueError(
+                f"evaluate.random_init_like {self.random_init_like!r} is not one of evaluate.models {list(self.models)}"
+            )
         return self
 
 
@@ -80,9 +89,10 @@ class OnnxExportConfig(Section):
 
     enabled: bool = Field(True, description="export the student to ONNX at registration and log it inside the model")
     image_size: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="input side of the ONNX graph; null: evaluate.image_size (what the pyfunc model feeds the "
-                    "backbone); another size interpolates the positional embedding at export",
+        "backbone); another size interpolates the positional embedding at export",
     )
     opset: int = Field(18, ge=18, description="ONNX opset of the export")
     atol: float = Field(1e-4, gt=0, description="largest |ONNX − PyTorch| allowed on the parity check")
@@ -96,23 +106,36 @@ class RegisterConfig(Section):
     eval_report: str = "reports/eval.json"
     dataset: str = Field("mnist", min_length=1, description="the eval.json dataset the gate reads")
     min_teacher_gain: float | None = Field(
-        0.05, ge=-1, le=1,
+        0.05,
+        ge=-1,
+        le=1,
         description="floor: teacher k-NN top-1 minus the random-init baseline's (evaluate.baselines); null: off",
     )
     min_retention: float | None = Field(0.95, ge=0, le=1.5, description="floor: student k-NN / teacher k-NN; null: off")
     min_knn_top1: float | None = Field(
-        None, ge=0, le=1, description="optional absolute floor on the student's k-NN top-1 (off by default: it depends on the data)"
+        None,
+        ge=0,
+        le=1,
+        description="optional absolute floor on the student's k-NN top-1 (off by default: it depends on the data)",
     )
     champion_tolerance: float = Field(
-        0.005, ge=0, le=1,
+        0.005,
+        ge=0,
+        le=1,
         description="challenge: take the alias only with k-NN top-1 >= the champion's minus this, on the same evaluation set",
     )
-    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,255}$", description="MLflow alias: letters, digits, _ and -; not `latest` or `v<N>` (MLflow reserves them)")
+    alias: str = Field(
+        "champion",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,255}$",
+        description="MLflow alias: letters, digits, _ and -; not `latest` or `v<N>` (MLflow reserves them)",
+    )
     report: str = "reports/registry.json"
     student_key: str = Field("student", description="the candidate's entry in the eval report")
     teacher_key: str = Field("teacher", description="the reference entry for the retention gate")
     baseline_key: str = Field("random_init", description="the random-init entry for the teacher-gain floor")
-    teacher_path: str | None = Field("models/teacher", description="also log this backbone as a model (not registered); null skips")
+    teacher_path: str | None = Field(
+        "models/teacher", description="also log this backbone as a model (not registered); null skips"
+    )
     onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
 
     @field_validator("alias")
@@ -133,5 +156,8 @@ class TrackingConfig(Section):
     hash_inputs: bool = Field(True, description="tag each run with the DVC md5 of its local inputs")
     request_timeout_s: float = Field(30.0, gt=0, le=600, description="timeout of one request to the tracking server")
     request_retries: int = Field(
-        3, ge=0, le=10, description="retries of a failed request (backoff 1, 2, 4 s ...); then the stage fails with a named error"
+        3,
+        ge=0,
+        le=10,
+        description="retries of a failed request (backoff 1, 2, 4 s ...); then the stage fails with a named error",
     )

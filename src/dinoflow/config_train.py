@@ -26,10 +26,16 @@ class ModelConfig(Section):
     drop_path_uniform: bool = True
     interpolate_antialias: bool = False
     interpolate_offset: float = Field(
-        0.1, ge=0.0, description="0.1 (non-register hub models) scales by (n+offset)/M; 0 interpolates to a size (register models)"
+        0.1,
+        ge=0.0,
+        description="0.1 (non-register hub models) scales by (n+offset)/M; 0 interpolates to a size (register models)",
     )
-    ffn_layer: Literal["auto", "mlp", "swiglu"] = Field("auto", description="auto: SwiGLU for vit_giant2, MLP otherwise")
-    block_chunks: int = Field(0, ge=0, description="official FSDP block chunking (parameter names blocks.<chunk>.<i>.*); 0 = flat")
+    ffn_layer: Literal["auto", "mlp", "swiglu"] = Field(
+        "auto", description="auto: SwiGLU for vit_giant2, MLP otherwise"
+    )
+    block_chunks: int = Field(
+        0, ge=0, description="official FSDP block chunking (parameter names blocks.<chunk>.<i>.*); 0 = flat"
+    )
 
     @model_validator(mode="after")
     def _patch_divides(self) -> "ModelConfig":
@@ -45,8 +51,15 @@ class HeadConfig(Section):
     hidden_dim: int = Field(2048, ge=1)
     bottleneck_dim: int = Field(256, ge=1)
     nlayers: int = Field(3, ge=1)
-    use_bn: bool = Field(False, description="BatchNorm in the head MLP (DINO v1 option; helps tiny models on small data break symmetry early)")
-    train_last_layer_norm: bool = Field(True, description="train the prototypes' weight-norm scale `weight_g` (DINOv2); false keeps it at 1 (DINO v1's norm_last_layer)")
+    use_bn: bool = Field(
+        False,
+        description="BatchNorm in the head MLP (DINO v1 option; helps tiny models on small data break symmetry early)",
+    )
+    train_last_layer_norm: bool = Field(
+        True,
+        description="train the prototypes' weight-norm scale `weight_g` (DINOv2); "
+        "false keeps it at 1 (DINO v1's norm_last_layer)",
+    )
     separate_ibot_head: bool = False
     ibot_out_dim: int = Field(65536, ge=2)
 
@@ -72,7 +85,9 @@ class CropConfig(Section):
     # global 2 with p 0.9 and locals with 0.5; dinoflow applies these values as written.
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     solarize_p: float = Field(0.2, ge=0, le=1, description="on the second global crop only")
-    mean: tuple[Probability, Probability, Probability] = Field((0.485, 0.456, 0.406), description="per channel, pixels in [0, 1]")
+    mean: tuple[Probability, Probability, Probability] = Field(
+        (0.485, 0.456, 0.406), description="per channel, pixels in [0, 1]"
+    )
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
 
     @field_validator("global_scale", "local_scale", "blur_sigma", "aspect_ratio")
@@ -95,7 +110,9 @@ class CropConfig(Section):
     @classmethod
     def _jitter_strengths(cls, v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         if min(v) < 0 or v[3] > 0.5:
-            raise ValueError(f"color_jitter is (brightness, contrast, saturation, hue), each >= 0 and hue <= 0.5; got {list(v)}")
+            raise ValueError(
+                f"color_jitter is (brightness, contrast, saturation, hue), each >= 0 and hue <= 0.5; got {list(v)}"
+            )
         return v
 
     @field_validator("blur_kernel_size")
@@ -173,15 +190,20 @@ class TrainConfig(Section):
     epoch_length: int = Field(1250, ge=1, description="optimiser steps per (official) epoch")
     batch_size_per_rank: int = Field(64, ge=1)
     num_workers: int | None = Field(
-        None, ge=0, description="data-loader workers (decode, iBOT masks); null: 0 on a CPU, on a GPU the CPUs per process − 1 (at most 8)"
+        None,
+        ge=0,
+        description="data-loader workers (decode, iBOT masks); null: 0 on a CPU, on a GPU the CPUs per process − 1 (at most 8)",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     fsdp_reshard_after_forward: bool | Literal["auto"] = Field(
-        "auto", description="FSDP2: free gathered weights after the forward; auto: yes on one node, down to the node across nodes"
+        "auto",
+        description="FSDP2: free gathered weights after the forward; auto: yes on one node, down to the node across nodes",
     )
     compile: bool = Field(False, description="torch.compile each transformer block (one graph per block)")
-    pack_crops: bool = Field(True, description="run global and local crops through each block in one pass (same numbers)")
+    pack_crops: bool = Field(
+        True, description="run global and local crops through each block in one pass (same numbers)"
+    )
     activation_checkpointing: Literal["none", "selective", "full"] = Field(
         "none", description="recompute activations in the backward: selective (element-wise ops only) or full blocks"
     )
@@ -195,18 +217,24 @@ class TrainConfig(Section):
     )
     progress: bool = True
     checkpoint_dir: str | None = Field(
-        None, description="resumable checkpoints go to <this>/<stage>-<settings hash>/ (default: <out_dir>/ckpt); keep it "
-        "outside the stage's DVC outs (DVC deletes those before a rerun) and on durable storage in a pipeline")
+        None,
+        description="resumable checkpoints go to <this>/<stage>-<settings hash>/ (default: <out_dir>/ckpt); keep it "
+        "outside the stage's DVC outs (DVC deletes those before a rerun) and on durable storage in a pipeline",
+    )
     restart: bool = Field(
-        False, description="start over in out_dir: delete its exports and checkpoints, even when its train_config.yaml "
-        "records other settings (without it such a directory is refused); set it for one run, e.g. -S <stage>.train.restart=true")
+        False,
+        description="start over in out_dir: delete its exports and checkpoints, even when its train_config.yaml "
+        "records other settings (without it such a directory is refused); set it for one run, e.g. -S <stage>.train.restart=true",
+    )
 
     @field_validator("checkpoint_dir")
     @classmethod
     def _local_checkpoint_dir(cls, v: str | None) -> str | None:
         if v is not None and "://" in v:
-            raise ValueError("checkpoints are written to a file system path; mount durable storage "
-                             "(a volume, a PVC) and give its path")
+            raise ValueError(
+                "checkpoints are written to a file system path; mount durable storage "
+                "(a volume, a PVC) and give its path"
+            )
         return v
 
 
@@ -227,15 +255,20 @@ class PretrainConfig(Section):
     def _something_to_learn(self) -> "PretrainConfig":
         w = self.loss
         if w.dino_weight == 0 and w.ibot_weight == 0 and w.koleo_weight == 0:
-            raise ValueError("loss.dino_weight, loss.ibot_weight and loss.koleo_weight are all 0: nothing would be trained")
+            raise ValueError(
+                "loss.dino_weight, loss.ibot_weight and loss.koleo_weight are all 0: nothing would be trained"
+            )
         return self
 
 
 class DistillConfig(Section):
     mode: Literal["heads", "features"] = Field(
-        "heads", description="'heads': DINO+iBOT+KoLeo through the teacher's heads; 'features': head-free token matching"
+        "heads",
+        description="'heads': DINO+iBOT+KoLeo through the teacher's heads; 'features': head-free token matching",
     )
-    teacher: str = Field("models/teacher", description="a pretrain out_dir (heads mode) or a backbone .pth (features mode)")
+    teacher: str = Field(
+        "models/teacher", description="a pretrain out_dir (heads mode) or a backbone .pth (features mode)"
+    )
     teacher_arch: Arch | None = Field(None, description="features mode with an official file: the teacher's arch")
     teacher_patch_size: int | None = Field(None, ge=1)
     teacher_num_register_tokens: int | None = Field(None, ge=0)

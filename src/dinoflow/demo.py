@@ -27,8 +27,12 @@ def _dvc() -> str | None:
 
 
 def _can_use_dvc() -> bool:
-    return _dvc() is not None and Path("dvc.yaml").exists() and Path(".dvc").is_dir() and \
-        subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True).returncode == 0
+    return (
+        _dvc() is not None
+        and Path("dvc.yaml").exists()
+        and Path(".dvc").is_dir()
+        and subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True).returncode == 0
+    )
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -45,16 +49,20 @@ def registry_lines(reg: dict[str, Any]) -> list[str]:
     if not reg:
         return []
     gate = reg.get("gate") or {}
-    lines = [f"registry gate: {'PASSED' if gate.get('passed') else 'NOT PASSED'}"
-             + ("" if gate.get("passed") else "  " + "; ".join(gate.get("reasons") or []))]
+    lines = [
+        f"registry gate: {'PASSED' if gate.get('passed') else 'NOT PASSED'}"
+        + ("" if gate.get("passed") else "  " + "; ".join(gate.get("reasons") or []))
+    ]
     if reg.get("version"):
         taken = "took the alias" if reg.get("took_alias") else "registered as a candidate"
         lines.append(f"  this run:  {reg.get('model_uri')}  ({taken})")
     champion = reg.get("champion_uri") or reg.get("alias_uri")
     if champion:
         lines.append(f"  champion:  {champion}  (version {reg.get('alias_version')})")
-        lines.append(f"  use it:    dinoflow embed {champion} <images> -o embeddings.parquet   |   "
-                     f"mlflow models serve -m {champion} --env-manager local -p 5001")
+        lines.append(
+            f"  use it:    dinoflow embed {champion} <images> -o embeddings.parquet   |   "
+            f"mlflow models serve -m {champion} --env-manager local -p 5001"
+        )
     elif reg.get("registered"):
         lines.append(f"  champion:  none yet (alias {reg.get('alias')!r} unset)")
     if reg.get("note"):
@@ -83,10 +91,20 @@ def summary(cfg) -> str:
         lines += [f"  {'after ' + str(k):<28} {v}" for k, v in items]
         gt = _demo_truth_score(cfg)
         if gt:
-            lines.append("  vs planted truth: " + ", ".join(
-                f"{k} {gt[k]:.3f}" if isinstance(gt[k], float) else f"{k} {gt[k]}"
-                for k in ("duplicate_recall", "duplicate_precision", "junk_kept_fraction", "corrupt_reported", "corrupt_total")
-                if k in gt))
+            lines.append(
+                "  vs planted truth: "
+                + ", ".join(
+                    f"{k} {gt[k]:.3f}" if isinstance(gt[k], float) else f"{k} {gt[k]}"
+                    for k in (
+                        "duplicate_recall",
+                        "duplicate_precision",
+                        "junk_kept_fraction",
+                        "corrupt_reported",
+                        "corrupt_total",
+                    )
+                    if k in gt
+                )
+            )
     ev = {k: v for k, v in _read(f"{cfg.evaluate.report_dir}/eval.json").items() if not k.startswith("_")}
     if ev:
         datasets = sorted({d for m in ev.values() if isinstance(m, dict) for d in m})
@@ -95,8 +113,14 @@ def summary(cfg) -> str:
         for model in ("teacher", "student", "random_init", "raw_pixels"):
             if model in ev:
                 row = ev[model]
-                lines.append("  " + f"{model:<12}" + "".join(
-                    f"{_pct(row.get(d, {}).get('knn_top1')):>13}{_pct(row.get(d, {}).get('linear_top1')):>13}" for d in datasets))
+                lines.append(
+                    "  "
+                    + f"{model:<12}"
+                    + "".join(
+                        f"{_pct(row.get(d, {}).get('knn_top1')):>13}{_pct(row.get(d, {}).get('linear_top1')):>13}"
+                        for d in datasets
+                    )
+                )
     lines += registry_lines(_read(cfg.register.report))
     lines += [
         "open the tracking UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then http://127.0.0.1:5000)",

@@ -117,7 +117,9 @@ def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
         if np.issubdtype(a.dtype, np.integer) and a.size and a.min() >= 0 and a.max() <= 255:
             a = a.astype(np.uint8)
         else:
-            raise ValueError(f"images must be uint8 (0–255) arrays [N,H,W] or [N,H,W,C], or encoded bytes; got {a.dtype}")
+            raise ValueError(
+                f"images must be uint8 (0–255) arrays [N,H,W] or [N,H,W,C], or encoded bytes; got {a.dtype}"
+            )
     if a.ndim == 4 and a.shape[-1] not in (1, 3, 4):
         raise ValueError(f"a 4-d image batch must be [N,H,W,C] with C in 1/3/4; got {a.shape}")
     if a.ndim not in (3, 4):
@@ -146,11 +148,16 @@ class EmbeddingModel(_PythonModel):
 
     def embed(self, images: Any, pooled_patch_tokens: bool = False) -> dict[str, np.ndarray]:
         """Decoded uint8 images → {"embedding": [N, D]} (+ pooled patch tokens); see `embed_images`."""
-        return embed_images(self.backbone, images, self.prep["image_size"], self.prep["resize_ratio"],
-                            pooled_patch_tokens=pooled_patch_tokens)
+        return embed_images(
+            self.backbone,
+            images,
+            self.prep["image_size"],
+            self.prep["resize_ratio"],
+            pooled_patch_tokens=pooled_patch_tokens,
+        )
 
     # no type hints on predict: MLflow would try (and fail) to derive a signature from them
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         pooled = bool((params or {}).get(PARAM_POOLED, False))
         out = self.embed(as_images(model_input), pooled_patch_tokens=pooled)
         return out if pooled else out[EMBEDDING]
@@ -255,7 +262,11 @@ def log_embedding_model(
             pip_requirements=requirements(),
             registered_model_name=registered_model_name,
             model_id=model_id,
-            metadata={"embedding": "L2-normalised x_norm_clstoken", "embed_dim": dim,
-                      "params": {PARAM_POOLED: "also return the L2-normalised mean patch token"},
-                      **prep, **(metadata or {})},
+            metadata={
+                "embedding": "L2-normalised x_norm_clstoken",
+                "embed_dim": dim,
+                "params": {PARAM_POOLED: "also return the L2-normalised mean patch token"},
+                **prep,
+                **(metadata or {}),
+            },
         )

@@ -70,9 +70,13 @@ def _check_graph(root: Node, origin: str) -> None:
         if state.get(key) == 2:
             continue
         if state.get(key) == 1:
-            raise ConfigError(f"{origin}: a YAML alias refers to itself (recursive anchor near line {node.start_mark.line + 1})")
+            raise ConfigError(
+                f"{origin}: a YAML alias refers to itself (recursive anchor near line {node.start_mark.line + 1})"
+            )
         if depth > MAX_YAML_DEPTH:
-            raise ConfigError(f"{origin}: nested deeper than {MAX_YAML_DEPTH} levels (near line {node.start_mark.line + 1})")
+            raise ConfigError(
+                f"{origin}: nested deeper than {MAX_YAML_DEPTH} levels (near line {node.start_mark.line + 1})"
+            )
         state[key] = 1
         stack.append((node, depth, True))
         for kid in _children(node):
@@ -100,7 +104,9 @@ def _children(node: Node) -> list[Node]:
 def parse_yaml(text: str, origin: str) -> Any:
     """YAML `text` → Python objects, or ConfigError (`origin` names the file or override)."""
     if len(text) > MAX_PARAMS_BYTES:
-        raise ConfigError(f"{origin}: {len(text):,} characters is more than a params file may hold ({MAX_PARAMS_BYTES:,})")
+        raise ConfigError(
+            f"{origin}: {len(text):,} characters is more than a params file may hold ({MAX_PARAMS_BYTES:,})"
+        )
     if "\x00" in text:
         raise ConfigError(f"{origin}: holds NUL bytes; this is a binary file, not YAML text")
     loader = _StrictLoader(text)
@@ -212,4 +218,6 @@ def check_tree(tree: Any, prefix: str = "") -> None:
         for i, v in enumerate(tree):
             check_tree(v, f"{prefix}{i}.")
     elif isinstance(tree, int) and not isinstance(tree, bool) and abs(tree) > MAX_INT:
-        raise ConfigError(f"{prefix.rstrip('.')}: {str(tree)[:40]}… does not fit in 64 bits; no setting needs a number this large")
+        raise ConfigError(
+            f"{prefix.rstrip('.')}: {str(tree)[:40]}… does not fit in 64 bits; no setting needs a number this large"
+        )

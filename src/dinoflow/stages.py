@@ -27,8 +27,12 @@ PIPELINE_ORDER = ["demo-data", "curate", "pretrain", "distill", "evaluate", "reg
 
 # stage → the config section holding its parameters (what its MLflow run logs as params)
 SECTIONS: dict[str, str] = {
-    "demo-data": "demo", "curate": "curate", "pretrain": "pretrain", "distill": "distill",
-    "evaluate": "evaluate", "register": "register",
+    "demo-data": "demo",
+    "curate": "curate",
+    "pretrain": "pretrain",
+    "distill": "distill",
+    "evaluate": "evaluate",
+    "register": "register",
 }
 
 
@@ -56,8 +60,10 @@ def stage_inputs(name: str, cfg: Config) -> list[StageInput]:
     if name == "evaluate":
         e = cfg.evaluate
         demo = any(d.kind.startswith("demo_") for d in e.datasets)
-        return [*(StageInput(m, "model") for m in e.models.values()),
-                *_data(*(p for d in e.datasets for p in (d.train, d.test)), e.demo_dir if demo else None)]
+        return [
+            *(StageInput(m, "model") for m in e.models.values()),
+            *_data(*(p for d in e.datasets for p in (d.train, d.test)), e.demo_dir if demo else None),
+        ]
     if name == "register":
         return [StageInput(cfg.register.eval_report, "report"), StageInput(cfg.register.model_path, "model")]
     return []

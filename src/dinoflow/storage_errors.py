@@ -22,11 +22,23 @@ from dinoflow.errors import DinoflowError
 FULL_BYTES = 1 << 20  # a write failed and under 1 MiB is left: the disk filled up
 
 STORAGE_ERRNOS = {
-    errno.ENOSPC: ("no space left on the device holding {path}", "free space there, or point the stage's output elsewhere"),
-    errno.EDQUOT: ("disk quota exceeded writing {path}", "free space in your quota, or point the stage's output elsewhere"),
-    errno.EROFS: ("{path} is on a read-only file system", "point the stage's output at a writable location (e.g. a mounted volume)"),
+    errno.ENOSPC: (
+        "no space left on the device holding {path}",
+        "free space there, or point the stage's output elsewhere",
+    ),
+    errno.EDQUOT: (
+        "disk quota exceeded writing {path}",
+        "free space in your quota, or point the stage's output elsewhere",
+    ),
+    errno.EROFS: (
+        "{path} is on a read-only file system",
+        "point the stage's output at a writable location (e.g. a mounted volume)",
+    ),
     errno.EACCES: ("permission denied on {path}", "fix its permissions (or its folder's), or use another location"),
-    errno.EPERM: ("operation not permitted on {path}", "fix its permissions (or its folder's), or use another location"),
+    errno.EPERM: (
+        "operation not permitted on {path}",
+        "fix its permissions (or its folder's), or use another location",
+    ),
 }
 
 
@@ -86,7 +98,9 @@ def storage_error(exc: BaseException, path: str | Path | None = None) -> Storage
     return StorageError(f"{text}: {todo}")
 
 
-def full_disk_error(exc: BaseException, paths: Iterable[str | Path], target: str | Path | None = None) -> StorageError | None:
+def full_disk_error(
+    exc: BaseException, paths: Iterable[str | Path], target: str | Path | None = None
+) -> StorageError | None:
     """A StorageError when a write (of `target`) failed with `exc` and one of `paths` has (almost) no space left."""
     for path in paths:
         try:

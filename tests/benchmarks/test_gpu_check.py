@@ -17,8 +17,14 @@ pytestmark = pytest.mark.slow
 
 def test_gpu_check_dry_run(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": str(Path(os.sys.executable)), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(["bash", str(REPO / "benchmarks/gpu/run.sh"), "--dry-run"], env=env, capture_output=True,
-                       text=True, timeout=900, cwd=tmp_path)
+    r = subprocess.run(
+        ["bash", str(REPO / "benchmarks/gpu/run.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and not [row for row in rows if "error" in row or "skipped" in row]

@@ -10,9 +10,22 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import train_throughput as tt  # noqa: E402
+import train_throughput as tt
 
-TINY = ["--arch", "vit_pico", "--batch", "2", "--prototypes", "64", "--n-local", "2", "--steps", "1", "--peak-size", "256"]
+TINY = [
+    "--arch",
+    "vit_pico",
+    "--batch",
+    "2",
+    "--prototypes",
+    "64",
+    "--n-local",
+    "2",
+    "--steps",
+    "1",
+    "--peak-size",
+    "256",
+]
 
 
 def test_peak_is_measured_in_the_steps_precision():

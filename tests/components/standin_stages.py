@@ -75,8 +75,7 @@ def _train(stage: str, data: str, out_dir: str, csv: str, teacher: str | None = 
     (out / "config.yaml").write_text(f"stage: {stage}\n")
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     Path(csv).write_text("step,loss\n1,2.0\n")
-    _record(stage, data=data, out_dir=out_dir, report_csv=csv, teacher=teacher,
-            world_size=os.environ.get("WORLD_SIZE"))
+    _record(stage, data=data, out_dir=out_dir, report_csv=csv, teacher=teacher, world_size=os.environ.get("WORLD_SIZE"))
     return {"steps": 1}
 
 
@@ -128,9 +127,15 @@ def register(cfg) -> dict[str, Any]:
     check_evaluated(evidence, rc.student_key, model_file(rc.model_path))
     gate = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), None)
     passed = gate["passed"]
-    result = {"model_name": rc.model_name, "alias": rc.alias, "registered": True, "version": "1", "gate": gate,
-              "alias_version": "1" if passed else None,
-              "alias_uri": f"models:/{rc.model_name}@{rc.alias}" if passed else None}
+    result = {
+        "model_name": rc.model_name,
+        "alias": rc.alias,
+        "registered": True,
+        "version": "1",
+        "gate": gate,
+        "alias_version": "1" if passed else None,
+        "alias_uri": f"models:/{rc.model_name}@{rc.alias}" if passed else None,
+    }
     Path(rc.report).write_text(json.dumps(result))
     _record("register", model_path=rc.model_path, eval_report=rc.eval_report, report=rc.report, passed=passed)
     return result

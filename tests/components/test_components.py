@@ -38,15 +38,41 @@ def _spec(comp):
 @pytest.mark.parametrize(
     "comp,image,inputs,outputs",
     [
-        (curate_global, TRAIN_IMAGE, {"embeddings": "system.Artifact"},
-         {"curated": "system.Dataset", "reports": "system.Artifact", "report_html": "system.HTML",
-          "metrics": "system.Metrics"}),
-        (pretrain, TRAIN_IMAGE, {"curated": "system.Dataset"}, {"teacher": "system.Model", "curves": "system.Artifact"}),
-        (distill, TRAIN_IMAGE, {"curated": "system.Dataset", "teacher": "system.Model"},
-         {"student": "system.Model", "curves": "system.Artifact"}),
-        (evaluate, CPU_IMAGE, {"teacher": "system.Model", "student": "system.Model"},
-         {"reports": "system.Artifact", "report_md": "system.Markdown", "metrics": "system.Metrics"}),
-        (register, CPU_IMAGE, {"student": "system.Model", "eval_reports": "system.Artifact"}, {"registry": "system.Artifact"}),
+        (
+            curate_global,
+            TRAIN_IMAGE,
+            {"embeddings": "system.Artifact"},
+            {
+                "curated": "system.Dataset",
+                "reports": "system.Artifact",
+                "report_html": "system.HTML",
+                "metrics": "system.Metrics",
+            },
+        ),
+        (
+            pretrain,
+            TRAIN_IMAGE,
+            {"curated": "system.Dataset"},
+            {"teacher": "system.Model", "curves": "system.Artifact"},
+        ),
+        (
+            distill,
+            TRAIN_IMAGE,
+            {"curated": "system.Dataset", "teacher": "system.Model"},
+            {"student": "system.Model", "curves": "system.Artifact"},
+        ),
+        (
+            evaluate,
+            CPU_IMAGE,
+            {"teacher": "system.Model", "student": "system.Model"},
+            {"reports": "system.Artifact", "report_md": "system.Markdown", "metrics": "system.Metrics"},
+        ),
+        (
+            register,
+            CPU_IMAGE,
+            {"student": "system.Model", "eval_reports": "system.Artifact"},
+            {"registry": "system.Artifact"},
+        ),
     ],
     ids=["curate_global", "pretrain", "distill", "evaluate", "register"],
 )
@@ -80,8 +106,12 @@ def _check_program(comp, container) -> None:
     assert [d.name for d in defs] == [fn_name] == [comp.python_func.__name__]
     params = [a.arg for a in defs[0].args.args]
     assert params == list(comp.python_func.__code__.co_varnames[: comp.python_func.__code__.co_argcount])
-    preamble = {n.module if isinstance(n, ast.ImportFrom) else a.name
-                for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    preamble = {
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
     assert preamble == {"kfp", "kfp.dsl", "typing"}
     imports = [(n.module, a.name) for n in ast.walk(defs[0]) if isinstance(n, ast.ImportFrom) for a in n.names]
     imports += [(a.name, None) for n in ast.walk(defs[0]) if isinstance(n, ast.Import) for a in n.names]
@@ -96,21 +126,45 @@ def test_training_components_take_launch_parameters_but_no_run_id():
     """The run id is not an input: a run-unique input would enter KFP's cache key (never a hit)."""
     for comp in (pretrain, distill):
         params = set(_spec(comp).inputs)
-        assert {"num_nodes", "gpus_per_node", "image", "trainjob_runtime", "trainjob_runtime_kind",
-                "shared_dir", "tolerations", "node_selector"} <= params
+        assert {
+            "num_nodes",
+            "gpus_per_node",
+            "image",
+            "trainjob_runtime",
+            "trainjob_runtime_kind",
+            "shared_dir",
+            "tolerations",
+            "node_selector",
+        } <= params
         assert not {p for p in params if "run" in p and "id" in p}
 
 
-CURATE_LAUNCH = dict(num_nodes=1, procs_per_node=1, accelerator_type="nvidia.com/gpu", image="img",
-                    trainjob_runtime="rt", trainjob_runtime_kind="TrainingRuntime", tolerations=[], node_selector={})
+CURATE_LAUNCH = dict(
+    num_nodes=1,
+    procs_per_node=1,
+    accelerator_type="nvidia.com/gpu",
+    image="img",
+    trainjob_runtime="rt",
+    trainjob_runtime_kind="TrainingRuntime",
+    tolerations=[],
+    node_selector={},
+)
 
 
 def _curate(tmp_path: Path, text: str, overrides: list[str], embeddings: list) -> tuple:
     """Run curate_global's body on `embeddings`; returns its (curated, reports, html, metrics) artifacts."""
     curated, reports = _art(dsl.Dataset, tmp_path / "curated"), _art(dsl.Artifact, tmp_path / "cur_reports")
     html, metrics = _art(dsl.HTML, tmp_path / "curation.html"), dsl.Metrics(name="m", uri=str(tmp_path / "m"))
-    curate_global.python_func(params_yaml=text, overrides=overrides, embeddings=embeddings, curated=curated,
-                              reports=reports, report_html=html, metrics=metrics, **CURATE_LAUNCH)
+    curate_global.python_func(
+        params_yaml=text,
+        overrides=overrides,
+        embeddings=embeddings,
+        curated=curated,
+        reports=reports,
+        report_html=html,
+        metrics=metrics,
+        **CURATE_LAUNCH,
+    )
     return curated, reports, html, metrics
 
 
@@ -132,33 +186,56 @@ def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, 
     assert metrics.metadata == {"funnel.input": 5.0, "funnel.kept": 3.0}
 
     teacher, tcurves = _art(dsl.Model, tmp_path / "teacher"), _art(dsl.Artifact, tmp_path / "pretrain.csv")
-    launch = dict(num_nodes=1, gpus_per_node=0, accelerator_type="nvidia.com/gpu", image="img", trainjob_runtime="rt",
-                  trainjob_runtime_kind="TrainingRuntime", shared_dir=str(tmp_path / "shared"), tolerations=[],
-                  node_selector={})
+    launch = dict(
+        num_nodes=1,
+        gpus_per_node=0,
+        accelerator_type="nvidia.com/gpu",
+        image="img",
+        trainjob_runtime="rt",
+        trainjob_runtime_kind="TrainingRuntime",
+        shared_dir=str(tmp_path / "shared"),
+        tolerations=[],
+        node_selector={},
+    )
     pretrain.python_func(params_yaml=text, overrides=[], curated=curated, teacher=teacher, curves=tcurves, **launch)
     log = standin_stages()
     assert log["pretrain"]["data"] == curated.path and log["pretrain"]["out_dir"] == teacher.path
     assert Path(tcurves.path).read_text().startswith("step,loss")
 
     student, scurves = _art(dsl.Model, tmp_path / "student"), _art(dsl.Artifact, tmp_path / "distill.csv")
-    distill.python_func(params_yaml=text, overrides=[], curated=curated, teacher=teacher, student=student,
-                        curves=scurves, **launch)
+    distill.python_func(
+        params_yaml=text, overrides=[], curated=curated, teacher=teacher, student=student, curves=scurves, **launch
+    )
     assert standin_stages()["distill"]["teacher"] == teacher.path
     assert (Path(student.path) / "backbone.pth").exists()
 
     ev_reports, md = _art(dsl.Artifact, tmp_path / "eval"), _art(dsl.Markdown, tmp_path / "eval.md")
     ev_metrics = dsl.Metrics(name="em", uri=str(tmp_path / "em"))
-    out = evaluate.python_func(params_yaml=text, overrides=[], teacher=teacher, student=student, reports=ev_reports,
-                               report_md=md, metrics=ev_metrics)
+    out = evaluate.python_func(
+        params_yaml=text,
+        overrides=[],
+        teacher=teacher,
+        student=student,
+        reports=ev_reports,
+        report_md=md,
+        metrics=ev_metrics,
+    )
     assert out is None  # the gate runs in register, which always runs
-    assert standin_stages()["evaluate"]["models"] == {"teacher": f"{teacher.path}/backbone.pth",
-                                                      "student": f"{student.path}/backbone.pth"}
+    assert standin_stages()["evaluate"]["models"] == {
+        "teacher": f"{teacher.path}/backbone.pth",
+        "student": f"{student.path}/backbone.pth",
+    }
     assert ev_metrics.metadata == {"mnist.student.knn_top1": 0.95}
     assert "student" in Path(md.path).read_text()
 
     registry = _art(dsl.Artifact, tmp_path / "registry.json")
-    register.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.9"], student=student,
-                         eval_reports=ev_reports, registry=registry)
+    register.python_func(
+        params_yaml=text,
+        overrides=["register.min_knn_top1=0.9"],
+        student=student,
+        eval_reports=ev_reports,
+        registry=registry,
+    )
     rec = standin_stages()["register"]
     assert rec["model_path"] == student.path and rec["eval_report"] == f"{ev_reports.path}/eval.json"
     record = json.loads(Path(registry.path).read_text())
@@ -167,11 +244,18 @@ def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, 
     assert record["gate"]["retention"] == pytest.approx(0.95 / 0.96)
     assert record["gate"]["teacher_gain"] == pytest.approx(0.96 - 0.10) and record["gate"]["reasons"] == []
     assert "registry gate passed: dinoflow-student version 1 is champion" in capsys.readouterr().out
-    register.python_func(params_yaml=text, overrides=["register.min_knn_top1=0.99"], student=student,
-                         eval_reports=ev_reports, registry=registry)
+    register.python_func(
+        params_yaml=text,
+        overrides=["register.min_knn_top1=0.99"],
+        student=student,
+        eval_reports=ev_reports,
+        registry=registry,
+    )
     assert standin_stages()["register"]["passed"] is False
-    assert "registry gate not passed: dinoflow-student version 1 registered as a candidate, no champion yet: " \
-           "knn_top1 0.9500 < min_knn_top1 0.9900 on mnist" in capsys.readouterr().out
+    assert (
+        "registry gate not passed: dinoflow-student version 1 registered as a candidate, no champion yet: "
+        "knn_top1 0.9500 < min_knn_top1 0.9900 on mnist" in capsys.readouterr().out
+    )
 
 
 def test_user_overrides_cannot_redirect_artifacts(standin_stages, tmp_path):

@@ -11,8 +11,11 @@ from components.images import CPU_IMAGE, TRAIN_IMAGE
 
 def _io(comp):
     spec = comp.component_spec
-    return spec, {k: v.type.split("@")[0] for k, v in (spec.inputs or {}).items()}, \
-        {k: v.type.split("@")[0] for k, v in (spec.outputs or {}).items()}
+    return (
+        spec,
+        {k: v.type.split("@")[0] for k, v in (spec.inputs or {}).items()},
+        {k: v.type.split("@")[0] for k, v in (spec.outputs or {}).items()},
+    )
 
 
 def test_fanout_component_specs():
@@ -25,10 +28,22 @@ def test_fanout_component_specs():
     assert ins["group"] == ins["groups"] == "Integer" and outs == {"embeddings": "system.Artifact"}
     spec, ins, outs = _io(curate_global)
     assert spec.inputs["embeddings"].is_artifact_list and ins["embeddings"] == "system.Artifact"
-    assert outs == {"curated": "system.Dataset", "reports": "system.Artifact", "report_html": "system.HTML",
-                    "metrics": "system.Metrics"}
-    assert {"num_nodes", "procs_per_node", "accelerator_type", "image", "trainjob_runtime", "trainjob_runtime_kind",
-            "tolerations", "node_selector"} <= set(ins)
+    assert outs == {
+        "curated": "system.Dataset",
+        "reports": "system.Artifact",
+        "report_html": "system.HTML",
+        "metrics": "system.Metrics",
+    }
+    assert {
+        "num_nodes",
+        "procs_per_node",
+        "accelerator_type",
+        "image",
+        "trainjob_runtime",
+        "trainjob_runtime_kind",
+        "tolerations",
+        "node_selector",
+    } <= set(ins)
     # the run id comes from the pod's label and the shared volume from the DAG's mount: a run-unique
     # input would enter KFP's cache key (never a hit)
     for comp in (curate_plan, curate_partition, curate_global):

@@ -16,8 +16,17 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from containers.cluster import SERVICES_NAMESPACE, Manifests
-from containers.engine import (BASE_IMAGE, SERVICES_IMAGE, Pod, build, build_base_image, docker_client, image_exists,
-                               project_context, scratch_dir)
+from containers.engine import (
+    BASE_IMAGE,
+    SERVICES_IMAGE,
+    Pod,
+    build,
+    build_base_image,
+    docker_client,
+    image_exists,
+    project_context,
+    scratch_dir,
+)
 from containers.steps import ROOT
 from dinoflow.launch import images
 
@@ -54,13 +63,23 @@ def images(docker_engine, tmp_path_factory) -> dict[str, str]:
     if why:
         pytest.skip(f"container tier: {why}")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-    build(docker_engine, project_context(work), "docker/Dockerfile.cpu", [CPU_IMAGE, TRAIN_IMAGE],
-          {"BASE_IMAGE": BASE_IMAGE, "TORCH_INDEX_URL": "", "GIT_COMMIT": commit})
+    build(
+        docker_engine,
+        project_context(work),
+        "docker/Dockerfile.cpu",
+        [CPU_IMAGE, TRAIN_IMAGE],
+        {"BASE_IMAGE": BASE_IMAGE, "TORCH_INDEX_URL": "", "GIT_COMMIT": commit},
+    )
     if not image_exists(docker_engine, SERVICES_IMAGE):
         from importlib.metadata import version
 
-        build(docker_engine, Path(__file__).parent, "services.Dockerfile", [SERVICES_IMAGE],
-              {"BASE_IMAGE": BASE_IMAGE, "MOTO_VERSION": version("moto")})
+        build(
+            docker_engine,
+            Path(__file__).parent,
+            "services.Dockerfile",
+            [SERVICES_IMAGE],
+            {"BASE_IMAGE": BASE_IMAGE, "MOTO_VERSION": version("moto")},
+        )
     return {"cpu": CPU_IMAGE, "train": TRAIN_IMAGE, "services": SERVICES_IMAGE}
 
 
@@ -139,8 +158,11 @@ print(urllib.request.urlopen(req, timeout=30).status)
 def _create_pipeline_user(pod: Pod, m: Manifests, image: str) -> None:
     """The README's deployment step 2: the admin creates the MLflow user named in dinoflow-mlflow."""
     server = m.secret("dinoflow-mlflow-server", SERVICES_NAMESPACE)
-    env = {**m.secret("dinoflow-mlflow"), "ADMIN_USER": server["MLFLOW_AUTH_ADMIN_USERNAME"],
-           "ADMIN_PASSWORD": server["MLFLOW_AUTH_ADMIN_PASSWORD"]}
+    env = {
+        **m.secret("dinoflow-mlflow"),
+        "ADMIN_USER": server["MLFLOW_AUTH_ADMIN_USERNAME"],
+        "ADMIN_PASSWORD": server["MLFLOW_AUTH_ADMIN_PASSWORD"],
+    }
     code, out = pod.run(image, ["python", "-c", CREATE_USER], environment=env, timeout=120)
     assert code == 0, f"creating the pipeline's MLflow user failed:\n{out[-2000:]}"
 
@@ -149,12 +171,22 @@ def _start_mlflow(pod: Pod, m: Manifests, image: str) -> None:
     """The MLflow Deployment's init containers, then its server, with exactly their specs."""
     spec = m.one("Deployment", "dinoflow-mlflow")["spec"]["template"]["spec"]
     for init in spec.get("initContainers", []):
-        code, out = pod.run(image, init.get("args"), entrypoint=init.get("command"),
-                            environment=m.container_env(init, SERVICES_NAMESPACE), timeout=300)
+        code, out = pod.run(
+            image,
+            init.get("args"),
+            entrypoint=init.get("command"),
+            environment=m.container_env(init, SERVICES_NAMESPACE),
+            timeout=300,
+        )
         assert code == 0, f"init container {init['name']} failed:\n{out[-3000:]}"
     (server,) = [c for c in spec["containers"] if c["name"] == "mlflow"]
-    pod.start("mlflow", image, server.get("args"), entrypoint=server.get("command"),
-              environment=m.container_env(server, SERVICES_NAMESPACE))
+    pod.start(
+        "mlflow",
+        image,
+        server.get("args"),
+        entrypoint=server.get("command"),
+        environment=m.container_env(server, SERVICES_NAMESPACE),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -43,8 +43,10 @@ def docker_client() -> tuple[Any, str]:
             return client, ""
         except Exception as e:  # noqa: BLE001 - any failure means "no engine here"
             problems.append(f"{host}: {type(e).__name__}")
-    return None, ("no Docker engine answers (" + "; ".join(problems) + "). CI installs docker.io and starts dockerd "
-                  "(.ci/run); on a laptop, start dockerd and set DOCKER_HOST")
+    return None, (
+        "no Docker engine answers (" + "; ".join(problems) + "). CI installs docker.io and starts dockerd "
+        "(.ci/run); on a laptop, start dockerd and set DOCKER_HOST"
+    )
 
 
 def image_exists(client: Any, tag: str) -> bool:
@@ -67,8 +69,18 @@ def build_base_image(client: Any, workdir: Path) -> str:
     if os.geteuid() != 0 or not shutil.which("debootstrap"):
         return f"{BASE_IMAGE} is missing and building it needs root and debootstrap (CI has both: .ci/run)"
     rootfs = workdir / "rootfs"
-    subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates,tini",
-                    "bookworm", str(rootfs), DEBIAN_MIRROR], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,python3-pip,ca-certificates,tini",
+            "bookworm",
+            str(rootfs),
+            DEBIAN_MIRROR,
+        ],
+        check=True,
+        capture_output=True,
+    )
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
     (rootfs / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
     (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3")
@@ -80,9 +92,12 @@ def build_base_image(client: Any, workdir: Path) -> str:
     with tarfile.open(tar, "w") as t:
         t.add(rootfs, arcname=".")
     with tar.open("rb") as f:
-        client.images.import_image(f, repository=BASE_IMAGE.split(":")[0], tag=BASE_IMAGE.split(":")[1],
-                                   changes=["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                            'CMD ["python3"]'])
+        client.images.import_image(
+            f,
+            repository=BASE_IMAGE.split(":")[0],
+            tag=BASE_IMAGE.split(":")[1],
+            changes=["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["python3"]'],
+        )
     shutil.rmtree(rootfs, ignore_errors=True)
     tar.unlink()
     return ""
@@ -91,8 +106,16 @@ def build_base_image(client: Any, workdir: Path) -> str:
 def project_context(workdir: Path) -> Path:
     """The build context: the files git tracks or would track (what a clean clone holds), plus the CPU
     torch wheel in docker/wheels/ (PyTorch's index is not reachable from here)."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     ctx = workdir / "context"
     for rel in filter(None, files):
         src = ROOT / rel
@@ -103,8 +126,10 @@ def project_context(workdir: Path) -> Path:
 
     wheels = ctx / "docker" / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
-                    f"torch=={torch.__version__}"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), f"torch=={torch.__version__}"],
+        check=True,
+    )
     return ctx
 
 
@@ -114,8 +139,15 @@ def build(client: Any, context: Path, dockerfile: str, tags: Iterable[str], buil
 
     tags = list(tags)
     try:
-        client.images.build(path=str(context), dockerfile=dockerfile, tag=tags[0], buildargs=buildargs,
-                            network_mode="host", rm=True, forcerm=True)
+        client.images.build(
+            path=str(context),
+            dockerfile=dockerfile,
+            tag=tags[0],
+            buildargs=buildargs,
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+        )
     except docker.errors.BuildError as e:
         tail = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in e.build_log)[-4000:]
         raise RuntimeError(f"docker build -f {dockerfile} failed:\n{tail}") from None
@@ -133,8 +165,13 @@ class Pod:
         self.id = uuid.uuid4().hex[:8]
         self.containers: list[Any] = []
         self.holder = client.containers.run(
-            BASE_IMAGE, ["sleep", "infinity"], detach=True, name=f"dinoflow-tier-{self.id}", network_mode="none",
-            extra_hosts={h: "127.0.0.1" for h in hostnames}, labels={"dinoflow-test": self.id},
+            BASE_IMAGE,
+            ["sleep", "infinity"],
+            detach=True,
+            name=f"dinoflow-tier-{self.id}",
+            network_mode="none",
+            extra_hosts={h: "127.0.0.1" for h in hostnames},
+            labels={"dinoflow-test": self.id},
         )
         self.containers.append(self.holder)
 
@@ -144,20 +181,54 @@ class Pod:
 
     def restricted(self) -> dict[str, Any]:
         """What a restricted pod gets: non-root uid 10001, read-only root, tmpfs /tmp, no capabilities."""
-        return dict(user="10001:10001", read_only=True, tmpfs={"/tmp": "size=4g"}, cap_drop=["ALL"],
-                    security_opt=["no-new-privileges"], network_mode=self.network_mode, labels={"dinoflow-test": self.id})
+        return dict(
+            user="10001:10001",
+            read_only=True,
+            tmpfs={"/tmp": "size=4g"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            network_mode=self.network_mode,
+            labels={"dinoflow-test": self.id},
+        )
 
-    def start(self, name: str, image: str, command: list[str] | None, *, entrypoint: list[str] | None = None,
-              environment: dict[str, str] | None = None, restricted: bool = True, **kwargs: Any) -> Any:
-        opts = self.restricted() if restricted else {"network_mode": self.network_mode, "labels": {"dinoflow-test": self.id}}
+    def start(
+        self,
+        name: str,
+        image: str,
+        command: list[str] | None,
+        *,
+        entrypoint: list[str] | None = None,
+        environment: dict[str, str] | None = None,
+        restricted: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        opts = (
+            self.restricted()
+            if restricted
+            else {"network_mode": self.network_mode, "labels": {"dinoflow-test": self.id}}
+        )
         opts.update(kwargs)
-        c = self.client.containers.run(image, command, entrypoint=entrypoint, environment=environment or {},
-                                       detach=True, name=f"dinoflow-tier-{self.id}-{name}", **opts)
+        c = self.client.containers.run(
+            image,
+            command,
+            entrypoint=entrypoint,
+            environment=environment or {},
+            detach=True,
+            name=f"dinoflow-tier-{self.id}-{name}",
+            **opts,
+        )
         self.containers.append(c)
         return c
 
-    def run(self, image: str, command: list[str], *, environment: dict[str, str] | None = None, timeout: float = 600,
-            **kwargs: Any) -> tuple[int, str]:
+    def run(
+        self,
+        image: str,
+        command: list[str],
+        *,
+        environment: dict[str, str] | None = None,
+        timeout: float = 600,
+        **kwargs: Any,
+    ) -> tuple[int, str]:
         """Run a container to completion in the pod; (exit code, output)."""
         c = self.start(f"job-{uuid.uuid4().hex[:6]}", image, command, environment=environment, **kwargs)
         try:

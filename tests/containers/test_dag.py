@@ -19,10 +19,20 @@ from pipelines.cli import run_local
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
 
 TINY = [
-    "pretrain.train.max_steps=3", "pretrain.train.batch_size_per_rank=32", "pretrain.train.progress=false",
-    "distill.train.max_steps=3", "distill.train.batch_size_per_rank=32", "distill.train.progress=false",
-    "evaluate.max_train=150", "evaluate.max_test=50", "evaluate.linear_epochs=1", "evaluate.linear_lrs=[0.1]",
-    "evaluate.logreg_cs=[1.0]", "evaluate.logreg_max_iter=50", "evaluate.n_pca_images=0", "evaluate.progress=false",
+    "pretrain.train.max_steps=3",
+    "pretrain.train.batch_size_per_rank=32",
+    "pretrain.train.progress=false",
+    "distill.train.max_steps=3",
+    "distill.train.batch_size_per_rank=32",
+    "distill.train.progress=false",
+    "evaluate.max_train=150",
+    "evaluate.max_test=50",
+    "evaluate.linear_epochs=1",
+    "evaluate.linear_lrs=[0.1]",
+    "evaluate.logreg_cs=[1.0]",
+    "evaluate.logreg_max_iter=50",
+    "evaluate.n_pca_images=0",
+    "evaluate.progress=false",
     "tracking.system_metrics=false",
 ]
 
@@ -52,8 +62,14 @@ def assert_only_declared_outputs(pipeline_root: Path) -> None:
 def test_the_dag_runs_in_restricted_containers_and_tracks_to_the_cluster_server(cluster, demo_data, tmp_path, scratch):
     run_id = f"kfp-{uuid.uuid4().hex[:10]}"
     root, shared = scratch("dinoflow-kfp-root-"), scratch("dinoflow-shared-")
-    out = run_local(str(cluster_params(tmp_path)), TINY, pipeline_root=str(root), demo=False,
-                    runner=docker_runner(cluster, demo_data, shared, run_id), run_id=run_id)
+    out = run_local(
+        str(cluster_params(tmp_path)),
+        TINY,
+        pipeline_root=str(root),
+        demo=False,
+        runner=docker_runner(cluster, demo_data, shared, run_id),
+        run_id=run_id,
+    )
     runs = Path(out["pipeline_root"])
     (registry,) = runs.rglob("register/registry")
     rec = json.loads(registry.read_text())
@@ -63,18 +79,23 @@ def test_the_dag_runs_in_restricted_containers_and_tracks_to_the_cluster_server(
     partitions = [p for p in runs.rglob("executor_output.json") if p.parent.name == "curate-partition"]
     assert len(partitions) >= 2, "curate ran as the fan-out"
 
-    code, text = cluster.python(f"""
+    code, text = cluster.python(
+        f"""
 import json, mlflow
 c = mlflow.MlflowClient()
 exp = c.get_experiment_by_name("dinoflow").experiment_id
 runs = c.search_runs([exp], filter_string="tags.`dinoflow.pipeline_run_id` = '{run_id}'")
 print(json.dumps([{{"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags}} for r in runs]))
-""", env=cluster.step_env())
+""",
+        env=cluster.step_env(),
+    )
     assert code == 0, text[-3000:]
     found = json.loads(text.strip().splitlines()[-1])
     stages = {r["tags"].get("dinoflow.stage"): r for r in found if "dinoflow.stage" in r["tags"]}
     # curation may run as one step or fanned out (its stage names then differ); the rest are fixed
-    assert {"pretrain", "distill", "evaluate", "register"} <= set(stages) and any(s.startswith("curate") for s in stages)
+    assert {"pretrain", "distill", "evaluate", "register"} <= set(stages) and any(
+        s.startswith("curate") for s in stages
+    )
     parents = {r["tags"]["mlflow.parentRunId"] for r in stages.values()}
     (parent,) = [r for r in found if r["tags"].get("dinoflow.role") == "pipeline"]
     assert parents == {parent["id"]} and parent["status"] == "FINISHED"

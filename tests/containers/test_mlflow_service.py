@@ -47,7 +47,8 @@ def test_server_runs_restricted_and_answers_only_authenticated_clients_by_servic
 def test_a_tracked_run_stores_params_in_postgres_and_artifacts_in_s3(cluster):
     """A client with the pipeline's credentials logs a run and an artifact through the server (which
     alone holds the S3 credentials); an unauthenticated client gets dinoflow's named error."""
-    code, out = cluster.python("""
+    code, out = cluster.python(
+        """
 import json, mlflow, os, tempfile
 mlflow.set_experiment("container-tier")
 with mlflow.start_run() as run:
@@ -60,18 +61,27 @@ params = client.get_run(run.info.run_id).data.params
 print(json.dumps({"param": params["p"], "note": params["note"],
                   "artifacts": [a.path for a in client.list_artifacts(run.info.run_id)],
                   "artifact_uri": run.info.artifact_uri}))
-""", env={k: v for k, v in cluster.step_env().items() if not k.startswith("AWS_")})
+""",
+        env={k: v for k, v in cluster.step_env().items() if not k.startswith("AWS_")},
+    )
     assert code == 0, out[-3000:]
     got = json.loads(out.strip().splitlines()[-1])
     assert got["note"] == "max |ONNX \u2212 PyTorch| \u2264 1e-5"
-    assert got["param"] == "1" and got["artifacts"] == ["note.txt"] and got["artifact_uri"].startswith("mlflow-artifacts:")
-    anonymous = {k: v for k, v in cluster.step_env().items() if not k.startswith("MLFLOW_TRACKING_") or k.endswith("URI")}
-    code, out = cluster.python("""
+    assert (
+        got["param"] == "1" and got["artifacts"] == ["note.txt"] and got["artifact_uri"].startswith("mlflow-artifacts:")
+    )
+    anonymous = {
+        k: v for k, v in cluster.step_env().items() if not k.startswith("MLFLOW_TRACKING_") or k.endswith("URI")
+    }
+    code, out = cluster.python(
+        """
 from dinoflow import tracking
 from dinoflow.config import load_config
 with tracking.stage_run("curate", load_config(None, ["tracking.system_metrics=false"])):
     pass
-""", env=anonymous)
+""",
+        env=anonymous,
+    )
     assert code != 0 and "refused the request (HTTP 401)" in out and "MLFLOW_TRACKING_USERNAME" in out
 
 
@@ -79,7 +89,8 @@ def test_champion_lookup_of_a_model_not_registered_yet_is_none_on_the_authentica
     """MLflow's basic-auth app answers 403 (not 404) for an alias of a model that does not exist:
     the first registration must read that as "no champion", while the lookup of a model that exists
     without the alias still answers plainly."""
-    code, out = cluster.python("""
+    code, out = cluster.python(
+        """
 import json, uuid, mlflow
 from dinoflow.registry.lineage import current_champion
 client, name = mlflow.MlflowClient(), "tier-" + uuid.uuid4().hex[:8]
@@ -87,6 +98,8 @@ missing = current_champion(client, name, "champion")
 client.create_registered_model(name)
 no_alias = current_champion(client, name, "champion")
 print(json.dumps({"missing": missing, "no_alias": no_alias}))
-""", env=cluster.step_env())
+""",
+        env=cluster.step_env(),
+    )
     assert code == 0, out[-3000:]
     assert json.loads(out.strip().splitlines()[-1]) == {"missing": None, "no_alias": None}

@@ -25,17 +25,34 @@ pytestmark = [pytest.mark.slow, pytest.mark.containers]
 # small enough for three short runs on two CPU cores; the kill lands after step 5's checkpoint, so
 # the retry must restore weights, optimiser, objective state and data position to match
 MAX_STEPS = 20
-STEPS = [f"pretrain.train.max_steps={MAX_STEPS}", "pretrain.train.checkpoint_every=5", "pretrain.train.progress=false",
-         "pretrain.train.batch_size_per_rank=16", "tracking.enabled=false"]
+STEPS = [
+    f"pretrain.train.max_steps={MAX_STEPS}",
+    "pretrain.train.checkpoint_every=5",
+    "pretrain.train.progress=false",
+    "pretrain.train.batch_size_per_rank=16",
+    "tracking.enabled=false",
+]
 
 
 def _probe(curated_uri: str):
     @dsl.pipeline(name="resume-probe")
     def resume_probe(params_yaml: str, overrides: List[str]):
         data = dsl.importer(artifact_uri=curated_uri, artifact_class=dsl.Dataset, reimport=False)
-        pretrain(params_yaml=params_yaml, overrides=overrides, curated=data.output, num_nodes=1, gpus_per_node=0,
-                 accelerator_type="nvidia.com/gpu", image="", trainjob_runtime="", trainjob_runtime_kind="TrainingRuntime",
-                 shared_dir=SHARED, tolerations=[], node_selector={})
+        pretrain(
+            params_yaml=params_yaml,
+            overrides=overrides,
+            curated=data.output,
+            num_nodes=1,
+            gpus_per_node=0,
+            accelerator_type="nvidia.com/gpu",
+            image="",
+            trainjob_runtime="",
+            trainjob_runtime_kind="TrainingRuntime",
+            shared_dir=SHARED,
+            tolerations=[],
+            node_selector={},
+        )
+
     return resume_probe
 
 
@@ -43,8 +60,11 @@ def _run(cluster, demo, shared, root, run_id, params_text, curated, *, kill_afte
     """Run the probe pipeline; optionally SIGKILL the pretrain container once a checkpoint exists."""
     from kfp import local
 
-    local.init(runner=docker_runner(cluster, demo, shared, run_id, labels={"dinoflow-probe": run_id}),
-               pipeline_root=str(root), raise_on_error=False)
+    local.init(
+        runner=docker_runner(cluster, demo, shared, run_id, labels={"dinoflow-probe": run_id}),
+        pipeline_root=str(root),
+        raise_on_error=False,
+    )
     outcome: dict = {}
 
     def go():
@@ -82,9 +102,17 @@ def test_killed_pretrain_step_resumes_on_retry_and_matches_an_uninterrupted_run(
     shared = scratch("dinoflow-shared-")
     # the curated shards, made once on the host onto the shared volume; the probe imports them from
     # the path the step containers see, like an upstream step's artifact
-    cfg = load_config(params, [f"curate.sources=[{demo_data}/pool]", f"curate.seeds={demo_data}/seeds",
-                               f"curate.eval_sets=[{demo_data}/eval]", f"curate.out_dir={shared}/curated",
-                               f"curate.report_dir={shared}/curation-reports", "tracking.enabled=false"])
+    cfg = load_config(
+        params,
+        [
+            f"curate.sources=[{demo_data}/pool]",
+            f"curate.seeds={demo_data}/seeds",
+            f"curate.eval_sets=[{demo_data}/eval]",
+            f"curate.out_dir={shared}/curated",
+            f"curate.report_dir={shared}/curation-reports",
+            "tracking.enabled=false",
+        ],
+    )
     run_stage("curate", cfg)
     text = params.read_text()
     curated = f"{SHARED}/curated"

@@ -35,13 +35,26 @@ def write_pool(root: Path, n: int = 30, copies: int = 3) -> Path:
 
 def tiny_cfg(pool: Path | list, out: Path, *extra: str):
     sources = pool if isinstance(pool, list) else [pool]
-    return load_config(None, [
-        f"curate.sources=[{','.join(str(s) for s in sources)}]", "curate.seeds=null", "curate.eval_sets=[]",
-        "curate.retrieval=none", f"curate.out_dir={out}/curated", f"curate.report_dir={out}/reports",
-        "curate.chunk_size=8", "curate.shard_size=10", "curate.max_side=16", "curate.embed_size=12",
-        "curate.kmeans_levels=[4,2]", "curate.kmeans_iters=5", "curate.report_images=2", "tracking.enabled=false",
-        *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"curate.sources=[{','.join(str(s) for s in sources)}]",
+            "curate.seeds=null",
+            "curate.eval_sets=[]",
+            "curate.retrieval=none",
+            f"curate.out_dir={out}/curated",
+            f"curate.report_dir={out}/reports",
+            "curate.chunk_size=8",
+            "curate.shard_size=10",
+            "curate.max_side=16",
+            "curate.embed_size=12",
+            "curate.kmeans_levels=[4,2]",
+            "curate.kmeans_iters=5",
+            "curate.report_images=2",
+            "tracking.enabled=false",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture

@@ -43,9 +43,12 @@ def main(path: str) -> None:
     h = hierarchical_kmeans(comm, xl, gl, [40, 6], resampling_steps=1, iters=8, seed=2, max_points_per_centroid=30)
     cr = cluster_retrieval(comm, xl, gl, seeds, n_clusters=30, iters=5, cap=50)
     out = {
-        "centroids": km.centroids.tobytes().hex(), "labels": every(km.labels), "sq": every(km.sq_dist.view(np.int32)),
+        "centroids": km.centroids.tobytes().hex(),
+        "labels": every(km.labels),
+        "sq": every(km.sq_dist.view(np.int32)),
         "graph": [nd.graph.a.tolist(), nd.graph.b.tolist(), nd.graph.sim.tobytes().hex()],
-        "nn_sim": every(nd.graph.nn_sim.view(np.int32)), "index": nd.index,
+        "nn_sim": every(nd.graph.nn_sim.view(np.int32)),
+        "index": nd.index,
         "relative": [every(rel.contaminated), every(rel.eval_match), every(rel.eval_sim.view(np.int32))],
         "exact": every(exact_duplicate_of(comm, hashes[lo:hi], gl)),
         "select": every(select_smallest(comm, gl % 20, (gl * 7919 % 1000).astype(np.float64), gl, np.full(20, 5))),

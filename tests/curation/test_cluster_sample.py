@@ -67,7 +67,9 @@ def test_fixed_point_sums_do_not_depend_on_order_or_split():
     fp = FixedPoint(ONE, x)  # Lloyd keeps the sums and updates them with the rows that moved
     fp.centroids(ONE, labels, prev)
     relabelled = np.where(np.arange(len(x)) % 5 == 0, (labels + 1) % 7, labels)
-    np.testing.assert_array_equal(fp.centroids(ONE, relabelled, prev), FixedPoint(ONE, x).centroids(ONE, relabelled, prev))
+    np.testing.assert_array_equal(
+        fp.centroids(ONE, relabelled, prev), FixedPoint(ONE, x).centroids(ONE, relabelled, prev)
+    )
 
 
 def test_assignment_is_certified_on_exact_ties():

@@ -4,7 +4,12 @@ import numpy as np
 
 from dinoflow.curation.comm import Comm
 from dinoflow.curation.dedup import (
-    UnionFind, component_labels, connected_components, exact_duplicate_of, near_duplicates, relative_duplicates,
+    UnionFind,
+    component_labels,
+    connected_components,
+    exact_duplicate_of,
+    near_duplicates,
+    relative_duplicates,
 )
 from dinoflow.curation.ivf import choose_nlist
 from dinoflow.curation.rows import hash128
@@ -79,8 +84,9 @@ def test_ivf_search_matches_exact_search():
     assert ivf.index["kind"] == "ivf" and ivf.index["nlist"] == choose_nlist(len(x), 4, 1000, None)
     assert (flat.keep == ivf.keep).mean() > 0.995
     assert set(zip(ivf.graph.a, ivf.graph.b)) <= set(zip(flat.graph.a, flat.graph.b))  # no false edge
-    small_rounds = near_duplicates(ONE, x, gid, k=8, threshold=0.9, ivf_threshold=1000, nprobe=4, train_per_list=16,
-                                   round_rows=500)
+    small_rounds = near_duplicates(
+        ONE, x, gid, k=8, threshold=0.9, ivf_threshold=1000, nprobe=4, train_per_list=16, round_rows=500
+    )
     assert small_rounds.index["rounds"] > 1  # memory-bounded rounds give the same graph
     np.testing.assert_array_equal(small_rounds.graph.a, ivf.graph.a)
     np.testing.assert_array_equal(small_rounds.graph.nn_sim, ivf.graph.nn_sim)
@@ -93,7 +99,9 @@ def test_relative_duplicates_drop_whole_components():
     d = int(np.flatnonzero(truth >= 0)[0])  # the eval set holds a noisy copy of one planted copy
     o = int(truth[d])
     rng = np.random.default_rng(5)
-    ev = unit(np.concatenate([x[d : d + 1] + 0.01 * rng.normal(size=(1, x.shape[1])), unit(rng.normal(size=(5, x.shape[1])))]))
+    ev = unit(
+        np.concatenate([x[d : d + 1] + 0.01 * rng.normal(size=(1, x.shape[1])), unit(rng.normal(size=(5, x.shape[1])))])
+    )
     rel = relative_duplicates(ONE, x, res.labels, ev, 0.9)
     assert rel.contaminated[d] and rel.contaminated[o] and rel.contaminated.sum() == 2
     assert rel.eval_match[d] == 0 and rel.eval_match[o] in (-1, 0)

@@ -13,8 +13,11 @@ SCRIPT = Path(__file__).with_name("dist_engine.py")
 
 def _run(tmp_path: Path, nproc: int) -> dict:
     out = tmp_path / f"n{nproc}.json"
-    head = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                 f"--nproc-per-node={nproc}"]
+    head = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    )
     proc = subprocess.run([*head, str(SCRIPT), str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())

@@ -43,8 +43,9 @@ def test_global_step_in_process_and_under_torchrun_match_plain_curate(pool, tmp_
     for name, procs, shared_dir in (("inproc", 1, ""), ("torchrun", 2, ""), ("in-pod", 1, str(shared))):
         out = tmp_path / name
         opts = LaunchOptions(gpus_per_node=procs, shared_dir=shared_dir or str(tmp_path / "absent"), run_id="run-3")
-        summary = run_global_step(text, [], tasks, out_dir=str(out / "curated"), report_dir=str(out / "reports"),
-                                  opts=opts)
+        summary = run_global_step(
+            text, [], tasks, out_dir=str(out / "curated"), report_dir=str(out / "reports"), opts=opts
+        )
         assert summary["embedding_shards"]["partitions_computed"] == 0  # every partition came from a task
         assert _files(out / "curated") == expected, name
     assert list(shared.iterdir()) == []

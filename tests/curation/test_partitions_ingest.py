@@ -1,7 +1,6 @@
 """Partitions (the unit of decode+embed work) and the per-partition embedding shards."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +30,12 @@ def test_partitions_chunk_files_and_take_each_tar_whole(tmp_path):
     (root / "notes.txt").write_text("x")
     plan = plan_partitions("pool", [str(root)], 3, "settings")
     assert [[e.rel for e in p.entries] for p in plan.partitions] == [
-        ["a0.png", "a1.png", "a2.png"], ["a3.png", "a4.png", "a5.png"], ["a6.png"], ["m.tar"], ["z.png"]]
+        ["a0.png", "a1.png", "a2.png"],
+        ["a3.png", "a4.png", "a5.png"],
+        ["a6.png"],
+        ["m.tar"],
+        ["z.png"],
+    ]
     assert [p.index for p in plan.partitions] == [0, 1, 2, 3, 4]
     assert plan.skipped == [{"source": str(root), "path": "notes.txt", "reason": "not an image or .tar"}]
     assert Plan.from_json(plan.to_json()).to_json() == plan.to_json()
@@ -71,14 +75,20 @@ def test_ingest_writes_one_embedding_shard_per_partition_and_reuses_it(tmp_path)
     table, x = load_partition(work, plan.partitions[0])
     rows = table.to_pydict()
     assert rows["uid"] == ["empty.png", "flat.png", "img0.png", "img1.png"]
-    assert rows["status"] == ["corrupt", "junk", "ok", "ok"] and rows["detail"][:2] == ["empty: zero bytes", "near_constant"]
+    assert rows["status"] == ["corrupt", "junk", "ok", "ok"] and rows["detail"][:2] == [
+        "empty: zero bytes",
+        "near_constant",
+    ]
     assert rows["content_sha256"][0] == "" and len(rows["content_sha256"][2]) == 64
     assert os.fsdecode(rows["ref"][2]) == str(root / "img0.png")
     assert x.shape == (4, 64) and not x[:2].any() and np.allclose(np.linalg.norm(x[2:], axis=1), 1)
     t2, x2 = load_partition(work, plan.partitions[1])
     assert t2.column("uid").to_pylist()[-1] == "twin.png"
     np.testing.assert_array_equal(x2[-1], x[2])  # the twin has img0's embedding
-    assert ingest_partitions(plan.partitions, c, emb, work, show=False) == {"partitions_computed": 0, "partitions_reused": 2}
+    assert ingest_partitions(plan.partitions, c, emb, work, show=False) == {
+        "partitions_computed": 0,
+        "partitions_reused": 2,
+    }
     invalidate(work, plan.partitions[1])
     assert not partition_done(work, plan.partitions[1])
     assert ingest_partitions(plan.partitions, c, emb, work, show=False)["partitions_computed"] == 1

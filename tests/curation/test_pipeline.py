@@ -39,16 +39,33 @@ def demo(tmp_path_factory) -> Path:
 
 def _overrides(demo: Path, out: Path, *extra: str) -> list[str]:
     return [
-        f"curate.sources=[{demo}/pool]", f"curate.seeds={demo}/seeds", f"curate.eval_sets=[{demo}/eval]",
-        f"curate.out_dir={out}/curated", f"curate.report_dir={out}/reports", "curate.chunk_size=700",
-        "curate.shard_size=800", "tracking.enabled=false", *extra,
+        f"curate.sources=[{demo}/pool]",
+        f"curate.seeds={demo}/seeds",
+        f"curate.eval_sets=[{demo}/eval]",
+        f"curate.out_dir={out}/curated",
+        f"curate.report_dir={out}/reports",
+        "curate.chunk_size=700",
+        "curate.shard_size=800",
+        "tracking.enabled=false",
+        *extra,
     ]
 
 
 def _cli(demo: Path, out: Path, *, nproc: int = 1, wait: bool = True, extra: tuple = ()):
     args = [x for o in _overrides(demo, out, *extra) for x in ("-S", o)]
-    head = [sys.executable, "-m", "dinoflow"] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "dinoflow"]
+    head = (
+        [sys.executable, "-m", "dinoflow"]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "dinoflow",
+        ]
+    )
     cmd = head + ["curate", "-c", str(ROOT / "params.yaml"), *args]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -79,7 +96,9 @@ def test_curate_demo_acceptance_processes_kill_and_resume(demo, tmp_path):
     dups = man[man.status.isin(["exact_dup", "near_dup"])]
     assert dups.duplicate_of.isin(man.uid).all()
     report = json.loads((tmp_path / "one/reports/curation.json").read_text())
-    assert [f["remaining"] for f in report["funnel"]] == sorted([f["remaining"] for f in report["funnel"]], reverse=True)
+    assert [f["remaining"] for f in report["funnel"]] == sorted(
+        [f["remaining"] for f in report["funnel"]], reverse=True
+    )
     for png in report["pngs"].values():
         assert (tmp_path / "one/reports" / png).stat().st_size > 1000
     assert (tmp_path / "one/reports/curation.html").read_text().count("<img") == len(report["pngs"])
@@ -100,14 +119,20 @@ def test_curate_demo_acceptance_processes_kill_and_resume(demo, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = len(list(parts.glob("*.parquet")))
-    assert 2 <= len(list(parts.glob("pool-*.parquet"))) < report["partitions"], "the kill must land during decode + embed"
+    assert 2 <= len(list(parts.glob("pool-*.parquet"))) < report["partitions"], (
+        "the kill must land during decode + embed"
+    )
     resumed = curate(load_config(ROOT / "params.yaml", _overrides(demo, tmp_path / "killed")))
     assert resumed["embedding_shards"]["partitions_reused"] == finished
     assert _outputs(tmp_path / "killed") == one
 
     # Balanced sampling to a target size: no embedding work, the kept count is the target.
-    s = curate(load_config(ROOT / "params.yaml", _overrides(demo, tmp_path / "killed", "curate.target_size=1000",
-                                                           "curate.kmeans_levels=[50,5]")))
+    s = curate(
+        load_config(
+            ROOT / "params.yaml",
+            _overrides(demo, tmp_path / "killed", "curate.target_size=1000", "curate.kmeans_levels=[50,5]"),
+        )
+    )
     assert s["embedding_shards"]["partitions_computed"] == 0 and s["counts"]["kept"] == 1000
     man = pq.read_table(tmp_path / "killed/curated/manifest.parquet").to_pandas()
     assert (man.status == "not_sampled").sum() == s["counts"]["not_sampled"] > 0
@@ -120,8 +145,15 @@ def test_curate_demo_acceptance_processes_kill_and_resume(demo, tmp_path):
 
 def test_sigterm_stops_curation_promptly_with_a_named_error(demo, tmp_path):
     """Issue 14 item 6: SIGTERM during curation ends the stage within seconds, non-zero, with a reason."""
-    cmd = [sys.executable, "-m", "dinoflow", "curate", "-c", str(ROOT / "params.yaml"),
-           *[x for o in _overrides(demo, tmp_path, "curate.chunk_size=200") for x in ("-S", o)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dinoflow",
+        "curate",
+        "-c",
+        str(ROOT / "params.yaml"),
+        *[x for o in _overrides(demo, tmp_path, "curate.chunk_size=200") for x in ("-S", o)],
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
     parts = tmp_path / "curated/.curate/parts"
     deadline = time.time() + 300

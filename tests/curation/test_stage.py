@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from dinoflow.config import ConfigError, load_config
 from dinoflow.curation import pipeline as cp
@@ -19,7 +18,7 @@ from dinoflow.data.decode import decode_image, resize_max_side
 from dinoflow.data.shards import iter_shard, list_shards, write_shard
 from dinoflow.errors import DinoflowError
 
-from .conftest import shape_image, tiny_cfg, write_pool
+from .conftest import shape_image, tiny_cfg
 
 
 def _manifest(out: Path) -> dict:
@@ -55,7 +54,15 @@ def test_tiny_pool_end_to_end(pool, tmp_path):
     assert not (out / "curated" / INCOMPLETE).exists()
     assert "ground_truth" not in report  # scoring planted truth is the demo's business
     assert [f["step"] for f in report["funnel"]] == [
-        "input", "corrupt", "junk", "exact_dup", "near_dup", "eval_contamination", "not_retrieved", "not_sampled"]
+        "input",
+        "corrupt",
+        "junk",
+        "exact_dup",
+        "near_dup",
+        "eval_contamination",
+        "not_retrieved",
+        "not_sampled",
+    ]
     again = cp.curate(tiny_cfg(pool, out))
     assert again["shards_reused"] == again["n_shards"] and again["embedding_shards"]["partitions_computed"] == 0
 
@@ -72,7 +79,9 @@ def test_pool_changed_between_ingest_and_shard_writing_never_gives_wrong_pixels(
         return real(run, rows, plan)
 
     monkeypatch.setattr(cp, "write_outputs", change_pool_then_write)
-    with pytest.raises(DinoflowError, match=r"img_00[57]\.png.*(changed \(its content hash differs\)|is gone) since curate ingested it"):
+    with pytest.raises(
+        DinoflowError, match=r"img_00[57]\.png.*(changed \(its content hash differs\)|is gone) since curate ingested it"
+    ):
         cp.curate(tiny_cfg(pool, out))
     monkeypatch.setattr(cp, "write_outputs", real)
     with pytest.raises(DinoflowError, match="incomplete curated directory"):
@@ -98,7 +107,9 @@ def test_in_place_change_with_same_size_and_mtime_is_caught_and_reingested(pool,
     victim.write_bytes(bytes(new))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     (out / "curated/.curate/shards").rename(out / "curated/.curate/shards-old")  # force shard rewriting
-    with pytest.raises(DinoflowError, match=r"img_004.png.*changed \(its content hash differs\) since curate ingested it"):
+    with pytest.raises(
+        DinoflowError, match=r"img_004.png.*changed \(its content hash differs\) since curate ingested it"
+    ):
         cp.curate(tiny_cfg(pool, out))
     cp.curate(tiny_cfg(pool, out))  # the changed partition was forgotten and is ingested again
     man = _manifest(out)
@@ -209,11 +220,14 @@ def test_inputs_are_checked_before_any_work(pool, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("override,key", [
-    ("curate.kmeans_levels=[0,-3]", "curate.kmeans_levels"),
-    ("curate.kmeans_sample_sizes=[5]", "curate.kmeans_sample_sizes"),
-    ("curate.retrieval_cap_per_cluster=0", "curate.retrieval_cap_per_cluster"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("curate.kmeans_levels=[0,-3]", "curate.kmeans_levels"),
+        ("curate.kmeans_sample_sizes=[5]", "curate.kmeans_sample_sizes"),
+        ("curate.retrieval_cap_per_cluster=0", "curate.retrieval_cap_per_cluster"),
+    ],
+)
 def test_bad_curation_settings_are_refused_at_load(override, key):
     """Issue 14 item 7: `kmeans_levels=[0,-3]` used to run with one cluster."""
     with pytest.raises(ConfigError, match=key.split(".")[1]):

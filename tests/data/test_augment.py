@@ -13,7 +13,13 @@ from dinoflow.errors import DinoflowError
 
 # Every op switched off, identity normalisation: the output is the bare resized crop.
 BARE = dict(
-    flip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0, mean=(0, 0, 0), std=(1, 1, 1)
+    flip_p=0.0,
+    color_jitter_p=0.0,
+    grayscale_p=0.0,
+    blur_p=(0.0, 0.0, 0.0),
+    solarize_p=0.0,
+    mean=(0, 0, 0),
+    std=(1, 1, 1),
 )
 
 
@@ -159,6 +165,7 @@ def test_blur_probability_per_crop_type(blur_p: tuple[float, float, float]) -> N
     loc = frac_changed(base["local_crops"], blur["local_crops"])
     for measured, p in ((g[:N], blur_p[0]), (g[N:], blur_p[1]), (loc, blur_p[2])):
         assert abs(measured.mean().item() - p) < tol(p, measured.numel())
+
     # The change is a blur: it lowers the total variation of the noise crops.
     def tv(t: torch.Tensor) -> torch.Tensor:
         return (t[..., 1:, :] - t[..., :-1, :]).abs().flatten(1).sum(1)
@@ -191,7 +198,9 @@ def scalar_reference_box(H: int, W: int, u: list[float], scale, ratio) -> tuple[
     return (H - h) // 2, (W - w) // 2, h, w
 
 
-@pytest.mark.parametrize("hw,scale", [((256, 320), (0.32, 1.0)), ((256, 320), (0.05, 0.32)), ((30, 200), (0.5, 1.0)), ((28, 28), (0.9, 1.0))])
+@pytest.mark.parametrize(
+    "hw,scale", [((256, 320), (0.32, 1.0)), ((256, 320), (0.05, 0.32)), ((30, 200), (0.5, 1.0)), ((28, 28), (0.9, 1.0))]
+)
 def test_box_sampler_matches_scalar_reference(hw: tuple[int, int], scale: tuple[float, float]) -> None:
     n = 400
     H, W = hw
@@ -199,7 +208,9 @@ def test_box_sampler_matches_scalar_reference(hw: tuple[int, int], scale: tuple[
     ratio = (3 / 4, 4 / 3)
     top, left, h, w = sample_crop_boxes(torch.full((n,), H), torch.full((n,), W), u, scale, ratio)
     for i in range(n):
-        assert (top[i].item(), left[i].item(), h[i].item(), w[i].item()) == scalar_reference_box(H, W, u[i].tolist(), scale, ratio)
+        assert (top[i].item(), left[i].item(), h[i].item(), w[i].item()) == scalar_reference_box(
+            H, W, u[i].tolist(), scale, ratio
+        )
     assert bool(((top >= 0) & (left >= 0) & (top + h <= H) & (left + w <= W)).all())
 
 

@@ -18,7 +18,14 @@ from dinoflow.data.decode import CorruptImage, decode_image, pixel_hash
 from dinoflow.data.demo_sources import mnist_split
 from dinoflow.errors import DinoflowError
 
-SMALL = {"n_exact_dups": 12, "n_near_dups": 16, "n_junk": 9, "n_corrupt": 10, "n_eval_copies": 6, "n_seeds_per_class": 3}
+SMALL = {
+    "n_exact_dups": 12,
+    "n_near_dups": 16,
+    "n_junk": 9,
+    "n_corrupt": 10,
+    "n_eval_copies": 6,
+    "n_seeds_per_class": 3,
+}
 
 
 def cfg_for(out: Path, **demo_overrides) -> Config:
@@ -26,7 +33,11 @@ def cfg_for(out: Path, **demo_overrides) -> Config:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------- fast unit checks
@@ -137,7 +148,9 @@ def test_planted_kinds_behave_as_labelled(built):
             out_px, src = pixels[uid], pixels[rec["of"]].astype(np.uint8)
             t, prm = rec["transform"], rec["params"]
             if t == "shift":
-                np.testing.assert_array_equal(np.roll(src, (prm["dy"], prm["dx"]), axis=(0, 1))[2:-2, 2:-2], out_px[2:-2, 2:-2])
+                np.testing.assert_array_equal(
+                    np.roll(src, (prm["dy"], prm["dx"]), axis=(0, 1))[2:-2, 2:-2], out_px[2:-2, 2:-2]
+                )
             elif t == "jpeg":
                 np.testing.assert_array_equal(demo.jpeg_roundtrip(src, prm["quality"]), out_px)
             elif t == "crop_resize":

@@ -63,7 +63,9 @@ def test_unreachable_endpoint(s3_env, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    with pytest.raises(DinoflowError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+ for bucket 'b'.*AWS_ENDPOINT_URL"):
+    with pytest.raises(
+        DinoflowError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+ for bucket 'b'.*AWS_ENDPOINT_URL"
+    ):
         s3.list_keys("s3://b/prefix/")
 
 
@@ -112,7 +114,9 @@ def test_bad_credentials_are_named(bucket, moto_auth, monkeypatch):
 def test_wrong_secret_is_named(bucket, moto_auth, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_auth["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    with pytest.raises(DinoflowError, match=f"S3 rejected the credentials for bucket '{bucket}'.*SignatureDoesNotMatch"):
+    with pytest.raises(
+        DinoflowError, match=f"S3 rejected the credentials for bucket '{bucket}'.*SignatureDoesNotMatch"
+    ):
         s3.read_bytes(f"s3://{bucket}/x.png")
 
 

@@ -24,7 +24,9 @@ def png(seed: int, side: int = 8) -> bytes:
 
 
 def make_samples(n: int) -> list[tuple[str, bytes, str, dict]]:
-    return [(f"{i:06d}", png(i), "jpg" if i % 3 == 2 else "png", {"uid": f"pool/img_{i}.png", "i": i}) for i in range(n)]
+    return [
+        (f"{i:06d}", png(i), "jpg" if i % 3 == 2 else "png", {"uid": f"pool/img_{i}.png", "i": i}) for i in range(n)
+    ]
 
 
 def write_all(out: Path, samples, shard_size: int = 3) -> list[Path]:
@@ -188,7 +190,9 @@ def test_malformed_members_are_skipped_and_counted(tmp_path):
 
 
 def test_truncated_shard_yields_complete_samples_then_counts(tmp_path):
-    full = write_shard(tmp_path / "full.tar", [(f"{i:03d}", png(i, 32), "png", {"i": i}) for i in range(4)]).read_bytes()
+    full = write_shard(
+        tmp_path / "full.tar", [(f"{i:03d}", png(i, 32), "png", {"i": i}) for i in range(4)]
+    ).read_bytes()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(full[: int(len(full) * 0.6)])
     stats = ShardStats()

@@ -60,11 +60,15 @@ def test_folder_recursive_sorted_relative_uids(tree):
     ]
     assert {i.source for i in items} == {str(tree)}
     assert items[4].meta == {"label": 1}
-    assert stats.skipped_files == [
-        {"path": ".cache", "reason": "hidden (names starting with '.' are not inputs)"},
-        {"path": ".hidden.png", "reason": "hidden (names starting with '.' are not inputs)"},
-        {"path": "notes.txt", "reason": "not an image or .tar"},
-    ] and stats.items == 10
+    assert (
+        stats.skipped_files
+        == [
+            {"path": ".cache", "reason": "hidden (names starting with '.' are not inputs)"},
+            {"path": ".hidden.png", "reason": "hidden (names starting with '.' are not inputs)"},
+            {"path": "notes.txt", "reason": "not an image or .tar"},
+        ]
+        and stats.items == 10
+    )
     assert [i.uid for i in iter_source(str(tree))] == [i.uid for i in items]  # deterministic
 
 

@@ -37,10 +37,14 @@ def test_dockerfile_is_pinned_non_root_and_complete(path):
         tag = name.rsplit(":", 1)[-1] if ":" in name.split("/")[-1] else ""
         assert tag and tag != "latest" and re.search(r"\d", tag), f"unpinned base image {name}"
     users = [rest for op, rest in ins if op == "USER"]
-    assert users and not users[-1].split(":")[0] in ("root", "0"), "the final USER must be non-root"
-    assert [op for op, _ in ins].index("USER") > max(i for i, (op, _) in enumerate(ins) if op == "RUN"), "USER after the last RUN"
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the final USER must be non-root"
+    assert [op for op, _ in ins].index("USER") > max(i for i, (op, _) in enumerate(ins) if op == "RUN"), (
+        "USER after the last RUN"
+    )
     run = " ".join(rest for op, rest in ins if op == "RUN")
-    assert re.search(r"torch==\$\{TORCH_VERSION\}", run) and any(op == "ARG" and rest.startswith("TORCH_VERSION=2.") for op, rest in ins)
+    assert re.search(r"torch==\$\{TORCH_VERSION\}", run) and any(
+        op == "ARG" and rest.startswith("TORCH_VERSION=2.") for op, rest in ins
+    )
     assert "-c constraints.txt" in run, "project installed against the pinned constraints"
     copies = " ".join(rest for op, rest in ins if op == "COPY")
     for needed in ("src", "components", "pipelines", "docker/entrypoint.sh"):
@@ -75,7 +79,11 @@ def test_caches_and_home_are_env_not_entrypoint(path):
 
 
 def test_dockerignore_keeps_local_state_and_secrets_out():
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".git", ".venv", "data", "models", "mlruns", "mlflow.db", ".env"} <= ignored
     assert not {"src", "components", "pipelines", "docker"} & ignored
 

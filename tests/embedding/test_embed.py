@@ -35,7 +35,9 @@ def encode(a: np.ndarray, fmt: str = "PNG") -> bytes:
 def pictures(n: int, seed: int = 0) -> list[np.ndarray]:
     """Grey and RGB images of a few sizes (the transform resizes and crops them)."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (SIZE + i % 3, SIZE + i % 5) + (() if i % 2 else (3,)), dtype=np.uint8) for i in range(n)]
+    return [
+        rng.integers(0, 256, (SIZE + i % 3, SIZE + i % 5) + (() if i % 2 else (3,)), dtype=np.uint8) for i in range(n)
+    ]
 
 
 def reference(backbone: torch.nn.Module, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -94,14 +96,18 @@ def test_tar_shards(backbone, tmp_path, capsys):
     shards = tmp_path / "shards"
     shards.mkdir()
     write_shard(shards / "shard-000000.tar", [(f"{i:06d}", encode(a), "png", {}) for i, a in enumerate(imgs[:3])])
-    write_shard(shards / "shard-000001.tar", [(f"{i:06d}", encode(a), "png", {}) for i, a in enumerate(imgs[3:], 3)]
-                + [("000009", b"\x89PNG junk", "png", {})])
+    write_shard(
+        shards / "shard-000001.tar",
+        [(f"{i:06d}", encode(a), "png", {}) for i, a in enumerate(imgs[3:], 3)]
+        + [("000009", b"\x89PNG junk", "png", {})],
+    )
     assert embed(pth, shards, "-o", tmp_path / "s.parquet") == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 1
     uids, emb = read_embeddings(tmp_path / "s.parquet")
     assert uids == [f"shard-00000{0 if i < 3 else 1}.tar/{i:06d}" for i in range(5)]
-    np.testing.assert_allclose(emb, reference(model, [np.array(Image.open(io.BytesIO(encode(a))).convert("RGB"))
-                                                      for a in imgs])[0], atol=1e-5)
+    np.testing.assert_allclose(
+        emb, reference(model, [np.array(Image.open(io.BytesIO(encode(a))).convert("RGB")) for a in imgs])[0], atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -129,8 +135,23 @@ def test_kill_and_resume_gives_the_uninterrupted_result(backbone, tmp_path):
     src.mkdir()
     for i, a in enumerate(pictures(120, seed=3)):
         (src / f"{i:04d}.png").write_bytes(encode(a))
-    cmd = [sys.executable, "-m", "dinoflow", "embed", str(pth), str(src), "--image-size", "84", "--resize-ratio", "1.0",
-           "--batch-size", "4", "--part-size", "8", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dinoflow",
+        "embed",
+        str(pth),
+        str(src),
+        "--image-size",
+        "84",
+        "--resize-ratio",
+        "1.0",
+        "--batch-size",
+        "4",
+        "--part-size",
+        "8",
+        "--no-progress",
+    ]
     killed = tmp_path / "killed.parquet"
     proc = subprocess.Popen(cmd + ["-o", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     parts = parts_dir(killed)

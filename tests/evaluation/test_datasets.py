@@ -35,14 +35,18 @@ def test_labelled_folders(tmp_path):
             d.mkdir(parents=True)
             for i in range(n):
                 (d / f"{i}.png").write_bytes(_png(v))
-    s = load_eval_dataset(EvalDataset(name="pets", kind="folder", train=str(tmp_path / "train"), test=str(tmp_path / "test")))
+    s = load_eval_dataset(
+        EvalDataset(name="pets", kind="folder", train=str(tmp_path / "train"), test=str(tmp_path / "test"))
+    )
     assert s.classes == ["cat", "dog"]
     assert s.train.labels.tolist() == [0, 0, 0, 1, 1, 1] and s.test.labels.tolist() == [0, 0, 1, 1]
     assert s.train.images.shape == (6, 10, 12, 3) and s.train.images[3, 0, 0, 0] == 200
     (tmp_path / "test" / "bird").mkdir()
     (tmp_path / "test" / "bird" / "0.png").write_bytes(_png(5))
     with pytest.raises(DinoflowError, match="bird"):
-        load_eval_dataset(EvalDataset(name="pets", kind="folder", train=str(tmp_path / "train"), test=str(tmp_path / "test")))
+        load_eval_dataset(
+            EvalDataset(name="pets", kind="folder", train=str(tmp_path / "train"), test=str(tmp_path / "test"))
+        )
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
@@ -53,13 +57,20 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_labelled_shards(tmp_path):
     from dinoflow.data.shards import write_shard
 
-    write_shard(tmp_path / "train" / "shards-000000.tar", [(f"k{i}", _png(i * 40), "png", {"label": ["a", "b"][i % 2]}) for i in range(4)])
+    write_shard(
+        tmp_path / "train" / "shards-000000.tar",
+        [(f"k{i}", _png(i * 40), "png", {"label": ["a", "b"][i % 2]}) for i in range(4)],
+    )
     write_shard(tmp_path / "test" / "shards-000000.tar", [("t0", _png(7), "png", {"label": "b"})])
-    s = load_eval_dataset(EvalDataset(name="s", kind="shards", train=str(tmp_path / "train"), test=str(tmp_path / "test")))
+    s = load_eval_dataset(
+        EvalDataset(name="s", kind="shards", train=str(tmp_path / "train"), test=str(tmp_path / "test"))
+    )
     assert s.classes == ["a", "b"] and s.train.labels.tolist() == [0, 1, 0, 1] and s.test.labels.tolist() == [1]
     write_shard(tmp_path / "bad" / "shards-000000.tar", [("u", _png(1), "png", {})])
     with pytest.raises(DinoflowError, match="label"):
-        load_eval_dataset(EvalDataset(name="s", kind="shards", train=str(tmp_path / "bad"), test=str(tmp_path / "test")))
+        load_eval_dataset(
+            EvalDataset(name="s", kind="shards", train=str(tmp_path / "bad"), test=str(tmp_path / "test"))
+        )
 
 
 def test_config_requires_paths_for_files():

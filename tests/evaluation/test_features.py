@@ -18,7 +18,9 @@ def _model():
 def test_features_match_forward_features():
     m = _model()
     imgs = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
-    f = extract_features(m, imgs, np.arange(10), image_size=28, resize_ratio=1.0, batch_size=4, n_last_blocks=4, progress=False)
+    f = extract_features(
+        m, imgs, np.arange(10), image_size=28, resize_ratio=1.0, batch_size=4, n_last_blocks=4, progress=False
+    )
     assert f.blocks_cls.shape == (10, 3, 64)  # n_last_blocks clipped to the 3-block depth
     out = m.forward_features(eval_transform(torch.from_numpy(imgs), 28, 1.0))
     torch.testing.assert_close(f.cls, out["x_norm_clstoken"], atol=1e-5, rtol=1e-5)

@@ -70,7 +70,9 @@ def test_matches_reference_with_tied_similarities():
     train_y = torch.randint(0, 5, (300,), generator=g)
     ours = knn_classify(train_x, train_y, test_x, ks=KS, temperature=0.07, batch_size=17)
     ref, _ = reference_knn(train_x, train_y, test_x, KS, 0.07, 5, tie_free=False)
-    n_tied_rows = sum(int((train_x / train_x.norm(dim=1, keepdim=True) @ (q / q.norm()) == 1).sum() > 1) for q in test_x)
+    n_tied_rows = sum(
+        int((train_x / train_x.norm(dim=1, keepdim=True) @ (q / q.norm()) == 1).sum() > 1) for q in test_x
+    )
     assert n_tied_rows > 40  # the data really is full of ties
     for k in KS:
         assert ours[k].tolist() == ref[k], f"k={k}"

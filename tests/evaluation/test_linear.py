@@ -31,7 +31,9 @@ def test_linear_input_follows_the_official_layout():
     f = _separable(6, 0)
     x = linear_input(f, 4, True)
     # CLS of the last 4 blocks oldest first, then the average-pooled patch tokens.
-    assert torch.equal(x, torch.cat([f.blocks_cls[:, 0], f.blocks_cls[:, 1], f.blocks_cls[:, 2], f.blocks_cls[:, 3], f.patch_mean], 1))
+    assert torch.equal(
+        x, torch.cat([f.blocks_cls[:, 0], f.blocks_cls[:, 1], f.blocks_cls[:, 2], f.blocks_cls[:, 3], f.patch_mean], 1)
+    )
     assert torch.equal(linear_input(f, 1, False), f.blocks_cls[:, -1])
 
 
@@ -63,7 +65,9 @@ def test_probe_picks_the_informative_blocks_and_generalises():
 def test_selection_never_looks_at_the_test_split():
     train, test = _separable(300, 4), _separable(100, 5)
     shuffled = FeatureSet(test.cls, test.blocks_cls, test.patch_mean, test.labels[torch.randperm(100)])
-    noise = FeatureSet(torch.randn_like(test.cls), torch.randn_like(test.blocks_cls), torch.randn_like(test.patch_mean), test.labels)
+    noise = FeatureSet(
+        torch.randn_like(test.cls), torch.randn_like(test.blocks_cls), torch.randn_like(test.patch_mean), test.labels
+    )
     kw = dict(n_last_blocks=(1, 4), avgpool=(False, True), lrs=(1e-3, 0.1), epochs=5)
     a, b, c = linear_probe(train, test, **kw), linear_probe(train, shuffled, **kw), linear_probe(train, noise, **kw)
     assert a.best == b.best == c.best and a.val_top1 == b.val_top1 == c.val_top1

@@ -20,7 +20,12 @@ from dinoflow.evaluation.report import (
     write_eval_json,
 )
 
-KNN = {10: {"top1": 0.9, "top5": 0.99}, 20: {"top1": 0.91, "top5": 0.995}, 100: {"top1": 0.8, "top5": 0.97}, 200: {"top1": 0.7, "top5": 0.96}}
+KNN = {
+    10: {"top1": 0.9, "top5": 0.99},
+    20: {"top1": 0.91, "top5": 0.995},
+    100: {"top1": 0.8, "top5": 0.97},
+    200: {"top1": 0.7, "top5": 0.96},
+}
 
 
 def test_entry_has_the_schema_and_reports_k20():
@@ -48,7 +53,10 @@ def test_provenance_is_written_beside_the_results_and_checked(tmp_path):
     from dinoflow.evaluation.report import PROVENANCE_KEY, split_eval_json
 
     rep = {"student": {"mnist": eval_entry(KNN, None, None, None)}}
-    prov = {"models": {"student": {"path": "s.pth", "sha256": "0" * 64}}, "datasets": {"mnist": {"fingerprint": "f" * 64}}}
+    prov = {
+        "models": {"student": {"path": "s.pth", "sha256": "0" * 64}},
+        "datasets": {"mnist": {"fingerprint": "f" * 64}},
+    }
     written = json.loads(write_eval_json(tmp_path / "eval.json", rep, prov).read_text())
     assert split_eval_json(written) == (rep, prov)
     check_eval_report(written)
@@ -59,8 +67,14 @@ def test_provenance_is_written_beside_the_results_and_checked(tmp_path):
 
 
 def test_markdown_lists_every_model_and_value():
-    rep = {m: {"mnist": eval_entry(KNN, 0.5 + i / 10, None if m == "raw_pixels" else {"n_last_blocks": 4, "avgpool": True, "lr": 0.01}, 0.4)}
-           for i, m in enumerate(["teacher", "raw_pixels"])}
+    rep = {
+        m: {
+            "mnist": eval_entry(
+                KNN, 0.5 + i / 10, None if m == "raw_pixels" else {"n_last_blocks": 4, "avgpool": True, "lr": 0.01}, 0.4
+            )
+        }
+        for i, m in enumerate(["teacher", "raw_pixels"])
+    }
     md = render_markdown(rep, {"notes": ["k clipped"], "datasets": {"mnist": {"n_train": 4000, "n_test": 1000}}})
     assert "| teacher | 0.910 |" in md and "| raw_pixels |" in md and "0.600" in md
     assert "4 blk, avgpool on, lr 0.01" in md and "k clipped" in md and "4000 train / 1000 test" in md

@@ -10,18 +10,24 @@ import torch
 from dinoflow.config import load_config
 from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
-from dinoflow.evaluation.report import ENTRY_KEYS, check_eval_report
 from dinoflow.evaluation.datasets import EvalSplit, LabelledImages
+from dinoflow.evaluation.report import ENTRY_KEYS, check_eval_report
 from dinoflow.evaluation.run import build_random_init, eval_set_fingerprint, evaluate
 from dinoflow.models import build_backbone, export_backbone
 
 
 def _cfg(tmp_path, *extra):
     models = f"{{teacher: {tmp_path}/teacher/backbone.pth, student: {tmp_path}/student/backbone.pth}}"
-    return load_config("params.yaml", [
-        f"evaluate.models={models}", f"evaluate.report_dir={tmp_path}/reports", "tracking.enabled=false",
-        "evaluate.progress=false", *extra,
-    ])
+    return load_config(
+        "params.yaml",
+        [
+            f"evaluate.models={models}",
+            f"evaluate.report_dir={tmp_path}/reports",
+            "tracking.enabled=false",
+            "evaluate.progress=false",
+            *extra,
+        ],
+    )
 
 
 def test_missing_model_names_path_and_stage(tmp_path):
@@ -51,16 +57,32 @@ def test_random_init_copies_the_architecture_with_its_own_layerscale():
 @pytest.mark.filterwarnings("ignore:k-NN")
 def test_evaluate_end_to_end(tmp_path):
     torch.manual_seed(0)
-    export_backbone(build_backbone("vit_mini", patch_size=7, img_size=28, layerscale_init=0.1), tmp_path / "teacher" / "backbone.pth")
-    export_backbone(build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=0.1), tmp_path / "student" / "backbone.pth")
-    cfg = _cfg(tmp_path, "evaluate.max_train=150", "evaluate.max_test=50", "evaluate.linear_epochs=2",
-               "evaluate.linear_lrs=[0.1]", "evaluate.logreg_cs=[1.0]", "evaluate.logreg_max_iter=50", "evaluate.n_pca_images=2")
+    export_backbone(
+        build_backbone("vit_mini", patch_size=7, img_size=28, layerscale_init=0.1),
+        tmp_path / "teacher" / "backbone.pth",
+    )
+    export_backbone(
+        build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=0.1),
+        tmp_path / "student" / "backbone.pth",
+    )
+    cfg = _cfg(
+        tmp_path,
+        "evaluate.max_train=150",
+        "evaluate.max_test=50",
+        "evaluate.linear_epochs=2",
+        "evaluate.linear_lrs=[0.1]",
+        "evaluate.logreg_cs=[1.0]",
+        "evaluate.logreg_max_iter=50",
+        "evaluate.n_pca_images=2",
+    )
     out = evaluate(cfg)
     rep = json.loads((tmp_path / "reports" / "eval.json").read_text())
     check_eval_report(rep)
     prov = rep.pop("_provenance")  # what was evaluated: register checks it (issue 14.3)
-    assert prov["models"] == {n: {"path": str(tmp_path / n / "backbone.pth"),
-                                  "sha256": file_sha256(tmp_path / n / "backbone.pth")} for n in ("teacher", "student")}
+    assert prov["models"] == {
+        n: {"path": str(tmp_path / n / "backbone.pth"), "sha256": file_sha256(tmp_path / n / "backbone.pth")}
+        for n in ("teacher", "student")
+    }
     assert set(prov["datasets"]) == {"mnist", "digits"} and prov["datasets"]["mnist"]["n_test"] == 50
     assert prov["datasets"]["mnist"]["fingerprint"] != prov["datasets"]["digits"]["fingerprint"]
     assert set(rep) == {"teacher", "student", "random_init", "raw_pixels"}
@@ -75,7 +97,12 @@ def test_evaluate_end_to_end(tmp_path):
     md = (tmp_path / "reports" / "eval.md").read_text()
     assert "| random_init |" in md and "k-NN k clipped" in md  # k = 200 > 150 train samples
     names = sorted(p.name for p in (tmp_path / "reports").glob("*.png"))
-    assert names == ["eval_cls_map_digits.png", "eval_cls_map_mnist.png", "eval_patch_pca_digits.png", "eval_patch_pca_mnist.png"]
+    assert names == [
+        "eval_cls_map_digits.png",
+        "eval_cls_map_mnist.png",
+        "eval_patch_pca_digits.png",
+        "eval_patch_pca_mnist.png",
+    ]
 
 
 def test_eval_set_fingerprint_follows_images_labels_and_protocol():

@@ -19,8 +19,8 @@ TINY = [
 
 def _step_parts(*extra: str):
     from dinoflow.config import load_config
-    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.optim import build_optimizer, param_groups
+    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.schedules import Schedules
 
     cfg = load_config(None, TINY + list(extra)).pretrain
@@ -41,7 +41,9 @@ def test_bf16_step_never_waits_for_the_device(centering):
 
     cfg, obj, net, opt, sched, images = _step_parts(f"pretrain.loss.centering={centering}")
     views = [obj.views(images, i, 0) for i in range(3)]
-    train_step(obj, net, opt, views[0], sched.at(0), clip_grad=3.0, device=images.device)  # warm-up: allocation, autotune
+    train_step(
+        obj, net, opt, views[0], sched.at(0), clip_grad=3.0, device=images.device
+    )  # warm-up: allocation, autotune
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -113,10 +115,9 @@ def test_blocks_compile_with_inductor_and_match_eager():
 def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_fp32_gradients():
     import torch.distributed as dist
 
-    from dinoflow.train.distributed import DistEnv, wrap_model
-    from dinoflow.models import heads_from_config
     from dinoflow.config import HeadConfig
-    from dinoflow.models import build_backbone
+    from dinoflow.models import build_backbone, heads_from_config
+    from dinoflow.train.distributed import DistEnv, wrap_model
     from dinoflow.train.ssl_net import SSLNet
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

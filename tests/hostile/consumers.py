@@ -45,9 +45,16 @@ class Outcome:
 def _curate_params(folder: Path, work: Path) -> Path:
     params = {
         "curate": {
-            "sources": [str(folder)], "seeds": None, "eval_sets": [], "out_dir": str(work / "curated"),
-            "report_dir": str(work / "reports"), "retrieval": "none", "kmeans_levels": [4], "embed_size": 28,
-            "max_side": 28, "report_images": 2,
+            "sources": [str(folder)],
+            "seeds": None,
+            "eval_sets": [],
+            "out_dir": str(work / "curated"),
+            "report_dir": str(work / "reports"),
+            "retrieval": "none",
+            "kmeans_levels": [4],
+            "embed_size": 28,
+            "max_side": 28,
+            "report_images": 2,
         },
         "tracking": {"enabled": False},
     }
@@ -68,8 +75,12 @@ def run_curate(folder: Path, work: Path) -> Outcome:
             code = main(["curate", "-c", str(params)])
         except BaseException as e:  # noqa: BLE001 - a raw exception is an outcome the tests judge
             return Outcome(None, f"{type(e).__name__}: {e}", type(e).__name__, time.perf_counter() - t0)
-    out = Outcome(code, err.getvalue().strip().splitlines()[-1] if code else "", "DinoflowError" if code else "",
-                  time.perf_counter() - t0)
+    out = Outcome(
+        code,
+        err.getvalue().strip().splitlines()[-1] if code else "",
+        "DinoflowError" if code else "",
+        time.perf_counter() - t0,
+    )
     manifest = work / "curated" / "manifest.parquet"
     if manifest.exists():
         import pyarrow.parquet as pq
@@ -134,7 +145,9 @@ CONSUMERS: dict[str, Callable[[Path, Path], Outcome]] = {
 }
 
 
-def layout(root: Path, case_make: Callable[[Path], None], name: str, good: Callable[[Path, int, int], Any]) -> dict[str, Path]:
+def layout(
+    root: Path, case_make: Callable[[Path], None], name: str, good: Callable[[Path, int, int], Any]
+) -> dict[str, Path]:
     """The folders each consumer reads for one case under `root`: {consumer: folder}.
 
     pool/ (curate, pretrain, embed): the case beside 2 good images; eval/: train/a holds the case.

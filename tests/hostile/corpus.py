@@ -156,29 +156,56 @@ ODD_NAMES = [
 ]
 
 IMAGE_CASES: list[FileCase] = [
-    FileCase("bomb_header_30000x30000.png", _write(lambda: png_header_bomb(30000, 30000)),
-             Expect("corrupt:decompression_bomb", "skipped", CORRUPT)),
-    FileCase("bomb_over_max_pixels_9000x9000.png", _write(lambda: png_header_bomb(9000, 9000)),
-             Expect("corrupt:decompression_bomb", "skipped", CORRUPT)),
+    FileCase(
+        "bomb_header_30000x30000.png",
+        _write(lambda: png_header_bomb(30000, 30000)),
+        Expect("corrupt:decompression_bomb", "skipped", CORRUPT),
+    ),
+    FileCase(
+        "bomb_over_max_pixels_9000x9000.png",
+        _write(lambda: png_header_bomb(9000, 9000)),
+        Expect("corrupt:decompression_bomb", "skipped", CORRUPT),
+    ),
     FileCase("bomb_text_chunk.png", _write(png_text_bomb), Expect("corrupt:decompression_bomb", "skipped", CORRUPT)),
-    FileCase("truncated.png", _write(_truncated(lambda: png_bytes(Image.fromarray(digit(8)).resize((96, 96))), 0.6)),
-             Expect("corrupt:truncated", "skipped", CORRUPT)),
+    FileCase(
+        "truncated.png",
+        _write(_truncated(lambda: png_bytes(Image.fromarray(digit(8)).resize((96, 96))), 0.6)),
+        Expect("corrupt:truncated", "skipped", CORRUPT),
+    ),
     FileCase("truncated.jpg", _write(_truncated(_jpeg, 0.5)), Expect("corrupt:truncated", "skipped", CORRUPT)),
     FileCase("zero_bytes.png", _write(b""), Expect("corrupt:empty", "skipped", CORRUPT)),
-    FileCase("text_not_image.png", _write(b"this is a text file, not a PNG\n"), Expect("corrupt:not_an_image", "skipped", CORRUPT)),
-    FileCase("html_not_image.jpg", _write(b"<!doctype html><title>x</title>\n"), Expect("corrupt:not_an_image", "skipped", CORRUPT)),
-    FileCase("random_bytes.webp", _write(lambda: np.random.default_rng(0).bytes(4096)),
-             Expect("corrupt:not_an_image", "skipped", CORRUPT)),
+    FileCase(
+        "text_not_image.png",
+        _write(b"this is a text file, not a PNG\n"),
+        Expect("corrupt:not_an_image", "skipped", CORRUPT),
+    ),
+    FileCase(
+        "html_not_image.jpg",
+        _write(b"<!doctype html><title>x</title>\n"),
+        Expect("corrupt:not_an_image", "skipped", CORRUPT),
+    ),
+    FileCase(
+        "random_bytes.webp",
+        _write(lambda: np.random.default_rng(0).bytes(4096)),
+        Expect("corrupt:not_an_image", "skipped", CORRUPT),
+    ),
     FileCase("cmyk.jpg", _save(_cmyk, "JPEG"), Expect("decoded", "used", "loaded")),
     FileCase("gray16.png", _save(_gray16, "PNG"), Expect("decoded", "used", "loaded")),
     FileCase("palette_alpha.png", _save(_palette_alpha, "PNG"), Expect("decoded", "used", "loaded")),
     FileCase("animated.png", _animated("PNG"), Expect("decoded", "used", "loaded")),
     # .gif is not an image suffix (dinoflow.data.formats): listed as skipped, read by no stage
     FileCase("animated.gif", _animated("GIF"), Expect("skipped", "ignored", "ignored")),
-    FileCase("tall_1x60000.png", _save(lambda: Image.new("L", (1, 60000), 128), "PNG"), Expect("junk:too_small", "used", "loaded")),
+    FileCase(
+        "tall_1x60000.png",
+        _save(lambda: Image.new("L", (1, 60000), 128), "PNG"),
+        Expect("junk:too_small", "used", "loaded"),
+    ),
     FileCase("not_an_image_suffix.png.txt", _write(good_png), Expect("skipped", "ignored", "ignored")),
     FileCase("no_suffix", _write(good_png), Expect("skipped", "ignored", "ignored")),
-    *[FileCase(n, _write(lambda i=i: good_png(20 + i)), Expect("decoded", "used", "loaded")) for i, n in enumerate(ODD_NAMES)],
+    *[
+        FileCase(n, _write(lambda i=i: good_png(20 + i)), Expect("decoded", "used", "loaded"))
+        for i, n in enumerate(ODD_NAMES)
+    ],
 ]
 
 # ---------------------------------------------------------------- file-system objects

@@ -90,10 +90,14 @@ def check(case: FileCase, consumer: str, out: Outcome, n_good: int) -> None:
             assert name in out.report.get("skipped_files", []), f"{name!r} not in skipped_files"
         else:
             marker = _ascii_marker(name)
-            assert out.mentions(name) or out.mentions(marker), f"{name!r} appears in neither the manifest nor the report"
+            assert out.mentions(name) or out.mentions(marker), (
+                f"{name!r} appears in neither the manifest nor the report"
+            )
         return
     if exp == "named_error":
-        assert out.error_type == "DinoflowError", f"{consumer}: expected a named error for {name!r}, got {out.error_type or 'success'}: {out.error}"
+        assert out.error_type == "DinoflowError", (
+            f"{consumer}: expected a named error for {name!r}, got {out.error_type or 'success'}: {out.error}"
+        )
         assert _ascii_marker(name) in out.error, f"the error does not name {name!r}: {out.error}"
         return
     assert out.error_type == "", f"{consumer} failed on {name!r}: {out.error}"
@@ -146,9 +150,16 @@ def _run_special(case: FileCase) -> dict[str, Outcome]:
             if d.is_dir() and not d.is_symlink() and d.name != case.name:
                 d.chmod(0o755)
         if case.name in NEEDS_UNPRIVILEGED:
-            cmd = [*unprivileged_prefix(), sys.executable, str(HERE / "consumers.py"),
-                   json.dumps({k: str(v) for k, v in folders.items()}), str(root / "work")]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            cmd = [
+                *unprivileged_prefix(),
+                sys.executable,
+                str(HERE / "consumers.py"),
+                json.dumps({k: str(v) for k, v in folders.items()}),
+                str(root / "work"),
+            ]
+            r = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            )
             assert r.returncode == 0, r.stderr[-3000:]
             return {c: Outcome(**o) for c, o in json.loads(r.stdout.strip().splitlines()[-1]).items()}
         out = {}
@@ -199,10 +210,13 @@ def test_training_folder_of_undecodable_files_is_a_named_error(tmp_path):
     cmd = [sys.executable, str(HERE / "consumers.py"), json.dumps({"pretrain": str(folder)}), str(tmp_path / "work")]
     t0 = time.monotonic()
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=UNDECODABLE_LIMIT_S,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=UNDECODABLE_LIMIT_S, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the training reader ran {UNDECODABLE_LIMIT_S} s over a folder with no decodable image (it loops forever)")
+        pytest.fail(
+            f"the training reader ran {UNDECODABLE_LIMIT_S} s over a folder with no decodable image (it loops forever)"
+        )
     out = Outcome(**json.loads(r.stdout.strip().splitlines()[-1])["pretrain"])
     assert out.error_type == "DinoflowError" and str(folder) in out.error, out.error
     assert time.monotonic() - t0 < UNDECODABLE_LIMIT_S

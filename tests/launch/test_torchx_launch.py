@@ -38,16 +38,24 @@ def test_multi_node_appdef_rendezvous_on_rank0():
         train(stage="curate")
 
 
-CLUSTER = dict(image="img:1", config="/app/params.yaml", shared_pvc="dinoflow-shared", workdir="/mnt/dinoflow-shared/torchx",
-               tracking_uri="http://dinoflow-mlflow.dinoflow.svc.cluster.local:5000",
-               s3_endpoint_url="http://dinoflow-minio.dinoflow.svc.cluster.local:9000", secrets="dinoflow-s3,dinoflow-mlflow")
+CLUSTER = dict(
+    image="img:1",
+    config="/app/params.yaml",
+    shared_pvc="dinoflow-shared",
+    workdir="/mnt/dinoflow-shared/torchx",
+    tracking_uri="http://dinoflow-mlflow.dinoflow.svc.cluster.local:5000",
+    s3_endpoint_url="http://dinoflow-minio.dinoflow.svc.cluster.local:9000",
+    secrets="dinoflow-s3,dinoflow-mlflow",
+)
 
 
 def _volcano_job(app, namespace):
     """What torchx would submit to Kubernetes (its dry run; no API server here, so no server-side validation)."""
     from torchx.runner import get_runner
 
-    info = get_runner().dryrun(app, "kubernetes", cfg={"queue": "default", "namespace": namespace, "validate_spec": False})
+    info = get_runner().dryrun(
+        app, "kubernetes", cfg={"queue": "default", "namespace": namespace, "validate_spec": False}
+    )
     return info.request.resource
 
 
@@ -65,14 +73,20 @@ def test_kubernetes_job_runs_on_the_shared_volume_with_credentials_from_secrets(
         (c,) = pod.spec.containers
         assert [e.secret_ref.name for e in c.env_from] == ["dinoflow-s3", "dinoflow-mlflow"]
         env = {e.name: e.value for e in c.env}
-        assert env["MLFLOW_TRACKING_URI"] == CLUSTER["tracking_uri"] and env["AWS_ENDPOINT_URL"] == CLUSTER["s3_endpoint_url"]
+        assert (
+            env["MLFLOW_TRACKING_URI"] == CLUSTER["tracking_uri"]
+            and env["AWS_ENDPOINT_URL"] == CLUSTER["s3_endpoint_url"]
+        )
         assert not any(w in name for name in env for w in ("SECRET", "PASSWORD", "ACCESS_KEY"))
         mounts = {m.mount_path: m.name for m in c.volume_mounts}
         claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim}
         assert claims[mounts["/mnt/dinoflow-shared"]] == "dinoflow-shared"
         assert pod.spec.security_context.run_as_non_root is True
         script = c.command[-1]
-        assert script.startswith("mkdir -p '/mnt/dinoflow-shared/torchx/dinoflow-pretrain-") and "-c /app/params.yaml" in script
+        assert (
+            script.startswith("mkdir -p '/mnt/dinoflow-shared/torchx/dinoflow-pretrain-")
+            and "-c /app/params.yaml" in script
+        )
 
 
 def test_kubernetes_job_refuses_what_would_break_or_leak():
@@ -96,13 +110,33 @@ def test_torchx_local_cwd_runs_two_cpu_workers(tmp_path, monkeypatch):
     cfg = load_config(ROOT / "params.yaml")
     if not (Path(cfg.demo.out_dir) / "ground_truth.json").exists():
         run_stage("demo-data", cfg)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    overrides = ["pretrain.data=data/demo/pool", "pretrain.train.max_steps=2", "pretrain.train.batch_size_per_rank=16",
-                 "pretrain.train.device=cpu", "pretrain.train.progress=false", "pretrain.out_dir=models/teacher"]
-    cmd = [str(Path(sys.executable).parent / "torchx"), "run", "-s", "local_cwd",
-           "dinoflow.launch.torchx_components:train", "--stage", "pretrain", "-j", "1x2",
-           "--config", str(ROOT / "params.yaml"), "--"]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    overrides = [
+        "pretrain.data=data/demo/pool",
+        "pretrain.train.max_steps=2",
+        "pretrain.train.batch_size_per_rank=16",
+        "pretrain.train.device=cpu",
+        "pretrain.train.progress=false",
+        "pretrain.out_dir=models/teacher",
+    ]
+    cmd = [
+        str(Path(sys.executable).parent / "torchx"),
+        "run",
+        "-s",
+        "local_cwd",
+        "dinoflow.launch.torchx_components:train",
+        "--stage",
+        "pretrain",
+        "-j",
+        "1x2",
+        "--config",
+        str(ROOT / "params.yaml"),
+        "--",
+    ]
     for o in overrides:
         cmd.append(f"--set={o}")  # torchx rejects a repeated `-S` token, even after `--`
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

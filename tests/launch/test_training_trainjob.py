@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+import standin_k8s
 import yaml
 
-import standin_k8s
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.k8s import TrainJobFailed
 from dinoflow.launch.training import LaunchOptions, run_training_step
@@ -48,8 +48,12 @@ def step(tmp_path, monkeypatch):
     monkeypatch.setenv(KFP_POD_NAME, "dinoflow-run-7-pretrain-driver")
     monkeypatch.setenv(KFP_POD_UID, "7d4f-uid")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://dinoflow-mlflow.dinoflow.svc.cluster.local:5000")
-    return {"curated": curated, "shared": shared, "teacher": tmp_path / "artifacts" / "teacher",
-            "csv": tmp_path / "artifacts" / "pretrain.csv"}
+    return {
+        "curated": curated,
+        "shared": shared,
+        "teacher": tmp_path / "artifacts" / "teacher",
+        "csv": tmp_path / "artifacts" / "pretrain.csv",
+    }
 
 
 def _trainer(job):
@@ -65,13 +69,27 @@ def _trainer(job):
 
 def _run(cluster, step, **opts):
     return run_training_step(
-        "pretrain", "", ["pretrain.train.max_steps=2"],
+        "pretrain",
+        "",
+        ["pretrain.train.max_steps=2"],
         inputs={"pretrain.data": str(step["curated"])},
         outputs={"pretrain.out_dir": str(step["teacher"]), "pretrain.report_csv": str(step["csv"])},
-        opts=LaunchOptions(**{"num_nodes": 2, "gpus_per_node": 4, "image": "img:1", "namespace": "kubeflow",
-                              "shared_dir": str(step["shared"]), "k8s_host": cluster.host, "poll_s": 0.0,
-                              "tolerations": (GPU_TAINT,), "node_selector": POOL, "timeout_s": 3600.0,
-                              "gpu_resource": "amd.com/gpu", **opts}),
+        opts=LaunchOptions(
+            **{
+                "num_nodes": 2,
+                "gpus_per_node": 4,
+                "image": "img:1",
+                "namespace": "kubeflow",
+                "shared_dir": str(step["shared"]),
+                "k8s_host": cluster.host,
+                "poll_s": 0.0,
+                "tolerations": (GPU_TAINT,),
+                "node_selector": POOL,
+                "timeout_s": 3600.0,
+                "gpu_resource": "amd.com/gpu",
+                **opts,
+            }
+        ),
     )
 
 
@@ -101,9 +119,16 @@ def test_the_trainjob_carries_placement_owner_deadline_and_no_credentials(cluste
     model = validate_trainer_object(seen)
     assert seen["metadata"]["name"] == "pretrain-run-7"  # from DINOFLOW_PIPELINE_RUN_ID, not an input
     (ref,) = seen["metadata"]["ownerReferences"]
-    assert (ref["kind"], ref["name"], ref["uid"], ref["blockOwnerDeletion"]) == ("Pod", "dinoflow-run-7-pretrain-driver", "7d4f-uid", False)
+    assert (ref["kind"], ref["name"], ref["uid"], ref["blockOwnerDeletion"]) == (
+        "Pod",
+        "dinoflow-run-7-pretrain-driver",
+        "7d4f-uid",
+        False,
+    )
     assert model.spec.active_deadline_seconds == 3600
-    pod = model.spec.runtime_patches[0].training_runtime_spec.template.spec.replicated_jobs[0].template.spec.template.spec
+    pod = (
+        model.spec.runtime_patches[0].training_runtime_spec.template.spec.replicated_jobs[0].template.spec.template.spec
+    )
     assert [t.to_dict() for t in pod.tolerations] == [GPU_TAINT] and pod.node_selector == POOL
     env = {e["name"]: e for e in seen["spec"]["trainer"]["env"]}
     assert seen["spec"]["trainer"]["resourcesPerNode"]["limits"]["amd.com/gpu"] == "4"  # the accelerator asked for
@@ -138,8 +163,14 @@ def test_multi_node_training_without_a_run_id_is_a_named_error(cluster, step, mo
 def test_training_step_without_shared_volume_says_what_to_mount(tmp_path, monkeypatch):
     monkeypatch.setenv(PIPELINE_RUN_ID, "run-1")
     with pytest.raises(DinoflowError, match="dinoflow-shared"):
-        run_training_step("pretrain", "", [], inputs={}, outputs={},
-                          opts=LaunchOptions(num_nodes=2, image="img", shared_dir=str(tmp_path / "missing")))
+        run_training_step(
+            "pretrain",
+            "",
+            [],
+            inputs={},
+            outputs={},
+            opts=LaunchOptions(num_nodes=2, image="img", shared_dir=str(tmp_path / "missing")),
+        )
 
 
 def test_every_api_call_is_granted_by_the_role_in_k8s(cluster, step):
@@ -175,8 +206,9 @@ def test_sigterm_deletes_the_trainjob_and_fails_the_step(cluster, step, tmp_path
                           opts=LaunchOptions(num_nodes=2, image="img:1", namespace="kubeflow",
                                              shared_dir={str(step["shared"])!r}, k8s_host={cluster.host!r}, poll_s=0.05))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while "pretrain-run-7" not in cluster.jobs:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

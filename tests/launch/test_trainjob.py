@@ -9,14 +9,25 @@ import pytest
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.images import TRAIN_IMAGE
 from dinoflow.launch.trainjob import (
-    NODE_JOB, TrainJobRequest, build_trainjob, env_from_secret, job_name, owner_reference, validate_trainer_object,
+    NODE_JOB,
+    TrainJobRequest,
+    build_trainjob,
+    env_from_secret,
+    job_name,
+    owner_reference,
+    validate_trainer_object,
 )
 
 
 def _req(**kw) -> TrainJobRequest:
-    base = dict(name="dinoflow-run1-pretrain", namespace="dinoflow", image=TRAIN_IMAGE,
-                command=["torchrun", "-m", "dinoflow", "pretrain", "-c", "/mnt/s/params.yaml"],
-                num_nodes=4, gpus_per_node=8)
+    base = dict(
+        name="dinoflow-run1-pretrain",
+        namespace="dinoflow",
+        image=TRAIN_IMAGE,
+        command=["torchrun", "-m", "dinoflow", "pretrain", "-c", "/mnt/s/params.yaml"],
+        num_nodes=4,
+        gpus_per_node=8,
+    )
     base.update(kw)
     return TrainJobRequest(**base)
 
@@ -26,9 +37,15 @@ def test_trainjob_validates_and_carries_the_request():
     model = validate_trainer_object(job)
     t = model.spec.trainer
     assert (t.num_nodes, t.num_proc_per_node) == (4, 8)
-    assert (model.spec.runtime_ref.kind, model.spec.runtime_ref.name) == ("TrainingRuntime", "dinoflow-torch-distributed")
+    assert (model.spec.runtime_ref.kind, model.spec.runtime_ref.name) == (
+        "TrainingRuntime",
+        "dinoflow-torch-distributed",
+    )
     assert job["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
-    assert job["spec"]["trainer"]["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "dinoflow-s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert job["spec"]["trainer"]["env"][0]["valueFrom"]["secretKeyRef"] == {
+        "name": "dinoflow-s3",
+        "key": "AWS_ACCESS_KEY_ID",
+    }
     assert "value" not in job["spec"]["trainer"]["env"][0]  # credentials by reference only
 
 
@@ -38,11 +55,14 @@ def test_cpu_nodes_run_one_process_and_request_no_gpu():
     assert "nvidia.com/gpu" not in job["spec"]["trainer"]["resourcesPerNode"]["requests"]
 
 
-@pytest.mark.parametrize("path,value,match", [
-    (("spec", "trainer", "numNodes"), "four", "numNodes"),
-    (("spec", "trainer", "numNode"), 4, r"spec\.trainer\.numNode"),      # misspelt: the model would drop it silently
-    (("spec", "runtimeRef"), {"kind": "ClusterTrainingRuntime"}, "name"),  # required field missing
-])
+@pytest.mark.parametrize(
+    "path,value,match",
+    [
+        (("spec", "trainer", "numNodes"), "four", "numNodes"),
+        (("spec", "trainer", "numNode"), 4, r"spec\.trainer\.numNode"),  # misspelt: the model would drop it silently
+        (("spec", "runtimeRef"), {"kind": "ClusterTrainingRuntime"}, "name"),  # required field missing
+    ],
+)
 def test_invalid_trainjobs_are_rejected(path, value, match):
     job = copy.deepcopy(build_trainjob(_req()))
     node = job
@@ -75,7 +95,9 @@ GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedul
 
 
 def test_tolerations_and_node_selector_reach_the_node_pod_template():
-    job = build_trainjob(_req(tolerations=[GPU_TAINT], node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}))
+    job = build_trainjob(
+        _req(tolerations=[GPU_TAINT], node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"})
+    )
     model = validate_trainer_object(job)  # field names checked against the Trainer API models
     (patch,) = model.spec.runtime_patches
     (rjob,) = patch.training_runtime_spec.template.spec.replicated_jobs

@@ -6,18 +6,13 @@ machine. The real `kubernetes` client talks to it over HTTP.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
-import yaml
-
 import standin_k8s
 
-from dinoflow.errors import DinoflowError
 from dinoflow.launch.k8s import TrainJobClient, TrainJobFailed, api_client, job_state
 from dinoflow.launch.k8s_logs import LogFollower
 from dinoflow.launch.trainjob import TrainJobRequest, build_trainjob, owner_reference
-
 
 
 @pytest.fixture
@@ -29,8 +24,16 @@ def cluster():
 
 
 def _job(name: str = "dinoflow-r1-pretrain", owner: dict | None = None) -> dict:
-    return build_trainjob(TrainJobRequest(name=name, namespace="dinoflow", image="img:1", num_nodes=2,
-                                          command=["torchrun", "-m", "dinoflow", "pretrain"], owner=owner))
+    return build_trainjob(
+        TrainJobRequest(
+            name=name,
+            namespace="dinoflow",
+            image="img:1",
+            num_nodes=2,
+            command=["torchrun", "-m", "dinoflow", "pretrain"],
+            owner=owner,
+        )
+    )
 
 
 def _client(cluster) -> TrainJobClient:
@@ -67,8 +70,12 @@ def test_a_retried_step_replaces_a_failed_job(cluster):
         c.wait("dinoflow-r1-pretrain", poll=0.0)
     cluster.outcome["dinoflow-r1-pretrain"] = "Complete"
     c.submit(_job())
-    assert ("DELETE", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/dinoflow/trainjobs/dinoflow-r1-pretrain",
-            "delete", "trainjobs") in cluster.requests
+    assert (
+        "DELETE",
+        "/apis/trainer.kubeflow.org/v1alpha1/namespaces/dinoflow/trainjobs/dinoflow-r1-pretrain",
+        "delete",
+        "trainjobs",
+    ) in cluster.requests
     assert c.wait("dinoflow-r1-pretrain", poll=0.0).phase == "Complete"
 
 
@@ -100,7 +107,10 @@ def test_a_retried_step_adopts_the_job_it_reattaches_to(cluster):
     c.submit(_job(owner=owner_reference("step-attempt-1", "uid-1")))
     c.submit(_job(owner=owner_reference("step-attempt-2", "uid-2")))
     refs = cluster.jobs["dinoflow-r1-pretrain"]["metadata"]["ownerReferences"]
-    assert [(r["name"], r["uid"], r["kind"]) for r in refs] == [("step-attempt-1", "uid-1", "Pod"), ("step-attempt-2", "uid-2", "Pod")]
+    assert [(r["name"], r["uid"], r["kind"]) for r in refs] == [
+        ("step-attempt-1", "uid-1", "Pod"),
+        ("step-attempt-2", "uid-2", "Pod"),
+    ]
     c.submit(_job(owner=owner_reference("step-attempt-2", "uid-2")))  # already an owner: no second patch
     assert [m for m, *_ in cluster.requests].count("PATCH") == 1
 
@@ -116,6 +126,7 @@ def test_the_rank0_log_is_streamed_into_the_step_log(cluster):
             if out.getvalue().count("\n") >= 3:
                 break
             import time
+
             time.sleep(0.01)
     lines = out.getvalue().splitlines()
     assert lines == [f"[dinoflow-r1-pretrain rank0] rank0 step {s} loss {1.0 / (s + 1):.3f}" for s in range(3)]

@@ -154,7 +154,13 @@ def test_gathered_form_compiles_without_graph_breaks_or_host_reads():
     masks, s, t = _batch(7)
     idx = masks["mask_indices_list"]
     fn = iBOTPatchLoss(12)
-    args = (s.flatten(0, 1)[idx], t.flatten(0, 1)[idx], masks["masks"], masks["n_masked_patches"], masks["masks_weight"])
+    args = (
+        s.flatten(0, 1)[idx],
+        t.flatten(0, 1)[idx],
+        masks["masks"],
+        masks["n_masked_patches"],
+        masks["masks_weight"],
+    )
     torch._dynamo.reset()
     compiled = torch.compile(fn.forward_masked, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(*args), fn.forward_masked(*args))

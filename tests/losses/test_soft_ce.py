@@ -32,8 +32,9 @@ def test_matches_formula_for_any_chunking(chunk_elems):
 def test_gradient_matches_autograd_of_the_formula():
     logits, targets, weights = _data(1)
     x = logits.double().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda s: soft_cross_entropy(s, targets.double(), 0.1, weights.double(), chunk_elems=40),
-                                    (x,))
+    assert torch.autograd.gradcheck(
+        lambda s: soft_cross_entropy(s, targets.double(), 0.1, weights.double(), chunk_elems=40), (x,)
+    )
     a = logits.clone().requires_grad_(True)
     soft_cross_entropy(a, targets, 0.1, weights, chunk_elems=40).backward()
     b = logits.double().requires_grad_(True)

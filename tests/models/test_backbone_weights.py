@@ -36,8 +36,16 @@ def randomized(model):
 
 def test_export_then_load_backbone_round_trip(tmp_path):
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="vit_pico", patch_size=7, img_size=28, num_register_tokens=2, layerscale_init=0.1,
-                      drop_path_rate=0.2, interpolate_offset=0.0, interpolate_antialias=True)
+    cfg = ModelConfig(
+        arch="vit_pico",
+        patch_size=7,
+        img_size=28,
+        num_register_tokens=2,
+        layerscale_init=0.1,
+        drop_path_rate=0.2,
+        interpolate_offset=0.0,
+        interpolate_antialias=True,
+    )
     from dinoflow.models import backbone_from_config
 
     model = randomized(backbone_from_config(cfg)).eval()
@@ -72,7 +80,13 @@ def test_state_dict_without_config_is_recognised(tmp_path):
     torch.save(model.state_dict(), tmp_path / "weights.pth")
     loaded = load_backbone(tmp_path / "weights.pth")
     cfg = loaded.config
-    assert (cfg.arch, cfg.patch_size, cfg.img_size, cfg.num_register_tokens, cfg.ffn_layer) == ("vit_pico", 7, 35, 4, "swiglu")
+    assert (cfg.arch, cfg.patch_size, cfg.img_size, cfg.num_register_tokens, cfg.ffn_layer) == (
+        "vit_pico",
+        7,
+        35,
+        4,
+        "swiglu",
+    )
     # the hub convention for register models
     assert (cfg.interpolate_offset, cfg.interpolate_antialias) == (0.0, True)
     model.interpolate_offset, model.interpolate_antialias = 0.0, True
@@ -84,7 +98,13 @@ def test_infer_hub_vits14_from_its_layout():
         sd = build_hub_backbone("dinov2_vits14").state_dict()
         sd_reg = build_hub_backbone("dinov2_vitg14_reg").state_dict()
     cfg = infer_model_config(sd)
-    assert (cfg.arch, cfg.img_size, cfg.patch_size, cfg.num_register_tokens, cfg.interpolate_offset) == ("vit_small", 518, 14, 0, 0.1)
+    assert (cfg.arch, cfg.img_size, cfg.patch_size, cfg.num_register_tokens, cfg.interpolate_offset) == (
+        "vit_small",
+        518,
+        14,
+        0,
+        0.1,
+    )
     assert cfg.layerscale_init == 1.0 and cfg.ffn_layer == "mlp"
     g = infer_model_config(sd_reg)
     assert (g.arch, g.num_register_tokens, g.ffn_layer, g.interpolate_antialias) == ("vit_giant2", 4, "swiglu", True)
@@ -173,5 +193,7 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_export_refuses_a_config_that_does_not_describe_the_model(tmp_path):
     model = small()
     with pytest.raises(BackboneWeightsError, match="does not describe this model"):
-        export_backbone(model, tmp_path / "b.pth", ModelConfig(arch="vit_pico", patch_size=7, img_size=28, num_register_tokens=1))
+        export_backbone(
+            model, tmp_path / "b.pth", ModelConfig(arch="vit_pico", patch_size=7, img_size=28, num_register_tokens=1)
+        )
     assert not (tmp_path / "b.pth").exists()

@@ -12,7 +12,9 @@ from dinoflow.models import DINOHead, convert_official_head_state_dict, heads_fr
 
 def official_style_head(in_dim, out_dim, hidden, bottleneck):
     """A head built the official way (torch.nn.utils.weight_norm) to produce the official naming."""
-    mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck))
+    mlp = nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         last = torch.nn.utils.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))

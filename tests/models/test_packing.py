@@ -27,7 +27,11 @@ def _run(model, pack, seed=5):
     outs = model.forward_features_list(xs, ms)
     loss = sum((o["x_norm_clstoken"] ** 2).sum() + o["x_norm_patchtokens"].sum() for o in outs)
     loss.backward()
-    flat = {f"{i}/{k}": o[k].detach() for i, o in enumerate(outs) for k in ("x_norm_clstoken", "x_norm_patchtokens", "x_prenorm")}
+    flat = {
+        f"{i}/{k}": o[k].detach()
+        for i, o in enumerate(outs)
+        for k in ("x_norm_clstoken", "x_norm_patchtokens", "x_prenorm")
+    }
     return flat, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -99,13 +103,18 @@ def test_last_block_computes_only_the_kept_tokens_with_the_same_numbers(pack):
     model = _model(0.0, num_register_tokens=2).train()
     model.pack_crops = pack
     xs, ms = _crops()
-    keep = [torch.tensor([3, 0, 17, 40, 63]), torch.zeros(0, dtype=torch.long)]  # 4 × 16 global patches, locals: CLS only
+    keep = [
+        torch.tensor([3, 0, 17, 40, 63]),
+        torch.zeros(0, dtype=torch.long),
+    ]  # 4 × 16 global patches, locals: CLS only
 
     def run(prune):
         model.prune_last_block = prune
         model.zero_grad(set_to_none=True)
         seen = []
-        hook = model.block_list()[-1].mlp.register_forward_hook(lambda m, a, o: seen.append(a[0].numel() // a[0].shape[-1]))
+        hook = model.block_list()[-1].mlp.register_forward_hook(
+            lambda m, a, o: seen.append(a[0].numel() // a[0].shape[-1])
+        )
         outs = model.forward_kept(xs, ms, keep)
         hook.remove()
         loss = sum((o["x_norm_clstoken"] ** 2).sum() + o["x_norm_patchtokens_kept"].sin().sum() for o in outs)

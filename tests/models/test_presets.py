@@ -31,7 +31,11 @@ def test_param_counts_on_meta_device(arch):
 
 
 def test_small_presets_have_the_documented_shapes():
-    for arch, (dim, depth, heads) in {"vit_pico": (64, 3, 2), "vit_mini": (128, 4, 4), "vit_tiny": (192, 12, 3)}.items():
+    for arch, (dim, depth, heads) in {
+        "vit_pico": (64, 3, 2),
+        "vit_mini": (128, 4, 4),
+        "vit_tiny": (192, 12, 3),
+    }.items():
         m = build_backbone(arch, patch_size=7, img_size=28)
         assert (m.embed_dim, m.n_blocks, m.num_heads) == (dim, depth, heads)
         assert len(m.block_list()) == depth
@@ -53,16 +57,24 @@ def official_vits14_layout(registers: int) -> dict[str, tuple]:
         layout["register_tokens"] = (1, registers, d)
     for i in range(12):
         b = f"blocks.{i}."
-        layout.update({
-            b + "norm1.weight": (d,), b + "norm1.bias": (d,),
-            b + "attn.qkv.weight": (3 * d, d), b + "attn.qkv.bias": (3 * d,),
-            b + "attn.proj.weight": (d, d), b + "attn.proj.bias": (d,),
-            b + "ls1.gamma": (d,),
-            b + "norm2.weight": (d,), b + "norm2.bias": (d,),
-            b + "mlp.fc1.weight": (h, d), b + "mlp.fc1.bias": (h,),
-            b + "mlp.fc2.weight": (d, h), b + "mlp.fc2.bias": (d,),
-            b + "ls2.gamma": (d,),
-        })
+        layout.update(
+            {
+                b + "norm1.weight": (d,),
+                b + "norm1.bias": (d,),
+                b + "attn.qkv.weight": (3 * d, d),
+                b + "attn.qkv.bias": (3 * d,),
+                b + "attn.proj.weight": (d, d),
+                b + "attn.proj.bias": (d,),
+                b + "ls1.gamma": (d,),
+                b + "norm2.weight": (d,),
+                b + "norm2.bias": (d,),
+                b + "mlp.fc1.weight": (h, d),
+                b + "mlp.fc1.bias": (h,),
+                b + "mlp.fc2.weight": (d, h),
+                b + "mlp.fc2.bias": (d,),
+                b + "ls2.gamma": (d,),
+            }
+        )
     return layout
 
 
@@ -77,7 +89,11 @@ def test_hub_vits14_state_dict_layout(name, registers, n_keys):
 def test_hub_kwargs_register_models_interpolate_to_a_size_with_antialias():
     reg, plain = hub_kwargs("dinov2_vitb14_reg"), hub_kwargs("dinov2_vitb14")
     assert (reg["num_register_tokens"], reg["interpolate_antialias"], reg["interpolate_offset"]) == (4, True, 0.0)
-    assert (plain["num_register_tokens"], plain["interpolate_antialias"], plain["interpolate_offset"]) == (0, False, 0.1)
+    assert (plain["num_register_tokens"], plain["interpolate_antialias"], plain["interpolate_offset"]) == (
+        0,
+        False,
+        0.1,
+    )
     for kw in (reg, plain):
         assert (kw["img_size"], kw["patch_size"], kw["layerscale_init"], kw["block_chunks"]) == (518, 14, 1.0, 0)
     assert len(HUB_NAMES) == 8
@@ -97,7 +113,10 @@ def test_giant2_uses_fused_swiglu_with_hidden_4096():
     # Forcing an MLP on giant2 (or SwiGLU elsewhere) is possible and changes the names.
     with torch.device("meta"):
         assert "blocks.0.mlp.fc1.weight" in build_backbone("vit_giant2", ffn_layer="mlp").state_dict()
-    assert "blocks.0.mlp.w12.weight" in build_backbone("vit_pico", patch_size=7, img_size=28, ffn_layer="swiglu").state_dict()
+    assert (
+        "blocks.0.mlp.w12.weight"
+        in build_backbone("vit_pico", patch_size=7, img_size=28, ffn_layer="swiglu").state_dict()
+    )
 
 
 def test_unknown_arch_and_bad_sizes_are_clear_errors():

@@ -17,7 +17,9 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             scale = 0.5 if name.endswith("gamma") or "norm" in name else 0.2
-            base = 1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight" else 0.0
+            base = (
+                1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight" else 0.0
+            )
             p.copy_(base + scale * torch.randn(p.shape, generator=g))
     return model
 
@@ -45,7 +47,9 @@ def ref_pos_embed(pos_embed, h, w, patch, offset, antialias):
     m = int(math.sqrt(n))
     grid = pos_embed[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
     if offset:
-        grid = F.interpolate(grid, scale_factor=((gh + offset) / m, (gw + offset) / m), mode="bicubic", antialias=antialias)
+        grid = F.interpolate(
+            grid, scale_factor=((gh + offset) / m, (gw + offset) / m), mode="bicubic", antialias=antialias
+        )
     else:
         grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", antialias=antialias)
     patch_pos = grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
@@ -135,7 +139,13 @@ def test_forward_returns_cls_or_the_dict():
     cls = model(x)
     assert cls.shape == (2, 64)
     torch.testing.assert_close(cls, model.forward_features(x)["x_norm_clstoken"])
-    assert set(model(x, is_training=True)) == {"x_norm_clstoken", "x_norm_regtokens", "x_norm_patchtokens", "x_prenorm", "masks"}
+    assert set(model(x, is_training=True)) == {
+        "x_norm_clstoken",
+        "x_norm_regtokens",
+        "x_norm_patchtokens",
+        "x_prenorm",
+        "masks",
+    }
 
 
 def test_mask_token_replaces_patch_embedding_before_pos_embed():
@@ -171,8 +181,9 @@ def test_pos_embed_early_return_only_for_square_stored_grid():
 def test_pos_embed_interpolation_branches(h, w):
     torch.manual_seed(0)
     plain = build_backbone("vit_pico", patch_size=7, img_size=35)  # 5x5 stored grid
-    reg = build_backbone("vit_pico", patch_size=7, img_size=35, num_register_tokens=4,
-                         interpolate_offset=0.0, interpolate_antialias=True)
+    reg = build_backbone(
+        "vit_pico", patch_size=7, img_size=35, num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True
+    )
     reg.pos_embed.data.copy_(plain.pos_embed.data)
     n = (h // 7) * (w // 7)
     tok = torch.zeros(1, 1 + n, 64)
@@ -281,16 +292,24 @@ def test_gradients_reach_every_parameter():
     out = model.forward_features(x, masks=masks)
     loss = out["x_norm_clstoken"].pow(2).sum() + out["x_norm_patchtokens"].pow(2).sum() + out["x_norm_regtokens"].sum()
     loss.backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    no_grad = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert no_grad == []
 
 
 def test_block_chunks_use_the_official_chunked_names_and_same_outputs():
     flat = pico(num_register_tokens=1)
-    chunked = build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0, num_register_tokens=1, block_chunks=2).eval()
+    chunked = build_backbone(
+        "vit_pico", patch_size=7, img_size=28, layerscale_init=1.0, num_register_tokens=1, block_chunks=2
+    ).eval()
     keys = chunked.state_dict().keys()
     # depth 3, chunk size 1 → chunks hold blocks 0 | 1 | 2 with Identity placeholders before them
-    assert "blocks.0.0.norm1.weight" in keys and "blocks.1.1.norm1.weight" in keys and "blocks.2.2.attn.qkv.weight" in keys
+    assert (
+        "blocks.0.0.norm1.weight" in keys and "blocks.1.1.norm1.weight" in keys and "blocks.2.2.attn.qkv.weight" in keys
+    )
     assert len(keys) == len(flat.state_dict())
     load_backbone_weights(chunked, flat.state_dict())
     x = images(2, 21, 35)
@@ -306,7 +325,9 @@ def test_init_follows_the_official_scheme():
     assert model.cls_token.abs().max() < 1e-4 and model.mask_token.abs().max() == 0
     assert abs(model.pos_embed.std().item() - 0.02) < 0.003
     assert torch.all(model.blocks[3].ls2.gamma == 1e-5)
-    assert not any("ls1" in k for k in build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=None).state_dict())
+    assert not any(
+        "ls1" in k for k in build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=None).state_dict()
+    )
 
 
 def test_backbone_from_config_and_bad_inputs():

@@ -4,7 +4,6 @@ Plan → ParallelFor decode + embed tasks → the global step gives the same cur
 completeness record, shards) as `dinoflow curate` in one process.
 """
 
-
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,14 @@ def test_fanout_dag_gives_the_curated_bytes_of_one_process(tmp_path, monkeypatch
 
     demo = tmp_path / "demo"
     build_demo(load_config(None, [f"demo.out_dir={demo}", "tracking.enabled=false"]))
-    overrides = [f"curate.sources=[{demo}/pool]", f"curate.seeds={demo}/seeds", f"curate.eval_sets=[{demo}/eval]",
-                 "curate.chunk_size=700", "curate.shard_size=800", "tracking.enabled=false"]
+    overrides = [
+        f"curate.sources=[{demo}/pool]",
+        f"curate.seeds={demo}/seeds",
+        f"curate.eval_sets=[{demo}/eval]",
+        "curate.chunk_size=700",
+        "curate.shard_size=800",
+        "tracking.enabled=false",
+    ]
     monkeypatch.chdir(tmp_path)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
 
@@ -41,9 +46,14 @@ def test_fanout_dag_gives_the_curated_bytes_of_one_process(tmp_path, monkeypatch
     assert len(tasks) == 3, tasks  # three decode + embed tasks ran
 
     one = tmp_path / "one"
-    args = [x for o in overrides + [f"curate.out_dir={one}/curated", f"curate.report_dir={one}/reports"] for x in ("-S", o)]
-    proc = subprocess.run([sys.executable, "-m", "dinoflow", "curate", "-c", str(ROOT / "params.yaml"), *args],
-                          capture_output=True, text=True)
+    args = [
+        x for o in overrides + [f"curate.out_dir={one}/curated", f"curate.report_dir={one}/reports"] for x in ("-S", o)
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dinoflow", "curate", "-c", str(ROOT / "params.yaml"), *args],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = {p.name: p.read_bytes() for p in (one / "curated").iterdir() if p.is_file()}
     got = {p.name: p.read_bytes() for p in curated.iterdir() if p.is_file()}

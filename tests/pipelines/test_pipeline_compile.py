@@ -70,7 +70,10 @@ def test_curate_runs_as_the_fan_out(compiled):
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--curate-plan-Output"
     assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"curate-partition"}
     tasks = _tasks(spec)
-    assert tasks["curate-plan"]["inputs"]["parameters"]["max_groups"]["componentInputParameter"] == "pipelinechannel--curate_groups"
+    assert (
+        tasks["curate-plan"]["inputs"]["parameters"]["max_groups"]["componentInputParameter"]
+        == "pipelinechannel--curate_groups"
+    )
     part = tasks["curate-partition"]["inputs"]["parameters"]
     assert part["groups"]["componentInputParameter"] == "pipelinechannel--curate_groups"
     assert part["group"]["componentInputParameter"] == "pipelinechannel--curate-plan-Output-loop-item"
@@ -81,8 +84,11 @@ def test_curate_runs_as_the_fan_out(compiled):
         curated = tasks[name]["inputs"]["artifacts"]["curated"]["componentInputArtifact"]
         assert curated == "pipelinechannel--curate-global-curated", name
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {k: params[k]["defaultValue"] for k in ("curate_groups", "curate_num_nodes", "curate_procs_per_node")} == \
-        {"curate_groups": 4, "curate_num_nodes": 1, "curate_procs_per_node": 1}
+    assert {k: params[k]["defaultValue"] for k in ("curate_groups", "curate_num_nodes", "curate_procs_per_node")} == {
+        "curate_groups": 4,
+        "curate_num_nodes": 1,
+        "curate_procs_per_node": 1,
+    }
 
 
 def test_the_global_curation_step_launches_like_training(compiled):
@@ -123,13 +129,19 @@ def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
     # plan, decode + embed, global steps, finalize + 2 × (pretrain, distill, evaluate, register)
     assert len(executors) == 12 and {f"exec-{n}" for n in CURATION} <= set(executors)
     for label, ex in executors.items():
-        assert ex["fieldPathAsEnv"] == [{"fieldPath": "metadata.labels['pipeline/runid']",
-                                         "name": "DINOFLOW_PIPELINE_RUN_ID"}], label
+        assert ex["fieldPathAsEnv"] == [
+            {"fieldPath": "metadata.labels['pipeline/runid']", "name": "DINOFLOW_PIPELINE_RUN_ID"}
+        ], label
         assert {s["secretName"] for s in ex["secretAsEnv"]} == {"dinoflow-s3", "dinoflow-mlflow"}, label
         envs = {kv["envVar"] for s in ex["secretAsEnv"] for kv in s["keyToEnv"]}
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD"} <= envs
-        assert ex["pvcMount"] == [{"constant": "dinoflow-shared", "mountPath": "/mnt/dinoflow-shared",
-                                   "pvcNameParameter": {"runtimeValue": {"constant": "dinoflow-shared"}}}], label
+        assert ex["pvcMount"] == [
+            {
+                "constant": "dinoflow-shared",
+                "mountPath": "/mnt/dinoflow-shared",
+                "pvcNameParameter": {"runtimeValue": {"constant": "dinoflow-shared"}},
+            }
+        ], label
         assert ex["securityContext"] == {"runAsGroup": "10001", "runAsNonRoot": True, "runAsUser": "10001"}
     tasks = _tasks(spec)
     for name in tasks:  # every container task has resources
@@ -137,8 +149,12 @@ def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
             res = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]["resources"]
             assert res.get("resourceMemoryRequest") and res.get("resourceCpuRequest"), name
     names = {n: tasks[n]["taskInfo"]["name"] for n in (*CURATION, "pretrain-2")}
-    assert names == {"curate-plan": "curate: plan", "curate-partition": "curate: decode + embed",
-                     "curate-global": "curate: global steps", "pretrain-2": "pretrain (TrainJob)"}
+    assert names == {
+        "curate-plan": "curate: plan",
+        "curate-partition": "curate: decode + embed",
+        "curate-global": "curate: global steps",
+        "pretrain-2": "pretrain (TrainJob)",
+    }
 
 
 def test_one_node_training_holds_gpus_and_the_trainjob_launcher_none(compiled):
@@ -150,8 +166,9 @@ def test_one_node_training_holds_gpus_and_the_trainjob_launcher_none(compiled):
         ex = executors[_executor(spec, one)]
         assert ex["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
         assert ex["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("gpu_node_selector")
-        assert ex["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm",
-                                         "sizeLimit": "16Gi"}]
+        assert ex["emptyDirMounts"] == [
+            {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm", "sizeLimit": "16Gi"}
+        ]
         launcher = spec["deploymentSpec"]["executors"][_executor(spec, many)]["container"]["resources"]
         assert "accelerator" not in launcher and launcher["resourceCpuLimit"] == "2"
         assert "tolerations" not in executors[_executor(spec, many)], "the launcher may land on any CPU node"
@@ -211,10 +228,27 @@ def test_submit_options_are_pipeline_parameters(compiled):
 
     spec, _ = compiled
     assert set(PIPELINE_ARGUMENTS) <= set(spec["root"]["inputDefinitions"]["parameters"])
-    args = build_parser().parse_args(["submit", "--host", "h", "--curate-groups", "16", "--curate-num-nodes", "2",
-                                      "--curate-procs-per-node", "8", "--num-nodes", "4"])
-    assert submit_arguments(args) == {"curate_groups": 16, "curate_num_nodes": 2, "curate_procs_per_node": 8,
-                                      "num_nodes": 4}
+    args = build_parser().parse_args(
+        [
+            "submit",
+            "--host",
+            "h",
+            "--curate-groups",
+            "16",
+            "--curate-num-nodes",
+            "2",
+            "--curate-procs-per-node",
+            "8",
+            "--num-nodes",
+            "4",
+        ]
+    )
+    assert submit_arguments(args) == {
+        "curate_groups": 16,
+        "curate_num_nodes": 2,
+        "curate_procs_per_node": 8,
+        "num_nodes": 4,
+    }
 
 
 def test_submit_runs_steps_as_the_overlays_service_account():
@@ -229,7 +263,12 @@ def test_the_cli_compiles_from_any_directory(tmp_path):
     import sys
 
     out = tmp_path / "ir.yaml"
-    proc = subprocess.run([sys.executable, "-m", "dinoflow", "pipeline", "compile", "-o", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dinoflow", "pipeline", "compile", "-o", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load_all(out.read_text()).__next__()["pipelineInfo"]["name"] == "dinoflow-dinov2"

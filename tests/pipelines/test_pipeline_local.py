@@ -33,7 +33,7 @@ standin_stages.install()
 
 def _cli_json(text: str) -> dict:
     """The CLI's JSON summary: the last thing printed (kfp.local logs to stdout before it)."""
-    return json.loads(text[text.rindex('{\n  "pipeline_root"'):])
+    return json.loads(text[text.rindex('{\n  "pipeline_root"') :])
 
 
 def _run_standin_dag(tmp_path: Path, monkeypatch, knn: float, capsys) -> tuple[dict, dict]:
@@ -45,8 +45,18 @@ def _run_standin_dag(tmp_path: Path, monkeypatch, knn: float, capsys) -> tuple[d
     monkeypatch.setenv("DINOFLOW_STANDIN_LOG", str(log))
     monkeypatch.setenv("DINOFLOW_STANDIN_KNN", str(knn))
     monkeypatch.chdir(tmp_path)
-    rc = main(["run", "--local", "-c", str(ROOT / "params.yaml"), "-S", "register.min_knn_top1=0.9",
-               "--pipeline-root", str(tmp_path / "kfp")])
+    rc = main(
+        [
+            "run",
+            "--local",
+            "-c",
+            str(ROOT / "params.yaml"),
+            "-S",
+            "register.min_knn_top1=0.9",
+            "--pipeline-root",
+            str(tmp_path / "kfp"),
+        ]
+    )
     assert rc == 0
     records = {r["stage"]: r for r in map(json.loads, log.read_text().splitlines())}
     return records, _cli_json(capsys.readouterr().out)
@@ -79,8 +89,9 @@ def test_dag_wiring_and_gate_with_standin_stages(tmp_path, monkeypatch, capsys):
 
     assert rec["register"]["passed"] is True
     rec_fail, _ = _run_standin_dag(tmp_path / "fail", monkeypatch, knn=0.5, capsys=capsys)
-    assert _order(rec_fail) == [*FANOUT_TASKS, "curate", "pretrain", "distill", "evaluate", "register"], \
+    assert _order(rec_fail) == [*FANOUT_TASKS, "curate", "pretrain", "distill", "evaluate", "register"], (
         "register runs below the gate too"
+    )
     assert rec_fail["register"]["passed"] is False
 
 
@@ -107,9 +118,9 @@ def _registry_record(out: dict) -> dict:
 @pytest.mark.slow
 def test_whole_dag_with_real_stages_crowns_then_keeps_the_champion(tmp_path, monkeypatch, capsys):
     import mlflow
+    from tiny_pipeline import TINY_REGISTRY_PIPELINE
 
     from dinoflow.tracking.provenance import hash_input, tag_key
-    from tiny_pipeline import TINY_REGISTRY_PIPELINE
 
     monkeypatch.chdir(tmp_path)
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -135,8 +146,9 @@ def test_whole_dag_with_real_stages_crowns_then_keeps_the_champion(tmp_path, mon
     # one MLflow parent run for the pipeline run; the exit handler closed it
     client = mlflow.MlflowClient(db)
     exp = client.get_experiment_by_name("dinoflow").experiment_id
-    stages = client.search_runs([exp], filter_string=f"tags.`dinoflow.pipeline_run_id` = '{out['run_id']}' "
-                                                     "and tags.`dinoflow.stage` != ''")
+    stages = client.search_runs(
+        [exp], filter_string=f"tags.`dinoflow.pipeline_run_id` = '{out['run_id']}' and tags.`dinoflow.stage` != ''"
+    )
     assert {r.data.tags["dinoflow.stage"] for r in stages} == {"curate", "pretrain", "distill", "evaluate", "register"}
     (parent,) = {r.data.tags["mlflow.parentRunId"] for r in stages}
     # pretrain and distill read the fan-out's curated dataset: its path and its DVC md5

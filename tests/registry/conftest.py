@@ -38,16 +38,36 @@ def champion(tmp_path_factory, mlflow_server) -> Iterator[RegisteredChampion]:
         student = build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0).eval()
         pth = export_backbone(student, work / "models" / "student" / "backbone.pth")
         entry = lambda v: {"mnist": {"knn_top1": v}}  # noqa: E731
-        (work / "eval.json").write_text(json.dumps({
-            "student": entry(0.8), "teacher": entry(0.81), "random_init": entry(0.5),
-            "_provenance": {"models": {"student": {"path": str(pth), "sha256": file_sha256(pth)}},
-                            "datasets": {"mnist": {"fingerprint": "c" * 64}}}}))
+        (work / "eval.json").write_text(
+            json.dumps(
+                {
+                    "student": entry(0.8),
+                    "teacher": entry(0.81),
+                    "random_init": entry(0.5),
+                    "_provenance": {
+                        "models": {"student": {"path": str(pth), "sha256": file_sha256(pth)}},
+                        "datasets": {"mnist": {"fingerprint": "c" * 64}},
+                    },
+                }
+            )
+        )
         name = f"dinoflow-serve-{time.time_ns()}"
-        cfg = load_config(None, [
-            f"tracking.tracking_uri={mlflow_server.uri}", "tracking.system_metrics=false", "tracking.experiment=serving",
-            f"register.model_name={name}", f"register.model_path={pth.parent}", f"register.eval_report={work}/eval.json",
-            f"register.report={work}/registry.json", "register.teacher_path=null", "register.onnx.enabled=false",
-            "evaluate.image_size=28", "evaluate.resize_ratio=1.0"])
+        cfg = load_config(
+            None,
+            [
+                f"tracking.tracking_uri={mlflow_server.uri}",
+                "tracking.system_metrics=false",
+                "tracking.experiment=serving",
+                f"register.model_name={name}",
+                f"register.model_path={pth.parent}",
+                f"register.eval_report={work}/eval.json",
+                f"register.report={work}/registry.json",
+                "register.teacher_path=null",
+                "register.onnx.enabled=false",
+                "evaluate.image_size=28",
+                "evaluate.resize_ratio=1.0",
+            ],
+        )
         result = register(cfg)
         assert result["took_alias"], result["gate"]
         yield RegisteredChampion(name, f"models:/{name}@champion", mlflow_server.uri, student, work)

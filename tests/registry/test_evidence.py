@@ -24,8 +24,10 @@ def _report(path: Path, evaluated: Path | None) -> Path:
     entry = {"mnist": {"knn_top1": 0.8}}
     rep: dict = {"student": entry, "teacher": entry, "random_init": {"mnist": {"knn_top1": 0.5}}}
     if evaluated is not None:
-        rep["_provenance"] = {"models": {"student": {"path": str(evaluated), "sha256": file_sha256(evaluated)}},
-                              "datasets": {"mnist": {"fingerprint": "f" * 64}}}
+        rep["_provenance"] = {
+            "models": {"student": {"path": str(evaluated), "sha256": file_sha256(evaluated)}},
+            "datasets": {"mnist": {"fingerprint": "f" * 64}},
+        }
     path.write_text(json.dumps(rep))
     return path
 
@@ -60,8 +62,15 @@ def test_register_refuses_an_eval_json_about_another_file_before_touching_mlflow
     monkeypatch.chdir(tmp_path)
     real, two_steps = _student(tmp_path / "models" / "real", 0), _student(tmp_path / "models" / "student", 1)
     _report(tmp_path / "eval.json", real)
-    cfg = load_config(None, ["register.eval_report=eval.json", "register.model_path=models/student",
-                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "register.report=registry.json"])
+    cfg = load_config(
+        None,
+        [
+            "register.eval_report=eval.json",
+            "register.model_path=models/student",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "register.report=registry.json",
+        ],
+    )
     assert two_steps.is_file()
     with pytest.raises(EvaluationMismatch, match="eval.json did not evaluate models/student/backbone.pth"):
         register(cfg)

@@ -11,8 +11,9 @@ from dinoflow.registry.gate import Champion, challenge_reasons, gate_verdict
 SET = "a" * 64
 
 
-def models(student: float | None = 0.76, teacher: float | None = 0.77, random_init: float | None = 0.54,
-           dataset: str = "mnist") -> dict:
+def models(
+    student: float | None = 0.76, teacher: float | None = 0.77, random_init: float | None = 0.54, dataset: str = "mnist"
+) -> dict:
     out: dict = {}
     for name, v in (("student", student), ("teacher", teacher), ("random_init", random_init)):
         if v is not None:
@@ -28,14 +29,21 @@ def test_default_floors_pass_on_the_demo_numbers_with_no_champion():
     assert RegisterConfig().min_knn_top1 is None
 
 
-@pytest.mark.parametrize(("kw", "numbers", "expect"), [
-    ({}, (0.76, 0.57, 0.54), ["teacher gain 0.0300"]),
-    ({}, (0.60, 0.77, 0.54), ["retention 0.7792"]),
-    ({"min_knn_top1": 0.9}, (0.76, 0.77, 0.54), ["knn_top1 0.7600 < min_knn_top1 0.9000"]),
-    ({}, (0.50, 0.55, 0.54), ["teacher gain 0.0100", "retention 0.9091"]),
-    ({}, (0.76, 0.77, None), ["no 'random_init' knn_top1 on mnist: the teacher-gain floor cannot be checked"]),
-    ({"min_teacher_gain": None}, (0.76, None, None), ["no teacher ('teacher') knn_top1 on mnist: retention cannot be checked"]),
-])
+@pytest.mark.parametrize(
+    ("kw", "numbers", "expect"),
+    [
+        ({}, (0.76, 0.57, 0.54), ["teacher gain 0.0300"]),
+        ({}, (0.60, 0.77, 0.54), ["retention 0.7792"]),
+        ({"min_knn_top1": 0.9}, (0.76, 0.77, 0.54), ["knn_top1 0.7600 < min_knn_top1 0.9000"]),
+        ({}, (0.50, 0.55, 0.54), ["teacher gain 0.0100", "retention 0.9091"]),
+        ({}, (0.76, 0.77, None), ["no 'random_init' knn_top1 on mnist: the teacher-gain floor cannot be checked"]),
+        (
+            {"min_teacher_gain": None},
+            (0.76, None, None),
+            ["no teacher ('teacher') knn_top1 on mnist: retention cannot be checked"],
+        ),
+    ],
+)
 def test_each_floor_fails_with_its_reason(kw, numbers, expect):
     v = gate_verdict(models(*numbers), RegisterConfig(**kw), SET, None)
     assert not v["passed"] and not v["floors_passed"]
@@ -59,8 +67,9 @@ def test_challenger_must_match_the_champion_on_the_same_set():
     champ = Champion("3", 0.80, "mnist", SET)
     worse = gate_verdict(models(0.79, 0.80, 0.5), rc, SET, champ)
     assert worse["floors_passed"] and not worse["passed"]
-    assert worse["reasons"] == ["knn_top1 0.7900 < champion version 3's 0.8000 − champion_tolerance 0.005 "
-                                "on the same evaluation set"]
+    assert worse["reasons"] == [
+        "knn_top1 0.7900 < champion version 3's 0.8000 − champion_tolerance 0.005 on the same evaluation set"
+    ]
     assert worse["champion"] == {"version": "3", "knn_top1": 0.80, "dataset": "mnist", "eval_set": SET, "sha256": None}
     within = gate_verdict(models(0.796, 0.80, 0.5), rc, SET, champ)
     assert within["passed"], "a candidate within the tolerance takes the alias"

@@ -14,7 +14,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-
 from tiny_pipeline import TINY_REGISTRY_PIPELINE, as_params
 
 pytestmark = pytest.mark.slow
@@ -39,7 +38,13 @@ def test_demo_crowns_a_champion_and_a_one_epoch_student_does_not_take_it(tmp_pat
     params = as_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_REGISTRY_PIPELINE)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, **GIT, "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": db, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        **GIT,
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": db,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
     sh(["git", "init", "-q"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "fresh clone"], repo, env)
@@ -57,7 +62,9 @@ def test_demo_crowns_a_champion_and_a_one_epoch_student_does_not_take_it(tmp_pat
     second = json.loads((repo / "reports" / "registry.json").read_text())
     gate = second["gate"]
     assert second["version"] == "2" and not second["took_alias"] and second["alias_version"] == "1"
-    assert gate["knn_top1"] < first["gate"]["knn_top1"] - 0.1, "one epoch inside the warmup leaves the student near chance"
+    assert gate["knn_top1"] < first["gate"]["knn_top1"] - 0.1, (
+        "one epoch inside the warmup leaves the student near chance"
+    )
     assert gate["champion"]["version"] == "1" and gate["champion"]["eval_set"] == gate["eval_set"]
     assert any("champion version 1" in r for r in gate["reasons"]) and any("retention" in r for r in gate["reasons"])
 

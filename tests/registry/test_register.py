@@ -29,9 +29,16 @@ SET_A, SET_B = "a" * 64, "b" * 64
 
 def write_eval(student_file: Path, student: float, teacher: float = 0.80, eval_set: str = SET_A) -> None:
     entry = lambda v: {"mnist": {"knn_top1": v, "linear_top1": v - 0.01, "logreg_top1": v - 0.02}}  # noqa: E731
-    rep = {"student": entry(student), "teacher": entry(teacher), "random_init": entry(0.5), "raw_pixels": entry(0.9),
-           "_provenance": {"models": {"student": {"path": str(student_file), "sha256": file_sha256(student_file)}},
-                           "datasets": {"mnist": {"fingerprint": eval_set, "n_train": 10, "n_test": 5, "n_classes": 2}}}}
+    rep = {
+        "student": entry(student),
+        "teacher": entry(teacher),
+        "random_init": entry(0.5),
+        "raw_pixels": entry(0.9),
+        "_provenance": {
+            "models": {"student": {"path": str(student_file), "sha256": file_sha256(student_file)}},
+            "datasets": {"mnist": {"fingerprint": eval_set, "n_train": 10, "n_test": 5, "n_classes": 2}},
+        },
+    }
     Path("reports").mkdir(exist_ok=True)
     Path("reports/eval.json").write_text(json.dumps(rep))
 
@@ -64,9 +71,14 @@ def project(tmp_path, monkeypatch, mlflow_server):
     export_backbone(student, "models/student")
     export_backbone(build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0), "models/teacher")
     name = f"dinoflow-test-{time.time_ns()}"
-    overrides = [f"tracking.tracking_uri={mlflow_server.uri}", "tracking.system_metrics=false",
-                 f"tracking.experiment=registry-{time.time_ns()}", f"register.model_name={name}",
-                 "evaluate.image_size=28", "evaluate.resize_ratio=1.0"]
+    overrides = [
+        f"tracking.tracking_uri={mlflow_server.uri}",
+        "tracking.system_metrics=false",
+        f"tracking.experiment=registry-{time.time_ns()}",
+        f"register.model_name={name}",
+        "evaluate.image_size=28",
+        "evaluate.resize_ratio=1.0",
+    ]
     return student, name, overrides
 
 
@@ -97,12 +109,19 @@ def test_register_champion_challenge_and_model_centric_records(project, mlflow_s
     assert linked["mnist.knn_top1"].dataset_name == "mnist" and linked["mnist.knn_top1"].dataset_digest == SET_A[:32]
     tags = v1.tags
     assert tags["gate"] == "passed" and tags["gate.eval_set"] == SET_A and tags["gate.champion_version"] == "none"
-    assert float(tags["gate.knn_top1"]) == pytest.approx(0.78) and float(tags["gate.teacher_gain"]) == pytest.approx(0.3)
-    assert tags["dinoflow.model.sha256"] == file_sha256(pth) and tags["dinoflow.training_run_id"] == distill_run.info.run_id
+    assert float(tags["gate.knn_top1"]) == pytest.approx(0.78) and float(tags["gate.teacher_gain"]) == pytest.approx(
+        0.3
+    )
+    assert (
+        tags["dinoflow.model.sha256"] == file_sha256(pth)
+        and tags["dinoflow.training_run_id"] == distill_run.info.run_id
+    )
     assert tags["dinoflow.git.commit"] == "0123abc" and tags["dinoflow.pipeline_run_id"] == "kfp-run-7"
     assert tags["dinoflow.parent_run_id"] == parent.info.run_id
     card = v1.description
-    assert "## Frozen-feature evaluation" in card and "| raw_pixels | 90.0 |" in card and distill_run.info.run_id in card
+    assert (
+        "## Frozen-feature evaluation" in card and "| raw_pixels | 90.0 |" in card and distill_run.info.run_id in card
+    )
     assert "passed — took the alias" in card
 
     # the model: requirements from the public index, a serving example, ONNX beside it

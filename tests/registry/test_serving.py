@@ -15,9 +15,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from services import BIN, free_port, stop, wait_http
 
 from dinoflow.embedding.parts import read_embeddings
-from services import BIN, free_port, stop, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,9 @@ def _post(url: str, body: dict) -> dict:
 
 
 def _model_dir(champion, dest: Path) -> Path:
-    return Path(mlflow.artifacts.download_artifacts(champion.uri, dst_path=str(dest), tracking_uri=champion.tracking_uri))
+    return Path(
+        mlflow.artifacts.download_artifacts(champion.uri, dst_path=str(dest), tracking_uri=champion.tracking_uri)
+    )
 
 
 def test_served_champion_answers_its_serving_example_like_dinoflow_embed(champion, tmp_path):
@@ -39,9 +41,26 @@ def test_served_champion_answers_its_serving_example_like_dinoflow_embed(champio
     port = free_port()
     log = tmp_path / "serve.log"
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", champion.uri, "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port), "--workers", "1"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            champion.uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", 180, proc, log)
         served = np.asarray(_post(f"http://127.0.0.1:{port}/invocations", example)["predictions"], dtype=np.float32)
@@ -57,8 +76,13 @@ def test_served_champion_answers_its_serving_example_like_dinoflow_embed(champio
     for i, b64 in enumerate(example["inputs"]):
         (images / f"example_{i}.png").write_bytes(base64.b64decode(b64))
     out = tmp_path / "emb.parquet"
-    r = subprocess.run([str(BIN / "dinoflow"), "embed", champion.uri, str(images), "-o", str(out), "--no-progress"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(BIN / "dinoflow"), "embed", champion.uri, str(images), "-o", str(out), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     uids, embedded = read_embeddings(out)
     assert uids == [f"example_{i}.png" for i in range(len(example["inputs"]))]
@@ -86,13 +110,22 @@ def test_model_requirements_install_and_load_in_a_fresh_venv(champion, tmp_path)
         "m = mlflow.pyfunc.load_model(sys.argv[1])\n"
         "ex = json.load(open(sys.argv[1] + '/serving_input_example.json'))\n"
         "out = m.predict(np.array(ex['inputs'], dtype=object))\n"
-        "print(json.dumps(out.tolist()))\n")
+        "print(json.dumps(out.tolist()))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    r = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(model)], capture_output=True, text=True,
-                       timeout=300, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script, str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got = np.asarray(json.loads(r.stdout.strip().splitlines()[-1]), dtype=np.float32)
-    freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+    freeze = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True
+    ).stdout
     assert "dinoflow" not in freeze.lower(), "the model must carry its own code"
     example = json.loads((model / "serving_input_example.json").read_text())
     expected = mlflow.pyfunc.load_model(str(model)).predict(np.array(example["inputs"], dtype=object))

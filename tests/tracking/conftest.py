@@ -11,8 +11,15 @@ def workdir(tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "RANK", pipeline_env.PARENT_RUN_ID, pipeline_env.PIPELINE_RUN_ID,
-                pipeline_env.PIPELINE_RUN_NAME, pipeline_env.GIT_COMMIT):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "RANK",
+        pipeline_env.PARENT_RUN_ID,
+        pipeline_env.PIPELINE_RUN_ID,
+        pipeline_env.PIPELINE_RUN_NAME,
+        pipeline_env.GIT_COMMIT,
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DINOFLOW_STATE_DIR", str(tmp_path / "state"))
     while mlflow.active_run():

@@ -15,14 +15,23 @@ from dinoflow.errors import ConfigError
 @pytest.mark.slow
 def test_s3_inputs_are_recorded_without_credentials(workdir, mlflow_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
-    common = [f"tracking.tracking_uri={mlflow_server.uri}", "tracking.experiment=s3-inputs",
-              "tracking.system_metrics=false", "curate.seeds=null", "curate.eval_sets=[]"]
+    common = [
+        f"tracking.tracking_uri={mlflow_server.uri}",
+        "tracking.experiment=s3-inputs",
+        "tracking.system_metrics=false",
+        "curate.seeds=null",
+        "curate.eval_sets=[]",
+    ]
     with pytest.raises(ConfigError, match="carries credentials"):
         load_config(None, [*common, "curate.sources=" + json.dumps(["s3://reader:hunter2@pool-bucket/raw/"])])
-    cfg = load_config(None, [
-        *common, "curate.sources=" + json.dumps(["s3://pool-bucket/raw/", "s3://pool-bucket/more/"]),
-        "pretrain.data=s3://pool-bucket/curated/",
-    ])
+    cfg = load_config(
+        None,
+        [
+            *common,
+            "curate.sources=" + json.dumps(["s3://pool-bucket/raw/", "s3://pool-bucket/more/"]),
+            "pretrain.data=s3://pool-bucket/curated/",
+        ],
+    )
     runs = {}
     for stage in ("curate", "pretrain"):
         with tracking.stage_run(stage, cfg) as run:

@@ -17,8 +17,15 @@ from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, TAG_ROLE
 
 
 def _cfg(uri: str, experiment: str):
-    return load_config(None, [f"tracking.tracking_uri={uri}", f"tracking.experiment={experiment}",
-                              "tracking.system_metrics=false", "tracking.hash_inputs=false"])
+    return load_config(
+        None,
+        [
+            f"tracking.tracking_uri={uri}",
+            f"tracking.experiment={experiment}",
+            "tracking.system_metrics=false",
+            "tracking.hash_inputs=false",
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -36,8 +43,17 @@ def test_pods_starting_together_share_one_parent(workdir, mlflow_server):
             print("RUN_ID=" + run.info.run_id)
     """)
     env = {**__import__("os").environ, pipeline_env.PIPELINE_RUN_ID: run_id}
-    procs = [subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env, cwd=workdir) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", child],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=workdir,
+        )
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
     client = mlflow.MlflowClient(mlflow_server.uri)
@@ -45,8 +61,9 @@ def test_pods_starting_together_share_one_parent(workdir, mlflow_server):
     parents = {r.data.tags["mlflow.parentRunId"] for r in stage_runs}
     assert len(parents) == 1, parents
     exp = client.get_experiment_by_name("fanout").experiment_id
-    alive = client.search_runs([exp], filter_string=f"tags.`{TAG_PIPELINE_RUN_ID}` = '{run_id}' "
-                                                    f"and tags.`{TAG_ROLE}` = 'pipeline'")
+    alive = client.search_runs(
+        [exp], filter_string=f"tags.`{TAG_PIPELINE_RUN_ID}` = '{run_id}' and tags.`{TAG_ROLE}` = 'pipeline'"
+    )
     assert [r.info.run_id for r in alive] == list(parents), "the losing creators deleted their parent runs"
 
 

@@ -47,12 +47,15 @@ def test_missing_input_has_no_hash(tmp_path):
     assert h.digest is None and h.problem == "does not exist"
 
 
-@pytest.mark.parametrize("name, key", [
-    ("data/curated", "dvc.md5.data/curated"),
-    ("s3://bucket/raw/pool/", "dvc.md5.s3/bucket/raw/pool"),
-    ("s3://user:hunter2@bucket/p", "dvc.md5.s3/bucket/p"),
-    ("gs://b/a=b&c", "dvc.md5.gs/b/a_b_c"),
-])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("data/curated", "dvc.md5.data/curated"),
+        ("s3://bucket/raw/pool/", "dvc.md5.s3/bucket/raw/pool"),
+        ("s3://user:hunter2@bucket/p", "dvc.md5.s3/bucket/p"),
+        ("gs://b/a=b&c", "dvc.md5.gs/b/a_b_c"),
+    ],
+)
 def test_tag_keys_are_valid_mlflow_keys_without_credentials(name, key):
     from mlflow.utils.validation import _validate_tag_name
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from services import free_port, start_moto, stop
 
 from dinoflow import pipeline_env, tracking
 from dinoflow.config import load_config
 from dinoflow.errors import DinoflowError
 from dinoflow.stages import section_params
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID
-from services import free_port, start_moto, stop
 
 
 def make_cfg(uri: str | None = None, *extra: str):
@@ -44,11 +44,13 @@ def make_curated(root: Path) -> Path:
 
 
 def test_flatten_drops_secrets_and_redacts_urls():
-    flat = tracking.flatten({
-        "optim": {"base_lr": 0.004, "betas": [0.9, 0.999]},
-        "s3": {"aws_secret_access_key": "hunter2", "api_key": "k", "endpoint": "http://user:pw@host:9000/b"},
-        "db_password": "pw",
-    })
+    flat = tracking.flatten(
+        {
+            "optim": {"base_lr": 0.004, "betas": [0.9, 0.999]},
+            "s3": {"aws_secret_access_key": "hunter2", "api_key": "k", "endpoint": "http://user:pw@host:9000/b"},
+            "db_password": "pw",
+        }
+    )
     assert flat["optim.base_lr"] == 0.004
     assert flat["optim.betas"] == "[0.9, 0.999]"
     assert flat["s3.endpoint"] == "http://***@host:9000/b"
@@ -178,8 +180,13 @@ def test_dvc_md5_changes_with_content(tmp_path):
 
 
 def _git_repo(path: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     (path / "README").write_text("x")
     for cmd in (["git", "init", "-q"], ["git", "add", "README"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=path, check=True, env=env, capture_output=True)
@@ -209,7 +216,9 @@ def test_pipeline_on_server_nests_in_and_out_of_process(workdir, mlflow_server, 
                     tracking.log_metrics({{"loss": 0.5}}, step=0)
                     print("RUN_ID=" + run.info.run_id)
             """)
-            out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=workdir)
+            out = subprocess.run(
+                [sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=workdir
+            )
             assert out.returncode == 0, out.stderr[-2000:]
             child_id = [ln for ln in out.stdout.splitlines() if ln.startswith("RUN_ID=")][0][7:]
     finally:
@@ -225,8 +234,11 @@ def test_pipeline_on_server_nests_in_and_out_of_process(workdir, mlflow_server, 
     assert any(k.startswith("system/cpu_utilization") for k in pre.data.metrics), sorted(pre.data.metrics)
     # artifacts went through the server into S3 (the client holds no S3 credentials)
     # (the bucket is shared by the session's tests: page through every key, not the first 1000)
-    pages = mlflow_server.s3.client().get_paginator("list_objects_v2").paginate(
-        Bucket=mlflow_server.s3.bucket, Prefix="mlartifacts/")
+    pages = (
+        mlflow_server.s3.client()
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=mlflow_server.s3.bucket, Prefix="mlartifacts/")
+    )
     keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/config/resolved.yaml") for k in keys)
 

@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import pytest
+from services import BIN, free_port, stop, wait_http
 
 from dinoflow import tracking
 from dinoflow.config import load_config
 from dinoflow.errors import DinoflowError
-from services import BIN, free_port, stop, wait_http
 
 
 @pytest.fixture
@@ -21,10 +21,24 @@ def doomed_server(tmp_path):
     port = free_port()
     log = tmp_path / "mlflow.log"
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_http(f"http://127.0.0.1:{port}/health", 180, proc, log)
     yield f"http://127.0.0.1:{port}", proc
@@ -32,8 +46,15 @@ def doomed_server(tmp_path):
 
 
 def _cfg(uri: str):
-    return load_config(None, [f"tracking.tracking_uri={uri}", "tracking.system_metrics=false",
-                              "tracking.request_timeout_s=5", "tracking.request_retries=1"])
+    return load_config(
+        None,
+        [
+            f"tracking.tracking_uri={uri}",
+            "tracking.system_metrics=false",
+            "tracking.request_timeout_s=5",
+            "tracking.request_retries=1",
+        ],
+    )
 
 
 @pytest.mark.slow

@@ -37,14 +37,19 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 def tiny_overrides(tmp: Path, data: Path, *extra: str) -> list[str]:
-    return TINY + [f"pretrain.data={data}", f"pretrain.out_dir={tmp / 'teacher'}",
-                   f"pretrain.report_csv={tmp / 'pretrain.csv'}", *extra]
+    return TINY + [
+        f"pretrain.data={data}",
+        f"pretrain.out_dir={tmp / 'teacher'}",
+        f"pretrain.report_csv={tmp / 'pretrain.csv'}",
+        *extra,
+    ]
 
 
 @pytest.fixture
 def tiny_cfg(tmp_path, image_folder):
     def make(*extra: str):
         return load_config(None, tiny_overrides(tmp_path, image_folder, *extra))
+
     return make
 
 
@@ -67,8 +72,16 @@ def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: 
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun}",
-               "--standalone", "-m", "dinoflow", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={torchrun}",
+            "--standalone",
+            "-m",
+            "dinoflow",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "dinoflow", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

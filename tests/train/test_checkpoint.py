@@ -42,8 +42,17 @@ def _model():
 
 def _save(tmp_path):
     m, opt = _model()
-    path = start_save(tmp_path / "ck", 3, modules={"student": m}, train_module=m, optimizer=opt,
-                      extra={"center": torch.arange(2.0)}, meta={"loss": 1.5}, is_main=True, asynchronous=False).finish()
+    path = start_save(
+        tmp_path / "ck",
+        3,
+        modules={"student": m},
+        train_module=m,
+        optimizer=opt,
+        extra={"center": torch.arange(2.0)},
+        meta={"loss": 1.5},
+        is_main=True,
+        asynchronous=False,
+    ).finish()
     return path, m, opt
 
 
@@ -76,8 +85,11 @@ def test_crafted_metadata_runs_no_code(tmp_path):
 def test_crafted_non_tensor_entry_runs_no_code(tmp_path):
     m, opt = _model()
     marker = tmp_path / "PWNED"
-    state = {"student": get_model_state_dict(m), "optim": get_optimizer_state_dict(m, opt),
-             "objective": {"center": torch.zeros(2)}}
+    state = {
+        "student": get_model_state_dict(m),
+        "optim": get_optimizer_state_dict(m, opt),
+        "objective": {"center": torch.zeros(2)},
+    }
     state["optim"]["param_groups"][0]["lr"] = Touch(marker)  # DCP stores it as a pickled byte entry
     dcp.save(state, checkpoint_id=str(tmp_path / "ck"))
     (tmp_path / "ck" / "meta.json").write_text("{}")

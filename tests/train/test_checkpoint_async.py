@@ -29,8 +29,17 @@ def _save_mutate_finish(tmp, rank_main: bool = True) -> dict:
     net, opt = _parts()
     centre = torch.ones(5)
     want = {k: v.clone() for k, v in net.state_dict().items()}
-    pending = start_save(tmp / "ckpt", 7, modules={"student": net}, train_module=net, optimizer=opt,
-                         extra={"centre": centre}, meta={"note": "x"}, is_main=rank_main, asynchronous=True)
+    pending = start_save(
+        tmp / "ckpt",
+        7,
+        modules={"student": net},
+        train_module=net,
+        optimizer=opt,
+        extra={"centre": centre},
+        meta={"note": "x"},
+        is_main=rank_main,
+        asynchronous=True,
+    )
     assert latest_checkpoint(tmp / "ckpt") is None  # not published while in flight
     with torch.no_grad():  # the training goes on and changes everything in place
         for p in net.parameters():
@@ -47,8 +56,13 @@ def test_async_save_keeps_the_state_of_its_step(tmp_path):
     want = _save_mutate_finish(tmp_path)
     net, opt = _parts(seed=1)
     centre = torch.zeros(5)
-    meta = load_checkpoint(latest_checkpoint(tmp_path / "ckpt"), modules={"student": net}, train_module=net,
-                           optimizer=opt, extra={"centre": centre})
+    meta = load_checkpoint(
+        latest_checkpoint(tmp_path / "ckpt"),
+        modules={"student": net},
+        train_module=net,
+        optimizer=opt,
+        extra={"centre": centre},
+    )
     assert meta["step"] == 7 and meta["note"] == "x"
     assert all(torch.equal(net.state_dict()[k], v) for k, v in want.items())
     assert torch.equal(centre, torch.ones(5))
@@ -78,7 +92,12 @@ def test_two_processes_save_in_the_background(tmp_path):
         p.join(timeout=240)
         assert p.exitcode == 0
     net, opt = _parts(seed=1)
-    load_checkpoint(latest_checkpoint(tmp_path / "ckpt"), modules={"student": net}, train_module=net, optimizer=opt,
-                    extra={"centre": torch.zeros(5)})
+    load_checkpoint(
+        latest_checkpoint(tmp_path / "ckpt"),
+        modules={"student": net},
+        train_module=net,
+        optimizer=opt,
+        extra={"centre": torch.zeros(5)},
+    )
     want, _ = _parts()
     assert all(torch.equal(net.state_dict()[k], v) for k, v in want.state_dict().items())

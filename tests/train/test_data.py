@@ -24,8 +24,11 @@ def _bad_folder(root, n):
 
 def test_probe_names_the_key_and_counts_the_undecodable(tmp_path):
     folder = _bad_folder(tmp_path / "junk", 30)
-    with pytest.raises(DinoflowError, match=r"pretrain.data=.*junk: no decodable image in the first 10 samples tried "
-                                            r"\(10 undecodable: 10 not_an_image; e.g. .*img_0000.png"):
+    with pytest.raises(
+        DinoflowError,
+        match=r"pretrain.data=.*junk: no decodable image in the first 10 samples tried "
+        r"\(10 undecodable: 10 not_an_image; e.g. .*img_0000.png",
+    ):
         check_training_data(str(folder), "pretrain.data", limit=10)
     with pytest.raises(DinoflowError, match=r"no decodable image in all 30 samples \(30 undecodable"):
         check_training_data(str(folder), "pretrain.data")

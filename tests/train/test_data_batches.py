@@ -31,7 +31,12 @@ def test_differently_shaped_images_reach_multicrop_as_a_list(tmp_path):
     loader = make_loader(str(tmp_path), load_size=28, seed=0, rank=0, world_size=1, batch_size=4, num_workers=0)
     batch = next(loader)
     images = batch["prepared"]["images"]
-    assert isinstance(images, list) and sorted(tuple(im.shape) for im in images) == [(3, 28, 28), (3, 28, 28), (3, 28, 42), (3, 35, 28)]
+    assert isinstance(images, list) and sorted(tuple(im.shape) for im in images) == [
+        (3, 28, 28),
+        (3, 28, 28),
+        (3, 28, 42),
+        (3, 35, 28),
+    ]
     cfg = load_config(None, ["pretrain.crops={global_size: 28, local_size: 14, n_local: 2}"]).pretrain
     views = Views(cfg.crops, cfg.masks, 7, seed=0).finish(batch["prepared"], batch["step"], torch.device("cpu"))
     assert views["global_crops"].shape == (8, 3, 28, 28) and views["local_crops"].shape == (8, 3, 14, 14)
@@ -46,8 +51,16 @@ def test_host_half_in_workers_gives_the_views_of_the_one_shot_path(image_folder)
     """Masks (and on a CPU the crops) are made by the loader's workers; the views equal the
     ones the loop made itself before, for the same step."""
     views = _views().bind(rank=0, crops_on_host=True)
-    loader = make_loader(str(image_folder), load_size=28, seed=1, rank=0, world_size=1, batch_size=4, num_workers=2,
-                         prepare=views.prepare)
+    loader = make_loader(
+        str(image_folder),
+        load_size=28,
+        seed=1,
+        rank=0,
+        world_size=1,
+        batch_size=4,
+        num_workers=2,
+        prepare=views.prepare,
+    )
     raw = make_loader(str(image_folder), load_size=28, seed=1, rank=0, world_size=1, batch_size=4, num_workers=2)
     for step in range(3):
         batch, plain = next(loader), next(raw)
@@ -63,9 +76,18 @@ def test_host_half_in_workers_gives_the_views_of_the_one_shot_path(image_folder)
 def test_resumed_loader_continues_with_the_same_batches(image_folder, workers):
     """Regression: with W > 1 workers a restart at step k (k % W ≠ 0) handed batch k to the
     wrong worker, so batches came back in another order than the uninterrupted run's."""
+
     def stream(skip, n):
-        it = make_loader(str(image_folder), load_size=28, seed=5, rank=0, world_size=1, batch_size=4,
-                         num_workers=workers, skip_batches=skip)
+        it = make_loader(
+            str(image_folder),
+            load_size=28,
+            seed=5,
+            rank=0,
+            world_size=1,
+            batch_size=4,
+            num_workers=workers,
+            skip_batches=skip,
+        )
         return [next(it) for _ in range(n)]
 
     straight = stream(0, 8)

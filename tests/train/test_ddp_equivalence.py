@@ -20,13 +20,16 @@ N_LOCAL = 2
 
 
 def _cfg(centering: str):
-    return load_config(None, [
-        "pretrain.model={arch: vit_pico, patch_size: 7, img_size: 28, layerscale_init: 0.1}",
-        "pretrain.head={out_dim: 32, hidden_dim: 16, bottleneck_dim: 8}",
-        f"pretrain.crops={{global_size: 28, local_size: 14, n_local: {N_LOCAL}}}",
-        f"pretrain.loss={{koleo_weight: 0.0, centering: {centering}, warmup_teacher_temp_epochs: 0}}",
-        "pretrain.optim={warmup_epochs: 0, freeze_last_layer_epochs: 0, base_lr: 0.05}",
-    ]).pretrain
+    return load_config(
+        None,
+        [
+            "pretrain.model={arch: vit_pico, patch_size: 7, img_size: 28, layerscale_init: 0.1}",
+            "pretrain.head={out_dim: 32, hidden_dim: 16, bottleneck_dim: 8}",
+            f"pretrain.crops={{global_size: 28, local_size: 14, n_local: {N_LOCAL}}}",
+            f"pretrain.loss={{koleo_weight: 0.0, centering: {centering}, warmup_teacher_temp_epochs: 0}}",
+            "pretrain.optim={warmup_epochs: 0, freeze_last_layer_epochs: 0, base_lr: 0.05}",
+        ],
+    ).pretrain
 
 
 def _full_views(seed: int = 0) -> dict:
@@ -42,13 +45,17 @@ def _full_views(seed: int = 0) -> dict:
 
 def _slice(full: dict, rank: int, world: int) -> dict:
     """Rank `rank`'s share in crop-major order: each crop block is cut the same way."""
+
     def part(t, n_crops):
         blocks = t.chunk(n_crops)
         per = blocks[0].shape[0] // world
-        return torch.cat([b[rank * per:(rank + 1) * per] for b in blocks])
+        return torch.cat([b[rank * per : (rank + 1) * per] for b in blocks])
 
-    v = {"global_crops": part(full["global_crops"], 2), "local_crops": part(full["local_crops"], N_LOCAL),
-         "masks": part(full["masks"], 2)}
+    v = {
+        "global_crops": part(full["global_crops"], 2),
+        "local_crops": part(full["local_crops"], N_LOCAL),
+        "masks": part(full["masks"], 2),
+    }
     m = v["masks"]
     v["mask_indices"] = m.flatten().nonzero().flatten()
     v["masks_weight"] = (1 / m.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(m)[m]
@@ -57,10 +64,10 @@ def _slice(full: dict, rank: int, world: int) -> dict:
 
 
 def _step(rank: int, world: int, centering: str) -> tuple[float, dict]:
-    from dinoflow.train.step import train_step
-    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.optim import build_optimizer, param_groups
+    from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.schedules import Schedules
+    from dinoflow.train.step import train_step
 
     pc = _cfg(centering)
     obj = PretrainObjective(pc, torch.device("cpu"))

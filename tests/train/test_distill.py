@@ -24,8 +24,17 @@ STUDENT = [
 
 
 def _distill_cfg(tmp, data, *extra):
-    return load_config(None, tiny_overrides(tmp, data) + STUDENT + [
-        f"distill.data={data}", f"distill.out_dir={tmp / 'student'}", f"distill.report_csv={tmp / 'distill.csv'}", *extra])
+    return load_config(
+        None,
+        tiny_overrides(tmp, data)
+        + STUDENT
+        + [
+            f"distill.data={data}",
+            f"distill.out_dir={tmp / 'student'}",
+            f"distill.report_csv={tmp / 'distill.csv'}",
+            *extra,
+        ],
+    )
 
 
 def test_resample_tokens_keeps_constant_maps_and_changes_grid():
@@ -44,7 +53,9 @@ def test_cosine_distance():
 def test_heads_mode_from_a_pretraining_run(tmp_path, image_folder):
     cfg = _distill_cfg(tmp_path, image_folder, "pretrain.train.max_steps=2")
     pretrain(cfg)
-    out = distill(cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher": str(tmp_path / "teacher")})}))
+    out = distill(
+        cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher": str(tmp_path / "teacher")})})
+    )
     assert out["status"] == "finished" and out["step"] == 6
     student = load_backbone(tmp_path / "student" / "backbone.pth")
     assert student.embed_dim == 64 and student.patch_size == 4  # the student's own architecture
@@ -56,7 +67,9 @@ def test_feature_mode_from_a_backbone_only_file(tmp_path, image_folder):
     teacher = build_backbone("vit_mini", patch_size=7, img_size=28, layerscale_init=1.0)
     export_backbone(teacher, tmp_path / "hub" / "backbone.pth")
     (tmp_path / "hub" / "config.yaml").unlink()  # backbone-only, like an official hub file
-    cfg = _distill_cfg(tmp_path, image_folder, "distill.mode=features", f"distill.teacher={tmp_path / 'hub' / 'backbone.pth'}")
+    cfg = _distill_cfg(
+        tmp_path, image_folder, "distill.mode=features", f"distill.teacher={tmp_path / 'hub' / 'backbone.pth'}"
+    )
     out = distill(cfg)
     assert out["status"] == "finished"
     import csv
@@ -84,8 +97,13 @@ def test_heads_mode_ibot_on_every_patch_never_holds_all_patch_logits(tmp_path, i
     from dinoflow.train.recipe_losses import RecipeLosses
 
     k = 4096
-    cfg = _distill_cfg(tmp_path, image_folder, f"pretrain.head={{out_dim: {k}, ibot_out_dim: {k}, hidden_dim: 32, bottleneck_dim: 16}}",
-                       f"distill.loss.centering={centering}", f"distill.teacher={tmp_path / 'teacher'}")
+    cfg = _distill_cfg(
+        tmp_path,
+        image_folder,
+        f"pretrain.head={{out_dim: {k}, ibot_out_dim: {k}, hidden_dim: 32, bottleneck_dim: 16}}",
+        f"distill.loss.centering={centering}",
+        f"distill.teacher={tmp_path / 'teacher'}",
+    )
     PretrainObjective(cfg.pretrain, torch.device("cpu")).export(tmp_path / "teacher")
     (tmp_path / "teacher" / "train_config.yaml").write_text(dump_config(cfg.pretrain))
     obj = HeadDistillObjective(cfg.distill, torch.device("cpu"))
@@ -125,7 +143,9 @@ def test_heads_mode_student_learns_the_teachers_targets(tmp_path):
     obj = HeadDistillObjective(cfg.distill, torch.device("cpu"))
     teacher_before = {k: t.clone() for k, t in obj.teacher.state_dict().items()}
     ema_before = {k: t.clone() for k, t in obj.student_ema.state_dict().items()}
-    v = obj.views(torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), 0, 0)
+    v = obj.views(
+        torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), 0, 0
+    )
     opt = torch.optim.AdamW(obj.student.parameters(), lr=1e-3)
     history = []
     for _ in range(6):

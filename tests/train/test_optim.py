@@ -13,7 +13,9 @@ class TinyViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, 4, 2, 2)
-        self.blocks = nn.ModuleList([nn.ModuleDict({"norm1": nn.LayerNorm(4), "fc": nn.Linear(4, 4)}) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [nn.ModuleDict({"norm1": nn.LayerNorm(4), "fc": nn.Linear(4, 4)}) for _ in range(depth)]
+        )
         for b in self.blocks:
             b.ls1 = nn.Module()
             b.ls1.gamma = nn.Parameter(torch.ones(4))
@@ -49,10 +51,10 @@ def test_layer_ids():
 def test_layerwise_decay_patch_embed_and_no_decay():
     cfg = OptimConfig(layerwise_decay=0.5, patch_embed_lr_mult=0.2)
     g = _groups(cfg)
-    assert _find(g, "backbone.blocks.2.fc.weight")["lr_multiplier"] == pytest.approx(0.5)      # 0.5^(4-3)
-    assert _find(g, "backbone.blocks.0.fc.weight")["lr_multiplier"] == pytest.approx(0.125)    # 0.5^(4-1)
-    assert _find(g, "backbone.cls_token")["lr_multiplier"] == pytest.approx(0.5 ** 4)
-    assert _find(g, "backbone.patch_embed.proj.weight")["lr_multiplier"] == pytest.approx(0.5 ** 4 * 0.2)
+    assert _find(g, "backbone.blocks.2.fc.weight")["lr_multiplier"] == pytest.approx(0.5)  # 0.5^(4-3)
+    assert _find(g, "backbone.blocks.0.fc.weight")["lr_multiplier"] == pytest.approx(0.125)  # 0.5^(4-1)
+    assert _find(g, "backbone.cls_token")["lr_multiplier"] == pytest.approx(0.5**4)
+    assert _find(g, "backbone.patch_embed.proj.weight")["lr_multiplier"] == pytest.approx(0.5**4 * 0.2)
     assert _find(g, "backbone.norm.weight")["lr_multiplier"] == pytest.approx(1.0)
     assert _find(g, "dino_head.mlp.weight")["lr_multiplier"] == pytest.approx(1.0)
     for n in ("backbone.blocks.1.fc.bias", "backbone.blocks.1.norm1.weight", "backbone.blocks.1.ls1.gamma"):
@@ -80,7 +82,9 @@ def test_prototype_norm_follows_config_and_freezes_with_the_last_layer(trainable
     from dinoflow.config import HeadConfig
     from dinoflow.models import heads_from_config
 
-    dino, _ = heads_from_config(16, HeadConfig(out_dim=8, hidden_dim=12, bottleneck_dim=6, train_last_layer_norm=trainable))
+    dino, _ = heads_from_config(
+        16, HeadConfig(out_dim=8, hidden_dim=12, bottleneck_dim=6, train_last_layer_norm=trainable)
+    )
     assert dino.last_layer.weight_g.requires_grad is trainable
     groups = param_groups({"dino_head": dino}, OptimConfig(), {})
     names = [n for g in groups for n in g["names"]]
@@ -108,9 +112,14 @@ def test_chunked_block_names_give_the_block_index_not_the_chunk():
     chunked = build_backbone("vit_pico", patch_size=7, img_size=28, block_chunks=3)
 
     def multipliers(model):
-        return {n.split(".", 1)[1].replace("blocks.0.0.", "blocks.0.").replace("blocks.1.1.", "blocks.1.")
-                .replace("blocks.2.2.", "blocks.2."): g["lr_multiplier"]
-                for g in param_groups({"backbone": model}, cfg, {"backbone": 3}) for n in g["names"]}
+        return {
+            n.split(".", 1)[1]
+            .replace("blocks.0.0.", "blocks.0.")
+            .replace("blocks.1.1.", "blocks.1.")
+            .replace("blocks.2.2.", "blocks.2."): g["lr_multiplier"]
+            for g in param_groups({"backbone": model}, cfg, {"backbone": 3})
+            for n in g["names"]
+        }
 
     want, got = multipliers(flat), multipliers(chunked)
     assert got == want and len(set(want.values())) == 6  # embeddings, patch embed, three blocks, final norm

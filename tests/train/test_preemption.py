@@ -33,8 +33,14 @@ def test_sigterm_while_loading_data_stops_within_seconds(tmp_path):
     data = _slow_folder(tmp_path / "big")
     ov = cli_overrides(tmp_path, data, "pretrain.train.batch_size_per_rank=256", "pretrain.train.max_steps=2")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dinoflow", "pretrain", *ov], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dinoflow", "pretrain", *ov],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "teacher" / "train_config.yaml").exists() and proc.poll() is None:
         time.sleep(0.05)

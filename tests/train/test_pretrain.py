@@ -60,8 +60,15 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_cfg, tmp_path
     from dinoflow.train import pretrain_objective as objectives
 
     cfg = tiny_cfg("pretrain.train.max_steps=4")
-    pretrain(cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(
-        update={"train": cfg.pretrain.train.model_copy(update={"max_steps": 2})})}))
+    pretrain(
+        cfg.model_copy(
+            update={
+                "pretrain": cfg.pretrain.model_copy(
+                    update={"train": cfg.pretrain.train.model_copy(update={"max_steps": 2})}
+                )
+            }
+        )
+    )
     latest = ckpt_dir(tmp_path / "teacher") / "latest"
     ckpt = latest.read_text()
     real = objectives.PretrainObjective.loss

@@ -19,9 +19,11 @@ def _targets(iterations: int) -> dict[str, torch.Tensor]:
     z, w = torch.randn(10, 6, generator=g), torch.randn(K, 6, generator=g)
     losses = RecipeLosses(LossConfig(sinkhorn_iterations=iterations), K, K, torch.device("cpu"))
     factor = losses.teacher_patch_targets({"patch_z": z, "patch_w": w}, 0.1, torch.tensor([10]))
-    return {"cls": losses.teacher_cls_probs(cls_logits, 0.1).flatten(0, 1),
-            "patch": losses.teacher_patch_targets({"patch_logits": patch_logits}, 0.1, torch.tensor([10])),
-            "patch_factors": factor(0, 10)}
+    return {
+        "cls": losses.teacher_cls_probs(cls_logits, 0.1).flatten(0, 1),
+        "patch": losses.teacher_patch_targets({"patch_logits": patch_logits}, 0.1, torch.tensor([10])),
+        "patch_factors": factor(0, 10),
+    }
 
 
 @pytest.mark.parametrize("form", ["cls", "patch", "patch_factors"])

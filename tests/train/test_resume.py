@@ -33,18 +33,26 @@ def _rows(tmp):
 
 
 def _summary(stdout: str) -> dict:
-    return json.loads(stdout[stdout.index("{"):])
+    return json.loads(stdout[stdout.index("{") :])
 
 
-def _interrupt(args: list[str], run_dir: Path, sig: int, after_rows: int, cwd: Path,
-               published: Path | None = None) -> tuple[int, str, int]:
+def _interrupt(
+    args: list[str], run_dir: Path, sig: int, after_rows: int, cwd: Path, published: Path | None = None
+) -> tuple[int, str, int]:
     """Start `python -m dinoflow *args`, send `sig` once the CSV has `after_rows` rows (and, with
     `published`, once a checkpoint directory under that root names a published checkpoint: they are
     written in the background); (rc, stderr, rows)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dinoflow", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dinoflow", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
+
     def ready() -> bool:
         return len(_rows(run_dir)) >= after_rows and (published is None or any(published.glob("*/latest")))
 
@@ -62,7 +70,9 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, image_folder):
     r = run_cli(args + cli_overrides(straight, image_folder, f"pretrain.train.max_steps={N}"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
 
-    ov = cli_overrides(interrupted, image_folder, f"pretrain.train.max_steps={N}", "pretrain.train.checkpoint_every=100")
+    ov = cli_overrides(
+        interrupted, image_folder, f"pretrain.train.max_steps={N}", "pretrain.train.checkpoint_every=100"
+    )
     rc, err, stopped_at = _interrupt(args + ov, interrupted, signal.SIGTERM, 2, tmp_path)
     assert rc == 1 and "stopped by SIGTERM" in err, err[-3000:]  # not finished: non-zero, so no runner records it done
     assert 2 <= stopped_at < N, stopped_at
@@ -76,8 +86,9 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, image_folder):
     assert state_equal(_teacher(straight), _teacher(interrupted))
     a, b = _rows(straight), _rows(interrupted)
     assert [x["loss"] for x in a] == [x["loss"] for x in b]
-    assert not (interrupted / "teacher" / "ckpt").exists() or not any((interrupted / "teacher" / "ckpt").iterdir()), \
+    assert not (interrupted / "teacher" / "ckpt").exists() or not any((interrupted / "teacher" / "ckpt").iterdir()), (
         "a run that completed its schedule keeps no checkpoint"
+    )
 
 
 # ---------------------------------------------------------------- the demo settings (params.yaml)
@@ -86,10 +97,18 @@ DEMO_STEPS, DEMO_EVERY = 6, 3  # kill -9 lands after the checkpoint at step 3
 
 
 def _demo_args(run_dir: Path, data: Path, centering: str) -> list[str]:
-    ov = ["tracking.enabled=false", f"pretrain.data={data}", f"pretrain.out_dir={run_dir / 'teacher'}",
-          f"pretrain.report_csv={run_dir / 'pretrain.csv'}", f"pretrain.train.checkpoint_dir={run_dir / 'ckpt'}",
-          "pretrain.train.progress=false", "pretrain.train.log_every=1", f"pretrain.train.max_steps={DEMO_STEPS}",
-          f"pretrain.train.checkpoint_every={DEMO_EVERY}", f"pretrain.loss.centering={centering}"]
+    ov = [
+        "tracking.enabled=false",
+        f"pretrain.data={data}",
+        f"pretrain.out_dir={run_dir / 'teacher'}",
+        f"pretrain.report_csv={run_dir / 'pretrain.csv'}",
+        f"pretrain.train.checkpoint_dir={run_dir / 'ckpt'}",
+        "pretrain.train.progress=false",
+        "pretrain.train.log_every=1",
+        f"pretrain.train.max_steps={DEMO_STEPS}",
+        f"pretrain.train.checkpoint_every={DEMO_EVERY}",
+        f"pretrain.loss.centering={centering}",
+    ]
     return ["pretrain", "-c", str(ROOT / "params.yaml")] + [a for o in ov for a in ("-S", o)]
 
 
@@ -105,6 +124,7 @@ def demo_straight(tmp_path_factory, image_folder):
             assert r.returncode == 0, r.stderr[-3000:]
             runs[centering] = d
         return runs[centering]
+
     return get
 
 
@@ -120,8 +140,9 @@ def test_demo_settings_resume_is_bitwise_identical(tmp_path, image_folder, demo_
         assert rc == 1 and "stopped by SIGTERM" in err, err[-3000:]
         resume_at = stopped_at
     else:  # nothing saved at the kill: the resume starts from the periodic checkpoint
-        rc, err, stopped_at = _interrupt(args, tmp_path, signal.SIGKILL, DEMO_EVERY + 1, tmp_path,
-                                         published=tmp_path / "ckpt")
+        rc, err, stopped_at = _interrupt(
+            args, tmp_path, signal.SIGKILL, DEMO_EVERY + 1, tmp_path, published=tmp_path / "ckpt"
+        )
         assert rc == -signal.SIGKILL, err[-3000:]
         (latest,) = (tmp_path / "ckpt").glob("*/latest")
         resume_at = int(latest.read_text().strip().removeprefix("step_"))
@@ -156,8 +177,13 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path, image_folder):
 def test_fsdp_two_processes_then_resume_in_one(tmp_path, image_folder):
     """FSDP2 (fully_shard) on 2 gloo processes: trains, checkpoints shards with DCP, exports a
     full backbone; the sharded checkpoint resumes in a single unsharded process."""
-    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=3", "pretrain.train.checkpoint_every=3",
-                       "pretrain.train.strategy=fsdp")
+    ov = cli_overrides(
+        tmp_path,
+        image_folder,
+        "pretrain.train.max_steps=3",
+        "pretrain.train.checkpoint_every=3",
+        "pretrain.train.strategy=fsdp",
+    )
     r = run_cli(["pretrain", *ov], cwd=tmp_path, torchrun=2)
     assert r.returncode == 0, r.stderr[-4000:]
     sd = _teacher(tmp_path)
@@ -175,7 +201,9 @@ def test_fsdp_with_block_chunks_trains_and_resumes(tmp_path, image_folder):
     never calls, and crashed at the first forward on still-sharded weights. Two processes train
     with the chunked layout, checkpoint, and two processes resume from the shards."""
     chunked = ["pretrain.model.block_chunks=3", "pretrain.train.strategy=fsdp"]
-    ov = cli_overrides(tmp_path, image_folder, "pretrain.train.max_steps=2", "pretrain.train.checkpoint_every=2", *chunked)
+    ov = cli_overrides(
+        tmp_path, image_folder, "pretrain.train.max_steps=2", "pretrain.train.checkpoint_every=2", *chunked
+    )
     r = run_cli(["pretrain", *ov], cwd=tmp_path, torchrun=2)
     assert r.returncode == 0, r.stderr[-4000:]
     first = _teacher(tmp_path)

@@ -27,13 +27,18 @@ def test_changed_settings_are_refused_naming_the_keys(tiny_cfg, tmp_path):
     weights = _backbone(tmp_path)
     recorded = (tmp_path / "teacher" / "train_config.yaml").read_text()
 
-    changed = tiny_cfg("pretrain.train.max_steps=2", "pretrain.optim.base_lr=0.02", "pretrain.loss.koleo_weight=0.5",
-                       "pretrain.seed=1")
+    changed = tiny_cfg(
+        "pretrain.train.max_steps=2", "pretrain.optim.base_lr=0.02", "pretrain.loss.koleo_weight=0.5", "pretrain.seed=1"
+    )
     with pytest.raises(DinoflowError) as e:
         pretrain(changed)
     msg = str(e.value)
-    for key in ("pretrain.optim.base_lr 0.01 -> 0.02", "pretrain.loss.koleo_weight 0.1 -> 0.5", "pretrain.seed 0 -> 1",
-                "pretrain.train.restart=true"):
+    for key in (
+        "pretrain.optim.base_lr 0.01 -> 0.02",
+        "pretrain.loss.koleo_weight 0.1 -> 0.5",
+        "pretrain.seed 0 -> 1",
+        "pretrain.train.restart=true",
+    ):
         assert key in msg, msg
     # nothing was touched: the old weights and the record of how they were trained stay together
     assert state_equal(weights, _backbone(tmp_path))
@@ -55,7 +60,9 @@ def test_restart_starts_over_with_the_new_settings(tiny_cfg, tmp_path):
 def test_runtime_keys_resume_and_a_finished_rerun_reports_its_loss(tiny_cfg, tmp_path):
     a = pretrain(tiny_cfg("pretrain.train.max_steps=2"))
     # how far to run, how often to log or save, and where files go are not training settings
-    b = pretrain(tiny_cfg("pretrain.train.max_steps=3", "pretrain.train.checkpoint_every=1", "pretrain.train.log_every=2"))
+    b = pretrain(
+        tiny_cfg("pretrain.train.max_steps=3", "pretrain.train.checkpoint_every=1", "pretrain.train.log_every=2")
+    )
     assert b["resumed_from"] == 2 and b["step"] == 3
     again = pretrain(tiny_cfg("pretrain.train.max_steps=3"))  # nothing left to train: re-export, same loss
     assert again["resumed_from"] == 3 and again["final_loss"] == b["final_loss"] and math.isfinite(a["final_loss"])
@@ -74,8 +81,13 @@ def test_a_checkpoint_made_with_other_settings_is_never_resumed(tiny_cfg, tmp_pa
 
 def test_checkpoints_are_keyed_by_training_settings_only(tiny_cfg):
     base = tiny_cfg()
-    same = tiny_cfg("pretrain.train.max_steps=7", "pretrain.out_dir=/elsewhere", "pretrain.train.num_workers=2",
-                    "pretrain.train.checkpoint_dir=/durable", "pretrain.train.restart=true")
+    same = tiny_cfg(
+        "pretrain.train.max_steps=7",
+        "pretrain.out_dir=/elsewhere",
+        "pretrain.train.num_workers=2",
+        "pretrain.train.checkpoint_dir=/durable",
+        "pretrain.train.restart=true",
+    )
     other = tiny_cfg("pretrain.optim.base_lr=0.002")
     h = settings_hash("pretrain", training_settings(base.pretrain))
     assert h == settings_hash("pretrain", training_settings(same.pretrain))

@@ -21,7 +21,9 @@ def test_official_array_layout():
     n = total - warm
     for i in range(n):
         ref = final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / n))
-        assert cosine_warmup(warm + i, base=base, final=final, total=total, warmup=warm) == pytest.approx(ref, rel=1e-12)
+        assert cosine_warmup(warm + i, base=base, final=final, total=total, warmup=warm) == pytest.approx(
+            ref, rel=1e-12
+        )
 
 
 def test_sqrt_lr_scaling():
@@ -31,8 +33,13 @@ def test_sqrt_lr_scaling():
 
 
 def test_recipe_schedules():
-    s = Schedules(OptimConfig(warmup_epochs=2, freeze_last_layer_epochs=1), LossConfig(warmup_teacher_temp_epochs=3),
-                  epoch_length=10, epochs=10, total_batch=1024)
+    s = Schedules(
+        OptimConfig(warmup_epochs=2, freeze_last_layer_epochs=1),
+        LossConfig(warmup_teacher_temp_epochs=3),
+        epoch_length=10,
+        epochs=10,
+        total_batch=1024,
+    )
     first, later, last = s.at(0), s.at(15), s.at(99)
     assert first["teacher_temp"] == pytest.approx(0.04)
     assert s.at(15)["teacher_temp"] == pytest.approx(0.04 + 0.03 * 15 / 30)

@@ -42,8 +42,17 @@ class Hierarchy:
 
 
 def level_kmeans(
-    comm: Comm, x: np.ndarray, gid: np.ndarray, k: int, *, resampling_steps: int, sample_size: int | None,
-    iters: int, seed: int, max_points_per_centroid: int | None, progress: str | None = None,
+    comm: Comm,
+    x: np.ndarray,
+    gid: np.ndarray,
+    k: int,
+    *,
+    resampling_steps: int,
+    sample_size: int | None,
+    iters: int,
+    seed: int,
+    max_points_per_centroid: int | None,
+    progress: str | None = None,
 ) -> KMeans:
     """One level: k-means, then `resampling_steps` re-fits on the rows closest to each centroid.
 
@@ -51,17 +60,26 @@ def level_kmeans(
     (over all ranks) and fits k-means again on those alone (Lloyd on a seeded sample of them when
     `max_points_per_centroid` is set); every row is then assigned to the last centroids.
     """
-    km = kmeans(comm, x, gid, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid,
-                progress=progress)
+    km = kmeans(
+        comm, x, gid, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid, progress=progress
+    )
     k = len(km.centroids)
     size = sample_size if sample_size is not None else max(1, round(int(km.sizes.sum()) / k / 2))
     for step in range(resampling_steps if size > 1 else 0):  # one closest row per cluster just gives the centroids
         picked = select_smallest(comm, km.labels, km.sq_dist, gid, np.full(k, size, np.int64))
         if comm.sum_int(int(picked.sum())) < k:
             break  # fewer picked rows than clusters: keep the fit on every row
-        sub = kmeans(comm, np.ascontiguousarray(x[picked]), gid[picked], k, iters=iters, seed=seed + 1 + step,
-                     max_points_per_centroid=max_points_per_centroid, assign_all=False,
-                     progress=f"{progress} resample {step + 1}" if progress else None)
+        sub = kmeans(
+            comm,
+            np.ascontiguousarray(x[picked]),
+            gid[picked],
+            k,
+            iters=iters,
+            seed=seed + 1 + step,
+            max_points_per_centroid=max_points_per_centroid,
+            assign_all=False,
+            progress=f"{progress} resample {step + 1}" if progress else None,
+        )
         labels, sq = assign(comm, x, sub.centroids, with_dist=True)
         sizes = comm.all_reduce_sum(np.bincount(labels, minlength=k).astype(np.int64))
         km = KMeans(sub.centroids, labels, sq, sizes, sub.iterations, km.train)
@@ -69,8 +87,15 @@ def level_kmeans(
 
 
 def hierarchical_kmeans(
-    comm: Comm, x: np.ndarray, gid: np.ndarray, levels: list[int], *, resampling_steps: int = 0,
-    sample_sizes: list[int | None] | None = None, iters: int = 20, seed: int = 0,
+    comm: Comm,
+    x: np.ndarray,
+    gid: np.ndarray,
+    levels: list[int],
+    *,
+    resampling_steps: int = 0,
+    sample_sizes: list[int | None] | None = None,
+    iters: int = 20,
+    seed: int = 0,
     max_points_per_centroid: int | None = None,
 ) -> Hierarchy:
     """Hierarchical k-means of every rank's rows; `levels` = clusters per level, finest first (e.g. [100, 10]).
@@ -88,9 +113,18 @@ def hierarchical_kmeans(
     sq0 = np.zeros(len(x), np.float32)
     pts, pts_gid = x, gid
     for lvl, k in enumerate(levels):
-        km = level_kmeans(comm, pts, pts_gid, k, resampling_steps=resampling_steps, sample_size=sample_sizes[lvl],
-                          iters=iters, seed=seed + 1000 * lvl, max_points_per_centroid=max_points_per_centroid,
-                          progress=f"curate: k-means level {lvl}")
+        km = level_kmeans(
+            comm,
+            pts,
+            pts_gid,
+            k,
+            resampling_steps=resampling_steps,
+            sample_size=sample_sizes[lvl],
+            iters=iters,
+            seed=seed + 1000 * lvl,
+            max_points_per_centroid=max_points_per_centroid,
+            progress=f"curate: k-means level {lvl}",
+        )
         if lvl == 0:
             labels.append(km.labels)
             sizes.append(km.sizes)

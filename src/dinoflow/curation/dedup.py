@@ -93,7 +93,11 @@ def component_labels(gid: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarra
     roots = connected_components(len(nodes), np.searchsorted(nodes, a), np.searchsorted(nodes, b))
     labels = np.asarray(gid, np.int64).copy()
     pos = np.searchsorted(nodes, labels)
-    inside = (pos < len(nodes)) & (nodes[np.minimum(pos, len(nodes) - 1)] == labels) if len(nodes) else np.zeros(len(labels), bool)
+    inside = (
+        (pos < len(nodes)) & (nodes[np.minimum(pos, len(nodes) - 1)] == labels)
+        if len(nodes)
+        else np.zeros(len(labels), bool)
+    )
     labels[inside] = nodes[roots[pos[inside]]]
     return labels
 
@@ -158,7 +162,9 @@ def best_match(comm: Comm, x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, 
     return idx, sim
 
 
-def relative_duplicates(comm: Comm, x: np.ndarray, labels: np.ndarray, eval_x: np.ndarray, threshold: float) -> RelativeDup:
+def relative_duplicates(
+    comm: Comm, x: np.ndarray, labels: np.ndarray, eval_x: np.ndarray, threshold: float
+) -> RelativeDup:
     """Drop every component (labels [n], from `near_duplicates`) that touches an eval row at cosine >= threshold.
 
     eval_x [M, D] is held by every rank.

@@ -131,7 +131,9 @@ class BackboneEmbedder:
     MEAN = (0.485, 0.456, 0.406)
     STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, path: str | Path, size: int, batch_size: int = 256, device: str | None = None, arch: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, size: int, batch_size: int = 256, device: str | None = None, arch: str | None = None
+    ) -> None:
         import torch
 
         path = Path(path)

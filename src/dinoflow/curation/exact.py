@@ -55,7 +55,9 @@ def _lex_first_k(rows: np.ndarray, vals: np.ndarray, cols: np.ndarray, k: int) -
     return order[rank < k]
 
 
-def topk_exact(scores, k: int, tol: float, exact_fn, *, values: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def topk_exact(
+    scores, k: int, tol: float, exact_fn, *, values: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Certified top-k per row of fp32 `scores` (torch [B, N]): by exact score desc, then column asc.
 
     exact_fn(rows, cols) → float64 exact scores of those pairs. Returns (rows, cols, exact values;
@@ -104,7 +106,9 @@ def argmax_exact(scores, tol: float, exact_fn) -> np.ndarray:
     return cols
 
 
-def pairs_above(scores, threshold: float, tol: float, exact_fn, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pairs_above(
+    scores, threshold: float, tol: float, exact_fn, exclude=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (row, col) whose exact score is >= threshold: (rows, cols, exact values).
 
     `exclude` (torch bool [B, N] or None) removes pairs before rescoring (self matches).

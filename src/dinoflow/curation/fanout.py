@@ -66,8 +66,15 @@ def gather_embeddings(dirs: Sequence[str | Path], work_dir: str | Path) -> int:
     return n
 
 
-def run_global_step(params_yaml: str, overrides: Sequence[str], embedding_dirs: Sequence[str], *, out_dir: str,
-                    report_dir: str, opts: Any) -> dict[str, Any]:
+def run_global_step(
+    params_yaml: str,
+    overrides: Sequence[str],
+    embedding_dirs: Sequence[str],
+    *,
+    out_dir: str,
+    report_dir: str,
+    opts: Any,
+) -> dict[str, Any]:
     """The fan-out's last task: gather the tasks' embedding shards, then run `curate` with them as its
     work directory — in this process, under torchrun, or as a TrainJob (`opts`, a LaunchOptions).
     Returns the report's summary (counts, funnel, seconds)."""
@@ -78,7 +85,13 @@ def run_global_step(params_yaml: str, overrides: Sequence[str], embedding_dirs: 
 
     with tempfile.TemporaryDirectory(prefix="dinoflow-curate-work-") as work:
         gather_embeddings(embedding_dirs, work)
-        run_training_step("curate", params_yaml, overrides, inputs={"curate.work_dir": work},
-                          outputs={"curate.out_dir": out_dir, "curate.report_dir": report_dir}, opts=opts)
+        run_training_step(
+            "curate",
+            params_yaml,
+            overrides,
+            inputs={"curate.work_dir": work},
+            outputs={"curate.out_dir": out_dir, "curate.report_dir": report_dir},
+            opts=opts,
+        )
     report = json.loads((Path(report_dir) / "curation.json").read_text())
     return {k: report[k] for k in ("counts", "funnel", "seconds", "embedding_shards", "shards_reused") if k in report}

@@ -66,9 +66,19 @@ def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list],
                 phash = pixel_hash(img)
                 junk = junk_reason(img, min_side=c.min_side, min_std=c.min_std, min_autocorr=c.min_autocorr)
                 status, why = ("junk", junk) if junk else (PARTITION_OK, "")
-            for k, v in zip(COLUMNS, (part.uid_prefix + item.uid, item.entry, os.fsencode(entry.ref),
-                                      os.fsencode(item.member), status, why, phash,
-                                      hashlib.sha256(item.data).hexdigest() if item.data else "")):
+            for k, v in zip(
+                COLUMNS,
+                (
+                    part.uid_prefix + item.uid,
+                    item.entry,
+                    os.fsencode(entry.ref),
+                    os.fsencode(item.member),
+                    status,
+                    why,
+                    phash,
+                    hashlib.sha256(item.data).hexdigest() if item.data else "",
+                ),
+            ):
                 cols[k].append(v)
             if status == PARTITION_OK:
                 images.append(img)
@@ -128,9 +138,13 @@ def load_partition(work: Path, part: Partition, *, embeddings: bool = True):
         table = pq.read_table(table_path)
         emb = np.load(emb_path, mmap_mode="r", allow_pickle=False) if embeddings else None
     except (OSError, ValueError) as e:
-        raise DinoflowError(f"embedding shard {table_path.name} in {work} cannot be read ({e}); delete it and rerun") from None
+        raise DinoflowError(
+            f"embedding shard {table_path.name} in {work} cannot be read ({e}); delete it and rerun"
+        ) from None
     if emb is not None and emb.shape[0] != table.num_rows:
-        raise DinoflowError(f"embedding shard {emb_path.name} has {emb.shape[0]} rows for {table.num_rows} uids; delete it and rerun")
+        raise DinoflowError(
+            f"embedding shard {emb_path.name} has {emb.shape[0]} rows for {table.num_rows} uids; delete it and rerun"
+        )
     return table, emb
 
 
@@ -158,15 +172,26 @@ def _decoded(parts: list[Partition], c: CurateConfig, workers: int) -> Iterator[
 
 
 def ingest_partitions(
-    parts: list[Partition], c: CurateConfig, embedder: Any, work: Path, *, workers: int = 0, show: bool = True,
+    parts: list[Partition],
+    c: CurateConfig,
+    embedder: Any,
+    work: Path,
+    *,
+    workers: int = 0,
+    show: bool = True,
     on_partition: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Decode + embed every partition of `parts` that is not finished in `work`; returns counts."""
     from tqdm import tqdm
 
     todo = [p for p in parts if not partition_done(work, p)]
-    bar = tqdm(total=sum(len(p.entries) for p in todo), desc="curate: decode+embed", unit="file",
-               disable=not show, mininterval=1.0)
+    bar = tqdm(
+        total=sum(len(p.entries) for p in todo),
+        desc="curate: decode+embed",
+        unit="file",
+        disable=not show,
+        mininterval=1.0,
+    )
     for n, (part, (cols, images, rows, notes)) in enumerate(_decoded(todo, c, workers), start=1):
         write_partition(work, part, cols, embed_rows(cols, images, rows, embedder), notes)
         bar.update(len(part.entries))

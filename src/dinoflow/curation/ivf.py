@@ -24,8 +24,8 @@ import numpy as np
 
 from dinoflow.curation.comm import Comm
 from dinoflow.curation.exact import exact_dot, margin, pairs_above
-from dinoflow.curation.probe import probe_lists
 from dinoflow.curation.kmeans import kmeans
+from dinoflow.curation.probe import probe_lists
 
 QUERY_BLOCK = 4096
 MEMBER_BLOCK = 16384
@@ -126,8 +126,9 @@ def _score_list(q: np.ndarray, qg: np.ndarray, m: np.ndarray, mg: np.ndarray, th
             np.maximum(blk, b_exact, out=blk)
             hot = np.flatnonzero(b_fp32 >= threshold - tol)
             if len(hot):
-                r, c, v = pairs_above(scores[torch.from_numpy(hot)], threshold, tol,
-                                      lambda rr, cc, hot=hot: exact(hot[rr], cc))
+                r, c, v = pairs_above(
+                    scores[torch.from_numpy(hot)], threshold, tol, lambda rr, cc, hot=hot: exact(hot[rr], cc)
+                )
                 ok = mgb[c] != qgb[hot[r]]
                 parts.append((hot[r][ok] + qs, c[ok] + ms, v[ok]))
     qi = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -170,6 +171,7 @@ def _search_round(comm: Comm, x, gid, home, probes, lists: np.ndarray, n_lists: 
     edges: list[np.ndarray] = []
     m_bounds = np.searchsorted(m_list[mo], lists, side="left"), np.searchsorted(m_list[mo], lists, side="right")
     q_bounds = np.searchsorted(r_list[qo], lists, side="left"), np.searchsorted(r_list[qo], lists, side="right")
+
     def one(j: int):
         mi, qi = mo[m_bounds[0][j] : m_bounds[1][j]], qo[q_bounds[0][j] : q_bounds[1][j]]
         if not len(mi) or not len(qi):
@@ -199,8 +201,9 @@ def _top_k_edges(e: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return pairs[:, 0], pairs[:, 1], s[idx].astype(np.float32)
 
 
-def quantizer(comm: Comm, x: np.ndarray, gid: np.ndarray, n_lists: int, *, iters: int, train_per_list: int,
-              seed: int) -> np.ndarray:
+def quantizer(
+    comm: Comm, x: np.ndarray, gid: np.ndarray, n_lists: int, *, iters: int, train_per_list: int, seed: int
+) -> np.ndarray:
     """The IVF lists' centroids [L, D]: with `iters` 0, the L rows with the smallest seeded hash of
     their gid (a uniform sample of the pool); else k-means (`iters` Lloyd iterations on a sample of
     `train_per_list` rows per list). Sampled rows follow the pool's density, so their lists are
@@ -209,8 +212,17 @@ def quantizer(comm: Comm, x: np.ndarray, gid: np.ndarray, n_lists: int, *, iters
     from dinoflow.curation.groups import bottom_k_global
 
     if iters > 0:
-        return kmeans(comm, x, gid, n_lists, iters=iters, seed=seed + 7, max_points_per_centroid=train_per_list,
-                      assign_all=False, progress="curate: IVF quantizer").centroids
+        return kmeans(
+            comm,
+            x,
+            gid,
+            n_lists,
+            iters=iters,
+            seed=seed + 7,
+            max_points_per_centroid=train_per_list,
+            assign_all=False,
+            progress="curate: IVF quantizer",
+        ).centroids
     key = seeded.row_hash(seed, seeded.IVF_TRAIN, gid)
     mine = bottom_k_global(comm, key, gid, n_lists)
     keys = comm.all_gather_cat(gid[mine])
@@ -228,9 +240,19 @@ def _flat_graph(comm: Comm, x: np.ndarray, gid: np.ndarray, *, k: int, threshold
 
 
 def near_duplicate_graph(
-    comm: Comm, x: np.ndarray, gid: np.ndarray, *, k: int, threshold: float, nprobe: int = 16,
-    ivf_threshold: int = 50_000, nlist: int | None = None, train_per_list: int = 64, iters: int = 0,
-    seed: int = 0, round_rows: int = 1 << 20,
+    comm: Comm,
+    x: np.ndarray,
+    gid: np.ndarray,
+    *,
+    k: int,
+    threshold: float,
+    nprobe: int = 16,
+    ivf_threshold: int = 50_000,
+    nlist: int | None = None,
+    train_per_list: int = 64,
+    iters: int = 0,
+    seed: int = 0,
+    round_rows: int = 1 << 20,
 ) -> Graph:
     """Edges (cosine >= threshold, at most k per row) among the rows of every rank, identical on every rank."""
     from tqdm import tqdm
@@ -243,8 +265,12 @@ def near_duplicate_graph(
         centroids = quantizer(comm, x, gid, n_lists, iters=iters, train_per_list=train_per_list, seed=seed)
         n_lists = len(centroids)
         probes = probe_lists(comm, x, centroids, nprobe)
-        info.update(nlist=n_lists, nprobe=probes.shape[1], train_iters=iters,
-                    **({"train_per_list": train_per_list} if iters else {}))
+        info.update(
+            nlist=n_lists,
+            nprobe=probes.shape[1],
+            train_iters=iters,
+            **({"train_per_list": train_per_list} if iters else {}),
+        )
     else:
         probes = np.zeros((len(x), 1), np.int64)  # unused: exact search below
     if n_lists == 1:
@@ -255,7 +281,9 @@ def near_duplicate_graph(
     info["rounds"] = len(rounds)
     nn = np.full(len(x), -np.inf)
     found: list[np.ndarray] = []
-    for lists in tqdm(rounds, desc="curate: near-dup search", unit="round", disable=not comm.is_main or len(rounds) < 2):
+    for lists in tqdm(
+        rounds, desc="curate: near-dup search", unit="round", disable=not comm.is_main or len(rounds) < 2
+    ):
         rows, best, e = _search_round(comm, x, gid, home, probes, lists, n_lists, threshold)
         np.maximum.at(nn, rows, best)
         found.append(e)

@@ -63,8 +63,9 @@ def max_norm(x: np.ndarray) -> float:
     return float(np.sqrt(best)) * (1 + 1e-5) + 1e-30
 
 
-def assign(comm: Comm, x: np.ndarray, c: np.ndarray, *, with_dist: bool = False,
-           x_norm: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def assign(
+    comm: Comm, x: np.ndarray, c: np.ndarray, *, with_dist: bool = False, x_norm: float | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Nearest centroid (L2) of each row: (labels [n] int64, exact squared distances [n] float32 or None).
 
     Scores are x·c − ‖c‖²/2 (one GEMM per block); ties between exactly equidistant centroids go
@@ -224,8 +225,16 @@ def init_centroids(comm: Comm, x: np.ndarray, gid: np.ndarray, k: int, seed: int
 
 
 def kmeans(
-    comm: Comm, x: np.ndarray, gid: np.ndarray, k: int, *, iters: int = 20, seed: int = 0,
-    max_points_per_centroid: int | None = None, assign_all: bool = True, progress: str | None = None,
+    comm: Comm,
+    x: np.ndarray,
+    gid: np.ndarray,
+    k: int,
+    *,
+    iters: int = 20,
+    seed: int = 0,
+    max_points_per_centroid: int | None = None,
+    assign_all: bool = True,
+    progress: str | None = None,
 ) -> KMeans:
     """k-means of the rows of every rank; k is clamped to the number of rows.
 
@@ -249,7 +258,7 @@ def kmeans(
     prev = None
     done = 0
     bar = tqdm(total=iters, desc=progress, unit="iter", disable=not (progress and comm.is_main), mininterval=1.0)
-    for done in range(1, iters + 1):
+    for done in range(1, iters + 1):  # noqa: B007 - read after the loop: the iterations run
         labels, _ = assign(comm, xt, c, x_norm=xt_norm)
         if prev is not None and comm.sum_int(int((labels != prev).sum())) == 0:
             break  # converged: another update would give the same centroids

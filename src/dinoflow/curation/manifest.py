@@ -67,7 +67,7 @@ def write_parts(comm: Comm, rows: Rows, plan_parts: list[Any], work: Path, level
         text = {
             "uid": uids,
             "source": [part.source] * len(uids),
-            "path": [u[len(part.uid_prefix):] for u in uids],
+            "path": [u[len(part.uid_prefix) :] for u in uids],
             "pixel_hash": rows.pixel_hash[sl],
             "status": [STATUSES[c] for c in rows.status[sl]],
             "detail": [str(d) for d in rows.detail[sl]],
@@ -92,7 +92,9 @@ def read_part(work: Path, index: int, columns: list[str] | None = None):
 def start_writing(out: Path) -> None:
     """Before any shard changes: no record, no table, and a marker a reader refuses."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / INCOMPLETE, "a curate run is writing this directory; it is complete when manifest.json exists\n")
+    atomic_write_text(
+        out / INCOMPLETE, "a curate run is writing this directory; it is complete when manifest.json exists\n"
+    )
     for name in (RECORD, TABLE):
         (out / name).unlink(missing_ok=True)
 
@@ -153,10 +155,13 @@ def verify_curated(source: str | Path, *, deep: bool = False) -> dict | None:
         if local and ((Path(src) / INCOMPLETE).exists() or (Path(src) / TABLE).exists()):
             raise DinoflowError(
                 f"{src} is an incomplete curated directory (no {RECORD}: the curate run that wrote it did not "
-                "finish); rerun `dinoflow curate` before training on it")
+                "finish); rerun `dinoflow curate` before training on it"
+            )
         return None
     if record.get("format") != RECORD_FORMAT:
-        raise DinoflowError(f"{src}/{RECORD} has format {record.get('format')!r}, expected {RECORD_FORMAT}: rerun `dinoflow curate`")
+        raise DinoflowError(
+            f"{src}/{RECORD} has format {record.get('format')!r}, expected {RECORD_FORMAT}: rerun `dinoflow curate`"
+        )
     listed = {s["name"]: s for s in record["shards"]}
     present = {u.rsplit("/", 1)[-1]: u for u in list_shards(src)} if (s3.is_s3_url(src) or Path(src).is_dir()) else {}
     problems = [f"{n} is missing" for n in listed if n not in present]
@@ -169,6 +174,9 @@ def verify_curated(source: str | Path, *, deep: bool = False) -> dict | None:
             elif deep and p.is_file() and sha256_file(p) != s["sha256"]:
                 problems.append(f"{name} does not match its sha256 in the manifest")
     if problems:
-        raise DinoflowError(f"curated directory {src} does not match its {RECORD}: " + "; ".join(problems[:5])
-                            + " — rerun `dinoflow curate`")
+        raise DinoflowError(
+            f"curated directory {src} does not match its {RECORD}: "
+            + "; ".join(problems[:5])
+            + " — rerun `dinoflow curate`"
+        )
     return record

@@ -44,8 +44,10 @@ class Plan:
     skipped: list[dict[str, str]]
 
     def to_json(self) -> str:
-        return json.dumps({"namespace": self.namespace, "skipped": self.skipped,
-                           "partitions": [asdict(p) for p in self.partitions]}, sort_keys=True)
+        return json.dumps(
+            {"namespace": self.namespace, "skipped": self.skipped, "partitions": [asdict(p) for p in self.partitions]},
+            sort_keys=True,
+        )
 
     @staticmethod
     def from_json(text: str) -> "Plan":
@@ -55,10 +57,19 @@ class Plan:
 
 
 def _key(part: Partition, settings: str) -> str:
-    h = hashlib.sha256(f"partition-v{PARTITION_FORMAT}|{settings}|{part.namespace}|{part.source}|{part.uid_prefix}".encode())
+    h = hashlib.sha256(
+        f"partition-v{PARTITION_FORMAT}|{settings}|{part.namespace}|{part.source}|{part.uid_prefix}".encode()
+    )
     for e in part.entries:
         h.update(json.dumps([e.rel, e.kind, e.size, e.mtime_ns], ensure_ascii=True).encode())
     return h.hexdigest()
+
+
+def _flush(parts: list[Partition], images: list[Entry], namespace: str, src: str, prefix: str) -> None:
+    """The images gathered so far become one partition (in listing order); `images` is emptied."""
+    if images:
+        parts.append(Partition(namespace, len(parts), src, prefix, list(images)))
+        images.clear()
 
 
 def plan_partitions(namespace: str, sources: list[str], chunk_size: int, settings: str) -> Plan:
@@ -70,21 +81,15 @@ def plan_partitions(namespace: str, sources: list[str], chunk_size: int, setting
         stats = SourceStats()
         prefix = f"{src.rstrip('/')}/" if multi else ""
         images: list[Entry] = []
-
-        def flush() -> None:
-            if images:
-                parts.append(Partition(namespace, len(parts), src, prefix, list(images)))
-                images.clear()
-
         for entry in list_source(src, stats):
             if entry.kind == "tar":
-                flush()
+                _flush(parts, images, namespace, src, prefix)
                 parts.append(Partition(namespace, len(parts), src, prefix, [entry]))
             else:
                 images.append(entry)
                 if len(images) >= chunk_size:
-                    flush()
-        flush()
+                    _flush(parts, images, namespace, src, prefix)
+        _flush(parts, images, namespace, src, prefix)
         skipped += [{"source": src, **d} for d in stats.skipped_files]
     for p in parts:
         p.key = _key(p, settings)

@@ -35,7 +35,13 @@ from dinoflow.curation.comm import init_comm
 from dinoflow.curation.partitions import Plan, plan_partitions, rank_partitions
 from dinoflow.curation.rows import Rows
 from dinoflow.curation.steps import (
-    Run, cluster_and_sample, count_ingest_drops, exact_dedup, near_dedup, relative_dedup, retrieve,
+    Run,
+    cluster_and_sample,
+    count_ingest_drops,
+    exact_dedup,
+    near_dedup,
+    relative_dedup,
+    retrieve,
 )
 from dinoflow.errors import DinoflowError
 
@@ -55,7 +61,9 @@ def check_inputs(c: CurateConfig) -> None:
         if not path.startswith("s3://") and not Path(path).exists():
             raise DinoflowError(f"{key} = {path!r} does not exist: build it (dinoflow demo-data) or fix the path")
     if c.retrieval != "none" and not c.seeds:
-        raise DinoflowError(f"curate.retrieval is {c.retrieval!r} but curate.seeds is empty: give seed images or set retrieval: none")
+        raise DinoflowError(
+            f"curate.retrieval is {c.retrieval!r} but curate.seeds is empty: give seed images or set retrieval: none"
+        )
 
 
 def make_plans(c: CurateConfig, settings: str) -> dict[str, Plan]:
@@ -71,8 +79,14 @@ def make_plans(c: CurateConfig, settings: str) -> dict[str, Plan]:
 def make_embedder(c: CurateConfig) -> Any:
     from dinoflow.curation.embed import make_embedder as make
 
-    return make(c.embedder, size=c.embed_size, blur=c.embed_blur, align=c.embed_align, batch_size=c.batch_size,
-                arch=c.embedder_arch)
+    return make(
+        c.embedder,
+        size=c.embed_size,
+        blur=c.embed_blur,
+        align=c.embed_align,
+        batch_size=c.batch_size,
+        arch=c.embedder_arch,
+    )
 
 
 def plan(run: Run, settings: str) -> dict[str, Plan]:
@@ -89,16 +103,22 @@ def plan(run: Run, settings: str) -> dict[str, Plan]:
     return plans
 
 
-def decode_and_embed(run: Run, plans: dict[str, Plan], embedder: Any, on_partition: Callable[[int], None] | None) -> None:
+def decode_and_embed(
+    run: Run, plans: dict[str, Plan], embedder: Any, on_partition: Callable[[int], None] | None
+) -> None:
     """Each rank decodes + embeds its share of every plan's partitions (reference sets first)."""
     from dinoflow.curation.ingest import ingest_partitions
 
     comm = run.comm
-    mine = [p for plan_ in plans.values() for p in
-            (plan_.partitions[i] for i in rank_partitions(len(plan_.partitions), comm.rank, comm.world))]
+    mine = [
+        p
+        for plan_ in plans.values()
+        for p in (plan_.partitions[i] for i in rank_partitions(len(plan_.partitions), comm.rank, comm.world))
+    ]
     mine.sort(key=lambda p: p.namespace == "pool")
-    got = ingest_partitions(mine, run.c, embedder, run.work, workers=run.c.workers, show=comm.is_main,
-                            on_partition=on_partition)
+    got = ingest_partitions(
+        mine, run.c, embedder, run.work, workers=run.c.workers, show=comm.is_main, on_partition=on_partition
+    )
     run.info["embedding_shards"] = {k: comm.sum_int(v) for k, v in got.items()}
     comm.barrier()
     run.lap("decode_embed")
@@ -114,8 +134,11 @@ def write_outputs(run: Run, rows: Rows, pool: Plan) -> dict[str, Any]:
     if comm.is_main:
         start_writing(run.out)
     counts = comm.all_gather_cat(rows.part_rows)
-    kept = comm.all_gather_cat(np.array([int(rows.alive[s - n:s].sum()) for s, n in
-                                         zip(np.cumsum(rows.part_rows), rows.part_rows)], np.int64))
+    kept = comm.all_gather_cat(
+        np.array(
+            [int(rows.alive[s - n : s].sum()) for s, n in zip(np.cumsum(rows.part_rows), rows.part_rows)], np.int64
+        )
+    )
     first_gid = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     comm.barrier()
     shards, reused = write_shards(comm, run.c, pool.partitions, first_gid, kept, run.work, levels, show=comm.is_main)
@@ -141,7 +164,9 @@ def stop_on_signal() -> Iterator[None]:
         return
 
     def handle(signum: int, _frame: Any) -> None:
-        raise Stopped(f"stopped by {signal.Signals(signum).name}; nothing after the last finished partition or shard was kept")
+        raise Stopped(
+            f"stopped by {signal.Signals(signum).name}; nothing after the last finished partition or shard was kept"
+        )
 
     old = signal.signal(signal.SIGTERM, handle)
     try:
@@ -166,7 +191,11 @@ def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) ->
         summary = global_steps(run, plans, embedder.dim)
         if comm.is_main:
             log_metrics({f"curate_{k}": float(v) for k, v in summary["counts"].items()})
-            for p in (Path(c.report_dir) / "curation.json", Path(c.report_dir) / "curation.html", run.out / "manifest.parquet"):
+            for p in (
+                Path(c.report_dir) / "curation.json",
+                Path(c.report_dir) / "curation.html",
+                run.out / "manifest.parquet",
+            ):
                 log_artifact(p)
     return summary
 
@@ -184,7 +213,9 @@ def global_steps(run: Run, plans: dict[str, Plan], dim: int) -> dict[str, Any]:
     refs = [load_reference(p, run.work) for ns, p in plans.items() if ns.startswith("eval")]
     eval_x = np.concatenate([r[0] for r in refs if r[1]]) if any(r[1] for r in refs) else np.zeros((0, dim), np.float32)
     relative_dedup(run, rows, labels, eval_x, [u for r in refs for u in r[1]])
-    seed_x, seed_uids = load_reference(plans["seeds"], run.work) if "seeds" in plans else (np.zeros((0, dim), np.float32), [])
+    seed_x, seed_uids = (
+        load_reference(plans["seeds"], run.work) if "seeds" in plans else (np.zeros((0, dim), np.float32), [])
+    )
     retrieve(run, rows, seed_x, len(seed_uids))
     run.lap("relative_dedup_retrieval")
     cluster_and_sample(run, rows)
@@ -221,8 +252,13 @@ def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, 
         info["skipped_files"] = [d["path"] for d in info["skipped_reasons"]]  # what the source held besides inputs
         run.lap("report")
         info["seconds"] = dict(run.seconds)
-        summary = write_report(run.c, s, funnel=run.funnel, cluster_info=info.pop("clusters", {}),
-                               retrieval_info=info.pop("retrieval", {}), extra=info)
+        summary = write_report(
+            run.c,
+            s,
+            funnel=run.funnel,
+            cluster_info=info.pop("clusters", {}),
+            retrieval_info=info.pop("retrieval", {}),
+            extra=info,
+        )
     run.comm.barrier()
     return summary
-

@@ -29,8 +29,11 @@ GROUPS_PER_ROW = 3
 def _scores(x, c, neg_h, device: str):
     import torch
 
-    return torch.addmm(neg_h, torch.from_numpy(np.ascontiguousarray(x)).to(device),
-                       torch.from_numpy(np.ascontiguousarray(c.T)).to(device))
+    return torch.addmm(
+        neg_h,
+        torch.from_numpy(np.ascontiguousarray(x)).to(device),
+        torch.from_numpy(np.ascontiguousarray(c.T)).to(device),
+    )
 
 
 def nearest_lists(comm: Comm, x: np.ndarray, c: np.ndarray, p: int) -> np.ndarray:
@@ -45,8 +48,13 @@ def nearest_lists(comm: Comm, x: np.ndarray, c: np.ndarray, p: int) -> np.ndarra
     step = block_rows(len(c))
     for s in range(0, len(x), step):
         xb = x[s : s + step]
-        _, cols, _ = topk_exact(_scores(xb, c, neg_h, comm.device), p, tol,
-                                lambda r, cc, xb=xb: exact_dot(xb, c, r, cc) - h64[cc], values=False)
+        _, cols, _ = topk_exact(
+            _scores(xb, c, neg_h, comm.device),
+            p,
+            tol,
+            lambda r, cc, xb=xb: exact_dot(xb, c, r, cc) - h64[cc],
+            values=False,
+        )
         out[s : s + len(xb)] = cols.reshape(len(xb), p)
     return out
 
@@ -89,7 +97,9 @@ def probe_lists(comm: Comm, x: np.ndarray, c: np.ndarray, nprobe: int) -> np.nda
     h64 = half_sq_norms(c)
     tol = margin(x.shape[1], max_norm(x), float(np.sqrt(2 * h64.max())), extra=float(h64.max()))
     with np.errstate(invalid="ignore"):
-        unsure = np.flatnonzero(((v[:, :-1] - v[:, 1:]) <= tol).any(axis=1)) if v.shape[1] > 1 else np.zeros(0, np.int64)
+        unsure = (
+            np.flatnonzero(((v[:, :-1] - v[:, 1:]) <= tol).any(axis=1)) if v.shape[1] > 1 else np.zeros(0, np.int64)
+        )
     for r in unsure:  # fp32 cannot order this row's best lists: score its candidates exactly
         cand = np.unique(np.concatenate([members[h] for h in top_groups[r]]))
         exact = exact_dot(x, c, np.full(len(cand), r), cand) - h64[cand]

@@ -21,7 +21,6 @@ from dinoflow.curation.report_data import HIST_EDGES, Summary
 from dinoflow.curation.statuses import STATUSES
 from dinoflow.io import atomic_path, atomic_write_json, atomic_write_text
 
-
 # ---------------------------------------------------------------- pictures
 
 
@@ -76,8 +75,14 @@ def _sim_png(values: dict[str, tuple[np.ndarray, float | None]], path: Path) -> 
         if len(nz):
             lo = min(float(HIST_EDGES[nz[0]]), thr if thr is not None else 1.0)
             first = int(np.searchsorted(HIST_EDGES, lo, side="right")) - 1
-            ax.bar(HIST_EDGES[first:-1], counts[first:], width=np.diff(HIST_EDGES)[first:], align="edge",
-                   color="#4c78a8", log=True)
+            ax.bar(
+                HIST_EDGES[first:-1],
+                counts[first:],
+                width=np.diff(HIST_EDGES)[first:],
+                align="edge",
+                color="#4c78a8",
+                log=True,
+            )
         if thr is not None:
             ax.axvline(thr, color="#e45756", linestyle="--", label=f"threshold {thr:g}")
             ax.legend(fontsize=8)
@@ -93,7 +98,9 @@ def _grid_png(rows_of_imgs: list[tuple[str, list[Image.Image]]], path: Path, cel
     ncol = max(len(imgs) for _, imgs in rows_of_imgs)
     if ncol == 0:
         return False
-    fig, axes = plt.subplots(len(rows_of_imgs), ncol, figsize=(max(ncol * 0.9, 2.6), len(rows_of_imgs) * 1.2), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows_of_imgs), ncol, figsize=(max(ncol * 0.9, 2.6), len(rows_of_imgs) * 1.2), squeeze=False
+    )
     for r, (label, imgs) in enumerate(rows_of_imgs):
         imgs = [im for im in imgs if im is not None]
         for cidx in range(ncol):
@@ -132,20 +139,28 @@ def _pictures(c: CurateConfig, s: Summary, funnel: list[dict], rdir: Path) -> di
     return pngs
 
 
-def write_report(c: CurateConfig, s: Summary, *, funnel: list[dict], cluster_info: dict, retrieval_info: dict, extra: dict) -> dict[str, Any]:
+def write_report(
+    c: CurateConfig, s: Summary, *, funnel: list[dict], cluster_info: dict, retrieval_info: dict, extra: dict
+) -> dict[str, Any]:
     """Write curation.json / curation.html / PNGs into `c.report_dir`; returns a short summary."""
     rdir = Path(c.report_dir)
     rdir.mkdir(parents=True, exist_ok=True)
     clusters: dict[str, Any] = dict(cluster_info)
     if len(s.level0_sizes):
-        clusters.update(level0_sizes=[int(v) for v in s.level0_sizes], level0_kept_sizes=[int(v) for v in s.level0_kept])
+        clusters.update(
+            level0_sizes=[int(v) for v in s.level0_sizes], level0_kept_sizes=[int(v) for v in s.level0_kept]
+        )
     summary: dict[str, Any] = {
         "funnel": funnel,
         "counts": {k: int(s.counts[k]) for k in STATUSES},
         "drop_details": s.details,
         "thresholds": {
-            "near_dup_threshold": c.near_dup_threshold, "eval_dup_threshold": c.eval_dup_threshold, "knn_k": c.knn_k,
-            "min_side": c.min_side, "min_std": c.min_std, "min_autocorr": c.min_autocorr,
+            "near_dup_threshold": c.near_dup_threshold,
+            "eval_dup_threshold": c.eval_dup_threshold,
+            "knn_k": c.knn_k,
+            "min_side": c.min_side,
+            "min_std": c.min_std,
+            "min_autocorr": c.min_autocorr,
             "retrieval_min_similarity": c.retrieval_min_similarity,
         },
         "retrieval": retrieval_info,
@@ -163,7 +178,10 @@ def write_report(c: CurateConfig, s: Summary, *, funnel: list[dict], cluster_inf
 
 
 def _table(d: dict) -> str:
-    cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>" for k, v in d.items())
+    cells = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
+        for k, v in d.items()
+    )
     return f"<table>{cells}</table>"
 
 
@@ -173,9 +191,12 @@ def _html(s: dict) -> str:
         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
         "td{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}</style></head><body>",
         "<h1>Curation report</h1>",
-        "<h2>Funnel</h2>", _table({f["step"]: f["remaining"] for f in s["funnel"]}),
-        "<h2>Counts by status</h2>", _table(s["counts"]),
-        "<h2>Thresholds</h2>", _table(s["thresholds"]),
+        "<h2>Funnel</h2>",
+        _table({f["step"]: f["remaining"] for f in s["funnel"]}),
+        "<h2>Counts by status</h2>",
+        _table(s["counts"]),
+        "<h2>Thresholds</h2>",
+        _table(s["thresholds"]),
     ]
     parts += ["<h2>Balance</h2>", _table({k: v for k, v in s["clusters"].items() if not k.startswith("level0")})]
     for title, png in s["pngs"].items():

@@ -92,8 +92,9 @@ def _thumbs(s: Summary, work: Path, parts: list[Partition], levels: int, n: int)
                 members[c].append((p, i))
             elif st == "near_dup" and len(pairs) < n:
                 pairs.append((t["uid"][i], t["duplicate_of"][i], (p, i)))
-    s.cluster_thumbs = [(f"cluster {c} ({int(s.level0_kept[c])} kept)", [_image(parts, work, p, i) for p, i in members[c]])
-                        for c in big]
+    s.cluster_thumbs = [
+        (f"cluster {c} ({int(s.level0_kept[c])} kept)", [_image(parts, work, p, i) for p, i in members[c]]) for c in big
+    ]
     where: dict[str, tuple[int, int]] = {}
     wanted = {b for _, b, _ in pairs}
     for p in range(len(parts)):
@@ -102,8 +103,9 @@ def _thumbs(s: Summary, work: Path, parts: list[Partition], levels: int, n: int)
         for i, u in enumerate(read_part(work, p, ["uid"]).column("uid").to_pylist()):
             if u in wanted:
                 where[u] = (p, i)
-    s.pair_thumbs = [(f"{a} ~ {b}", [_image(parts, work, *where[b]), _image(parts, work, *loc)])
-                     for a, b, loc in pairs if b in where]
+    s.pair_thumbs = [
+        (f"{a} ~ {b}", [_image(parts, work, *where[b]), _image(parts, work, *loc)]) for a, b, loc in pairs if b in where
+    ]
 
 
 def summarize(work: Path, parts: list[Partition], levels: int, report_images: int) -> Summary:

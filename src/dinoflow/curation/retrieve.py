@@ -33,7 +33,9 @@ def nearest_seed(comm: Comm, pool: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return best_match(comm, pool, seeds)[1].astype(np.float32)
 
 
-def seed_neighbours(comm: Comm, pool: np.ndarray, gid: np.ndarray, seeds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def seed_neighbours(
+    comm: Comm, pool: np.ndarray, gid: np.ndarray, seeds: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The n nearest pool rows (over all ranks) of every seed: (seed index, local row) pairs held here."""
     import torch
 
@@ -74,17 +76,35 @@ class ClusterRetrieval:
 
 
 def cluster_retrieval(
-    comm: Comm, pool: np.ndarray, gid: np.ndarray, seeds: np.ndarray, *, n_clusters: int,
-    min_seed_neighbours: int = 1, n_neighbours: int = 4, cap: int | None = None, iters: int = 20, seed: int = 0,
-    seed_sim: np.ndarray | None = None, max_points_per_centroid: int | None = None,
+    comm: Comm,
+    pool: np.ndarray,
+    gid: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    n_clusters: int,
+    min_seed_neighbours: int = 1,
+    n_neighbours: int = 4,
+    cap: int | None = None,
+    iters: int = 20,
+    seed: int = 0,
+    seed_sim: np.ndarray | None = None,
+    max_points_per_centroid: int | None = None,
 ) -> ClusterRetrieval:
     """Keep whole pool clusters that hold enough seed neighbours.
 
     A seed "lands" in the clusters of its `n_neighbours` nearest pool rows (counted once per
     cluster per seed). cap: at most this many rows per kept cluster, highest `seed_sim` first.
     """
-    km = kmeans(comm, pool, gid, n_clusters, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid,
-                progress="curate: retrieval k-means")
+    km = kmeans(
+        comm,
+        pool,
+        gid,
+        n_clusters,
+        iters=iters,
+        seed=seed,
+        max_points_per_centroid=max_points_per_centroid,
+        progress="curate: retrieval k-means",
+    )
     k = len(km.centroids)
     si, rows = seed_neighbours(comm, pool, gid, seeds, n_neighbours)
     pairs = comm.all_gather_cat(np.stack([si, km.labels[rows]], axis=1).reshape(-1, 2))

@@ -81,10 +81,17 @@ def load_rows(comm: Comm, plan: Plan, work: Path, dim: int) -> Rows:
     status = np.array([CODE[KEPT] if s == PARTITION_OK else CODE[s] for s in col["status"]], np.int8)
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     return Rows(
-        parts=mine, part_rows=counts, gid=np.arange(start, start + n, dtype=np.int64), uid=col["uid"], status=status,
-        detail=np.array(col["detail"], dtype=object) if n else np.zeros(0, object), pixel_hash=col["pixel_hash"],
-        emb=np.ascontiguousarray(emb, dtype=np.float32), dup_of=np.full(n, -1, np.int64),
-        sims={k: np.full(n, np.nan, np.float32) for k in SIMILARITY_COLUMNS}, total=int(all_counts.sum()),
+        parts=mine,
+        part_rows=counts,
+        gid=np.arange(start, start + n, dtype=np.int64),
+        uid=col["uid"],
+        status=status,
+        detail=np.array(col["detail"], dtype=object) if n else np.zeros(0, object),
+        pixel_hash=col["pixel_hash"],
+        emb=np.ascontiguousarray(emb, dtype=np.float32),
+        dup_of=np.full(n, -1, np.int64),
+        sims={k: np.full(n, np.nan, np.float32) for k in SIMILARITY_COLUMNS},
+        total=int(all_counts.sum()),
         rank_starts=np.array(comm.all_gather_int(start) + [int(all_counts.sum())], np.int64),
     )
 

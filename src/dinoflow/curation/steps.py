@@ -74,9 +74,19 @@ def near_dedup(run: Run, rows: Rows) -> np.ndarray:
 
     c = run.c
     cand = np.flatnonzero(rows.alive)
-    nd = near_duplicates(run.comm, rows.emb[cand], rows.gid[cand], k=c.knn_k, threshold=c.near_dup_threshold,
-                         nprobe=c.nprobe, ivf_threshold=c.ivf_threshold, nlist=c.ivf_nlist,
-                         train_per_list=c.ivf_train_per_list, iters=c.ivf_train_iters, seed=c.seed)
+    nd = near_duplicates(
+        run.comm,
+        rows.emb[cand],
+        rows.gid[cand],
+        k=c.knn_k,
+        threshold=c.near_dup_threshold,
+        nprobe=c.nprobe,
+        ivf_threshold=c.ivf_threshold,
+        nlist=c.ivf_nlist,
+        train_per_list=c.ivf_train_per_list,
+        iters=c.ivf_train_iters,
+        seed=c.seed,
+    )
     rows.dup_of[cand[~nd.keep]] = nd.dup_of[~nd.keep]
     mask = np.zeros(len(rows.gid), bool)
     mask[cand[~nd.keep]] = True
@@ -84,8 +94,9 @@ def near_dedup(run: Run, rows: Rows) -> np.ndarray:
     rows.sims["nn_similarity"][cand] = nd.graph.nn_sim
     labels = np.full(len(rows.gid), -1, np.int64)
     labels[cand] = nd.labels
-    run.info.update(index=nd.index, near_dup_edges=int(len(nd.graph.a)),
-                    near_dup_components=run.comm.sum_int(int(nd.keep.sum())))
+    run.info.update(
+        index=nd.index, near_dup_edges=int(len(nd.graph.a)), near_dup_components=run.comm.sum_int(int(nd.keep.sum()))
+    )
     run.remaining("near_dup", rows)
     return labels
 
@@ -120,16 +131,28 @@ def retrieve(run: Run, rows: Rows, seed_x: np.ndarray, n_seeds: int) -> None:
     cand = np.flatnonzero(rows.alive)
     if c.retrieval != "none" and comm.sum_int(len(cand)):
         if not n_seeds:
-            raise DinoflowError(f"curate.retrieval is {c.retrieval!r} but no seed image in {c.seeds!r} could be decoded")
+            raise DinoflowError(
+                f"curate.retrieval is {c.retrieval!r} but no seed image in {c.seeds!r} could be decoded"
+            )
         x, gid, sim = rows.emb[cand], rows.gid[cand], rows.sims["seed_similarity"][cand]
         keep = np.zeros(len(cand), bool)
         if c.retrieval in ("sample", "both"):
             keep |= sample_retrieval(comm, x, gid, seed_x, c.retrieval_per_seed)
         if c.retrieval in ("cluster", "both"):
-            cr = cluster_retrieval(comm, x, gid, seed_x, n_clusters=c.retrieval_clusters,
-                                   min_seed_neighbours=c.retrieval_min_seed_neighbours, n_neighbours=c.retrieval_per_seed,
-                                   cap=c.retrieval_cap_per_cluster, iters=c.kmeans_iters, seed=c.seed, seed_sim=sim,
-                                   max_points_per_centroid=c.kmeans_max_points_per_centroid)
+            cr = cluster_retrieval(
+                comm,
+                x,
+                gid,
+                seed_x,
+                n_clusters=c.retrieval_clusters,
+                min_seed_neighbours=c.retrieval_min_seed_neighbours,
+                n_neighbours=c.retrieval_per_seed,
+                cap=c.retrieval_cap_per_cluster,
+                iters=c.kmeans_iters,
+                seed=c.seed,
+                seed_sim=sim,
+                max_points_per_centroid=c.kmeans_max_points_per_centroid,
+            )
             keep |= cr.keep
             info.update(clusters=int(len(cr.seed_counts)), clusters_kept=int(len(cr.kept_clusters)))
         if c.retrieval_min_similarity is not None:
@@ -156,9 +179,17 @@ def cluster_and_sample(run: Run, rows: Rows) -> None:
     info: dict[str, Any] = {"levels": levels}
     cand = np.flatnonzero(rows.alive)
     if levels and comm.sum_int(len(cand)):
-        h = hierarchical_kmeans(comm, rows.emb[cand], rows.gid[cand], levels, resampling_steps=c.kmeans_resampling_steps,
-                                sample_sizes=c.kmeans_sample_sizes, iters=c.kmeans_iters, seed=c.seed,
-                                max_points_per_centroid=c.kmeans_max_points_per_centroid)
+        h = hierarchical_kmeans(
+            comm,
+            rows.emb[cand],
+            rows.gid[cand],
+            levels,
+            resampling_steps=c.kmeans_resampling_steps,
+            sample_sizes=c.kmeans_sample_sizes,
+            iters=c.kmeans_iters,
+            seed=c.seed,
+            max_points_per_centroid=c.kmeans_max_points_per_centroid,
+        )
         for lvl in range(len(levels)):
             rows.clusters[cand, lvl] = h.labels[lvl]
         total = int(h.sizes[0].sum())

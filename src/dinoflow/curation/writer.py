@@ -43,12 +43,15 @@ def plan_shards(kept_per_part: np.ndarray, shard_size: int) -> list[list[tuple[i
     for lo in range(0, total, shard_size):
         hi = min(total, lo + shard_size)
         parts = np.flatnonzero((starts < hi) & (ends > lo))
-        plan.append([(int(p), max(lo, int(starts[p])) - int(starts[p]), min(hi, int(ends[p])) - int(starts[p])) for p in parts])
+        plan.append(
+            [(int(p), max(lo, int(starts[p])) - int(starts[p]), min(hi, int(ends[p])) - int(starts[p])) for p in parts]
+        )
     return plan
 
 
-def _shard_rows(work: Path, parts: list[Partition], first_gid: np.ndarray, ranges: list[tuple[int, int, int]],
-                levels: int) -> list[dict]:
+def _shard_rows(
+    work: Path, parts: list[Partition], first_gid: np.ndarray, ranges: list[tuple[int, int, int]], levels: int
+) -> list[dict]:
     """The kept rows of one shard: key, metadata and where to read them."""
     out = []
     for p, a, b in ranges:
@@ -58,9 +61,22 @@ def _shard_rows(work: Path, parts: list[Partition], first_gid: np.ndarray, range
         rec = recs.select(["ref", "member", "content_sha256", "entry"]).to_pydict()
         kept = [i for i, s in enumerate(m["status"]) if s == "kept"][a:b]
         for i in kept:
-            meta = {"uid": m["uid"][i], "source": m["source"][i], "clusters": [int(m[f"cluster_l{lvl}"][i]) for lvl in range(levels)]}
-            out.append({"key": shard_key(int(first_gid[p]) + i), "meta": meta, "part": p, "ref": rec["ref"][i],
-                        "member": rec["member"][i], "sha256": rec["content_sha256"][i], "entry": rec["entry"][i]})
+            meta = {
+                "uid": m["uid"][i],
+                "source": m["source"][i],
+                "clusters": [int(m[f"cluster_l{lvl}"][i]) for lvl in range(levels)],
+            }
+            out.append(
+                {
+                    "key": shard_key(int(first_gid[p]) + i),
+                    "meta": meta,
+                    "part": p,
+                    "ref": rec["ref"][i],
+                    "member": rec["member"][i],
+                    "sha256": rec["content_sha256"][i],
+                    "entry": rec["entry"][i],
+                }
+            )
     return out
 
 
@@ -120,12 +136,23 @@ def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition]
             what = "is gone" if data is None else "changed (its content hash differs)"
             raise DinoflowError(
                 f"{s['meta']['uid']!r} ({os.fsdecode(s['ref'])}{'#' + os.fsdecode(s['member']) if s['member'] else ''}) "
-                f"{what} since curate ingested it; no shard was written with it. Rerun curate to ingest the current pool.")
-    write_shard(out / name, [(s["key"], _png(d, c.max_pixels, c.max_side), "png", s["meta"]) for s, d in zip(samples, datas)])
+                f"{what} since curate ingested it; no shard was written with it. Rerun curate to ingest the current pool."
+            )
+    write_shard(
+        out / name, [(s["key"], _png(d, c.max_pixels, c.max_side), "png", s["meta"]) for s, d in zip(samples, datas)]
+    )
 
 
-def write_shards(comm: Comm, c: CurateConfig, parts: list[Partition], first_gid: np.ndarray, kept_per_part: np.ndarray,
-                 work: Path, levels: int, show: bool = True) -> tuple[list[dict], int]:
+def write_shards(
+    comm: Comm,
+    c: CurateConfig,
+    parts: list[Partition],
+    first_gid: np.ndarray,
+    kept_per_part: np.ndarray,
+    work: Path,
+    levels: int,
+    show: bool = True,
+) -> tuple[list[dict], int]:
     """Write this rank's shards of the plan (first_gid [P]: gid of each partition's first row).
 
     Returns every shard's record (name, bytes, sha256, samples) and how many shards were reused.
@@ -148,12 +175,23 @@ def write_shards(comm: Comm, c: CurateConfig, parts: list[Partition], first_gid:
             state = json.loads(state_path.read_text())
         except (OSError, ValueError):
             state = {}
-        if state.get("digest") == digest and (out / name).is_file() and (out / name).stat().st_size == state.get("bytes"):
+        if (
+            state.get("digest") == digest
+            and (out / name).is_file()
+            and (out / name).stat().st_size == state.get("bytes")
+        ):
             reused += 1
             continue
         _write_one(out, name, samples, parts, work, c)
-        atomic_write_json(state_path, {"digest": digest, "bytes": (out / name).stat().st_size,
-                                       "sha256": sha256_file(out / name), "samples": len(samples)})
+        atomic_write_json(
+            state_path,
+            {
+                "digest": digest,
+                "bytes": (out / name).stat().st_size,
+                "sha256": sha256_file(out / name),
+                "samples": len(samples),
+            },
+        )
     reused = comm.sum_int(reused)
     comm.barrier()
     records = []

@@ -109,7 +109,9 @@ def sample_crop_boxes(
     return top.long(), left.long(), h_fin.long(), w_fin.long()
 
 
-def _axis_coords(start: torch.Tensor, length: torch.Tensor, size: int, full: int, flip: torch.Tensor | None) -> torch.Tensor:
+def _axis_coords(
+    start: torch.Tensor, length: torch.Tensor, size: int, full: int, flip: torch.Tensor | None
+) -> torch.Tensor:
     """Normalised (align_corners=False) sample positions [N, size] of a `size`-pixel resize of
     the pixel span [start, start + length) in an axis of `full` pixels; mirrored where `flip`."""
     centres = (torch.arange(size, dtype=torch.float64, device=start.device) + 0.5) / size  # (0, 1)
@@ -158,7 +160,9 @@ class MultiCropAugment:
                 raise DinoflowError("MultiCropAugment got an empty list of images")
             for k, im in enumerate(items):
                 if not isinstance(im, torch.Tensor) or im.dim() != 3:
-                    raise DinoflowError(f"image {k} must be a tensor shaped [C, H, W], got {getattr(im, 'shape', type(im))}")
+                    raise DinoflowError(
+                        f"image {k} must be a tensor shaped [C, H, W], got {getattr(im, 'shape', type(im))}"
+                    )
             batch = items[0]
         if batch.dtype != torch.uint8 and not batch.is_floating_point():
             raise DinoflowError(f"images must be uint8 (0–255) or float in [0, 1], got dtype {batch.dtype}")
@@ -169,7 +173,9 @@ class MultiCropAugment:
         if items is None:
             b, c, h, w = batch.shape
             if c not in (1, 3):
-                raise DinoflowError(f"images must have 1 (grey) or 3 (RGB) channels, got {c} (shape {tuple(batch.shape)})")
+                raise DinoflowError(
+                    f"images must have 1 (grey) or 3 (RGB) channels, got {c} (shape {tuple(batch.shape)})"
+                )
             if b == 0 or h == 0 or w == 0:
                 raise DinoflowError(f"empty image batch {tuple(batch.shape)}")
             sizes = torch.tensor([[h, w]] * b, dtype=torch.int64)
@@ -221,10 +227,18 @@ class MultiCropAugment:
 
         u_glob = crop_major(u[:, :2])
         g = self._crops(x, heights, widths, u_glob, 2, cfg.global_size, cfg.global_scale)
-        blur_p = torch.cat([torch.full((b,), cfg.blur_p[0], dtype=torch.float64, device=dev),
-                            torch.full((b,), cfg.blur_p[1], dtype=torch.float64, device=dev)])
-        sol_p = torch.cat([torch.zeros(b, dtype=torch.float64, device=dev),
-                           torch.full((b,), cfg.solarize_p, dtype=torch.float64, device=dev)])
+        blur_p = torch.cat(
+            [
+                torch.full((b,), cfg.blur_p[0], dtype=torch.float64, device=dev),
+                torch.full((b,), cfg.blur_p[1], dtype=torch.float64, device=dev),
+            ]
+        )
+        sol_p = torch.cat(
+            [
+                torch.zeros(b, dtype=torch.float64, device=dev),
+                torch.full((b,), cfg.solarize_p, dtype=torch.float64, device=dev),
+            ]
+        )
         g = self._photometric(g, u_glob, blur_p, sol_p, self.global_kernel)
 
         if cfg.n_local:
@@ -232,7 +246,9 @@ class MultiCropAugment:
             loc = self._crops(x, heights, widths, u_loc, cfg.n_local, cfg.local_size, cfg.local_scale)
             n = loc.shape[0]
             blur_p = torch.full((n,), cfg.blur_p[2], dtype=torch.float64, device=dev)
-            loc = self._photometric(loc, u_loc, blur_p, torch.zeros(n, dtype=torch.float64, device=dev), self.local_kernel)
+            loc = self._photometric(
+                loc, u_loc, blur_p, torch.zeros(n, dtype=torch.float64, device=dev), self.local_kernel
+            )
         else:
             loc = torch.empty(0, 3, cfg.local_size, cfg.local_size, device=dev)
         return {"global_crops": g, "local_crops": loc}
@@ -273,7 +289,11 @@ class MultiCropAugment:
         if cfg.color_jitter_p > 0 and (x.device.type != "cpu" or bool(jitter_rows.any())):
             f = u[:, _FACTORS]
             ops = []  # (op, per-row factor) in torchvision's op numbering
-            for strength, fn, col in ((bri, color.adjust_brightness, 0), (con, color.adjust_contrast, 1), (sat, color.adjust_saturation, 2)):
+            for strength, fn, col in (
+                (bri, color.adjust_brightness, 0),
+                (con, color.adjust_contrast, 1),
+                (sat, color.adjust_saturation, 2),
+            ):
                 lo = max(0.0, 1.0 - strength)
                 ops.append((fn, (lo + (1.0 + strength - lo) * f[:, col]).float(), strength > 0))
             ops.append((color.adjust_hue, ((2.0 * f[:, 3] - 1.0) * hue).float(), hue > 0))

@@ -234,7 +234,9 @@ def _plan(cfg: Config) -> dict[str, Any]:
     eval_truth = {uid: {"label": int(te_y[k]), "mnist_test_index": k} for k, uid in enumerate(eval_uids)}
 
     kinds = [r["kind"] for r in pool_truth.values()]
-    totals = {k: kinds.count(k) for k in ("original", "digits", "exact_dup", "near_dup", "eval_copy", "junk", "corrupt")}
+    totals = {
+        k: kinds.count(k) for k in ("original", "digits", "exact_dup", "near_dup", "eval_copy", "junk", "corrupt")
+    }
     totals.update(pool=len(pool_truth), seeds=len(seed_truth), eval=len(eval_truth))
     truth = {
         "version": 1,
@@ -263,8 +265,9 @@ def _clean_entries(include_digits: bool, tr_x: np.ndarray, tr_y: np.ndarray) -> 
     return entries, greys
 
 
-def _duplicate_entries(d: DemoConfig, tr_x: np.ndarray, tr_y: np.ndarray, rng: np.random.Generator,
-                       greys: list[np.ndarray]) -> list[Entry]:
+def _duplicate_entries(
+    d: DemoConfig, tr_x: np.ndarray, tr_y: np.ndarray, rng: np.random.Generator, greys: list[np.ndarray]
+) -> list[Entry]:
     """Exact and near duplicates of distinct originals; near duplicates' pixels join `greys`."""
     entries: list[Entry] = []
     sources = rng.choice(len(tr_x), size=d.n_exact_dups + d.n_near_dups, replace=False)
@@ -281,8 +284,9 @@ def _duplicate_entries(d: DemoConfig, tr_x: np.ndarray, tr_y: np.ndarray, rng: n
     return entries
 
 
-def _eval_copy_entries(n: int, te_x: np.ndarray, te_y: np.ndarray, eval_uids: list[str], rng: np.random.Generator,
-                       greys: list[np.ndarray]) -> list[Entry]:
+def _eval_copy_entries(
+    n: int, te_x: np.ndarray, te_y: np.ndarray, eval_uids: list[str], rng: np.random.Generator, greys: list[np.ndarray]
+) -> list[Entry]:
     """Copies of `n` distinct evaluation images (exact or JPEG'd); their pixels join `greys`."""
     entries: list[Entry] = []
     copies = rng.choice(len(te_x), size=n, replace=False)
@@ -315,11 +319,18 @@ def _corrupt_entries(n: int, tr_x: np.ndarray, rng: np.random.Generator) -> list
     entries: list[Entry] = []
     for kind in _cycle(CORRUPT_KINDS, n):
         donor = tr_x[int(rng.integers(len(tr_x)))]
-        entries.append((_corrupt(kind, rng, donor), {"kind": "corrupt", "corrupt_kind": kind, "expected_reason": CORRUPT_REASON[kind]}))
+        entries.append(
+            (
+                _corrupt(kind, rng, donor),
+                {"kind": "corrupt", "corrupt_kind": kind, "expected_reason": CORRUPT_REASON[kind]},
+            )
+        )
     return entries
 
 
-def _place(entries: list[Entry], rng: np.random.Generator) -> tuple[dict[str, bytes], dict[str, dict[str, Any]], dict[int, str]]:
+def _place(
+    entries: list[Entry], rng: np.random.Generator
+) -> tuple[dict[str, bytes], dict[str, dict[str, Any]], dict[int, str]]:
     """Shuffle the entries into pool uids (which hide the kind); resolve each copy's `_src` to the
     uid of its original. → (pool files, pool truth, MNIST train index → uid of its original)."""
     order = rng.permutation(len(entries))  # order[k] = entry placed at position k
@@ -333,14 +344,15 @@ def _place(entries: list[Entry], rng: np.random.Generator) -> tuple[dict[str, by
         pool_truth[uid] = dict(rec)
         if rec["kind"] == "original":
             train_uid[rec["mnist_train_index"]] = uid
-    for uid, rec in pool_truth.items():
+    for rec in pool_truth.values():
         if "_src" in rec:
             rec["of"] = train_uid[rec.pop("_src")]
     return pool_files, pool_truth, train_uid
 
 
-def _seeds(n_per_class: int, tr_x: np.ndarray, tr_y: np.ndarray, train_uid: dict[int, str],
-           rng: np.random.Generator) -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
+def _seeds(
+    n_per_class: int, tr_x: np.ndarray, tr_y: np.ndarray, train_uid: dict[int, str], rng: np.random.Generator
+) -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
     """`n_per_class` labelled training images per class (also in the pool as originals)."""
     seed_files: dict[str, bytes] = {}
     seed_truth: dict[str, dict[str, Any]] = {}
@@ -359,7 +371,11 @@ def _check_foreign(folder: Path, pattern: re.Pattern[str]) -> None:
     """Refuse to touch a folder holding files this stage did not write (a mistyped out_dir)."""
     if not folder.is_dir():
         return
-    foreign = [p.name for p in sorted(folder.iterdir()) if not (p.is_file() and (pattern.fullmatch(p.name) or _TEMP_NAME.fullmatch(p.name)))]
+    foreign = [
+        p.name
+        for p in sorted(folder.iterdir())
+        if not (p.is_file() and (pattern.fullmatch(p.name) or _TEMP_NAME.fullmatch(p.name)))
+    ]
     if foreign:
         raise DinoflowError(
             f"{folder} holds files the demo did not write ({', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}): "

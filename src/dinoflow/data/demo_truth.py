@@ -22,7 +22,6 @@ from typing import Any
 from dinoflow.curation.statuses import DUPLICATE_STATUSES as DUP_STATUSES
 
 
-
 def find_ground_truth(sources: list[str]) -> Path | None:
     """`ground_truth.json` in the (single local) source folder or its parent, else None."""
     if len(sources) != 1 or sources[0].startswith("s3://"):
@@ -41,8 +40,11 @@ def score_manifest(manifest: dict[str, list], truth: dict[str, Any]) -> dict[str
     group = {u: (r.get("of") if r.get("kind") in DUP_STATUSES else u) for u, r in pool.items()}
     status = dict(zip(manifest["path"], manifest["status"]))
     path_of = dict(zip(manifest["uid"], manifest["path"]))
-    drops = [(p, path_of.get(d, "")) for p, s, d in zip(manifest["path"], manifest["status"], manifest["duplicate_of"])
-             if s in DUP_STATUSES]
+    drops = [
+        (p, path_of.get(d, ""))
+        for p, s, d in zip(manifest["path"], manifest["status"], manifest["duplicate_of"])
+        if s in DUP_STATUSES
+    ]
     correct = [p in group and group[p] == group.get(other) for p, other in drops]
     n_true = sum(k in DUP_STATUSES for k in kind.values())
     per_kind: dict[str, dict[str, int]] = {}
@@ -61,7 +63,9 @@ def score_manifest(manifest: dict[str, list], truth: dict[str, Any]) -> dict[str
         "duplicates_planted": n_true,
         "duplicates_dropped": len(drops),
         "duplicates_correct": sum(correct),
-        "false_duplicate_examples": [[p, o, kind.get(p), kind.get(o)] for (p, o), ok in zip(drops, correct) if not ok][:20],
+        "false_duplicate_examples": [[p, o, kind.get(p), kind.get(o)] for (p, o), ok in zip(drops, correct) if not ok][
+            :20
+        ],
         "junk_total": total["junk"],
         "junk_kept": of_kind("junk", "kept"),
         "junk_kept_fraction": of_kind("junk", "kept") / total["junk"] if total["junk"] else 0.0,
@@ -80,5 +84,7 @@ def score_curation(curated_dir: str | Path, truth_path: str | Path) -> dict[str,
     """Read `<curated_dir>/manifest.parquet` and score it against `truth_path`."""
     import pyarrow.parquet as pq
 
-    cols = pq.read_table(Path(curated_dir) / "manifest.parquet", columns=["uid", "path", "status", "duplicate_of"]).to_pydict()
+    cols = pq.read_table(
+        Path(curated_dir) / "manifest.parquet", columns=["uid", "path", "status", "duplicate_of"]
+    ).to_pydict()
     return {"file": str(truth_path), **score_manifest(cols, json.loads(Path(truth_path).read_text()))}

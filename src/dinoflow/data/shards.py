@@ -229,7 +229,9 @@ def list_shards(source: str | Path) -> list[str]:
         return [str(p)]
     if p.is_dir():
         return sorted(str(q) for q in p.iterdir() if q.is_file() and q.name.lower().endswith(".tar"))
-    raise DinoflowError(f"shard source {src} does not exist: give a directory of .tar shards, a .tar file or s3://bucket/prefix")
+    raise DinoflowError(
+        f"shard source {src} does not exist: give a directory of .tar shards, a .tar file or s3://bucket/prefix"
+    )
 
 
 def _split_name(name: str) -> tuple[str, str] | None:

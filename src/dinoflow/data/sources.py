@@ -118,7 +118,10 @@ def _walk(root: Path, stats: SourceStats) -> list[tuple[str, str]]:
                 is_dir, key = False, None
             if is_dir and key is not None:
                 if key in seen:
-                    stats.skip(printable(sub), f"folder already listed as {printable(seen[key])!r} (symlink loop or second link): read once")
+                    stats.skip(
+                        printable(sub),
+                        f"folder already listed as {printable(seen[key])!r} (symlink loop or second link): read once",
+                    )
                     continue
                 seen[key] = sub
                 subdirs.append((de.path, sub + "/"))
@@ -154,7 +157,9 @@ def list_source(source: str | Path, stats: SourceStats | None = None) -> list[En
             raise DinoflowError(f"source {src} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a .tar shard")
         return [Entry(printable(root.name), kind, src, *_stat(src))]
     if not root.is_dir():
-        raise DinoflowError(f"source {src} does not exist: give an image folder, a .tar shard (or a folder of them) or s3://bucket/prefix")
+        raise DinoflowError(
+            f"source {src} does not exist: give an image folder, a .tar shard (or a folder of them) or s3://bucket/prefix"
+        )
     return [Entry(printable(rel), _kind(rel) or "", path, *_stat(path)) for rel, path in _walk(root, stats)]
 
 
@@ -190,8 +195,17 @@ def read_local(path: str) -> tuple[bytes, str | None]:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = "fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device" if (
-                stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "directory" if stat.S_ISDIR(mode) else "special file"
+            kind = (
+                "fifo"
+                if stat.S_ISFIFO(mode)
+                else "socket"
+                if stat.S_ISSOCK(mode)
+                else "device"
+                if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode))
+                else "directory"
+                if stat.S_ISDIR(mode)
+                else "special file"
+            )
             return b"", f"not a regular file ({kind})"
         os.set_blocking(fd, True)
         parts = []

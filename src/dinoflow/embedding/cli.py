@@ -23,9 +23,12 @@ from dinoflow.errors import DinoflowError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dinoflow embed", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p = argparse.ArgumentParser(
+        prog="dinoflow embed",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     p.add_argument("model", help="models:/NAME@ALIAS (or another MLflow model URI), or a backbone.pth / its folder")
     p.add_argument("input", help="image folder, .tar shard(s) folder or file, or s3://bucket/prefix")
     p.add_argument("-o", "--output", required=True, help="the Parquet file to write (e.g. embeddings.parquet)")
@@ -35,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="discard a partial run instead of resuming it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--tracking-uri", help="MLflow tracking server for a models:/ URI")
-    p.add_argument("-c", "--config", default="params.yaml", help="config for a backbone file's pre-processing (evaluate section)")
+    p.add_argument(
+        "-c", "--config", default="params.yaml", help="config for a backbone file's pre-processing (evaluate section)"
+    )
     p.add_argument("--image-size", type=int, help="backbone file: centre-crop side (default: evaluate.image_size)")
     p.add_argument("--resize-ratio", type=float, help="backbone file: resize ratio (default: evaluate.resize_ratio)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -82,8 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             size = args.image_size or ev.image_size
             ratio = args.resize_ratio or ev.resize_ratio
         model = load_model(args.model, size, ratio)
-        summary = run_embed(model, args.input, args.output, batch_size=args.batch_size, part_size=args.part_size,
-                            pooled=args.pooled_patch_tokens, restart=args.restart, progress=not args.no_progress)
+        summary = run_embed(
+            model,
+            args.input,
+            args.output,
+            batch_size=args.batch_size,
+            part_size=args.part_size,
+            pooled=args.pooled_patch_tokens,
+            restart=args.restart,
+            progress=not args.no_progress,
+        )
     except DinoflowError as e:
         print(f"dinoflow embed: {e}", file=sys.stderr)
         return 1
@@ -91,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dinoflow embed: interrupted; rerun the same command to resume ({args.output})", file=sys.stderr)
         return 130
     if summary["skipped"]:
-        print(f"dinoflow embed: skipped {summary['skipped']} bad image(s), listed in {summary['skipped_file']}",
-              file=sys.stderr)
+        print(
+            f"dinoflow embed: skipped {summary['skipped']} bad image(s), listed in {summary['skipped_file']}",
+            file=sys.stderr,
+        )
     print(json.dumps(summary, indent=2))
     return 0

@@ -57,15 +57,22 @@ def load_model(spec: str, image_size: int, resize_ratio: float) -> LoadedModel:
         if not isinstance(wrapped, EmbeddingModel):
             raise DinoflowError(f"{spec} is not a dinoflow embedding model (it is {type(wrapped).__name__})")
         prep = wrapped.prep
-        return LoadedModel(wrapped.backbone, int(prep["image_size"]), float(prep["resize_ratio"]),
-                           file_sha256(wrapped.backbone_path), spec)
+        return LoadedModel(
+            wrapped.backbone,
+            int(prep["image_size"]),
+            float(prep["resize_ratio"]),
+            file_sha256(wrapped.backbone_path),
+            spec,
+        )
     from dinoflow.models import load_backbone
 
     path = Path(spec)
     if path.is_dir():
         path = path / "backbone.pth"
     if not path.is_file():
-        raise DinoflowError(f"model {spec}: no such backbone file; give a backbone.pth (or its folder) or a models:/ URI")
+        raise DinoflowError(
+            f"model {spec}: no such backbone file; give a backbone.pth (or its folder) or a models:/ URI"
+        )
     return LoadedModel(load_backbone(path).eval(), image_size, resize_ratio, file_sha256(path), str(path))
 
 
@@ -97,26 +104,42 @@ def _embed_batch(model: LoadedModel, pending: _Pending, pooled: bool) -> int:
 
 def _write_part(store: PartStore, pending: _Pending, dim: int, pooled: bool) -> None:
     names = [EMBEDDING, POOLED_PATCH_TOKENS] if pooled else [EMBEDDING]
-    cols = {k: np.concatenate(pending.columns[k]) if pending.columns.get(k) else np.zeros((0, dim), np.float32)
-            for k in names}
+    cols = {
+        k: np.concatenate(pending.columns[k]) if pending.columns.get(k) else np.zeros((0, dim), np.float32)
+        for k in names
+    }
     store.write_part(pending.uids, cols, pending.skipped)
     pending.uids, pending.columns, pending.skipped = [], {}, []
 
 
-def run_embed(model: LoadedModel, source: str, output: str | Path, *, batch_size: int = 64, part_size: int = 4096,
-              pooled: bool = False, restart: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_embed(
+    model: LoadedModel,
+    source: str,
+    output: str | Path,
+    *,
+    batch_size: int = 64,
+    part_size: int = 4096,
+    pooled: bool = False,
+    restart: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Embed every image of `source` into `output` (Parquet); resumes a killed run. Returns a summary."""
     from dinoflow.data.decode import CorruptImage, decode_image
+    from dinoflow.data.s3 import is_s3_url
     from dinoflow.data.sources import SourceStats, iter_source
     from dinoflow.tracking import redact
-
-    from dinoflow.data.s3 import is_s3_url
 
     if not is_s3_url(str(source)) and not Path(source).exists():
         raise DinoflowError(f"input {source} does not exist: give an image folder, .tar shard(s) or s3://bucket/prefix")
     out = Path(output)
-    settings = {"model_sha256": model.sha256, "image_size": model.image_size, "resize_ratio": model.resize_ratio,
-                "input": redact(str(source)), "pooled_patch_tokens": pooled, "format": 1}
+    settings = {
+        "model_sha256": model.sha256,
+        "image_size": model.image_size,
+        "resize_ratio": model.resize_ratio,
+        "input": redact(str(source)),
+        "pooled_patch_tokens": pooled,
+        "format": 1,
+    }
     store = PartStore(out, settings, restart=restart)
     done, resumed_rows, resumed_skips = store.done()
     dim = int(getattr(model.backbone, "embed_dim", 0))
@@ -151,11 +174,19 @@ def run_embed(model: LoadedModel, source: str, output: str | Path, *, batch_size
     seconds = time.perf_counter() - t0
     if stats.items == 0:
         store.discard()
-        raise DinoflowError(f"{source} holds no images ({', '.join(stats.skipped_files[:5]) or 'empty'}): nothing to embed")
+        raise DinoflowError(
+            f"{source} holds no images ({', '.join(stats.skipped_files[:5]) or 'empty'}): nothing to embed"
+        )
     summary = store.finish({"model": model.source, "dim": dim})
     return {
-        "output": str(out), **summary, "dim": dim, "model": model.source, "input": settings["input"],
-        "resumed_rows": resumed_rows, "embedded_now": embedded, "seconds": round(seconds, 2),
+        "output": str(out),
+        **summary,
+        "dim": dim,
+        "model": model.source,
+        "input": settings["input"],
+        "resumed_rows": resumed_rows,
+        "embedded_now": embedded,
+        "seconds": round(seconds, 2),
         "images_per_s": round(embedded / seconds, 1) if seconds > 0 else None,
         "other_files": len(stats.skipped_files),
     }

@@ -41,7 +41,7 @@ PROTOBUF_LIMIT = 2**31 - 2**27  # one .onnx file holds < 2 GiB; larger weights g
 
 def _require() -> tuple[Any, Any]:
     try:
-        import onnx  # noqa: F401 - the exporter needs it
+        import onnx  # the exporter needs it
         import onnxruntime
         import onnxscript  # noqa: F401 - the exporter needs it
     except ImportError as e:
@@ -72,11 +72,18 @@ def export_onnx(backbone: torch.nn.Module, out_dir: str | Path, image_size: int,
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                head, (example,), str(out / ONNX_FILE), dynamo=True, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=({0: batch},), verbose=False, external_data=weight_bytes > PROTOBUF_LIMIT,
+                head,
+                (example,),
+                str(out / ONNX_FILE),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+                external_data=weight_bytes > PROTOBUF_LIMIT,
             )
-    except Exception as e:  # noqa: BLE001 - exporter internals raise many types; name the step and the way out
+    except Exception as e:  # exporter internals raise many types; name the step and the way out
         raise DinoflowError(
             f"ONNX export of the student failed ({type(e).__name__}: {str(e)[:300]}); "
             "set register.onnx.enabled=false to register without it"
@@ -87,7 +94,9 @@ def export_onnx(backbone: torch.nn.Module, out_dir: str | Path, image_size: int,
     return out / ONNX_FILE
 
 
-def check_parity(backbone: torch.nn.Module, onnx_path: str | Path, image_size: int, atol: float, seed: int = 0) -> float:
+def check_parity(
+    backbone: torch.nn.Module, onnx_path: str | Path, image_size: int, atol: float, seed: int = 0
+) -> float:
     """Max |ONNX − PyTorch| over both outputs on random batches of 1 and 3; DinoflowError above atol."""
     _, ort = _require()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -101,7 +110,9 @@ def check_parity(backbone: torch.nn.Module, onnx_path: str | Path, image_size: i
         got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
         for name, e, g in zip(OUTPUT_NAMES, expected, got):
             if g.shape != e.shape:
-                raise DinoflowError(f"ONNX output {name} has shape {g.shape} for a batch of {b}; PyTorch gives {e.shape}")
+                raise DinoflowError(
+                    f"ONNX output {name} has shape {g.shape} for a batch of {b}; PyTorch gives {e.shape}"
+                )
             worst = max(worst, float(np.abs(g - e).max()))
     if worst > atol:
         raise DinoflowError(
@@ -111,20 +122,36 @@ def check_parity(backbone: torch.nn.Module, onnx_path: str | Path, image_size: i
     return worst
 
 
-def export_checked(backbone: torch.nn.Module, out_dir: str | Path, image_size: int, resize_ratio: float,
-                   opset: int = 18, atol: float = 1e-4) -> dict[str, Any]:
+def export_checked(
+    backbone: torch.nn.Module,
+    out_dir: str | Path,
+    image_size: int,
+    resize_ratio: float,
+    opset: int = 18,
+    atol: float = 1e-4,
+) -> dict[str, Any]:
     """Export + parity check; writes out_dir/onnx.json (how to feed the graph) and returns its content."""
     path = export_onnx(backbone, out_dir, image_size, opset)
     err = check_parity(backbone, path, image_size, atol)
     native = int(getattr(getattr(backbone, "config", None), "img_size", 0) or 0)
     info = {
-        "file": ONNX_FILE, "opset": opset, "input": INPUT_NAME, "input_shape": ["batch", 3, image_size, image_size],
-        "outputs": list(OUTPUT_NAMES), "output_dim": int(getattr(backbone, "embed_dim", 0)),
+        "file": ONNX_FILE,
+        "opset": opset,
+        "input": INPUT_NAME,
+        "input_shape": ["batch", 3, image_size, image_size],
+        "outputs": list(OUTPUT_NAMES),
+        "output_dim": int(getattr(backbone, "embed_dim", 0)),
         "resolution": "native" if native == image_size else f"interpolated from {native} px",
-        "preprocess": {"image_size": image_size, "resize_ratio": resize_ratio, "mean": list(IMAGENET_MEAN),
-                       "std": list(IMAGENET_STD), "note": "shorter side → image_size·resize_ratio (bicubic), "
-                       "centre crop image_size, [0, 1], ImageNet mean/std; grey repeated to RGB"},
-        "parity_max_abs_error": err, "parity_atol": atol,
+        "preprocess": {
+            "image_size": image_size,
+            "resize_ratio": resize_ratio,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "note": "shorter side → image_size·resize_ratio (bicubic), "
+            "centre crop image_size, [0, 1], ImageNet mean/std; grey repeated to RGB",
+        },
+        "parity_max_abs_error": err,
+        "parity_atol": atol,
     }
     (Path(out_dir) / INFO_FILE).write_text(json.dumps(info, indent=2))
     log.info("ONNX export %s: max |ONNX − PyTorch| %.2e", path, err)

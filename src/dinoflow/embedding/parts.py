@@ -105,8 +105,9 @@ class PartStore:
             raise DinoflowError(
                 f"no image could be embedded ({len(skipped)} skipped; see {skipped_path(self.output)}): nothing to write"
             )
-        table = pa.concat_tables(tables).replace_schema_metadata({
-            SETTINGS_META: json.dumps({**self.settings, **meta}), SKIPPED_META: json.dumps({"count": len(skipped)})})
+        table = pa.concat_tables(tables).replace_schema_metadata(
+            {SETTINGS_META: json.dumps({**self.settings, **meta}), SKIPPED_META: json.dumps({"count": len(skipped)})}
+        )
         atomic_write_json(skipped_path(self.output), skipped)
         with atomic_path(self.output) as tmp:
             pq.write_table(table, tmp)

@@ -13,11 +13,21 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "FeatureSet": "features", "extract_features": "features", "patch_tokens": "features", "pixel_features": "features",
-    "iter_knn_scores": "knn", "knn_accuracy": "knn", "knn_classify": "knn",
-    "LinearHParams": "linear", "LinearResult": "linear", "linear_probe": "linear", "select_linear": "linear",
+    "FeatureSet": "features",
+    "extract_features": "features",
+    "patch_tokens": "features",
+    "pixel_features": "features",
+    "iter_knn_scores": "knn",
+    "knn_accuracy": "knn",
+    "knn_classify": "knn",
+    "LinearHParams": "linear",
+    "LinearResult": "linear",
+    "linear_probe": "linear",
+    "select_linear": "linear",
     "stratified_split": "linear",
-    "LogregResult": "logreg", "logreg_probe": "logreg", "select_logreg": "logreg",
+    "LogregResult": "logreg",
+    "logreg_probe": "logreg",
+    "select_logreg": "logreg",
     "eval_transform": "transform",
 }
 

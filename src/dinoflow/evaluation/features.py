@@ -146,7 +146,12 @@ def pixel_features(
         x = eval_transform(_as_batch(chunk), image_size, resize_ratio, normalize=False, channels=channels)
         rows.append(x.flatten(1))
     flat = torch.cat(rows)
-    return FeatureSet(cls=flat, blocks_cls=flat[:, None], patch_mean=None, labels=torch.as_tensor(np.asarray(labels), dtype=torch.long))
+    return FeatureSet(
+        cls=flat,
+        blocks_cls=flat[:, None],
+        patch_mean=None,
+        labels=torch.as_tensor(np.asarray(labels), dtype=torch.long),
+    )
 
 
 @torch.inference_mode()

@@ -192,8 +192,13 @@ def select_linear(
     for n, pool in inputs:
         points = [h for h in grid if (h.n_last_blocks, h.avgpool) == (n, pool)]
         layers = train_linear(
-            linear_input(fit, n, pool), fit.labels, num_classes,
-            lrs=[h.lr for h in points], epochs=epochs, batch_size=batch_size, seed=seed,
+            linear_input(fit, n, pool),
+            fit.labels,
+            num_classes,
+            lrs=[h.lr for h in points],
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
         )
         x_val = linear_input(val, n, pool)
         for h, layer in zip(points, layers):
@@ -226,8 +231,13 @@ def linear_probe(
         train, grid, num_classes=num_classes, val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, seed=seed
     )
     (layer,) = train_linear(
-        linear_input(train, best.n_last_blocks, best.avgpool), train.labels, num_classes,
-        lrs=[best.lr], epochs=epochs, batch_size=batch_size, seed=seed,
+        linear_input(train, best.n_last_blocks, best.avgpool),
+        train.labels,
+        num_classes,
+        lrs=[best.lr],
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
     )
     acc = top1(layer, linear_input(test, best.n_last_blocks, best.avgpool), test.labels)
     return LinearResult(test_top1=acc, best=best, val_top1=val_scores, notes=notes)

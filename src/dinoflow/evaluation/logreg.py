@@ -30,7 +30,6 @@ class LogregResult:
 def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, notes: list[str]):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-
     from threadpoolctl import threadpool_limits
 
     model = LogisticRegression(C=c, max_iter=max_iter)
@@ -86,7 +85,9 @@ def logreg_probe(
     if not cs:
         raise ValueError("logreg needs at least one C value")
     notes: list[str] = []
-    best_c, scores = select_logreg(train_x, train_y, cs, val_fraction=val_fraction, seed=seed, max_iter=max_iter, notes=notes)
+    best_c, scores = select_logreg(
+        train_x, train_y, cs, val_fraction=val_fraction, seed=seed, max_iter=max_iter, notes=notes
+    )
     model = _fit(train_x.double().numpy(), train_y.long().numpy(), best_c, max_iter, notes)
     acc = float((model.predict(test_x.double().numpy()) == test_y.long().numpy()).mean())
     return LogregResult(test_top1=acc, best_c=best_c, val_top1=scores, notes=notes)

@@ -65,7 +65,9 @@ def split_eval_json(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 def _check_provenance(prov: Any) -> None:
     if not isinstance(prov, Mapping) or not isinstance(prov.get("models"), Mapping):
-        raise ValueError(f"eval report {PROVENANCE_KEY}: must be {{'models': {{name: {{'path', 'sha256'}}}}, 'datasets': …}}")
+        raise ValueError(
+            f"eval report {PROVENANCE_KEY}: must be {{'models': {{name: {{'path', 'sha256'}}}}, 'datasets': …}}"
+        )
     for name, rec in prov["models"].items():
         if not isinstance(rec, Mapping) or not isinstance(rec.get("sha256"), str) or len(rec["sha256"]) != 64:
             raise ValueError(f"eval report {PROVENANCE_KEY}.models.{name}: needs a sha256 hex digest; got {rec!r}")
@@ -113,9 +115,11 @@ def render_markdown(report: Mapping[str, Any], meta: Mapping[str, Any] | None = 
     """eval.json as Markdown tables (one per dataset), with the run's notes underneath."""
     meta = meta or {}
     lines = ["# Evaluation (frozen features)", ""]
-    lines.append("Accuracies are fractions in [0, 1] on each dataset's test split. Hyper-parameters "
-                 "(linear LR / blocks / avgpool, logistic-regression C) were chosen on a validation "
-                 "split carved from the train split, never on the test split.")
+    lines.append(
+        "Accuracies are fractions in [0, 1] on each dataset's test split. Hyper-parameters "
+        "(linear LR / blocks / avgpool, logistic-regression C) were chosen on a validation "
+        "split carved from the train split, never on the test split."
+    )
     lines.append("")
     datasets = list(dict.fromkeys(ds for per in report.values() for ds in per))
     for ds in datasets:
@@ -124,15 +128,34 @@ def render_markdown(report: Mapping[str, Any], meta: Mapping[str, Any] | None = 
         info = (meta.get("datasets") or {}).get(ds, {})
         sizes = f" ({info['n_train']} train / {info['n_test']} test)" if "n_train" in info else ""
         lines += [f"## {ds}{sizes}", ""]
-        head = ["model", "k-NN top-1", *[f"k={k}" for k in ks], "k-NN top-5", "linear top-1", "linear choice", "logreg top-1"]
+        head = [
+            "model",
+            "k-NN top-1",
+            *[f"k={k}" for k in ks],
+            "k-NN top-5",
+            "linear top-1",
+            "linear choice",
+            "logreg top-1",
+        ]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for m in models:
             e = report[m][ds]
             lb = e["linear_best"]
-            choice = "–" if not lb else f"{lb['n_last_blocks']} blk, avgpool {'on' if lb['avgpool'] else 'off'}, lr {lb['lr']:g}"
-            row = [m, _pct(e["knn_top1"]), *[_pct(e["knn"][k]) for k in ks], _pct(e["knn_top5"]),
-                   _pct(e["linear_top1"]), choice, _pct(e["logreg_top1"])]
+            choice = (
+                "–"
+                if not lb
+                else f"{lb['n_last_blocks']} blk, avgpool {'on' if lb['avgpool'] else 'off'}, lr {lb['lr']:g}"
+            )
+            row = [
+                m,
+                _pct(e["knn_top1"]),
+                *[_pct(e["knn"][k]) for k in ks],
+                _pct(e["knn_top5"]),
+                _pct(e["linear_top1"]),
+                choice,
+                _pct(e["logreg_top1"]),
+            ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     notes = list(meta.get("notes") or [])
@@ -263,7 +286,9 @@ def save_cls_map_png(
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     handles = [
-        plt.Line2D([], [], marker="o", ls="", color=cmap(c / max(9, int(y.max()))), label=(classes[c] if classes else str(c)))
+        plt.Line2D(
+            [], [], marker="o", ls="", color=cmap(c / max(9, int(y.max()))), label=(classes[c] if classes else str(c))
+        )
         for c in np.unique(y)
     ][:20]
     fig.legend(handles=handles, loc="center right", fontsize=7, title="class")

@@ -63,7 +63,9 @@ def check_model_files(cfg: Config) -> dict[str, Path]:
         if name in (RANDOM_INIT, RAW_PIXELS):
             raise DinoflowError(f"evaluate.models.{name}: {name!r} is a baseline name; rename the model")
         if name.startswith("_"):
-            raise DinoflowError(f"evaluate.models.{name}: names starting with '_' are reserved in eval.json; rename the model")
+            raise DinoflowError(
+                f"evaluate.models.{name}: names starting with '_' are reserved in eval.json; rename the model"
+            )
         path = Path(p)
         if path.is_dir():
             path = path / "backbone.pth"
@@ -102,11 +104,16 @@ def build_random_init(reference: torch.nn.Module, ev: EvaluateConfig) -> torch.n
 
 def eval_set_fingerprint(split: EvalSplit, ev: EvaluateConfig) -> str:
     """sha256 of the train/test images and labels as evaluated, plus the settings behind k-NN top-1."""
+
     def images(data: Any) -> Any:
         return iter(data.images)  # image by image: a stacked array and a list of the same images hash alike
 
-    protocol = {"image_size": ev.image_size, "resize_ratio": ev.resize_ratio, "ks": sorted(ev.ks),
-                "temperature": ev.temperature}
+    protocol = {
+        "image_size": ev.image_size,
+        "resize_ratio": ev.resize_ratio,
+        "ks": sorted(ev.ks),
+        "temperature": ev.temperature,
+    }
     return arrays_sha256([images(split.train), [split.train.labels], images(split.test), [split.test.labels]], protocol)
 
 
@@ -121,25 +128,46 @@ def _evaluate_features(
     ev: EvaluateConfig, train: FeatureSet, test: FeatureSet, num_classes: int, notes: list[str], tag: str
 ) -> dict[str, Any]:
     knn = knn_accuracy(
-        train.cls, train.labels, test.cls, test.labels, ks=ev.ks, temperature=ev.temperature,
-        num_classes=num_classes, batch_size=ev.batch_size,
+        train.cls,
+        train.labels,
+        test.cls,
+        test.labels,
+        ks=ev.ks,
+        temperature=ev.temperature,
+        num_classes=num_classes,
+        batch_size=ev.batch_size,
     )
     clipped = {k: v["k_used"] for k, v in knn.items() if v["k_used"] != k}
     if clipped:
         notes.append(f"{tag}: k-NN k clipped to the {len(train)} train samples: {clipped}")
     lin = linear_probe(
-        train, test, num_classes=num_classes, n_last_blocks=ev.linear_n_last_blocks, avgpool=ev.linear_avgpool,
-        lrs=ev.linear_lrs, val_fraction=ev.val_fraction, epochs=ev.linear_epochs, batch_size=ev.linear_batch_size,
+        train,
+        test,
+        num_classes=num_classes,
+        n_last_blocks=ev.linear_n_last_blocks,
+        avgpool=ev.linear_avgpool,
+        lrs=ev.linear_lrs,
+        val_fraction=ev.val_fraction,
+        epochs=ev.linear_epochs,
+        batch_size=ev.linear_batch_size,
         seed=ev.seed,
     )
     notes += [f"{tag}: linear probe: {n}" for n in lin.notes]
     lr = logreg_probe(
-        train.cls, train.labels, test.cls, test.labels, cs=ev.logreg_cs, val_fraction=ev.val_fraction,
-        seed=ev.seed, max_iter=ev.logreg_max_iter,
+        train.cls,
+        train.labels,
+        test.cls,
+        test.labels,
+        cs=ev.logreg_cs,
+        val_fraction=ev.val_fraction,
+        seed=ev.seed,
+        max_iter=ev.logreg_max_iter,
     )
     notes += [f"{tag}: logreg: {n}" for n in lr.notes]
     entry = eval_entry(knn, lin.test_top1, lin.best.as_dict(), lr.test_top1)
-    log.info("%s: k-NN %.3f, linear %.3f, logreg %.3f (C=%g)", tag, entry["knn_top1"], lin.test_top1, lr.test_top1, lr.best_c)
+    log.info(
+        "%s: k-NN %.3f, linear %.3f, logreg %.3f (C=%g)", tag, entry["knn_top1"], lin.test_top1, lr.test_top1, lr.best_c
+    )
     return entry
 
 
@@ -157,8 +185,10 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     figures: list[str] = []
     ds_meta: dict[str, dict[str, int]] = {}
     # hashed before loading: the record names the bytes this run evaluated
-    provenance: dict[str, Any] = {"models": {n: {"path": str(p), "sha256": file_sha256(p)} for n, p in paths.items()},
-                                  "datasets": {}}
+    provenance: dict[str, Any] = {
+        "models": {n: {"path": str(p), "sha256": file_sha256(p)} for n, p in paths.items()},
+        "datasets": {},
+    }
 
     with tracking.stage_run("evaluate", cfg):
         models: dict[str, torch.nn.Module] = {}
@@ -170,7 +200,9 @@ def evaluate(cfg: Config) -> dict[str, Any]:
             if ref_name is None:
                 notes.append("random_init baseline skipped: no model to copy the architecture from")
             elif ref_name not in models:
-                raise DinoflowError(f"evaluate.random_init_like={ref_name!r} is not one of evaluate.models {list(models)}")
+                raise DinoflowError(
+                    f"evaluate.random_init_like={ref_name!r} is not one of evaluate.models {list(models)}"
+                )
             else:
                 models[RANDOM_INIT] = build_random_init(models[ref_name], ev)
                 descriptions[RANDOM_INIT] = _describe(
@@ -188,11 +220,21 @@ def evaluate(cfg: Config) -> dict[str, Any]:
             provenance["datasets"][ds.name] = {"fingerprint": eval_set_fingerprint(split, ev), **ds_meta[ds.name]}
             test_cls: dict[str, torch.Tensor] = {}
             for name, model in models.items():
-                kw = dict(image_size=ev.image_size, resize_ratio=ev.resize_ratio, batch_size=ev.batch_size,
-                          n_last_blocks=n_blocks, device=device, progress=ev.progress)
-                tr = extract_features(model, split.train.images, split.train.labels, desc=f"{ds.name}/{name}/train", **kw)
+                kw = dict(
+                    image_size=ev.image_size,
+                    resize_ratio=ev.resize_ratio,
+                    batch_size=ev.batch_size,
+                    n_last_blocks=n_blocks,
+                    device=device,
+                    progress=ev.progress,
+                )
+                tr = extract_features(
+                    model, split.train.images, split.train.labels, desc=f"{ds.name}/{name}/train", **kw
+                )
                 te = extract_features(model, split.test.images, split.test.labels, desc=f"{ds.name}/{name}/test", **kw)
-                report.setdefault(name, {})[ds.name] = _evaluate_features(ev, tr, te, split.num_classes, notes, f"{name}/{ds.name}")
+                report.setdefault(name, {})[ds.name] = _evaluate_features(
+                    ev, tr, te, split.num_classes, notes, f"{name}/{ds.name}"
+                )
                 test_cls[name] = te.cls
             if RAW_PIXELS in ev.baselines:
                 kw = dict(image_size=ev.image_size, resize_ratio=ev.resize_ratio, progress=ev.progress)
@@ -236,16 +278,29 @@ def _figures(
     out = []
     labels = torch.as_tensor(split.test.labels)
     if test_cls:
-        p = save_cls_map_png(out_dir / f"eval_cls_map_{split.name}.png", test_cls, labels, split.classes,
-                             title=f"{split.name}: CLS features (test split), PCA")
+        p = save_cls_map_png(
+            out_dir / f"eval_cls_map_{split.name}.png",
+            test_cls,
+            labels,
+            split.classes,
+            title=f"{split.name}: CLS features (test split), PCA",
+        )
         out.append(str(p))
     if models:
         idx = _pca_indices(np.asarray(split.test.labels), ev.n_pca_images)
         sub = split.test.subset(idx)
         images = list(sub.images)
-        rgb = {name: pca_rgb(patch_tokens(m, sub.images, image_size=ev.image_size, resize_ratio=ev.resize_ratio, device=device))
-               for name, m in models.items()}
-        p = save_patch_pca_png(out_dir / f"eval_patch_pca_{split.name}.png", images, rgb,
-                               title=f"{split.name}: patch features, first 3 PCA components as RGB")
+        rgb = {
+            name: pca_rgb(
+                patch_tokens(m, sub.images, image_size=ev.image_size, resize_ratio=ev.resize_ratio, device=device)
+            )
+            for name, m in models.items()
+        }
+        p = save_patch_pca_png(
+            out_dir / f"eval_patch_pca_{split.name}.png",
+            images,
+            rgb,
+            title=f"{split.name}: patch features, first 3 PCA components as RGB",
+        )
         out.append(str(p))
     return out

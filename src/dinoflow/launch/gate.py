@@ -21,5 +21,6 @@ def gate_line(result: Mapping[str, Any]) -> str:
         return f"registry gate passed: {name} version {version} is {result.get('alias')} ({result.get('alias_uri')})"
     holder = result.get("alias_version")
     stays = f"{result.get('alias')} stays on version {holder}" if holder else f"no {result.get('alias')} yet"
-    return f"registry gate not passed: {name} version {version} registered as a candidate, {stays}: " + \
-        "; ".join(map(str, gate.get("reasons") or []))
+    return f"registry gate not passed: {name} version {version} registered as a candidate, {stays}: " + "; ".join(
+        map(str, gate.get("reasons") or [])
+    )

@@ -89,7 +89,7 @@ def api_client(host: str | None = None, token: str | None = None):
     except config.ConfigException:
         try:
             config.load_kube_config()
-        except Exception as e:  # noqa: BLE001 - the kube client raises several unrelated types
+        except Exception as e:  # the kube client raises several unrelated types
             raise DinoflowError(
                 "no Kubernetes API: not in a cluster and no usable kubeconfig; pass --k8s-host or set KUBECONFIG"
             ) from e
@@ -99,8 +99,14 @@ def api_client(host: str | None = None, token: str | None = None):
 class TrainJobClient:
     """create / get / delete / wait for TrainJobs in one namespace."""
 
-    def __init__(self, namespace: str, api: Any = None, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        namespace: str,
+        api: Any = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         from kubernetes import client
 
         self.namespace = namespace
@@ -115,10 +121,13 @@ class TrainJobClient:
         except ApiException as e:
             if e.status == 403:
                 raise DinoflowError(
-                    f"{what}: forbidden; the step's ServiceAccount needs the dinoflow-trainjobs Role (k8s/base/pipeline/rbac.yaml)"
+                    f"{what}: forbidden; the step's ServiceAccount needs the dinoflow-trainjobs Role "
+                    "(k8s/base/pipeline/rbac.yaml)"
                 ) from None
             if e.status == 404 and what.startswith("create"):
-                raise DinoflowError(f"{what}: the TrainJob API is missing; install Kubeflow Trainer v2 in the cluster") from None
+                raise DinoflowError(
+                    f"{what}: the TrainJob API is missing; install Kubeflow Trainer v2 in the cluster"
+                ) from None
             raise
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -185,8 +194,14 @@ class TrainJobClient:
                 raise DinoflowError(f"TrainJob {name} was not deleted within {timeout:.0f} s")
             self._sleep(poll)
 
-    def wait(self, name: str, *, timeout: float = 7 * 24 * 3600.0, poll: float = 10.0,
-             on_change: Callable[[JobState], None] | None = None) -> JobState:
+    def wait(
+        self,
+        name: str,
+        *,
+        timeout: float = 7 * 24 * 3600.0,
+        poll: float = 10.0,
+        on_change: Callable[[JobState], None] | None = None,
+    ) -> JobState:
         """Poll until the job completes; raise TrainJobFailed if it fails, disappears or times out."""
         end = self._clock() + timeout
         last: JobState | None = None
@@ -208,11 +223,20 @@ class TrainJobClient:
                     + (f" ({state.message})" if state.message else "")
                 )
             if self._clock() > end:
-                raise TrainJobFailed(f"TrainJob {self.namespace}/{name} did not finish within {timeout:.0f} s (last: {state.phase})")
+                raise TrainJobFailed(
+                    f"TrainJob {self.namespace}/{name} did not finish within {timeout:.0f} s (last: {state.phase})"
+                )
             self._sleep(poll)
 
-    def run(self, job: dict[str, Any], *, timeout: float = 7 * 24 * 3600.0, poll: float = 10.0,
-            delete_on_failure: bool = True, follow_logs: bool = True) -> JobState:
+    def run(
+        self,
+        job: dict[str, Any],
+        *,
+        timeout: float = 7 * 24 * 3600.0,
+        poll: float = 10.0,
+        delete_on_failure: bool = True,
+        follow_logs: bool = True,
+    ) -> JobState:
         """submit + wait, streaming the rank-0 log. The job is deleted (its GPUs freed) when it
         fails or times out (unless `delete_on_failure` is off) and always on SIGTERM."""
         from dinoflow.launch.k8s_logs import LogFollower
@@ -221,7 +245,9 @@ class TrainJobClient:
         with raise_on_sigterm(f"TrainJob {self.namespace}/{name}"):
             try:
                 self.submit(job)
-                follower = LogFollower(self.api.api_client, self.namespace, name) if follow_logs else contextlib.nullcontext()
+                follower = (
+                    LogFollower(self.api.api_client, self.namespace, name) if follow_logs else contextlib.nullcontext()
+                )
                 with follower:
                     return self.wait(name, timeout=timeout, poll=poll)
             except TrainJobCancelled:

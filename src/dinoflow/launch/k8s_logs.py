@@ -33,8 +33,13 @@ def node_selector(job: str) -> str:
 def rank0_pod(core: Any, namespace: str, job: str) -> Any | None:
     """The newest started rank-0 node pod of `job`, or None while there is none."""
     pods = core.list_namespaced_pod(namespace, label_selector=node_selector(job)).items
-    rank0 = [p for p in pods if (p.metadata.annotations or {}).get(COMPLETION_INDEX) == "0"
-             and p.status is not None and p.status.phase in _STARTED]
+    rank0 = [
+        p
+        for p in pods
+        if (p.metadata.annotations or {}).get(COMPLETION_INDEX) == "0"
+        and p.status is not None
+        and p.status.phase in _STARTED
+    ]
     return max(rank0, key=lambda p: p.metadata.creation_timestamp or "", default=None)
 
 
@@ -91,7 +96,8 @@ class LogFollower:
 
     def _follow(self, pod: str) -> None:
         self._response = self.core.read_namespaced_pod_log(
-            pod, self.namespace, container=NODE_JOB, follow=True, _preload_content=False)
+            pod, self.namespace, container=NODE_JOB, follow=True, _preload_content=False
+        )
         prefix = f"[{self.job} rank0] "
         pending = b""
         try:

@@ -26,27 +26,45 @@ from dinoflow.io import atomic_write_text
 
 PLACEHOLDER_PREFIX = "REPLACE_ME"  # what k8s/base/*/secrets.template.yaml ships instead of values
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")  # MLflow's basic-auth permission names
-REQUIRED = ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "POSTGRES_HOST",
-            "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH",
-            "MLFLOW_FLASK_SERVER_SECRET_KEY")
+REQUIRED = (
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+    "POSTGRES_HOST",
+    "MLFLOW_AUTH_ADMIN_USERNAME",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_AUTH_CONFIG_PATH",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+)
 # credentials that must not still be the template's placeholder (S3 keys only when set)
-CREDENTIALS = ("POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
-               "MLFLOW_FLASK_SERVER_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CREDENTIALS = (
+    "POSTGRES_PASSWORD",
+    "MLFLOW_AUTH_ADMIN_USERNAME",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
 
 
 def check_env(env: Mapping[str, str]) -> None:
     """Raise DinoflowError naming every missing variable and every placeholder credential."""
     missing = [k for k in REQUIRED if not env.get(k, "").strip()]
     if missing:
-        raise DinoflowError(f"the MLflow server needs {', '.join(missing)} (from the k8s secrets); they are unset or empty")
+        raise DinoflowError(
+            f"the MLflow server needs {', '.join(missing)} (from the k8s secrets); they are unset or empty"
+        )
     placeholders = [k for k in CREDENTIALS if env.get(k, "").startswith(PLACEHOLDER_PREFIX)]
     if placeholders:
         raise DinoflowError(
             f"{', '.join(placeholders)} still hold the template placeholder {PLACEHOLDER_PREFIX}...: fill in the secrets "
-            "(k8s/base/services/secrets.template.yaml or your secret store) before starting MLflow")
+            "(k8s/base/services/secrets.template.yaml or your secret store) before starting MLflow"
+        )
     permission = env.get("MLFLOW_AUTH_DEFAULT_PERMISSION", "READ")
     if permission not in PERMISSIONS:
-        raise DinoflowError(f"MLFLOW_AUTH_DEFAULT_PERMISSION must be one of {', '.join(PERMISSIONS)}, got {permission!r}")
+        raise DinoflowError(
+            f"MLFLOW_AUTH_DEFAULT_PERMISSION must be one of {', '.join(PERMISSIONS)}, got {permission!r}"
+        )
 
 
 def backend_store_uri(env: Mapping[str, str]) -> str:

@@ -47,8 +47,15 @@ def _create(s3, bucket: str) -> None:
         s3.create_bucket(Bucket=bucket)
 
 
-def ensure_bucket(destination: str, *, endpoint: str | None = None, timeout_s: float = 300.0, poll_s: float = 2.0,
-                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> str:
+def ensure_bucket(
+    destination: str,
+    *,
+    endpoint: str | None = None,
+    timeout_s: float = 300.0,
+    poll_s: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
     """Make sure the bucket of `destination` exists; returns "exists" or "created"."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -62,8 +69,10 @@ def ensure_bucket(destination: str, *, endpoint: str | None = None, timeout_s: f
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in REFUSED:
-                raise DinoflowError(f"S3 at {endpoint or 'AWS'} refused the credentials for bucket {bucket!r} ({code}); "
-                                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None
+                raise DinoflowError(
+                    f"S3 at {endpoint or 'AWS'} refused the credentials for bucket {bucket!r} ({code}); "
+                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                ) from None
             if code not in MISSING:
                 last = f"{code}: {e}"
             else:
@@ -75,14 +84,18 @@ def ensure_bucket(destination: str, *, endpoint: str | None = None, timeout_s: f
                     if ccode == "BucketAlreadyOwnedByYou":  # created by a concurrent start
                         return "exists"
                     if ccode == "BucketAlreadyExists":
-                        raise DinoflowError(f"bucket {bucket!r} exists and belongs to someone else; choose another "
-                                            "--artifacts-destination") from None
+                        raise DinoflowError(
+                            f"bucket {bucket!r} exists and belongs to someone else; choose another "
+                            "--artifacts-destination"
+                        ) from None
                     last = f"{ccode}: {ce}"
         except BotoCoreError as e:  # endpoint not answering yet (connection refused, DNS, timeout)
             last = str(e)
         if clock() >= deadline:
-            raise DinoflowError(f"S3 endpoint {endpoint or 'AWS'} did not let us create bucket {bucket!r} within "
-                                f"{timeout_s:.0f} s; last error: {last}")
+            raise DinoflowError(
+                f"S3 endpoint {endpoint or 'AWS'} did not let us create bucket {bucket!r} within "
+                f"{timeout_s:.0f} s; last error: {last}"
+            )
         sleep(poll_s)
 
 

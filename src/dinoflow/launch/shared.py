@@ -48,7 +48,8 @@ def is_mounted(shared_dir: str | Path) -> bool:
     if not os.access(path, os.W_OK | os.X_OK):
         raise DinoflowError(
             f"the shared volume {path} is mounted but not writable by uid {os.getuid()}; give the PVC "
-            "`dinoflow-shared` a storage class / fsGroup that lets the step's user write")
+            "`dinoflow-shared` a storage class / fsGroup that lets the step's user write"
+        )
     return True
 
 
@@ -58,9 +59,12 @@ def require_run_id(run_id: str | None, what: str) -> str:
         raise DinoflowError(
             f"{what} needs the pipeline run id to key its shared directory and job, but {PIPELINE_RUN_ID} "
             "is not set; the Kubeflow DAG sets it from the step pod's `pipeline/runid` label (downward API), "
-            "elsewhere export it (any unique id of this pipeline run)")
+            "elsewhere export it (any unique id of this pipeline run)"
+        )
     if not _SAFE.match(run_id):
-        raise DinoflowError(f"pipeline run id {run_id!r} is not usable as a directory name (letters, digits, . _ - only)")
+        raise DinoflowError(
+            f"pipeline run id {run_id!r} is not usable as a directory name (letters, digits, . _ - only)"
+        )
     return run_id
 
 

@@ -58,7 +58,9 @@ def check_pod_paths(stage: str, cfg: Config) -> None:
         )
 
 
-def run_step(stage: str, params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_step(
+    stage: str, params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Build the step's config and run the stage function in this process; returns its summary."""
     cfg = step_config(params_yaml, overrides, wiring)
     check_pod_paths(stage, cfg)

@@ -40,8 +40,12 @@ def torchrun_argv(
     if nproc_per_node < 1:
         raise DinoflowError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
     return [
-        python, "-m", "torch.distributed.run",
-        "--standalone", "--nnodes=1", f"--nproc-per-node={nproc_per_node}",
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={nproc_per_node}",
         *stage_argv(stage, config_path, overrides),
     ]
 

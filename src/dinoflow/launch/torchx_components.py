@@ -41,8 +41,13 @@ if TYPE_CHECKING:  # torchx is an optional extra; the component imports it when 
 
 DEFAULT_IMAGE = TRAIN_IMAGE
 # non-root pod, as the k8s/ training runtime (the image's user)
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"}}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def _nodes_and_procs(j: str) -> "tuple[int, int]":
@@ -72,8 +77,10 @@ def _service_env(tracking_uri: str, s3_endpoint_url: str, secrets: str) -> Dict[
     if s3_endpoint_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"] = s3_endpoint_url
     if env and not secrets:
-        raise ValueError("the job talks to cluster services but gets no credentials: pass --secrets "
-                         "dinoflow-s3,dinoflow-mlflow (torchx cannot pass secretKeyRef; never put keys in --env)")
+        raise ValueError(
+            "the job talks to cluster services but gets no credentials: pass --secrets "
+            "dinoflow-s3,dinoflow-mlflow (torchx cannot pass secretKeyRef; never put keys in --env)"
+        )
     return env
 
 
@@ -139,9 +146,23 @@ def train(
     # whose host the scheduler exports ($$ escapes torchx macro substitution; bash expands it)
     endpoint = "localhost:0" if nodes == 1 else f"$${{{macros.rank0_env}:=localhost}}:{rdzv_port}"
     cmd = [
-        "torchrun", "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
-        "--rdzv_id", macros.app_id, "--nnodes", str(nodes), "--nproc_per_node", str(procs),
-        "-m", "dinoflow", stage, "-c", config, *stage_args,
+        "torchrun",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        endpoint,
+        "--rdzv_id",
+        macros.app_id,
+        "--nnodes",
+        str(nodes),
+        "--nproc_per_node",
+        str(procs),
+        "-m",
+        "dinoflow",
+        stage,
+        "-c",
+        config,
+        *stage_args,
     ]
     # quote everything except the endpoint, which the shell must expand
     script = " ".join(c if c == endpoint else shlex.quote(c) for c in cmd)

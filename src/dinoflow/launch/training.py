@@ -70,7 +70,9 @@ class LaunchOptions:
 
     def mode(self) -> str:
         if self.num_nodes < 1 or self.gpus_per_node < 0:
-            raise DinoflowError(f"need num_nodes >= 1 and gpus_per_node >= 0; got {self.num_nodes}, {self.gpus_per_node}")
+            raise DinoflowError(
+                f"need num_nodes >= 1 and gpus_per_node >= 0; got {self.num_nodes}, {self.gpus_per_node}"
+            )
         if self.num_nodes > 1:
             return "trainjob"
         return "torchrun" if self.gpus_per_node > 1 else "in-process"
@@ -143,11 +145,23 @@ def run_training_step(
     return summary
 
 
-def _run_trainjob(stage: str, params_yaml: str, overrides: Sequence[str], *, inputs: Mapping[str, str],
-                  outputs: Mapping[str, str], opts: LaunchOptions) -> dict[str, Any]:
+def _run_trainjob(
+    stage: str,
+    params_yaml: str,
+    overrides: Sequence[str],
+    *,
+    inputs: Mapping[str, str],
+    outputs: Mapping[str, str],
+    opts: LaunchOptions,
+) -> dict[str, Any]:
     from dinoflow.launch.k8s import TrainJobClient, api_client
     from dinoflow.launch.trainjob import (
-        TrainJobRequest, build_trainjob, env_from_secret, env_value, job_name, owner_reference,
+        TrainJobRequest,
+        build_trainjob,
+        env_from_secret,
+        env_value,
+        job_name,
+        owner_reference,
     )
 
     if not opts.image:
@@ -172,23 +186,41 @@ def _run_trainjob(stage: str, params_yaml: str, overrides: Sequence[str], *, inp
     env += [env_from_secret(var, secret, key) for var, secret, key in opts.secret_env]
     pod = kfp_pod()
     if pod is None:
-        log.warning("not in a KFP step pod (KFP_POD_NAME/KFP_POD_UID unset): the TrainJob gets no owner and "
-                    "outlives a cancelled run until its deadline")
-    job = build_trainjob(TrainJobRequest(
-        name=job_name(stage, run_id), namespace=_namespace(opts), image=opts.image,
-        command=["torchrun", *stage_argv(stage, root / "params.yaml")],
-        num_nodes=opts.num_nodes, gpus_per_node=opts.gpus_per_node,
-        cpu_per_node=opts.cpu_per_node, memory_per_node=opts.memory_per_node,
-        runtime=opts.runtime, runtime_kind=opts.runtime_kind, env=env,
-        labels={"dinoflow/stage": stage}, gpu_resource=opts.gpu_resource,
-        tolerations=[dict(t) for t in opts.tolerations], node_selector=dict(opts.node_selector),
-        owner=owner_reference(*pod) if pod else None, active_deadline_seconds=max(1, int(opts.timeout_s)),
-    ))
+        log.warning(
+            "not in a KFP step pod (KFP_POD_NAME/KFP_POD_UID unset): the TrainJob gets no owner and "
+            "outlives a cancelled run until its deadline"
+        )
+    job = build_trainjob(
+        TrainJobRequest(
+            name=job_name(stage, run_id),
+            namespace=_namespace(opts),
+            image=opts.image,
+            command=["torchrun", *stage_argv(stage, root / "params.yaml")],
+            num_nodes=opts.num_nodes,
+            gpus_per_node=opts.gpus_per_node,
+            cpu_per_node=opts.cpu_per_node,
+            memory_per_node=opts.memory_per_node,
+            runtime=opts.runtime,
+            runtime_kind=opts.runtime_kind,
+            env=env,
+            labels={"dinoflow/stage": stage},
+            gpu_resource=opts.gpu_resource,
+            tolerations=[dict(t) for t in opts.tolerations],
+            node_selector=dict(opts.node_selector),
+            owner=owner_reference(*pod) if pod else None,
+            active_deadline_seconds=max(1, int(opts.timeout_s)),
+        )
+    )
     name = job["metadata"]["name"]
     client = TrainJobClient(job["metadata"]["namespace"], api_client(opts.k8s_host))
     state = client.run(job, timeout=opts.timeout_s + DEADLINE_GRACE_S, poll=opts.poll_s, follow_logs=opts.stream_logs)
     for key, path in outputs.items():
         _copy(Path(wiring[key]), Path(path))
     shared.clean(root)
-    return {"launcher": "trainjob", "trainjob": name, "num_nodes": opts.num_nodes,
-            "gpus_per_node": opts.gpus_per_node, "state": state.phase}
+    return {
+        "launcher": "trainjob",
+        "trainjob": name,
+        "num_nodes": opts.num_nodes,
+        "gpus_per_node": opts.gpus_per_node,
+        "state": state.phase,
+    }

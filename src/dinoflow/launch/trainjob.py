@@ -71,8 +71,14 @@ def owner_reference(pod_name: str, pod_uid: str) -> dict[str, Any]:
     """An ownerReference to a Pod (the pipeline step). Not a controller reference, and
     blockOwnerDeletion false: deleting the pod never waits for the job, and setting it needs no
     `delete` permission on pods."""
-    return {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid,
-            "controller": False, "blockOwnerDeletion": False}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod_name,
+        "uid": pod_uid,
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
 
 
 def node_pod_patch(tolerations: Sequence[Mapping[str, Any]], node_selector: Mapping[str, str]) -> dict[str, Any]:

@@ -137,7 +137,7 @@ class DINOLoss(nn.Module):
         m = self.center_momentum
         self.center.copy_(self.center * m + batch_center.to(self.center.device) * (1 - m))
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
         # A checkpoint must not lose an update that is queued but not yet applied.
         self.apply_center_update()
         super()._save_to_state_dict(destination, prefix, keep_vars)

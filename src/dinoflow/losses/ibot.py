@@ -27,7 +27,7 @@ from dinoflow.losses.sinkhorn import sinkhorn_knopp
 from dinoflow.losses.soft_ce import soft_cross_entropy
 
 
-class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv2 users look for it
+class iBOTPatchLoss(nn.Module):  # the official name, where DINOv2 users look for it
     """Masked-patch cross-entropy between teacher targets and student predictions.
 
     Args:
@@ -79,7 +79,9 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
         Returns:
             [M_local, K] fp32 targets; each row sums to 1.
         """
-        return sinkhorn_knopp(teacher_output, teacher_temp, n_iterations=n_iterations, n_samples=n_masked_patches_tensor)
+        return sinkhorn_knopp(
+            teacher_output, teacher_temp, n_iterations=n_iterations, n_samples=n_masked_patches_tensor
+        )
 
     # ------------------------------------------------------------------ loss
 
@@ -105,8 +107,12 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
             )
         mask = student_masks_flat.float()
         w = mask / mask.sum(dim=-1, keepdim=True).clamp(min=1.0) / mask.shape[0]
-        return soft_cross_entropy(student_patch_tokens.flatten(0, 1), teacher_patch_tokens.flatten(0, 1),
-                                  self.student_temp, weights=w.flatten())
+        return soft_cross_entropy(
+            student_patch_tokens.flatten(0, 1),
+            teacher_patch_tokens.flatten(0, 1),
+            self.student_temp,
+            weights=w.flatten(),
+        )
 
     def forward_masked(
         self,
@@ -142,8 +148,12 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
                 f"{rows} masked-token losses but {m} mask weights: pass "
                 "n_masked_patches when the token buffers are padded, and weights for the same tokens"
             )
-        return soft_cross_entropy(student_patch_tokens_masked[:m], teacher_patch_tokens_masked[:m], self.student_temp,
-                                  weights=masks_weight / student_masks_flat.shape[0])
+        return soft_cross_entropy(
+            student_patch_tokens_masked[:m],
+            teacher_patch_tokens_masked[:m],
+            self.student_temp,
+            weights=masks_weight / student_masks_flat.shape[0],
+        )
 
     # ------------------------------------------------------------------ centre EMA
 
@@ -188,7 +198,7 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 — the official name, where DINOv
         m = self.center_momentum
         self.center.copy_(self.center * m + batch_center.to(self.center.device) * (1 - m))
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
         # A checkpoint must not lose an update that is queued but not yet applied.
         self.apply_center_update()
         super()._save_to_state_dict(destination, prefix, keep_vars)

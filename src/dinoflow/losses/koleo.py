@@ -23,7 +23,7 @@ class KoLeoLoss(nn.Module):
     """Kozachenko-Leonenko entropic loss on one batch of student features."""
 
     @staticmethod
-    def pairwise_NNs_inner(x: torch.Tensor) -> torch.Tensor:  # noqa: N802 — official name
+    def pairwise_NNs_inner(x: torch.Tensor) -> torch.Tensor:  # official name
         """Index of each row's nearest other row, by inner product of L2-normalised rows.
 
         Args:

@@ -58,8 +58,15 @@ def _row_logsumexp(rows: RowsFn, n: int, col_shift: Tensor, step: int, device: t
 
 
 @torch.no_grad()
-def sinkhorn_scalings(rows: RowsFn, n_rows: int, n_protos: int, device: torch.device, n_iterations: int = 3,
-                      n_samples: int | Tensor | None = None, chunk_elems: int | None = None) -> tuple[Tensor, Tensor]:
+def sinkhorn_scalings(
+    rows: RowsFn,
+    n_rows: int,
+    n_protos: int,
+    device: torch.device,
+    n_iterations: int = 3,
+    n_samples: int | Tensor | None = None,
+    chunk_elems: int | None = None,
+) -> tuple[Tensor, Tensor]:
     """The scaling vectors of Sinkhorn-Knopp: Q = exp(L + r[:, None] + c[None, :]).
 
     Args:
@@ -106,5 +113,7 @@ def sinkhorn_knopp(
     if n_iterations < 0:
         raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
     q = logits.float() / teacher_temp  # the one [B, K] fp32 copy; the result is written into it
-    r, c = sinkhorn_scalings(lambda a, b: q[a:b], q.shape[0], q.shape[1], q.device, n_iterations, n_samples, chunk_elems)
+    r, c = sinkhorn_scalings(
+        lambda a, b: q[a:b], q.shape[0], q.shape[1], q.device, n_iterations, n_samples, chunk_elems
+    )
     return q.add_(r.unsqueeze(1)).add_(c.unsqueeze(0)).exp_()

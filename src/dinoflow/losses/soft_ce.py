@@ -80,7 +80,7 @@ def _chunk_grad_logits(x: Tensor, t: Tensor, lse: Tensor, scale: Tensor) -> Tens
 
 class _SoftCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, w: Tensor, temp: float, targets_fn: TargetsFn, rows: int) -> Tensor:  # noqa: ANN001
+    def forward(ctx, logits: Tensor, w: Tensor, temp: float, targets_fn: TargetsFn, rows: int) -> Tensor:
         n, acc = logits.shape[0], w.dtype
         total = torch.zeros((), dtype=acc, device=logits.device)
         lse = torch.empty(n, dtype=acc, device=logits.device)
@@ -94,7 +94,7 @@ class _SoftCE(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001
+    def backward(ctx, grad: Tensor):
         logits, w, lse = ctx.saved_tensors
         temp, rows, n = ctx.temp, ctx.rows, logits.shape[0]
         scale_all = (w * grad / temp).unsqueeze(1)
@@ -130,7 +130,9 @@ def soft_cross_entropy(
         scalar fp32 loss, differentiable in `logits`.
     """
     if logits.ndim != 2 or targets.ndim != 2 or logits.shape[1] != targets.shape[1]:
-        raise ValueError(f"logits [N, K] and targets [R, K] must share K, got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"logits [N, K] and targets [R, K] must share K, got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     if target_index is None and targets.shape[0] != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} student rows but {targets.shape[0]} target rows: pass target_index")
     acc = _acc_dtype(logits.dtype)
@@ -143,8 +145,16 @@ class _PrototypeCE(torch.autograd.Function):
     """Loss through the prototype layer without storing logits: z [N, d] @ weight [K, d]ᵀ per chunk."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, weight: Tensor, w: Tensor, temp: float, targets_fn: TargetsFn, rows: int,  # noqa: ANN001
-                dtype: torch.dtype) -> Tensor:
+    def forward(
+        ctx,
+        z: Tensor,
+        weight: Tensor,
+        w: Tensor,
+        temp: float,
+        targets_fn: TargetsFn,
+        rows: int,
+        dtype: torch.dtype,
+    ) -> Tensor:
         n, acc = z.shape[0], w.dtype
         wt = weight.to(dtype)
         total = torch.zeros((), dtype=acc, device=z.device)
@@ -159,7 +169,7 @@ class _PrototypeCE(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001
+    def backward(ctx, grad: Tensor):
         z, weight, w, lse = ctx.saved_tensors
         temp, rows, dtype = ctx.temp, ctx.rows, ctx.dtype
         wt = weight.to(dtype)

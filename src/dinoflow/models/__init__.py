@@ -1,9 +1,9 @@
 """DINOv2-compatible backbones, heads, and their weights.
 
-    from dinoflow.models import build_backbone, load_backbone, DINOHead
-    vit = build_backbone("vit_small", img_size=224)          # training-style (LayerScale 1e-5)
-    hub = build_hub_backbone("dinov2_vits14_reg")             # official hub architecture
-    hub = load_backbone("dinov2_vits14_reg4_pretrain.pth")    # architecture inferred, strict load
+from dinoflow.models import build_backbone, load_backbone, DINOHead
+vit = build_backbone("vit_small", img_size=224)          # training-style (LayerScale 1e-5)
+hub = build_hub_backbone("dinov2_vits14_reg")             # official hub architecture
+hub = load_backbone("dinov2_vits14_reg4_pretrain.pth")    # architecture inferred, strict load
 """
 
 from dinoflow.models.heads import DINOHead, WeightNormLinear, convert_official_head_state_dict, heads_from_config

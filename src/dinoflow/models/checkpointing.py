@@ -22,7 +22,10 @@ MODES = ("none", "selective", "full")
 
 _aten = torch.ops.aten
 _SAVE = {
-    _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.convolution.default,
+    _aten.mm.default,
+    _aten.addmm.default,
+    _aten.bmm.default,
+    _aten.convolution.default,
     _aten._scaled_dot_product_flash_attention.default,
     _aten._scaled_dot_product_efficient_attention.default,
     _aten._scaled_dot_product_cudnn_attention.default,
@@ -30,15 +33,23 @@ _SAVE = {
 }
 
 
-def _policy(ctx, op, *args, **kwargs):  # noqa: ANN001
+def _policy(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in _SAVE else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def checkpoint_block(fn: Callable, x: torch.Tensor, segments, mode: str, rows: torch.Tensor | None = None) -> torch.Tensor:
+def checkpoint_block(
+    fn: Callable, x: torch.Tensor, segments, mode: str, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """fn(x, segments, rows) under the checkpointing `mode` ("selective" or "full")."""
     if mode == "full":
         return checkpoint(fn, x, segments, rows, use_reentrant=False)
     if mode == "selective":
-        return checkpoint(fn, x, segments, rows, use_reentrant=False,
-                          context_fn=partial(create_selective_checkpoint_contexts, _policy))
+        return checkpoint(
+            fn,
+            x,
+            segments,
+            rows,
+            use_reentrant=False,
+            context_fn=partial(create_selective_checkpoint_contexts, _policy),
+        )
     raise ValueError(f"activation checkpointing mode {mode!r} is not one of {MODES}")

@@ -22,8 +22,9 @@ def _row_norm(v: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v, dim=1, keepdim=True, dtype=torch.promote_types(v.dtype, torch.float32))
 
 
-def _weight_norm_grads(grad_w: Tensor, v: Tensor, g: Tensor, norm: Tensor, need_v: bool, need_g: bool,
-                       inplace: bool = False):
+def _weight_norm_grads(
+    grad_w: Tensor, v: Tensor, g: Tensor, norm: Tensor, need_v: bool, need_g: bool, inplace: bool = False
+):
     """(∂L/∂v, ∂L/∂g) from G = ∂L/∂w for w = g·v/‖v‖ (rows), with one [K, d] result and no other
     [K, d] temporary (autograd's mul/div/norm chain makes several):
 
@@ -44,13 +45,13 @@ class _WeightNorm(torch.autograd.Function):
     """w = g · v / ‖v‖ (row-wise), materialised (the factored heads' prototypes)."""
 
     @staticmethod
-    def forward(ctx, v: Tensor, g: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx, v: Tensor, g: Tensor) -> Tensor:
         norm = _row_norm(v)
         ctx.save_for_backward(v, g, norm)
         return v * (g / norm).to(v.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001
+    def backward(ctx, grad: Tensor):
         v, g, norm = ctx.saved_tensors
         return _weight_norm_grads(grad, v, g, norm, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
 
@@ -61,7 +62,7 @@ class _NormedLinear(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x: Tensor, v: Tensor, g: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx, x: Tensor, v: Tensor, g: Tensor) -> Tensor:
         norm = _row_norm(v)
         scale = (g.to(norm.dtype) / norm).t()  # [1, K]
         out = F.linear(x, v)
@@ -70,7 +71,7 @@ class _NormedLinear(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad: Tensor):  # noqa: ANN001
+    def backward(ctx, grad: Tensor):
         x, v, g, norm = ctx.saved_tensors
         scale = (g.to(norm.dtype) / norm).t()
         grad_x = None
@@ -79,8 +80,9 @@ class _NormedLinear(torch.autograd.Function):
         grad_v = grad_g = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             grad_w = grad.t() @ x.to(grad.dtype)  # ∂L/∂w for w = g·v/‖v‖
-            grad_v, grad_g = _weight_norm_grads(grad_w, v, g, norm, ctx.needs_input_grad[1], ctx.needs_input_grad[2],
-                                                inplace=True)
+            grad_v, grad_g = _weight_norm_grads(
+                grad_w, v, g, norm, ctx.needs_input_grad[1], ctx.needs_input_grad[2], inplace=True
+            )
         return grad_x, grad_v, grad_g
 
 

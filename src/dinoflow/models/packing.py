@@ -44,7 +44,9 @@ def _subset_residual(x: Tensor, segments: Segments, picks: list[Tensor], branch:
     return x.index_add(0, rows_t, residual.to(x.dtype) * torch.cat(scales))
 
 
-def packed_drop_path_block(x: Tensor, segments: Segments, attn_branch: Branch, ffn_branch: Branch, rate: float) -> Tensor:
+def packed_drop_path_block(
+    x: Tensor, segments: Segments, attn_branch: Branch, ffn_branch: Branch, rate: float
+) -> Tensor:
     """A block's two residuals with stochastic depth on packed tokens [T, D].
 
     The unpacked block draws, per crop size in order, the attention draw then the FFN draw

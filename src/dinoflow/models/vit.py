@@ -200,7 +200,7 @@ class DinoVisionTransformer(nn.Module):
         return tokens
 
     def set_activation_checkpointing(self, mode: str) -> None:
-        """"none", "selective" or "full" for every block (see dinoflow.models.checkpointing)."""
+        """ "none", "selective" or "full" for every block (see dinoflow.models.checkpointing)."""
         from dinoflow.models.checkpointing import MODES
 
         if mode not in MODES:
@@ -234,7 +234,9 @@ class DinoVisionTransformer(nn.Module):
             x = blk(x)
         return self._outputs(x, masks)
 
-    def forward_features_list(self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None]) -> list[dict[str, Any]]:
+    def forward_features_list(
+        self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None]
+    ) -> list[dict[str, Any]]:
         """Several batches of different resolutions (e.g. global and local crops) → one dict each.
 
         Equivalent to the official nested-tensor path (attention never mixes sequences). With
@@ -252,10 +254,13 @@ class DinoVisionTransformer(nn.Module):
         x, segments = pack(xs)
         for blk in self.block_list():
             x = blk(x, segments)
-        return [self._outputs(p, m, pn) for p, pn, m in zip(unpack(x, segments), unpack(self.norm(x), segments), masks_list)]
+        return [
+            self._outputs(p, m, pn) for p, pn, m in zip(unpack(x, segments), unpack(self.norm(x), segments), masks_list)
+        ]
 
-    def forward_kept(self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None],
-                     keep: Sequence[Tensor | None]) -> list[dict[str, Tensor]]:
+    def forward_kept(
+        self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None], keep: Sequence[Tensor | None]
+    ) -> list[dict[str, Tensor]]:
         """For callers that use only some outputs (training): per crop set, the CLS tokens and the
         patch tokens at `keep[i]` (flat indices into that set's [B·N] patch tokens; None: all).
 
@@ -268,11 +273,20 @@ class DinoVisionTransformer(nn.Module):
         blocks = self.block_list()
         last = blocks[-1]
         if not self.prune_last_block or (last.training and last.drop_path_rate > 0):
-            outs = (self.forward_features_list(x_list, masks_list) if len(x_list) > 1
-                    else [self.forward_features(x_list[0], masks=masks_list[0])])
-            return [{"x_norm_clstoken": o["x_norm_clstoken"],
-                     "x_norm_patchtokens_kept": o["x_norm_patchtokens"].flatten(0, 1) if k is None
-                     else o["x_norm_patchtokens"].flatten(0, 1)[k]} for o, k in zip(outs, keep)]
+            outs = (
+                self.forward_features_list(x_list, masks_list)
+                if len(x_list) > 1
+                else [self.forward_features(x_list[0], masks=masks_list[0])]
+            )
+            return [
+                {
+                    "x_norm_clstoken": o["x_norm_clstoken"],
+                    "x_norm_patchtokens_kept": o["x_norm_patchtokens"].flatten(0, 1)
+                    if k is None
+                    else o["x_norm_patchtokens"].flatten(0, 1)[k],
+                }
+                for o, k in zip(outs, keep)
+            ]
         from dinoflow.models.packing import pack
 
         xs = [self.prepare_tokens_with_masks(x, m) for x, m in zip(x_list, masks_list)]
@@ -287,17 +301,23 @@ class DinoVisionTransformer(nn.Module):
         rows, sizes = self._kept_rows(segments, keep, x.device)
         x = self.norm(last(x, segments, rows=rows))
         parts = x.split([n for pair in sizes for n in pair])
-        return [{"x_norm_clstoken": parts[2 * i], "x_norm_patchtokens_kept": parts[2 * i + 1]} for i in range(len(sizes))]
+        return [
+            {"x_norm_clstoken": parts[2 * i], "x_norm_patchtokens_kept": parts[2 * i + 1]} for i in range(len(sizes))
+        ]
 
-    def _kept_rows(self, segments, keep: Sequence[Tensor | None], device: torch.device) -> tuple[Tensor, list[tuple[int, int]]]:
+    def _kept_rows(
+        self, segments, keep: Sequence[Tensor | None], device: torch.device
+    ) -> tuple[Tensor, list[tuple[int, int]]]:
         """Packed row indices [CLS of set 0, kept patches of set 0, CLS of set 1, ...] and the
         (CLS count, kept count) of each set."""
         rows, sizes, offset = [], [], 0
         for (b, n), k in zip(segments, keep):
             p = n - 1 - self.num_register_tokens
             idx = torch.arange(b * p, device=device) if k is None else k.to(device)
-            rows += [offset + torch.arange(b, device=device) * n,
-                     offset + torch.div(idx, p, rounding_mode="floor") * n + 1 + self.num_register_tokens + idx % p]
+            rows += [
+                offset + torch.arange(b, device=device) * n,
+                offset + torch.div(idx, p, rounding_mode="floor") * n + 1 + self.num_register_tokens + idx % p,
+            ]
             sizes.append((b, int(idx.shape[0])))
             offset += b * n
         return torch.cat(rows), sizes
@@ -384,12 +404,25 @@ def build_backbone(
     if ffn not in ("mlp", "swiglu"):
         raise DinoflowError(f"ffn_layer {ffn_layer!r} is not supported; use 'mlp', 'swiglu' or 'auto'")
     # the same settings build the model and describe it (model.config, saved beside exports)
-    shared = dict(patch_size=patch_size, img_size=img_size, num_register_tokens=num_register_tokens,
-                  layerscale_init=layerscale_init, drop_path_rate=drop_path_rate, drop_path_uniform=drop_path_uniform,
-                  interpolate_antialias=interpolate_antialias, interpolate_offset=interpolate_offset,
-                  block_chunks=block_chunks)
-    model = DinoVisionTransformer(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
-                                  mlp_ratio=spec.mlp_ratio, swiglu=ffn == "swiglu", **shared)
+    shared = dict(
+        patch_size=patch_size,
+        img_size=img_size,
+        num_register_tokens=num_register_tokens,
+        layerscale_init=layerscale_init,
+        drop_path_rate=drop_path_rate,
+        drop_path_uniform=drop_path_uniform,
+        interpolate_antialias=interpolate_antialias,
+        interpolate_offset=interpolate_offset,
+        block_chunks=block_chunks,
+    )
+    model = DinoVisionTransformer(
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
+        mlp_ratio=spec.mlp_ratio,
+        swiglu=ffn == "swiglu",
+        **shared,
+    )
     model.arch = arch
     model.config = ModelConfig(arch=arch, ffn_layer=ffn if ffn != spec.ffn else "auto", **shared)
     return model

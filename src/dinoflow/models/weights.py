@@ -70,7 +70,7 @@ def read_weights(path: str | Path) -> Any:
         raise BackboneWeightsError(f"weights file {p} does not exist")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+    except Exception as e:  # any unpickling failure means the same thing to the user
         raise BackboneWeightsError(
             f"{p} could not be read as a weights-only PyTorch file ({type(e).__name__}: {e}); "
             "it may be truncated, not a .pth file, or contain pickled objects other than tensors"
@@ -197,7 +197,9 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: str | Path | Map
             lines.append(_listing("unexpected in the file", unexpected))
         if mismatched:
             lines.append(
-                _listing("shape mismatches (file vs model)", [f"{k}: {tuple(g)} vs {tuple(w)}" for k, g, w in mismatched])
+                _listing(
+                    "shape mismatches (file vs model)", [f"{k}: {tuple(g)} vs {tuple(w)}" for k, g, w in mismatched]
+                )
             )
         lines += [f"  hint: {h}" for h in _hints(missing, unexpected, mismatched)]
         raise BackboneWeightsError("\n".join(lines), missing, unexpected, mismatched)
@@ -296,7 +298,9 @@ def read_model_config(path: str | Path) -> ModelConfig:
     except yaml.YAMLError as e:
         raise DinoflowError(f"{p} is not valid YAML: {e}") from e
     if not isinstance(data, dict) or "arch" not in data:
-        raise DinoflowError(f"{p} is not a ModelConfig (a mapping with at least 'arch'); it was written by something else")
+        raise DinoflowError(
+            f"{p} is not a ModelConfig (a mapping with at least 'arch'); it was written by something else"
+        )
     try:
         return ModelConfig.model_validate(data)
     except ValidationError as e:

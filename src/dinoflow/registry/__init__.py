@@ -8,5 +8,12 @@ from dinoflow.registry.evidence import EvalEvidence, EvaluationMismatch, check_e
 from dinoflow.registry.gate import Champion, gate_verdict
 from dinoflow.registry.stage import register
 
-__all__ = ["Champion", "EvalEvidence", "EvaluationMismatch", "check_evaluated", "gate_verdict", "read_eval_report",
-           "register"]
+__all__ = [
+    "Champion",
+    "EvalEvidence",
+    "EvaluationMismatch",
+    "check_evaluated",
+    "gate_verdict",
+    "read_eval_report",
+    "register",
+]

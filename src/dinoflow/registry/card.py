@@ -25,8 +25,15 @@ def training_summary(model_file: Path) -> dict[str, Any]:
     train = cfg.get("train") or {}
     steps = train.get("max_steps") or (train.get("epochs") or 0) * (train.get("epoch_length") or 0) or None
     arch = cfg.get("student") or cfg.get("model") or {}
-    return {"data": cfg.get("data"), "teacher": cfg.get("teacher"), "mode": cfg.get("mode"), "steps": steps,
-            "batch": train.get("batch_size_per_rank"), "arch": arch.get("arch"), "patch_size": arch.get("patch_size")}
+    return {
+        "data": cfg.get("data"),
+        "teacher": cfg.get("teacher"),
+        "mode": cfg.get("mode"),
+        "steps": steps,
+        "batch": train.get("batch_size_per_rank"),
+        "arch": arch.get("arch"),
+        "patch_size": arch.get("patch_size"),
+    }
 
 
 def _results_table(models: dict[str, Any]) -> list[str]:
@@ -43,17 +50,27 @@ def _results_table(models: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(name: str, version: str, model_file: Path, backbone: Any, models: dict[str, Any],
-               verdict: dict[str, Any], lineage: dict[str, Any]) -> str:
+def model_card(
+    name: str,
+    version: str,
+    model_file: Path,
+    backbone: Any,
+    models: dict[str, Any],
+    verdict: dict[str, Any],
+    lineage: dict[str, Any],
+) -> str:
     """Markdown for the version description."""
     t = training_summary(model_file)
     params = sum(p.numel() for p in backbone.parameters())
     mc = getattr(backbone, "config", None)
     arch = f"{getattr(mc, 'arch', None) or t.get('arch') or type(backbone).__name__}/{getattr(backbone, 'patch_size', '?')}"
     lines = [f"# {name} v{version}: {arch}, {params:,} parameters, embedding dim {backbone.embed_dim}", ""]
-    lines += ["**Use**: `mlflow.pyfunc.load_model(\"models:/" + name + "@champion\").predict(images)` — PNG/JPEG bytes "
-              "or base64 text, or uint8 arrays → L2-normalised CLS embeddings; "
-              "`dinoflow embed models:/" + name + f"/{version} <images> -o out.parquet`; ONNX in artifact `onnx/`.", ""]
+    lines += [
+        '**Use**: `mlflow.pyfunc.load_model("models:/' + name + '@champion").predict(images)` — PNG/JPEG bytes '
+        "or base64 text, or uint8 arrays → L2-normalised CLS embeddings; "
+        "`dinoflow embed models:/" + name + f"/{version} <images> -o out.parquet`; ONNX in artifact `onnx/`.",
+        "",
+    ]
     lines += ["## Training", ""]
     trained = [f"- data: `{t['data']}`" if t.get("data") else "- data: not recorded (no train_config.yaml)"]
     if t.get("teacher"):
@@ -62,7 +79,9 @@ def model_card(name: str, version: str, model_file: Path, backbone: Any, models:
         trained.append(f"- {t['steps']} steps of {t.get('batch') or '?'} images per rank")
     for key, value in sorted((lineage.get("data_hashes") or {}).items()):
         trained.append(f"- DVC md5 of `{key}`: `{value}`")
-    trained.append(f"- training run: `{lineage.get('training_run_id') or 'unknown'}` ({lineage.get('training_run_found')})")
+    trained.append(
+        f"- training run: `{lineage.get('training_run_id') or 'unknown'}` ({lineage.get('training_run_found')})"
+    )
     trained.append(f"- weights sha256 `{lineage.get('sha256')}`; commit `{lineage.get('commit') or 'unknown'}`")
     lines += trained + ["", "## Frozen-feature evaluation (top-1 %)", ""] + _results_table(models) + [""]
     lines += ["## Gate", ""]

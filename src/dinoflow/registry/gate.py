@@ -60,44 +60,64 @@ def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str,
     if rc.min_teacher_gain is not None:
         if gain is None:
             missing = rc.teacher_key if teacher is None else rc.baseline_key
-            reasons.append(f"no {missing!r} knn_top1 on {ds}: the teacher-gain floor cannot be checked "
-                           f"(evaluate the teacher with the random_init baseline, or set register.min_teacher_gain=null)")
+            reasons.append(
+                f"no {missing!r} knn_top1 on {ds}: the teacher-gain floor cannot be checked "
+                f"(evaluate the teacher with the random_init baseline, or set register.min_teacher_gain=null)"
+            )
         elif gain < rc.min_teacher_gain:
-            reasons.append(f"teacher gain {gain:.4f} (teacher {teacher:.4f} − {rc.baseline_key} {baseline:.4f}) "
-                           f"< min_teacher_gain {rc.min_teacher_gain:.4f} on {ds}")
+            reasons.append(
+                f"teacher gain {gain:.4f} (teacher {teacher:.4f} − {rc.baseline_key} {baseline:.4f}) "
+                f"< min_teacher_gain {rc.min_teacher_gain:.4f} on {ds}"
+            )
     if rc.min_retention is not None:
         if retention is None:
             reasons.append(f"no teacher ({rc.teacher_key!r}) knn_top1 on {ds}: retention cannot be checked")
         elif retention < rc.min_retention:
-            reasons.append(f"retention {retention:.4f} (student {student:.4f} / teacher {teacher:.4f}) "
-                           f"< min_retention {rc.min_retention:.4f} on {ds}")
+            reasons.append(
+                f"retention {retention:.4f} (student {student:.4f} / teacher {teacher:.4f}) "
+                f"< min_retention {rc.min_retention:.4f} on {ds}"
+            )
     if rc.min_knn_top1 is not None and student < rc.min_knn_top1:
         reasons.append(f"knn_top1 {student:.4f} < min_knn_top1 {rc.min_knn_top1:.4f} on {ds}")
-    numbers = {"knn_top1": student, "teacher_knn_top1": teacher, "random_init_knn_top1": baseline,
-               "retention": retention, "teacher_gain": gain}
+    numbers = {
+        "knn_top1": student,
+        "teacher_knn_top1": teacher,
+        "random_init_knn_top1": baseline,
+        "retention": retention,
+        "teacher_gain": gain,
+    }
     return numbers, reasons
 
 
-def challenge_reasons(student: float, dataset: str, eval_set: str | None, champion: Champion | None,
-                      tolerance: float) -> list[str]:
+def challenge_reasons(
+    student: float, dataset: str, eval_set: str | None, champion: Champion | None, tolerance: float
+) -> list[str]:
     """Why the candidate may not replace `champion` (empty: it may)."""
     if champion is None:
         return []
     who = f"champion version {champion.version}"
     if eval_set is None:
-        return [f"the evaluation report records no fingerprint for {dataset}: cannot compare with the {who} "
-                "(rerun `dinoflow evaluate`)"]
+        return [
+            f"the evaluation report records no fingerprint for {dataset}: cannot compare with the {who} "
+            "(rerun `dinoflow evaluate`)"
+        ]
     if champion.eval_set != eval_set or champion.dataset != dataset or champion.knn_top1 is None:
         theirs = f"{champion.dataset} {str(champion.eval_set)[:12]}" if champion.eval_set else "an unrecorded set"
-        return [f"the {who} was evaluated on another evaluation set ({theirs} vs {dataset} {eval_set[:12]}): "
-                "not comparable, the alias stays (evaluate both on one set, or move the alias by hand — README: the gate)"]
+        return [
+            f"the {who} was evaluated on another evaluation set ({theirs} vs {dataset} {eval_set[:12]}): "
+            "not comparable, the alias stays (evaluate both on one set, or move the alias by hand — README: the gate)"
+        ]
     if student < champion.knn_top1 - tolerance:
-        return [f"knn_top1 {student:.4f} < {who}'s {champion.knn_top1:.4f} − champion_tolerance {tolerance:g} "
-                f"on the same evaluation set"]
+        return [
+            f"knn_top1 {student:.4f} < {who}'s {champion.knn_top1:.4f} − champion_tolerance {tolerance:g} "
+            f"on the same evaluation set"
+        ]
     return []
 
 
-def gate_verdict(models: dict[str, Any], rc: RegisterConfig, eval_set: str | None, champion: Champion | None) -> dict[str, Any]:
+def gate_verdict(
+    models: dict[str, Any], rc: RegisterConfig, eval_set: str | None, champion: Champion | None
+) -> dict[str, Any]:
     """The gate's verdict with its numbers: `passed` (takes the alias) is False with `reasons` when it fails."""
     numbers, floors = floor_reasons(models, rc)
     challenge = challenge_reasons(numbers["knn_top1"], rc.dataset, eval_set, champion, rc.champion_tolerance)

@@ -72,15 +72,16 @@ def training_run(client: Any, register_run: Any, model_file: Path, sha256: str, 
         found = client.search_runs(
             [register_run.info.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`dinoflow.stage` = '{TRAINING_STAGE}' "
-                          "and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=20,
+            "and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=20,
         )
         for run in found:
             if _same_dir(run.data.params.get("out_dir"), model_file.parent):
                 return run.info.run_id, f"the {TRAINING_STAGE} run of pipeline run {parent}"
     try:
         earlier = client.search_model_versions(f"name = '{name}' and tags.`{TAG_SHA256}` = '{sha256}'")
-    except Exception as e:  # noqa: BLE001 - a registry without the model yet
+    except Exception as e:  # a registry without the model yet
         if not _not_found(e):
             raise
         earlier = []
@@ -96,8 +97,12 @@ def context_tags(register_run: Any) -> dict[str, str]:
     as version tags."""
     tags = register_run.data.tags
     out = {"dinoflow.register_run_id": register_run.info.run_id}
-    for src, dst in (("mlflow.source.git.commit", "dinoflow.git.commit"), ("dinoflow.git.dirty", "dinoflow.git.dirty"),
-                     ("mlflow.parentRunId", "dinoflow.parent_run_id"), (TAG_PIPELINE_RUN_ID, TAG_PIPELINE_RUN_ID)):
+    for src, dst in (
+        ("mlflow.source.git.commit", "dinoflow.git.commit"),
+        ("dinoflow.git.dirty", "dinoflow.git.dirty"),
+        ("mlflow.parentRunId", "dinoflow.parent_run_id"),
+        (TAG_PIPELINE_RUN_ID, TAG_PIPELINE_RUN_ID),
+    ):
         if tags.get(src):
             out[dst] = tags[src]
     return out

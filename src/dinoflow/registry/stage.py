@@ -35,12 +35,15 @@ def model_file(path: str | Path) -> Path:
     p = Path(path)
     pth = p / "backbone.pth" if p.is_dir() or not p.suffix else p
     if not pth.is_file():
-        raise DinoflowError(f"student backbone {pth} not found: run `dinoflow distill` first (or set register.model_path)")
+        raise DinoflowError(
+            f"student backbone {pth} not found: run `dinoflow distill` first (or set register.model_path)"
+        )
     return pth
 
 
 def version_tags(verdict: dict[str, Any], sha256: str, training_run_id: str | None) -> dict[str, str]:
     """The verdict and its numbers as registered-version tags."""
+
     def num(v: Any) -> str:
         return "n/a" if v is None else f"{float(v):.6f}"
 
@@ -50,8 +53,10 @@ def version_tags(verdict: dict[str, Any], sha256: str, training_run_id: str | No
         "gate.floors": "passed" if verdict["floors_passed"] else "failed",
         "gate.dataset": verdict["dataset"],
         "gate.eval_set": verdict.get("eval_set") or "unrecorded",
-        **{f"gate.{k}": num(verdict[k]) for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1",
-                                                  "retention", "teacher_gain")},
+        **{
+            f"gate.{k}": num(verdict[k])
+            for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1", "retention", "teacher_gain")
+        },
         "gate.champion_version": champion.get("version") or "none",
         "gate.champion_knn_top1": num(champion.get("knn_top1")),
         TAG_SHA256: sha256,
@@ -93,7 +98,9 @@ def _new_version(client: Any, name: str, model_id: str, run_id: str, tags: dict[
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, description="dinoflow student backbones (image embeddings); see each version's card")
+        client.create_registered_model(
+            name, description="dinoflow student backbones (image embeddings); see each version's card"
+        )
     except MlflowException as e:
         if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -109,7 +116,9 @@ def _onnx(cfg: Config, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
     from dinoflow.mlflow_model import preprocess_settings
 
     prep = preprocess_settings(cfg)
-    return export_checked(backbone, out_dir, oc.image_size or prep["image_size"], prep["resize_ratio"], oc.opset, oc.atol)
+    return export_checked(
+        backbone, out_dir, oc.image_size or prep["image_size"], prep["resize_ratio"], oc.opset, oc.atol
+    )
 
 
 def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: EvalEvidence) -> dict[str, Any]:
@@ -126,37 +135,73 @@ def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: Eval
     backbone = load_backbone(pth).eval()
     with tempfile.TemporaryDirectory(prefix="dinoflow-onnx-") as tmp:
         onnx_info = _onnx(cfg, backbone, Path(tmp) / "onnx")
-        tracking.log_metrics({f"gate.{k}": verdict[k] for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1",
-                                                                 "retention", "teacher_gain") if verdict[k] is not None})
+        tracking.log_metrics(
+            {
+                f"gate.{k}": verdict[k]
+                for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1", "retention", "teacher_gain")
+                if verdict[k] is not None
+            }
+        )
         tracking.set_tags({"gate": "passed" if verdict["passed"] else "failed"})
         run = client.get_run(run.info.run_id)
         train_id, found = training_run(client, run, pth, sha, rc.model_name)
         tags = {**version_tags(verdict, sha, train_id), **context_tags(run)}
         train_run = client.get_run(train_id) if train_id else None
-        lm = mlflow.initialize_logged_model(name="student", source_run_id=train_id or run.info.run_id, tags=tags,
-                                            params=dict(train_run.data.params) if train_run else None,  # its recipe
-                                            model_type=MODEL_TYPE, experiment_id=run.info.experiment_id)
-        info = log_embedding_model(pth, "student", cfg, model_id=lm.model_id,
-                                   onnx_dir=Path(tmp) / "onnx" if onnx_info else None, metadata={"onnx": onnx_info})
+        lm = mlflow.initialize_logged_model(
+            name="student",
+            source_run_id=train_id or run.info.run_id,
+            tags=tags,
+            params=dict(train_run.data.params) if train_run else None,  # its recipe
+            model_type=MODEL_TYPE,
+            experiment_id=run.info.experiment_id,
+        )
+        info = log_embedding_model(
+            pth,
+            "student",
+            cfg,
+            model_id=lm.model_id,
+            onnx_dir=Path(tmp) / "onnx" if onnx_info else None,
+            metadata={"onnx": onnx_info},
+        )
     if train_id:
         client.log_outputs(train_id, [LoggedModelOutput(lm.model_id, step=0)])
     link_evaluation(cfg, evidence, rc.student_key, lm.model_id)
     version = _new_version(client, rc.model_name, lm.model_id, train_id or run.info.run_id, tags)
-    data_hashes = {k[len("dvc.md5."):]: v for k, v in (train_run.data.tags if train_run else {}).items()
-                   if k.startswith("dvc.md5.")}
-    lineage = {"training_run_id": train_id, "training_run_found": found, "sha256": sha,
-               "commit": tags.get("dinoflow.git.commit"), "data_hashes": data_hashes}
-    client.update_model_version(rc.model_name, version, description=model_card(
-        rc.model_name, version, pth, backbone, evidence.models, verdict, lineage))
+    data_hashes = {
+        k[len("dvc.md5.") :]: v
+        for k, v in (train_run.data.tags if train_run else {}).items()
+        if k.startswith("dvc.md5.")
+    }
+    lineage = {
+        "training_run_id": train_id,
+        "training_run_found": found,
+        "sha256": sha,
+        "commit": tags.get("dinoflow.git.commit"),
+        "data_hashes": data_hashes,
+    }
+    client.update_model_version(
+        rc.model_name,
+        version,
+        description=model_card(rc.model_name, version, pth, backbone, evidence.models, verdict, lineage),
+    )
     if verdict["passed"]:
         client.set_registered_model_alias(rc.model_name, rc.alias, version)
     holder = current_champion(client, rc.model_name, rc.alias)
     alias_uri = f"models:/{rc.model_name}@{rc.alias}" if holder else None
     return {
-        "gate": verdict, "registered": True, "version": version, "model_uri": f"models:/{rc.model_name}/{version}",
-        "logged_model_uri": info.model_uri, "model_id": lm.model_id, "took_alias": verdict["passed"],
-        "alias_version": holder.version if holder else None, "alias_uri": alias_uri, "champion_uri": alias_uri,
-        "training_run_id": train_id, "training_run_found": found, "onnx": onnx_info,
+        "gate": verdict,
+        "registered": True,
+        "version": version,
+        "model_uri": f"models:/{rc.model_name}/{version}",
+        "logged_model_uri": info.model_uri,
+        "model_id": lm.model_id,
+        "took_alias": verdict["passed"],
+        "alias_version": holder.version if holder else None,
+        "alias_uri": alias_uri,
+        "champion_uri": alias_uri,
+        "training_run_id": train_id,
+        "training_run_found": found,
+        "onnx": onnx_info,
     }
 
 
@@ -170,8 +215,11 @@ def register(cfg: Config) -> dict[str, Any]:
     result: dict[str, Any] = {"model_name": rc.model_name, "alias": rc.alias, "model_sha256": sha, "registered": False}
     with tracking.stage_run("register", cfg) as run:
         if run is None:
-            result.update(gate=preview, note="tracking disabled (tracking.enabled=false or not rank 0): nothing "
-                                             "registered; the verdict ignores the champion")
+            result.update(
+                gate=preview,
+                note="tracking disabled (tracking.enabled=false or not rank 0): nothing "
+                "registered; the verdict ignores the champion",
+            )
         else:
             uri = tracking.tracking_uri(cfg)
             with tracking.named_errors(f"registering {rc.model_name}", uri):

@@ -22,7 +22,23 @@ from dinoflow.tracking.runs import finish_pipeline_run, pipeline_parent_run, sta
 from dinoflow.tracking.server import check_tracking_server, named_errors, tracking_uri
 
 __all__ = [
-    "active_run", "check_tracking_server", "dvc_md5", "finish_pipeline_run", "flatten", "git_commit", "is_enabled",
-    "is_secret_key", "log_artifact", "log_metrics", "log_model", "log_params", "named_errors", "pipeline_parent_run",
-    "rank", "redact", "set_tags", "stage_run", "tracking_uri",
+    "active_run",
+    "check_tracking_server",
+    "dvc_md5",
+    "finish_pipeline_run",
+    "flatten",
+    "git_commit",
+    "is_enabled",
+    "is_secret_key",
+    "log_artifact",
+    "log_metrics",
+    "log_model",
+    "log_params",
+    "named_errors",
+    "pipeline_parent_run",
+    "rank",
+    "redact",
+    "set_tags",
+    "stage_run",
+    "tracking_uri",
 ]

@@ -35,8 +35,12 @@ def log_params(params: dict[str, Any]) -> None:
 
     flat = flatten(params)
     with named_errors("logging params", current.uri):
-        mlflow.log_params({k: v if v is None or isinstance(v, (int, float, bool)) else str(v)[:PARAM_VALUE_MAX]
-                           for k, v in flat.items()})
+        mlflow.log_params(
+            {
+                k: v if v is None or isinstance(v, (int, float, bool)) else str(v)[:PARAM_VALUE_MAX]
+                for k, v in flat.items()
+            }
+        )
 
 
 def set_tags(tags: dict[str, Any]) -> None:

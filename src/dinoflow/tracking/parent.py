@@ -68,7 +68,9 @@ def parent_tags(context: dict[str, str], run_id: str | None) -> dict[str, str]:
 
 
 def _create(client: Any, exp_id: str, context: dict[str, str], run_id: str | None) -> str:
-    name = pipeline_env.pipeline_run_name() or (f"pipeline-{run_id}" if run_id else time.strftime("pipeline-%Y%m%d-%H%M%S"))
+    name = pipeline_env.pipeline_run_name() or (
+        f"pipeline-{run_id}" if run_id else time.strftime("pipeline-%Y%m%d-%H%M%S")
+    )
     return client.create_run(exp_id, tags=parent_tags(context, run_id), run_name=name).info.run_id
 
 
@@ -118,16 +120,28 @@ def record_state(parent: Parent, stage: str) -> None:
 
     try:
         parent.state_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(parent.state_file, json.dumps({
-            "run_id": parent.run_id, "cwd": str(Path.cwd().resolve()), "last_stage": stage,
-            "last_stage_index": _stage_index(stage)}))
+        atomic_write_text(
+            parent.state_file,
+            json.dumps(
+                {
+                    "run_id": parent.run_id,
+                    "cwd": str(Path.cwd().resolve()),
+                    "last_stage": stage,
+                    "last_stage_index": _stage_index(stage),
+                }
+            ),
+        )
     except OSError as e:
-        warnings.warn(f"cannot record the pipeline run in {parent.state_file} ({e}); "
-                      "the next stage will start its own pipeline run", stacklevel=2)
+        warnings.warn(
+            f"cannot record the pipeline run in {parent.state_file} ({e}); "
+            "the next stage will start its own pipeline run",
+            stacklevel=2,
+        )
 
 
-def resolve_parent(client: Any, exp_id: str, uri: str, stage: str, context: dict[str, str],
-                   outer_run_id: str | None) -> Parent:
+def resolve_parent(
+    client: Any, exp_id: str, uri: str, stage: str, context: dict[str, str], outer_run_id: str | None
+) -> Parent:
     if outer_run_id:
         return Parent(outer_run_id)
     if pipeline_env.parent_run_id():

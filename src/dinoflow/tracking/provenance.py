@@ -39,8 +39,13 @@ def git_commit(cwd: str | Path = ".") -> tuple[str | None, bool | None]:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode:
             return None, None
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                            capture_output=True, text=True, timeout=30)
+        st = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return head.stdout.strip(), bool(st.stdout.strip()) if st.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None, None
@@ -76,6 +81,7 @@ def hash_input(path: str | Path) -> InputHash:
 
 def _first_special_file(root: Path) -> Path | None:
     """The first FIFO, socket or device under `root` (links not followed), or None."""
+
     def special(path: Path) -> bool:
         try:
             mode = os.lstat(path).st_mode

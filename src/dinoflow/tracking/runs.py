@@ -56,7 +56,7 @@ def _artifact_location(uri: str) -> str | None:
     (MLflow's default `./mlruns`), which may be read-only or another project's."""
     if not uri.startswith("sqlite:///"):
         return None
-    return str((Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"))
+    return str((Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts"))
 
 
 def _experiment_id(client: Any, name: str, uri: str) -> str:
@@ -64,7 +64,7 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     if exp is None:
         try:
             return client.create_experiment(name, artifact_location=_artifact_location(uri))
-        except Exception:  # noqa: BLE001 - created concurrently by another stage or rank
+        except Exception:  # created concurrently by another stage or rank
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
@@ -102,11 +102,11 @@ def _close(what: str, uri: str, status: str, closing: list[Any], failed: bool) -
 
 
 def _log_setup(stage: str, cfg: Any, params: dict[str, Any] | None, uri: str) -> None:
+    import mlflow
+
     from dinoflow.config import dump_config
     from dinoflow.stages import section_params, stage_inputs
     from dinoflow.tracking.log import log_params
-
-    import mlflow
 
     with named_errors(f"logging the setup of stage {stage!r}", uri):
         mlflow.log_text(redact(dump_config(cfg)), "config/resolved.yaml")  # first artifact: probes the store
@@ -131,9 +131,14 @@ def stage_run(stage: str, cfg: Any, params: dict[str, Any] | None = None) -> Ite
         outer = mlflow.active_run()
         context = context_tags()
         parent = resolve_parent(client, exp_id, uri, stage, context, outer.info.run_id if outer else None)
-        run = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent.run_id,
-                               nested=outer is not None, tags={**context, TAG_STAGE: stage},
-                               log_system_metrics=bool(cfg.tracking.system_metrics))
+        run = mlflow.start_run(
+            experiment_id=exp_id,
+            run_name=stage,
+            parent_run_id=parent.run_id,
+            nested=outer is not None,
+            tags={**context, TAG_STAGE: stage},
+            log_system_metrics=bool(cfg.tracking.system_metrics),
+        )
     record_state(parent, stage)
     token = CURRENT.set(OpenRun(run, uri))
     closing = [lambda status: mlflow.end_run(status=status)]
@@ -165,8 +170,11 @@ def pipeline_parent_run(cfg: Any, name: str = "pipeline") -> Iterator[Any]:
 
     client, exp_id, uri = _connect(cfg)
     with named_errors("opening the MLflow pipeline run", uri):
-        run = mlflow.start_run(experiment_id=exp_id, run_name=pipeline_env.pipeline_run_name() or name,
-                               tags=parent_tags(context_tags(), pipeline_env.pipeline_run_id()))
+        run = mlflow.start_run(
+            experiment_id=exp_id,
+            run_name=pipeline_env.pipeline_run_name() or name,
+            tags=parent_tags(context_tags(), pipeline_env.pipeline_run_id()),
+        )
     previous = os.environ.get(pipeline_env.PARENT_RUN_ID)
     os.environ[pipeline_env.PARENT_RUN_ID] = run.info.run_id
     error: BaseException | None = None
@@ -180,8 +188,13 @@ def pipeline_parent_run(cfg: Any, name: str = "pipeline") -> Iterator[Any]:
             os.environ.pop(pipeline_env.PARENT_RUN_ID, None)
         else:
             os.environ[pipeline_env.PARENT_RUN_ID] = previous
-        _close("the MLflow pipeline run", uri, _status_of(error), [lambda s: mlflow.end_run(status=s)],
-               failed=error is not None)
+        _close(
+            "the MLflow pipeline run",
+            uri,
+            _status_of(error),
+            [lambda s: mlflow.end_run(status=s)],
+            failed=error is not None,
+        )
 
 
 def finish_pipeline_run(cfg: Any, status: str) -> str | None:

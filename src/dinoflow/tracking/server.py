@@ -21,11 +21,24 @@ from dinoflow.redaction import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _CREDENTIAL_MARKERS = (
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoCredentialsError", "Unable to locate credentials",
-    "ExpiredToken", "InvalidToken", "InvalidClientTokenId", "AccessDenied", "PartialCredentialsError",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoCredentialsError",
+    "Unable to locate credentials",
+    "ExpiredToken",
+    "InvalidToken",
+    "InvalidClientTokenId",
+    "AccessDenied",
+    "PartialCredentialsError",
 )
-_LOST_MARKERS = ("Max retries exceeded", "Connection refused", "Read timed out", "RemoteDisconnected",
-                 "Connection aborted", "timed out")
+_LOST_MARKERS = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Read timed out",
+    "RemoteDisconnected",
+    "Connection aborted",
+    "timed out",
+)
 
 
 def tracking_uri(cfg: Any = None) -> str:
@@ -46,7 +59,7 @@ def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast with a DinoflowError when an HTTP tracking server does not answer `/health`."""
     if not uri.startswith(("http://", "https://")):
         if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///"):])
+            db = Path(uri[len("sqlite:///") :])
             if db.parent != Path("") and not db.parent.is_dir():
                 raise DinoflowError(f"MLflow tracking database {db}: directory {db.parent} does not exist")
         return

@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -50,14 +50,20 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
         return None
     name = p.read_text().strip()
     if not _STEP_DIR.fullmatch(name):  # `latest` only ever names a sibling step_<N> directory
-        raise CheckpointError(f"{p} names {name!r}, not a step_<N> checkpoint beside it; delete {ckpt_dir} "
-                              "or set train.restart=true to start over")
+        raise CheckpointError(
+            f"{p} names {name!r}, not a step_<N> checkpoint beside it; delete {ckpt_dir} "
+            "or set train.restart=true to start over"
+        )
     target = Path(ckpt_dir) / name
     return target if (target / "meta.json").exists() else None
 
 
-def _state(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, train_module: nn.Module,
-           extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _state(
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    train_module: nn.Module,
+    extra: dict[str, torch.Tensor],
+) -> dict[str, Any]:
     state: dict[str, Any] = {name: get_model_state_dict(m) for name, m in modules.items()}
     state["optim"] = get_optimizer_state_dict(train_module, optimizer)
     state["objective"] = dict(extra)
@@ -89,9 +95,19 @@ class PendingSave:
         return self.final
 
 
-def start_save(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Module], train_module: nn.Module,
-               optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor], meta: dict[str, Any],
-               is_main: bool, files: dict[str, str | Path] | None = None, asynchronous: bool = True) -> PendingSave:
+def start_save(
+    ckpt_dir: str | Path,
+    step: int,
+    *,
+    modules: dict[str, nn.Module],
+    train_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    is_main: bool,
+    files: dict[str, str | Path] | None = None,
+    asynchronous: bool = True,
+) -> PendingSave:
     """Collective. Asynchronous: the state is copied to CPU memory now (training may change the
     tensors right after) and written by a background thread over a gloo group of its own. `files`
     are copied now, so they hold what was written up to this step."""
@@ -121,8 +137,14 @@ def start_save(ckpt_dir: str | Path, step: int, *, modules: dict[str, nn.Module]
     return PendingSave(future, tmp, final, step, meta, is_main)
 
 
-def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], train_module: nn.Module,
-                    optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    modules: dict[str, nn.Module],
+    train_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, torch.Tensor],
+) -> dict[str, Any]:
     """Load in place (any world size); returns meta.json. `extra` tensors are filled in place."""
     path = Path(path)
     state = _state(modules, optimizer, train_module, extra)

@@ -26,8 +26,8 @@ undecodable samples in a row, or after an epoch without a single image.
 
 from __future__ import annotations
 
-import random
 import os
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -73,8 +73,9 @@ def discover_units(source: str) -> list[tuple[str, object]]:
     return [("files", files[i : i + FILES_PER_UNIT]) for i in range(0, len(files), FILES_PER_UNIT)]
 
 
-def check_training_data(source: str, what: str, *, max_pixels: int = 64_000_000,
-                        limit: int = MAX_UNDECODABLE_RUN) -> list[tuple[str, object]]:
+def check_training_data(
+    source: str, what: str, *, max_pixels: int = 64_000_000, limit: int = MAX_UNDECODABLE_RUN
+) -> list[tuple[str, object]]:
     """Discover the units of `source` and make sure an image decodes among its first `limit` samples.
 
     Returns the units (for `make_loader`); raises a DinoflowError naming `what` (the config key) and
@@ -100,8 +101,10 @@ def check_training_data(source: str, what: str, *, max_pixels: int = 64_000_000,
     n = sum(reasons.values())
     counts = ", ".join(f"{c} {r}" for r, c in reasons.most_common())
     scope = f"the first {n} samples tried" if n >= limit else f"all {n} samples"
-    raise DinoflowError(f"{what}={source}: no decodable image in {scope} ({n} undecodable: {counts}; e.g. {example}). "
-                        f"Point {what} at curated shards (`dinoflow curate`) or a folder of images")
+    raise DinoflowError(
+        f"{what}={source}: no decodable image in {scope} ({n} undecodable: {counts}; e.g. {example}). "
+        f"Point {what} at curated shards (`dinoflow curate`) or a folder of images"
+    )
 
 
 def _iter_unit(unit: tuple[str, object]) -> Iterator[tuple[str, bytes]]:
@@ -167,9 +170,20 @@ class TrainStream(IterableDataset):
     {"prepared": prepare(images, step) (default: {"images": images}), "skipped": int, "step": int,
     "epoch": int}; images uint8 [B, 3, H, W] (or a list of [3, H, W] when sizes differ)."""
 
-    def __init__(self, source: str, *, load_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 batch_size: int = 1, skip_batches: int = 0, max_pixels: int = 64_000_000,
-                 prepare: Prepare | None = None, units: list[tuple[str, object]] | None = None):
+    def __init__(
+        self,
+        source: str,
+        *,
+        load_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int = 1,
+        skip_batches: int = 0,
+        max_pixels: int = 64_000_000,
+        prepare: Prepare | None = None,
+        units: list[tuple[str, object]] | None = None,
+    ):
         self.source = source
         self.units = units if units is not None else discover_units(source)
         self.load_size, self.seed = load_size, seed
@@ -223,8 +237,10 @@ class TrainStream(IterableDataset):
                 except CorruptImage:
                     bad_run, bad_total = bad_run + 1, bad_total + 1
                     if bad_run >= MAX_UNDECODABLE_RUN:
-                        raise DinoflowError(f"the training data {self.source} gave {bad_run} undecodable samples in a "
-                                            f"row ({bad_total} on this rank so far): check or re-curate it") from None
+                        raise DinoflowError(
+                            f"the training data {self.source} gave {bad_run} undecodable samples in a "
+                            f"row ({bad_total} on this rank so far): check or re-curate it"
+                        ) from None
                     yield None, epoch
                     continue
                 decoded, bad_run = decoded + 1, 0
@@ -232,8 +248,10 @@ class TrainStream(IterableDataset):
             if produced == 0:
                 raise DinoflowError("the training data yielded no samples for this rank")
             if decoded == 0 and resumed_past == 0:
-                raise DinoflowError(f"none of the {produced} samples this rank read from {self.source} in epoch "
-                                    f"{epoch} decodes as an image ({bad_total} undecodable so far)")
+                raise DinoflowError(
+                    f"none of the {produced} samples this rank read from {self.source} in epoch "
+                    f"{epoch} decodes as an image ({bad_total} undecodable so far)"
+                )
             epoch += 1
 
     def __iter__(self):
@@ -257,14 +275,40 @@ class TrainStream(IterableDataset):
             images, skipped, step = [], 0, step + nw
 
 
-def make_loader(source: str, *, load_size: int, seed: int, rank: int, world_size: int, batch_size: int,
-                num_workers: int, skip_batches: int = 0, prepare: Prepare | None = None,
-                pin_memory: bool | None = None, units: list[tuple[str, object]] | None = None) -> Iterator[dict[str, Any]]:
+def make_loader(
+    source: str,
+    *,
+    load_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    num_workers: int,
+    skip_batches: int = 0,
+    prepare: Prepare | None = None,
+    pin_memory: bool | None = None,
+    units: list[tuple[str, object]] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Batches (see TrainStream) forever; batch j is global step skip_batches + j. `units`: from
     `check_training_data` (saves listing the source twice)."""
-    ds = TrainStream(source, load_size=load_size, seed=seed, rank=rank, world_size=world_size,
-                     batch_size=batch_size, skip_batches=skip_batches, prepare=prepare, units=units)
+    ds = TrainStream(
+        source,
+        load_size=load_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        batch_size=batch_size,
+        skip_batches=skip_batches,
+        prepare=prepare,
+        units=units,
+    )
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    loader = DataLoader(ds, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                        pin_memory=pin, prefetch_factor=4 if num_workers > 0 else None)
+    loader = DataLoader(
+        ds,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
     return iter(loader)

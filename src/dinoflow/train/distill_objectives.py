@@ -100,8 +100,10 @@ def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, H
     need = [d / "backbone.pth", d / "heads.pth", d / "train_config.yaml"]
     missing = [str(p) for p in need if not p.exists()]
     if missing:
-        raise DinoflowError(f"distill.mode=heads needs a dinoflow pretraining output in {d} (missing: {', '.join(missing)}); "
-                            "run `dinoflow pretrain`, or use distill.mode=features with a backbone file")
+        raise DinoflowError(
+            f"distill.mode=heads needs a dinoflow pretraining output in {d} (missing: {', '.join(missing)}); "
+            "run `dinoflow pretrain`, or use distill.mode=features with a backbone file"
+        )
     pcfg = PretrainConfig.model_validate(yaml.safe_load((d / "train_config.yaml").read_text()))
     backbone = load_backbone(str(d / "backbone.pth"))
     dino, ibot = heads_from_config(backbone.embed_dim, pcfg.head)
@@ -145,15 +147,21 @@ class HeadDistillObjective(_DistillBase):
         with torch.no_grad():
             tg = _teacher_input(g, self.t_patch)
             t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
-            t = self.teacher(tg, patch_index=torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device), patch_parts=True)
+            t = self.teacher(
+                tg, patch_index=torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device), patch_parts=True
+            )
             cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
             # logits are linear in z, so resampling z to the student's grid resamples the logits
             z_t = resample_tokens(t["patch_z"].view(n_img, -1, t["patch_z"].shape[-1]), t_grid, s_grid).flatten(0, 1)
             n_patch = torch.tensor([n_img * n_s], device=g.device)
             cls_p = self.losses.teacher_cls_probs(cls_logits, s["teacher_temp"])
-            patch_t = self.losses.teacher_patch_targets({"patch_z": z_t, "patch_w": t["patch_w"]}, s["teacher_temp"], n_patch)
+            patch_t = self.losses.teacher_patch_targets(
+                {"patch_z": z_t, "patch_w": t["patch_w"]}, s["teacher_temp"], n_patch
+            )
         # no masking: every patch token of both global crops is an iBOT target (weight 1/N each)
-        out = net(g, v["local_crops"], masks=None, patch_index=torch.arange(n_img * n_s, device=g.device), patch_parts=True)
+        out = net(
+            g, v["local_crops"], masks=None, patch_index=torch.arange(n_img * n_s, device=g.device), patch_parts=True
+        )
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
         weights = torch.full((n_img * n_s,), 1.0 / n_s, device=g.device)
         return self.losses.student_terms(out, cls_p, patch_t, n_local=n_local, n_global=n_img, masks_weight=weights)
@@ -197,9 +205,18 @@ class FeatureDistillObjective(_DistillBase):
         if path.is_dir():
             path = path / "backbone.pth"
         if not path.exists():
-            raise DinoflowError(f"distill.teacher {path} not found: give a backbone .pth (official hub file or a dinoflow export)")
-        overrides = {k: v for k, v in {"arch": cfg.teacher_arch, "patch_size": cfg.teacher_patch_size,
-                                       "num_register_tokens": cfg.teacher_num_register_tokens}.items() if v is not None}
+            raise DinoflowError(
+                f"distill.teacher {path} not found: give a backbone .pth (official hub file or a dinoflow export)"
+            )
+        overrides = {
+            k: v
+            for k, v in {
+                "arch": cfg.teacher_arch,
+                "patch_size": cfg.teacher_patch_size,
+                "num_register_tokens": cfg.teacher_num_register_tokens,
+            }.items()
+            if v is not None
+        }
         self.teacher = load_backbone(str(path), **overrides).to(device)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
@@ -223,8 +240,7 @@ class FeatureDistillObjective(_DistillBase):
             t_cls = t["x_norm_clstoken"]
             t_patch = resample_tokens(t["x_norm_patchtokens"], t_grid, s_grid)
         out = net(g, v["local_crops"])
-        terms = {"cls": cosine_distance(out["g_cls"], t_cls),
-                 "patch": cosine_distance(out["g_patch"], t_patch)}
+        terms = {"cls": cosine_distance(out["g_cls"], t_cls), "patch": cosine_distance(out["g_patch"], t_patch)}
         if "l_cls" in out:
             # each local crop → the mean of the teacher's two global CLS tokens of the same image
             t_img = torch.stack(t_cls.chunk(2)).mean(0)

@@ -63,8 +63,10 @@ def init_distributed(device_pref: str = "auto") -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
-                                **({"device_id": device} if device.type == "cuda" else {}))
+        dist.init_process_group(
+            backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
+            **({"device_id": device} if device.type == "cuda" else {}),
+        )
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, local_world_size=local_world)
 
 
@@ -123,12 +125,21 @@ def fsdp_units(module: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     """
     backbone = module.backbone
     blocks = backbone.block_list() if hasattr(backbone, "block_list") else list(getattr(backbone, "blocks", []))
-    heads = [m for name, m in module.param_modules().items() if name != "backbone"] if hasattr(module, "param_modules") else []
+    heads = (
+        [m for name, m in module.param_modules().items() if name != "backbone"]
+        if hasattr(module, "param_modules")
+        else []
+    )
     return blocks, heads
 
 
-def wrap_model(module: nn.Module, strategy: str, env: DistEnv, reshard_after_forward: bool | int | str = "auto",
-               precision: str = "auto") -> nn.Module:
+def wrap_model(
+    module: nn.Module,
+    strategy: str,
+    env: DistEnv,
+    reshard_after_forward: bool | int | str = "auto",
+    precision: str = "auto",
+) -> nn.Module:
     """DDP, or FSDP2 `fully_shard` per transformer block, per head and at the root, with a
     mixed-precision policy and explicit forward/backward prefetch; unchanged on one process."""
     if not env.distributed:

@@ -13,6 +13,7 @@ from torch import nn
 def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
     """target ← m·target + (1−m)·source = lerp(target, source, 1−m), one fused pass over the
     parameters (local shards under FSDP)."""
+
     def local(p):
         return p.to_local() if hasattr(p, "to_local") else p
 

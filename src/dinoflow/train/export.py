@@ -22,11 +22,12 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def sub_state_dict(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries under `prefix` ("backbone."), with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def export_network(module: nn.Module, model_cfg: ModelConfig, out_dir: str | Path,
-                   is_main: bool) -> dict[str, torch.Tensor] | None:
+def export_network(
+    module: nn.Module, model_cfg: ModelConfig, out_dir: str | Path, is_main: bool
+) -> dict[str, torch.Tensor] | None:
     """Write `module.backbone` as `<out_dir>/backbone.pth` + config.yaml (rank 0).
 
     Collective under FSDP: every rank calls it. Returns the full state dict of `module` on rank

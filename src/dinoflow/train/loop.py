@@ -59,26 +59,52 @@ def _run(make_objective: MakeObjective, stage: str, sec: StageSection) -> dict[s
         try:
             return _train(make_objective, stage, sec, stop)
         except StopSignal:  # during setup: nothing to save yet
-            raise Preempted(f"{stage} stopped by {stop.signame} before training started; rerun the same "
-                            "command to start (or resume from its last checkpoint)") from None
+            raise Preempted(
+                f"{stage} stopped by {stop.signame} before training started; rerun the same "
+                "command to start (or resume from its last checkpoint)"
+            ) from None
 
 
 class _Checkpoints:
     """At most one save in flight; a new one (or the end) first publishes the previous one."""
 
-    def __init__(self, ckpt_dir: Path, objective: Objective, modules: dict[str, torch.nn.Module], net: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, env: DistEnv, meta: dict,
-                 asynchronous: bool, files: dict[str, str]):
-        self.ckpt_dir, self.objective, self.modules, self.net, self.optimizer = ckpt_dir, objective, modules, net, optimizer
+    def __init__(
+        self,
+        ckpt_dir: Path,
+        objective: Objective,
+        modules: dict[str, torch.nn.Module],
+        net: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        env: DistEnv,
+        meta: dict,
+        asynchronous: bool,
+        files: dict[str, str],
+    ):
+        self.ckpt_dir, self.objective, self.modules, self.net, self.optimizer = (
+            ckpt_dir,
+            objective,
+            modules,
+            net,
+            optimizer,
+        )
         self.env, self.meta, self.asynchronous, self.files = env, meta, asynchronous, files
         self.pending: PendingSave | None = None
         self.saved = 0  # the step of the last checkpoint started
 
     def save(self, step: int, extra_meta: dict, wait: bool) -> None:
         self.finish()
-        self.pending = start_save(self.ckpt_dir, step, modules=self.modules, train_module=self.net, optimizer=self.optimizer,
-                                  extra=self.objective.extra_state(), meta={**self.meta, **extra_meta},
-                                  is_main=self.env.is_main, files=self.files, asynchronous=self.asynchronous and not wait)
+        self.pending = start_save(
+            self.ckpt_dir,
+            step,
+            modules=self.modules,
+            train_module=self.net,
+            optimizer=self.optimizer,
+            extra=self.objective.extra_state(),
+            meta={**self.meta, **extra_meta},
+            is_main=self.env.is_main,
+            files=self.files,
+            asynchronous=self.asynchronous and not wait,
+        )
         self.saved = step
         if wait:
             self.finish()
@@ -101,8 +127,14 @@ def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir) -> list:
     """Up-front checks (batch vs memory, data decodes), then record the run; returns the data units."""
     tcfg = sec.train
     model_cfg = sec.model if isinstance(sec, PretrainConfig) else sec.student  # the model trained
-    check_batch_fits(f"{stage}.train.batch_size_per_rank", tcfg.batch_size_per_rank, model_cfg, sec.crops,
-                     tcfg.load_size or sec.crops.global_size, env.device)
+    check_batch_fits(
+        f"{stage}.train.batch_size_per_rank",
+        tcfg.batch_size_per_rank,
+        model_cfg,
+        sec.crops,
+        tcfg.load_size or sec.crops.global_size,
+        env.device,
+    )
     units = check_training_data(sec.data, f"{stage}.data")
     if env.is_main:
         start_run_dir(stage, sec, run)
@@ -118,21 +150,35 @@ def _setup(make_objective: MakeObjective, stage: str, sec: StageSection, env: Di
     base = unwrap(net)
     groups = param_groups(base.param_modules(), sec.optim, {"backbone": base.backbone.n_blocks})
     optimizer = build_optimizer(groups, sec.optim)
-    sched = Schedules(optim=sec.optim, loss=sec.loss, epoch_length=tcfg.epoch_length, epochs=tcfg.epochs,
-                      total_batch=tcfg.batch_size_per_rank * env.world_size)
+    sched = Schedules(
+        optim=sec.optim,
+        loss=sec.loss,
+        epoch_length=tcfg.epoch_length,
+        epochs=tcfg.epochs,
+        total_batch=tcfg.batch_size_per_rank * env.world_size,
+    )
     modules = {"student": net, **objective.checkpoint_modules()}
     resumed = _resume(stage, sec, run, modules, net, optimizer, objective)
     return objective, net, optimizer, sched, modules, resumed
 
 
-def _resume(stage: str, sec: StageSection, run: RunDir, modules: dict[str, torch.nn.Module], net: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, objective: Objective) -> tuple[Path | None, int, int, float]:
+def _resume(
+    stage: str,
+    sec: StageSection,
+    run: RunDir,
+    modules: dict[str, torch.nn.Module],
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+) -> tuple[Path | None, int, int, float]:
     """Load the run's latest checkpoint if there is one: (its path, step, skipped images, loss)."""
     latest = latest_checkpoint(run.ckpt_dir)
     if latest is None:
         return None, 0, 0, float("nan")
     check_checkpoint_settings(stage, sec, latest, run)
-    meta = load_checkpoint(latest, modules=modules, train_module=net, optimizer=optimizer, extra=objective.extra_state())
+    meta = load_checkpoint(
+        latest, modules=modules, train_module=net, optimizer=optimizer, extra=objective.extra_state()
+    )
     return latest, int(meta["step"]), int(meta.get("skipped_images", 0)), float(meta.get("loss", "nan"))
 
 
@@ -141,17 +187,35 @@ def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: S
     run = check_run_dir(stage, sec)  # every rank, before any work: refuses changed settings
     env: DistEnv = init_distributed(tcfg.device)
     units = _prepare(stage, sec, env, run)
-    objective, net, optimizer, sched, modules, (latest, start, skipped, last_loss) = _setup(make_objective, stage, sec, env, run)
+    objective, net, optimizer, sched, modules, (latest, start, skipped, last_loss) = _setup(
+        make_objective, stage, sec, env, run
+    )
     end = sched.total_steps if tcfg.max_steps is None else min(sched.total_steps, tcfg.max_steps)
     views = objective.views.bind(env.rank, crops_on_host=env.device.type == "cpu")
-    loader = make_loader(sec.data, load_size=tcfg.load_size or sec.crops.global_size, seed=seed, rank=env.rank,
-                         world_size=env.world_size, batch_size=tcfg.batch_size_per_rank,
-                         num_workers=resolve_workers(tcfg.num_workers, env.device, env.local_world_size),
-                         skip_batches=start, prepare=views.prepare, units=units)
+    loader = make_loader(
+        sec.data,
+        load_size=tcfg.load_size or sec.crops.global_size,
+        seed=seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        batch_size=tcfg.batch_size_per_rank,
+        num_workers=resolve_workers(tcfg.num_workers, env.device, env.local_world_size),
+        skip_batches=start,
+        prepare=views.prepare,
+        units=units,
+    )
     log = CsvLog(sec.report_csv, start, saved=latest / METRICS_COPY if latest is not None else None)
-    ckpts = _Checkpoints(run.ckpt_dir, objective, modules, net, optimizer, env,
-                         {"stage": stage, "world_size": env.world_size, "config": sec.model_dump(mode="json")},
-                         tcfg.async_checkpoint, {METRICS_COPY: sec.report_csv})
+    ckpts = _Checkpoints(
+        run.ckpt_dir,
+        objective,
+        modules,
+        net,
+        optimizer,
+        env,
+        {"stage": stage, "world_size": env.world_size, "config": sec.model_dump(mode="json")},
+        tcfg.async_checkpoint,
+        {METRICS_COPY: sec.report_csv},
+    )
     ckpts.saved = start
     metrics = StepMetrics(tcfg.batch_size_per_rank * env.world_size, tcfg.epoch_length)
     metrics.skipped_total = skipped
@@ -186,8 +250,16 @@ def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: S
             views_t = views.finish(batch["prepared"], step, env.device)
             torch.manual_seed(step_seed(seed, step, env.rank) + 1)  # stochastic depth and friends
             s = sched.at(step)
-            loss, terms = train_step(objective, net, optimizer, views_t, s, clip_grad=sec.optim.clip_grad,
-                                     precision=tcfg.precision, device=env.device)
+            loss, terms = train_step(
+                objective,
+                net,
+                optimizer,
+                views_t,
+                s,
+                clip_grad=sec.optim.clip_grad,
+                precision=tcfg.precision,
+                device=env.device,
+            )
             step += 1
             metrics.add(step, loss, terms, s, batch["skipped"])
             if bar is not None:
@@ -209,12 +281,23 @@ def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: S
             tracking.log_artifact(sec.report_csv)
             if end == sched.total_steps:
                 finish_run_dir(run)
-    return {"stage": stage, "status": "finished", "step": step, "total_steps": end, "final_loss": last_loss,
-            "resumed_from": start, "skipped_images": metrics.skipped_total, "world_size": env.world_size,
-            "out_dir": str(run.out), "checkpoint_dir": str(run.ckpt_dir)}
+    return {
+        "stage": stage,
+        "status": "finished",
+        "step": step,
+        "total_steps": end,
+        "final_loss": last_loss,
+        "resumed_from": start,
+        "skipped_images": metrics.skipped_total,
+        "world_size": env.world_size,
+        "out_dir": str(run.out),
+        "checkpoint_dir": str(run.ckpt_dir),
+    }
 
 
-def _publish(rows: list[dict[str, Any]], log: CsvLog, bar, env: DistEnv, log_every: int, end: int, last_loss: float) -> float:
+def _publish(
+    rows: list[dict[str, Any]], log: CsvLog, bar, env: DistEnv, log_every: int, end: int, last_loss: float
+) -> float:
     """Rows read from the device → CSV, MLflow (every log_every-th step and the last), progress bar."""
     if not rows:
         return last_loss

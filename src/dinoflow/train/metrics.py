@@ -29,8 +29,9 @@ class StepMetrics:
         self.skipped_total = 0
         self.t_last = time.perf_counter()
 
-    def add(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], schedule: dict[str, float],
-            skipped: int) -> None:
+    def add(
+        self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], schedule: dict[str, float], skipped: int
+    ) -> None:
         self.skipped_total += int(skipped)
         self.pending.append((step, loss, terms, dict(schedule), self.skipped_total))
 
@@ -42,18 +43,37 @@ class StepMetrics:
         ips = self.images_per_step * len(self.pending) / max(now - self.t_last, 1e-9)
         self.t_last = now
         keys = list(self.pending[0][2])
-        flat = torch.stack([torch.stack([loss.float(), *(terms[k].float() for k in keys)])
-                            for _, loss, terms, _, _ in self.pending]).cpu().tolist()
+        flat = (
+            torch.stack(
+                [
+                    torch.stack([loss.float(), *(terms[k].float() for k in keys)])
+                    for _, loss, terms, _, _ in self.pending
+                ]
+            )
+            .cpu()
+            .tolist()
+        )
         rows = []
         for (step, _, _, sched, skipped), values in zip(self.pending, flat):
             loss, term_values = values[0], dict(zip(keys, values[1:]))
             if not math.isfinite(loss):
                 self.pending = []
-                raise DinoflowError(f"the loss became {loss} at step {step} (terms: {term_values}); stopping. The last good "
-                                    "checkpoint is kept: lower optim.base_lr, check the data, or raise optim.warmup_epochs, "
-                                    "then resume")
-            rows.append({"step": step, "epoch": round(step / self.epoch_length, 4), "loss": loss, **term_values,
-                         **sched, "images_per_s": round(ips, 2), "skipped_images": skipped})
+                raise DinoflowError(
+                    f"the loss became {loss} at step {step} (terms: {term_values}); stopping. The last good "
+                    "checkpoint is kept: lower optim.base_lr, check the data, or raise optim.warmup_epochs, "
+                    "then resume"
+                )
+            rows.append(
+                {
+                    "step": step,
+                    "epoch": round(step / self.epoch_length, 4),
+                    "loss": loss,
+                    **term_values,
+                    **sched,
+                    "images_per_s": round(ips, 2),
+                    "skipped_images": skipped,
+                }
+            )
         self.pending = []
         return rows
 
@@ -75,8 +95,11 @@ class CsvLog:
             with src.open() as f:
                 reader = csv.DictReader(f)
                 self.fields = list(reader.fieldnames or []) or None
-                kept = [r for r in reader if r.get("step", "").isdigit() and None not in r.values()
-                        and int(r["step"]) <= start_step]
+                kept = [
+                    r
+                    for r in reader
+                    if r.get("step", "").isdigit() and None not in r.values() and int(r["step"]) <= start_step
+                ]
         if self.fields is None or not kept:
             self.fields = None
             if self.path.exists():

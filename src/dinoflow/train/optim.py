@@ -56,8 +56,16 @@ def param_groups(modules: dict[str, nn.Module], cfg: OptimConfig, backbone_depth
             wd_mult = 0.0 if (name.endswith(".bias") or "norm" in name or "gamma" in name) else 1.0
             is_last = "last_layer" in name
             key = (round(lr_mult, 12), wd_mult, is_last)
-            group = fused.setdefault(key, {"params": [], "lr_multiplier": lr_mult, "wd_multiplier": wd_mult,
-                                           "is_last_layer": is_last, "names": []})
+            group = fused.setdefault(
+                key,
+                {
+                    "params": [],
+                    "lr_multiplier": lr_mult,
+                    "wd_multiplier": wd_mult,
+                    "is_last_layer": is_last,
+                    "names": [],
+                },
+            )
             group["params"].append(p)
             group["names"].append(f"{mod_name}.{name}")
     return list(fused.values())

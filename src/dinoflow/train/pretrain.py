@@ -13,8 +13,10 @@ def check_geometry(crops, patch_size: int, what: str) -> None:
     for name in ("global_size", "local_size"):
         size = getattr(crops, name)
         if size % patch_size:
-            raise DinoflowError(f"{what}.crops.{name}={size} is not a multiple of the patch size {patch_size}; "
-                                f"use e.g. {size - size % patch_size or patch_size}")
+            raise DinoflowError(
+                f"{what}.crops.{name}={size} is not a multiple of the patch size {patch_size}; "
+                f"use e.g. {size - size % patch_size or patch_size}"
+            )
 
 
 def pretrain(cfg: Config) -> dict[str, Any]:

@@ -61,8 +61,9 @@ class PretrainObjective:
             patch_t = self.losses.teacher_patch_targets(t, s["teacher_temp"], v["n_masked_patches"])
         out = net(v["global_crops"], v["local_crops"], masks=v["masks"], patch_index=v["mask_indices"])
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
-        return self.losses.student_terms(out, cls_p, patch_t, n_local=n_local, n_global=v["masks"].shape[0],
-                                         masks_weight=v["masks_weight"])
+        return self.losses.student_terms(
+            out, cls_p, patch_t, n_local=n_local, n_global=v["masks"].shape[0], masks_weight=v["masks_weight"]
+        )
 
     def after_step(self, net: nn.Module, s: Schedule) -> None:
         ema_update(self.teacher, unwrap(net), s["momentum"])

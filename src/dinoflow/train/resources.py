@@ -43,8 +43,10 @@ def available_bytes(device: torch.device) -> int | None:
         candidates.append(int(meminfo["MemAvailable"].split()[0]) * 1024)
     except (OSError, KeyError, ValueError):
         pass
-    for limit_f, used_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_f, used_f in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         limit, used = _read_int(limit_f), _read_int(used_f)
         if limit is not None and used is not None and limit < 2**60:
             candidates.append(max(0, limit - used))
@@ -79,4 +81,5 @@ def check_batch_fits(what: str, batch_size: int, model_cfg, crops, load_size: in
         raise DinoflowError(
             f"{what}={batch_size} needs at least {need / GIB:.1f} GiB per process on {device.type} "
             f"(≥ {per_image / 2**20:.2f} MiB per image for crops and activations of {model_cfg.arch}), but only "
-            f"{avail / GIB:.1f} GiB is available: lower {what} (at most about {fits} fits; fewer in practice)")
+            f"{avail / GIB:.1f} GiB is available: lower {what} (at most about {fits} fits; fewer in practice)"
+        )

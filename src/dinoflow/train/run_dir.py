@@ -35,11 +35,23 @@ from dinoflow.config import dump_config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_text
 
-RUNTIME_KEYS = frozenset({
-    "out_dir", "report_csv", "train.max_steps", "train.num_workers", "train.device", "train.strategy",
-    "train.compile", "train.precision", "train.checkpoint_every", "train.log_every", "train.progress",
-    "train.checkpoint_dir", "train.restart",
-})
+RUNTIME_KEYS = frozenset(
+    {
+        "out_dir",
+        "report_csv",
+        "train.max_steps",
+        "train.num_workers",
+        "train.device",
+        "train.strategy",
+        "train.compile",
+        "train.precision",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.progress",
+        "train.checkpoint_dir",
+        "train.restart",
+    }
+)
 TRAIN_CONFIG = "train_config.yaml"
 EXPORTS = ("backbone.pth", "config.yaml", "heads.pth")
 
@@ -75,7 +87,9 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def describe_changes(stage: str, old: dict[str, Any], new: dict[str, Any]) -> str:
-    return ", ".join(f"{stage}.{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in changed_keys(old, new))
+    return ", ".join(
+        f"{stage}.{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in changed_keys(old, new)
+    )
 
 
 def settings_of(tree: Any, section_cls: type[BaseModel], where: Path) -> dict[str, Any]:
@@ -83,9 +97,11 @@ def settings_of(tree: Any, section_cls: type[BaseModel], where: Path) -> dict[st
     try:
         return training_settings(section_cls.model_validate(tree))
     except ValidationError as e:
-        raise DinoflowError(f"{where} does not hold valid {section_cls.__name__} settings ({e.error_count()} "
-                            "errors): it was written by another version or edited; set train.restart=true "
-                            "to start over there") from None
+        raise DinoflowError(
+            f"{where} does not hold valid {section_cls.__name__} settings ({e.error_count()} "
+            "errors): it was written by another version or edited; set train.restart=true "
+            "to start over there"
+        ) from None
 
 
 def _recorded(out: Path, section_cls: type[BaseModel]) -> dict[str, Any] | None:
@@ -112,7 +128,8 @@ def check_run_dir(stage: str, sec: Any) -> RunDir:
         raise DinoflowError(
             f"{out} holds a run trained with other settings ({out / TRAIN_CONFIG}): {describe_changes(stage, old, settings)}. "
             f"Set {stage}.train.restart=true to start over there (its exports and checkpoints are deleted), "
-            f"choose another {stage}.out_dir, or go back to the recorded settings")
+            f"choose another {stage}.out_dir, or go back to the recorded settings"
+        )
     return RunDir(out=out, ckpt_dir=_ckpt_dir(stage, sec, settings), settings=settings)
 
 
@@ -139,12 +156,15 @@ def check_checkpoint_settings(stage: str, sec: Any, ckpt: Path, run: RunDir) -> 
     try:
         config = json.loads(meta_path.read_text()).get("config")
     except (OSError, ValueError) as e:
-        raise DinoflowError(f"{meta_path} is unreadable ({e}); delete {ckpt.parent} or set "
-                            f"{stage}.train.restart=true to start over") from None
+        raise DinoflowError(
+            f"{meta_path} is unreadable ({e}); delete {ckpt.parent} or set {stage}.train.restart=true to start over"
+        ) from None
     old = settings_of(config, type(sec), meta_path)
     if old != run.settings:
-        raise DinoflowError(f"{ckpt} was made with other settings: {describe_changes(stage, old, run.settings)}; "
-                            f"it is not resumed. Delete {ckpt.parent} or set {stage}.train.restart=true to start over")
+        raise DinoflowError(
+            f"{ckpt} was made with other settings: {describe_changes(stage, old, run.settings)}; "
+            f"it is not resumed. Delete {ckpt.parent} or set {stage}.train.restart=true to start over"
+        )
 
 
 def finish_run_dir(run: RunDir) -> None:

@@ -27,12 +27,27 @@ from dinoflow.errors import DinoflowError
 
 _METADATA_MODULE = "torch.distributed.checkpoint.metadata"
 _ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {(_METADATA_MODULE, n) for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
-                                     "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING",
-                                     "MetadataIndex", "StorageMeta")}
-    | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-       ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
-       ("collections", "OrderedDict")}
+    {
+        (_METADATA_MODULE, n)
+        for n in (
+            "Metadata",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "_MEM_FORMAT_ENCODING",
+            "MetadataIndex",
+            "StorageMeta",
+        )
+    }
+    | {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict"),
+    }
 )
 
 
@@ -55,7 +70,8 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise CheckpointError(
             f"{self.where} refers to {module}.{name}, which a checkpoint's metadata never holds: refusing to "
             "load it (a crafted file could run code). Delete this checkpoint directory or restore it from a "
-            "trusted copy; set train.restart=true to start over")
+            "trusted copy; set train.restart=true to start over"
+        )
 
     def _enum_member(self, cls: Any, name: Any) -> Any:
         """Some Python 3.11 releases (3.11.2, Debian bookworm's) pickle an Enum member as
@@ -67,7 +83,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             f"{self.where} calls getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r}), which is no "
             "member of an enumeration a checkpoint's metadata holds: refusing to load it (a crafted file could "
             "run code). Delete this checkpoint directory or restore it from a trusted copy; set "
-            "train.restart=true to start over")
+            "train.restart=true to start over"
+        )
 
     def persistent_load(self, pid: Any) -> Any:
         raise CheckpointError(f"{self.where} uses pickle persistent ids, which checkpoint metadata never does")
@@ -81,8 +98,10 @@ def read_metadata(path: Path) -> Metadata:
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - any malformed pickle is the same problem for the user
-        raise CheckpointError(f"{path} is not readable checkpoint metadata ({type(e).__name__}: {e}); "
-                              "delete this checkpoint directory, or set train.restart=true to start over") from None
+        raise CheckpointError(
+            f"{path} is not readable checkpoint metadata ({type(e).__name__}: {e}); "
+            "delete this checkpoint directory, or set train.restart=true to start over"
+        ) from None
     if not isinstance(md, Metadata):
         raise CheckpointError(f"{path} holds a {type(md).__name__}, not DCP checkpoint metadata")
     for info in (md.storage_data or {}).values():
@@ -123,8 +142,10 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         except pickle.UnpicklingError as e:
             # torch's message advises weights_only=False, the one thing not to do here: keep its gist
             gist = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), type(e).__name__)
-            raise CheckpointError(f"checkpoint entry {fqn!r} is not plain data ({gist}): refusing to load it. "
-                                  "Delete this checkpoint directory, or set train.restart=true to start over") from None
+            raise CheckpointError(
+                f"checkpoint entry {fqn!r} is not plain data ({gist}): refusing to load it. "
+                "Delete this checkpoint directory, or set train.restart=true to start over"
+            ) from None
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[fqn], obj)
         else:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from dinoflow.config import LossConfig, OptimConfig
 
 
-def cosine_warmup(step: int, *, base: float, final: float, total: int, warmup: int = 0,
-                  warmup_start: float = 0.0) -> float:
+def cosine_warmup(
+    step: int, *, base: float, final: float, total: int, warmup: int = 0, warmup_start: float = 0.0
+) -> float:
     """Value at `step` of a linear warmup from `warmup_start` to `base` over `warmup` steps, then
     a cosine from `base` to `final` until `total`; `final` afterwards.
 
@@ -65,6 +66,9 @@ class Schedules:
         wd = cosine_warmup(step, base=o.weight_decay, final=o.weight_decay_end, total=total)
         momentum = cosine_warmup(step, base=o.momentum_teacher, final=o.final_momentum_teacher, total=total)
         t_warm = self._steps(lo.warmup_teacher_temp_epochs)
-        teacher_temp = (lo.warmup_teacher_temp + (lo.teacher_temp - lo.warmup_teacher_temp) * step / t_warm
-                        if step < t_warm else lo.teacher_temp)
+        teacher_temp = (
+            lo.warmup_teacher_temp + (lo.teacher_temp - lo.warmup_teacher_temp) * step / t_warm
+            if step < t_warm
+            else lo.teacher_temp
+        )
         return {"lr": lr, "last_layer_lr": last_layer_lr, "wd": wd, "momentum": momentum, "teacher_temp": teacher_temp}

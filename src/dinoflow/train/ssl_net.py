@@ -19,9 +19,15 @@ class SSLNet(nn.Module):
         self.dino_head = dino_head
         self.ibot_head = ibot_head  # None: patch tokens share the DINO head (the ViT-S/B recipe)
 
-    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None,
-                masks: torch.Tensor | None = None, patch_index: torch.Tensor | None = None,
-                project_patches: bool = True, patch_parts: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        patch_index: torch.Tensor | None = None,
+        project_patches: bool = True,
+        patch_parts: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """
         global_crops [G,3,H,W] (G = 2·B, crop-major), local_crops [L,3,h,w] or None,
         masks bool [G, N] or None (iBOT: masked patches get the mask token),

@@ -39,16 +39,24 @@ def clip_gradients(net: nn.Module, max_norm: float | None) -> dict[str, torch.Te
     return norms
 
 
-def train_step(objective: Objective, net: nn.Module, optimizer: torch.optim.Optimizer, views: Batch,
-               s: Schedule, *, clip_grad: float | None, precision: str = "auto",
-               device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(
+    objective: Objective,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    views: Batch,
+    s: Schedule,
+    *,
+    clip_grad: float | None,
+    precision: str = "auto",
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimiser step on prepared views. Returns (global mean loss, metrics), 0-d device tensors.
 
     A non-finite loss is not checked here (that would wait for the device every step): the
     loop checks every value it reads, and before every checkpoint.
     """
     apply_schedules(optimizer, lr=s["lr"], wd=s["wd"], last_layer_lr=s["last_layer_lr"])
-    with autocast_context(device, precision):
+    with autocast_context(device or torch.device("cpu"), precision):
         loss, metrics = objective.loss(net, views, s)
     red = all_reduce_sum(torch.stack([loss.detach().float(), torch.ones((), device=loss.device)]))
     optimizer.zero_grad(set_to_none=True)
@@ -80,8 +88,9 @@ def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> n
         if backbone is not None and hasattr(backbone, "pack_crops"):
             backbone.pack_crops = tcfg.pack_crops
             backbone.set_activation_checkpointing(tcfg.activation_checkpointing)
-    net = wrap_model(module, tcfg.strategy, env, reshard_after_forward=tcfg.fsdp_reshard_after_forward,
-                     precision=tcfg.precision)
+    net = wrap_model(
+        module, tcfg.strategy, env, reshard_after_forward=tcfg.fsdp_reshard_after_forward, precision=tcfg.precision
+    )
     for m in others:
         shard_like(m, tcfg.strategy, env, precision=tcfg.precision)
     if tcfg.compile:

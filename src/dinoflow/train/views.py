@@ -44,8 +44,10 @@ class Views:
 
     def _crops(self, images, seed: int, device: torch.device) -> dict[str, Any]:
         out = self.aug(images, generator=torch.Generator(device=device).manual_seed(seed))
-        return {"global_crops": out["global_crops"],
-                "local_crops": out["local_crops"] if self.crops.n_local > 0 else None}
+        return {
+            "global_crops": out["global_crops"],
+            "local_crops": out["local_crops"] if self.crops.n_local > 0 else None,
+        }
 
     def prepare(self, images, step: int) -> dict[str, Any]:
         """uint8 images [B,3,H,W] (or a list of [3,H,W]) on the CPU → masks (bool [2B,N],
@@ -57,8 +59,12 @@ class Views:
 
             grid = self.crops.global_size // self.patch_size
             m = collate_masks(2 * len(images), (grid, grid), self.mask_cfg, random.Random(s))
-            out.update(masks=m["masks"], mask_indices=m["mask_indices_list"], masks_weight=m["masks_weight"],
-                       n_masked_patches=m["n_masked_patches"])
+            out.update(
+                masks=m["masks"],
+                mask_indices=m["mask_indices_list"],
+                masks_weight=m["masks_weight"],
+                n_masked_patches=m["n_masked_patches"],
+            )
         if self.crops_on_host:
             out.update(self._crops(images, s, torch.device("cpu")))
         else:
@@ -67,6 +73,7 @@ class Views:
 
     def finish(self, prepared: dict[str, Any], step: int, device: torch.device) -> dict[str, Any]:
         """→ global_crops [2B,3,G,G], local_crops [nL·B,3,L,L] | None (+ the masks) on `device`."""
+
         def move(x):
             if isinstance(x, list):
                 return [move(t) for t in x]
