@@ -135,7 +135,7 @@ def measure(args) -> dict:
     try:
         from dinoflow.train.step import train_step
     except ImportError:  # an older checkout (--compare-with)
-        from dinoflow.train.step import train_step
+        from dinoflow.train.loop import train_step
     device = pick_device(args.device)
     cfg, obj, net, opt, sched = build(args, device)
     images = torch.randint(

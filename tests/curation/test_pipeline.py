@@ -162,6 +162,6 @@ def test_sigterm_stops_curation_promptly_with_a_named_error(demo, tmp_path):
     t = time.perf_counter()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert time.perf_counter() - t < 15
+    assert time.perf_counter() - t < 30  # seconds, not minutes: a loaded 2-core CI box took 15 once
     assert proc.returncode == 1 and "stopped by SIGTERM" in err, err[-2000:]
     assert not (tmp_path / "curated/manifest.json").exists()
