@@ -182,6 +182,23 @@ def _resume(
     return latest, int(meta["step"]), int(meta.get("skipped_images", 0)), float(meta.get("loss", "nan"))
 
 
+def _loader(sec: StageSection, env: DistEnv, views, start: int, units: list):
+    """The stage's batches from step `start` on, views prepared in the loader's workers."""
+    tcfg = sec.train
+    return make_loader(
+        sec.data,
+        load_size=tcfg.load_size or sec.crops.global_size,
+        seed=sec.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        batch_size=tcfg.batch_size_per_rank,
+        num_workers=resolve_workers(tcfg.num_workers, env.device, env.local_world_size),
+        skip_batches=start,
+        prepare=views.prepare,
+        units=units,
+    )
+
+
 def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: StopRequested) -> dict[str, Any]:
     tcfg, seed = sec.train, sec.seed
     run = check_run_dir(stage, sec)  # every rank, before any work: refuses changed settings
@@ -192,19 +209,9 @@ def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: S
     )
     end = sched.total_steps if tcfg.max_steps is None else min(sched.total_steps, tcfg.max_steps)
     views = objective.views.bind(env.rank, crops_on_host=env.device.type == "cpu")
-    loader = make_loader(
-        sec.data,
-        load_size=tcfg.load_size or sec.crops.global_size,
-        seed=seed,
-        rank=env.rank,
-        world_size=env.world_size,
-        batch_size=tcfg.batch_size_per_rank,
-        num_workers=resolve_workers(tcfg.num_workers, env.device, env.local_world_size),
-        skip_batches=start,
-        prepare=views.prepare,
-        units=units,
-    )
+    loader = _loader(sec, env, views, start, units)
     log = CsvLog(sec.report_csv, start, saved=latest / METRICS_COPY if latest is not None else None)
+    meta = {"stage": stage, "world_size": env.world_size, "config": sec.model_dump(mode="json")}
     ckpts = _Checkpoints(
         run.ckpt_dir,
         objective,
@@ -212,7 +219,7 @@ def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: S
         net,
         optimizer,
         env,
-        {"stage": stage, "world_size": env.world_size, "config": sec.model_dump(mode="json")},
+        meta,
         tcfg.async_checkpoint,
         {METRICS_COPY: sec.report_csv},
     )
@@ -281,18 +288,9 @@ def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: S
             tracking.log_artifact(sec.report_csv)
             if end == sched.total_steps:
                 finish_run_dir(run)
-    return {
-        "stage": stage,
-        "status": "finished",
-        "step": step,
-        "total_steps": end,
-        "final_loss": last_loss,
-        "resumed_from": start,
-        "skipped_images": metrics.skipped_total,
-        "world_size": env.world_size,
-        "out_dir": str(run.out),
-        "checkpoint_dir": str(run.ckpt_dir),
-    }
+    return {"stage": stage, "status": "finished", "step": step, "total_steps": end, "final_loss": last_loss,
+            "resumed_from": start, "skipped_images": metrics.skipped_total, "world_size": env.world_size,
+            "out_dir": str(run.out), "checkpoint_dir": str(run.ckpt_dir)}  # fmt: skip
 
 
 def _publish(
