@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoflow import pipeline_env
+from dinoflow.cli import add_config_args
 from dinoflow.config import Config, ConfigError, load_config
 from dinoflow.errors import DinoflowError
 from dinoflow.stages import stage_inputs
@@ -211,16 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def config_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", default="params.yaml", help="params file (default: params.yaml)")
-        sp.add_argument(
-            "-S",
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="config override passed to every step (repeatable)",
-        )
+        add_config_args(sp, set_help="config override passed to every step (repeatable)")
 
     c = sub.add_parser("compile", help="write the pipeline IR YAML")
     c.add_argument(

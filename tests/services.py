@@ -227,40 +227,31 @@ class MlflowServer:
     log: Path
 
 
-def start_mlflow(workdir: Path, s3: S3Server, backend_uri: str, backend: str, reason: str = "") -> MlflowServer:
+def spawn_mlflow(
+    workdir: Path, backend_uri: str, artifacts: str, env: dict[str, str] | None = None, timeout_s: float = 120
+) -> tuple[str, subprocess.Popen, Path]:
+    """A real `mlflow server` on a free 127.0.0.1 port, healthy: (uri, process, log file)."""
     port = free_port()
     log = workdir / f"mlflow-{port}.log"
-    artifacts = f"s3://{s3.bucket}/mlartifacts"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    env.update(DUMMY_AWS, MLFLOW_S3_ENDPOINT_URL=s3.endpoint)  # only the server holds S3 credentials
+    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts]
+    argv += ["--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            backend_uri,
-            "--artifacts-destination",
-            artifacts,
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=workdir,
-        start_new_session=True,
+        argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", 120, proc, log)
+        wait_http(f"{uri}/health", timeout_s, proc, log)
     except RuntimeError:
         stop(proc)
         raise
+    return uri, proc, log
+
+
+def start_mlflow(workdir: Path, s3: S3Server, backend_uri: str, backend: str, reason: str = "") -> MlflowServer:
+    artifacts = f"s3://{s3.bucket}/mlartifacts"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    env.update(DUMMY_AWS, MLFLOW_S3_ENDPOINT_URL=s3.endpoint)  # only the server holds S3 credentials
+    uri, proc, log = spawn_mlflow(workdir, backend_uri, artifacts, env)
     return MlflowServer(uri, backend, reason, artifacts, s3, proc, log)
 
 

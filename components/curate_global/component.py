@@ -42,13 +42,13 @@ def curate_global(
     from dinoflow.launch.steps import log_summary_metrics, publish
     from dinoflow.launch.training import LaunchOptions
 
-    opts = LaunchOptions(
+    opts = LaunchOptions.from_step_inputs(
         num_nodes=num_nodes,
         gpus_per_node=procs_per_node,
-        gpu_resource=accelerator_type,
+        accelerator_type=accelerator_type,
         image=image,
-        runtime=trainjob_runtime,
-        runtime_kind=trainjob_runtime_kind,
+        trainjob_runtime=trainjob_runtime,
+        trainjob_runtime_kind=trainjob_runtime_kind,
         tolerations=tolerations,
         node_selector=node_selector,
     )

@@ -38,13 +38,13 @@ def distill(
         overrides,
         inputs={"distill.data": curated.path, "distill.teacher": teacher.path},
         outputs={"distill.out_dir": student.path, "distill.report_csv": curves.path},
-        opts=LaunchOptions(
+        opts=LaunchOptions.from_step_inputs(
             num_nodes=num_nodes,
             gpus_per_node=gpus_per_node,
-            gpu_resource=accelerator_type,
+            accelerator_type=accelerator_type,
             image=image,
-            runtime=trainjob_runtime,
-            runtime_kind=trainjob_runtime_kind,
+            trainjob_runtime=trainjob_runtime,
+            trainjob_runtime_kind=trainjob_runtime_kind,
             shared_dir=shared_dir,
             tolerations=tolerations,
             node_selector=node_selector,

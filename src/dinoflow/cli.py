@@ -41,26 +41,22 @@ DELEGATED = {
 }
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(
+    p: argparse.ArgumentParser,
+    set_help: str = "override a config value, e.g. -S pretrain.train.max_steps=10 (repeatable)",
+) -> None:
+    """`-c/--config` (the params file) and repeatable `-S/--set KEY=VALUE` overrides."""
     p.add_argument("-c", "--config", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. -S pretrain.train.max_steps=10 (repeatable)",
-    )
+    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinoflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in STAGES:
-        _add_config_args(sub.add_parser(name, help=f"run the {name} stage"))
+        add_config_args(sub.add_parser(name, help=f"run the {name} stage"))
     cfg_p = sub.add_parser("config", help="print the resolved, validated configuration")
-    _add_config_args(cfg_p)
+    add_config_args(cfg_p)
     for name in DELEGATED:
         sub.add_parser(name, help=f"{name} (see `dinoflow {name} --help`)", add_help=False)
     return parser

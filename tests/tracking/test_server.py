@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
-from services import BIN, free_port, stop, wait_http
+from services import spawn_mlflow, stop
 
 from dinoflow import tracking
 from dinoflow.config import load_config
@@ -18,30 +17,10 @@ from dinoflow.errors import DinoflowError
 @pytest.fixture
 def doomed_server(tmp_path):
     """A real `mlflow server` of this test's own (SQLite, local artifacts), to be killed mid-run."""
-    port = free_port()
-    log = tmp_path / "mlflow.log"
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'm.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    uri, proc, _log = spawn_mlflow(
+        tmp_path, f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "artifacts"), timeout_s=180
     )
-    wait_http(f"http://127.0.0.1:{port}/health", 180, proc, log)
-    yield f"http://127.0.0.1:{port}", proc
+    yield uri, proc
     stop(proc)
 
 

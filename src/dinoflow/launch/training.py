@@ -68,6 +68,34 @@ class LaunchOptions:
     node_selector: Mapping[str, str] = field(default_factory=dict)  # TrainJob node pods (GPU pool)
     stream_logs: bool = True
 
+    @classmethod
+    def from_step_inputs(
+        cls,
+        *,
+        num_nodes: int,
+        gpus_per_node: int,
+        accelerator_type: str,
+        image: str,
+        trainjob_runtime: str,
+        trainjob_runtime_kind: str,
+        tolerations: Sequence[Mapping[str, Any]],
+        node_selector: Mapping[str, str],
+        shared_dir: str = shared.SHARED_DIR,
+    ) -> "LaunchOptions":
+        """The options from a KFP component's launch inputs (the DAG's pipeline parameters, named as
+        the components name them); the run id comes from the pod's label, not an input."""
+        return cls(
+            num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            gpu_resource=accelerator_type,
+            image=image,
+            runtime=trainjob_runtime,
+            runtime_kind=trainjob_runtime_kind,
+            shared_dir=shared_dir,
+            tolerations=tolerations,
+            node_selector=node_selector,
+        )
+
     def mode(self) -> str:
         if self.num_nodes < 1 or self.gpus_per_node < 0:
             raise DinoflowError(
