@@ -1,3 +1,3 @@
-from dinoflow.cli import main
+from dinoflow.cli import entry
 
-raise SystemExit(main())
+entry()

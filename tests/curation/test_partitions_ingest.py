@@ -6,8 +6,9 @@ import numpy as np
 
 from dinoflow.curation.embed import PixelEmbedder
 from dinoflow.curation.ingest import decode_settings, ingest_partitions, invalidate, load_partition, partition_done
-from dinoflow.curation.partitions import Plan, plan_partitions, rank_partitions
+from dinoflow.curation.partitions import Partition, Plan, embed_owners, plan_partitions, rank_partitions
 from dinoflow.data.shards import write_shard
+from dinoflow.data.sources import Entry
 
 from .conftest import shape_image, tiny_cfg
 
@@ -49,10 +50,28 @@ def test_partitions_chunk_files_and_take_each_tar_whole(tmp_path):
     assert two.partitions[0].uid_prefix == f"{root}/"
 
 
-def test_ranks_get_contiguous_balanced_blocks():
-    blocks = [list(rank_partitions(10, r, 3)) for r in range(3)]
-    assert blocks == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
-    assert [list(rank_partitions(2, r, 4)) for r in range(4)] == [[], [0], [], [1]]
+def test_ranks_get_contiguous_blocks_balanced_by_rows():
+    assert [list(rank_partitions([5] * 10, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+    # the demo pool's shape: a short last partition moves the boundary to the nearer side
+    rows = [256] * 21 + [181]
+    blocks = [rank_partitions(rows, r, 2) for r in range(2)]
+    assert [sum(rows[i] for i in b) for b in blocks] == [2816, 2741]
+    assert [list(rank_partitions([7, 7], r, 4)) for r in range(4)] == [[], [0], [], [1]]
+    assert [list(rank_partitions([0, 0], r, 2)) for r in range(2)] == [[], [0, 1]]
+    for world in (1, 2, 3, 5):  # every partition held once, in order
+        held = [i for r in range(world) for i in rank_partitions([3, 0, 9, 1, 4, 4], r, world)]
+        assert held == list(range(6))
+
+
+def test_embedding_work_is_balanced_by_bytes_over_all_plans():
+    def part(ns, i, sizes):
+        return Partition(ns, i, "src", "", [Entry(f"{ns}{i}-{j}", "image", "ref", s) for j, s in enumerate(sizes)])
+
+    parts = [part("pool", i, [10] * 4) for i in range(5)] + [part("pool", 5, [10]), part("eval0", 0, [10] * 4)]
+    owners = embed_owners(parts, 2)
+    load = [sum(10 * len(p.entries) for p, o in zip(parts, owners) if o == r) for r in range(2)]
+    assert load == [130, 120] and owners == [0, 1, 0, 1, 0, 0, 1]  # largest first, ties to the lower rank
+    assert embed_owners(parts, 1) == [0] * len(parts)
 
 
 def test_ingest_writes_one_embedding_shard_per_partition_and_reuses_it(tmp_path):

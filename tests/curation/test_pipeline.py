@@ -108,6 +108,9 @@ def test_curate_demo_acceptance_processes_kill_and_resume(demo, tmp_path):
     # Two processes under torchrun: the same manifest, record and shard bytes.
     t2 = _cli(demo, tmp_path / "two", nproc=2)
     assert _outputs(tmp_path / "two") == one
+    pngs = {p.name: p.read_bytes() for p in (tmp_path / "one/reports").glob("*.png")}
+    assert pngs == {p.name: p.read_bytes() for p in (tmp_path / "two/reports").glob("*.png")}  # drawn by both ranks
+    assert json.loads((tmp_path / "two/reports/curation.json").read_text())["pngs"] == report["pngs"]
     print(f"\ncurate on the demo pool: 1 process {t1:.1f} s, torchrun 2 processes {t2:.1f} s")
 
     # SIGKILL during decode + embed, then rerun: finished embedding shards are reused, outputs identical.

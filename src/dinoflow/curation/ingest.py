@@ -148,6 +148,19 @@ def load_partition(work: Path, part: Partition, *, embeddings: bool = True):
     return table, emb
 
 
+def partition_row_count(work: Path, part: Partition) -> int:
+    """Rows of a finished partition, from its table's footer (no row is read)."""
+    import pyarrow.parquet as pq
+
+    table_path = part_paths(work, part)[0]
+    try:
+        return int(pq.read_metadata(table_path).num_rows)
+    except (OSError, ValueError) as e:
+        raise DinoflowError(
+            f"embedding shard {table_path.name} in {work} cannot be read ({e}); delete it and rerun"
+        ) from None
+
+
 def invalidate(work: Path, part: Partition) -> None:
     """Forget a finished partition (its files changed since): the next run decodes and embeds it again."""
     for p in part_paths(work, part):

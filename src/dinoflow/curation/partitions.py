@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
 
 from dinoflow.data.sources import Entry, SourceStats, list_source
 
@@ -96,6 +99,36 @@ def plan_partitions(namespace: str, sources: list[str], chunk_size: int, setting
     return Plan(namespace, parts, skipped)
 
 
-def rank_partitions(n_parts: int, rank: int, world: int) -> range:
-    """The contiguous block of partition indices a rank works on (balanced by count)."""
-    return range(n_parts * rank // world, n_parts * (rank + 1) // world)
+def embed_owners(parts: list[Partition], world: int) -> list[int]:
+    """The rank that decodes + embeds each partition (of every plan together): the largest first,
+    each to the rank with the fewest bytes so far (ties: the lower rank), so ranks finish together.
+
+    Only who computes an embedding shard depends on it, never what the shard holds; the global steps
+    read the shards back by `rank_partitions`. Unknown sizes (s3 listings) count as one byte.
+    """
+    cost = [sum(max(e.size, 1) for e in p.entries) for p in parts]
+    owners, load = [0] * len(parts), [0] * world
+    for i in sorted(range(len(parts)), key=lambda i: -cost[i]):
+        r = min(range(world), key=lambda r: load[r])
+        owners[i] = r
+        load[r] += cost[i]
+    return owners
+
+
+def rank_partitions(rows: Sequence[int], rank: int, world: int) -> range:
+    """The contiguous block of partition indices a rank holds in the global steps, given the rows of
+    every partition: block r ends at the partition boundary nearest to (r + 1)/world of all rows, so
+    ranks hold about equal rows (as equal as partition sizes allow) and rank order is gid order."""
+    cum = np.concatenate([[0], np.cumsum(np.asarray(rows, np.int64))])
+
+    def boundary(r: int) -> int:
+        if r <= 0:
+            return 0
+        if r >= world:
+            return len(cum) - 1
+        target = cum[-1] * r / world
+        hi = int(np.searchsorted(cum, target, side="left"))  # first boundary at or past the target
+        return hi if hi == 0 or cum[hi] - target < target - cum[hi - 1] else hi - 1
+
+    lo, hi = boundary(rank), boundary(rank + 1)
+    return range(lo, max(lo, hi))

@@ -32,7 +32,7 @@ import numpy as np
 
 from dinoflow.config import Config, CurateConfig
 from dinoflow.curation.comm import init_comm
-from dinoflow.curation.partitions import Plan, plan_partitions, rank_partitions
+from dinoflow.curation.partitions import Plan, embed_owners, plan_partitions
 from dinoflow.curation.rows import Rows
 from dinoflow.curation.steps import (
     Run,
@@ -110,11 +110,8 @@ def decode_and_embed(
     from dinoflow.curation.ingest import ingest_partitions
 
     comm = run.comm
-    mine = [
-        p
-        for plan_ in plans.values()
-        for p in (plan_.partitions[i] for i in rank_partitions(len(plan_.partitions), comm.rank, comm.world))
-    ]
+    parts = [p for plan_ in plans.values() for p in plan_.partitions]
+    mine = [p for p, owner in zip(parts, embed_owners(parts, comm.world)) if owner == comm.rank]
     mine.sort(key=lambda p: p.namespace == "pool")
     got = ingest_partitions(
         mine, run.c, embedder, run.work, workers=run.c.workers, show=comm.is_main, on_partition=on_partition
@@ -240,13 +237,18 @@ def read_skipped(work: Path, pool: Plan) -> list[dict[str, str]]:
 
 
 def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0 writes the report; every rank returns its short summary."""
-    from dinoflow.curation.report import write_report
+    """The ranks draw the report's PNGs side by side, then rank 0 writes curation.json/.html; every
+    rank returns its short summary."""
+    from dinoflow.curation.report import draw_pictures, pictures, write_report
     from dinoflow.curation.report_data import summarize
 
+    comm = run.comm
+    s = summarize(run.work, pool.partitions, levels, run.c.report_images)
+    pics = pictures(run.c, s, run.funnel)
+    draw_pictures(pics, Path(run.c.report_dir), comm.rank, comm.world)
+    comm.barrier()
     summary: dict[str, Any] = {"funnel": run.funnel}
-    if run.comm.is_main:
-        s = summarize(run.work, pool.partitions, levels, run.c.report_images)
+    if comm.is_main:
         info = dict(run.info)
         info["skipped_reasons"] = info.get("skipped_reasons", []) + read_skipped(run.work, pool)
         info["skipped_files"] = [d["path"] for d in info["skipped_reasons"]]  # what the source held besides inputs
@@ -256,9 +258,10 @@ def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, 
             run.c,
             s,
             funnel=run.funnel,
+            pics=pics,
             cluster_info=info.pop("clusters", {}),
             retrieval_info=info.pop("retrieval", {}),
             extra=info,
         )
-    run.comm.barrier()
+    comm.barrier()
     return summary

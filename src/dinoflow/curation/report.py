@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -116,33 +117,61 @@ def _grid_png(rows_of_imgs: list[tuple[str, list[Image.Image]]], path: Path, cel
 # ---------------------------------------------------------------- the report
 
 
-def _pictures(c: CurateConfig, s: Summary, funnel: list[dict], rdir: Path) -> dict[str, str]:
-    pngs: dict[str, str] = {}
-    _funnel_png(funnel, rdir / "curation_funnel.png")
-    pngs["funnel"] = "curation_funnel.png"
+@dataclass
+class Picture:
+    """One PNG of the report: its `title` in the HTML, its `file` in report_dir, and how to draw it."""
+
+    title: str
+    file: str
+    draw: Callable[[Path], Any]
+
+
+def pictures(c: CurateConfig, s: Summary, funnel: list[dict]) -> list[Picture]:
+    """The report's PNGs in reading order; which ones exist depends only on the summary."""
+    out = [Picture("funnel", "curation_funnel.png", lambda p: _funnel_png(funnel, p))]
     if len(s.level0_sizes):
-        _cluster_png(s.level0_sizes, s.level0_kept, rdir / "curation_clusters.png")
-        pngs["cluster sizes"] = "curation_clusters.png"
-    _sim_png(
-        {
-            "nearest other pool image (near-dup threshold)": (s.hists["nn_similarity"], c.near_dup_threshold),
-            "nearest eval image (relative-dedup threshold)": (s.hists["eval_similarity"], c.eval_dup_threshold),
-            "nearest seed": (s.hists["seed_similarity"], None),
-        },
-        rdir / "curation_similarity.png",
-    )
-    pngs["similarity histograms"] = "curation_similarity.png"
-    if _grid_png(s.cluster_thumbs, rdir / "curation_clusters_grid.png"):
-        pngs["samples per cluster"] = "curation_clusters_grid.png"
-    if _grid_png(s.pair_thumbs, rdir / "curation_dup_pairs.png"):
-        pngs["near-duplicate pairs (kept, dropped)"] = "curation_dup_pairs.png"
-    return pngs
+        out.append(
+            Picture("cluster sizes", "curation_clusters.png", lambda p: _cluster_png(s.level0_sizes, s.level0_kept, p))
+        )
+    hists = {
+        "nearest other pool image (near-dup threshold)": (s.hists["nn_similarity"], c.near_dup_threshold),
+        "nearest eval image (relative-dedup threshold)": (s.hists["eval_similarity"], c.eval_dup_threshold),
+        "nearest seed": (s.hists["seed_similarity"], None),
+    }
+    out.append(Picture("similarity histograms", "curation_similarity.png", lambda p: _sim_png(hists, p)))
+    if any(imgs for _, imgs in s.cluster_thumbs):
+        out.append(
+            Picture("samples per cluster", "curation_clusters_grid.png", lambda p: _grid_png(s.cluster_thumbs, p))
+        )
+    if any(imgs for _, imgs in s.pair_thumbs):
+        out.append(
+            Picture(
+                "near-duplicate pairs (kept, dropped)", "curation_dup_pairs.png", lambda p: _grid_png(s.pair_thumbs, p)
+            )
+        )
+    return out
+
+
+def draw_pictures(pics: list[Picture], rdir: Path, rank: int = 0, world: int = 1) -> None:
+    """Draw this rank's share of `pics` (every world-th, from its rank): matplotlib is single-threaded,
+    so under torchrun the ranks draw side by side instead of rank 0 alone."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    for pic in pics[rank::world]:
+        pic.draw(rdir / pic.file)
 
 
 def write_report(
-    c: CurateConfig, s: Summary, *, funnel: list[dict], cluster_info: dict, retrieval_info: dict, extra: dict
+    c: CurateConfig,
+    s: Summary,
+    *,
+    funnel: list[dict],
+    pics: list[Picture],
+    cluster_info: dict,
+    retrieval_info: dict,
+    extra: dict,
 ) -> dict[str, Any]:
-    """Write curation.json / curation.html / PNGs into `c.report_dir`; returns a short summary."""
+    """Write curation.json and curation.html into `c.report_dir`, naming `pics` (drawn by
+    `draw_pictures` before); returns a short summary."""
     rdir = Path(c.report_dir)
     rdir.mkdir(parents=True, exist_ok=True)
     clusters: dict[str, Any] = dict(cluster_info)
@@ -168,7 +197,7 @@ def write_report(
         "balance_entropy": clusters.get("entropy_kept"),
         **extra,
     }
-    summary["pngs"] = _pictures(c, s, funnel, rdir)
+    summary["pngs"] = {p.title: p.file for p in pics}
     atomic_write_json(rdir / "curation.json", summary)
     atomic_write_text(rdir / "curation.html", _html(summary))
     short = {k: v for k, v in summary.items() if k not in ("clusters", "shards", "skipped_files")}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dinoflow.curation.comm import Comm
-from dinoflow.curation.ingest import load_partition
+from dinoflow.curation.ingest import load_partition, partition_row_count
 from dinoflow.curation.partitions import Plan, rank_partitions
 from dinoflow.curation.statuses import KEPT, PARTITION_OK, STATUSES
 
@@ -65,17 +65,26 @@ def hash128(hexes: list[str]) -> np.ndarray:
     return out
 
 
+def partition_rows(comm: Comm, plan: Plan, work: Path) -> np.ndarray:
+    """Rows of every finished partition of `plan` [n_parts] int64 (each rank reads a share of the footers)."""
+    counts = np.zeros(len(plan.partitions), np.int64)
+    for i in range(comm.rank, len(plan.partitions), comm.world):
+        counts[i] = partition_row_count(work, plan.partitions[i])
+    return comm.all_reduce_sum(counts)
+
+
 def load_rows(comm: Comm, plan: Plan, work: Path, dim: int) -> Rows:
     """Load this rank's partitions of `plan` (finished in `work`) and number every row globally."""
-    mine = list(rank_partitions(len(plan.partitions), comm.rank, comm.world))
+    all_counts = partition_rows(comm, plan, work)
+    block = rank_partitions(all_counts, comm.rank, comm.world)
+    mine = list(block)
     tables, embs = [], []
     for i in mine:
         t, e = load_partition(work, plan.partitions[i])
         tables.append(t)
         embs.append(np.asarray(e))
     counts = np.array([t.num_rows for t in tables], np.int64)
-    all_counts = comm.all_gather_cat(counts)  # ranks hold consecutive blocks: rank order = partition order
-    start = int(all_counts[: rank_partitions(len(plan.partitions), comm.rank, comm.world).start].sum())
+    start = int(all_counts[: block.start].sum())  # ranks hold consecutive blocks: rank order = partition order
     n = int(counts.sum())
     col = {k: [v for t in tables for v in t.column(k).to_pylist()] for k in ("uid", "status", "detail", "pixel_hash")}
     status = np.array([CODE[KEPT] if s == PARTITION_OK else CODE[s] for s in col["status"]], np.int8)
