@@ -96,3 +96,26 @@ def test_only_scaling_vectors_are_kept():
     assert max(requested) == 8
     q = torch.exp(rows(0, 40) + r[:, None] + c[None, :])
     assert torch.allclose(q.double(), _linear_sinkhorn64(z @ w.t(), 0.07, 3), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale, linear", [(1.0, True), (40.0, False)])
+def test_linear_domain_steps_agree_with_log_space(scale, linear):
+    """On a CPU the steps run as matrix-vector products on exp(L − rowmax); where a sum would
+    underflow (scale 40: logits / τ up to ~3000) the log-space steps run instead. Either way the
+    result is the float64 algorithm's to fp32 rounding (|L| up to ~60 here: relative ~1e-5)."""
+    from dinoflow.losses.sinkhorn import _linear_scaled, sinkhorn_scalings
+
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(37, 500, generator=g) * scale
+    q = logits / 0.05
+    assert _linear_scaled(q.clone(), 3, None) is linear
+    r, c = sinkhorn_scalings(lambda a, b: q[a:b], 37, 500, torch.device("cpu"))
+    log_space = torch.exp(q + r[:, None] + c[None, :])
+    out = sinkhorn_knopp(logits, 0.05)
+    assert torch.isfinite(out).all()
+    if linear:
+        truth = _linear_sinkhorn64(logits, 0.05, 3)
+        for result in (out, log_space):
+            assert torch.allclose(result.double(), truth, rtol=3e-5, atol=1e-9)
+    else:
+        assert torch.equal(out, log_space)

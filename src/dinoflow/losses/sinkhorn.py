@@ -90,6 +90,42 @@ def sinkhorn_scalings(
     return r + log_b, c
 
 
+# A column or row sum of the linear-domain path below this has lost terms to fp32 underflow
+# (each lost term is < 1.2e-38), so its relative error could exceed ~1e-7: use the log-space path.
+_LINEAR_MIN_SUM = 1e-30
+
+
+@torch.no_grad()
+def _linear_scaled(q: Tensor, n_iterations: int, n_samples: int | Tensor | None) -> bool:
+    """Sinkhorn on q = L [B, K] fp32 through E = exp(L − rowmax), overwritten with the result.
+
+    Every step is a matrix-vector product with E instead of a log-sum-exp over [B, K] (one exp
+    pass instead of 2·n_iterations + 1; ~4× faster on a CPU). Row and column scalings stay in
+    log space, shifted by their max, so nothing overflows; returns False (q is then garbage) when
+    a sum came close to fp32 underflow, for the caller to redo the step in log space.
+    """
+    m = q.amax(dim=1)
+    e = q.sub_(m.unsqueeze(1)).exp_()  # [B, K] in (0, 1]; every row holds a 1
+    log_b = torch.log(global_count(q.shape[0] if n_samples is None else n_samples, device=q.device)).float()
+    log_k = math.log(q.shape[1])
+    r = torch.zeros_like(m)
+    smallest = torch.full((), math.inf, device=q.device)
+    col_w = row = None
+    for _ in range(n_iterations):
+        s = m + r  # log of each row's factor
+        s_max = all_reduce_max(s.max().reshape(1))
+        col = all_reduce_sum(torch.mv(e.t(), torch.exp(s - s_max)))  # [K]: Σ_b exp(L + r), / exp(s_max)
+        c = -(torch.log(col) + s_max) - log_k
+        col_w = torch.exp(c - c.max())  # [K] in (0, 1]
+        row = torch.mv(e, col_w)  # [B]: Σ_k exp(L + c), / exp(m + c_max)
+        r = -(m + torch.log(row) + c.max()) - log_b
+        smallest = torch.minimum(smallest, torch.minimum(col.min(), row.min()))
+    ok = all_reduce_max((~(smallest >= _LINEAR_MIN_SUM)).float().reshape(1)).item() == 0  # NaN: not ok
+    if ok:
+        e.mul_(col_w).div_(row.unsqueeze(1))  # rows sum to 1 (the last step normalises samples)
+    return ok
+
+
 @torch.no_grad()
 def sinkhorn_knopp(
     logits: Tensor,
@@ -99,6 +135,10 @@ def sinkhorn_knopp(
     chunk_elems: int | None = None,
 ) -> Tensor:
     """Balanced soft assignment of samples to prototypes.
+
+    On a CPU the steps run as matrix-vector products on exp(L − rowmax) (`_linear_scaled`), in
+    log space when a sum nears underflow; on CUDA in log space always (the check would wait for
+    the device every step). Both give the log-space result within fp32 rounding.
 
     Args:
         logits: [B_local, K] teacher head outputs (any float dtype; computed in fp32).
@@ -113,6 +153,10 @@ def sinkhorn_knopp(
     if n_iterations < 0:
         raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
     q = logits.float() / teacher_temp  # the one [B, K] fp32 copy; the result is written into it
+    if q.device.type == "cpu" and n_iterations > 0 and q.numel() > 0:
+        if _linear_scaled(q, n_iterations, n_samples):
+            return q
+        q = logits.float() / teacher_temp
     r, c = sinkhorn_scalings(
         lambda a, b: q[a:b], q.shape[0], q.shape[1], q.device, n_iterations, n_samples, chunk_elems
     )
