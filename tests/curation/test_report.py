@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from dinoflow.config import load_config
-from dinoflow.curation.report import draw_pictures, pictures
+from dinoflow.curation.report import MAX_PICTURES, draw_pictures, pictures
 from dinoflow.curation.report_data import HIST_EDGES, Summary
 from dinoflow.curation.statuses import STATUSES
 
@@ -36,6 +36,7 @@ def test_ranks_draw_disjoint_shares_of_the_same_pictures(tmp_path):
     c = load_config(None, ["tracking.enabled=false"]).curate
     funnel = [{"step": "input", "remaining": 10}, {"step": "junk", "remaining": 8}]
     pics = pictures(c, _summary(thumbs=True), funnel)
+    assert len(pics) == MAX_PICTURES  # every kind: ranks from MAX_PICTURES on skip the summary
     assert [p.file for p in pics] == [
         "curation_funnel.png",
         "curation_clusters.png",

@@ -119,3 +119,39 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     for key in ("dino_softmax_loss", "dino_sk_loss", "ibot_softmax_loss", "ibot_sk_loss"):
         rank_mean = sum(float(r[key]) for r in ranks) / WORLD
         assert abs(rank_mean - float(full[key])) < 1e-5 * max(1.0, abs(float(full[key]))), key
+
+
+def _sinkhorn_worker(rank: int, port: int, workdir: str) -> None:
+    """Rank 0 holds every masked patch, rank 1 none: both must join the same collectives."""
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    # a rank skipping a collective would block the other: fail in a minute instead of hanging
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
+    try:
+        p = torch.load(Path(workdir) / "payload.pt", weights_only=True)
+        out = {}
+        for name, logits in p.items():
+            local = logits if rank == 0 else logits[:0]
+            out[name] = iBOTPatchLoss(K).sinkhorn_knopp_teacher(local, TEMP, torch.tensor([len(local)]))
+        torch.save(out, Path(workdir) / f"sk{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sinkhorn_with_a_rank_that_holds_no_rows(tmp_path):
+    g = torch.Generator().manual_seed(7)
+    # scale 2: the CPU's linear-domain steps; scale 200: sums underflow there, the log-space steps run
+    payload = {f"scale{s}": torch.randn(12, K, generator=g) * s for s in (2, 200)}
+    torch.save(payload, tmp_path / "payload.pt")
+    mp.start_processes(
+        _sinkhorn_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork"
+    )
+    ranks = [torch.load(tmp_path / f"sk{r}.pt", weights_only=True) for r in range(WORLD)]
+    for name, logits in payload.items():
+        full = iBOTPatchLoss(K).sinkhorn_knopp_teacher(logits, TEMP, torch.tensor([len(logits)]))
+        assert ranks[1][name].shape == (0, K)
+        assert torch.isfinite(ranks[0][name]).all()
+        assert torch.allclose(ranks[0][name], full, atol=1e-6), name

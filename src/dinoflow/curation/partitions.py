@@ -11,6 +11,7 @@ rerun reuses a finished partition only when its files are unchanged.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
@@ -107,11 +108,12 @@ def embed_owners(parts: list[Partition], world: int) -> list[int]:
     read the shards back by `rank_partitions`. Unknown sizes (s3 listings) count as one byte.
     """
     cost = [sum(max(e.size, 1) for e in p.entries) for p in parts]
-    owners, load = [0] * len(parts), [0] * world
+    owners = [0] * len(parts)
+    loads = [(0, r) for r in range(world)]  # a heap of (bytes so far, rank): the least loaded first
     for i in sorted(range(len(parts)), key=lambda i: -cost[i]):
-        r = min(range(world), key=lambda r: load[r])
+        load, r = heapq.heappop(loads)
         owners[i] = r
-        load[r] += cost[i]
+        heapq.heappush(loads, (load + cost[i], r))
     return owners
 
 

@@ -239,16 +239,19 @@ def read_skipped(work: Path, pool: Plan) -> list[dict[str, str]]:
 def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, Any]:
     """The ranks draw the report's PNGs side by side, then rank 0 writes curation.json/.html; every
     rank returns its short summary."""
-    from dinoflow.curation.report import draw_pictures, pictures, write_report
+    from dinoflow.curation.report import MAX_PICTURES, draw_pictures, pictures, write_report
     from dinoflow.curation.report_data import summarize
 
     comm = run.comm
-    s = summarize(run.work, pool.partitions, levels, run.c.report_images)
-    pics = pictures(run.c, s, run.funnel)
-    draw_pictures(pics, Path(run.c.report_dir), comm.rank, comm.world)
+    s = pics = None
+    if comm.rank < MAX_PICTURES:  # each drawing rank streams the manifest parts itself (no object crosses ranks)
+        s = summarize(run.work, pool.partitions, levels, run.c.report_images)
+        pics = pictures(run.c, s, run.funnel)
+        draw_pictures(pics, Path(run.c.report_dir), comm.rank, comm.world)
     comm.barrier()
     summary: dict[str, Any] = {"funnel": run.funnel}
     if comm.is_main:
+        assert s is not None and pics is not None
         info = dict(run.info)
         info["skipped_reasons"] = info.get("skipped_reasons", []) + read_skipped(run.work, pool)
         info["skipped_files"] = [d["path"] for d in info["skipped_reasons"]]  # what the source held besides inputs

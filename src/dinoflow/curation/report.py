@@ -126,8 +126,11 @@ class Picture:
     draw: Callable[[Path], Any]
 
 
+MAX_PICTURES = 5  # what `pictures` can return: ranks past it draw nothing and need no summary
+
+
 def pictures(c: CurateConfig, s: Summary, funnel: list[dict]) -> list[Picture]:
-    """The report's PNGs in reading order; which ones exist depends only on the summary."""
+    """The report's PNGs in reading order (at most MAX_PICTURES); which ones exist depends only on the summary."""
     out = [Picture("funnel", "curation_funnel.png", lambda p: _funnel_png(funnel, p))]
     if len(s.level0_sizes):
         out.append(

@@ -83,7 +83,7 @@ def load_rows(comm: Comm, plan: Plan, work: Path, dim: int) -> Rows:
         t, e = load_partition(work, plan.partitions[i])
         tables.append(t)
         embs.append(np.asarray(e))
-    counts = np.array([t.num_rows for t in tables], np.int64)
+    counts = all_counts[block.start : block.stop]
     start = int(all_counts[: block.start].sum())  # ranks hold consecutive blocks: rank order = partition order
     n = int(counts.sum())
     col = {k: [v for t in tables for v in t.column(k).to_pylist()] for k in ("uid", "status", "detail", "pixel_hash")}

@@ -109,17 +109,18 @@ def _linear_scaled(q: Tensor, n_iterations: int, n_samples: int | Tensor | None)
     log_b = torch.log(global_count(q.shape[0] if n_samples is None else n_samples, device=q.device)).float()
     log_k = math.log(q.shape[1])
     r = torch.zeros_like(m)
-    smallest = torch.full((), math.inf, device=q.device)
+    smallest = torch.full((1,), math.inf, device=q.device)
     col_w = row = None
-    for _ in range(n_iterations):
+    for _ in range(n_iterations):  # a rank with no rows (no masked patch) joins every collective too
         s = m + r  # log of each row's factor
-        s_max = all_reduce_max(s.max().reshape(1))
+        s_max = all_reduce_max(torch.cat([s, torch.full((1,), -math.inf, device=q.device)]).amax().reshape(1))
         col = all_reduce_sum(torch.mv(e.t(), torch.exp(s - s_max)))  # [K]: Σ_b exp(L + r), / exp(s_max)
         c = -(torch.log(col) + s_max) - log_k
-        col_w = torch.exp(c - c.max())  # [K] in (0, 1]
+        c_max = c.max()
+        col_w = torch.exp(c - c_max)  # [K] in (0, 1]
         row = torch.mv(e, col_w)  # [B]: Σ_k exp(L + c), / exp(m + c_max)
-        r = -(m + torch.log(row) + c.max()) - log_b
-        smallest = torch.minimum(smallest, torch.minimum(col.min(), row.min()))
+        r = -(m + torch.log(row) + c_max) - log_b
+        smallest = torch.cat([smallest, col, row]).amin().reshape(1)
     ok = all_reduce_max((~(smallest >= _LINEAR_MIN_SUM)).float().reshape(1)).item() == 0  # NaN: not ok
     if ok:
         e.mul_(col_w).div_(row.unsqueeze(1))  # rows sum to 1 (the last step normalises samples)
@@ -153,7 +154,7 @@ def sinkhorn_knopp(
     if n_iterations < 0:
         raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
     q = logits.float() / teacher_temp  # the one [B, K] fp32 copy; the result is written into it
-    if q.device.type == "cpu" and n_iterations > 0 and q.numel() > 0:
+    if q.device.type == "cpu" and n_iterations > 0:
         if _linear_scaled(q, n_iterations, n_samples):
             return q
         q = logits.float() / teacher_temp
