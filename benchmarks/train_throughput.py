@@ -137,6 +137,13 @@ def measure(args) -> dict:
     except ImportError:  # an older checkout (--compare-with)
         from dinoflow.train.loop import train_step
     device = pick_device(args.device)
+    if device.type == "cpu":
+        try:  # what the training loop does on a CPU (checkouts that have it)
+            from dinoflow.train.host_memory import keep_freed_host_memory
+        except ImportError:
+            pass
+        else:
+            keep_freed_host_memory()
     cfg, obj, net, opt, sched = build(args, device)
     images = torch.randint(
         0, 256, (args.batch, 3, args.global_size, args.global_size), dtype=torch.uint8, device=device

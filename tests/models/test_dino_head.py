@@ -151,3 +151,38 @@ def test_weight_norm_gradients_match_autograd_of_the_formula():
     x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_NormedLinear.apply, (x, v, s))
     torch.testing.assert_close(_NormedLinear.apply(x, v, s), x @ (v * (s / v.norm(dim=1, keepdim=True))).t())
+
+
+def test_prototype_blocks_give_the_one_product_numbers():
+    """On a CPU the prototype layer runs in blocks of prototypes (`CPU_PROTOTYPE_BLOCK`): the same
+    scores and gradients as the formula, for 2-D and 3-D inputs, whether K divides evenly or not."""
+    from dinoflow.models.heads import _NormedLinear
+
+    g = torch.Generator().manual_seed(11)
+    for k, block, shape in ((9, 4, (5, 6)), (4096, 1000, (3, 4, 6)), (64, None, (7, 6))):
+        v = torch.randn(k, 6, generator=g, dtype=torch.float64, requires_grad=True)
+        s = (torch.rand(k, 1, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+        x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        out = _NormedLinear.apply(x, v, s, block)
+        want = x @ (v * (s / v.norm(dim=1, keepdim=True))).t()
+        torch.testing.assert_close(out, want)
+        w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        for got, ref in zip(
+            torch.autograd.grad((out * w).sum(), (x, v, s)), torch.autograd.grad((want * w).sum(), (x, v, s))
+        ):
+            torch.testing.assert_close(got, ref)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(9, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(9, 1, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, v, s: _NormedLinear.apply(x, v, s, 4), (x, v, s))
+
+
+def test_the_head_scores_equal_in_blocks_and_in_one_product(monkeypatch):
+    import dinoflow.models.heads as heads
+
+    torch.manual_seed(3)
+    head = DINOHead(32, 5000, hidden_dim=48, bottleneck_dim=16)
+    x = torch.randn(6, 32)
+    blocked = head(x)
+    monkeypatch.setattr(heads, "CPU_PROTOTYPE_BLOCK", 5000)
+    torch.testing.assert_close(blocked, head(x))
