@@ -66,11 +66,19 @@ def test_keeps_the_hidden_layer_once_not_twice():
     assert m.fc1.weight.grad is not None and x.grad is not None
 
 
+def _fused(out: torch.Tensor) -> bool:
+    return type(out.grad_fn).__name__ == "_GeluMlpBackward"
+
+
 def test_plain_layers_without_grad_and_under_autocast():
     m = Mlp(16, 32)
     x = torch.randn(3, 16)
+    assert _fused(m(x.clone().requires_grad_()))  # training in full precision: the fused layer
     with torch.no_grad():
         assert torch.equal(m(x), _plain(m, x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, kept = _saved_bytes(lambda: m(x.requires_grad_()))
-        assert out.dtype == torch.bfloat16  # the plain layers ran (the fused one has no autocast rules)
+        assert out.dtype == torch.bfloat16
+        assert not _fused(out)  # autocast has no rules for the fused layer: the plain layers ran
+        _, kept_plain = _saved_bytes(lambda: _plain(m, x))
+        assert kept == kept_plain

@@ -92,18 +92,21 @@ def _sim_png(values: dict[str, tuple[np.ndarray, float | None]], path: Path) -> 
     _save(fig, path)
 
 
-def _grid_png(rows_of_imgs: list[tuple[str, list[Image.Image]]], path: Path, cell: int = 48) -> bool:
-    if not rows_of_imgs:
-        return False
+def _thumbnail_rows(rows: list[tuple[str, list]]) -> list[tuple[str, list[Image.Image]]]:
+    """A grid's (label, images) rows without their missing images; [] when no row has an image
+    (then there is no picture to draw)."""
+    rows = [(label, [im for im in imgs if im is not None]) for label, imgs in rows]
+    return rows if any(imgs for _, imgs in rows) else []
+
+
+def _grid_png(rows_of_imgs: list[tuple[str, list[Image.Image]]], path: Path, cell: int = 48) -> None:
+    """rows_of_imgs from `_thumbnail_rows` (at least one image)."""
     plt = _plt()
     ncol = max(len(imgs) for _, imgs in rows_of_imgs)
-    if ncol == 0:
-        return False
     fig, axes = plt.subplots(
         len(rows_of_imgs), ncol, figsize=(max(ncol * 0.9, 2.6), len(rows_of_imgs) * 1.2), squeeze=False
     )
     for r, (label, imgs) in enumerate(rows_of_imgs):
-        imgs = [im for im in imgs if im is not None]
         for cidx in range(ncol):
             ax = axes[r][cidx]
             ax.axis("off")
@@ -111,7 +114,6 @@ def _grid_png(rows_of_imgs: list[tuple[str, list[Image.Image]]], path: Path, cel
                 ax.imshow(np.asarray(imgs[cidx].convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)))
         axes[r][0].set_title(label, fontsize=7, loc="left")
     _save(fig, path)
-    return True
 
 
 # ---------------------------------------------------------------- the report
@@ -142,15 +144,12 @@ def pictures(c: CurateConfig, s: Summary, funnel: list[dict]) -> list[Picture]:
         "nearest seed": (s.hists["seed_similarity"], None),
     }
     out.append(Picture("similarity histograms", "curation_similarity.png", lambda p: _sim_png(hists, p)))
-    if any(imgs for _, imgs in s.cluster_thumbs):
+    cluster_rows, pair_rows = _thumbnail_rows(s.cluster_thumbs), _thumbnail_rows(s.pair_thumbs)
+    if cluster_rows:
+        out.append(Picture("samples per cluster", "curation_clusters_grid.png", lambda p: _grid_png(cluster_rows, p)))
+    if pair_rows:
         out.append(
-            Picture("samples per cluster", "curation_clusters_grid.png", lambda p: _grid_png(s.cluster_thumbs, p))
-        )
-    if any(imgs for _, imgs in s.pair_thumbs):
-        out.append(
-            Picture(
-                "near-duplicate pairs (kept, dropped)", "curation_dup_pairs.png", lambda p: _grid_png(s.pair_thumbs, p)
-            )
+            Picture("near-duplicate pairs (kept, dropped)", "curation_dup_pairs.png", lambda p: _grid_png(pair_rows, p))
         )
     return out
 
