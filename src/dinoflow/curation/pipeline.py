@@ -23,10 +23,8 @@ Same config and inputs → the same manifest and byte-identical shards, for any 
 from __future__ import annotations
 
 import json
-import signal
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,6 +42,7 @@ from dinoflow.curation.steps import (
     retrieve,
 )
 from dinoflow.errors import DinoflowError
+from dinoflow.interrupts import raise_on_sigterm
 
 
 def work_dir(c: CurateConfig) -> Path:
@@ -151,25 +150,8 @@ class Stopped(DinoflowError):
     """The stage was told to stop (SIGTERM / SIGINT)."""
 
 
-@contextmanager
-def stop_on_signal() -> Iterator[None]:
-    """SIGTERM ends curation at once with a named error (exit 1), so open runs and temp files are closed."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, _frame: Any) -> None:
-        raise Stopped(
-            f"stopped by {signal.Signals(signum).name}; nothing after the last finished partition or shard was kept"
-        )
-
-    old = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+def _stopped(signame: str) -> Stopped:
+    return Stopped(f"stopped by {signame}; nothing after the last finished partition or shard was kept")
 
 
 def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -179,7 +161,7 @@ def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) ->
 
     c = cfg.curate
     check_inputs(c)
-    with stop_on_signal(), stage_run("curate", cfg):
+    with raise_on_sigterm(_stopped), stage_run("curate", cfg):
         comm = init_comm()
         embedder = make_embedder(c)
         run = Run(c, comm, Path(c.out_dir), work_dir(c))

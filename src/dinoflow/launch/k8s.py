@@ -17,9 +17,10 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from dinoflow.errors import DinoflowError
+from dinoflow.interrupts import raise_on_sigterm
 from dinoflow.launch.trainjob import GROUP, PLURAL, VERSION, validate_trainer_object
 
 log = logging.getLogger(__name__)
@@ -31,23 +32,6 @@ class TrainJobFailed(DinoflowError):
 
 class TrainJobCancelled(DinoflowError):
     """The step got SIGTERM while its TrainJob ran; the job has been deleted."""
-
-
-@contextlib.contextmanager
-def raise_on_sigterm(what: str) -> Iterator[None]:
-    """Turn SIGTERM into TrainJobCancelled for the duration (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise TrainJobCancelled(f"SIGTERM while waiting for {what}: the run was cancelled or the step pod is stopping")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -242,21 +226,28 @@ class TrainJobClient:
         from dinoflow.launch.k8s_logs import LogFollower
 
         name = job["metadata"]["name"]
-        with raise_on_sigterm(f"TrainJob {self.namespace}/{name}"):
-            try:
+
+        def cancelled(signame: str) -> TrainJobCancelled:
+            return TrainJobCancelled(
+                f"{signame} while waiting for TrainJob {self.namespace}/{name}: "
+                "the run was cancelled or the step pod is stopping"
+            )
+
+        try:
+            with raise_on_sigterm(cancelled):
                 self.submit(job)
                 follower = (
                     LogFollower(self.api.api_client, self.namespace, name) if follow_logs else contextlib.nullcontext()
                 )
                 with follower:
                     return self.wait(name, timeout=timeout, poll=poll)
-            except TrainJobCancelled:
-                log.warning("deleting TrainJob %s/%s: the step was told to stop", self.namespace, name)
-                if threading.current_thread() is threading.main_thread():
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the delete
+        except TrainJobCancelled:
+            log.warning("deleting TrainJob %s/%s: the step was told to stop", self.namespace, name)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the delete
+            self.delete(name)
+            raise
+        except TrainJobFailed:
+            if delete_on_failure:
                 self.delete(name)
-                raise
-            except TrainJobFailed:
-                if delete_on_failure:
-                    self.delete(name)
-                raise
+            raise
