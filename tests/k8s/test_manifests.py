@@ -208,6 +208,7 @@ def test_rbac_grants_only_what_the_launcher_uses(overlay):
         ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "delete", "patch"},
         ("", "pods"): {"list"},
         ("", "pods/log"): {"get"},
+        ("", "events"): {"list"},
     }
     # that the launcher uses exactly these: tests/launch/test_training_trainjob.py (every API call it makes)
     assert not any("*" in v for v in granted.values()) and all(not r.startswith("cluster") for _, r in granted)

@@ -174,7 +174,7 @@ def test_training_step_without_shared_volume_says_what_to_mount(tmp_path, monkey
 
 
 def test_every_api_call_is_granted_by_the_role_in_k8s(cluster, step):
-    """The calls the launcher really made (create, get, patch, delete, pods list, pods/log) are
+    """The calls the launcher really made (create, get, patch, delete, pods list, pods/log, events) are
     exactly what k8s/base/pipeline/rbac.yaml grants — no more, no less."""
     cluster.on_complete = _trainer
     cluster.outcome["pretrain-run-7"] = "Failed"
@@ -189,6 +189,13 @@ def test_every_api_call_is_granted_by_the_role_in_k8s(cluster, step):
     req = dict(name="x", namespace="kubeflow", image="i:1", command=["torchrun"])
     client.submit(build_trainjob(TrainJobRequest(**req, owner=owner_reference("a", "1"))))
     client.submit(build_trainjob(TrainJobRequest(**req, owner=owner_reference("b", "2"))))  # patch
+    cluster.unschedulable.add("y")
+    clock = iter(range(0, 10**6, 100))
+    client = TrainJobClient("kubeflow", api_client(cluster.host), sleep=lambda s: None, clock=lambda: next(clock))
+    with pytest.raises(TrainJobFailed, match="FailedScheduling"):  # events list
+        client.run(
+            build_trainjob(TrainJobRequest(**{**req, "name": "y"})), poll=0, follow_logs=False, pending_timeout=1
+        )
     rbac = (Path(__file__).resolve().parents[2] / "k8s" / "base" / "pipeline" / "rbac.yaml").read_text()
     role = next(d for d in yaml.safe_load_all(rbac) if d["kind"] == "Role")
     granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
