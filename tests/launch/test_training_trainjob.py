@@ -227,3 +227,46 @@ def test_sigterm_deletes_the_trainjob_and_fails_the_step(cluster, step, tmp_path
     assert "TrainJobCancelled" in err and "SIGTERM" in err
     assert "pretrain-run-7" not in cluster.jobs and any(r[2] == "delete" for r in cluster.requests)
     assert (step["shared"] / "run-7" / "pretrain" / "params.yaml").exists()  # kept for a retry
+
+
+def test_step_inputs_size_queue_and_bound_the_wait_of_the_trainjob(cluster, step):
+    """The launch options a component passes (LaunchOptions.from_step_inputs) reach the job: node
+    CPU/memory/shm, the Kueue queue; and a job whose pods never start fails the step with the
+    scheduler's events within the pending timeout."""
+    opts = LaunchOptions.from_step_inputs(
+        num_nodes=2,
+        gpus_per_node=4,
+        accelerator_type="nvidia.com/gpu",
+        image="img:1",
+        trainjob_runtime="dinoflow-torch-distributed",
+        trainjob_runtime_kind="TrainingRuntime",
+        tolerations=[GPU_TAINT],
+        node_selector=POOL,
+        shared_dir=str(step["shared"]),
+        cpu_per_node="48",
+        memory_per_node="400Gi",
+        shm_per_node="100Gi",
+        queue_name="team-gpus",
+        pending_timeout_s=1.0,
+    )
+    assert (opts.cpu_per_node, opts.memory_per_node, opts.shm_per_node, opts.queue_name) == (
+        "48",
+        "400Gi",
+        "100Gi",
+        "team-gpus",
+    )
+    cluster.unschedulable.add("pretrain-run-7")
+    fields = ("cpu_per_node", "memory_per_node", "shm_per_node", "queue_name", "pending_timeout_s")
+    with pytest.raises(TrainJobFailed, match="Insufficient nvidia.com/gpu"):
+        _run(cluster, step, **{k: getattr(opts, k) for k in fields})
+    (post,) = [r for r in cluster.requests if r[0] == "POST"]
+    assert "pretrain-run-7" not in cluster.jobs  # withdrawn: it holds no GPUs nor quota
+    assert (step["shared"] / "run-7" / "pretrain" / "params.yaml").exists()  # kept for the retry
+
+
+def test_node_resources_default_in_proportion_to_the_gpus(cluster, step):
+    seen = {}
+    cluster.on_complete = lambda job: (seen.update(job), _trainer(job))
+    _run(cluster, step, gpus_per_node=8)
+    res = seen["spec"]["trainer"]["resourcesPerNode"]["limits"]
+    assert (res["cpu"], res["memory"]) == ("80", "512Gi")
