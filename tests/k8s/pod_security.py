@@ -30,13 +30,22 @@ def _containers(pod: dict) -> Iterator[tuple[str, dict]]:
             yield f"{kind}[{c['name']}]", c
 
 
-def violations(pod: dict, annotations: dict[str, str] | None = None) -> list[str]:
-    """Every restricted-profile rule the pod spec breaks, as `rule: field`."""
+def violations(pod: dict, annotations: dict[str, str] | None = None, level: str = "restricted") -> list[str]:
+    """Every rule of the profile `level` (baseline, or restricted, which includes baseline) that
+    the pod spec breaks, as `rule: field`."""
+    if level not in ("baseline", "restricted"):
+        raise ValueError(f"unknown Pod Security level {level!r}")
+    out = _baseline(pod, annotations or {})
+    if level == "restricted":
+        out += _restricted(pod)
+    return sorted(set(out))
+
+
+def _baseline(pod: dict, annotations: dict[str, str]) -> list[str]:
     out: list[str] = []
     psc = pod.get("securityContext") or {}
     containers = list(_containers(pod))
     scs = [(name, c.get("securityContext") or {}) for name, c in containers]
-    # ---- baseline
     if (psc.get("windowsOptions") or {}).get("hostProcess") or any(
         (sc.get("windowsOptions") or {}).get("hostProcess") for _, sc in scs
     ):
@@ -48,7 +57,7 @@ def violations(pod: dict, annotations: dict[str, str] | None = None) -> list[str
         out += [f"Capabilities: {n} adds {cap}" for cap in sorted(added - BASELINE_CAPS)]
     out += [f"HostPath Volumes: {v['name']}" for v in pod.get("volumes") or [] if "hostPath" in v]
     out += [f"Host Ports: {n}" for n, c in containers for p in c.get("ports") or [] if p.get("hostPort")]
-    for key, value in (annotations or {}).items():
+    for key, value in annotations.items():
         if key.startswith("container.apparmor.security.beta.kubernetes.io/") and value not in ("runtime/default",):
             if not value.startswith("localhost/"):
                 out.append(f"AppArmor: {key}")
@@ -62,7 +71,13 @@ def violations(pod: dict, annotations: dict[str, str] | None = None) -> list[str
             out.append(f"Seccomp: {n}.seccompProfile Unconfined")
     out += [f"/proc Mount Type: {n}" for n, sc in scs if sc.get("procMount", "Default") != "Default"]
     out += [f"Sysctls: {s['name']}" for s in psc.get("sysctls") or [] if s["name"] not in SAFE_SYSCTLS]
-    # ---- restricted
+    return out
+
+
+def _restricted(pod: dict) -> list[str]:
+    out: list[str] = []
+    psc = pod.get("securityContext") or {}
+    scs = [(name, c.get("securityContext") or {}) for name, c in _containers(pod)]
     for v in pod.get("volumes") or []:
         kinds = set(v) - {"name"}
         if not kinds <= RESTRICTED_VOLUMES:
@@ -86,7 +101,7 @@ def violations(pod: dict, annotations: dict[str, str] | None = None) -> list[str
         if "ALL" not in (caps.get("drop") or []):
             out.append(f"Capabilities: {n} does not drop ALL")
         out += [f"Capabilities: {n} adds {cap}" for cap in caps.get("add") or [] if cap != "NET_BIND_SERVICE"]
-    return sorted(set(out))
+    return out
 
 
 def pod_templates(docs: list[dict]) -> Iterator[tuple[str, dict, dict[str, Any]]]:

@@ -264,6 +264,15 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols[mounts[SHARED_DIR]]["persistentVolumeClaim"]["claimName"] == "dinoflow-shared"
     assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory" and "/tmp" in mounts
+    from dinoflow.launch.k8s_labels import NO_SIDECAR, STEP_LABEL
+    from dinoflow.launch.trainjob import SHM_VOLUME, node_resources
+
+    meta = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["metadata"]
+    assert {**STEP_LABEL, **NO_SIDECAR}.items() <= meta["labels"].items() and meta["annotations"] == NO_SIDECAR
+    # the runtime's own sizes are the launcher's defaults for one GPU a node
+    cpu, memory, shm = node_resources(1)
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": cpu, "memory": memory}
+    assert mounts["/dev/shm"] == SHM_VOLUME and vols[SHM_VOLUME]["emptyDir"]["sizeLimit"] in (shm, "16Gi")
 
 
 def test_the_profile_namespace_is_one_setting(tmp_path):
