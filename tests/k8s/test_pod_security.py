@@ -96,10 +96,9 @@ def test_each_rule_is_checked():
             }
         ],
     }
-    rules = {
-        v.split(":")[0] for v in violations(bad, {"container.apparmor.security.beta.kubernetes.io/c": "unconfined"})
-    }
-    baseline = {v.split(":")[0] for v in violations(bad, level="baseline")}
+    apparmor = {"container.apparmor.security.beta.kubernetes.io/c": "unconfined"}
+    rules = {v.split(":")[0] for v in violations(bad, apparmor)}
+    baseline = {v.split(":")[0] for v in violations(bad, apparmor, level="baseline")}
     assert baseline == rules - {
         "Volume Types",
         "Privilege Escalation",
