@@ -105,8 +105,13 @@ def test_a_root_owned_volume_fails_a_step_at_its_start_and_names_the_preparation
     vol.mkdir(mode=0o755)
     if os.getuid() != 0:
         vol.chmod(0o555)
-    code = "import sys; from dinoflow.launch import shared; shared.is_mounted(sys.argv[1])"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # any step, before its stage runs: run_step checks the volume every step pod mounts
+    code = (
+        "import sys; from dinoflow.launch import shared, steps; shared.SHARED_DIR = sys.argv[1]\n"
+        "steps.run_stage = lambda *a: sys.exit('the stage ran')\n"
+        "steps.run_step('evaluate', '')"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "KFP_POD_NAME": "p", "KFP_POD_UID": "u"}
     try:
         out = subprocess.run(
             [*_as_uid(10001), sys.executable, "-c", code, str(vol)], capture_output=True, text=True, env=env
@@ -114,5 +119,5 @@ def test_a_root_owned_volume_fails_a_step_at_its_start_and_names_the_preparation
     finally:
         vol.chmod(0o755)
         shutil.rmtree(top)
-    assert out.returncode != 0
+    assert out.returncode != 0 and "the stage ran" not in out.stderr
     assert "not writable by uid" in out.stderr and "dinoflow-prepare-shared-volume" in out.stderr, out.stderr
