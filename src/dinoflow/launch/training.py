@@ -38,6 +38,7 @@ from dinoflow.stages import run_stage
 log = logging.getLogger(__name__)
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+PENDING_TIMEOUT_S = 3600.0  # default: an hour without a started node pod is a placement problem, not a queue
 DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for the controller's verdict
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
@@ -61,7 +62,9 @@ class LaunchOptions:
     memory_per_node: str = ""  # likewise; /dev/shm is sized inside it
     shm_per_node: str = ""  # "" = a quarter of memory_per_node
     queue_name: str = ""  # Kueue LocalQueue for the TrainJob; "" = none
-    pending_timeout_s: float = 0.0  # > 0: fail the step (with the scheduler's events) when the job waits longer
+    # no node pod started within this: fail the step with the scheduler's and queue's events (0 = wait
+    # up to timeout_s; raise it where a Kueue queue may hold a job for hours)
+    pending_timeout_s: float = PENDING_TIMEOUT_S
     timeout_s: float = 7 * 24 * 3600.0  # also the TrainJob's activeDeadlineSeconds
     poll_s: float = 15.0
     k8s_host: str | None = None
@@ -88,7 +91,7 @@ class LaunchOptions:
         memory_per_node: str = "",
         shm_per_node: str = "",
         queue_name: str = "",
-        pending_timeout_s: float = 0.0,
+        pending_timeout_s: float = PENDING_TIMEOUT_S,
     ) -> "LaunchOptions":
         """The options from a KFP component's launch inputs (the DAG's pipeline parameters, named as
         the components name them); the run id comes from the pod's label, not an input."""
