@@ -8,6 +8,10 @@ STAMP  := $(VENV)/.installed
 # instead of downloading a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
+# checkov pins its dependencies exactly (boto3, packaging, ...) against constraints.txt: its own venv
+CHECKOV_VENV  ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
 .PHONY: install test test-fast lint-fix demo bench clean
 
 $(STAMP): pyproject.toml
@@ -17,12 +21,17 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -c constraints.txt -e '.[test,torchx]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CHECKOV_STAMP): tests/k8s/checkov-requirements.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r tests/k8s/checkov-requirements.txt
+	touch $(CHECKOV_STAMP)
 
-test: $(STAMP)
+install: $(STAMP) $(CHECKOV_STAMP)
+
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # ruff runs inside `make test` (tests/test_lint.py); this applies its fixes and formatting
@@ -38,4 +47,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) data models checkpoints reports mlruns mlartifacts mlflow.db .dvc/tmp
+	rm -rf $(VENV) $(CHECKOV_VENV) data models checkpoints reports mlruns mlartifacts mlflow.db .dvc/tmp

@@ -14,6 +14,7 @@ outside to a sub-pipeline's inner tasks, so each pipeline builds its tasks throu
 
 from kfp import dsl, kubernetes
 
+from dinoflow.launch.k8s_labels import STEP_LABEL_KEY, STEP_LABEL_VALUE
 from dinoflow.launch.secrets import MLFLOW_KEYS, MLFLOW_SECRET, S3_KEYS, S3_SECRET
 from dinoflow.launch.shared import SHARED_DIR
 from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, PIPELINE_RUN_ID
@@ -39,6 +40,8 @@ def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_ENV)
     kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_ENV)
     kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
+    # the network policies of k8s/ admit only pods with this label to MLflow and MinIO
+    kubernetes.add_pod_label(task, STEP_LABEL_KEY, STEP_LABEL_VALUE)
     return task
 
 

@@ -39,6 +39,11 @@ def _build_text(path: str) -> str:
     return out.stdout
 
 
+def build_text(path: Path) -> str:
+    """`kubectl kustomize <path>` as YAML text."""
+    return _build_text(str(path))
+
+
 def build(path: Path) -> list[dict]:
     """`kubectl kustomize <path>` as a list of objects (a fresh copy each call)."""
     return [d for d in yaml.safe_load_all(_build_text(str(path))) if d]

@@ -27,7 +27,10 @@ PIPELINE_OBJECTS = {
     ("RoleBinding", "dinoflow-trainjobs"),
     ("TrainingRuntime", "dinoflow-torch-distributed"),
     ("PersistentVolumeClaim", "dinoflow-shared"),
+    ("Job", "dinoflow-prepare-shared-volume"),
 }
+# the one workload that runs as root, with CAP_CHOWN only (k8s/base/pipeline/prepare-shared-volume.yaml)
+ROOT_JOB = "dinoflow-prepare-shared-volume"
 CREDENTIAL_WORDS = ("PASSWORD", "SECRET", "ACCESS_KEY", "TOKEN", "USERNAME", "ROOT_USER")
 
 overlay_param = pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -124,9 +127,17 @@ def test_workloads_are_non_root_read_only_and_bounded(overlay):
         "dinoflow-postgres",
         "dinoflow-mlflow",
         "dinoflow-torch-distributed",
+        "dinoflow-minio-users",
+        ROOT_JOB,
     }
     for name, pod in specs:
-        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        if name == ROOT_JOB:  # its exception is exactly uid 0 with CAP_CHOWN
+            (c,) = pod["containers"]
+            assert pod["securityContext"]["runAsUser"] == c["securityContext"]["runAsUser"] == 0
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+        else:
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["securityContext"]["runAsUser"] >= 10000, f"{name}: a uid of its own, above the host's users"
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod.get("automountServiceAccountToken") is False, f"{name}: no workload here calls the API"
         for c in _containers(pod):
@@ -179,23 +190,7 @@ def test_every_service_has_a_network_policy(overlay):
         ]
         assert covering and "Ingress" in covering[0]["spec"]["policyTypes"], f"{svc['metadata']['name']} has no policy"
 
-    def sources(policy):
-        out = set()
-        for rule in policy["spec"].get("ingress", []):
-            for peer in rule["from"]:
-                if "namespaceSelector" in peer:
-                    (expr,) = peer["namespaceSelector"]["matchExpressions"]
-                    out |= {f"ns:{v}" for v in expr["values"]}
-                else:
-                    out.add(f"pods:{peer['podSelector'].get('matchLabels', {}).get('app.kubernetes.io/name', '*')}")
-        return out
-
-    assert sources(policies["dinoflow-mlflow"]) == {f"ns:{namespace}", "pods:*"}
-    assert sources(policies["dinoflow-postgres"]) == {"pods:mlflow"}
-    assert sources(policies["dinoflow-minio"]) == {f"ns:{namespace}", "pods:mlflow"}
-    assert policies["dinoflow-postgres"]["spec"]["egress"] == [] and policies["dinoflow-minio"]["spec"]["egress"] == []
-    mlflow_egress = [peer for rule in policies["dinoflow-mlflow"]["spec"]["egress"] for peer in rule["to"]]
-    assert {"k8s-app": "kube-dns"} in [p["podSelector"].get("matchLabels") for p in mlflow_egress]
+    # who may reach whom, exactly: tests/k8s/test_network_policies.py
 
 
 @overlay_param
@@ -208,6 +203,7 @@ def test_rbac_grants_only_what_the_launcher_uses(overlay):
         ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "delete", "patch"},
         ("", "pods"): {"list"},
         ("", "pods/log"): {"get"},
+        ("", "events"): {"list"},
     }
     # that the launcher uses exactly these: tests/launch/test_training_trainjob.py (every API call it makes)
     assert not any("*" in v for v in granted.values()) and all(not r.startswith("cluster") for _, r in granted)
@@ -268,6 +264,15 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols[mounts[SHARED_DIR]]["persistentVolumeClaim"]["claimName"] == "dinoflow-shared"
     assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory" and "/tmp" in mounts
+    from dinoflow.launch.k8s_labels import NO_SIDECAR, STEP_LABEL
+    from dinoflow.launch.trainjob import SHM_VOLUME, node_resources
+
+    meta = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["metadata"]
+    assert {**STEP_LABEL, **NO_SIDECAR}.items() <= meta["labels"].items() and meta["annotations"] == NO_SIDECAR
+    # the runtime's own sizes are the launcher's defaults for one GPU a node
+    cpu, memory, shm = node_resources(1)
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": cpu, "memory": memory}
+    assert mounts["/dev/shm"] == SHM_VOLUME and vols[SHM_VOLUME]["emptyDir"]["sizeLimit"] in (shm, "16Gi")
 
 
 def test_the_profile_namespace_is_one_setting(tmp_path):

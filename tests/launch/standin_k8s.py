@@ -2,10 +2,12 @@
 
 No Kubernetes API server (nor Kubeflow Trainer / JobSet controllers) can run on this machine, so
 this serves only the endpoints the launcher calls — trainjobs create/get/delete/patch
-(`trainer.kubeflow.org/v1alpha1`), pods list, pods/log get — and plays the controllers the way
+(`trainer.kubeflow.org/v1alpha1`), pods list, pods/log get, events list — and plays the controllers the way
 the real ones behave: a created TrainJob gets one node pod per node, labelled and annotated as
 JobSet / the Indexed Job controller label them; after `polls` GETs the job turns Complete or
-Failed (as the test asks); a deleted job takes its pods with it. The real `kubernetes` client
+Failed (as the test asks), or, for a job in `unschedulable`, stays with its pods Pending and
+records the scheduler's FailedScheduling event about each, as kube-scheduler does when no node
+fits; a deleted job takes its pods with it. The real `kubernetes` client
 talks to it over HTTP. Every request is recorded as (method, path, RBAC verb, resource).
 """
 
@@ -20,6 +22,8 @@ from urllib.parse import parse_qs, urlparse
 
 JOB_RE = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
 PODS_RE = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)(/log)?)?$")
+EVENTS_RE = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
+NO_GPU = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are available."
 
 
 class StandInCluster:
@@ -32,6 +36,8 @@ class StandInCluster:
         self.requests: list[tuple[str, str, str, str]] = []
         self.polls = polls
         self.on_complete = None  # callback(job): what the trainer pods would have done
+        self.unschedulable: set[str] = set()  # jobs whose node pods no node can take
+        self.events: list[dict] = []
         self.host = ""
 
     def create_pods(self, job: dict) -> None:
@@ -54,9 +60,23 @@ class StandInCluster:
             }
             self.logs[pod] = "".join(f"rank{rank} step {s} loss {1.0 / (s + 1):.3f}\n" for s in range(3))
 
+    def schedule_fails(self, job: dict) -> None:
+        """Pods stay Pending; the scheduler records why (and an unrelated pod's event is there too)."""
+        for pod in self.pods.values():
+            if pod["metadata"]["labels"]["jobset.sigs.k8s.io/jobset-name"] == job["metadata"]["name"]:
+                pod["status"] = {"phase": "Pending"}
+                self.events.append(_event("Pod", pod["metadata"]["name"], "FailedScheduling", NO_GPU))
+        self.events.append(_event("Pod", "someone-else-0", "Pulled", "image pulled"))
+        nodes = job["spec"]["trainer"]["numNodes"]
+        job["status"] = {"jobsStatus": [{"name": "node", "active": nodes, "ready": 0, "succeeded": 0, "failed": 0}]}
+
     def advance(self, name: str) -> None:
         job = self.jobs[name]
         self.gets[name] += 1
+        if name in self.unschedulable:
+            if "status" not in job:
+                self.schedule_fails(job)
+            return
         if self.gets[name] >= self.polls and "conditions" not in job.get("status", {}):
             kind = self.outcome.get(name, "Complete")
             if kind == "Complete" and self.on_complete:
@@ -82,6 +102,20 @@ class StandInCluster:
 
     def verbs(self) -> set[tuple[str, str]]:
         return {(resource, verb) for _, _, verb, resource in self.requests}
+
+
+def _event(kind: str, name: str, reason: str, message: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{name}.{uuid.uuid4().hex[:8]}", "namespace": "x"},
+        "involvedObject": {"kind": kind, "name": name},
+        "reason": reason,
+        "message": message,
+        "type": "Warning",
+        "count": 3,
+        "lastTimestamp": "2026-01-01T00:00:00Z",
+    }
 
 
 def _handler(cluster: StandInCluster):
@@ -120,6 +154,9 @@ def _handler(cluster: StandInCluster):
                 resource = "pods/log" if m.group(3) else "pods"
                 cluster.requests.append((method, url.path, "get" if m.group(2) else "list", resource))
                 return resource, m.group(2), parse_qs(url.query)
+            if EVENTS_RE.match(url.path) and method == "GET":
+                cluster.requests.append((method, url.path, "list", "events"))
+                return "events", None, parse_qs(url.query)
             cluster.requests.append((method, url.path, "?", "?"))
             return None, None, {}
 
@@ -162,6 +199,10 @@ def _handler(cluster: StandInCluster):
                     if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())
                 ]
                 return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+            if kind == "events":
+                return self._send(
+                    200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": cluster.events}
+                )
             if kind == "pods/log" and name in cluster.logs:
                 assert query.get("container") == ["node"] and query.get("follow", [""])[0].lower() == "true"
                 return self._send(200, cluster.logs[name].encode(), "text/plain")

@@ -81,3 +81,43 @@ def test_in_process_step_checkpoints_on_the_shared_volume(tmp_path, monkeypatch)
     )
     assert (out / "backbone.pth").exists() and not (out / "ckpt").exists()
     assert list(sh.iterdir()) == []
+
+
+def _as_uid(uid: int) -> list[str]:
+    """Run a command as `uid` (the images' user): setpriv when we are root, else as ourselves."""
+    import os
+
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if os.getuid() == 0 else []
+
+
+def test_a_root_owned_volume_fails_a_step_at_its_start_and_names_the_preparation_job():
+    """A fresh RWX volume: root-owned 0755. The step's user (10001; ourselves when not root, with
+    the directory made read-only) gets a named error that says how to prepare it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="dinoflow-vol-", dir="/tmp"))  # the mount point's parents are traversable
+    top.chmod(0o755)
+    vol = top / "vol"
+    vol.mkdir(mode=0o755)
+    if os.getuid() != 0:
+        vol.chmod(0o555)
+    # any step, before its stage runs: run_step checks the volume every step pod mounts
+    code = (
+        "import sys; from dinoflow.launch import shared, steps; shared.SHARED_DIR = sys.argv[1]\n"
+        "steps.run_stage = lambda *a: sys.exit('the stage ran')\n"
+        "steps.run_step('evaluate', '')"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "KFP_POD_NAME": "p", "KFP_POD_UID": "u"}
+    try:
+        out = subprocess.run(
+            [*_as_uid(10001), sys.executable, "-c", code, str(vol)], capture_output=True, text=True, env=env
+        )
+    finally:
+        vol.chmod(0o755)
+        shutil.rmtree(top)
+    assert out.returncode != 0 and "the stage ran" not in out.stderr
+    assert "not writable by uid" in out.stderr and "dinoflow-prepare-shared-volume" in out.stderr, out.stderr

@@ -174,7 +174,7 @@ def test_training_step_without_shared_volume_says_what_to_mount(tmp_path, monkey
 
 
 def test_every_api_call_is_granted_by_the_role_in_k8s(cluster, step):
-    """The calls the launcher really made (create, get, patch, delete, pods list, pods/log) are
+    """The calls the launcher really made (create, get, patch, delete, pods list, pods/log, events) are
     exactly what k8s/base/pipeline/rbac.yaml grants — no more, no less."""
     cluster.on_complete = _trainer
     cluster.outcome["pretrain-run-7"] = "Failed"
@@ -189,6 +189,13 @@ def test_every_api_call_is_granted_by_the_role_in_k8s(cluster, step):
     req = dict(name="x", namespace="kubeflow", image="i:1", command=["torchrun"])
     client.submit(build_trainjob(TrainJobRequest(**req, owner=owner_reference("a", "1"))))
     client.submit(build_trainjob(TrainJobRequest(**req, owner=owner_reference("b", "2"))))  # patch
+    cluster.unschedulable.add("y")
+    clock = iter(range(0, 10**6, 100))
+    client = TrainJobClient("kubeflow", api_client(cluster.host), sleep=lambda s: None, clock=lambda: next(clock))
+    with pytest.raises(TrainJobFailed, match="FailedScheduling"):  # events list
+        client.run(
+            build_trainjob(TrainJobRequest(**{**req, "name": "y"})), poll=0, follow_logs=False, pending_timeout=1
+        )
     rbac = (Path(__file__).resolve().parents[2] / "k8s" / "base" / "pipeline" / "rbac.yaml").read_text()
     role = next(d for d in yaml.safe_load_all(rbac) if d["kind"] == "Role")
     granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
@@ -220,3 +227,46 @@ def test_sigterm_deletes_the_trainjob_and_fails_the_step(cluster, step, tmp_path
     assert "TrainJobCancelled" in err and "SIGTERM" in err
     assert "pretrain-run-7" not in cluster.jobs and any(r[2] == "delete" for r in cluster.requests)
     assert (step["shared"] / "run-7" / "pretrain" / "params.yaml").exists()  # kept for a retry
+
+
+def test_step_inputs_size_queue_and_bound_the_wait_of_the_trainjob(cluster, step):
+    """The launch options a component passes (LaunchOptions.from_step_inputs) reach the job: node
+    CPU/memory/shm, the Kueue queue; and a job whose pods never start fails the step with the
+    scheduler's events within the pending timeout."""
+    opts = LaunchOptions.from_step_inputs(
+        num_nodes=2,
+        gpus_per_node=4,
+        accelerator_type="nvidia.com/gpu",
+        image="img:1",
+        trainjob_runtime="dinoflow-torch-distributed",
+        trainjob_runtime_kind="TrainingRuntime",
+        tolerations=[GPU_TAINT],
+        node_selector=POOL,
+        shared_dir=str(step["shared"]),
+        cpu_per_node="48",
+        memory_per_node="400Gi",
+        shm_per_node="100Gi",
+        queue_name="team-gpus",
+        pending_timeout_s=1.0,
+    )
+    assert (opts.cpu_per_node, opts.memory_per_node, opts.shm_per_node, opts.queue_name) == (
+        "48",
+        "400Gi",
+        "100Gi",
+        "team-gpus",
+    )
+    cluster.unschedulable.add("pretrain-run-7")
+    fields = ("cpu_per_node", "memory_per_node", "shm_per_node", "queue_name", "pending_timeout_s")
+    with pytest.raises(TrainJobFailed, match="Insufficient nvidia.com/gpu"):
+        _run(cluster, step, **{k: getattr(opts, k) for k in fields})
+    (post,) = [r for r in cluster.requests if r[0] == "POST"]
+    assert "pretrain-run-7" not in cluster.jobs  # withdrawn: it holds no GPUs nor quota
+    assert (step["shared"] / "run-7" / "pretrain" / "params.yaml").exists()  # kept for the retry
+
+
+def test_node_resources_default_in_proportion_to_the_gpus(cluster, step):
+    seen = {}
+    cluster.on_complete = lambda job: (seen.update(job), _trainer(job))
+    _run(cluster, step, gpus_per_node=8)
+    res = seen["spec"]["trainer"]["resourcesPerNode"]["limits"]
+    assert (res["cpu"], res["memory"]) == ("80", "512Gi")

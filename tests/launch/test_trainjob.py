@@ -8,12 +8,14 @@ import pytest
 
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.images import TRAIN_IMAGE
+from dinoflow.launch.k8s_labels import KUEUE_QUEUE_LABEL, STEP_LABEL
 from dinoflow.launch.trainjob import (
     NODE_JOB,
     TrainJobRequest,
     build_trainjob,
     env_from_secret,
     job_name,
+    node_resources,
     owner_reference,
     validate_trainer_object,
 )
@@ -105,7 +107,9 @@ def test_tolerations_and_node_selector_reach_the_node_pod_template():
     assert rjob.name == NODE_JOB and patch.manager
     assert [t.to_dict() for t in pod.tolerations] == [GPU_TAINT]
     assert pod.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
-    assert "runtimePatches" not in build_trainjob(_req())["spec"]  # nothing to patch: no patch
+    (bare,) = build_trainjob(_req())["spec"]["runtimePatches"]  # no placement asked: none patched in
+    bare_pod = bare["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert "tolerations" not in bare_pod["spec"] and "nodeSelector" not in bare_pod["spec"]
 
 
 def test_owner_reference_and_deadline_validate():
@@ -117,3 +121,54 @@ def test_owner_reference_and_deadline_validate():
     assert model.spec.active_deadline_seconds == 3600
     with pytest.raises(DinoflowError, match="deadline"):
         build_trainjob(_req(active_deadline_seconds=0))
+
+
+def _node_pod(job: dict) -> dict:
+    (patch,) = job["spec"]["runtimePatches"]
+    (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert rjob["name"] == NODE_JOB
+    return rjob["template"]["spec"]["template"]
+
+
+def test_node_pods_get_no_istio_sidecar_and_the_step_label():
+    """Whatever runtime the job names (the stock torch-distributed one has neither), its node pods
+    say `sidecar.istio.io/inject: "false"` as a label (recent Istio) and an annotation (older
+    Istio), and carry the label the network policies admit."""
+    for runtime in ("dinoflow-torch-distributed", "torch-distributed"):
+        pod = _node_pod(build_trainjob(_req(runtime=runtime, runtime_kind="ClusterTrainingRuntime")))
+        assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+        assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+        assert STEP_LABEL.items() <= pod["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize(
+    "gpus,cpu,memory,shm",
+    [(0, "10", "64Gi", "16384Mi"), (1, "10", "64Gi", "16384Mi"), (8, "80", "512Gi", "131072Mi")],
+)
+def test_node_resources_grow_with_the_gpus_and_shm_fits_inside_memory(gpus, cpu, memory, shm):
+    job = build_trainjob(_req(gpus_per_node=gpus))
+    res = job["spec"]["trainer"]["resourcesPerNode"]
+    assert res["requests"]["cpu"] == res["limits"]["cpu"] == cpu
+    assert res["requests"]["memory"] == res["limits"]["memory"] == memory
+    pod = _node_pod(job)["spec"]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}]
+    assert pod["containers"] == [{"name": NODE_JOB, "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}]
+
+
+def test_given_node_resources_are_kept_and_bad_ones_named():
+    assert node_resources(8, "96", "1Ti", "200Gi") == ("96", "1Ti", "200Gi")
+    assert node_resources(2, memory="100Gi") == ("20", "100Gi", "25600Mi")
+    with pytest.raises(DinoflowError, match="shm_per_node 40Gi is more than half of memory_per_node 64Gi"):
+        build_trainjob(_req(gpus_per_node=1, shm_per_node="40Gi"))
+    with pytest.raises(DinoflowError, match="memory_per_node '32 GB' is not a Kubernetes quantity"):
+        build_trainjob(_req(memory_per_node="32 GB"))
+    with pytest.raises(DinoflowError, match="cpu_per_node must be positive"):
+        build_trainjob(_req(cpu_per_node="0"))
+
+
+def test_kueue_queue_name_is_a_label_on_the_trainjob():
+    job = build_trainjob(_req(queue_name="team-vision-gpus"))
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-vision-gpus"
+    assert KUEUE_QUEUE_LABEL not in build_trainjob(_req())["metadata"]["labels"]
+    with pytest.raises(DinoflowError, match="queue name"):
+        build_trainjob(_req(queue_name="no spaces/allowed"))

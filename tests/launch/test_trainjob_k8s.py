@@ -10,7 +10,7 @@ import io
 import pytest
 import standin_k8s
 
-from dinoflow.launch.k8s import TrainJobClient, TrainJobFailed, api_client, job_state
+from dinoflow.launch.k8s import TrainJobClient, TrainJobFailed, TrainJobPending, api_client, job_state, started
 from dinoflow.launch.k8s_logs import LogFollower
 from dinoflow.launch.trainjob import TrainJobRequest, build_trainjob, owner_reference
 
@@ -138,3 +138,34 @@ def test_log_streaming_problems_never_fail_the_step(cluster):
     with LogFollower(api_client("http://127.0.0.1:9"), "dinoflow", "nothing-here", out=out, poll_s=0.01) as f:
         pass  # nothing listens on port 9: the follower warns once and gives up quietly
     assert f.lines == 0 and out.getvalue() == ""
+
+
+def test_a_job_that_never_starts_fails_the_step_with_the_schedulers_events(cluster):
+    """No node can take the node pods (the stand-in's scheduler says Insufficient nvidia.com/gpu):
+    past the pending timeout the step fails with those events (not another job's) and deletes the job."""
+    cluster.unschedulable.add("dinoflow-r1-pretrain")
+    clock = iter(range(0, 10**6, 100))
+    c = TrainJobClient("dinoflow", api_client(cluster.host), sleep=lambda s: None, clock=lambda: next(clock))
+    with pytest.raises(TrainJobPending, match=r"within 250 s") as err:
+        c.run(_job(), poll=0.0, follow_logs=False, pending_timeout=250)
+    text = str(err.value)
+    assert text.count("FailedScheduling") == 2 and "Insufficient nvidia.com/gpu" in text and "(x3)" in text
+    assert "someone-else" not in text
+    assert "dinoflow-r1-pretrain" not in cluster.jobs  # the queued job is withdrawn: it holds no quota
+    assert ("events", "list") in cluster.verbs()
+
+
+def test_a_started_job_is_never_failed_by_the_pending_timeout(cluster):
+    cluster.polls = 30
+    clock = iter(range(0, 10**6, 100))
+    c = TrainJobClient("dinoflow", api_client(cluster.host), sleep=lambda s: None, clock=lambda: next(clock))
+    assert c.run(_job(), poll=0.0, follow_logs=False, pending_timeout=250).phase == "Complete"
+    assert not any(r == "events" for *_, r in cluster.requests)
+
+
+def test_started_counts_running_pods_not_pending_ones():
+    pending = {"status": {"jobsStatus": [{"name": "node", "active": 2, "ready": 0, "succeeded": 0, "failed": 0}]}}
+    assert job_state(pending).phase == "Running" and not started(pending)  # Job counts Pending pods as active
+    assert started({"status": {"jobsStatus": [{"name": "node", "active": 2, "ready": 1}]}})
+    assert not started({"status": {"conditions": [{"type": "Suspended", "status": "True"}]}})  # Kueue: not admitted
+    assert started({"status": {"conditions": [{"type": "Failed", "status": "True"}]}})

@@ -2,11 +2,13 @@
 
 Talks to the Kubernetes API through `kubernetes.client.CustomObjectsApi` (the pipeline pod's
 ServiceAccount in a cluster; `k8s/base/pipeline/rbac.yaml` grants exactly the calls made here
-and in k8s_logs: trainjobs create/get/delete/patch, pods list, pods/log get).
+and in k8s_logs: trainjobs create/get/delete/patch, pods list, pods/log get, events list).
 Status comes from the TrainJob's conditions: `Complete=True` succeeds, `Failed=True` fails
 (`DeadlineExceeded` when its activeDeadlineSeconds ran out). While it waits, `run` streams the
 rank-0 log into the step's log, and a SIGTERM (the run was cancelled, the step pod is stopping)
-deletes the job before the step exits non-zero.
+deletes the job before the step exits non-zero. A job whose node pods have not started within
+`pending_timeout` (no GPUs free, a Kueue queue that does not admit it, an unschedulable node
+selector) fails the step with the scheduler's and the queue's events about it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,20 @@ class JobState:
     @property
     def finished(self) -> bool:
         return self.phase in ("Complete", "Failed")
+
+
+class TrainJobPending(TrainJobFailed):
+    """The TrainJob's node pods did not start within the pending timeout; the message carries
+    the events the scheduler and the queue recorded about it."""
+
+
+def started(obj: dict[str, Any]) -> bool:
+    """True once a node pod of the job has run (ready, succeeded or failed) or the job ended.
+    `active` is not enough: a Job counts its Pending (unschedulable) pods as active."""
+    if job_state(obj).finished:
+        return True
+    jobs = (obj.get("status") or {}).get("jobsStatus") or []
+    return any((j.get("ready") or 0) + (j.get("succeeded") or 0) + (j.get("failed") or 0) > 0 for j in jobs)
 
 
 def job_state(obj: dict[str, Any]) -> JobState:
@@ -178,6 +194,24 @@ class TrainJobClient:
                 raise DinoflowError(f"TrainJob {name} was not deleted within {timeout:.0f} s")
             self._sleep(poll)
 
+    def events(self, name: str, limit: int = 20) -> list[str]:
+        """The namespace's events about the job and what it created (JobSet, Jobs, pods, Kueue's
+        Workload), oldest first, as `Kind/name reason: message`."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            items = client.CoreV1Api(self.api.api_client).list_namespaced_event(self.namespace).items
+        except ApiException as e:
+            return [f"(events not readable: {e.status} {e.reason}; k8s/base/pipeline/rbac.yaml grants `events: list`)"]
+        mine = [e for e in items if e.involved_object is not None and name in (e.involved_object.name or "")]
+        mine.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp or ""))
+        return [
+            f"{e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}"
+            + (f" (x{e.count})" if (e.count or 0) > 1 else "")
+            for e in mine[-limit:]
+        ]
+
     def wait(
         self,
         name: str,
@@ -185,10 +219,14 @@ class TrainJobClient:
         timeout: float = 7 * 24 * 3600.0,
         poll: float = 10.0,
         on_change: Callable[[JobState], None] | None = None,
+        pending_timeout: float | None = None,
     ) -> JobState:
-        """Poll until the job completes; raise TrainJobFailed if it fails, disappears or times out."""
-        end = self._clock() + timeout
+        """Poll until the job completes; raise TrainJobFailed if it fails, disappears or times out,
+        TrainJobPending if no node pod has started within `pending_timeout` seconds (None: no limit)."""
+        begin = self._clock()
+        end = begin + timeout
         last: JobState | None = None
+        running = False
         while True:
             obj = self.get(name)
             if obj is None:
@@ -210,6 +248,13 @@ class TrainJobClient:
                 raise TrainJobFailed(
                     f"TrainJob {self.namespace}/{name} did not finish within {timeout:.0f} s (last: {state.phase})"
                 )
+            running = running or started(obj)
+            if not running and pending_timeout is not None and self._clock() - begin > pending_timeout:
+                events = self.events(name) or ["(no events recorded)"]
+                raise TrainJobPending(
+                    f"TrainJob {self.namespace}/{name} has not started a node pod within {pending_timeout:.0f} s "
+                    f"({state.phase}); what the scheduler and queue say:\n  " + "\n  ".join(events)
+                )
             self._sleep(poll)
 
     def run(
@@ -220,6 +265,7 @@ class TrainJobClient:
         poll: float = 10.0,
         delete_on_failure: bool = True,
         follow_logs: bool = True,
+        pending_timeout: float | None = None,
     ) -> JobState:
         """submit + wait, streaming the rank-0 log. The job is deleted (its GPUs freed) when it
         fails or times out (unless `delete_on_failure` is off) and always on SIGTERM."""
@@ -240,7 +286,7 @@ class TrainJobClient:
                     LogFollower(self.api.api_client, self.namespace, name) if follow_logs else contextlib.nullcontext()
                 )
                 with follower:
-                    return self.wait(name, timeout=timeout, poll=poll)
+                    return self.wait(name, timeout=timeout, poll=poll, pending_timeout=pending_timeout)
         except TrainJobCancelled:
             log.warning("deleting TrainJob %s/%s: the step was told to stop", self.namespace, name)
             if threading.current_thread() is threading.main_thread():

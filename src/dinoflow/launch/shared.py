@@ -47,8 +47,11 @@ def is_mounted(shared_dir: str | Path) -> bool:
         return False
     if not os.access(path, os.W_OK | os.X_OK):
         raise DinoflowError(
-            f"the shared volume {path} is mounted but not writable by uid {os.getuid()}; give the PVC "
-            "`dinoflow-shared` a storage class / fsGroup that lets the step's user write"
+            f"the shared volume {path} is mounted but not writable by uid {os.getuid()} (a fresh volume is "
+            "often root-owned 0755, and KFP sets no fsGroup): run the one-time preparation Job once, "
+            "`kubectl -n <pipeline namespace> apply -f` the dinoflow-prepare-shared-volume Job of k8s/ "
+            "(k8s/base/pipeline/prepare-shared-volume.yaml, applied with the overlay), or chown the volume's "
+            f"root directory to {os.getuid()} on the storage server"
         )
     return True
 

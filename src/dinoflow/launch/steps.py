@@ -46,9 +46,13 @@ def step_config(params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping
 
 def check_pod_paths(stage: str, cfg: Config) -> None:
     """Inside a Kubeflow step pod, a relative input path points into the image's read-only working
-    directory (/app), where no data is: refuse it before any work, naming the key's value."""
+    directory (/app), where no data is: refuse it before any work, naming the key's value. The
+    shared volume every step mounts must be writable too (shared.is_mounted names the fix)."""
     if pipeline_env.kfp_pod() is None:
         return
+    from dinoflow.launch import shared
+
+    shared.is_mounted(shared.SHARED_DIR)
     relative = [i.path for i in stage_inputs(stage, cfg) if "://" not in i.path and not Path(i.path).is_absolute()]
     if relative:
         raise DinoflowError(

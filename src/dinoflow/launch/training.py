@@ -38,6 +38,7 @@ from dinoflow.stages import run_stage
 log = logging.getLogger(__name__)
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+PENDING_TIMEOUT_S = 3600.0  # default: an hour without a started node pod is a placement problem, not a queue
 DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for the controller's verdict
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
@@ -57,8 +58,13 @@ class LaunchOptions:
     runtime_kind: str = DEFAULT_RUNTIME_KIND
     shared_dir: str = shared.SHARED_DIR
     run_id: str | None = field(default_factory=pipeline_run_id)
-    cpu_per_node: str = "8"
-    memory_per_node: str = "32Gi"
+    cpu_per_node: str = ""  # TrainJob node pods; "" = in proportion to gpus_per_node (trainjob.node_resources)
+    memory_per_node: str = ""  # likewise; /dev/shm is sized inside it
+    shm_per_node: str = ""  # "" = a quarter of memory_per_node
+    queue_name: str = ""  # Kueue LocalQueue for the TrainJob; "" = none
+    # no node pod started within this: fail the step with the scheduler's and queue's events (0 = wait
+    # up to timeout_s; raise it where a Kueue queue may hold a job for hours)
+    pending_timeout_s: float = PENDING_TIMEOUT_S
     timeout_s: float = 7 * 24 * 3600.0  # also the TrainJob's activeDeadlineSeconds
     poll_s: float = 15.0
     k8s_host: str | None = None
@@ -81,6 +87,11 @@ class LaunchOptions:
         tolerations: Sequence[Mapping[str, Any]],
         node_selector: Mapping[str, str],
         shared_dir: str = shared.SHARED_DIR,
+        cpu_per_node: str = "",
+        memory_per_node: str = "",
+        shm_per_node: str = "",
+        queue_name: str = "",
+        pending_timeout_s: float = PENDING_TIMEOUT_S,
     ) -> "LaunchOptions":
         """The options from a KFP component's launch inputs (the DAG's pipeline parameters, named as
         the components name them); the run id comes from the pod's label, not an input."""
@@ -94,6 +105,11 @@ class LaunchOptions:
             shared_dir=shared_dir,
             tolerations=tolerations,
             node_selector=node_selector,
+            cpu_per_node=cpu_per_node,
+            memory_per_node=memory_per_node,
+            shm_per_node=shm_per_node,
+            queue_name=queue_name,
+            pending_timeout_s=pending_timeout_s,
         )
 
     def mode(self) -> str:
@@ -228,6 +244,8 @@ def _run_trainjob(
             gpus_per_node=opts.gpus_per_node,
             cpu_per_node=opts.cpu_per_node,
             memory_per_node=opts.memory_per_node,
+            shm_per_node=opts.shm_per_node,
+            queue_name=opts.queue_name,
             runtime=opts.runtime,
             runtime_kind=opts.runtime_kind,
             env=env,
@@ -241,7 +259,13 @@ def _run_trainjob(
     )
     name = job["metadata"]["name"]
     client = TrainJobClient(job["metadata"]["namespace"], api_client(opts.k8s_host))
-    state = client.run(job, timeout=opts.timeout_s + DEADLINE_GRACE_S, poll=opts.poll_s, follow_logs=opts.stream_logs)
+    state = client.run(
+        job,
+        timeout=opts.timeout_s + DEADLINE_GRACE_S,
+        poll=opts.poll_s,
+        follow_logs=opts.stream_logs,
+        pending_timeout=opts.pending_timeout_s or None,
+    )
     for key, path in outputs.items():
         _copy(Path(wiring[key]), Path(path))
     shared.clean(root)

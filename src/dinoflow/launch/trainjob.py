@@ -5,9 +5,12 @@ how many nodes and processes per node run the trainer command. The runtime's tor
 sets `PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR`, `PET_MASTER_PORT`,
 which torchrun reads as its defaults, so the command is just `torchrun -m dinoflow <stage> ...`.
 
-Per-job pod settings (GPU tolerations, node selector) go through the TrainJob's `runtimePatches`
-(Trainer >= 2.2): one patch, owned by `PATCH_MANAGER`, on the runtime's `node` job's pod
-template. The job can carry an owner reference to the pipeline step pod that created it, so the
+Per-job pod settings (GPU tolerations, node selector, the /dev/shm size, the pod labels the
+network policies and Istio read) go through the TrainJob's `runtimePatches` (Trainer >= 2.2): one
+patch, owned by `PATCH_MANAGER`, on the runtime's `node` job's pod template, so they hold for the
+stock `torch-distributed` runtime too. CPU and memory per node default in proportion to the GPUs
+per node; the memory-backed /dev/shm counts against the node's memory limit, so it is sized inside
+it. The job can carry an owner reference to the pipeline step pod that created it, so the
 garbage collector deletes it once that pod is gone (a cancelled run), and an active deadline.
 """
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from dinoflow.errors import DinoflowError
+from dinoflow.launch.k8s_labels import KUEUE_QUEUE_LABEL, NO_SIDECAR, STEP_LABEL
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
@@ -28,7 +32,14 @@ DEFAULT_RUNTIME = "dinoflow-torch-distributed"  # k8s/base/pipeline/training-run
 DEFAULT_RUNTIME_KIND = "TrainingRuntime"  # namespaced: it lives with the TrainJobs, in the pipeline namespace
 NODE_JOB = "node"  # the runtime's replicated job (and container) that runs the trainer
 PATCH_MANAGER = "dinoflow.launch"  # owner of our entry in spec.runtimePatches
+SHM_VOLUME = "dshm"  # the runtime's memory-backed /dev/shm volume (k8s/base/pipeline/training-runtime.yaml)
+# Per GPU on a node: 8 loader workers and the rank's own process want a core each, plus headroom;
+# memory for decoded batches in flight and the rank's host copies. A CPU-only node gets one GPU's worth.
+CPU_PER_GPU = 10
+MEMORY_PER_GPU_GI = 64
+SHM_FRACTION = 4  # /dev/shm defaults to a quarter of the node's memory (it is part of the limit)
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 @dataclass
@@ -41,8 +52,10 @@ class TrainJobRequest:
     command: list[str]
     num_nodes: int = 2
     gpus_per_node: int = 1
-    cpu_per_node: str = "8"
-    memory_per_node: str = "32Gi"
+    cpu_per_node: str = ""  # "" = CPU_PER_GPU per GPU (node_resources)
+    memory_per_node: str = ""  # "" = MEMORY_PER_GPU_GI per GPU
+    shm_per_node: str = ""  # "" = a SHM_FRACTION of memory_per_node
+    queue_name: str = ""  # a Kueue LocalQueue; "" = not queued through Kueue
     runtime: str = DEFAULT_RUNTIME
     runtime_kind: str = DEFAULT_RUNTIME_KIND
     env: list[dict[str, Any]] = field(default_factory=list)
@@ -81,14 +94,52 @@ def owner_reference(pod_name: str, pod_uid: str) -> dict[str, Any]:
     }
 
 
-def node_pod_patch(tolerations: Sequence[Mapping[str, Any]], node_selector: Mapping[str, str]) -> dict[str, Any]:
-    """The `runtimePatches` entry that puts tolerations / a node selector on every node pod."""
+def _quantity(value: str, what: str) -> Any:
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        q = parse_quantity(value)
+    except ValueError:
+        raise DinoflowError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 80, 500m, 640Gi)") from None
+    if q <= 0:
+        raise DinoflowError(f"{what} must be positive, got {value!r}")
+    return q
+
+
+def node_resources(gpus_per_node: int, cpu: str = "", memory: str = "", shm: str = "") -> tuple[str, str, str]:
+    """(cpu, memory, shm) of one node pod: each given value kept, each empty one in proportion to
+    the GPUs per node. /dev/shm is memory-backed and counts against the memory limit: it must
+    leave the processes room, so it may take at most half of it."""
+    units = max(int(gpus_per_node), 1)
+    cpu = str(cpu) if cpu else str(CPU_PER_GPU * units)
+    memory = str(memory) if memory else f"{MEMORY_PER_GPU_GI * units}Gi"
+    _quantity(cpu, "cpu_per_node")
+    mem_q = _quantity(memory, "memory_per_node")
+    if not shm:
+        shm = f"{max(int(mem_q / SHM_FRACTION) // 2**20, 64)}Mi"
+    if _quantity(shm, "shm_per_node") * 2 > mem_q:
+        raise DinoflowError(
+            f"shm_per_node {shm} is more than half of memory_per_node {memory}: /dev/shm is memory-backed "
+            "and counts against the node's memory limit; raise memory_per_node or lower shm_per_node"
+        )
+    return cpu, memory, shm
+
+
+def node_pod_patch(
+    tolerations: Sequence[Mapping[str, Any]], node_selector: Mapping[str, str], shm_size: str = ""
+) -> dict[str, Any]:
+    """The `runtimePatches` entry for every node pod: the step label the network policies admit,
+    no Istio sidecar (label and annotation), tolerations / a node selector, and /dev/shm sized."""
     pod: dict[str, Any] = {}
     if tolerations:
         pod["tolerations"] = [dict(t) for t in tolerations]
     if node_selector:
         pod["nodeSelector"] = {str(k): str(v) for k, v in node_selector.items()}
-    job = {"name": NODE_JOB, "template": {"spec": {"template": {"spec": pod}}}}
+    if shm_size:
+        pod["volumes"] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}}]
+        pod["containers"] = [{"name": NODE_JOB, "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]}]
+    meta = {"labels": {**STEP_LABEL, **NO_SIDECAR}, "annotations": dict(NO_SIDECAR)}
+    job = {"name": NODE_JOB, "template": {"spec": {"template": {"metadata": meta, "spec": pod}}}}
     return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
 
 
@@ -111,7 +162,10 @@ def build_trainjob(req: TrainJobRequest) -> dict[str, Any]:
         raise DinoflowError(f"gpus_per_node must be >= 0, got {req.gpus_per_node}")
     if not req.command:
         raise DinoflowError("the TrainJob needs a trainer command")
-    resources: dict[str, str] = {"cpu": str(req.cpu_per_node), "memory": str(req.memory_per_node)}
+    if req.queue_name and (not _LABEL_VALUE_RE.match(req.queue_name) or len(req.queue_name) > 63):
+        raise DinoflowError(f"Kueue queue name {req.queue_name!r} is not a valid label value (the LocalQueue's name)")
+    cpu, memory, shm = node_resources(req.gpus_per_node, req.cpu_per_node, req.memory_per_node, req.shm_per_node)
+    resources: dict[str, str] = {"cpu": cpu, "memory": memory}
     if req.gpus_per_node:
         resources[req.gpu_resource] = str(req.gpus_per_node)
     trainer: dict[str, Any] = {
@@ -132,13 +186,11 @@ def build_trainjob(req: TrainJobRequest) -> dict[str, Any]:
         if req.active_deadline_seconds < 1:
             raise DinoflowError(f"the TrainJob deadline must be >= 1 s, got {req.active_deadline_seconds}")
         spec["activeDeadlineSeconds"] = int(req.active_deadline_seconds)
-    if req.tolerations or req.node_selector:
-        spec["runtimePatches"] = [node_pod_patch(req.tolerations, req.node_selector)]
-    metadata: dict[str, Any] = {
-        "name": req.name,
-        "namespace": req.namespace,
-        "labels": {"app.kubernetes.io/part-of": "dinoflow", **req.labels},
-    }
+    spec["runtimePatches"] = [node_pod_patch(req.tolerations, req.node_selector, shm)]
+    labels = {"app.kubernetes.io/part-of": "dinoflow", **req.labels}
+    if req.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = req.queue_name
+    metadata: dict[str, Any] = {"name": req.name, "namespace": req.namespace, "labels": labels}
     if req.owner:
         metadata["ownerReferences"] = [dict(req.owner)]
     obj = {"apiVersion": API_VERSION, "kind": "TrainJob", "metadata": metadata, "spec": spec}
