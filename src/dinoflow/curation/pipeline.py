@@ -62,6 +62,21 @@ def check_inputs(c: CurateConfig) -> None:
         raise DinoflowError(
             f"curate.retrieval is {c.retrieval!r} but curate.seeds is empty: give seed images or set retrieval: none"
         )
+    check_outputs(c)
+
+
+def check_outputs(c: CurateConfig) -> None:
+    """Every output folder can be created and written, before any work (named by its key)."""
+    from dinoflow.storage_errors import StorageError, output_dir_problem
+
+    outputs = [("curate.out_dir", c.out_dir), ("curate.report_dir", c.report_dir)]
+    outputs += [("curate.work_dir", c.work_dir)] if c.work_dir else []
+    for key, path in outputs:
+        if "://" in path:
+            continue
+        why = output_dir_problem(path)
+        if why:
+            raise StorageError(f"{key} = {path!r} cannot be written: {why}; point it at a folder on a writable disk")
 
 
 def make_plans(c: CurateConfig, settings: str) -> dict[str, Plan]:

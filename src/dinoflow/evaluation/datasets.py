@@ -131,6 +131,8 @@ def load_shards(source: str, classes: list[str] | None = None) -> tuple[Labelled
         for s in iter_shard(url):
             if "label" not in (s.meta or {}):
                 raise DinoflowError(f"{url}: sample {s.key!r} has no `label` in its json; evaluation needs labels")
+            if s.error:  # a member the reader refused unread (sparse, a link, over the byte limit)
+                raise DinoflowError(f"{url}: sample {s.key!r} cannot be read ({s.error})")
             try:
                 img = decode_image(s.data)
             except CorruptImage as e:
