@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hostile.peak import run_measured
+from hostile.tars import GIB, padded_png, repeated_names_tar, sparse_bomb_tar
 
 from dinoflow.curation import pipeline as cp
 from dinoflow.curation.manifest import INCOMPLETE, verify_curated
@@ -17,8 +19,6 @@ from dinoflow.data.decode import decode_image, resize_max_side
 from dinoflow.data.shards import iter_shard, list_shards
 from dinoflow.errors import DinoflowError
 from dinoflow.storage_errors import StorageError
-from tests.hostile.peak import run_measured
-from tests.hostile.tars import GIB, padded_png, repeated_names_tar, sparse_bomb_tar
 
 from .conftest import shape_image, tiny_cfg
 

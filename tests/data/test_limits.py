@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from hostile.corpus import good_png
+from hostile.peak import run_measured
+from hostile.tars import GIB, padded_png
+
 from dinoflow.data import s3
 from dinoflow.data.sources import iter_source
-from tests.hostile.corpus import good_png
-from tests.hostile.peak import run_measured
-from tests.hostile.tars import GIB, padded_png
 
 # A fresh interpreter listing and reading a folder peaks near 40 MiB; before the limit, reading
 # the 1 GiB "PNG" held 1 GiB (and decoding it 2.4 GB).

@@ -7,10 +7,11 @@ import io
 import tarfile
 from pathlib import Path
 
+from hostile.corpus import good_png
+from hostile.peak import run_measured
+from hostile.tars import GIB, pax_header_bomb_tar, repeated_names_tar, sparse_bomb_tar, symlink_member_tar
+
 from dinoflow.data.shards import ShardStats, iter_shard
-from tests.hostile.corpus import good_png
-from tests.hostile.peak import run_measured
-from tests.hostile.tars import GIB, pax_header_bomb_tar, repeated_names_tar, sparse_bomb_tar, symlink_member_tar
 
 # Peak RSS of a fresh interpreter reading a ~10 KB hostile tar. The reader before the guards held
 # 3.4 GB on the sparse member; the interpreter with the reader imported peaks near 40 MiB.

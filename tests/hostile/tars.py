@@ -107,3 +107,13 @@ def padded_png(path: Path, good: bytes, size: int = GIB) -> None:
     with open(path, "wb") as f:
         f.write(good)
         f.truncate(size)
+
+
+def tar_cases(pngs: list[bytes]) -> dict[str, tuple[bytes, int]]:
+    """Every hostile tar of this module built from real PNGs: {file name: (bytes, good samples in it)}."""
+    return {
+        "sparse_member.tar": (sparse_bomb_tar(pngs[0]), 2),
+        "pax_header_3gib.tar": (pax_header_bomb_tar(pngs[1]), 1),
+        "repeated_names.tar": (repeated_names_tar(pngs[2:7]), 3),
+        "symlink_member.tar": (symlink_member_tar(pngs[7]), 1),
+    }

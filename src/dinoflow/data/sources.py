@@ -295,7 +295,7 @@ def iter_entry(
     if why:
         stats.skip(entry.rel, f"shard cannot be read: {why}")
         return
-    before = stats.shards.unreadable_shards
+    before, tail_before = stats.shards.unreadable_shards, stats.shards.unreadable_tail
 
     def skip(name: str, why: str) -> None:
         stats.skip(f"{entry.rel}/{printable(name)}", why)
@@ -308,6 +308,12 @@ def iter_entry(
         )
     if stats.shards.unreadable_shards > before:
         stats.skip(entry.rel, "not a readable tar shard")
+    elif stats.shards.unreadable_tail > tail_before:
+        stats.skip(
+            entry.rel,
+            "reading stopped at a corrupt or oversized tar header (an extended header over 1 MiB): "
+            "the members after it were not read",
+        )
 
 
 def iter_source(source: str | Path, stats: SourceStats | None = None) -> Iterator[RawItem]:
