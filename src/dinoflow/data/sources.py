@@ -32,6 +32,7 @@ import errno
 import hashlib
 import os
 import stat
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -235,7 +236,8 @@ def read_entry_bytes(entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> tuple[byt
         return read_local(entry.ref, max_bytes)
     body = s3.open_stream(entry.ref)
     try:
-        data = body.read(max_bytes + 1)
+        with s3.s3_errors(s3.parse_s3_url(entry.ref).bucket, f"reading {entry.ref}"):
+            data = body.read(max_bytes + 1)
     finally:
         body.close()
     why = too_large("the object", len(data), max_bytes)
@@ -267,10 +269,16 @@ def entry_fingerprint(entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> str:
     if why:
         return f"error:{why}"
     h = hashlib.sha256()
-    raw = s3.open_stream(entry.ref) if s3.is_s3_url(entry.ref) else open(entry.ref, "rb")
+    remote = s3.is_s3_url(entry.ref)
     try:
-        while chunk := raw.read(READ_CHUNK):
-            h.update(chunk)
+        raw = s3.open_stream(entry.ref) if remote else open(entry.ref, "rb")
+    except OSError as e:  # gone since it was listed
+        return f"error:{e.strerror or e}"
+    guard = s3.s3_errors(s3.parse_s3_url(entry.ref).bucket, f"reading {entry.ref}") if remote else nullcontext()
+    try:
+        with guard:
+            while chunk := raw.read(READ_CHUNK):
+                h.update(chunk)
     except OSError as e:
         return f"error:{e.strerror or e}"
     finally:
