@@ -120,6 +120,7 @@ def test_a_pool_with_no_image_file_at_all_is_a_named_error(tmp_path):
     with pytest.raises(DinoflowError, match="hold no image file .* listed in .*skipped.jsonl"):
         cp.curate(tiny_cfg(pool, tmp_path / "a"))
     assert _skipped(tmp_path / "a") == {"notes.txt": "not an image or .tar"}
+    assert not (tmp_path / "a/curated/manifest.parquet").exists()  # no input, no rows
 
 
 @pytest.mark.parametrize(

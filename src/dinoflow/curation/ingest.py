@@ -77,6 +77,8 @@ def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list],
     images, rows, prints = [], [], []
     stats = SourceStats()
     for entry in part.entries:
+        if entry.kind != "image":  # before reading: a change while it is read shows on the next run
+            prints.append(entry_fingerprint(entry, c.max_file_bytes))
         for item in iter_entry(entry, part.source, stats, max_bytes=c.max_file_bytes):
             if entry.kind == "image":  # the bytes just read: no second read of the file
                 prints.append(f"error:{item.error}" if item.error else hashlib.sha256(item.data).hexdigest())
@@ -103,8 +105,6 @@ def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list],
             if status == PARTITION_OK:
                 images.append(img)
                 rows.append(len(cols["uid"]) - 1)
-        if entry.kind != "image":
-            prints.append(entry_fingerprint(entry, c.max_file_bytes))
     return cols, images, rows, Notes(list(stats.skipped_files), prints)
 
 

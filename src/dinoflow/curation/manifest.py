@@ -182,11 +182,11 @@ def _record_problem(record: Any) -> str | None:
     names = [sh["name"] for sh in shards]
     if len(set(names)) != len(names):
         return "a shard is listed twice"
-    for key in ("manifest", "skipped"):
-        if key in record or key == "manifest":
-            why = _file_problem(key, record.get(key))
-            if why:
-                return why
+    why = _file_problem("manifest", record.get("manifest"))
+    if why is None and "skipped" in record:  # records of older runs have no skipped list
+        why = _file_problem("skipped", record["skipped"])
+    if why:
+        return why
     if not isinstance(record.get("counts"), dict):
         return "counts is missing or not an object"
     return None

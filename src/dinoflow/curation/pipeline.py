@@ -234,7 +234,8 @@ def nothing_usable(run: Run, rows: Rows, pool: Plan) -> NoReturn:
     run.comm.barrier()
     if run.comm.is_main:
         start_writing(run.out)
-        merge_parts(run.out, run.work, len(pool.partitions))
+        if pool.partitions:  # no input at all: no manifest rows to write
+            merge_parts(run.out, run.work, len(pool.partitions))
         write_skipped(run.out, pool.skipped, run.work, pool.partitions)
     run.comm.barrier()
     left = {f["step"]: f["remaining"] for f in run.funnel}
