@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from dinoflow.config_base import Section, Seed, explain
-from dinoflow.config_data import CurateConfig, DemoConfig
+from dinoflow.config_data import MAX_FILE_BYTES, CurateConfig, DemoConfig
 from dinoflow.config_release import EvalDataset, EvaluateConfig, OnnxExportConfig, RegisterConfig, TrackingConfig
 from dinoflow.config_train import (
     ARCHS,
@@ -43,6 +43,7 @@ from dinoflow.params_yaml import check_tree, parse_override, read_params_file, s
 from dinoflow.url_secrets import redact_tree
 
 __all__ = [
+    "MAX_FILE_BYTES",
     "ARCHS",
     "Arch",
     "Config",

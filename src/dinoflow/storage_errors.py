@@ -7,12 +7,16 @@ zip writer: `unexpected pos 704 vs 598`; pyarrow, sqlite and DCP have their own 
   exception's cause/context chain, or in a distributed-checkpoint failure map) → `StorageError`
   naming the path and what to do;
 - `full_disk_error(exc, paths)`: any other exception raised while writing under `paths` when
-  one of them now has less than `FULL_BYTES` free → `StorageError` "no space left on <path>".
+  one of them now has less than `FULL_BYTES` free → `StorageError` "no space left on <path>"
+  (never for a virtual file system such as /proc, which holds no files and always shows 0 free);
+- `output_dir_problem(path)`: why a folder cannot be written before a stage starts (a file in
+  its path, a virtual file system, no permission), so a stage can refuse it up front.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -38,6 +42,10 @@ STORAGE_ERRNOS = {
     errno.EPERM: (
         "operation not permitted on {path}",
         "fix its permissions (or its folder's), or use another location",
+    ),
+    errno.ENOTDIR: (
+        "a part of {path} is a file, not a folder",
+        "point the stage's output at a path whose parents are folders",
     ),
 }
 
@@ -85,6 +93,30 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
+def holds_files(path: Path) -> bool:
+    """False for a virtual file system (/proc, /sys: 0 bytes in all), where no output can be written."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).total > 0
+
+
+def output_dir_problem(path: str | Path) -> str | None:
+    """Why a stage could not create and write files in the folder `path`, or None; nothing is created."""
+    p = Path(os.path.abspath(path))
+    existing = next(a for a in (p, *p.parents) if os.path.exists(a))  # False on any error, not a raise
+    if not existing.is_dir():
+        return f"{existing} is not a folder" if existing == p else f"{existing} in its path is not a folder"
+    try:
+        if not holds_files(existing):
+            return f"{existing} is on a virtual file system (like /proc or /sys) that holds no files"
+    except OSError as e:
+        return f"{existing} cannot be inspected ({e.strerror or e})"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
+
+
 def storage_error(exc: BaseException, path: str | Path | None = None) -> StorageError | None:
     """A StorageError for `exc` when a storage errno is in its chain (None otherwise)."""
     os_err = find_os_error(exc)
@@ -105,6 +137,8 @@ def full_disk_error(
     for path in paths:
         try:
             free = free_bytes(Path(path))
+            if not holds_files(Path(path)):
+                continue  # /proc and friends show 0 free: not a full disk
         except OSError:
             continue
         if free < FULL_BYTES:

@@ -180,6 +180,8 @@ def test_malformed_members_are_skipped_and_counted(tmp_path):
     assert stats.as_dict() == {
         "samples": 2 + 1,
         "skipped_members": 2,
+        "refused_members": 0,
+        "repeated_members": 0,
         "bad_meta": 2,
         "missing_data": 1,
         "extra_images": 1,
@@ -197,8 +199,9 @@ def test_truncated_shard_yields_complete_samples_then_counts(tmp_path):
     cut.write_bytes(full[: int(len(full) * 0.6)])
     stats = ShardStats()
     keys = [s.key for s in iter_shard(cut, stats)]
-    assert keys == ["000", "001"]
-    assert stats.truncated == 1 and stats.samples == 2
+    # the cut falls inside 003.png: 002 is whole (003's header ends it) and is yielded before 003 is read
+    assert keys == ["000", "001", "002"]
+    assert stats.truncated == 1 and stats.samples == 3
 
 
 def test_corrupt_header_mid_shard_is_reported(tmp_path):

@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from hostile.tars import padded_png
+
 # ---------------------------------------------------------------- what a consumer must do
 
 # curate: `corrupt:<reason>` (manifest row, detail starts with the reason), `decoded` (any other
@@ -199,6 +201,12 @@ IMAGE_CASES: list[FileCase] = [
         "tall_1x60000.png",
         _save(lambda: Image.new("L", (1, 60000), 128), "PNG"),
         Expect("junk:too_small", "used", "loaded"),
+    ),
+    # a valid PNG padded with zeros to 1 GiB (a sparse file): refused from its size, never read
+    FileCase(
+        "padded_to_1gib.png",
+        lambda path: padded_png(path, good_png(9)),
+        Expect("corrupt:too_large", "skipped", CORRUPT),
     ),
     FileCase("not_an_image_suffix.png.txt", _write(good_png), Expect("skipped", "ignored", "ignored")),
     FileCase("no_suffix", _write(good_png), Expect("skipped", "ignored", "ignored")),

@@ -6,18 +6,21 @@ Per row: read (never blocking), decode safely → `corrupt` with the decoder's r
 before it trusts a file again). `ok` rows are embedded; a pixel-identical row within a partition
 reuses the first one's embedding. Outputs per partition, in `<work>/parts/`:
 
-    <name>.npy      [rows, D] float32 embeddings (zeros for rows that are not `ok`)
-    <name>.parquet  the rows (uid, where to read them again, status, detail, hashes), written last
+    <name>.npy            [rows, D] float32 embeddings (zeros for rows that are not `ok`)
+    <name>.skipped.jsonl  what reading it skipped, by name (`skipped`)
+    <name>.entries.json   each entry's content fingerprint (`fingerprints`)
+    <name>.parquet        the rows (uid, where to read them again, status, detail, hashes), written last
 
 so a partition whose .parquet exists (and matches its .npy) is finished, and a rerun after a kill
-skips it. Only one partition's images are in memory at a time.
+reuses it while its entries' contents are unchanged. Only one partition's images are in memory
+at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,36 +33,55 @@ from dinoflow.data.sources import SourceStats, iter_entry
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
 
+
+@dataclass
+class Notes:
+    """What reading a partition found besides its rows."""
+
+    skipped: list[dict[str, str]]  # {"path", "reason"}: members and files not read as rows
+    fingerprints: list[str]  # one per entry: dinoflow.data.sources.entry_fingerprint
+
+
 COLUMNS = ("uid", "entry", "ref", "member", "status", "detail", "pixel_hash", "content_sha256")
 
 
 def decode_settings(c: CurateConfig, embedder_id: str) -> str:
     """What, besides the files, changes a partition's rows: part of its key."""
-    return f"{embedder_id}|max_pixels={c.max_pixels}|min_side={c.min_side}|min_std={c.min_std:g}|min_autocorr={c.min_autocorr:g}"
+    return (
+        f"{embedder_id}|max_pixels={c.max_pixels}|max_file_bytes={c.max_file_bytes}|min_side={c.min_side}"
+        f"|min_std={c.min_std:g}|min_autocorr={c.min_autocorr:g}"
+    )
 
 
 def decode_item(data: bytes, error: str | None, max_pixels: int):
     """(RGB image or None, reason): the safe decoder's verdict on one raw item."""
     from dinoflow.data.decode import CorruptImage, decode_image
+    from dinoflow.data.limits import TOO_LARGE
 
-    if error:
-        return None, f"unreadable: {error}"
+    if error:  # a reader's refusal of an input over the byte limit carries its own reason
+        return None, error if error.startswith(f"{TOO_LARGE}:") else f"unreadable: {error}"
     try:
         return decode_image(data, max_pixels=max_pixels), ""
     except CorruptImage as e:
         return None, f"{e.reason}: {e.detail}" if e.detail else e.reason
 
 
-def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list], list, list[int], list[dict]]:
-    """Read and decode one partition: (columns, images of the rows to embed, their row indices, what was skipped)."""
+def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list], list, list[int], Notes]:
+    """Read and decode one partition: (columns, images of the rows to embed, their row indices,
+    what was skipped and each entry's fingerprint)."""
     from dinoflow.curation.junk import junk_reason
     from dinoflow.data.decode import pixel_hash
+    from dinoflow.data.sources import entry_fingerprint
 
     cols: dict[str, list] = {k: [] for k in COLUMNS}
-    images, rows = [], []
+    images, rows, prints = [], [], []
     stats = SourceStats()
     for entry in part.entries:
-        for item in iter_entry(entry, part.source, stats):
+        if entry.kind != "image":  # before reading: a change while it is read shows on the next run
+            prints.append(entry_fingerprint(entry, c.max_file_bytes))
+        for item in iter_entry(entry, part.source, stats, max_bytes=c.max_file_bytes):
+            if entry.kind == "image":  # the bytes just read: no second read of the file
+                prints.append(f"error:{item.error}" if item.error else hashlib.sha256(item.data).hexdigest())
             img, why = decode_item(item.data, item.error, c.max_pixels)
             status, phash = "corrupt", ""
             if img is not None:
@@ -83,7 +105,7 @@ def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list],
             if status == PARTITION_OK:
                 images.append(img)
                 rows.append(len(cols["uid"]) - 1)
-    return cols, images, rows, list(stats.skipped_files)
+    return cols, images, rows, Notes(list(stats.skipped_files), prints)
 
 
 def embed_rows(cols: dict[str, list], images: list, rows: list[int], embedder: Any) -> np.ndarray:
@@ -108,17 +130,22 @@ def part_paths(work: Path, part: Partition) -> tuple[Path, Path]:
     return base.with_suffix(".parquet"), base.with_suffix(".npy")
 
 
-def write_partition(work: Path, part: Partition, cols: dict[str, list], emb: np.ndarray, notes: list[dict]) -> None:
-    """Embeddings first, rows last: the .parquet marks a finished partition."""
+def write_partition(work: Path, part: Partition, cols: dict[str, list], emb: np.ndarray, notes: Notes) -> None:
+    """Embeddings, skipped list and fingerprints first, rows last: the .parquet marks a finished partition."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from dinoflow.curation.fingerprints import write_fingerprints
+    from dinoflow.curation.skipped import write_part_skipped
 
     table_path, emb_path = part_paths(work, part)
     with atomic_path(emb_path) as tmp, open(tmp, "wb") as f:
         np.save(f, emb, allow_pickle=False)
+    write_part_skipped(work, part, notes.skipped)
+    write_fingerprints(work, part, notes.fingerprints)
     types = {"ref": pa.binary(), "member": pa.binary()}
     table = pa.table({k: pa.array(cols[k], types.get(k, pa.string())) for k in COLUMNS})
-    meta = {"dinoflow.rows": str(len(emb)), "dinoflow.dim": str(emb.shape[1]), "dinoflow.skipped": json.dumps(notes)}
+    meta = {"dinoflow.rows": str(len(emb)), "dinoflow.dim": str(emb.shape[1])}
     table = table.replace_schema_metadata(meta)
     with atomic_path(table_path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=False)
@@ -163,8 +190,23 @@ def partition_row_count(work: Path, part: Partition) -> int:
 
 def invalidate(work: Path, part: Partition) -> None:
     """Forget a finished partition (its files changed since): the next run decodes and embeds it again."""
-    for p in part_paths(work, part):
+    from dinoflow.curation.fingerprints import fingerprint_path
+    from dinoflow.curation.skipped import part_skipped_path
+
+    for p in (*part_paths(work, part), part_skipped_path(work, part), fingerprint_path(work, part)):
         p.unlink(missing_ok=True)
+
+
+def reusable(work: Path, part: Partition, c: CurateConfig) -> bool:
+    """A finished partition whose entries still hold what it was made from; a stale one is forgotten."""
+    from dinoflow.curation.fingerprints import unchanged
+
+    if not partition_done(work, part):
+        return False
+    if unchanged(work, part, c.max_file_bytes):
+        return True
+    invalidate(work, part)
+    return False
 
 
 def _decoded(parts: list[Partition], c: CurateConfig, workers: int) -> Iterator[tuple[Partition, tuple]]:
@@ -197,7 +239,7 @@ def ingest_partitions(
     """Decode + embed every partition of `parts` that is not finished in `work`; returns counts."""
     from tqdm import tqdm
 
-    todo = [p for p in parts if not partition_done(work, p)]
+    todo = [p for p in parts if not reusable(work, p, c)]
     bar = tqdm(
         total=sum(len(p.entries) for p in todo),
         desc="curate: decode+embed",

@@ -3,8 +3,10 @@
 - `manifest.parquet`: one row per input uid with `kept` or the reason it was dropped (written by
   rank 0 from per-partition parts, one row group each, so its bytes do not depend on the number of
   processes; no pandas metadata, no timestamps).
+- `skipped.jsonl`: what the pool held besides inputs, by name and reason (`curation.skipped`).
 - `manifest.json`: the completeness record, written LAST and atomically: every shard with its size,
-  sha256 and sample count, and the manifest's own size and sha256. Before a run touches any shard
+  sha256 and sample count, and the manifest's (and the skipped list's) own size and sha256.
+  Readers check its shape (`check_record`): a record edited by hand is a named error. Before a run touches any shard
   it removes both and leaves `CURATION_INCOMPLETE`, so a killed run never leaves an old manifest
   beside new shards, and `verify_curated` refuses the directory until a run finishes.
 """
@@ -99,8 +101,8 @@ def start_writing(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def write_manifest(out: Path, work: Path, n_parts: int, shards: list[dict], counts: dict[str, int]) -> dict:
-    """Merge the parts into manifest.parquet, then write the completeness record (last) and clear the marker."""
+def merge_parts(out: Path, work: Path, n_parts: int) -> Path:
+    """Merge the manifest parts into `out/manifest.parquet` (one row group per part); returns its path."""
     import pyarrow.parquet as pq
 
     table_path = out / TABLE
@@ -113,12 +115,23 @@ def write_manifest(out: Path, work: Path, n_parts: int, shards: list[dict], coun
             writer.write_table(t)
         if writer is not None:
             writer.close()
-    record = {
-        "format": RECORD_FORMAT,
-        "manifest": {"name": TABLE, "bytes": table_path.stat().st_size, "sha256": sha256_file(table_path)},
-        "shards": shards,
-        "counts": counts,
-    }
+    return table_path
+
+
+def _file_record(path: Path) -> dict:
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_manifest(
+    out: Path, work: Path, n_parts: int, shards: list[dict], counts: dict[str, int], skipped: str | None = None
+) -> dict:
+    """Merge the parts into manifest.parquet, then write the completeness record (last) and clear the marker.
+
+    `skipped`: the name of the skipped list already written in `out`, recorded with its hash."""
+    table_path = merge_parts(out, work, n_parts)
+    record = {"format": RECORD_FORMAT, "manifest": _file_record(table_path), "shards": shards, "counts": counts}
+    if skipped is not None:
+        record["skipped"] = _file_record(out / skipped)
     atomic_write_json(out / RECORD, record)
     (out / INCOMPLETE).unlink(missing_ok=True)
     return record
@@ -133,6 +146,60 @@ def _read_record(source: str) -> dict | None:
         return json.loads(s3.read_bytes(url)) if url.split("/", 3)[3] in keys else None
     p = Path(source) / RECORD
     return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _file_problem(what: str, d: Any) -> str | None:
+    if not isinstance(d, dict):
+        return f"{what} is {type(d).__name__}, not an object"
+    name, sha = d.get("name"), d.get("sha256")
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        return f"{what} has no plain file name (name: {name!r})"
+    if not _int(d.get("bytes")):
+        return f"{what} {name!r} has bytes {d.get('bytes')!r}, not a byte count"
+    if not (isinstance(sha, str) and len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha)):
+        return f"{what} {name!r} has no sha256 hex digest"
+    return None
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    if record.get("format") != RECORD_FORMAT:
+        return f"format is {record.get('format')!r}, expected {RECORD_FORMAT}"
+    shards = record.get("shards")
+    if not isinstance(shards, list):
+        return f"shards is {type(shards).__name__}, not a list"
+    for i, sh in enumerate(shards):
+        why = _file_problem(f"shards[{i}]", sh) or (
+            None if _int(sh.get("samples")) else f"shards[{i}] has samples {sh.get('samples')!r}, not a count"
+        )
+        if why:
+            return why
+    names = [sh["name"] for sh in shards]
+    if len(set(names)) != len(names):
+        return "a shard is listed twice"
+    why = _file_problem("manifest", record.get("manifest"))
+    if why is None and "skipped" in record:  # records of older runs have no skipped list
+        why = _file_problem("skipped", record["skipped"])
+    if why:
+        return why
+    if not isinstance(record.get("counts"), dict):
+        return "counts is missing or not an object"
+    return None
+
+
+def check_record(record: Any, where: str) -> None:
+    """Raise a DinoflowError naming what is wrong when `record` is not a completeness record as curate writes it."""
+    why = _record_problem(record)
+    if why:
+        raise DinoflowError(
+            f"{where} is not a curation record as `dinoflow curate` writes it ({why}); it is not meant to be "
+            "edited: rerun `dinoflow curate` to write the directory and its record again"
+        )
 
 
 def verify_curated(source: str | Path, *, deep: bool = False) -> dict | None:
@@ -158,10 +225,7 @@ def verify_curated(source: str | Path, *, deep: bool = False) -> dict | None:
                 "finish); rerun `dinoflow curate` before training on it"
             )
         return None
-    if record.get("format") != RECORD_FORMAT:
-        raise DinoflowError(
-            f"{src}/{RECORD} has format {record.get('format')!r}, expected {RECORD_FORMAT}: rerun `dinoflow curate`"
-        )
+    check_record(record, f"{src}/{RECORD}")
     listed = {s["name"]: s for s in record["shards"]}
     present = {u.rsplit("/", 1)[-1]: u for u in list_shards(src)} if (s3.is_s3_url(src) or Path(src).is_dir()) else {}
     problems = [f"{n} is missing" for n in listed if n not in present]

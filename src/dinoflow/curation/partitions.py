@@ -20,7 +20,7 @@ import numpy as np
 
 from dinoflow.data.sources import Entry, SourceStats, list_source
 
-PARTITION_FORMAT = 2  # 2: skip notes as JSON
+PARTITION_FORMAT = 3  # 3: skipped lists and entry fingerprints beside the table
 
 
 @dataclass

@@ -22,9 +22,8 @@ Same config and inputs → the same manifest and byte-identical shards, for any 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -63,6 +62,21 @@ def check_inputs(c: CurateConfig) -> None:
         raise DinoflowError(
             f"curate.retrieval is {c.retrieval!r} but curate.seeds is empty: give seed images or set retrieval: none"
         )
+    check_outputs(c)
+
+
+def check_outputs(c: CurateConfig) -> None:
+    """Every output folder can be created and written, before any work (named by its key)."""
+    from dinoflow.storage_errors import StorageError, output_dir_problem
+
+    outputs = [("curate.out_dir", c.out_dir), ("curate.report_dir", c.report_dir)]
+    outputs += [("curate.work_dir", c.work_dir)] if c.work_dir else []
+    for key, path in outputs:
+        if "://" in path:
+            continue
+        why = output_dir_problem(path)
+        if why:
+            raise StorageError(f"{key} = {path!r} cannot be written: {why}; point it at a folder on a writable disk")
 
 
 def make_plans(c: CurateConfig, settings: str) -> dict[str, Plan]:
@@ -97,7 +111,6 @@ def plan(run: Run, settings: str) -> dict[str, Plan]:
     data = comm.all_gather(np.frombuffer(text, np.uint8))[0].tobytes()
     plans = {p.namespace: p for p in map(Plan.from_json, data.decode().split("\n"))}
     run.info["partitions"] = len(plans["pool"].partitions)
-    run.info["skipped_reasons"] = plans["pool"].skipped
     run.lap("plan")
     return plans
 
@@ -123,6 +136,7 @@ def decode_and_embed(
 def write_outputs(run: Run, rows: Rows, pool: Plan) -> dict[str, Any]:
     """Manifest parts → shards (rank j % world writes shard j) → manifest.parquet → manifest.json (last)."""
     from dinoflow.curation.manifest import start_writing, write_manifest, write_parts
+    from dinoflow.curation.skipped import write_skipped
     from dinoflow.curation.writer import write_shards
 
     comm, levels = run.comm, rows.clusters.shape[1]
@@ -140,7 +154,10 @@ def write_outputs(run: Run, rows: Rows, pool: Plan) -> dict[str, Any]:
     shards, reused = write_shards(comm, run.c, pool.partitions, first_gid, kept, run.work, levels, show=comm.is_main)
     run.info.update(shards=[s["name"] for s in shards], shards_reused=reused)
     if comm.is_main:
-        write_manifest(run.out, run.work, len(pool.partitions), shards, {f["step"]: f["remaining"] for f in run.funnel})
+        skipped = write_skipped(run.out, pool.skipped, run.work, pool.partitions)
+        run.info["skipped"] = skipped
+        counts = {f["step"]: f["remaining"] for f in run.funnel}
+        write_manifest(run.out, run.work, len(pool.partitions), shards, counts, skipped["name"])
     comm.barrier()
     run.lap("write_outputs")
     return {"shards": shards, "reused": reused}
@@ -186,6 +203,8 @@ def global_steps(run: Run, plans: dict[str, Plan], dim: int) -> dict[str, Any]:
     rows = load_rows(run.comm, plans["pool"], run.work, dim)
     count_ingest_drops(run, rows)
     run.lap("load")
+    if not run.comm.sum_int(int(rows.alive.sum())):
+        nothing_usable(run, rows, plans["pool"])
     exact_dedup(run, rows)
     labels = near_dedup(run, rows)
     run.lap("dedup")
@@ -204,18 +223,34 @@ def global_steps(run: Run, plans: dict[str, Plan], dim: int) -> dict[str, Any]:
     return report(run, plans["pool"], rows.clusters.shape[1], out)
 
 
-def read_skipped(work: Path, pool: Plan) -> list[dict[str, str]]:
-    """What reading the partitions skipped (a .tar that is not one), from their embedding shards."""
-    import pyarrow.parquet as pq
+def nothing_usable(run: Run, rows: Rows, pool: Plan) -> NoReturn:
+    """No pool input is a usable image: write the manifest (every input with why it was dropped)
+    and the skipped list, leave the directory marked incomplete (no shard, no record), and stop."""
+    from dinoflow.curation.manifest import merge_parts, start_writing, write_parts
+    from dinoflow.curation.skipped import TABLE, write_skipped
 
-    from dinoflow.curation.ingest import part_paths
-
-    out = []
-    for part in pool.partitions:
-        meta = pq.read_schema(part_paths(work, part)[0]).metadata or {}
-        for d in json.loads(meta.get(b"dinoflow.skipped", b"[]")):
-            out.append({"source": part.source, **d})
-    return out
+    rows.clusters = np.zeros((len(rows.gid), 0), np.int64)
+    write_parts(run.comm, rows, pool.partitions, run.work, 0)
+    run.comm.barrier()
+    if run.comm.is_main:
+        start_writing(run.out)
+        if pool.partitions:  # no input at all: no manifest rows to write
+            merge_parts(run.out, run.work, len(pool.partitions))
+        write_skipped(run.out, pool.skipped, run.work, pool.partitions)
+    run.comm.barrier()
+    left = {f["step"]: f["remaining"] for f in run.funnel}
+    corrupt, junk = left["input"] - left["corrupt"], left["corrupt"] - left["junk"]
+    where = ", ".join(run.c.sources)
+    if not rows.total:
+        found = "no image file (.png, .jpg, ...) or .tar shard sample"
+        why = f"what they hold instead is listed in {run.out / TABLE}"
+    else:
+        found = f"no decodable image among {rows.total} inputs ({corrupt} could not be decoded, {junk} are junk)"
+        why = f"{run.out / 'manifest.parquet'} gives the reason for each"
+    raise DinoflowError(
+        f"curate.sources ({where}) hold {found}: nothing to curate; {why}. Point curate.sources at "
+        "images (or raise curate.max_pixels / curate.max_file_bytes if the images are larger than allowed)"
+    )
 
 
 def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, Any]:
@@ -235,8 +270,11 @@ def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, 
     if comm.is_main:
         assert s is not None and pics is not None
         info = dict(run.info)
-        info["skipped_reasons"] = info.get("skipped_reasons", []) + read_skipped(run.work, pool)
-        info["skipped_files"] = [d["path"] for d in info["skipped_reasons"]]  # what the source held besides inputs
+        skipped = info.pop("skipped")  # what the source held besides inputs: all of it in skipped.jsonl
+        info["skipped_reasons"] = skipped["first"]
+        info["skipped_files"] = [d["path"] for d in skipped["first"]]
+        info["skipped_count"] = skipped["entries"]
+        info["skipped_list"] = str(run.out / skipped["name"])
         run.lap("report")
         info["seconds"] = dict(run.seconds)
         summary = write_report(

@@ -63,16 +63,15 @@ def _count(work: Path, n_parts: int, levels: int) -> Summary:
 
 
 def _image(parts: list[Partition], work: Path, p: int, i: int):
-    from dinoflow.data import s3
     from dinoflow.data.shards import iter_shard
-    from dinoflow.data.sources import read_local
+    from dinoflow.data.sources import Entry, read_entry_bytes
 
     rec = load_partition(work, parts[p], embeddings=False)[0].slice(i, 1).to_pydict()
     ref, member = os.fsdecode(rec["ref"][0]), rec["member"][0]
     if member:
         data = next((s.data for s in iter_shard(ref) if os.fsencode(s.key) == member), b"")
-    else:
-        data = s3.read_bytes(ref) if s3.is_s3_url(ref) else read_local(ref)[0]
+    else:  # bounded like every read of a pool file: a thumbnail is not worth a gigabyte
+        data = read_entry_bytes(Entry(ref, "image", ref))[0]
     return decode_item(data, None, 64_000_000)[0]
 
 

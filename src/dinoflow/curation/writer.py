@@ -87,11 +87,12 @@ def _digest(samples: list[dict], max_side: int) -> str:
     return h.hexdigest()
 
 
-def _read_all(samples: list[dict]) -> list[bytes | None]:
-    """The current bytes of every sample (None when gone), reading each shard source once."""
+def _read_all(samples: list[dict], max_bytes: int) -> list[bytes | None]:
+    """The current bytes of every sample (None when gone or no longer readable within `max_bytes`),
+    reading each shard source once."""
     from dinoflow.data import s3
     from dinoflow.data.shards import iter_shard
-    from dinoflow.data.sources import read_local
+    from dinoflow.data.sources import Entry, read_entry_bytes
 
     out: list[bytes | None] = [None] * len(samples)
     by_tar: dict[bytes, dict[bytes, int]] = {}
@@ -99,18 +100,16 @@ def _read_all(samples: list[dict]) -> list[bytes | None]:
         ref = os.fsdecode(s["ref"])
         if s["member"]:
             by_tar.setdefault(s["ref"], {})[s["member"]] = j
-        elif s3.is_s3_url(ref):
-            out[j] = s3.read_bytes(ref)
         else:
-            data, err = read_local(ref)
+            data, err = read_entry_bytes(Entry(ref, "image", ref), max_bytes)
             out[j] = None if err else data
     for ref, members in by_tar.items():
         path = os.fsdecode(ref)
         if not s3.is_s3_url(path) and not Path(path).is_file():
             continue
-        for sample in iter_shard(path):
+        for sample in iter_shard(path, max_member_bytes=max_bytes):
             j = members.get(os.fsencode(sample.key))
-            if j is not None:
+            if j is not None and sample.error is None:
                 out[j] = sample.data
     return out
 
@@ -129,7 +128,7 @@ def _png(data: bytes, max_pixels: int, max_side: int) -> bytes:
 def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition], work: Path, c: CurateConfig) -> None:
     from dinoflow.data.shards import write_shard
 
-    datas = _read_all(samples)
+    datas = _read_all(samples, c.max_file_bytes)
     for s, data in zip(samples, datas):
         if data is None or hashlib.sha256(data).hexdigest() != s["sha256"]:
             invalidate(work, parts[s["part"]])

@@ -10,6 +10,13 @@ Reading: `iter_shard(url)` streams one shard (local path or s3://) through `tarf
 mode and groups consecutive members by key, as WebDataset does (key = member path up to the first
 dot of its file name). Malformed members and samples are skipped and counted in `ShardStats`,
 never raised: one bad sample must not stop a training run or a curation pass.
+
+No member is trusted with memory: a member over `max_member_bytes` (from its header), a sparse
+member (its header can claim gigabytes the shard does not hold) and a link, device or FIFO member
+are refused unread, and their sample is yielded with `error` set and no data; an extended header
+over `MAX_HEADER_BYTES` stops the shard. A repeated member name, or a key whose members come back
+after other keys', is not read again: the first is kept and the repeat is counted and reported
+through `on_skip`, so every key is yielded at most once per shard.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import re
 import tarfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from dinoflow.data import s3
 from dinoflow.data.formats import IMAGE_SUFFIXES
+from dinoflow.data.limits import MAX_FILE_BYTES
+from dinoflow.data.tar_guards import BoundedInfo, HeaderTooLarge, SeenMembers, refusal
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
 
@@ -44,14 +53,17 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, bytes] = field(default_factory=dict)  # e.g. {"cls": b"3"}
     shard: str = ""  # the URL or path it came from
+    error: str | None = None  # why a member of it was refused unread (then `data` is b"")
 
 
 @dataclass
 class ShardStats:
     """What `iter_shard` skipped, per kind. `samples` counts the samples it yielded."""
 
-    samples: int = 0
-    skipped_members: int = 0  # directories, links, members without an extension
+    samples: int = 0  # refused samples (with `error`) included
+    skipped_members: int = 0  # directories, members without an extension
+    refused_members: int = 0  # sparse, link/device/FIFO or over the byte limit: not read, the sample carries why
+    repeated_members: int = 0  # a member name or a key's group seen before in the shard: the first is kept
     bad_meta: int = 0  # .json that is not a JSON object (the sample is kept with meta={})
     missing_data: int = 0  # a key with no image member (the sample is skipped)
     extra_images: int = 0  # a second image member for a key (the first one is kept)
@@ -250,9 +262,13 @@ class _Group:
         self.ext = ""
         self.meta: dict[str, Any] = {}
         self.extras: dict[str, bytes] = {}
+        self.error: str | None = None
 
 
 def _finish(group: _Group, url: str, stats: ShardStats) -> Sample | None:
+    if group.error is not None:
+        stats.samples += 1
+        return Sample(group.key, b"", group.ext, group.meta, {}, url, error=group.error)
     if group.data is None:
         stats.missing_data += 1
         return None
@@ -288,48 +304,75 @@ def _open(url: str) -> Any:
         raise DinoflowError(f"shard {url} does not exist") from None
 
 
-def iter_shard(url: str | Path, stats: ShardStats | None = None) -> Iterator[Sample]:
+def iter_shard(
+    url: str | Path,
+    stats: ShardStats | None = None,
+    *,
+    max_member_bytes: int = MAX_FILE_BYTES,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> Iterator[Sample]:
     """Stream the samples of one shard (local path or s3:// URL), in file order.
 
     Pass a `ShardStats` to learn what was skipped; nothing malformed raises. A shard that is not a
-    tar at all counts as `unreadable_shards`. S3 errors (credentials, missing object) do raise a
+    tar at all counts as `unreadable_shards`. A sample with a refused member (see the module
+    docstring) is yielded with `error` and no data. `on_skip(member name, reason)` hears of every
+    repeated member that was not read. S3 errors (credentials, missing object) do raise a
     DinoflowError: those are setup problems, not bad data.
     """
     url = str(url)
     stats = stats if stats is not None else ShardStats()
     raw = _open(url)
     try:
-        yield from _iter_stream(raw, url, stats)
+        yield from _iter_stream(raw, url, stats, max_member_bytes, on_skip or (lambda name, why: None))
     finally:
         raw.close()
 
 
-def _iter_stream(raw: Any, url: str, stats: ShardStats) -> Iterator[Sample]:
+def _iter_stream(
+    raw: Any, url: str, stats: ShardStats, max_bytes: int, on_skip: Callable[[str, str], None]
+) -> Iterator[Sample]:
     try:
-        tf = tarfile.open(fileobj=raw, mode="r|")
+        tf = tarfile.open(fileobj=raw, mode="r|", tarinfo=BoundedInfo)
     except (tarfile.TarError, EOFError, OSError):
         stats.unreadable_shards += 1
         return
     group: _Group | None = None
+    seen = SeenMembers()
     try:
-        for member in tf:
+        while (member := tf.next()) is not None:
+            tf.members.clear()  # stream mode keeps every header it read; a shard may hold millions
             parts = _split_name(member.name)
-            if not member.isfile() or parts is None:
+            if member.isdir() or parts is None:
                 stats.skipped_members += 1
                 continue
             key, ext = parts
-            fh = tf.extractfile(member)
-            payload = fh.read() if fh is not None else b""
-            if len(payload) != member.size:
-                raise EOFError("member shorter than its header says")
+            why = seen.repeat(member.name, key)
+            if why is not None:
+                stats.repeated_members += 1
+                on_skip(member.name, why)
+                continue
             if group is not None and group.key != key:
+                seen.keys.add(group.key)
                 sample = _finish(group, url, stats)
                 group = None
                 if sample is not None:
                     yield sample
             if group is None:
                 group = _Group(key)
+            refused = refusal(member, max_bytes)
+            if refused is not None:
+                stats.refused_members += 1
+                group.error = group.error or refused
+                group.ext = group.ext or (ext if ext in IMAGE_EXTS else "")
+                continue
+            fh = tf.extractfile(member)
+            payload = fh.read() if fh is not None else b""
+            if len(payload) != member.size:
+                raise EOFError("member shorter than its header says")
             _add_member(group, ext, payload, stats)
+    except HeaderTooLarge:
+        # The members read so far are whole; what follows the refused header is not read.
+        stats.unreadable_tail += 1
     except (tarfile.TarError, EOFError, OSError, _s3_read_errors()):
         # The stream ended inside a member: the sample being assembled is incomplete.
         stats.truncated += 1

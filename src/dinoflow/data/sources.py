@@ -17,6 +17,9 @@ Listing policy (every file is either an entry or in `SourceStats.skipped_files` 
 Reading never blocks and never trusts the file type from the name: a FIFO, socket or device
 named `x.png`, a dangling symlink, a symlink loop and an unreadable file all become items with
 an `error` (reported as `corrupt`), and a tar that is not readable is skipped with a reason.
+A file (or shard member, or object) over `max_bytes` is an item with a `too_large` error, refused
+from its size before its bytes are read (`dinoflow.data.limits`); a shard's repeated member is
+skipped with a reason (`data.shards`).
 
 uids are relative to the source root (bytes of a name that is not UTF-8 appear as `\\xNN`):
 - an image file: its relative POSIX path, e.g. `a/img_001.png`;
@@ -26,14 +29,17 @@ uids are relative to the source root (bytes of a name that is not UTF-8 appear a
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from dinoflow.data import s3
 from dinoflow.data.formats import IMAGE_SUFFIXES, TAR_SUFFIX
+from dinoflow.data.limits import MAX_FILE_BYTES, too_large
 from dinoflow.data.shards import ShardStats, iter_shard
 from dinoflow.errors import DinoflowError
 
@@ -182,8 +188,9 @@ def _list_s3(src: str, stats: SourceStats) -> list[Entry]:
     return out
 
 
-def read_local(path: str) -> tuple[bytes, str | None]:
-    """A regular file's bytes, or (b"", why not). Never blocks: FIFOs and devices are refused unopened-for-data."""
+def read_local(path: str, max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, str | None]:
+    """A regular file's bytes, or (b"", why not). Never blocks: FIFOs and devices are refused unopened-for-data;
+    a file over `max_bytes` is refused from its size (and stops being read if it grows past it)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as e:
@@ -207,22 +214,34 @@ def read_local(path: str) -> tuple[bytes, str | None]:
                 else "special file"
             )
             return b"", f"not a regular file ({kind})"
+        why = too_large("the file", os.fstat(fd).st_size, max_bytes)
+        if why:
+            return b"", why
         os.set_blocking(fd, True)
-        parts = []
-        while chunk := os.read(fd, READ_CHUNK):
+        parts, n = [], 0
+        while n <= max_bytes and (chunk := os.read(fd, min(READ_CHUNK, max_bytes + 1 - n))):
             parts.append(chunk)
-        return b"".join(parts), None
+            n += len(chunk)
+        return (b"", too_large("the file", n, max_bytes)) if n > max_bytes else (b"".join(parts), None)
     except OSError as e:
         return b"", e.strerror or str(e)
     finally:
         os.close(fd)
 
 
-def read_entry_bytes(entry: Entry) -> tuple[bytes, str | None]:
-    """The bytes of an image entry (local or s3), or (b"", why not) for a local file that cannot be read."""
-    if s3.is_s3_url(entry.ref):
-        return s3.read_bytes(entry.ref), None
-    return read_local(entry.ref)
+def read_entry_bytes(entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, str | None]:
+    """The bytes of an image entry (local or s3), or (b"", why not) for a local file that cannot be
+    read or an entry over `max_bytes` (an object is read no further than one byte past the limit)."""
+    if not s3.is_s3_url(entry.ref):
+        return read_local(entry.ref, max_bytes)
+    body = s3.open_stream(entry.ref)
+    try:
+        with s3.s3_errors(s3.parse_s3_url(entry.ref).bucket, f"reading {entry.ref}"):
+            data = body.read(max_bytes + 1)
+    finally:
+        body.close()
+    why = too_large("the object", len(data), max_bytes)
+    return (b"", why) if why else (data, None)
 
 
 def _tar_readable(entry: Entry) -> str | None:
@@ -239,11 +258,44 @@ def _tar_readable(entry: Entry) -> str | None:
         os.close(fd)
 
 
-def iter_entry(entry: Entry, source: str, stats: SourceStats | None = None) -> Iterator[RawItem]:
-    """The items of one listed entry: the image itself, or every sample of a shard (in file order)."""
+def entry_fingerprint(entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """What an entry holds now: the sha256 of its bytes (streamed), or `error:<why>` when they cannot
+    be read as an input (a FIFO, a file over `max_bytes`). Equal fingerprints: the same content,
+    whatever its size and modification time say."""
+    if entry.kind == "image":
+        data, err = read_entry_bytes(entry, max_bytes)
+        return f"error:{err}" if err else hashlib.sha256(data).hexdigest()
+    why = _tar_readable(entry)
+    if why:
+        return f"error:{why}"
+    h = hashlib.sha256()
+    remote = s3.is_s3_url(entry.ref)
+    try:
+        raw = s3.open_stream(entry.ref) if remote else open(entry.ref, "rb")
+    except OSError as e:  # gone since it was listed
+        return f"error:{e.strerror or e}"
+    guard = s3.s3_errors(s3.parse_s3_url(entry.ref).bucket, f"reading {entry.ref}") if remote else nullcontext()
+    try:
+        with guard:
+            while chunk := raw.read(READ_CHUNK):
+                h.update(chunk)
+    except OSError as e:
+        return f"error:{e.strerror or e}"
+    finally:
+        raw.close()
+    return h.hexdigest()
+
+
+def iter_entry(
+    entry: Entry, source: str, stats: SourceStats | None = None, *, max_bytes: int = MAX_FILE_BYTES
+) -> Iterator[RawItem]:
+    """The items of one listed entry: the image itself, or every sample of a shard (in file order).
+
+    A shard member that repeats a name is listed in `stats.skipped_files` as `<tar>/<member>`.
+    """
     stats = stats if stats is not None else SourceStats()
     if entry.kind == "image":
-        data, err = read_entry_bytes(entry)
+        data, err = read_entry_bytes(entry, max_bytes)
         stats.items += 1
         yield RawItem(entry.rel, source, data, error=err, entry=entry.rel)
         return
@@ -251,13 +303,25 @@ def iter_entry(entry: Entry, source: str, stats: SourceStats | None = None) -> I
     if why:
         stats.skip(entry.rel, f"shard cannot be read: {why}")
         return
-    before = stats.shards.unreadable_shards
-    for sample in iter_shard(entry.ref, stats.shards):
+    before, tail_before = stats.shards.unreadable_shards, stats.shards.unreadable_tail
+
+    def skip(name: str, why: str) -> None:
+        stats.skip(f"{entry.rel}/{printable(name)}", why)
+
+    for sample in iter_shard(entry.ref, stats.shards, max_member_bytes=max_bytes, on_skip=skip):
         stats.items += 1
         key = printable(sample.key)
-        yield RawItem(f"{entry.rel}/{key}", source, sample.data, sample.meta, entry=entry.rel, member=sample.key)
+        yield RawItem(
+            f"{entry.rel}/{key}", source, sample.data, sample.meta, sample.error, entry=entry.rel, member=sample.key
+        )
     if stats.shards.unreadable_shards > before:
         stats.skip(entry.rel, "not a readable tar shard")
+    elif stats.shards.unreadable_tail > tail_before:
+        stats.skip(
+            entry.rel,
+            "reading stopped at a corrupt or oversized tar header (an extended header over 1 MiB): "
+            "the members after it were not read",
+        )
 
 
 def iter_source(source: str | Path, stats: SourceStats | None = None) -> Iterator[RawItem]:

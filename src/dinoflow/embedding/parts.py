@@ -1,8 +1,9 @@
 """A Parquet file of (uid, embedding) built from parts, so a killed `dinoflow embed` resumes.
 
 While it runs, `<out>.parts/` holds `state.json` (what the rows are made with: model hash,
-pre-processing, input) and `part-000000.parquet`, … — each written atomically, each carrying the
-uids it skipped (bad images) in its metadata. A rerun with the same settings skips every uid a
+pre-processing, input) and `part-000000.parquet`, … — each written atomically, each after the
+uids it skipped (bad images, with the reason) in `part-000000.skipped.jsonl`: a list with no size
+bound stays out of Parquet metadata, whose footer a reader refuses past 100 MB. A rerun with the same settings skips every uid a
 part already holds; other settings are refused (the rows would mix two models). `finish` writes
 `<out>` (atomically, rows in input order), `<out stem>.skipped.json`, and removes the parts.
 """
@@ -32,6 +33,19 @@ def parts_dir(output: Path) -> Path:
 
 def skipped_path(output: Path) -> Path:
     return output.with_name(output.stem + ".skipped.json")
+
+
+def part_skipped_path(part: Path) -> Path:
+    """`part-000000.parquet` → `part-000000.skipped.jsonl`."""
+    return part.with_suffix(".skipped.jsonl")
+
+
+def _read_skipped(part: Path) -> list[dict[str, str]]:
+    try:
+        with open(part_skipped_path(part), encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 def _vectors(a: np.ndarray) -> pa.Array:
@@ -77,22 +91,27 @@ class PartStore:
         rows = 0
         skipped: list[dict[str, str]] = []
         for part in self._parts:
-            table = pq.read_table(part, columns=["uid"])
-            names = table.column("uid").to_pylist()
+            try:
+                names = pq.read_table(part, columns=["uid"]).column("uid").to_pylist()
+                part_skips = _read_skipped(part)
+            except (OSError, ValueError) as e:
+                raise DinoflowError(
+                    f"{part} cannot be read to resume ({e}): pass --restart to discard the partial run"
+                ) from None
             uids.update(names)
             rows += len(names)
-            meta = pq.read_schema(part).metadata or {}
-            skipped += json.loads(meta.get(SKIPPED_META, b"[]"))
+            skipped += part_skips
         uids.update(s["uid"] for s in skipped)
         return uids, rows, skipped
 
     def write_part(self, uids: list[str], columns: dict[str, np.ndarray], skipped: list[dict[str, str]]) -> None:
         """One part: rows (uid + each [N, D] column) and the skipped records of the same stretch of input."""
         data = {"uid": pa.array(uids, pa.string()), **{k: _vectors(v) for k, v in columns.items()}}
-        table = pa.table(data).replace_schema_metadata({SKIPPED_META: json.dumps(skipped)})
         path = self.dir / f"part-{len(self._parts):06d}.parquet"
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
+        with atomic_path(part_skipped_path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n" for s in skipped)
+        with atomic_path(path) as tmp:  # the part itself last: it is what marks the stretch done
+            pq.write_table(pa.table(data), tmp)
         self._parts.append(path)
 
     def finish(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -60,13 +60,15 @@ def _stack_if_uniform(images: Sequence[np.ndarray]) -> "np.ndarray | list[np.nda
 
 def _decode_file(path: Path) -> np.ndarray:
     from dinoflow.data.decode import CorruptImage, decode_image
+    from dinoflow.data.sources import read_local
 
+    data, err = read_local(str(path))  # bounded: a file over the byte limit is refused from its size
+    if err:
+        raise DinoflowError(f"evaluation image {path} cannot be read ({err}); fix or remove it")
     try:
-        img = decode_image(path.read_bytes())
+        img = decode_image(data)
     except CorruptImage as e:
         raise DinoflowError(f"evaluation image {path} cannot be decoded ({e}); remove or replace it") from None
-    except OSError as e:
-        raise DinoflowError(f"evaluation image {path} cannot be read ({e.strerror or e}); fix or remove it") from None
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -131,6 +133,8 @@ def load_shards(source: str, classes: list[str] | None = None) -> tuple[Labelled
         for s in iter_shard(url):
             if "label" not in (s.meta or {}):
                 raise DinoflowError(f"{url}: sample {s.key!r} has no `label` in its json; evaluation needs labels")
+            if s.error:  # a member the reader refused unread (sparse, a link, over the byte limit)
+                raise DinoflowError(f"{url}: sample {s.key!r} cannot be read ({s.error})")
             try:
                 img = decode_image(s.data)
             except CorruptImage as e:
