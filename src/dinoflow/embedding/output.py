@@ -58,11 +58,11 @@ def check_output(output: str | Path, overwrite: bool, restart: bool = False) -> 
     """DinoflowError when `output` (and the files written beside it) cannot be written safely, or
     when it is a finished output that this run would replace without `overwrite`."""
     out = Path(output)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise DinoflowError(f"--output {out}: {out.parent} is not a directory")
     st = _lstat(out)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise DinoflowError(f"--output {out} is a directory; give a file name such as {out / 'embeddings.parquet'}")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise DinoflowError(f"--output {out}: {out.parent} is not a directory")
     for path, what in ((out, "--output"), (skipped_path(out), "the skipped list"), (lock_path(out), "the lock file")):
         s = st if path == out else _lstat(path)
         if s is not None and not stat.S_ISREG(s.st_mode):
