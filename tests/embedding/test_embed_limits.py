@@ -4,7 +4,6 @@ with the reason, before any pixel is resized; memory measured as the peak RSS of
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ def pth(tmp_path_factory):
 
 
 def _embed_measured(pth, src, out, tmp_path):
-    cmd = [sys.executable, "-m", "dinoflow", "embed", str(pth), str(src), "-o", str(out)]
+    cmd = ["-m", "dinoflow", "embed", str(pth), str(src), "-o", str(out)]
     r = run_measured(cmd + ["--image-size", "28", "--resize-ratio", "1.0", "--no-progress"], tmp_path, 300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout), r.peak_mib
