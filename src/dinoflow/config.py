@@ -24,7 +24,14 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dinoflow.config_base import Section, Seed, explain
 from dinoflow.config_data import MAX_FILE_BYTES, CurateConfig, DemoConfig
-from dinoflow.config_release import EvalDataset, EvaluateConfig, OnnxExportConfig, RegisterConfig, TrackingConfig
+from dinoflow.config_release import (
+    EvalDataset,
+    EvaluateConfig,
+    OnnxExportConfig,
+    RegisterConfig,
+    ServingConfig,
+    TrackingConfig,
+)
 from dinoflow.config_train import (
     ARCHS,
     Arch,
@@ -62,6 +69,7 @@ __all__ = [
     "OptimConfig",
     "PretrainConfig",
     "RegisterConfig",
+    "ServingConfig",
     "TrackingConfig",
     "TrainConfig",
     "config_from_dict",
@@ -85,6 +93,7 @@ with warnings.catch_warnings():
         distill: DistillConfig = Field(default_factory=DistillConfig)
         evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
         register: RegisterConfig = Field(default_factory=RegisterConfig)
+        serving: ServingConfig = Field(default_factory=ServingConfig)
         tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

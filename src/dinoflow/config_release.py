@@ -98,6 +98,26 @@ class OnnxExportConfig(Section):
     atol: float = Field(1e-4, gt=0, description="largest |ONNX − PyTorch| allowed on the parity check")
 
 
+class ServingConfig(Section):
+    """What one image and one request may cost the served model and `dinoflow embed`. Checked from
+    the image headers before any pixel is decoded; beyond a bound the served model answers 400 and
+    `dinoflow embed` skips the image with the reason. The served model carries the values it was
+    registered with."""
+
+    max_image_pixels: int = Field(50_000_000, ge=1, description="decoded width × height of one image")
+    max_aspect_ratio: float = Field(
+        20.0, ge=1, description="longer side / shorter side of one image (the resize scales the shorter side up)"
+    )
+    max_resized_pixels: int = Field(
+        4_000_000,
+        ge=1,
+        description="pixels of one image after the resize (shorter side → image_size·resize_ratio), before the crop",
+    )
+    max_request_pixels: int = Field(
+        200_000_000, ge=1, description="decoded pixels of all images of one request to the served model"
+    )
+
+
 class RegisterConfig(Section):
     """Registration and the gate: floors on this run's own numbers, then the champion challenge."""
 

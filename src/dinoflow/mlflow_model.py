@@ -29,6 +29,10 @@ The cost: loading needs torch + dinoflow's model code; the model carries that co
 Input schema: the accepted forms (a 1-d batch of bytes / base64 text, uint8 [N,H,W], [N,H,W,C])
 differ in rank and type, so the signature declares an object tensor `(-1,)` — which MLflow
 enforces as "any ndarray" — and `predict` validates the input itself with clear errors.
+
+Cost of a request: bounded by the `serving` settings the model was registered with (in
+`preprocess.json`; `dinoflow.embedding.limits`), checked from the image headers before decoding;
+images are then decoded one at a time. Bad or too costly input answers HTTP 400 naming the bound.
 """
 
 from __future__ import annotations
@@ -66,31 +70,41 @@ REQUIREMENTS = {
 
 
 def preprocess_settings(cfg: Any) -> dict[str, Any]:
-    """The evaluation transform's settings from the `evaluate` section (or the defaults)."""
+    """The evaluation transform's settings from the `evaluate` section (or the defaults), and the
+    bounds on one image and one request from the `serving` section (`dinoflow.embedding.limits`)."""
+    from dinoflow.embedding.limits import Limits
+
     ev = getattr(cfg, "evaluate", None)
     if ev is None:
         from dinoflow.config import EvaluateConfig
 
         ev = EvaluateConfig()
-    return {"image_size": int(ev.image_size), "resize_ratio": float(ev.resize_ratio)}
+    limits = Limits.from_settings(getattr(cfg, "serving", None))
+    return {"image_size": int(ev.image_size), "resize_ratio": float(ev.resize_ratio), **limits.as_dict()}
 
 
-def _decode(data: Any) -> np.ndarray:
-    from dinoflow.data.decode import CorruptImage, decode_image
-
+def _encoded(data: Any) -> bytes:
+    """One encoded input as bytes (JSON serving sends images as base64 text)."""
     if isinstance(data, str):
         try:
-            data = base64.b64decode(data, validate=True)  # JSON serving sends images as base64 text
+            return base64.b64decode(data, validate=True)
         except ValueError as e:
             raise ValueError(f"a text input must be a base64-encoded PNG/JPEG: {e}") from e
+    return bytes(data)
+
+
+def _decode(data: Any, max_pixels: int = 64_000_000) -> np.ndarray:
+    from dinoflow.data.decode import CorruptImage, decode_image
+
     try:
-        return np.array(decode_image(bytes(data)))
+        return np.array(decode_image(_encoded(data), max_pixels=max_pixels))
     except CorruptImage as e:
         raise ValueError(f"cannot decode an input image: {e}") from e
 
 
-def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
-    """Normalise a pyfunc input to uint8 images: an array [N,H,W] / [N,H,W,C], or a list of [H,W,3].
+def as_inputs(model_input: Any) -> "list[bytes] | np.ndarray":
+    """Normalise a pyfunc input without decoding it: encoded images as a list of bytes, or pixels as a
+    uint8 array [N,H,W] / [N,H,W,C].
 
     Accepts a uint8 array (also integer arrays within 0–255, as JSON serving delivers them), a
     pandas DataFrame whose `image` (or first) column holds PNG/JPEG bytes or base64 text, or a 1-d
@@ -102,16 +116,16 @@ def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
         pd = None
     if pd is not None and isinstance(model_input, pd.DataFrame):
         col = "image" if "image" in model_input.columns else model_input.columns[0]
-        return [_decode(v) for v in model_input[col].tolist()]
+        return [_encoded(v) for v in model_input[col].tolist()]
     if isinstance(model_input, dict) and len(model_input) == 1:
         model_input = next(iter(model_input.values()))
     if isinstance(model_input, (list, tuple)) and model_input and isinstance(model_input[0], (bytes, bytearray, str)):
-        return [_decode(v) for v in model_input]
+        return [_encoded(v) for v in model_input]
     a = np.asarray(model_input)
     if a.dtype == object or a.dtype.kind in ("S", "U"):
         flat = a.reshape(-1) if a.ndim <= 2 else None
         if flat is not None and len(flat) and isinstance(flat[0], (bytes, bytearray, str, np.bytes_, np.str_)):
-            return [_decode(v) for v in flat]
+            return [_encoded(v) for v in flat]
         a = np.asarray(a.tolist())
     if a.dtype != np.uint8:
         if np.issubdtype(a.dtype, np.integer) and a.size and a.min() >= 0 and a.max() <= 255:
@@ -125,6 +139,39 @@ def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
     if a.ndim not in (3, 4):
         raise ValueError(f"images must be a batch [N,H,W] or [N,H,W,C]; got shape {a.shape}")
     return a
+
+
+def as_images(model_input: Any) -> "list[np.ndarray] | np.ndarray":
+    """`as_inputs` with every encoded image decoded: uint8 [N,H,W] / [N,H,W,C], or a list of [H,W,3]."""
+    inputs = as_inputs(model_input)
+    return inputs if isinstance(inputs, np.ndarray) else [_decode(b) for b in inputs]
+
+
+def embed_request(
+    backbone: Any, model_input: Any, prep: dict[str, Any], pooled_patch_tokens: bool = False
+) -> dict[str, np.ndarray]:
+    """One request → {"embedding": float32 [N, D]} (+ pooled patch tokens), within `prep`'s limits.
+
+    Every image's size is checked from its header (or the array's shape) before any is decoded;
+    then images are decoded and transformed one at a time, so a request holds one decoded image and
+    N × [3, S, S] floats at once. Raises `OverLimit` (a ValueError) beyond a bound.
+    """
+    from dinoflow.embedding.compute import embed_images, embed_prepared, prepare_image
+    from dinoflow.embedding.limits import Limits, check_request, header_size
+
+    size, ratio = int(prep["image_size"]), float(prep["resize_ratio"])
+    limits = Limits.from_settings(prep)
+    inputs = as_inputs(model_input)
+    if isinstance(inputs, np.ndarray):
+        n, h, w = inputs.shape[:3]
+        check_request([(w, h)] * n, limits, size, ratio)
+        return embed_images(backbone, inputs, size, ratio, pooled_patch_tokens, limits=limits)
+    check_request([header_size(b) for b in inputs], limits, size, ratio)
+    pixels = []
+    for i in range(len(inputs)):
+        pixels.append(prepare_image(_decode(inputs[i], limits.max_image_pixels), size, ratio, limits))
+        inputs[i] = b""  # the encoded bytes are no longer needed
+    return embed_prepared(backbone, pixels, pooled_patch_tokens)
 
 
 try:
@@ -148,18 +195,26 @@ class EmbeddingModel(_PythonModel):
 
     def embed(self, images: Any, pooled_patch_tokens: bool = False) -> dict[str, np.ndarray]:
         """Decoded uint8 images → {"embedding": [N, D]} (+ pooled patch tokens); see `embed_images`."""
+        from dinoflow.embedding.limits import Limits
+
         return embed_images(
             self.backbone,
             images,
             self.prep["image_size"],
             self.prep["resize_ratio"],
             pooled_patch_tokens=pooled_patch_tokens,
+            limits=Limits.from_settings(self.prep),
         )
 
     # no type hints on predict: MLflow would try (and fail) to derive a signature from them
     def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+
         pooled = bool((params or {}).get(PARAM_POOLED, False))
-        out = self.embed(as_images(model_input), pooled_patch_tokens=pooled)
+        try:
+            out = embed_request(self.backbone, model_input, self.prep, pooled_patch_tokens=pooled)
+        except ValueError as e:  # bad or too costly input: the client's to fix (HTTP 400 when served)
+            raise MlflowException.invalid_parameter_value(str(e)) from e
         return out if pooled else out[EMBEDDING]
 
 

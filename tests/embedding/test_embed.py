@@ -186,7 +186,7 @@ def test_resume_refuses_other_settings_and_restart_discards(backbone, tmp_path, 
     assert embed(pth, src, "-o", out, "--restart") == 0 and out.exists()
     capsys.readouterr()
     assert embed(pth, src, "-o", out) == 1
-    assert f"{out} exists; pass --overwrite" in capsys.readouterr().err
+    assert f"{out} exists (a finished output); pass --overwrite" in capsys.readouterr().err
     assert embed(pth, src, "-o", out, "--overwrite") == 0
 
 

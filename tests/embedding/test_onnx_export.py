@@ -57,3 +57,33 @@ def test_parity_check_fails_loudly_and_bad_sizes_are_refused(backbone, tmp_path)
         check_parity(other, path, 28, atol=1e-4)
     with pytest.raises(DinoflowError, match="not a multiple of the backbone's patch size 7"):
         export_onnx(backbone, tmp_path / "bad", 30)
+
+
+def _poison(src, dst, pattern: str) -> str:
+    """Copy an exported graph with the first float initializer whose name holds `pattern` set to NaN."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        a = numpy_helper.to_array(init)
+        if pattern in init.name and a.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(np.full_like(a, np.nan), init.name))
+            onnx.save(model, str(dst))
+            return init.name
+    raise AssertionError(f"no float initializer named like {pattern!r}")
+
+
+def test_a_graph_that_outputs_nan_fails_the_parity_check(backbone, tmp_path):
+    path = export_onnx(backbone, tmp_path, 28)
+    poisoned = tmp_path / "nan.onnx"
+    name = _poison(path, poisoned, "norm")
+    got = _run(poisoned, torch.randn(1, 3, 28, 28))
+    assert np.isnan(got[0]).all(), f"NaN in {name} did not reach the output"
+    with pytest.raises(DinoflowError, match=r"ONNX output embedding holds \d+ non-finite value"):
+        check_parity(backbone, poisoned, 28, atol=1e-4)
+    broken = build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0).eval()
+    with torch.no_grad():
+        broken.norm.weight.fill_(float("nan"))
+    with pytest.raises(DinoflowError, match="PyTorch output embedding holds .* the model itself is broken"):
+        check_parity(broken, poisoned, 28, atol=1e-4)

@@ -4,8 +4,8 @@
   the outcome carries the manifest rows and curation.json.
 - pretrain: the training stream's folder reader (`pretrain.data` = a folder), one epoch.
 - evaluate: the `folder` evaluation dataset kind (train/ and test/ splits, a class per subfolder).
-- embed: `EMBED_CONSUMER` — HOOK for `dinoflow embed` (issue 15). When it exists, set it to a
-  function like the ones below and add "embed" to the expectations in corpus.py.
+- embed: the real `dinoflow embed` CLI entry over the folder (a tiny backbone, 28 px); the outcome
+  carries its rows and skipped list.
 
 Also runnable as a script (`python consumers.py <consumer> <folder> <work>` prints the Outcome as
 JSON) so a case can run as another user or under a time limit.
@@ -134,8 +134,54 @@ def run_evaluate_folder(folder: Path, work: Path) -> Outcome:
     return out
 
 
-# HOOK(issue 15): `dinoflow embed` over a folder. None until that command exists.
-EMBED_CONSUMER: Callable[[Path, Path], Outcome] | None = None
+def run_embed(folder: Path, work: Path) -> Outcome:
+    """The real `dinoflow embed` CLI entry (in this process) with a tiny backbone, at 28 px; the
+    outcome's manifest holds every row (`embedded`) and skipped image (`skipped`, the reason)."""
+    import torch
+
+    from dinoflow.cli import main
+    from dinoflow.models import build_backbone, export_backbone
+
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    pth = export_backbone(build_backbone("vit_pico", patch_size=7, img_size=28), work / "model" / "backbone.pth")
+    out = work / "embeddings.parquet"
+    params = work / "params.yaml"
+    params.write_text("{}\n")  # the defaults (the serving bounds among them)
+    err, stdout = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    args = [
+        "embed",
+        str(pth),
+        str(folder),
+        "-o",
+        str(out),
+        "--image-size",
+        "28",
+        "--resize-ratio",
+        "1",
+        "--no-progress",
+    ]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(stdout):
+        try:
+            code = main([*args, "-c", str(params)])
+        except BaseException as e:  # noqa: BLE001 - a raw exception is an outcome the tests judge
+            return Outcome(None, f"{type(e).__name__}: {e}", type(e).__name__, time.perf_counter() - t0)
+    result = Outcome(code, err.getvalue().strip()[-2000:] if code else "", "DinoflowError" if code else "")
+    result.seconds = time.perf_counter() - t0
+    if out.exists():
+        from dinoflow.embedding.parts import read_embeddings
+
+        result.manifest = {u: ["embedded", ""] for u in read_embeddings(out)[0]}
+    skipped = work / "embeddings.skipped.json"
+    if skipped.exists():
+        result.manifest.update({s["uid"]: ["skipped", s["reason"]] for s in json.loads(skipped.read_text())})
+    if code == 0:
+        result.report = json.loads(stdout.getvalue())
+    return result
+
+
+EMBED_CONSUMER: Callable[[Path, Path], Outcome] | None = run_embed
 
 CONSUMERS: dict[str, Callable[[Path, Path], Outcome]] = {
     "curate": run_curate,

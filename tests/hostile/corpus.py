@@ -36,11 +36,23 @@ from hostile.tars import padded_png
 # evaluate (folder dataset): `loaded`, `named_error` (naming the file), `ignored`.
 
 
+# embed: `embedded` (a row), `skipped:<reason>` (in the skipped list; the reason starts so), `skipped`
+# (any reason), `ignored` (not an image input: neither a row nor skipped). Left empty, it follows
+# curate: corrupt:<r> → skipped:<r>, decoded / junk → embedded, skipped → ignored.
+
+
 @dataclass(frozen=True)
 class Expect:
     curate: str
     pretrain: str
     evaluate: str
+    embed: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.embed:
+            kind, _, reason = self.curate.partition(":")
+            derived = {"corrupt": f"skipped:{reason}", "skipped": "ignored"}.get(kind, "embedded")
+            object.__setattr__(self, "embed", derived)
 
 
 @dataclass(frozen=True)
@@ -166,7 +178,7 @@ IMAGE_CASES: list[FileCase] = [
     FileCase(
         "bomb_over_max_pixels_9000x9000.png",
         _write(lambda: png_header_bomb(9000, 9000)),
-        Expect("corrupt:decompression_bomb", "skipped", CORRUPT),
+        Expect("corrupt:decompression_bomb", "skipped", CORRUPT, embed="skipped:over_limit"),
     ),
     FileCase("bomb_text_chunk.png", _write(png_text_bomb), Expect("corrupt:decompression_bomb", "skipped", CORRUPT)),
     FileCase(
@@ -200,7 +212,18 @@ IMAGE_CASES: list[FileCase] = [
     FileCase(
         "tall_1x60000.png",
         _save(lambda: Image.new("L", (1, 60000), 128), "PNG"),
-        Expect("junk:too_small", "used", "loaded"),
+        Expect("junk:too_small", "used", "loaded", embed="skipped:over_limit"),
+    ),
+    # the resize scales the shorter side up: cost grows with the aspect ratio, not the file size
+    FileCase(
+        "wide_20000x1.png",
+        _save(lambda: Image.new("RGB", (20000, 1), (9, 99, 199)), "PNG"),
+        Expect("junk:too_small", "used", "loaded", embed="skipped:over_limit"),
+    ),
+    FileCase(  # a real digit stretched to just over serving.max_aspect_ratio (20)
+        "aspect_21_588x28.png",
+        _save(lambda: Image.fromarray(digit(9)).resize((588, 28)), "PNG"),
+        Expect("decoded", "used", "loaded", embed="skipped:over_limit"),
     ),
     # a valid PNG padded with zeros to 1 GiB (a sparse file): refused from its size, never read
     FileCase(
@@ -255,12 +278,12 @@ NON_UTF8_NAME = os.fsdecode(b"bad-\xff\xfe-name.png")  # surrogate-escaped str o
 # Training lists a folder as curation does (dinoflow.data.sources.list_source): what curation lists
 # and cannot read (a FIFO, a dangling or looping symlink) training reads as b"", a skipped sample.
 SPECIAL_CASES: list[FileCase] = [
-    FileCase("fifo.png", _fifo, Expect("reported", "skipped", CORRUPT)),
-    FileCase("dangling.png", _dangling, Expect("corrupt:unreadable", "skipped", CORRUPT)),
-    FileCase("loop_a.png", _loop, Expect("corrupt:unreadable", "skipped", CORRUPT)),
-    FileCase("unreadable.png", _unreadable, Expect("corrupt:unreadable", "skipped", CORRUPT)),
-    FileCase(NON_UTF8_NAME, _write(good_png), Expect("reported", "used", "loaded")),
-    FileCase("locked_dir", _unlistable, Expect("reported", "ignored", CORRUPT)),
+    FileCase("fifo.png", _fifo, Expect("reported", "skipped", CORRUPT, embed="skipped:not a regular file (fifo)")),
+    FileCase("dangling.png", _dangling, Expect("corrupt:unreadable", "skipped", CORRUPT, embed="skipped:dangling")),
+    FileCase("loop_a.png", _loop, Expect("corrupt:unreadable", "skipped", CORRUPT, embed="skipped:symlink loop")),
+    FileCase("unreadable.png", _unreadable, Expect("corrupt:unreadable", "skipped", CORRUPT, embed="skipped")),
+    FileCase(NON_UTF8_NAME, _write(good_png), Expect("reported", "used", "loaded", embed="embedded")),
+    FileCase("locked_dir", _unlistable, Expect("reported", "ignored", CORRUPT, embed="ignored")),
     FileCase("folder.png", _folder_named_png, Expect("decoded", "used", "loaded"), entry="folder.png/inside.png"),
 ]
 

@@ -1,5 +1,5 @@
-"""Hostile files through every stage that reads files (issue 14's acceptance): curate, pretrain's
-folder reader, evaluate's folder datasets (and `dinoflow embed` once it exists: consumers.EMBED_CONSUMER).
+"""Hostile files through every stage that reads files: curate, pretrain's folder reader, evaluate's
+folder datasets and `dinoflow embed`.
 
 Each case must end in what corpus.py says: a manifest row with the right status, an entry in the
 skip list, a named error naming the file, or the file used — never a raw traceback, a hang, or a
@@ -94,6 +94,9 @@ def check(case: FileCase, consumer: str, out: Outcome, n_good: int) -> None:
                 f"{name!r} appears in neither the manifest nor the report"
             )
         return
+    if consumer == "embed":
+        check_embed(exp, case.entry or name, out, n_good)
+        return
     if exp == "named_error":
         assert out.error_type == "DinoflowError", (
             f"{consumer}: expected a named error for {name!r}, got {out.error_type or 'success'}: {out.error}"
@@ -110,6 +113,24 @@ def check(case: FileCase, consumer: str, out: Outcome, n_good: int) -> None:
             assert out.skipped == want[1]
     else:  # evaluate: 4 good images + the case
         assert out.used == 4 + (exp == "loaded"), f"{out.used} images loaded"
+
+
+def check_embed(exp: str, uid: str, out: Outcome, n_good: int) -> None:
+    """`dinoflow embed` finished (exit 0) with the good images as rows and the case where corpus.py says."""
+    from dinoflow.data.sources import printable
+
+    uid = printable(uid)  # a name that is not UTF-8 is a uid with \xNN escapes
+    assert out.code == 0 and out.error_type == "", f"embed failed on {uid!r}: {out.error}"
+    embedded = [u for u, (status, _) in out.manifest.items() if status == "embedded"]
+    kind, _, reason = exp.partition(":")
+    if kind == "embedded":
+        assert uid in embedded and len(embedded) == n_good + 1, (uid, embedded)
+    elif kind == "skipped":
+        assert uid in out.manifest and out.manifest[uid][0] == "skipped", f"{uid!r} is not in the skipped list"
+        assert out.manifest[uid][1].startswith(reason), out.manifest[uid]
+        assert len(embedded) == n_good
+    else:  # ignored: not an image input, never read
+        assert uid not in out.manifest and len(embedded) == n_good, out.manifest
 
 
 # ---------------------------------------------------------------- image-like files

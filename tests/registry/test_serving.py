@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +27,21 @@ def _post(url: str, body: dict) -> dict:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
+
+
+def _refused(url: str) -> tuple[int, dict]:
+    """(status, body) for a 1×400000 PNG: the resize would scale its shorter side up to a huge image."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (400_000, 1)).save(buf, "PNG")
+    try:
+        _post(url, {"inputs": [base64.b64encode(buf.getvalue()).decode()]})
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    raise AssertionError("the served model answered a 1x400000 image")
 
 
 def _model_dir(champion, dest: Path) -> Path:
@@ -65,9 +81,13 @@ def test_served_champion_answers_its_serving_example_like_dinoflow_embed(champio
         wait_http(f"http://127.0.0.1:{port}/ping", 180, proc, log)
         served = np.asarray(_post(f"http://127.0.0.1:{port}/invocations", example)["predictions"], dtype=np.float32)
         both = _post(f"http://127.0.0.1:{port}/invocations", {**example, "params": {"pooled_patch_tokens": True}})
+        refused = _refused(f"http://127.0.0.1:{port}/invocations")
     finally:
         stop(proc)
     assert served.shape == (len(example["inputs"]), champion.student.embed_dim)
+    status, body = refused
+    assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", (status, body)
+    assert "over_limit: 400000x1 has aspect ratio 4e+05 > serving.max_aspect_ratio 20" in body["message"]
     np.testing.assert_allclose(np.asarray(both["predictions"]["embedding"]), served, atol=1e-6)
     assert np.asarray(both["predictions"]["pooled_patch_tokens"]).shape == served.shape
 

@@ -175,21 +175,21 @@ def list_keys(url: str, suffixes: tuple[str, ...] | None = None, *, page_size: i
 
 
 def open_stream(url: str) -> Any:
-    """A readable streaming body for one object (call `.read(n)`; `.close()` when done)."""
+    """A readable stream over one object (`.read(n)`, `.close()`); a read that breaks is resumed
+    from where it broke, then fails by name (`dinoflow.data.s3_read`), never ends early."""
+    from dinoflow.data.s3_read import ResumableBody
+
     u = parse_s3_url(url)
-    with s3_errors(u.bucket, f"opening {url}"):
-        return s3_client().get_object(Bucket=u.bucket, Key=u.key)["Body"]
+    return ResumableBody(u.bucket, u.key)
 
 
 def read_bytes(url: str) -> bytes:
-    """The whole object as bytes."""
-    u = parse_s3_url(url)
-    with s3_errors(u.bucket, f"reading {url}"):
-        body = s3_client().get_object(Bucket=u.bucket, Key=u.key)["Body"]
-        try:
-            return body.read()
-        finally:
-            body.close()
+    """The whole object as bytes (a broken read resumed, see `open_stream`)."""
+    body = open_stream(url)
+    try:
+        return body.read()
+    finally:
+        body.close()
 
 
 def write_bytes(url: str, data: bytes) -> None:

@@ -9,7 +9,8 @@ the tracking server comes from --tracking-uri, $MLFLOW_TRACKING_URI, else sqlite
 backbone file / its folder (pre-processing from the config's `evaluate` section unless given).
 INPUT: an image folder (recursive), a .tar shard or a folder of them, or s3://bucket/prefix.
 Writes OUT (Parquet: uid, embedding float32[D], + pooled_patch_tokens) and OUT's stem
-.skipped.json (bad images: uid and reason); prints a JSON summary.
+.skipped.json (bad images, images beyond the `serving` bounds of the config, shards truncated as
+stored: uid and reason); prints a JSON summary. One run per output at a time (OUT.lock).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from dinoflow.errors import DinoflowError
 
@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--tracking-uri", help="MLflow tracking server for a models:/ URI")
     p.add_argument(
-        "-c", "--config", default="params.yaml", help="config for a backbone file's pre-processing (evaluate section)"
+        "-c",
+        "--config",
+        default="params.yaml",
+        help="config: a backbone file's pre-processing (evaluate section); the bounds on one image (serving section)",
     )
     p.add_argument("--image-size", type=int, help="backbone file: centre-crop side (default: evaluate.image_size)")
     p.add_argument("--resize-ratio", type=float, help="backbone file: resize ratio (default: evaluate.resize_ratio)")
@@ -55,21 +58,23 @@ def _check(args: argparse.Namespace) -> None:
         raise DinoflowError(f"--image-size must be >= 1; got {args.image_size}")
     if args.resize_ratio is not None and args.resize_ratio < 1:
         raise DinoflowError(f"--resize-ratio must be >= 1 (resize, then centre crop); got {args.resize_ratio}")
-    out = Path(args.output)
-    if out.is_dir():
-        raise DinoflowError(f"--output {out} is a directory; give a file name such as {out / 'embeddings.parquet'}")
-    from dinoflow.embedding.parts import parts_dir
+    from dinoflow.embedding.output import check_output
 
-    if out.exists() and not args.overwrite and not parts_dir(out).exists():
-        raise DinoflowError(f"{out} exists; pass --overwrite to replace it")
+    check_output(args.output, args.overwrite, args.restart)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check(args)
+        from dinoflow.config import ConfigError, load_config
         from dinoflow.embedding.job import is_model_uri, load_model, run_embed
+        from dinoflow.embedding.limits import Limits
 
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as e:
+            raise DinoflowError(str(e)) from None
         if is_model_uri(args.model):
             import mlflow
 
@@ -78,14 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.set_tracking_uri(args.tracking_uri or tracking.tracking_uri(None))
             size, ratio = 0, 1.0  # the model carries its own pre-processing
         else:
-            from dinoflow.config import ConfigError, load_config
-
-            try:
-                ev = load_config(args.config).evaluate
-            except ConfigError as e:
-                raise DinoflowError(str(e)) from None
-            size = args.image_size or ev.image_size
-            ratio = args.resize_ratio or ev.resize_ratio
+            size = args.image_size or cfg.evaluate.image_size
+            ratio = args.resize_ratio or cfg.evaluate.resize_ratio
         model = load_model(args.model, size, ratio)
         summary = run_embed(
             model,
@@ -95,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             part_size=args.part_size,
             pooled=args.pooled_patch_tokens,
             restart=args.restart,
+            overwrite=args.overwrite,
             progress=not args.no_progress,
+            limits=Limits.from_settings(cfg.serving),
         )
     except DinoflowError as e:
         print(f"dinoflow embed: {e}", file=sys.stderr)

@@ -2,10 +2,13 @@
 
 Images come from `dinoflow.data.sources.iter_source` (an image folder, tar shards, an s3:// prefix;
 uids relative to the input, in a deterministic order) and are decoded with the curation's safe
-decoder: a bad image is reported (uid + reason in `<out stem>.skipped.json`) and skipped, never
-fatal. Embeddings are `dinoflow.embedding.compute.embed_images`, the numbers the served model
-returns. Output rows are committed in parts (`dinoflow.embedding.parts`), so a killed run
-resumes where it stopped when started again with the same arguments.
+decoder: a bad image, one beyond the `serving` limits (`dinoflow.embedding.limits`) or a shard
+truncated as stored is reported (uid + reason in `<out stem>.skipped.json`) and skipped, never
+fatal; a read that breaks (an S3 endpoint dying mid-object) stops the run, which resumes when
+rerun. Each image is transformed right after decoding, so a batch holds [3, S, S] floats, not
+decoded images. One writer per output (`dinoflow.embedding.output`). Embeddings are those of
+`dinoflow.embedding.compute.embed_images`, the numbers the served model returns. Output rows are committed
+in parts (`dinoflow.embedding.parts`), so a killed run resumes where it stopped when started again with the same arguments.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from dinoflow.digest import file_sha256
-from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_images
+from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_prepared, prepare_image
+from dinoflow.embedding.limits import Limits, OverLimit, check_image, header_size
+from dinoflow.embedding.output import OutputLock, check_output
 from dinoflow.embedding.parts import PartStore
 from dinoflow.errors import DinoflowError
 
@@ -78,9 +83,9 @@ def load_model(spec: str, image_size: int, resize_ratio: float) -> LoadedModel:
 
 @dataclass
 class _Pending:
-    """Rows waiting for the next part: decoded images of the current batch, finished rows, skips."""
+    """Rows waiting for the next part: transformed images [1, 3, S, S] of the current batch, finished rows, skips."""
 
-    images: list[np.ndarray] = field(default_factory=list)
+    images: list[torch.Tensor] = field(default_factory=list)
     image_uids: list[str] = field(default_factory=list)
     uids: list[str] = field(default_factory=list)
     columns: dict[str, list[np.ndarray]] = field(default_factory=dict)
@@ -93,13 +98,38 @@ class _Pending:
 def _embed_batch(model: LoadedModel, pending: _Pending, pooled: bool) -> int:
     if not pending.images:
         return 0
-    out = embed_images(model.backbone, pending.images, model.image_size, model.resize_ratio, pooled_patch_tokens=pooled)
+    out = embed_prepared(model.backbone, pending.images, pooled_patch_tokens=pooled)
     for k, v in out.items():
         pending.columns.setdefault(k, []).append(v)
     pending.uids += pending.image_uids
     n = len(pending.images)
     pending.images, pending.image_uids = [], []
     return n
+
+
+def _prepare(model: LoadedModel, data: bytes, limits: Limits) -> torch.Tensor:
+    """Encoded bytes → float [1, 3, S, S]; CorruptImage / OverLimit (checked from the header first)."""
+    from dinoflow.data.decode import decode_image
+
+    wh = header_size(data)
+    if wh is not None:
+        check_image(wh[0], wh[1], limits, model.image_size, model.resize_ratio)
+    image = np.array(decode_image(data, max_pixels=limits.max_image_pixels))
+    return prepare_image(image, model.image_size, model.resize_ratio, limits)
+
+
+def _items(source: str, stats: Any, done: set[str]) -> Iterator[Any]:
+    """Every raw item of `source`; a shard truncated as stored also yields an item with an error
+    (uid: the shard), since the samples after the cut are lost. A read that breaks (an S3 endpoint
+    dying) raises instead: the input is not at fault and a rerun resumes."""
+    from dinoflow.data.sources import RawItem, iter_entry, list_source
+
+    for entry in list_source(source, stats):
+        before = stats.shards.truncated
+        yield from iter_entry(entry, str(source), stats)
+        if stats.shards.truncated > before and entry.rel not in done:
+            reason = "truncated: the shard ends inside a member as stored; the samples from there on are lost"
+            yield RawItem(entry.rel, str(source), b"", error=reason, entry=entry.rel)
 
 
 def _write_part(store: PartStore, pending: _Pending, dim: int, pooled: bool) -> None:
@@ -121,17 +151,39 @@ def run_embed(
     part_size: int = 4096,
     pooled: bool = False,
     restart: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
-    """Embed every image of `source` into `output` (Parquet); resumes a killed run. Returns a summary."""
-    from dinoflow.data.decode import CorruptImage, decode_image
+    """Embed every image of `source` into `output` (Parquet); resumes a killed run. Returns a summary.
+
+    One writer per output (`OutputLock`); an existing finished output is replaced only with
+    `overwrite`. Images beyond `limits` (default `Limits()`) are skipped with the reason."""
     from dinoflow.data.s3 import is_s3_url
-    from dinoflow.data.sources import SourceStats, iter_source
-    from dinoflow.tracking import redact
 
     if not is_s3_url(str(source)) and not Path(source).exists():
         raise DinoflowError(f"input {source} does not exist: give an image folder, .tar shard(s) or s3://bucket/prefix")
-    out = Path(output)
+    with OutputLock(output):
+        check_output(output, overwrite, restart)
+        return _run_locked(model, source, Path(output), batch_size, part_size, pooled, restart, progress, limits)
+
+
+def _run_locked(
+    model: LoadedModel,
+    source: str,
+    out: Path,
+    batch_size: int,
+    part_size: int,
+    pooled: bool,
+    restart: bool,
+    progress: bool,
+    limits: Limits | None,
+) -> dict[str, Any]:
+    from dinoflow.data.decode import CorruptImage
+    from dinoflow.data.sources import SourceStats
+    from dinoflow.tracking import redact
+
+    limits = limits or Limits()
     settings = {
         "model_sha256": model.sha256,
         "image_size": model.image_size,
@@ -150,7 +202,7 @@ def run_embed(
     bar = tqdm(desc="embed", unit="img", dynamic_ncols=True, disable=not progress, initial=len(done))
     t0, embedded = time.perf_counter(), 0
     try:
-        for item in iter_source(source, stats):
+        for item in _items(source, stats, done):
             if item.uid in done:
                 continue
             bar.update(1)
@@ -158,9 +210,9 @@ def run_embed(
                 pending.skipped.append({"uid": item.uid, "reason": item.error})
             else:
                 try:
-                    pending.images.append(np.array(decode_image(item.data)))
+                    pending.images.append(_prepare(model, item.data, limits))
                     pending.image_uids.append(item.uid)
-                except CorruptImage as e:
+                except (CorruptImage, OverLimit) as e:
                     pending.skipped.append({"uid": item.uid, "reason": str(e)})
             if len(pending.images) >= batch_size:
                 embedded += _embed_batch(model, pending, pooled)

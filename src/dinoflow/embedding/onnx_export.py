@@ -94,10 +94,24 @@ def export_onnx(backbone: torch.nn.Module, out_dir: str | Path, image_size: int,
     return out / ONNX_FILE
 
 
+def _require_finite(name: str, batch: int, **outputs: np.ndarray) -> None:
+    """DinoflowError when an output holds NaN or ±inf: every comparison with NaN is false, so an
+    error of NaN would otherwise read as 0 and pass any tolerance."""
+    for side, a in outputs.items():
+        bad = int(np.size(a) - np.isfinite(a).sum())
+        if bad:
+            raise DinoflowError(
+                f"{'ONNX' if side == 'onnx' else 'PyTorch'} output {name} holds {bad} non-finite value(s) (NaN/inf) "
+                f"on a batch of {batch}: the {'exported graph' if side == 'onnx' else 'model itself'} is broken; "
+                "keep register.onnx.enabled=false until it is fixed"
+            )
+
+
 def check_parity(
     backbone: torch.nn.Module, onnx_path: str | Path, image_size: int, atol: float, seed: int = 0
 ) -> float:
-    """Max |ONNX − PyTorch| over both outputs on random batches of 1 and 3; DinoflowError above atol."""
+    """Max |ONNX − PyTorch| over both outputs on random batches of 1 and 3; DinoflowError above atol
+    or when either side outputs a non-finite value."""
     _, ort = _require()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     head = EmbeddingHead(backbone).eval()
@@ -113,6 +127,7 @@ def check_parity(
                 raise DinoflowError(
                     f"ONNX output {name} has shape {g.shape} for a batch of {b}; PyTorch gives {e.shape}"
                 )
+            _require_finite(name, b, pytorch=e, onnx=g)
             worst = max(worst, float(np.abs(g - e).max()))
     if worst > atol:
         raise DinoflowError(

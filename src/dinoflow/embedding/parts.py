@@ -3,9 +3,11 @@
 While it runs, `<out>.parts/` holds `state.json` (what the rows are made with: model hash,
 pre-processing, input) and `part-000000.parquet`, … — each written atomically, each after the
 uids it skipped (bad images, with the reason) in `part-000000.skipped.jsonl`: a list with no size
-bound stays out of Parquet metadata, whose footer a reader refuses past 100 MB. A rerun with the same settings skips every uid a
-part already holds; other settings are refused (the rows would mix two models). `finish` writes
-`<out>` (atomically, rows in input order), `<out stem>.skipped.json`, and removes the parts.
+bound stays out of Parquet metadata, whose footer a reader refuses past 100 MB. A rerun with the
+same settings skips every uid a part already holds; other settings are refused (the rows would mix
+two models). `finish` marks the parts `finishing`, writes `<out>` (atomically, rows in input order)
+and `<out stem>.skipped.json`, and removes the parts; a run stopped in between may be rerun over
+its own `<out>` (the same rows).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dinoflow.io import atomic_path, atomic_write_json
 SKIPPED_META = b"dinoflow.skipped"
 SETTINGS_META = b"dinoflow.embed"
 STATE_FILE = "state.json"
+FINISHING = "finishing"  # written before the output: the output beside these parts is theirs
 
 
 def parts_dir(output: Path) -> Path:
@@ -85,6 +88,11 @@ class PartStore:
             atomic_write_json(state, settings)
         self._parts = sorted(self.dir.glob("part-*.parquet"))
 
+    @staticmethod
+    def finishing(output: str | Path) -> bool:
+        """True when a run stopped inside `finish`: its output may be written, its parts not yet removed."""
+        return (parts_dir(Path(output)) / FINISHING).is_file()
+
     def done(self) -> tuple[set[str], int, list[dict[str, str]]]:
         """(uids already embedded or skipped, rows so far, skipped records so far)."""
         uids: set[str] = set()
@@ -127,6 +135,7 @@ class PartStore:
         table = pa.concat_tables(tables).replace_schema_metadata(
             {SETTINGS_META: json.dumps({**self.settings, **meta}), SKIPPED_META: json.dumps({"count": len(skipped)})}
         )
+        (self.dir / FINISHING).touch()
         atomic_write_json(skipped_path(self.output), skipped)
         with atomic_path(self.output) as tmp:
             pq.write_table(table, tmp)
