@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import io
+import json
 import os
 import pickle
 import shutil
@@ -16,6 +17,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
 from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
+from dinoflow.train.checkpoint_digests import complete_digests, digest
 from dinoflow.train.safe_dcp import CheckpointError
 
 from .conftest import ckpt_dir, cli_overrides, run_cli
@@ -92,7 +94,8 @@ def test_crafted_non_tensor_entry_runs_no_code(tmp_path):
     }
     state["optim"]["param_groups"][0]["lr"] = Touch(marker)  # DCP stores it as a pickled byte entry
     dcp.save(state, checkpoint_id=str(tmp_path / "ck"))
-    (tmp_path / "ck" / "meta.json").write_text("{}")
+    # checksums that match: the forger wrote them too, so only the safe reader stands in the way
+    (tmp_path / "ck" / "meta.json").write_text(json.dumps({"files": complete_digests(tmp_path / "ck", {})}))
     with pytest.raises(CheckpointError, match=r"entry 'optim.param_groups.0.lr' is not plain data"):
         _load(tmp_path / "ck", m, opt, torch.zeros(2))
     assert not marker.exists()
@@ -108,9 +111,13 @@ class _EnumByName(pickle.Pickler):
 
 
 def _repickle(path, md, reduce_enums_by_name=True):
+    """Rewrite `.metadata` as another writer would have, and record its checksum as that writer did."""
     buf = io.BytesIO()
     (_EnumByName(buf) if reduce_enums_by_name else pickle.Pickler(buf)).dump(md)
     (path / ".metadata").write_bytes(buf.getvalue())
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"][".metadata"] = digest(path / ".metadata")
+    (path / "meta.json").write_text(json.dumps(meta))
 
 
 def test_metadata_written_by_a_python_that_pickles_enums_by_name_resumes(tmp_path):
