@@ -1,7 +1,7 @@
 """Where a training run keeps its state, and when it may pick that state up again.
 
 - The run directory is the stage's `out_dir`: its exports (`backbone.pth`, `config.yaml`,
-  `heads.pth`) and `train_config.yaml`, the settings it is being trained with.
+  `heads.pth`, the weights' `.sha256` records) and `train_config.yaml`, the settings it is being trained with.
 - Checkpoints live in `<train.checkpoint_dir>/<stage>-<settings hash>/` (default checkpoint dir:
   `<out_dir>/ckpt`). Outside the DVC outs they survive `dvc repro` deleting those outs before a
   rerun, so a preempted stage resumes; keyed by the settings, a run with changed settings never
@@ -53,7 +53,7 @@ RUNTIME_KEYS = frozenset(
     }
 )
 TRAIN_CONFIG = "train_config.yaml"
-EXPORTS = ("backbone.pth", "config.yaml", "heads.pth")
+EXPORTS = ("backbone.pth", "backbone.pth.sha256", "config.yaml", "heads.pth", "heads.pth.sha256")
 
 
 @dataclass(frozen=True)
