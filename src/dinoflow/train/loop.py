@@ -33,7 +33,14 @@ from dinoflow.train.objective import Objective
 from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.preemption import Preempted, StopRequested, StopSignal
 from dinoflow.train.resources import check_batch_fits
-from dinoflow.train.run_dir import RunDir, check_checkpoint_settings, check_run_dir, finish_run_dir, start_run_dir
+from dinoflow.train.run_dir import (
+    RunDir,
+    check_checkpoint_settings,
+    check_run_dir,
+    finish_run_dir,
+    run_lock,
+    start_run_dir,
+)
 from dinoflow.train.schedules import Schedules
 from dinoflow.train.step import prepare_networks, train_step
 from dinoflow.train.views import step_seed
@@ -58,7 +65,8 @@ def run_training(make_objective: MakeObjective, *, stage: str, cfg: Config, sect
 def _run(make_objective: MakeObjective, stage: str, sec: StageSection) -> dict[str, Any]:
     with StopRequested(distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1) as stop:
         try:
-            return _train(make_objective, stage, sec, stop)
+            with run_lock(stage, sec):  # one job per run directory and checkpoint directory
+                return _train(make_objective, stage, sec, stop)
         except StopSignal:  # during setup: nothing to save yet
             raise Preempted(
                 f"{stage} stopped by {stop.signame} before training started; rerun the same "

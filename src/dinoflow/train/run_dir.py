@@ -17,16 +17,20 @@
   are for resuming unfinished work, and a stage DVC reruns (its code or data changed, or
   `dvc repro -f`) must train again rather than re-export a finished run. A run stopped early by
   `train.max_steps` keeps them, so a later run with a larger `max_steps` continues it.
+- One job at a time writes a run directory and a checkpoint directory (`run_lock`): a second
+  one is refused by name (who holds it, since when); a lock left by a killed job is taken over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -34,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 from dinoflow.config import dump_config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_text
+from dinoflow.writer_lock import writer_lock
 
 RUNTIME_KEYS = frozenset(
     {
@@ -53,6 +58,7 @@ RUNTIME_KEYS = frozenset(
     }
 )
 TRAIN_CONFIG = "train_config.yaml"
+LOCK = ".dinoflow.lock"  # in the run directory; a checkpoint directory's is `<it>.lock` beside it
 EXPORTS = ("backbone.pth", "backbone.pth.sha256", "config.yaml", "heads.pth", "heads.pth.sha256")
 
 
@@ -170,3 +176,25 @@ def check_checkpoint_settings(stage: str, sec: Any, ckpt: Path, run: RunDir) -> 
 def finish_run_dir(run: RunDir) -> None:
     """Main rank, after the exports of a completed schedule: drop the checkpoints (see above)."""
     shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+
+
+@contextmanager
+def run_lock(stage: str, sec: Any) -> Iterator[None]:
+    """The main rank holds the run directory and the checkpoint directory for the block (the job's
+    other ranks are its own); another job on either is refused with `OutputLocked` naming its owner."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    out, ckpt = Path(sec.out_dir), _ckpt_dir(stage, sec, training_settings(sec))
+    what = f"dinoflow {stage} (out_dir {out})"
+    with ExitStack() as locks:
+        locks.enter_context(writer_lock(out / LOCK, what, f"run directory {out}", f"choose another {stage}.out_dir"))
+        locks.enter_context(
+            writer_lock(
+                ckpt.with_name(ckpt.name + ".lock"),
+                what,
+                f"checkpoint directory {ckpt}",
+                f"give this run its own {stage}.train.checkpoint_dir",
+            )
+        )
+        yield
