@@ -32,7 +32,7 @@ from dinoflow.train.metrics import CsvLog, StepMetrics
 from dinoflow.train.objective import Objective
 from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.preemption import Preempted, StopRequested, StopSignal
-from dinoflow.train.resources import check_batch_fits
+from dinoflow.train.resources import check_batch_fits, check_model_fits, training_state_bytes
 from dinoflow.train.run_dir import (
     RunDir,
     check_checkpoint_settings,
@@ -135,7 +135,10 @@ class _Checkpoints:
 def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir) -> list:
     """Up-front checks (batch vs memory, data decodes), then record the run; returns the data units."""
     tcfg = sec.train
-    model_cfg = sec.model if isinstance(sec, PretrainConfig) else sec.student  # the model trained
+    pretraining = isinstance(sec, PretrainConfig)
+    model_cfg = sec.model if pretraining else sec.student  # the model trained
+    state = training_state_bytes(model_cfg, sec.head if pretraining else None, with_teacher_copy=pretraining)
+    check_model_fits(stage, "model" if pretraining else "student", state, env.device, env.world_size)
     check_batch_fits(
         f"{stage}.train.batch_size_per_rank",
         tcfg.batch_size_per_rank,
