@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 
 import pytest
 import torch
@@ -180,3 +181,23 @@ def test_pretrain_refuses_a_crafted_checkpoint_directory(tmp_path, image_folder)
     assert "refers to posix.system" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert not marker.exists()
     shutil.rmtree(tmp_path / "teacher")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asynchronous", ["true", "false"])
+def test_a_full_disk_under_the_checkpoint_dir_names_the_checkpoint(tmp_path, image_folder, asynchronous):
+    """Checkpoints on their own (full) volume, exports elsewhere: the message names the checkpoint, not
+    the out_dir or the working directory (a real full tmpfs, in a mount namespace)."""
+    from fs_sandbox import run_on_tmpfs
+
+    full = tmp_path / "ckpt_volume"
+    ov = cli_overrides(
+        tmp_path, image_folder, "pretrain.train.max_steps=2", f"pretrain.train.checkpoint_dir={full}",
+        f"pretrain.train.async_checkpoint={asynchronous}",
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = run_on_tmpfs([sys.executable, "-m", "dinoflow", "pretrain", *ov], full, size="256k", timeout=300, env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dinoflow pretrain: no space left on the device holding {full}/pretrain-"), last
+    assert "/step_00000002" in last and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -110,12 +110,12 @@ class PendingSave:
         self.future, self.tmp, self.final, self.step, self.meta, self.is_main = future, tmp, final, step, meta, is_main
 
     def finish(self) -> Path:
-        with _naming_failed_writes(self.tmp):
+        with _naming_failed_writes(self.final):
             mine = self.future.result()
         barrier()
         digests = {name: d for part in gather(mine) for name, d in part.items()}
         if self.is_main:
-            with _naming_failed_writes(self.tmp):
+            with _naming_failed_writes(self.final):
                 self._publish(complete_digests(self.tmp, digests))
         barrier()
         return self.final
@@ -154,12 +154,12 @@ def start_save(
     name = f"step_{step:08d}"
     tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name
     if is_main:
-        with _naming_failed_writes(tmp):
+        with _naming_failed_writes(final):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
     barrier()
     if is_main:
-        with _naming_failed_writes(tmp):
+        with _naming_failed_writes(final):
             for file_name, src in (files or {}).items():
                 if Path(src).is_file():
                     shutil.copyfile(src, tmp / file_name)
@@ -176,7 +176,7 @@ def start_save(
         future = pool.submit(lambda: (written.result(), own_shards(tmp, rank))[1])
         pool.shutdown(wait=False)  # its thread ends after this one task
     else:
-        with _naming_failed_writes(tmp):
+        with _naming_failed_writes(final):
             dcp.save(state, checkpoint_id=str(tmp), **kw)
         future = Future()
         future.set_result(own_shards(tmp, rank))
