@@ -66,10 +66,11 @@ def available_bytes(device: Any) -> int | None:
         limit, used = _read_int(limit_f), _read_int(used_f)
         if limit is not None and used is not None and limit < 2**60:
             candidates.append(max(0, limit - used))
-    candidates += _rlimits_left()
-    if not candidates:
+    own = _rlimits_left()  # this process's alone, not shared with the node's other ranks
+    if not candidates and not own:
         return None
-    return min(candidates) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    shared = [min(candidates) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))] if candidates else []
+    return min(shared + own)
 
 
 def refuse_over_memory(what: str, need: int, todo: str, device: Any = None) -> None:
