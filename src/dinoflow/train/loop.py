@@ -15,6 +15,7 @@ no checkpoint is ever written after it, so the last good one stays in place.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -65,8 +66,8 @@ def run_training(make_objective: MakeObjective, *, stage: str, cfg: Config, sect
 def _run(make_objective: MakeObjective, stage: str, sec: StageSection) -> dict[str, Any]:
     with StopRequested(distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1) as stop:
         try:
-            with run_lock(stage, sec):  # one job per run directory and checkpoint directory
-                return _train(make_objective, stage, sec, stop)
+            with ExitStack() as locks:  # the run's locks, taken once its checks pass, held to the end
+                return _train(make_objective, stage, sec, stop, locks)
         except StopSignal:  # during setup: nothing to save yet
             raise Preempted(
                 f"{stage} stopped by {stop.signame} before training started; rerun the same "
@@ -132,8 +133,9 @@ class _Checkpoints:
                 self.finish()
 
 
-def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir) -> list:
-    """Up-front checks (batch vs memory, data decodes), then record the run; returns the data units."""
+def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir, locks: ExitStack) -> list:
+    """Up-front checks (model and batch vs memory, data decodes), then take the run directory (one
+    job at a time) and record the run; returns the data units."""
     tcfg = sec.train
     pretraining = isinstance(sec, PretrainConfig)
     model_cfg = sec.model if pretraining else sec.student  # the model trained
@@ -148,6 +150,14 @@ def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir) -> list:
         env.device,
     )
     units = check_training_data(sec.data, f"{stage}.data")
+    held: DinoflowError | None = None
+    if env.is_main:  # the job's other ranks are its own writers
+        try:
+            locks.enter_context(run_lock(stage, run))
+        except DinoflowError as e:
+            held = e
+    if any_rank(held is not None):
+        raise held or DinoflowError(f"rank 0 could not take {run.out} (see its message): another job writes it")
     if env.is_main:
         start_run_dir(stage, sec, run)
     barrier()
@@ -213,11 +223,13 @@ def _loader(sec: StageSection, env: DistEnv, views, start: int, units: list):
     )
 
 
-def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: StopRequested) -> dict[str, Any]:
+def _train(
+    make_objective: MakeObjective, stage: str, sec: StageSection, stop: StopRequested, locks: ExitStack
+) -> dict[str, Any]:
     tcfg, seed = sec.train, sec.seed
     run = check_run_dir(stage, sec)  # every rank, before any work: refuses changed settings
     env: DistEnv = init_distributed(tcfg.device)
-    units = _prepare(stage, sec, env, run)
+    units = _prepare(stage, sec, env, run, locks)
     objective, net, optimizer, sched, modules, (latest, start, skipped, last_loss) = _setup(
         make_objective, stage, sec, env, run
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -179,21 +178,19 @@ def finish_run_dir(run: RunDir) -> None:
 
 
 @contextmanager
-def run_lock(stage: str, sec: Any) -> Iterator[None]:
-    """The main rank holds the run directory and the checkpoint directory for the block (the job's
-    other ranks are its own); another job on either is refused with `OutputLocked` naming its owner."""
-    if os.environ.get("RANK", "0") != "0":
-        yield
-        return
-    out, ckpt = Path(sec.out_dir), _ckpt_dir(stage, sec, training_settings(sec))
-    what = f"dinoflow {stage} (out_dir {out})"
+def run_lock(stage: str, run: RunDir) -> Iterator[None]:
+    """Hold the run directory and the checkpoint directory for the block (main rank); another job
+    on either is refused with `OutputLocked` naming its owner."""
+    what = f"dinoflow {stage} (out_dir {run.out})"
     with ExitStack() as locks:
-        locks.enter_context(writer_lock(out / LOCK, what, f"run directory {out}", f"choose another {stage}.out_dir"))
+        locks.enter_context(
+            writer_lock(run.out / LOCK, what, f"run directory {run.out}", f"choose another {stage}.out_dir")
+        )
         locks.enter_context(
             writer_lock(
-                ckpt.with_name(ckpt.name + ".lock"),
+                run.ckpt_dir.with_name(run.ckpt_dir.name + ".lock"),
                 what,
-                f"checkpoint directory {ckpt}",
+                f"checkpoint directory {run.ckpt_dir}",
                 f"give this run its own {stage}.train.checkpoint_dir",
             )
         )
