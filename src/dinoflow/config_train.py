@@ -8,8 +8,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from dinoflow.archs import ARCHS
+from dinoflow.archs import ARCH_SPECS, ARCHS
 from dinoflow.config_base import PositiveFloat, Probability, Section, Seed
+from dinoflow.model_size import MAX_PARAMS, MAX_PATCH_TOKENS, backbone_params, head_params, patch_tokens
 
 Arch = Literal[ARCHS]  # type: ignore[valid-type]  # = Literal[*names] at runtime: pydantic checks the one table
 
@@ -43,6 +44,27 @@ class ModelConfig(Section):
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         return self
 
+    @model_validator(mode="after")
+    def _bounded_size(self) -> "ModelConfig":
+        """The stated bounds (`dinoflow.model_size`), checked here so nothing is allocated for an absurd model."""
+        n_tok = patch_tokens(self.img_size, self.patch_size)
+        if n_tok > MAX_PATCH_TOKENS:
+            raise ValueError(
+                f"img_size {self.img_size} / patch_size {self.patch_size} makes a positional embedding of {n_tok:,} "
+                f"patches, over the {MAX_PATCH_TOKENS:,} a model may have: lower img_size or raise patch_size"
+            )
+        n = backbone_params(
+            self.arch, self.patch_size, self.img_size, self.num_register_tokens, self.ffn_layer,
+            self.layerscale_init is not None,
+        )  # fmt: skip
+        if n > MAX_PARAMS:
+            raise ValueError(
+                f"{self.arch} with patch_size {self.patch_size}, img_size {self.img_size} and "
+                f"{self.num_register_tokens} registers has {n:,} parameters, over the {MAX_PARAMS:,} a model may "
+                "have: lower patch_size / num_register_tokens"
+            )
+        return self
+
 
 class HeadConfig(Section):
     """DINOHead: MLP → bottleneck → L2-normalise → weight-normalised prototypes."""
@@ -62,6 +84,13 @@ class HeadConfig(Section):
     )
     separate_ibot_head: bool = False
     ibot_out_dim: int = Field(65536, ge=2)
+
+    def params(self, in_dim: int) -> int:
+        """Parameters of the DINO head, and of the iBOT head when it is separate."""
+        n = head_params(in_dim, self.out_dim, self.hidden_dim, self.bottleneck_dim, self.nlayers)
+        if self.separate_ibot_head:
+            n += head_params(in_dim, self.ibot_out_dim, self.hidden_dim, self.bottleneck_dim, self.nlayers)
+        return n
 
 
 class CropConfig(Section):
@@ -250,6 +279,17 @@ class PretrainConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _bounded_head(self) -> "PretrainConfig":
+        n = self.head.params(ARCH_SPECS[self.model.arch].embed_dim)
+        if n > MAX_PARAMS:
+            raise ValueError(
+                f"head (out_dim {self.head.out_dim}, ibot_out_dim {self.head.ibot_out_dim}, hidden_dim "
+                f"{self.head.hidden_dim}, bottleneck_dim {self.head.bottleneck_dim}, nlayers {self.head.nlayers}) "
+                f"has {n:,} parameters, over the {MAX_PARAMS:,} a model may have: lower them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _something_to_learn(self) -> "PretrainConfig":

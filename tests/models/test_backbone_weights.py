@@ -1,5 +1,7 @@
 """Strict weight loading, export round trips and architecture inference."""
 
+import hashlib
+
 import pytest
 import torch
 import yaml
@@ -197,3 +199,31 @@ def test_export_refuses_a_config_that_does_not_describe_the_model(tmp_path):
             model, tmp_path / "b.pth", ModelConfig(arch="vit_pico", patch_size=7, img_size=28, num_register_tokens=1)
         )
     assert not (tmp_path / "b.pth").exists()
+
+
+def test_a_damaged_export_is_refused_by_its_recorded_checksum(tmp_path):
+    """A bit flipped in an exported backbone.pth loads as a silently different model without the
+    record `export_backbone` writes beside it; with it, every reader refuses the file by name."""
+    path = export_backbone(randomized(small()), tmp_path / "backbone.pth")
+    side = tmp_path / "backbone.pth.sha256"
+    assert side.read_text().split() == [hashlib.sha256(path.read_bytes()).hexdigest(), "backbone.pth"]
+    assert load_backbone(tmp_path) is not None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a tensor byte: torch.load alone reads it without complaint
+    path.write_bytes(bytes(data))
+    with pytest.raises(BackboneWeightsError, match=rf"{path} does not match the sha256 recorded in {side}"):
+        load_backbone(path)
+    with pytest.raises(BackboneWeightsError, match="damaged or replaced"):
+        load_backbone_weights(small(), path)
+    side.write_text("not a digest\n")
+    with pytest.raises(BackboneWeightsError, match=r"does not hold a sha256 \(64 hex digits\)"):
+        load_backbone(path)
+    side.unlink()  # a file replaced on purpose: the user removes the record
+    load_backbone(path)
+
+
+def test_an_export_without_a_record_still_loads(tmp_path):
+    """Official hub files and exports from before the record have none: they load unchecked."""
+    path = export_backbone(small(), tmp_path / "backbone.pth")
+    (tmp_path / "backbone.pth.sha256").unlink()
+    assert load_backbone(path).embed_dim == 64

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import enum
 import io
+import json
 import os
 import pickle
 import shutil
+import sys
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
 from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
+from dinoflow.train.checkpoint_digests import complete_digests, digest
 from dinoflow.train.safe_dcp import CheckpointError
 
 from .conftest import ckpt_dir, cli_overrides, run_cli
@@ -92,7 +95,8 @@ def test_crafted_non_tensor_entry_runs_no_code(tmp_path):
     }
     state["optim"]["param_groups"][0]["lr"] = Touch(marker)  # DCP stores it as a pickled byte entry
     dcp.save(state, checkpoint_id=str(tmp_path / "ck"))
-    (tmp_path / "ck" / "meta.json").write_text("{}")
+    # checksums that match: the forger wrote them too, so only the safe reader stands in the way
+    (tmp_path / "ck" / "meta.json").write_text(json.dumps({"files": complete_digests(tmp_path / "ck", {})}))
     with pytest.raises(CheckpointError, match=r"entry 'optim.param_groups.0.lr' is not plain data"):
         _load(tmp_path / "ck", m, opt, torch.zeros(2))
     assert not marker.exists()
@@ -108,9 +112,13 @@ class _EnumByName(pickle.Pickler):
 
 
 def _repickle(path, md, reduce_enums_by_name=True):
+    """Rewrite `.metadata` as another writer would have, and record its checksum as that writer did."""
     buf = io.BytesIO()
     (_EnumByName(buf) if reduce_enums_by_name else pickle.Pickler(buf)).dump(md)
     (path / ".metadata").write_bytes(buf.getvalue())
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"][".metadata"] = digest(path / ".metadata")
+    (path / "meta.json").write_text(json.dumps(meta))
 
 
 def test_metadata_written_by_a_python_that_pickles_enums_by_name_resumes(tmp_path):
@@ -173,3 +181,23 @@ def test_pretrain_refuses_a_crafted_checkpoint_directory(tmp_path, image_folder)
     assert "refers to posix.system" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert not marker.exists()
     shutil.rmtree(tmp_path / "teacher")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asynchronous", ["true", "false"])
+def test_a_full_disk_under_the_checkpoint_dir_names_the_checkpoint(tmp_path, image_folder, asynchronous):
+    """Checkpoints on their own (full) volume, exports elsewhere: the message names the checkpoint, not
+    the out_dir or the working directory (a real full tmpfs, in a mount namespace)."""
+    from fs_sandbox import run_on_tmpfs
+
+    full = tmp_path / "ckpt_volume"
+    ov = cli_overrides(
+        tmp_path, image_folder, "pretrain.train.max_steps=2", f"pretrain.train.checkpoint_dir={full}",
+        f"pretrain.train.async_checkpoint={asynchronous}",
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = run_on_tmpfs([sys.executable, "-m", "dinoflow", "pretrain", *ov], full, size="256k", timeout=300, env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dinoflow pretrain: no space left on the device holding {full}/pretrain-"), last
+    assert "/step_00000002" in last and "Traceback" not in r.stderr, r.stderr[-3000:]

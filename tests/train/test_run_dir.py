@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ from dinoflow.errors import DinoflowError
 from dinoflow.train.pretrain import pretrain
 from dinoflow.train.run_dir import settings_hash, training_settings
 
-from .conftest import ckpt_dir, state_equal
+from .conftest import ckpt_dir, state_equal, tiny_overrides
 
 
 def _backbone(tmp):
@@ -121,3 +125,51 @@ def test_an_unreadable_record_is_refused_and_restart_gets_past_it(tiny_cfg, tmp_
         pretrain(tiny_cfg("pretrain.train.max_steps=1"))
     out = pretrain(tiny_cfg("pretrain.train.max_steps=1", "pretrain.train.restart=true"))
     assert out["step"] == 1 and out["resumed_from"] == 0
+
+
+def _pretrain_cmd(tmp, data, out: str, *extra: str) -> list[str]:
+    ov = tiny_overrides(tmp, data, f"pretrain.train.checkpoint_dir={tmp / 'shared'}", *extra)
+    ov += [f"pretrain.out_dir={tmp / out}", f"pretrain.report_csv={tmp / out}.csv"]
+    return [sys.executable, "-m", "dinoflow", "pretrain", *[a for o in ov for a in ("-S", o)]]
+
+
+@pytest.mark.slow
+def test_pretrains_sharing_a_checkpoint_dir_one_writes_the_others_are_named(tmp_path, image_folder):
+    """The reported case: three pretrains with one checkpoint_dir (they died on a raw FileNotFoundError
+    for `.step_N.tmp`). The first holds it; the others stop at once naming it; killed, its lock is taken over."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        _pretrain_cmd(tmp_path, image_folder, "a", "pretrain.train.epochs=400"),
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    locks = tmp_path / "shared"
+    deadline = time.time() + 120
+    while not list(locks.glob("pretrain-*.lock")) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    assert first.poll() is None, first.stderr.read()[-3000:]
+    others = [
+        subprocess.Popen(
+            _pretrain_cmd(tmp_path, image_folder, name, "pretrain.train.epochs=400"),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for name in ("b", "c")
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in others]
+    assert first.poll() is None, "the holder kept training meanwhile"
+    first.kill()  # SIGKILL: its lock files stay behind, their kernel locks do not
+    first.wait()
+    for code, err in results:
+        assert code == 1 and "Traceback" not in err, err[-3000:]
+        assert f"is being written by dinoflow pretrain (out_dir {tmp_path / 'a'}) (pid {first.pid}" in err, err[-3000:]
+        assert "FileNotFoundError" not in err
+    assert not (tmp_path / "b" / "backbone.pth").exists() and not (tmp_path / "c" / "backbone.pth").exists()
+    r = subprocess.run(
+        _pretrain_cmd(tmp_path, image_folder, "b", "pretrain.train.epochs=400", "pretrain.train.max_steps=2"),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(locks.glob("*.lock")) and not (tmp_path / "b" / ".dinoflow.lock").exists()

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinoflow.config import HeadConfig
+from dinoflow.memory import refuse_over_memory
+from dinoflow.model_size import FLOAT_BYTES, head_params
 
 
 def _row_norm(v: Tensor) -> Tensor:
@@ -182,6 +184,13 @@ class DINOHead(nn.Module):
     ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)
+        n = head_params(in_dim, out_dim, hidden_dim, bottleneck_dim, nlayers)
+        refuse_over_memory(
+            f"a DINO head of {n:,} parameters (out_dim {out_dim}, hidden_dim {hidden_dim}, bottleneck_dim "
+            f"{bottleneck_dim}, {nlayers} layers)",
+            n * FLOAT_BYTES,
+            "Lower the head's out_dim / hidden_dim / bottleneck_dim / nlayers.",
+        )
         self.mlp = _mlp(nlayers, in_dim, hidden_dim, bottleneck_dim, use_bn, mlp_bias)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):

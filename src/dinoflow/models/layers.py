@@ -17,15 +17,6 @@ from dinoflow.models.gelu_mlp import gelu_mlp
 from dinoflow.models.packing import Segments, packed_drop_path_block
 
 
-def swiglu_hidden_dim(dim: int, mlp_ratio: float = 4.0) -> int:
-    """Hidden width of the official fused SwiGLU: 2/3 of the MLP width, rounded up to a multiple of 8.
-
-    For ViT-g (dim 1536): int(6144 * 2 / 3) = 4096 → 4096.
-    """
-    hidden = int(dim * mlp_ratio)
-    return (int(hidden * 2 / 3) + 7) // 8 * 8
-
-
 class PatchEmbed(nn.Module):
     """Non-overlapping patches → tokens: [B, C, H, W] → [B, (H/p)·(W/p), D], row-major over the grid."""
 

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 
 from dinoflow.config import ModelConfig
 from dinoflow.errors import DinoflowError
-from dinoflow.models.layers import Block, PatchEmbed, swiglu_hidden_dim
+from dinoflow.memory import refuse_over_memory
+from dinoflow.model_size import FLOAT_BYTES, backbone_params, forward_bytes, patch_tokens, swiglu_hidden_dim
+from dinoflow.models.layers import Block, PatchEmbed
 from dinoflow.models.presets import arch_spec
 
 NORM_EPS = 1e-6
@@ -403,6 +405,7 @@ def build_backbone(
         ffn = "swiglu"
     if ffn not in ("mlp", "swiglu"):
         raise DinoflowError(f"ffn_layer {ffn_layer!r} is not supported; use 'mlp', 'swiglu' or 'auto'")
+    _refuse_unbuildable(arch, patch_size, img_size, num_register_tokens, ffn, layerscale_init is not None)
     # the same settings build the model and describe it (model.config, saved beside exports)
     shared = dict(
         patch_size=patch_size,
@@ -426,6 +429,16 @@ def build_backbone(
     model.arch = arch
     model.config = ModelConfig(arch=arch, ffn_layer=ffn if ffn != spec.ffn else "auto", **shared)
     return model
+
+
+def _refuse_unbuildable(arch: str, patch: int, img: int, registers: int, ffn: str, layerscale: bool) -> None:
+    """Before allocating: its parameters and one image's forward must fit in the memory left."""
+    n = backbone_params(arch, patch, img, registers, ffn, layerscale)
+    refuse_over_memory(
+        f"{arch} at img_size {img}, patch_size {patch} ({patch_tokens(img, patch):,} patches, {n:,} parameters)",
+        n * FLOAT_BYTES + forward_bytes(arch, patch, img, registers),
+        "Lower img_size (or raise patch_size) in the model's config, or choose a smaller arch.",
+    )
 
 
 def backbone_from_config(cfg: ModelConfig, **overrides: Any) -> DinoVisionTransformer:

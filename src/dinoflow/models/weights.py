@@ -13,6 +13,10 @@ What `load_backbone_weights` accepts (always read with `torch.load(weights_only=
 
 After that normalisation the file must match the model exactly: any missing key, unexpected key
 or shape mismatch raises `BackboneWeightsError` listing all of them, and nothing is loaded.
+
+`export_backbone` also writes `<file>.sha256` (the `sha256sum` format) once the file is complete;
+`read_weights` checks a file against it when one lies beside it, so an export damaged on disk
+(a flipped bit loads as a silently different model) is refused by name in every later stage.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from dinoflow.config import ModelConfig, save_config
+from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
-from dinoflow.io import atomic_path
+from dinoflow.io import atomic_path, atomic_write_text
 from dinoflow.models.presets import arch_from_shape
 from dinoflow.models.vit import DinoVisionTransformer, backbone_from_config
 from dinoflow.models.wrappers import strip_wrapper_names, unwrap
@@ -39,7 +44,9 @@ WRAPPER_KEYS = ("teacher", "model", "state_dict", "backbone")
 _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.(.+)$")
 BACKBONE_FILE = "backbone.pth"
 CONFIG_FILE = "config.yaml"
+CHECKSUM_SUFFIX = ".sha256"
 _MAX_LISTED = 25
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class BackboneWeightsError(DinoflowError):
@@ -68,6 +75,7 @@ def read_weights(path: str | Path) -> Any:
         p = p / BACKBONE_FILE
     if not p.is_file():
         raise BackboneWeightsError(f"weights file {p} does not exist")
+    verify_recorded_checksum(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling failure means the same thing to the user
@@ -75,6 +83,36 @@ def read_weights(path: str | Path) -> Any:
             f"{p} could not be read as a weights-only PyTorch file ({type(e).__name__}: {e}); "
             "it may be truncated, not a .pth file, or contain pickled objects other than tensors"
         ) from e
+
+
+def checksum_path(path: str | Path) -> Path:
+    """Where the sha256 of a weights file written by `export_backbone` is recorded."""
+    p = Path(path)
+    return p.with_name(p.name + CHECKSUM_SUFFIX)
+
+
+def verify_recorded_checksum(path: Path) -> None:
+    """Refuse `path` when `<path>.sha256` lies beside it and records another sha256."""
+    side = checksum_path(path)
+    if not side.is_file():
+        return
+    try:
+        text = side.read_text(errors="replace")
+    except OSError as e:
+        raise BackboneWeightsError(f"{side} is unreadable ({e})") from None
+    recorded = text.split()[0] if text.split() else ""
+    if not _HEX64.fullmatch(recorded):
+        raise BackboneWeightsError(
+            f"{side} does not hold a sha256 (64 hex digits) of {path.name}; it was edited or damaged: "
+            f"rerun the stage that wrote {path}, or delete {side} if you put another file there on purpose"
+        )
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise BackboneWeightsError(
+            f"{path} does not match the sha256 recorded in {side} when it was written ({actual[:12]}… vs "
+            f"{recorded[:12]}…): the file was damaged or replaced since. Rerun the stage that wrote it (or "
+            f"restore it from a copy); if you replaced it on purpose, delete {side}"
+        )
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -236,7 +274,8 @@ def export_backbone(model: nn.Module, path: str | Path, model_cfg: ModelConfig |
     """Write the backbone in the official flat layout to `path` (atomically) and its ModelConfig
     as `config.yaml` beside it. `model_cfg` defaults to the config the model was built from.
 
-    Returns the path of the weights file. A directory path gets `backbone.pth` inside it.
+    Returns the path of the weights file. A directory path gets `backbone.pth` inside it; its
+    sha256 goes to `<path>.sha256` (`save_weights`).
     """
     path = Path(path)
     if path.is_dir() or path.suffix == "":
@@ -248,10 +287,22 @@ def export_backbone(model: nn.Module, path: str | Path, model_cfg: ModelConfig |
         )
     sd = _export_state_dict(model)
     _check_config_matches(sd, cfg)
-    with atomic_path(path) as tmp:
-        torch.save(sd, tmp)
+    save_weights(sd, path)
     save_config(cfg, path.parent / CONFIG_FILE)
     return path
+
+
+def save_weights(obj: Any, path: str | Path) -> None:
+    """`torch.save(obj)` to `path` atomically, then its sha256 to `<path>.sha256` (what `read_weights`
+    checks). The old record goes first, so a kill in between leaves a file without a record, never
+    one with a wrong record."""
+    path = Path(path)
+    side = checksum_path(path)
+    side.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+        sha = file_sha256(tmp)
+    atomic_write_text(side, f"{sha}  {path.name}\n")
 
 
 # ---------------------------------------------------------------------- rebuild

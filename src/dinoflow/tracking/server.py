@@ -5,6 +5,12 @@ timeout per attempt; with the server gone mid-run, the end of a stage (artifact 
 queued asynchronous metrics, end_run) then waits for many minutes with no word. Every stage
 bounds those numbers (`tracking.request_timeout_s`, `tracking.request_retries`) and turns what
 is left into a DinoflowError that names the server.
+
+The artifact store is not the server: a client that writes artifacts to S3 itself (an experiment
+whose artifact location is `s3://…`) fails in boto, and a server that proxies them
+(`--serve-artifacts`) answers 5xx for `mlflow-artifacts` requests while its own health check
+passes. Either is named as the artifact store's fault, with its endpoint; only a server that no
+longer answers is "lost".
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ _CREDENTIAL_MARKERS = (
     "AccessDenied",
     "PartialCredentialsError",
 )
+_STORE_MODULES = ("botocore", "boto3", "s3transfer")  # the S3 client's exceptions live here
+_HEALTH_PROBE_S = 3.0
 _LOST_MARKERS = (
     "Max retries exceeded",
     "Connection refused",
@@ -92,6 +100,49 @@ def _mentions(exc: BaseException, markers: tuple[str, ...]) -> bool:
     return any(m in f"{type(e).__name__} {e}" for e in _chain(exc) for m in markers)
 
 
+def _boto_fault(exc: BaseException) -> BaseException | None:
+    """The first exception raised by boto (the S3 client) in the chain, if any."""
+    for e in _chain(exc):
+        if type(e).__module__.split(".")[0] in _STORE_MODULES:
+            return e
+    return None
+
+
+def _s3_endpoint() -> str:
+    return redact(os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "(AWS S3)")
+
+
+def _answers(uri: str) -> bool:
+    """Whether the HTTP tracking server at `uri` answers /health now (a short probe)."""
+    try:
+        check_tracking_server(uri, timeout_s=_HEALTH_PROBE_S)
+        return True
+    except DinoflowError:
+        return False
+
+
+def _store_error(what: str, exc: BaseException, uri: str | None) -> DinoflowError | None:
+    """The artifact store's fault, when that is what `exc` is (see the module's docstring)."""
+    boto = _boto_fault(exc)
+    if boto is not None:
+        return DinoflowError(
+            f"{what}: the S3 artifact store {_s3_endpoint()} failed ({type(boto).__name__}: {redact(str(boto))[:300]}); "
+            "the MLflow tracking server is not at fault. Check that the S3 endpoint (MLFLOW_S3_ENDPOINT_URL) is up "
+            "and reachable from here, then rerun."
+        )
+    text = " ".join(f"{type(e).__name__} {e}" for e in _chain(exc))
+    status = _http_status(exc)
+    if status is not None and status < 500:  # refused logins and the like: named as such below
+        return None
+    if uri and uri.startswith(("http://", "https://")) and "mlflow-artifacts" in text and _answers(uri):
+        return DinoflowError(
+            f"{what}: the MLflow tracking server {redact(uri)} answers, but its artifact store failed "
+            f"({redact(str(exc))[:300]}). The server proxies artifacts: check the storage behind it (its "
+            "--artifacts-destination, e.g. the S3 endpoint) and the server's log, then rerun."
+        )
+    return None
+
+
 def _http_status(exc: BaseException) -> int | None:
     for e in _chain(exc):
         code = getattr(e, "get_http_status_code", None)
@@ -115,6 +166,9 @@ def named_errors(what: str, uri: str | None = None) -> Iterator[None]:
                 "Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and MLFLOW_S3_ENDPOINT_URL) where the artifacts are "
                 "written: this process, or the MLflow server when it runs with --serve-artifacts."
             ) from e
+        store = _store_error(what, e, uri)
+        if store is not None:
+            raise store from e
         status = _http_status(e)
         if status == 403 and _mentions(e, ("Invalid Host header",)):
             raise DinoflowError(

@@ -8,7 +8,10 @@ and objective state (loss centres, student EMA) plus `meta.json` (step, data pos
 config). DCP stores tensors by their global (unsharded) names, so a job saved by N processes
 resumes on M — DDP or FSDP2 alike. It is written to a hidden temp directory and renamed when
 complete, and `ckpt/latest` names the newest complete one: a job killed mid-save leaves the
-previous checkpoint as the one a restart trusts.
+previous checkpoint as the one a restart trusts. `meta.json` also records the size and sha256 of
+every other file, verified before a resume loads anything (`checkpoint_digests.py`); when the
+directory `latest` names was deleted (a damaged one, on the error's advice), the newest complete
+checkpoint left is resumed. A failed write (full disk, no permission) names the checkpoint path.
 
 Reading never unpickles anything but DCP's own metadata classes and plain values
 (`dinoflow.train.safe_dcp`): a crafted checkpoint directory gives a `CheckpointError`, not code.
@@ -20,6 +23,7 @@ import json
 import re
 import shutil
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,7 +40,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_text
+from dinoflow.storage_errors import find_os_error, full_disk_error, storage_error
+from dinoflow.train.checkpoint_digests import DIGESTS_KEY, complete_digests, gather, own_shards, verify_checkpoint
 from dinoflow.train.distributed import barrier
 from dinoflow.train.safe_dcp import CheckpointError, SafeFileSystemReader, SafeLoadPlanner, read_metadata
 
@@ -55,7 +62,30 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
             "or set train.restart=true to start over"
         )
     target = Path(ckpt_dir) / name
-    return target if (target / "meta.json").exists() else None
+    if (target / "meta.json").exists():
+        return target
+    # Its directory was deleted (a damaged checkpoint, as the error advises): the newest complete one left.
+    # Only published checkpoints have a step_<N> name, and every one of them holds meta.json.
+    done = sorted(
+        d for d in Path(ckpt_dir).glob("step_*") if _STEP_DIR.fullmatch(d.name) and (d / "meta.json").is_file()
+    )
+    return done[-1] if done else None
+
+
+@contextmanager
+def _naming_failed_writes(where: Path) -> Iterator[None]:
+    """A full disk or a denied write while saving a checkpoint: a StorageError naming `where`."""
+    try:
+        yield
+    except DinoflowError:
+        raise
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        named = storage_error(e, where) or full_disk_error(e, [where], where)
+        if named is None:
+            raise
+        raise named from e
 
 
 def _state(
@@ -75,24 +105,31 @@ class PendingSave:
     it: meta.json, the rename from the temp directory, `latest`, and pruning. Until then the
     previous checkpoint stays the one a restart trusts."""
 
-    def __init__(self, future: Any, tmp: Path, final: Path, step: int, meta: dict[str, Any], is_main: bool):
+    def __init__(self, future: Future, tmp: Path, final: Path, step: int, meta: dict[str, Any], is_main: bool) -> None:
+        # `future` yields the digests of the shards this rank wrote, once they are written
         self.future, self.tmp, self.final, self.step, self.meta, self.is_main = future, tmp, final, step, meta, is_main
 
     def finish(self) -> Path:
-        if self.future is not None:
-            self.future.result()
+        with _naming_failed_writes(self.final):
+            mine = self.future.result()
         barrier()
+        digests = {name: d for part in gather(mine) for name, d in part.items()}
         if self.is_main:
-            ckpt_dir = self.final.parent
-            (self.tmp / "meta.json").write_text(json.dumps({**self.meta, "step": self.step}, indent=2, default=str))
-            shutil.rmtree(self.final, ignore_errors=True)
-            self.tmp.rename(self.final)
-            atomic_write_text(ckpt_dir / "latest", self.final.name + "\n")
-            done = sorted(d for d in ckpt_dir.glob("step_*") if d.is_dir())
-            for old in done[:-KEEP_LAST]:
-                shutil.rmtree(old, ignore_errors=True)
+            with _naming_failed_writes(self.final):
+                self._publish(complete_digests(self.tmp, digests))
         barrier()
         return self.final
+
+    def _publish(self, digests: dict[str, Any]) -> None:
+        ckpt_dir = self.final.parent
+        meta = {**self.meta, "step": self.step, DIGESTS_KEY: digests}
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        shutil.rmtree(self.final, ignore_errors=True)
+        self.tmp.rename(self.final)
+        atomic_write_text(ckpt_dir / "latest", self.final.name + "\n")
+        done = sorted(d for d in ckpt_dir.glob("step_*") if d.is_dir())
+        for old in done[:-KEEP_LAST]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def start_save(
@@ -117,23 +154,32 @@ def start_save(
     name = f"step_{step:08d}"
     tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name
     if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with _naming_failed_writes(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
     barrier()
     if is_main:
-        for file_name, src in (files or {}).items():
-            if Path(src).is_file():
-                shutil.copyfile(src, tmp / file_name)
+        with _naming_failed_writes(final):
+            for file_name, src in (files or {}).items():
+                if Path(src).is_file():
+                    shutil.copyfile(src, tmp / file_name)
     state = _state(modules, optimizer, train_module, extra)
     single = not torch.distributed.is_initialized()
     if single:  # a single process is a supported mode; the background writer would warn at any time
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
     kw = {"process_group": checkpoint_group(), "no_dist": single}
+    rank = 0 if single else torch.distributed.get_rank()
     if asynchronous:
-        future = dcp.async_save(state, checkpoint_id=str(tmp), **kw)
+        written = dcp.async_save(state, checkpoint_id=str(tmp), **kw)
+        # hash this rank's shards once written, still in the background (hashlib releases the GIL)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-digest")
+        future = pool.submit(lambda: (written.result(), own_shards(tmp, rank))[1])
+        pool.shutdown(wait=False)  # its thread ends after this one task
     else:
-        dcp.save(state, checkpoint_id=str(tmp), **kw)
-        future = None
+        with _naming_failed_writes(final):
+            dcp.save(state, checkpoint_id=str(tmp), **kw)
+        future = Future()
+        future.set_result(own_shards(tmp, rank))
     return PendingSave(future, tmp, final, step, meta, is_main)
 
 
@@ -149,6 +195,7 @@ def load_checkpoint(
     path = Path(path)
     state = _state(modules, optimizer, train_module, extra)
     reader = SafeFileSystemReader(path, metadata=read_metadata(path / ".metadata"))
+    verify_checkpoint(path)  # collective; after the metadata check, so a crafted file is named as such
     try:
         with _single_process_quiet():
             dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
@@ -156,7 +203,7 @@ def load_checkpoint(
         ours = [exc for exc, _tb in e.failures.values() if isinstance(exc, CheckpointError)]
         if ours:
             raise ours[0] from None
-        raise
+        raise _unreadable(path, e) from e
     for name, m in modules.items():
         set_model_state_dict(m, state[name], options=StateDictOptions(strict=True))
     set_optimizer_state_dict(train_module, optimizer, state["optim"])
@@ -164,6 +211,20 @@ def load_checkpoint(
         if isinstance(v, torch.Tensor) and k in extra:
             extra[k].copy_(v)
     return json.loads((path / "meta.json").read_text())
+
+
+def _unreadable(path: Path, e: CheckpointException) -> DinoflowError:
+    """A checkpoint that verified but that DCP still could not read: one line, not DCP's traceback."""
+    named = storage_error(e, path) if find_os_error(e) is not None else None
+    if named is not None:
+        return named
+    first = next(iter(e.failures.values()), None)
+    exc = first[0] if isinstance(first, tuple) and first else first
+    gist = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}" if exc is not None else str(e)[:300]
+    return CheckpointError(
+        f"checkpoint {path} could not be read ({gist}); delete it and rerun to resume from an older "
+        f"checkpoint, or set train.restart=true (or delete {path.parent}) to start over"
+    )
 
 
 @contextmanager

@@ -15,6 +15,7 @@ no checkpoint is ever written after it, so the last good one stays in place.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -32,8 +33,15 @@ from dinoflow.train.metrics import CsvLog, StepMetrics
 from dinoflow.train.objective import Objective
 from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.preemption import Preempted, StopRequested, StopSignal
-from dinoflow.train.resources import check_batch_fits
-from dinoflow.train.run_dir import RunDir, check_checkpoint_settings, check_run_dir, finish_run_dir, start_run_dir
+from dinoflow.train.resources import check_batch_fits, check_model_fits, training_state_bytes
+from dinoflow.train.run_dir import (
+    RunDir,
+    check_checkpoint_settings,
+    check_run_dir,
+    finish_run_dir,
+    run_lock,
+    start_run_dir,
+)
 from dinoflow.train.schedules import Schedules
 from dinoflow.train.step import prepare_networks, train_step
 from dinoflow.train.views import step_seed
@@ -58,7 +66,8 @@ def run_training(make_objective: MakeObjective, *, stage: str, cfg: Config, sect
 def _run(make_objective: MakeObjective, stage: str, sec: StageSection) -> dict[str, Any]:
     with StopRequested(distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1) as stop:
         try:
-            return _train(make_objective, stage, sec, stop)
+            with ExitStack() as locks:  # the run's locks, taken once its checks pass, held to the end
+                return _train(make_objective, stage, sec, stop, locks)
         except StopSignal:  # during setup: nothing to save yet
             raise Preempted(
                 f"{stage} stopped by {stop.signame} before training started; rerun the same "
@@ -124,10 +133,14 @@ class _Checkpoints:
                 self.finish()
 
 
-def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir) -> list:
-    """Up-front checks (batch vs memory, data decodes), then record the run; returns the data units."""
+def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir, locks: ExitStack) -> list:
+    """Up-front checks (model and batch vs memory, data decodes), then take the run directory (one
+    job at a time) and record the run; returns the data units."""
     tcfg = sec.train
-    model_cfg = sec.model if isinstance(sec, PretrainConfig) else sec.student  # the model trained
+    pretraining = isinstance(sec, PretrainConfig)
+    model_cfg = sec.model if pretraining else sec.student  # the model trained
+    state = training_state_bytes(model_cfg, sec.head if pretraining else None, with_teacher_copy=pretraining)
+    check_model_fits(stage, "model" if pretraining else "student", state, env.device, env.world_size)
     check_batch_fits(
         f"{stage}.train.batch_size_per_rank",
         tcfg.batch_size_per_rank,
@@ -137,6 +150,14 @@ def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir) -> list:
         env.device,
     )
     units = check_training_data(sec.data, f"{stage}.data")
+    held: DinoflowError | None = None
+    if env.is_main:  # the job's other ranks are its own writers
+        try:
+            locks.enter_context(run_lock(stage, run))
+        except DinoflowError as e:
+            held = e
+    if any_rank(held is not None):
+        raise held or DinoflowError(f"rank 0 could not take {run.out} (see its message): another job writes it")
     if env.is_main:
         start_run_dir(stage, sec, run)
     barrier()
@@ -202,11 +223,13 @@ def _loader(sec: StageSection, env: DistEnv, views, start: int, units: list):
     )
 
 
-def _train(make_objective: MakeObjective, stage: str, sec: StageSection, stop: StopRequested) -> dict[str, Any]:
+def _train(
+    make_objective: MakeObjective, stage: str, sec: StageSection, stop: StopRequested, locks: ExitStack
+) -> dict[str, Any]:
     tcfg, seed = sec.train, sec.seed
     run = check_run_dir(stage, sec)  # every rank, before any work: refuses changed settings
     env: DistEnv = init_distributed(tcfg.device)
-    units = _prepare(stage, sec, env, run)
+    units = _prepare(stage, sec, env, run, locks)
     objective, net, optimizer, sched, modules, (latest, start, skipped, last_loss) = _setup(
         make_objective, stage, sec, env, run
     )

@@ -71,7 +71,7 @@ class PretrainObjective:
     def export(self, out_dir: str | Path, is_main: bool = True) -> None:
         """Collective under FSDP (every rank calls it); rank 0 writes the teacher's backbone.pth,
         config.yaml and heads.pth (what heads-mode distillation reads)."""
-        from dinoflow.io import atomic_path
+        from dinoflow.models.weights import save_weights
 
         sd = export_network(self.teacher, self.cfg.model, out_dir, is_main)
         if sd is None:
@@ -79,5 +79,4 @@ class PretrainObjective:
         heads = {"dino_head": sub_state_dict(sd, "dino_head.")}
         if self.teacher.ibot_head is not None:
             heads["ibot_head"] = sub_state_dict(sd, "ibot_head.")
-        with atomic_path(f"{out_dir}/heads.pth") as tmp:
-            torch.save(heads, tmp)
+        save_weights(heads, f"{out_dir}/heads.pth")

@@ -14,45 +14,13 @@ torchrun starts on this node.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from dinoflow.errors import DinoflowError
+from dinoflow.memory import GIB, available_bytes, refuse_over_memory
+from dinoflow.model_size import FLOAT_BYTES, backbone_params
 
 ACTIVATION_FLOATS = 8
-GIB = 2**30
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Memory this process may still allocate on `device` (None when it cannot be told)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    candidates = []
-    try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        candidates.append(int(meminfo["MemAvailable"].split()[0]) * 1024)
-    except (OSError, KeyError, ValueError):
-        pass
-    for limit_f, used_f in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
-        limit, used = _read_int(limit_f), _read_int(used_f)
-        if limit is not None and used is not None and limit < 2**60:
-            candidates.append(max(0, limit - used))
-    if not candidates:
-        return None
-    return min(candidates) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def bytes_per_image(model_cfg, crops, load_size: int) -> int:
@@ -83,3 +51,28 @@ def check_batch_fits(what: str, batch_size: int, model_cfg, crops, load_size: in
             f"(≥ {per_image / 2**20:.2f} MiB per image for crops and activations of {model_cfg.arch}), but only "
             f"{avail / GIB:.1f} GiB is available: lower {what} (at most about {fits} fits; fewer in practice)"
         )
+
+
+def training_state_bytes(model_cfg, head_cfg=None, with_teacher_copy: bool = True) -> int:
+    """Lower bound of what the trained network's state takes: weights, gradients and AdamW's two
+    moments of the student (backbone + heads), plus the EMA teacher's weights when it is a copy."""
+    from dinoflow.models.presets import arch_spec
+
+    n = backbone_params(
+        model_cfg.arch, model_cfg.patch_size, model_cfg.img_size, model_cfg.num_register_tokens,
+        model_cfg.ffn_layer, model_cfg.layerscale_init is not None,
+    )  # fmt: skip
+    if head_cfg is not None:
+        n += head_cfg.params(arch_spec(model_cfg.arch).embed_dim)
+    return FLOAT_BYTES * n * (4 + (1 if with_teacher_copy else 0))
+
+
+def check_model_fits(stage: str, model_key: str, need: int, device: torch.device, world_size: int) -> None:
+    """Refuse, before the networks are built, a training state that cannot fit even sharded over every rank."""
+    refuse_over_memory(
+        f"training {stage}.{model_key} (weights, gradients, optimiser state{' and teacher' if stage == 'pretrain' else ''}"
+        f", split over {world_size} process{'es' if world_size > 1 else ''})",
+        need // max(1, world_size),
+        f"Choose a smaller {stage}.{model_key}.arch, img_size or head, or train on more or larger devices.",
+        device,
+    )

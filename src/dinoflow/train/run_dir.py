@@ -1,7 +1,7 @@
 """Where a training run keeps its state, and when it may pick that state up again.
 
 - The run directory is the stage's `out_dir`: its exports (`backbone.pth`, `config.yaml`,
-  `heads.pth`) and `train_config.yaml`, the settings it is being trained with.
+  `heads.pth`, the weights' `.sha256` records) and `train_config.yaml`, the settings it is being trained with.
 - Checkpoints live in `<train.checkpoint_dir>/<stage>-<settings hash>/` (default checkpoint dir:
   `<out_dir>/ckpt`). Outside the DVC outs they survive `dvc repro` deleting those outs before a
   rerun, so a preempted stage resumes; keyed by the settings, a run with changed settings never
@@ -17,6 +17,8 @@
   are for resuming unfinished work, and a stage DVC reruns (its code or data changed, or
   `dvc repro -f`) must train again rather than re-export a finished run. A run stopped early by
   `train.max_steps` keeps them, so a later run with a larger `max_steps` continues it.
+- One job at a time writes a run directory and a checkpoint directory (`run_lock`): a second
+  one is refused by name (who holds it, since when); a lock left by a killed job is taken over.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -34,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from dinoflow.config import dump_config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_text
+from dinoflow.writer_lock import writer_lock
 
 RUNTIME_KEYS = frozenset(
     {
@@ -53,7 +57,8 @@ RUNTIME_KEYS = frozenset(
     }
 )
 TRAIN_CONFIG = "train_config.yaml"
-EXPORTS = ("backbone.pth", "config.yaml", "heads.pth")
+LOCK = ".dinoflow.lock"  # in the run directory; a checkpoint directory's is `<it>.lock` beside it
+EXPORTS = ("backbone.pth", "backbone.pth.sha256", "config.yaml", "heads.pth", "heads.pth.sha256")
 
 
 @dataclass(frozen=True)
@@ -170,3 +175,23 @@ def check_checkpoint_settings(stage: str, sec: Any, ckpt: Path, run: RunDir) -> 
 def finish_run_dir(run: RunDir) -> None:
     """Main rank, after the exports of a completed schedule: drop the checkpoints (see above)."""
     shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+
+
+@contextmanager
+def run_lock(stage: str, run: RunDir) -> Iterator[None]:
+    """Hold the run directory and the checkpoint directory for the block (main rank); another job
+    on either is refused with `OutputLocked` naming its owner."""
+    what = f"dinoflow {stage} (out_dir {run.out})"
+    with ExitStack() as locks:
+        locks.enter_context(
+            writer_lock(run.out / LOCK, what, f"run directory {run.out}", f"choose another {stage}.out_dir")
+        )
+        locks.enter_context(
+            writer_lock(
+                run.ckpt_dir.with_name(run.ckpt_dir.name + ".lock"),
+                what,
+                f"checkpoint directory {run.ckpt_dir}",
+                f"give this run its own {stage}.train.checkpoint_dir",
+            )
+        )
+        yield
