@@ -9,6 +9,7 @@ not compared here.
 
 from __future__ import annotations
 
+import copy
 import random
 import socket
 from pathlib import Path
@@ -155,3 +156,32 @@ def test_sinkhorn_with_a_rank_that_holds_no_rows(tmp_path):
         assert ranks[1][name].shape == (0, K)
         assert torch.isfinite(ranks[0][name]).all()
         assert torch.allclose(ranks[0][name], full, atol=1e-6), name
+
+
+def test_centre_update_reads_nothing_on_the_host():
+    """Regression: the pending row count was read on the host (`float(count)`), which on a GPU
+    waits for the device every step. The update now compiles whole (a host read breaks the
+    graph, an error under fullgraph) and still leaves the centre alone when there were no rows."""
+    for loss, rows in ((DINOLoss(6), torch.randn(5, 6)), (iBOTPatchLoss(6), torch.randn(7, 6))):
+        eager = copy.deepcopy(loss)
+        for fn in (loss, eager):
+            fn.center.fill_(0.25)
+            fn.update_center(rows)
+        torch._dynamo.reset()
+        torch.compile(loss.apply_center_update, fullgraph=True, backend="eager")()
+        eager.apply_center_update()
+        assert torch.equal(loss.center, eager.center) and not torch.equal(
+            loss.center, torch.full_like(loss.center, 0.25)
+        )
+        loss.update_center(torch.zeros(0, 6))
+        torch._dynamo.reset()
+        torch.compile(loss.apply_center_update, fullgraph=True, backend="eager")()
+        assert torch.equal(loss.center, eager.center)
+
+
+def test_a_device_tensor_count_is_taken_as_is():
+    """iBOT's centre from a token sum may take the count as a tensor (no host read either)."""
+    fn = iBOTPatchLoss(3)
+    fn.update_center_from_sum(torch.tensor([2.0, 4.0, 6.0]), torch.tensor([2]))
+    fn.apply_center_update()
+    torch.testing.assert_close(fn.center.reshape(-1), 0.1 * torch.tensor([1.0, 2.0, 3.0]))
