@@ -16,6 +16,7 @@ from dinoflow.models.wrappers import unwrap
 from dinoflow.train.distributed import DistEnv, shard_like, wrap_model
 from dinoflow.train.objective import Batch, Objective, Schedule
 from dinoflow.train.optim import apply_schedules
+from dinoflow.train.phases import mark
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -61,10 +62,12 @@ def train_step(
     red = all_reduce_sum(torch.stack([loss.detach().float(), torch.ones((), device=loss.device)]))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    mark("backward")
     metrics = dict(metrics)
     metrics.update(clip_gradients(net, clip_grad))
     optimizer.step()
     objective.after_step(net, s)
+    mark("optimizer_ema")
     return red[0] / red[1], metrics
 
 
@@ -84,7 +87,9 @@ def compile_blocks(module: nn.Module, device: torch.device, backend: str | None 
         blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
 
 
-def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> nn.Module:
+def prepare_networks(
+    objective: Objective, tcfg: TrainConfig, env: DistEnv, compile_backend: str | None = None
+) -> nn.Module:
     """Backbone settings (packing, checkpointing), wrapping (DDP / FSDP2) of the trained network,
     sharding of the EMA copies like it, then per-block compilation. Returns the train module."""
     module = objective.train_module()
@@ -101,5 +106,5 @@ def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> n
         shard_like(m, tcfg.strategy, env, precision=tcfg.precision)
     if compile_enabled(tcfg.compile, env.device):
         for m in [unwrap(net), *others]:
-            compile_blocks(m, env.device)
+            compile_blocks(m, env.device, backend=compile_backend)
     return net
