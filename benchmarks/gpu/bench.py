@@ -171,8 +171,12 @@ def profile_steps(parts, prepared, device: torch.device, first: int, out_dir: Pa
     names = {e.key for e in avg}
     sdpa = sorted({kind for op, kind in SDPA_OPS.items() if op in names})
     attn_kernels = sorted(
-        {e.key[:90] for e in avg if any(s in e.key.lower() for s in ("flash", "fmha", "sdpa", "attention"))
-         and not e.key.startswith("aten::")}  # fmt: skip
+        {
+            e.key[:90]
+            for e in avg
+            if any(s in e.key.lower() for s in ("flash", "fmha", "sdpa", "attention"))
+            and not e.key.startswith("aten::")
+        }  # fmt: skip
     )
     top = sorted(avg, key=lambda e: getattr(e, sort), reverse=True)[:5]
     return {"sdpa": sdpa or ["none seen"], "attention_kernels": attn_kernels[:6],

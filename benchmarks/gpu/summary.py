@@ -12,7 +12,10 @@ from pathlib import Path
 
 
 def rows(record: dict) -> list[str]:
-    head = f"{'config':<22}{'img/s':>8}{'step ms':>9}{'aug ms':>8}{'MFU spec':>9}{'MFU meas':>9}{'peak GiB':>9}{'rsv GiB':>8}{'fwd GiB':>8}{'compile s':>10}"
+    head = (
+        f"{'config':<22}{'img/s':>8}{'step ms':>9}{'aug ms':>8}{'MFU spec':>9}{'MFU meas':>9}"
+        f"{'peak GiB':>9}{'rsv GiB':>8}{'fwd GiB':>8}{'compile s':>10}"
+    )
     out = [head]
     for c in record.get("configs", []):
         if "images_per_s" not in c:

@@ -71,9 +71,7 @@ def test_missing_wheels_name_the_carry(tmp_path):
     shadow = tmp_path / "shadow" / "pydantic"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('pydantic is absent on the GPU machine')\n")
-    env = _env(
-        tmp_path / "out", PYTHONPATH=str(tmp_path / "shadow"), DINOFLOW_GPU_WHEELS=str(tmp_path / "no-wheels")
-    )
+    env = _env(tmp_path / "out", PYTHONPATH=str(tmp_path / "shadow"), DINOFLOW_GPU_WHEELS=str(tmp_path / "no-wheels"))
     r = subprocess.run(["bash", str(RUN)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     assert 'carry=["benchmarks/gpu/wheels"]' in r.stderr and "fetch_wheels.sh" in r.stderr
