@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from dinoflow.config import MaskConfig
 from dinoflow.data.masking import collate_masks
 from dinoflow.losses import DINOLoss, iBOTPatchLoss
+from dinoflow.losses.sinkhorn_device import sinkhorn_knopp_fused
 
 WORLD = 2
 K, B, N, N_LOCAL_CROPS, TEMP = 16, 8, 16, 4, 0.05
@@ -137,6 +138,8 @@ def _sinkhorn_worker(rank: int, port: int, workdir: str) -> None:
         for name, logits in p.items():
             local = logits if rank == 0 else logits[:0]
             out[name] = iBOTPatchLoss(K).sinkhorn_knopp_teacher(local, TEMP, torch.tensor([len(local)]))
+            # the device's path, run here on a CPU: same collectives on both ranks
+            out[name + "_device"] = sinkhorn_knopp_fused(local, TEMP, 3, torch.tensor([len(local)]), backend=None)
         torch.save(out, Path(workdir) / f"sk{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -153,9 +156,10 @@ def test_sinkhorn_with_a_rank_that_holds_no_rows(tmp_path):
     ranks = [torch.load(tmp_path / f"sk{r}.pt", weights_only=True) for r in range(WORLD)]
     for name, logits in payload.items():
         full = iBOTPatchLoss(K).sinkhorn_knopp_teacher(logits, TEMP, torch.tensor([len(logits)]))
-        assert ranks[1][name].shape == (0, K)
-        assert torch.isfinite(ranks[0][name]).all()
-        assert torch.allclose(ranks[0][name], full, atol=1e-6), name
+        for key in (name, name + "_device"):
+            assert ranks[1][key].shape == (0, K)
+            assert torch.isfinite(ranks[0][key]).all()
+            assert torch.allclose(ranks[0][key], full, atol=1e-6), key
 
 
 def test_centre_update_reads_nothing_on_the_host():
