@@ -77,14 +77,16 @@ def compile_enabled(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
-def compile_blocks(module: nn.Module, device: torch.device, backend: str | None = None) -> None:
+def compile_blocks(module: nn.Module, device: torch.device, backend=None) -> None:
     """torch.compile each transformer block on its own (one graph each, no breaks; blocks share
-    their compiled code). Module names and state dicts are unchanged. The last block then
-    computes every token's output (its kept-token count changes every step, which would
-    recompile a static-shape graph)."""
-    module.backbone.prune_last_block = False
-    for blk in module.backbone.block_list():
+    their compiled code). Module names and state dicts are unchanged. The last block keeps
+    computing only the tokens the losses use (`prune_last_block`): their number changes every
+    step, so it is compiled with shapes that may change (one more compilation at the first new
+    count, that dimension symbolic from then on) where the others are static."""
+    blocks = module.backbone.block_list()
+    for blk in blocks[:-1]:
         blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
+    blocks[-1].compile(fullgraph=True, dynamic=None, backend=backend or "inductor")
 
 
 def prepare_networks(
