@@ -227,9 +227,24 @@ def measure(name: str, compiled: bool, ac: str, sh, device, peak: float, out_dir
         res["memory_gib"] = {"peak_allocated": round(torch.cuda.max_memory_allocated(device) / gib, 2),
                              "peak_reserved": round(torch.cuda.max_memory_reserved(device) / gib, 2),
                              "after_forward": round(clock.memory_at("student_forward") / gib, 2)}  # fmt: skip
+    res["memory_model_gib"] = predicted_gib(parts, sh, ac, prepared, device)
     if name == CONFIGS[0][0]:
         res["profile"] = profile_steps(parts, prepared, device, sh.warmup + sh.steps, out_dir)
     return res
+
+
+def predicted_gib(parts, sh, ac: str, prepared: list, device: torch.device) -> dict:
+    """The memory model's prediction (train/memory_model.py) for this configuration, to hold
+    against the measured peak: bf16 activations under the CUDA policy, fp32 on a CPU."""
+    from dinoflow.models.wrappers import unwrap
+    from dinoflow.train.memory_model import step_bytes, step_tokens
+
+    cfg, obj, net, _, _ = parts
+    tokens = step_tokens(cfg.crops, sh.patch, sh.batch, 1 + cfg.model.num_register_tokens)
+    rows = sh.batch * (2 + sh.n_local) + int(prepared[0]["mask_indices"].shape[0])
+    elem = 2 if device.type == "cuda" else 4
+    parts_b = step_bytes(unwrap(net), obj.teacher, tokens, ac, elem, rows, sh.prototypes)
+    return {k: float(f"{v / 2**30:.4g}") for k, v in parts_b.items()}
 
 
 def free(device: torch.device) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 def rows(record: dict) -> list[str]:
     head = (
         f"{'config':<22}{'img/s':>8}{'step ms':>9}{'aug ms':>8}{'MFU spec':>9}{'MFU meas':>9}"
-        f"{'peak GiB':>9}{'rsv GiB':>8}{'fwd GiB':>8}{'compile s':>10}"
+        f"{'peak GiB':>9}{'rsv GiB':>8}{'fwd GiB':>8}{'model GiB':>10}{'compile s':>10}"
     )
     out = [head]
     for c in record.get("configs", []):
@@ -25,7 +25,8 @@ def rows(record: dict) -> list[str]:
         out.append(
             f"{c['config']:<22}{c['images_per_s']:>8.1f}{c['step_ms']:>9.1f}{c['phases_ms']['augmentation']:>8.1f}"
             f"{c['mfu_spec']:>9.3f}{c['mfu_measured']:>9.3f}{mem.get('peak_allocated', float('nan')):>9.2f}"
-            f"{mem.get('peak_reserved', float('nan')):>8.2f}{mem.get('after_forward', float('nan')):>8.2f}{c['compile_s']:>10.1f}"
+            f"{mem.get('peak_reserved', float('nan')):>8.2f}{mem.get('after_forward', float('nan')):>8.2f}"
+            f"{c.get('memory_model_gib', {}).get('total', float('nan')):>10.2f}{c['compile_s']:>10.1f}"
         )
     return out
 

@@ -59,6 +59,7 @@ def test_gpu_check_dry_run(tmp_path):
         }
         assert all(v > 0 for v in c["phases_ms"].values())
         assert abs(sum(c["phases_ms"].values()) - c["step_ms"]) < 0.05 * c["step_ms"]
+        assert c["memory_model_gib"]["total"] > c["memory_model_gib"]["activations"] > 0
     first = record["configs"][0]
     assert first["profile"]["sdpa"] == ["cpu_flash"]  # the CPU's attention kernel, found in the profile
     assert "Self CPU" in (out / "kernels.txt").read_text()
