@@ -8,7 +8,8 @@ The step is the loop's: `PretrainObjective`, `prepare_networks` (FSDP2 `fully_sh
 and head with the bf16 mixed-precision policy, on a 1-rank NCCL group wrapped as a multi-process
 job would be; per-block compilation), `train_step`, and the GPU augmentation (`Views.finish`:
 crops and colour on the device) timed as a phase of its own and counted in the step. MFU is the
-model FLOPs of `benchmarks/train_throughput.py` per second over the card's dense bf16 peak
+model FLOPs of `benchmarks/train_throughput.py`, less what the pruned last block skips, per
+second over the card's dense bf16 peak
 (989 TFLOP/s) and over a bf16 8192³ matmul measured in the same run.
 
 Configurations, in order, each started only while the budget lasts: compiled with no activation
@@ -212,7 +213,9 @@ def measure(name: str, compiled: bool, ac: str, sh, device, peak: float, out_dir
         steps = clock.durations()
     phases = {k: round(statistics.median(s[k] for s in steps), 2) for k in steps[0]}
     step_ms = statistics.median(sum(s.values()) for s in steps)
-    flops = tt.step_flops(unwrap(net).backbone, cfg.head, sh)
+    flops = tt.step_flops(unwrap(net).backbone, cfg.head, sh) - pruned_flops(
+        unwrap(net).backbone, sh, int(prepared[0]["mask_indices"].shape[0])
+    )
     res = {
         "config": name, "compile": compiled, "activation_checkpointing": ac, "batch": sh.batch,
         "images_per_s": round(sh.batch / step_ms * 1000, 1), "step_ms": round(step_ms, 2),
@@ -231,6 +234,22 @@ def measure(name: str, compiled: bool, ac: str, sh, device, peak: float, out_dir
     if name == CONFIGS[0][0]:
         res["profile"] = profile_steps(parts, prepared, device, sh.warmup + sh.steps, out_dir)
     return res
+
+
+def pruned_flops(bb, sh, masked: int) -> float:
+    """Matmul FLOPs the last block skips (`prune_last_block`): the projection and MLP of every
+    token but the CLS tokens and the masked global patches, in the student's forward and backward
+    and the teacher's forward; the MFU counts only the work the step does."""
+    from dinoflow.train.memory_model import block_dims
+
+    dim, hidden, _, _ = block_dims(bb)
+    per_token = 2 * dim * dim + 2 * 2 * dim * hidden
+    g_tok, l_tok = (sh.global_size // sh.patch) ** 2 + 1, (sh.local_size // sh.patch) ** 2 + 1
+    student_skipped = 2 * sh.batch * g_tok + sh.n_local * sh.batch * l_tok - (2 + sh.n_local) * sh.batch - masked
+    teacher_skipped = 2 * sh.batch * g_tok - 2 * sh.batch - masked
+    if bb.block_list()[-1].drop_path_rate > 0:  # stochastic depth there: the student runs every token
+        student_skipped = 0
+    return per_token * (3 * student_skipped + teacher_skipped)
 
 
 def predicted_gib(parts, sh, ac: str, prepared: list, device: torch.device) -> dict:
