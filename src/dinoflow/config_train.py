@@ -229,7 +229,9 @@ class TrainConfig(Section):
         "auto",
         description="FSDP2: free gathered weights after the forward; auto: yes on one node, down to the node across nodes",
     )
-    compile: bool = Field(False, description="torch.compile each transformer block (one graph per block)")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each transformer block (one graph per block); auto: on CUDA, not on a CPU"
+    )
     pack_crops: bool = Field(
         True, description="run global and local crops through each block in one pass (same numbers)"
     )

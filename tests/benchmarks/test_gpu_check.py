@@ -1,6 +1,7 @@
 """benchmarks/gpu/run.sh --dry-run: the prepared GPU check runs on a CPU with tiny shapes — every
-configuration (compile and packing on and off, aot_eager compilation), the MFU bookkeeping, and
-the collection of the CUDA-only tests (which skip without a device)."""
+configuration (FSDP2 on a 1-rank gloo group, aot_eager compilation, each checkpointing mode), the
+phase clock, the profiler table, the MFU bookkeeping, the collection of the CUDA-only tests (which
+skip without a device) — and what it leaves in $OUT fits what the device tool returns."""
 
 from __future__ import annotations
 
@@ -12,24 +13,66 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+RUN = REPO / "benchmarks/gpu/run.sh"
 pytestmark = pytest.mark.slow
+
+# what the device tool brings back from $OUT
+MAX_FILES, MAX_FILE, MAX_TOTAL, MAX_DEPTH = 8, 16 * 2**20, 64 * 2**20, 2
+
+
+def _env(out: Path, **extra: str) -> dict:
+    return {**os.environ, "OUT": str(out), "PYTHON": os.sys.executable, "OMP_NUM_THREADS": "1", **extra}
 
 
 def test_gpu_check_dry_run(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": str(Path(os.sys.executable)), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
     r = subprocess.run(
-        ["bash", str(REPO / "benchmarks/gpu/run.sh"), "--dry-run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
+        ["bash", str(RUN), "--dry-run"], env=_env(out), capture_output=True, text=True, timeout=900, cwd=tmp_path
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 8 and not [row for row in rows if "error" in row or "skipped" in row]
-    assert {(row["compile"], row["pack"]) for row in rows} == {(c, p) for c in (True, False) for p in (True, False)}
-    for row in rows:
-        assert row["images_per_s"] > 0 and 0 < row["mfu_measured"] and 0 < row["mfu_spec"] < row["mfu_measured"]
-    tests_log = (tmp_path / "tests.log").read_text()
-    assert "skipped" in tests_log and "failed" not in tests_log
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= MAX_FILES, files
+    assert all(p.stat().st_size <= MAX_FILE for p in files) and sum(p.stat().st_size for p in files) <= MAX_TOTAL
+    assert all(len(p.relative_to(out).parts) <= MAX_DEPTH + 1 for p in files)
+    assert {p.name for p in files} == {"results.json", "bench.log", "kernels.txt", "tests.log", "summary.txt"}
+    # the summary table is the very last output
+    summary = (out / "summary.txt").read_text()
+    assert r.stdout.endswith(summary) and "GPU check summary" in summary.splitlines()[0]
+    assert summary.splitlines()[-1].startswith("bench rc 0; CUDA tests rc 0") and len(summary) < 6000
+    record = json.loads((out / "results.json").read_text())
+    assert [c["config"] for c in record["configs"]] == [
+        "compiled",
+        "compiled_selective_ac",
+        "eager",
+        "compiled_full_ac",
+    ]
+    for c in record["configs"]:
+        assert "error" not in c and "skipped" not in c, c
+        assert c["images_per_s"] > 0 and 0 < c["mfu_spec"] < c["mfu_measured"]
+        assert set(c["phases_ms"]) == {
+            "augmentation",
+            "teacher_centering",
+            "student_forward",
+            "losses",
+            "backward",
+            "optimizer_ema",
+        }
+        assert all(v > 0 for v in c["phases_ms"].values())
+        assert abs(sum(c["phases_ms"].values()) - c["step_ms"]) < 0.05 * c["step_ms"]
+        assert c["memory_model_gib"]["total"] > c["memory_model_gib"]["activations"] > 0
+    first = record["configs"][0]
+    assert first["profile"]["sdpa"] == ["cpu_flash"]  # the CPU's attention kernel, found in the profile
+    assert "Self CPU" in (out / "kernels.txt").read_text()
+    assert "skipped" in (out / "tests.log").read_text() and "failed" not in (out / "tests.log").read_text()
+
+
+def test_missing_wheels_name_the_carry(tmp_path):
+    """Without pydantic and without the carried wheels, the check stops at once and says which
+    carry the device call needs."""
+    shadow = tmp_path / "shadow" / "pydantic"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('pydantic is absent on the GPU machine')\n")
+    env = _env(tmp_path / "out", PYTHONPATH=str(tmp_path / "shadow"), DINOFLOW_GPU_WHEELS=str(tmp_path / "no-wheels"))
+    r = subprocess.run(["bash", str(RUN)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2
+    assert 'carry=["benchmarks/gpu/wheels"]' in r.stderr and "fetch_wheels.sh" in r.stderr

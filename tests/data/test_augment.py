@@ -320,3 +320,30 @@ def test_cuda_matches_cpu() -> None:
     for k in cpu:
         assert gpu[k].device.type == "cuda"
         torch.testing.assert_close(gpu[k].cpu(), cpu[k], atol=1e-4, rtol=0)
+
+
+def test_device_jitter_gives_each_row_the_result_of_its_own_draws():
+    """The accelerator's colour jitter (one fused pass per position of the op order, no host
+    read) against the CPU's, which applies each op only to the rows that drew it there: the same
+    draws give the same rows, for rows that drew no jitter too; compiled whole (aot_eager here)."""
+    from dinoflow.data.augment import _jitter_fused, _jitter_position, _jitter_selected
+
+    g = torch.Generator().manual_seed(5)
+    n = 24
+    x = torch.rand(n, 3, 10, 12, generator=g)
+    rows = torch.rand(n, generator=g) < 0.7
+    order = torch.argsort(torch.rand(n, 4, generator=g), dim=1)
+    factors = [0.6 + 0.8 * torch.rand(n, generator=g) for _ in range(3)] + [0.2 * torch.rand(n, generator=g) - 0.1]
+    for enabled in ((True, True, True, True), (True, False, True, False)):
+        want = _jitter_selected(x.clone(), rows, order, factors, enabled)
+        assert not torch.allclose(want[rows], x[rows]) and torch.equal(want[~rows], x[~rows])
+        torch._dynamo.reset()
+        eager = _jitter_fused(x.clone(), rows, order, factors, enabled, compiled=False)
+        compiled_step = torch.compile(_jitter_position, fullgraph=True, backend="aot_eager")
+        op = torch.where(rows.unsqueeze(1), order, torch.full_like(order, -1))
+        traced = x.clone()
+        for position in range(4):
+            traced = compiled_step(traced, op[:, position], factors, enabled)
+        for got in (eager, traced):
+            for i in range(n):  # row by row: each row's own ops in its own order
+                torch.testing.assert_close(got[i], want[i], rtol=1e-6, atol=1e-6)

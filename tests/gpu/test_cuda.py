@@ -140,3 +140,22 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_fp32_gradients():
         assert grads and all(g.dtype == torch.float32 for g in grads)
     finally:
         dist.destroy_process_group()
+
+
+def test_sinkhorn_on_the_device_matches_the_cpu_and_never_waits():
+    """The compiled log-space passes on bf16 logits (masked-token counts change every step: no
+    recompilation, no host synchronisation) against the CPU's result."""
+    from dinoflow.losses import sinkhorn_knopp
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for rows in (300, 411):
+        logits = (torch.randn(rows, 65536, device="cuda", generator=g) * 0.3).bfloat16()
+        sinkhorn_knopp(logits, 0.07)  # compiles (first size) or reuses the dynamic graph
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = sinkhorn_knopp(logits, 0.07)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        want = sinkhorn_knopp(logits.float().cpu(), 0.07)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-7)

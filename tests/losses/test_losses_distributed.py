@@ -9,6 +9,7 @@ not compared here.
 
 from __future__ import annotations
 
+import copy
 import random
 import socket
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch.multiprocessing as mp
 from dinoflow.config import MaskConfig
 from dinoflow.data.masking import collate_masks
 from dinoflow.losses import DINOLoss, iBOTPatchLoss
+from dinoflow.losses.sinkhorn_device import sinkhorn_knopp_fused
 
 WORLD = 2
 K, B, N, N_LOCAL_CROPS, TEMP = 16, 8, 16, 4, 0.05
@@ -136,6 +138,8 @@ def _sinkhorn_worker(rank: int, port: int, workdir: str) -> None:
         for name, logits in p.items():
             local = logits if rank == 0 else logits[:0]
             out[name] = iBOTPatchLoss(K).sinkhorn_knopp_teacher(local, TEMP, torch.tensor([len(local)]))
+            # the device's path, run here on a CPU: same collectives on both ranks
+            out[name + "_device"] = sinkhorn_knopp_fused(local, TEMP, 3, torch.tensor([len(local)]), backend=None)
         torch.save(out, Path(workdir) / f"sk{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -152,6 +156,36 @@ def test_sinkhorn_with_a_rank_that_holds_no_rows(tmp_path):
     ranks = [torch.load(tmp_path / f"sk{r}.pt", weights_only=True) for r in range(WORLD)]
     for name, logits in payload.items():
         full = iBOTPatchLoss(K).sinkhorn_knopp_teacher(logits, TEMP, torch.tensor([len(logits)]))
-        assert ranks[1][name].shape == (0, K)
-        assert torch.isfinite(ranks[0][name]).all()
-        assert torch.allclose(ranks[0][name], full, atol=1e-6), name
+        for key in (name, name + "_device"):
+            assert ranks[1][key].shape == (0, K)
+            assert torch.isfinite(ranks[0][key]).all()
+            assert torch.allclose(ranks[0][key], full, atol=1e-6), key
+
+
+def test_centre_update_reads_nothing_on_the_host():
+    """Regression: the pending row count was read on the host (`float(count)`), which on a GPU
+    waits for the device every step. The update now compiles whole (a host read breaks the
+    graph, an error under fullgraph) and still leaves the centre alone when there were no rows."""
+    for loss, rows in ((DINOLoss(6), torch.randn(5, 6)), (iBOTPatchLoss(6), torch.randn(7, 6))):
+        eager = copy.deepcopy(loss)
+        for fn in (loss, eager):
+            fn.center.fill_(0.25)
+            fn.update_center(rows)
+        torch._dynamo.reset()
+        torch.compile(loss.apply_center_update, fullgraph=True, backend="eager")()
+        eager.apply_center_update()
+        assert torch.equal(loss.center, eager.center) and not torch.equal(
+            loss.center, torch.full_like(loss.center, 0.25)
+        )
+        loss.update_center(torch.zeros(0, 6))
+        torch._dynamo.reset()
+        torch.compile(loss.apply_center_update, fullgraph=True, backend="eager")()
+        assert torch.equal(loss.center, eager.center)
+
+
+def test_a_device_tensor_count_is_taken_as_is():
+    """iBOT's centre from a token sum may take the count as a tensor (no host read either)."""
+    fn = iBOTPatchLoss(3)
+    fn.update_center_from_sum(torch.tensor([2.0, 4.0, 6.0]), torch.tensor([2]))
+    fn.apply_center_update()
+    torch.testing.assert_close(fn.center.reshape(-1), 0.1 * torch.tensor([1.0, 2.0, 3.0]))

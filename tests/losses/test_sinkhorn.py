@@ -119,3 +119,38 @@ def test_linear_domain_steps_agree_with_log_space(scale, linear):
             assert torch.allclose(result.double(), truth, rtol=3e-5, atol=1e-9)
     else:
         assert torch.equal(out, log_space)
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_device_path_is_the_log_space_result_and_reads_nothing_back(scale):
+    """The accelerator's path (log-space passes over the logits as they are) gives the CPU's
+    result where the CPU runs matrix-vector steps (scale 1) and where it falls back to log space
+    (scale 40: logits / τ up to ~3000), on bf16 logits too; compiled with fullgraph (a host read
+    would break the graph: an error)."""
+    from dinoflow.losses.sinkhorn_device import sinkhorn_knopp_fused
+
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(37, 500, generator=g) * scale
+    want = sinkhorn_knopp(logits, 0.05)
+    torch._dynamo.reset()
+    for backend in (None, "aot_eager"):
+        for n_samples in (None, torch.tensor([37])):
+            got = sinkhorn_knopp_fused(logits, 0.05, n_samples=n_samples, backend=backend)
+            assert torch.isfinite(got).all() and got.dtype == torch.float32
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-7), (backend, n_samples)
+    half = logits.bfloat16()
+    assert torch.allclose(
+        sinkhorn_knopp_fused(half, 0.05, backend="aot_eager"), sinkhorn_knopp(half.float(), 0.05), rtol=1e-4, atol=1e-7
+    )
+    for n in (0, 1, 5):  # every iteration count, against the float64 textbook algorithm
+        if scale == 1.0:
+            truth = _linear_sinkhorn64(logits, 0.05, n)
+            assert torch.allclose(
+                sinkhorn_knopp_fused(logits, 0.05, n, backend=None).double(), truth, rtol=3e-5, atol=1e-9
+            )
+
+
+def test_device_path_with_no_rows_returns_an_empty_assignment():
+    from dinoflow.losses.sinkhorn_device import sinkhorn_knopp_fused
+
+    assert sinkhorn_knopp_fused(torch.zeros(0, 7), 0.05, backend=None).shape == (0, 7)

@@ -92,3 +92,30 @@ def test_prototype_form_equals_logit_form_and_never_stores_logits():
     torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-4, atol=1e-6)
     assert max(requested) == 4 and sum(requested) == 2 * n  # chunks of 4 rows, forward + backward
     assert max(saved) < n * k  # nothing [N, K] is kept for the backward
+
+
+def test_the_accelerator_chunk_kernels_compute_the_cpu_chunks_and_compile_whole():
+    """On an accelerator each chunk's forward and gradient are compiled (one fused pass); the pure
+    forms they compile are the CPU's in-place chunks, on fp32 and on bf16 logits, and they trace
+    into one graph with a dynamic row count."""
+    from dinoflow.losses.soft_ce import _chunk_forward_pure, _chunk_grad_pure, chunk_kernels
+
+    g = torch.Generator().manual_seed(3)
+    fwd_cpu, grad_cpu = chunk_kernels(torch.device("cpu"))
+    torch._dynamo.reset()
+    fwd_c = torch.compile(_chunk_forward_pure, dynamic=True, fullgraph=True, backend="aot_eager")
+    grad_c = torch.compile(_chunk_grad_pure, dynamic=True, fullgraph=True, backend="aot_eager")
+    for rows, dtype in ((13, torch.float32), (29, torch.bfloat16)):
+        logits = (torch.randn(rows, 300, generator=g) * 3).to(dtype)
+        t = torch.softmax(torch.randn(rows, 300, generator=g) / 0.05, -1)
+        w = torch.rand(rows, generator=g)
+        scale = torch.rand(rows, 1, generator=g)
+        part, lse = fwd_cpu(logits, t, w, 0.1)
+        want_grad = grad_cpu(logits, t, lse, scale, 0.1)
+        for fwd, grad in ((_chunk_forward_pure, _chunk_grad_pure), (fwd_c, grad_c)):
+            p2, lse2 = fwd(logits, t, w, 0.1)
+            torch.testing.assert_close(p2, part, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(lse2, lse, rtol=1e-6, atol=1e-5)
+            torch.testing.assert_close(grad(logits, t, lse, scale, 0.1), want_grad, rtol=1e-5, atol=1e-7)
+    cuda_fwd, cuda_grad = chunk_kernels(torch.device("cuda"))  # compiled lazily: nothing runs here
+    assert cuda_fwd is not fwd_cpu and cuda_grad is not grad_cpu

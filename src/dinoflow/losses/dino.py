@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinoflow.losses.distributed import AsyncMean
+from dinoflow.losses.distributed import AsyncMean, ema_update
 from dinoflow.losses.sinkhorn import sinkhorn_knopp
 from dinoflow.losses.soft_ce import soft_cross_entropy
 
@@ -131,11 +131,7 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def apply_center_update(self) -> None:
         """center ← m·center + (1 − m)·mean(teacher rows over all ranks), if an update is pending."""
-        batch_center = self._batch_mean.take()
-        if batch_center is None:
-            return
-        m = self.center_momentum
-        self.center.copy_(self.center * m + batch_center.to(self.center.device) * (1 - m))
+        ema_update(self.center, self._batch_mean.take(), self.center_momentum)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # A checkpoint must not lose an update that is queued but not yet applied.

@@ -79,8 +79,10 @@ class AsyncMean:
     """The global mean of rows summed across ranks, all-reduced asynchronously.
 
     `start(rows [n, K])` launches the sum of rows and their count; `take()` waits for it and
-    returns the mean `[1, K]` (None when nothing is pending or no rank had a row). The teacher
-    centres use it so the all-reduce overlaps the student's forward, as the official code does.
+    returns (mean [1, K], has_rows: 0-d bool), both on the device, or None when nothing is
+    pending. Whether any rank had a row stays a device tensor: reading it on the host would
+    wait for the device every step. The teacher centres use it so the all-reduce overlaps the
+    student's forward, as the official code does.
     """
 
     def __init__(self) -> None:
@@ -95,14 +97,17 @@ class AsyncMean:
         rows = rows.float()
         self.start_sum(rows.sum(dim=0, keepdim=True), rows.shape[0])
 
-    def start_sum(self, total: torch.Tensor, count: int) -> None:
-        """Like `start` for rows already summed: total [1, K] over `count` rows."""
+    def start_sum(self, total: torch.Tensor, count: int | torch.Tensor) -> None:
+        """Like `start` for rows already summed: total [1, K] over `count` rows (an int or a device tensor)."""
         total = total.float().reshape(1, -1)
-        n = torch.full((1, 1), float(count), dtype=total.dtype, device=total.device)
+        if isinstance(count, torch.Tensor):
+            n = count.detach().reshape(1, 1).to(device=total.device, dtype=total.dtype)
+        else:  # a fill on the device, not a host-to-device copy (which on a GPU waits for the device)
+            n = torch.full((1, 1), float(count), dtype=total.dtype, device=total.device)
         self._pending = torch.cat([total, n], dim=1)
         self._handle = dist.all_reduce(self._pending, async_op=True) if is_distributed() else None
 
-    def take(self) -> torch.Tensor | None:
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self._pending is None:
             return None
         if self._handle is not None:
@@ -110,6 +115,14 @@ class AsyncMean:
             self._handle = None
         pending, self._pending = self._pending, None
         count = pending[:, -1:]
-        if float(count) == 0:
-            return None
-        return pending[:, :-1] / count
+        return pending[:, :-1] / count.clamp(min=1), count.reshape(()) > 0
+
+
+def ema_update(value: torch.Tensor, mean: tuple[torch.Tensor, torch.Tensor] | None, momentum: float) -> None:
+    """value ← m·value + (1 − m)·mean in place, where `mean` is `AsyncMean.take()`'s (mean, has_rows);
+    unchanged when nothing was pending or no rank had a row (decided on the device)."""
+    if mean is None:
+        return
+    batch, has_rows = mean
+    batch = batch.reshape(value.shape).to(value.device)
+    value.copy_(torch.where(has_rows.to(value.device), value * momentum + batch * (1 - momentum), value))

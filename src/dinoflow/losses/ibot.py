@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinoflow.losses.distributed import AsyncMean
+from dinoflow.losses.distributed import AsyncMean, ema_update
 from dinoflow.losses.sinkhorn import sinkhorn_knopp
 from dinoflow.losses.soft_ce import soft_cross_entropy
 
@@ -180,7 +180,7 @@ class iBOTPatchLoss(nn.Module):  # the official name, where DINOv2 users look fo
         self._batch_mean.start(x if x.ndim == 2 else x.mean(dim=1))  # tokens, or per-image token means
 
     @torch.no_grad()
-    def update_center_from_sum(self, total: torch.Tensor, count: int) -> None:
+    def update_center_from_sum(self, total: torch.Tensor, count: int | torch.Tensor) -> None:
         """Queue the centre update of `count` masked tokens given only their sum [K] (or [1, K]),
         e.g. Σ z @ Wᵀ when the [M, K] tokens are never materialised."""
         if total.numel() != self.patch_out_dim:
@@ -191,12 +191,8 @@ class iBOTPatchLoss(nn.Module):  # the official name, where DINOv2 users look fo
     @torch.no_grad()
     def apply_center_update(self) -> None:
         """center ← m·center + (1 − m)·(global mean item), if an update is pending."""
-        batch_center = self._batch_mean.take()
-        if batch_center is None:  # nothing queued, or no masked token anywhere this step
-            return
-        batch_center = batch_center.reshape(1, 1, -1)
-        m = self.center_momentum
-        self.center.copy_(self.center * m + batch_center.to(self.center.device) * (1 - m))
+        # unchanged when nothing is queued, or no masked token anywhere this step
+        ema_update(self.center, self._batch_mean.take(), self.center_momentum)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # A checkpoint must not lose an update that is queued but not yet applied.

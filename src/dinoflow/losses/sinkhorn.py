@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dinoflow.losses.distributed import all_reduce_max, all_reduce_sum, global_count
+from dinoflow.losses.sinkhorn_device import sinkhorn_knopp_fused
 from dinoflow.losses.soft_ce import chunk_rows
 
 RowsFn = Callable[[int, int], Tensor]  # (start, end) → fp32 rows of L = logits / T
@@ -138,8 +139,9 @@ def sinkhorn_knopp(
     """Balanced soft assignment of samples to prototypes.
 
     On a CPU the steps run as matrix-vector products on exp(L − rowmax) (`_linear_scaled`), in
-    log space when a sum nears underflow; on CUDA in log space always (the check would wait for
-    the device every step). Both give the log-space result within fp32 rounding.
+    log space when a sum nears underflow (a check that reads a value back); on an accelerator as
+    compiled log-space passes over the logits as they are (`sinkhorn_device`), which read nothing
+    back. All give the log-space result within fp32 rounding.
 
     Args:
         logits: [B_local, K] teacher head outputs (any float dtype; computed in fp32).
@@ -153,6 +155,8 @@ def sinkhorn_knopp(
         raise ValueError(f"sinkhorn_knopp expects [samples, prototypes] logits, got shape {tuple(logits.shape)}")
     if n_iterations < 0:
         raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
+    if logits.device.type != "cpu":
+        return sinkhorn_knopp_fused(logits, teacher_temp, n_iterations, n_samples)
     q = logits.float() / teacher_temp  # the one [B, K] fp32 copy; the result is written into it
     if q.device.type == "cpu" and n_iterations > 0:
         if _linear_scaled(q, n_iterations, n_samples):

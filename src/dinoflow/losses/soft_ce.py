@@ -78,16 +78,58 @@ def _chunk_grad_logits(x: Tensor, t: Tensor, lse: Tensor, scale: Tensor) -> Tens
     return p.mul_(t.sum(dim=1, keepdim=True)).sub_(t).mul_(scale)
 
 
+def _chunk_forward_pure(logits: Tensor, t: Tensor, w: Tensor, temp: float) -> tuple[Tensor, Tensor]:
+    """`_chunk_forward` on raw logits [c, K] (any dtype) without in-place ops: one fused kernel
+    per chunk once compiled (upcast, temperature, log-sum-exp and the target dot in one read)."""
+    x = logits.to(w.dtype) / temp
+    lse = torch.logsumexp(x, dim=1)
+    ce = (t * x).sum(dim=1) - lse * t.sum(dim=1)
+    return -(w * ce).sum(), lse
+
+
+def _chunk_grad_pure(logits: Tensor, t: Tensor, lse: Tensor, scale: Tensor, temp: float) -> Tensor:
+    """`_chunk_grad_logits` on raw logits, without in-place ops (one fused kernel once compiled)."""
+    p = torch.exp(logits.to(scale.dtype) / temp - lse.unsqueeze(1))
+    return (p * t.sum(dim=1, keepdim=True) - t) * scale
+
+
+def _eager_forward(logits: Tensor, t: Tensor, w: Tensor, temp: float) -> tuple[Tensor, Tensor]:
+    return _chunk_forward(_scaled(logits, temp, w.dtype), t, w)
+
+
+def _eager_grad(logits: Tensor, t: Tensor, lse: Tensor, scale: Tensor, temp: float) -> Tensor:
+    return _chunk_grad_logits(_scaled(logits, temp, scale.dtype), t, lse, scale)
+
+
+_COMPILED: tuple[Callable, Callable] | None = None
+
+
+def chunk_kernels(device: torch.device) -> tuple[Callable, Callable]:
+    """(forward, gradient) of one chunk: in place and eager on a CPU (cache-sized chunks, no
+    compilation), compiled on an accelerator, where each eager op would be a pass over the chunk
+    (several fp32 [rows, K] temporaries) and a launch. Dynamic shapes: iBOT's row count changes
+    every step."""
+    global _COMPILED
+    if device.type == "cpu":
+        return _eager_forward, _eager_grad
+    if _COMPILED is None:
+        _COMPILED = (
+            torch.compile(_chunk_forward_pure, dynamic=True, fullgraph=True),
+            torch.compile(_chunk_grad_pure, dynamic=True, fullgraph=True),
+        )
+    return _COMPILED
+
+
 class _SoftCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, w: Tensor, temp: float, targets_fn: TargetsFn, rows: int) -> Tensor:
         n, acc = logits.shape[0], w.dtype
+        fwd, _ = chunk_kernels(logits.device)
         total = torch.zeros((), dtype=acc, device=logits.device)
         lse = torch.empty(n, dtype=acc, device=logits.device)
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            x = _scaled(logits[a:b], temp, acc)
-            part, lse[a:b] = _chunk_forward(x, targets_fn(a, b), w[a:b])
+            part, lse[a:b] = fwd(logits[a:b], targets_fn(a, b), w[a:b], temp)
             total += part
         ctx.save_for_backward(logits, w, lse)
         ctx.temp, ctx.targets_fn, ctx.rows = temp, targets_fn, rows
@@ -97,15 +139,15 @@ class _SoftCE(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         logits, w, lse = ctx.saved_tensors
         temp, rows, n = ctx.temp, ctx.rows, logits.shape[0]
+        _, grad_fn = chunk_kernels(logits.device)
         scale_all = (w * grad / temp).unsqueeze(1)
         if n <= rows:  # one chunk: its result is the gradient
-            g = _chunk_grad_logits(_scaled(logits, temp, w.dtype), ctx.targets_fn(0, n), lse, scale_all)
+            g = grad_fn(logits, ctx.targets_fn(0, n), lse, scale_all, temp)
             return g.to(logits.dtype), None, None, None, None
         out = torch.empty_like(logits)
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            x = _scaled(logits[a:b], temp, w.dtype)
-            out[a:b] = _chunk_grad_logits(x, ctx.targets_fn(a, b), lse[a:b], scale_all[a:b])
+            out[a:b] = grad_fn(logits[a:b], ctx.targets_fn(a, b), lse[a:b], scale_all[a:b], temp)
         return out, None, None, None, None
 
 
@@ -156,13 +198,13 @@ class _PrototypeCE(torch.autograd.Function):
         dtype: torch.dtype,
     ) -> Tensor:
         n, acc = z.shape[0], w.dtype
+        fwd, _ = chunk_kernels(z.device)
         wt = weight.to(dtype)
         total = torch.zeros((), dtype=acc, device=z.device)
         lse = torch.empty(n, dtype=acc, device=z.device)
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            x = _scaled(z[a:b].to(dtype) @ wt.t(), temp, acc)
-            part, lse[a:b] = _chunk_forward(x, targets_fn(a, b), w[a:b])
+            part, lse[a:b] = fwd(z[a:b].to(dtype) @ wt.t(), targets_fn(a, b), w[a:b], temp)
             total += part
         ctx.save_for_backward(z, weight, w, lse)
         ctx.temp, ctx.targets_fn, ctx.rows, ctx.dtype = temp, targets_fn, rows, dtype
@@ -172,6 +214,7 @@ class _PrototypeCE(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         z, weight, w, lse = ctx.saved_tensors
         temp, rows, dtype = ctx.temp, ctx.rows, ctx.dtype
+        _, grad_fn = chunk_kernels(z.device)
         wt = weight.to(dtype)
         grad_z = torch.empty_like(z)
         grad_w = torch.zeros(weight.shape, dtype=w.dtype, device=weight.device)
@@ -179,8 +222,7 @@ class _PrototypeCE(torch.autograd.Function):
         for a in range(0, z.shape[0], rows):
             b = min(z.shape[0], a + rows)
             zc = z[a:b].to(dtype)
-            x = _scaled(zc @ wt.t(), temp, w.dtype)
-            g = _chunk_grad_logits(x, ctx.targets_fn(a, b), lse[a:b], scale_all[a:b]).to(dtype)
+            g = grad_fn(zc @ wt.t(), ctx.targets_fn(a, b), lse[a:b], scale_all[a:b], temp).to(dtype)
             grad_z[a:b] = (g @ wt).to(z.dtype)
             grad_w += (g.t() @ zc).to(w.dtype)
         return grad_z, grad_w.to(weight.dtype), None, None, None, None, None

@@ -17,6 +17,7 @@ from dinoflow.models.wrappers import unwrap
 from dinoflow.train.ema import ema_update
 from dinoflow.train.export import export_network, sub_state_dict
 from dinoflow.train.objective import Batch, Schedule
+from dinoflow.train.phases import mark
 from dinoflow.train.recipe_losses import RecipeLosses
 from dinoflow.train.ssl_net import SSLNet
 from dinoflow.train.views import Views
@@ -59,11 +60,15 @@ class PretrainObjective:
             cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])  # student crop i ↔ teacher crop 1-i
             cls_p = self.losses.teacher_cls_probs(cls_logits, s["teacher_temp"])
             patch_t = self.losses.teacher_patch_targets(t, s["teacher_temp"], v["n_masked_patches"])
+        mark("teacher_centering")
         out = net(v["global_crops"], v["local_crops"], masks=v["masks"], patch_index=v["mask_indices"])
+        mark("student_forward")
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
-        return self.losses.student_terms(
+        loss, terms = self.losses.student_terms(
             out, cls_p, patch_t, n_local=n_local, n_global=v["masks"].shape[0], masks_weight=v["masks_weight"]
         )
+        mark("losses")
+        return loss, terms
 
     def after_step(self, net: nn.Module, s: Schedule) -> None:
         ema_update(self.teacher, unwrap(net), s["momentum"])

@@ -16,6 +16,7 @@ from dinoflow.models.wrappers import unwrap
 from dinoflow.train.distributed import DistEnv, shard_like, wrap_model
 from dinoflow.train.objective import Batch, Objective, Schedule
 from dinoflow.train.optim import apply_schedules
+from dinoflow.train.phases import mark
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -61,24 +62,36 @@ def train_step(
     red = all_reduce_sum(torch.stack([loss.detach().float(), torch.ones((), device=loss.device)]))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    mark("backward")
     metrics = dict(metrics)
     metrics.update(clip_gradients(net, clip_grad))
     optimizer.step()
     objective.after_step(net, s)
+    mark("optimizer_ema")
     return red[0] / red[1], metrics
 
 
-def compile_blocks(module: nn.Module, device: torch.device, backend: str | None = None) -> None:
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """`train.compile`: "auto" compiles on CUDA (the fused element-wise kernels are the GPU's
+    gain) and not on a CPU (the eager CPU step is as fast, and compiling takes minutes)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def compile_blocks(module: nn.Module, device: torch.device, backend=None) -> None:
     """torch.compile each transformer block on its own (one graph each, no breaks; blocks share
-    their compiled code). Module names and state dicts are unchanged. The last block then
-    computes every token's output (its kept-token count changes every step, which would
-    recompile a static-shape graph)."""
-    module.backbone.prune_last_block = False
-    for blk in module.backbone.block_list():
+    their compiled code). Module names and state dicts are unchanged. The last block keeps
+    computing only the tokens the losses use (`prune_last_block`): their number changes every
+    step, so it is compiled with shapes that may change (one more compilation at the first new
+    count, that dimension symbolic from then on) where the others are static."""
+    blocks = module.backbone.block_list()
+    for blk in blocks[:-1]:
         blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
+    blocks[-1].compile(fullgraph=True, dynamic=None, backend=backend or "inductor")
 
 
-def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> nn.Module:
+def prepare_networks(
+    objective: Objective, tcfg: TrainConfig, env: DistEnv, compile_backend: str | None = None
+) -> nn.Module:
     """Backbone settings (packing, checkpointing), wrapping (DDP / FSDP2) of the trained network,
     sharding of the EMA copies like it, then per-block compilation. Returns the train module."""
     module = objective.train_module()
@@ -93,7 +106,7 @@ def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> n
     )
     for m in others:
         shard_like(m, tcfg.strategy, env, precision=tcfg.precision)
-    if tcfg.compile:
+    if compile_enabled(tcfg.compile, env.device):
         for m in [unwrap(net), *others]:
-            compile_blocks(m, env.device)
+            compile_blocks(m, env.device, backend=compile_backend)
     return net
