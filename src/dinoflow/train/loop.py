@@ -29,7 +29,7 @@ from dinoflow.train.data import check_training_data, make_loader, resolve_worker
 from dinoflow.train.distributed import DistEnv, any_rank, barrier, init_distributed
 from dinoflow.train.host_memory import keep_freed_host_memory
 from dinoflow.train.metrics import CsvLog, StepMetrics
-from dinoflow.train.objective import Objective
+from dinoflow.train.objective import Objective, backbones_of
 from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.preemption import Preempted, StopRequested, StopSignal
 from dinoflow.train.resources import check_batch_fits
@@ -151,7 +151,7 @@ def _setup(make_objective: MakeObjective, stage: str, sec: StageSection, env: Di
     objective = make_objective(env.device)
     net = prepare_networks(objective, tcfg, env)
     base = unwrap(net)
-    groups = param_groups(base.param_modules(), sec.optim, {"backbone": base.backbone.n_blocks})
+    groups = param_groups(base.param_modules(), sec.optim, {n: b.n_blocks for n, b in backbones_of(base).items()})
     optimizer = build_optimizer(groups, sec.optim)
     sched = Schedules(
         optim=sec.optim,

@@ -14,7 +14,7 @@ from dinoflow.errors import DinoflowError
 from dinoflow.losses.distributed import all_reduce_sum
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.distributed import DistEnv, shard_like, wrap_model
-from dinoflow.train.objective import Batch, Objective, Schedule
+from dinoflow.train.objective import Batch, Objective, Schedule, backbones_of
 from dinoflow.train.optim import apply_schedules
 
 
@@ -73,9 +73,10 @@ def compile_blocks(module: nn.Module, device: torch.device, backend: str | None 
     their compiled code). Module names and state dicts are unchanged. The last block then
     computes every token's output (its kept-token count changes every step, which would
     recompile a static-shape graph)."""
-    module.backbone.prune_last_block = False
-    for blk in module.backbone.block_list():
-        blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
+    for backbone in backbones_of(module).values():
+        backbone.prune_last_block = False
+        for blk in backbone.block_list():
+            blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
 
 
 def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> nn.Module:
@@ -84,10 +85,10 @@ def prepare_networks(objective: Objective, tcfg: TrainConfig, env: DistEnv) -> n
     module = objective.train_module()
     others = list(objective.checkpoint_modules().values())
     for m in [module, *others]:
-        backbone = getattr(m, "backbone", None)
-        if backbone is not None and hasattr(backbone, "pack_crops"):
-            backbone.pack_crops = tcfg.pack_crops
-            backbone.set_activation_checkpointing(tcfg.activation_checkpointing)
+        for backbone in backbones_of(m).values():
+            if hasattr(backbone, "pack_crops"):
+                backbone.pack_crops = tcfg.pack_crops
+                backbone.set_activation_checkpointing(tcfg.activation_checkpointing)
     net = wrap_model(
         module, tcfg.strategy, env, reshard_after_forward=tcfg.fsdp_reshard_after_forward, precision=tcfg.precision
     )
