@@ -35,6 +35,7 @@ from dinoflow.evaluation.report import (
     write_eval_json,
     write_markdown,
 )
+from dinoflow.models.family import student_folders
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def _producing_stage(cfg: Config, name: str, path: Path) -> str:
 
 
 def check_model_files(cfg: Config) -> dict[str, Path]:
-    """The configured model files, or a DinoflowError naming each missing path and what produces it."""
+    """The configured model files, or a DinoflowError naming each missing path and what produces it.
+
+    A family of students (`<path>/<name>/backbone.pth`) becomes one model per student, `<model>-<name>`."""
     out, missing = {}, []
     for name, p in cfg.evaluate.models.items():
         if name in (RANDOM_INIT, RAW_PIXELS):
@@ -67,6 +70,9 @@ def check_model_files(cfg: Config) -> dict[str, Path]:
             raise DinoflowError(
                 f"evaluate.models.{name}: names starting with '_' are reserved in eval.json; rename the model"
             )
+        if members := student_folders(p):
+            out.update({f"{name}-{m}": folder / "backbone.pth" for m, folder in members.items()})
+            continue
         path = Path(p)
         if path.is_dir():
             path = path / "backbone.pth"
