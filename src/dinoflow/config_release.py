@@ -13,15 +13,34 @@ from dinoflow.config_base import PositiveFloat, PositiveInt, SafeName, Section, 
 
 class EvalDataset(Section):
     name: SafeName
-    kind: Literal["demo_mnist", "demo_digits", "folder", "shards"]
+    kind: Literal[
+        "demo_mnist",
+        "demo_digits",
+        "folder",
+        "shards",
+        "segmentation_folder",
+        "depth_folder",
+        "demo_segmentation",
+        "demo_depth",
+    ] = Field(
+        description="classification: demo_mnist, demo_digits, folder, shards; dense (linear probes on patch "
+        "tokens): segmentation_folder (<split>/images + <split>/masks, class-id PNGs, 255 ignore), depth_folder "
+        "(<split>/images + <split>/depth, 16-bit PNG millimetres, 0 invalid), demo_segmentation, demo_depth"
+    )
     train: str | None = Field(
         None, description="folder/shards: the labelled train split (class per subfolder, or json `label`)"
     )
     test: str | None = Field(None, description="folder/shards: the labelled test split")
+    image_size: int | None = Field(
+        None, ge=8, description="dense kinds: side the whole image is resized to (null: evaluate.image_size)"
+    )
+    max_depth: float | None = Field(
+        None, gt=0, description="depth kinds: the deepest bin in metres (null: the train split's deepest pixel)"
+    )
 
     @model_validator(mode="after")
     def _paths_for_files(self) -> "EvalDataset":
-        if self.kind in ("folder", "shards") and not (self.train and self.test):
+        if self.kind in ("folder", "shards", "segmentation_folder", "depth_folder") and not (self.train and self.test):
             raise ValueError(f"dataset {self.name!r} of kind {self.kind!r} needs both `train` and `test` paths")
         return self
 
@@ -34,6 +53,8 @@ class EvaluateConfig(Section):
         default_factory=lambda: [
             EvalDataset(name="mnist", kind="demo_mnist"),
             EvalDataset(name="digits", kind="demo_digits"),
+            EvalDataset(name="digit_mosaics", kind="demo_segmentation", image_size=56),
+            EvalDataset(name="digit_depth", kind="demo_depth", image_size=56),
         ],
         min_length=1,
     )
@@ -60,6 +81,11 @@ class EvaluateConfig(Section):
     )
     linear_batch_size: int = Field(256, ge=1, description="SGD batch of the linear probe; LR is scaled by batch/256")
     logreg_max_iter: int = Field(1000, ge=1)
+    dense_lrs: list[PositiveFloat] = Field(
+        default_factory=lambda: [1e-3, 1e-2, 1e-1], min_length=1, description="AdamW LR grid of the dense probes"
+    )
+    dense_epochs: int = Field(20, ge=1, description="epochs of each dense linear probe over the cached tokens")
+    dense_batch_size: int = Field(16, ge=1, description="images per step of the dense probes")
     max_train: int | None = Field(None, ge=1, description="seeded subset of each train split (tests, quick runs)")
     max_test: int | None = Field(None, ge=1, description="seeded subset of each test split (tests, quick runs)")
     n_pca_images: int = Field(4, ge=0, description="images in the patch-PCA figure (0 turns the PNGs off)")
@@ -70,7 +96,15 @@ class EvaluateConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvaluateConfig":
-        for key in ("ks", "linear_n_last_blocks", "linear_avgpool", "linear_lrs", "logreg_cs", "baselines"):
+        for key in (
+            "ks",
+            "linear_n_last_blocks",
+            "linear_avgpool",
+            "linear_lrs",
+            "logreg_cs",
+            "baselines",
+            "dense_lrs",
+        ):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"evaluate.{key} lists a value twice: {values}")
@@ -138,6 +172,11 @@ class RegisterConfig(Section):
         le=1,
         description="optional absolute floor on the student's k-NN top-1 (off by default: it depends on the data)",
     )
+    dense_floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="optional bounds on the student's dense numbers, '<dataset>.<metric>': value — at least for "
+        "miou / pixel_acc / delta1, at most for rmse / abs_rel (off by default)",
+    )
     champion_tolerance: float = Field(
         0.005,
         ge=0,
@@ -157,6 +196,16 @@ class RegisterConfig(Section):
         "models/teacher", description="also log this backbone as a model (not registered); null skips"
     )
     onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
+
+    @field_validator("dense_floors")
+    @classmethod
+    def _dense_metric_names(cls, v: dict[str, float]) -> dict[str, float]:
+        known = ("miou", "pixel_acc", "delta1", "rmse", "abs_rel")
+        for key in v:
+            ds, _, metric = key.rpartition(".")
+            if not ds or metric not in known:
+                raise ValueError(f"dense_floors key {key!r}: write '<dataset>.<metric>' with a metric of {known}")
+        return v
 
     @field_validator("alias")
     @classmethod

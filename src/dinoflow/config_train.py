@@ -303,6 +303,17 @@ class PretrainConfig(Section):
         return self
 
 
+class StudentConfig(ModelConfig):
+    """One student of a multi-student distillation: a backbone and the name of its output folder."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the student's name: its folder <distill.out_dir>/<name>/ and its registered model's suffix",
+    )
+
+
 class DistillConfig(Section):
     mode: Literal["heads", "features"] = Field(
         "heads",
@@ -318,6 +329,11 @@ class DistillConfig(Section):
     out_dir: str = "models/student"
     report_csv: str = "reports/distill.csv"
     student: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="vit_pico"))
+    students: list[StudentConfig] = Field(
+        default_factory=list,
+        description="several students from one teacher pass per batch (each: the `student` fields plus a `name`); "
+        "empty: the one `student`. Each is exported to <out_dir>/<name>/",
+    )
     crops: CropConfig = Field(default_factory=CropConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -325,3 +341,16 @@ class DistillConfig(Section):
     student_ema: float = Field(0.999, ge=0, le=1, description="momentum of the exported student EMA")
     feature_patch_weight: float = Field(1.0, ge=0)
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _one_student_form(self) -> "DistillConfig":
+        names = [st.name for st in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"distill.students: two students share a name ({names}); names key their folders")
+        # the one-student form at its default is what a saved family config holds: only a set one conflicts
+        if self.students and self.student != type(self).model_fields["student"].default_factory():
+            raise ValueError(
+                "set distill.student (one student) or distill.students (several), not both: "
+                "remove distill.student from the params file when listing students"
+            )
+        return self

@@ -74,16 +74,28 @@ def test_evaluate_end_to_end(tmp_path):
         "evaluate.logreg_cs=[1.0]",
         "evaluate.logreg_max_iter=50",
         "evaluate.n_pca_images=2",
+        "evaluate.dense_epochs=2",
+        "evaluate.dense_lrs=[0.01]",
     )
     out = evaluate(cfg)
     rep = json.loads((tmp_path / "reports" / "eval.json").read_text())
     check_eval_report(rep)
+    dense = rep.pop("_dense")
+    assert set(dense) == {"teacher", "student", "random_init", "raw_pixels"}
+    for per_ds in dense.values():
+        assert per_ds["digit_mosaics"]["task"] == "segmentation" and 0 <= per_ds["digit_mosaics"]["miou"] <= 1
+        assert per_ds["digit_depth"]["task"] == "depth" and per_ds["digit_depth"]["rmse"] > 0
+    assert out["dense"] == dense
     prov = rep.pop("_provenance")  # what was evaluated: register checks it (issue 14.3)
     assert prov["models"] == {
         n: {"path": str(tmp_path / n / "backbone.pth"), "sha256": file_sha256(tmp_path / n / "backbone.pth")}
         for n in ("teacher", "student")
     }
     assert set(prov["datasets"]) == {"mnist", "digits"} and prov["datasets"]["mnist"]["n_test"] == 50
+    assert (
+        prov["dense_datasets"]["digit_depth"]["n_test"] == 50
+        and prov["dense_datasets"]["digit_depth"]["task"] == "depth"
+    )
     assert prov["datasets"]["mnist"]["fingerprint"] != prov["datasets"]["digits"]["fingerprint"]
     assert set(rep) == {"teacher", "student", "random_init", "raw_pixels"}
     for per_ds in rep.values():
@@ -96,10 +108,13 @@ def test_evaluate_end_to_end(tmp_path):
     assert out["datasets"]["mnist"] == {"n_train": 150, "n_test": 50, "n_classes": 10}
     md = (tmp_path / "reports" / "eval.md").read_text()
     assert "| random_init |" in md and "k-NN k clipped" in md  # k = 200 > 150 train samples
+    assert "## digit_mosaics: segmentation (150 train / 50 test)" in md and "## digit_depth: depth" in md
     names = sorted(p.name for p in (tmp_path / "reports").glob("*.png"))
     assert names == [
         "eval_cls_map_digits.png",
         "eval_cls_map_mnist.png",
+        "eval_dense_digit_depth.png",
+        "eval_dense_digit_mosaics.png",
         "eval_patch_pca_digits.png",
         "eval_patch_pca_mnist.png",
     ]

@@ -34,6 +34,7 @@ def write_eval(student_file: Path, student: float, teacher: float = 0.80, eval_s
         "teacher": entry(teacher),
         "random_init": entry(0.5),
         "raw_pixels": entry(0.9),
+        "_dense": {"student": {"mosaics": {"task": "segmentation", "miou": 0.41, "pixel_acc": 0.9, "lr": 0.01}}},
         "_provenance": {
             "models": {"student": {"path": str(student_file), "sha256": file_sha256(student_file)}},
             "datasets": {"mnist": {"fingerprint": eval_set, "n_train": 10, "n_test": 5, "n_classes": 2}},
@@ -123,6 +124,7 @@ def test_register_champion_challenge_and_model_centric_records(project, mlflow_s
         "## Frozen-feature evaluation" in card and "| raw_pixels | 90.0 |" in card and distill_run.info.run_id in card
     )
     assert "passed — took the alias" in card
+    assert tags["dense.mosaics.miou"] == "0.410000" and "| student | 41.0 |" in card  # dense numbers shown
 
     # the model: requirements from the public index, a serving example, ONNX beside it
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", tracking_uri=mlflow_server.uri))

@@ -8,6 +8,7 @@ eval.json — every accuracy is a fraction in [0, 1]:
         "knn_top5": <top-5 of k = 20>,
         "linear_top1": …, "linear_best": {"n_last_blocks": 4, "avgpool": true, "lr": 0.01},
         "logreg_top1": …}},
+     "_dense": {model: {dataset: …}},      # the dense probes (evaluation/dense_report.py), when run
      "_provenance": {                      # what was evaluated (register checks it)
         "models": {model: {"path": …, "sha256": <of the backbone file>}},
         "datasets": {dataset: {"fingerprint": <sha256 of the splits + k-NN protocol>,
@@ -27,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from dinoflow.evaluation.dense_report import DENSE_KEY, check_dense_section, render_dense_markdown
 from dinoflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REPORT_K = 20
@@ -58,8 +60,10 @@ def eval_entry(
 
 
 def split_eval_json(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """eval.json's content → ({model: {dataset: entry}}, the `_provenance` record or None)."""
-    models = {k: v for k, v in obj.items() if k != PROVENANCE_KEY}
+    """eval.json's content → ({model: {dataset: entry}}, the `_provenance` record or None).
+
+    Keys starting with "_" are sections, never models (`_provenance`, `_dense`)."""
+    models = {k: v for k, v in obj.items() if not k.startswith("_")}
     return models, obj.get(PROVENANCE_KEY)
 
 
@@ -80,6 +84,8 @@ def check_eval_report(report: Mapping[str, Any]) -> None:
     models, prov = split_eval_json(report)
     if prov is not None:
         _check_provenance(prov)
+    if DENSE_KEY in report:
+        check_dense_section(report[DENSE_KEY])
     if not models:
         raise ValueError("eval report must be a non-empty mapping of models")
     for model, per_ds in models.items():
@@ -97,9 +103,16 @@ def check_eval_report(report: Mapping[str, Any]) -> None:
                 raise ValueError(f"{where}: knn keys must be k as strings; got {list(entry['knn'])}")
 
 
-def write_eval_json(path: str | Path, report: Mapping[str, Any], provenance: Mapping[str, Any] | None = None) -> Path:
-    """Write eval.json: the model results, plus `_provenance` (what was evaluated) when given."""
+def write_eval_json(
+    path: str | Path,
+    report: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
+    dense: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write eval.json: the model results, plus `_dense` and `_provenance` (what was evaluated) when given."""
     out = dict(report)
+    if dense:
+        out[DENSE_KEY] = dict(dense)
     if provenance is not None:
         out[PROVENANCE_KEY] = dict(provenance)
     check_eval_report(out)
@@ -170,8 +183,16 @@ def render_markdown(report: Mapping[str, Any], meta: Mapping[str, Any] | None = 
     return "\n".join(lines)
 
 
-def write_markdown(path: str | Path, report: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
-    atomic_write_text(path, render_markdown(report, meta))
+def write_markdown(
+    path: str | Path,
+    report: Mapping[str, Any],
+    meta: Mapping[str, Any] | None = None,
+    dense: Mapping[str, Any] | None = None,
+) -> Path:
+    text = render_markdown(report, meta)
+    if dense:
+        text += "\n" + render_dense_markdown(dense, {"datasets": (meta or {}).get("dense_datasets", {})})
+    atomic_write_text(path, text)
     return Path(path)
 
 

@@ -22,6 +22,7 @@ from dinoflow.config import Config, EvaluateConfig
 from dinoflow.digest import arrays_sha256, file_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.datasets import EvalSplit, load_eval_dataset
+from dinoflow.evaluation.dense_run import evaluate_dense, is_dense
 from dinoflow.evaluation.features import FeatureSet, extract_features, patch_tokens, pixel_features, resolve_device
 from dinoflow.evaluation.knn import knn_accuracy
 from dinoflow.evaluation.linear import linear_probe
@@ -34,6 +35,7 @@ from dinoflow.evaluation.report import (
     write_eval_json,
     write_markdown,
 )
+from dinoflow.models.family import student_folders
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,9 @@ def _producing_stage(cfg: Config, name: str, path: Path) -> str:
 
 
 def check_model_files(cfg: Config) -> dict[str, Path]:
-    """The configured model files, or a DinoflowError naming each missing path and what produces it."""
+    """The configured model files, or a DinoflowError naming each missing path and what produces it.
+
+    A family of students (`<path>/<name>/backbone.pth`) becomes one model per student, `<model>-<name>`."""
     out, missing = {}, []
     for name, p in cfg.evaluate.models.items():
         if name in (RANDOM_INIT, RAW_PIXELS):
@@ -66,6 +70,9 @@ def check_model_files(cfg: Config) -> dict[str, Path]:
             raise DinoflowError(
                 f"evaluate.models.{name}: names starting with '_' are reserved in eval.json; rename the model"
             )
+        if members := student_folders(p):
+            out.update({f"{name}-{m}": folder / "backbone.pth" for m, folder in members.items()})
+            continue
         path = Path(p)
         if path.is_dir():
             path = path / "backbone.pth"
@@ -214,7 +221,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                 f"resized/centre-cropped pixels in [0, 1] at {ev.image_size} px, flattened (no mean/std normalisation)"
             )
         n_blocks = max(ev.linear_n_last_blocks)
-        for ds in ev.datasets:
+        for ds in (d for d in ev.datasets if not is_dense(d)):
             split: EvalSplit = load_eval_dataset(ds, seed=ev.seed, max_train=ev.max_train, max_test=ev.max_test)
             ds_meta[ds.name] = {"n_train": len(split.train), "n_test": len(split.test), "n_classes": split.num_classes}
             provenance["datasets"][ds.name] = {"fingerprint": eval_set_fingerprint(split, ev), **ds_meta[ds.name]}
@@ -248,10 +255,14 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                 tracking.log_metrics({f"{ds.name}.{name}.{k}": v for k, v in entry.items() if isinstance(v, float)})
             figures += _figures(ev, split, models, test_cls, out_dir, device)
 
+        dense = evaluate_dense(ev, models, device, out_dir, RAW_PIXELS if RAW_PIXELS in ev.baselines else None)
+        _log_dense(dense.section)
+        provenance["dense_datasets"] = dense.datasets
+        figures += dense.figures
         notes = list(dict.fromkeys(notes))
-        json_path = write_eval_json(out_dir / "eval.json", report, provenance)
+        json_path = write_eval_json(out_dir / "eval.json", report, provenance, dense.section)
         meta = {"notes": notes, "models": descriptions, "datasets": ds_meta, "figures": figures}
-        md_path = write_markdown(out_dir / "eval.md", report, meta)
+        md_path = write_markdown(out_dir / "eval.md", report, {**meta, "dense_datasets": dense.datasets}, dense.section)
         for p in (json_path, md_path, *figures):
             tracking.log_artifact(p)
     return {
@@ -261,8 +272,15 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         "results": report,
         "models": descriptions,
         "datasets": ds_meta,
+        "dense": dense.section,
         "notes": notes,
     }
+
+
+def _log_dense(section: dict[str, dict[str, Any]]) -> None:
+    for name, per_ds in section.items():
+        for ds, entry in per_ds.items():
+            tracking.log_metrics({f"{ds}.{name}.{k}": v for k, v in entry.items() if isinstance(v, float)})
 
 
 def _figures(

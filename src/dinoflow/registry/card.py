@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from dinoflow.registry.dense_gate import dense_table
+
 MODEL_ORDER = ("student", "teacher", "random_init", "raw_pixels")
 
 
@@ -58,8 +60,9 @@ def model_card(
     models: dict[str, Any],
     verdict: dict[str, Any],
     lineage: dict[str, Any],
+    dense: dict[str, Any] | None = None,
 ) -> str:
-    """Markdown for the version description."""
+    """Markdown for the version description; `dense` is eval.json's `_dense` section, when evaluated."""
     t = training_summary(model_file)
     params = sum(p.numel() for p in backbone.parameters())
     mc = getattr(backbone, "config", None)
@@ -84,6 +87,8 @@ def model_card(
     )
     trained.append(f"- weights sha256 `{lineage.get('sha256')}`; commit `{lineage.get('commit') or 'unknown'}`")
     lines += trained + ["", "## Frozen-feature evaluation (top-1 %)", ""] + _results_table(models) + [""]
+    if table := dense_table(dense or {}, MODEL_ORDER):
+        lines += ["## Dense evaluation (linear probes on frozen patch tokens)", ""] + table + [""]
     lines += ["## Gate", ""]
     champion = verdict.get("champion")
     vs = f"champion v{champion['version']} ({_pct(champion.get('knn_top1'))}%)" if champion else "no champion yet"

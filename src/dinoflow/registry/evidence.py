@@ -15,6 +15,7 @@ from typing import Any
 
 from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
+from dinoflow.evaluation.dense_report import DENSE_KEY
 from dinoflow.evaluation.report import PROVENANCE_KEY
 
 
@@ -30,6 +31,7 @@ class EvalEvidence:
     models: dict[str, Any]
     model_files: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {path, sha256}
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → {fingerprint, n_train, …}
+    dense: dict[str, Any] = field(default_factory=dict)  # the `_dense` section: {model: {dataset: entry}}
 
     def eval_set(self, dataset: str) -> str | None:
         """The fingerprint of `dataset` (its images, labels and k-NN protocol), or None when unrecorded."""
@@ -48,8 +50,9 @@ def read_eval_report(path: str | Path) -> EvalEvidence:
     if not isinstance(report, dict):
         raise DinoflowError(f"evaluation report {p} must be a JSON object {{model: {{dataset: {{metric: value}}}}}}")
     prov = report.get(PROVENANCE_KEY) or {}
-    models = {k: v for k, v in report.items() if k != PROVENANCE_KEY and isinstance(v, dict)}
-    return EvalEvidence(p, models, dict(prov.get("models") or {}), dict(prov.get("datasets") or {}))
+    models = {k: v for k, v in report.items() if not k.startswith("_") and isinstance(v, dict)}
+    dense = report.get(DENSE_KEY) if isinstance(report.get(DENSE_KEY), dict) else {}
+    return EvalEvidence(p, models, dict(prov.get("models") or {}), dict(prov.get("datasets") or {}), dense)
 
 
 def check_evaluated(evidence: EvalEvidence, key: str, model_file: str | Path) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from dinoflow.config import RegisterConfig
 from dinoflow.errors import DinoflowError
+from dinoflow.registry.dense_gate import dense_floor_reasons
 
 
 @dataclass
@@ -116,10 +117,17 @@ def challenge_reasons(
 
 
 def gate_verdict(
-    models: dict[str, Any], rc: RegisterConfig, eval_set: str | None, champion: Champion | None
+    models: dict[str, Any],
+    rc: RegisterConfig,
+    eval_set: str | None,
+    champion: Champion | None,
+    dense: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The gate's verdict with its numbers: `passed` (takes the alias) is False with `reasons` when it fails."""
+    """The gate's verdict with its numbers: `passed` (takes the alias) is False with `reasons` when it fails.
+
+    `dense` is eval.json's `_dense` section, checked against `register.dense_floors`."""
     numbers, floors = floor_reasons(models, rc)
+    floors += dense_floor_reasons(dense or {}, rc.student_key, rc.dense_floors)
     challenge = challenge_reasons(numbers["knn_top1"], rc.dataset, eval_set, champion, rc.champion_tolerance)
     reasons = floors + challenge
     return {
@@ -131,6 +139,7 @@ def gate_verdict(
         "min_teacher_gain": rc.min_teacher_gain,
         "min_retention": rc.min_retention,
         "min_knn_top1": rc.min_knn_top1,
+        "dense_floors": dict(rc.dense_floors),
         "champion_tolerance": rc.champion_tolerance,
         "champion": None if champion is None else asdict(champion),
         "reasons": reasons,

@@ -22,6 +22,7 @@ from dinoflow.config import Config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_json
 from dinoflow.registry.card import model_card
+from dinoflow.registry.dense_gate import dense_tags
 from dinoflow.registry.evidence import EvalEvidence, check_evaluated, read_eval_report
 from dinoflow.registry.gate import gate_verdict
 from dinoflow.registry.lineage import TAG_SHA256, TAG_TRAINING_RUN, context_tags, current_champion, training_run
@@ -131,7 +132,7 @@ def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: Eval
     rc = cfg.register
     client = mlflow.MlflowClient()
     champion = current_champion(client, rc.model_name, rc.alias)
-    verdict = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), champion)
+    verdict = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), champion, evidence.dense)
     backbone = load_backbone(pth).eval()
     with tempfile.TemporaryDirectory(prefix="dinoflow-onnx-") as tmp:
         onnx_info = _onnx(cfg, backbone, Path(tmp) / "onnx")
@@ -145,7 +146,11 @@ def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: Eval
         tracking.set_tags({"gate": "passed" if verdict["passed"] else "failed"})
         run = client.get_run(run.info.run_id)
         train_id, found = training_run(client, run, pth, sha, rc.model_name)
-        tags = {**version_tags(verdict, sha, train_id), **context_tags(run)}
+        tags = {
+            **version_tags(verdict, sha, train_id),
+            **dense_tags(evidence.dense, rc.student_key),
+            **context_tags(run),
+        }
         train_run = client.get_run(train_id) if train_id else None
         lm = mlflow.initialize_logged_model(
             name="student",
@@ -182,7 +187,9 @@ def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: Eval
     client.update_model_version(
         rc.model_name,
         version,
-        description=model_card(rc.model_name, version, pth, backbone, evidence.models, verdict, lineage),
+        description=model_card(
+            rc.model_name, version, pth, backbone, evidence.models, verdict, lineage, evidence.dense
+        ),
     )
     if verdict["passed"]:
         client.set_registered_model_alias(rc.model_name, rc.alias, version)
@@ -211,7 +218,9 @@ def register(cfg: Config) -> dict[str, Any]:
     pth = model_file(rc.model_path)
     evidence = read_eval_report(rc.eval_report)
     sha = check_evaluated(evidence, rc.student_key, pth)
-    preview = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), None)  # bad report → error before MLflow
+    preview = gate_verdict(
+        evidence.models, rc, evidence.eval_set(rc.dataset), None, evidence.dense
+    )  # bad report → error before MLflow
     result: dict[str, Any] = {"model_name": rc.model_name, "alias": rc.alias, "model_sha256": sha, "registered": False}
     with tracking.stage_run("register", cfg) as run:
         if run is None:

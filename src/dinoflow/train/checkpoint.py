@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_text
+from dinoflow.models.wrappers import strip_wrapper_names
 from dinoflow.storage_errors import find_os_error, full_disk_error, storage_error
 from dinoflow.train.checkpoint_digests import DIGESTS_KEY, complete_digests, gather, own_shards, verify_checkpoint
 from dinoflow.train.distributed import barrier
@@ -194,7 +195,9 @@ def load_checkpoint(
     """Load in place (any world size); returns meta.json. `extra` tensors are filled in place."""
     path = Path(path)
     state = _state(modules, optimizer, train_module, extra)
-    reader = SafeFileSystemReader(path, metadata=read_metadata(path / ".metadata"))
+    metadata = read_metadata(path / ".metadata")
+    unsaved = _keep_saved_optimizer_states(state["optim"], metadata.state_dict_metadata)
+    reader = SafeFileSystemReader(path, metadata=metadata)
     verify_checkpoint(path)  # collective; after the metadata check, so a crafted file is named as such
     try:
         with _single_process_quiet():
@@ -206,7 +209,10 @@ def load_checkpoint(
         raise _unreadable(path, e) from e
     for name, m in modules.items():
         set_model_state_dict(m, state[name], options=StateDictOptions(strict=True))
-    set_optimizer_state_dict(train_module, optimizer, state["optim"])
+    set_optimizer_state_dict(train_module, optimizer, state["optim"], options=StateDictOptions(strict=not unsaved))
+    for name, p in train_module.named_parameters():
+        if strip_wrapper_names(name) in unsaved:
+            optimizer.state.pop(p, None)  # never stepped before the save: no state, as then
     for k, v in state["objective"].items():
         if isinstance(v, torch.Tensor) and k in extra:
             extra[k].copy_(v)
@@ -225,6 +231,20 @@ def _unreadable(path: Path, e: CheckpointException) -> DinoflowError:
         f"checkpoint {path} could not be read ({gist}); delete it and rerun to resume from an older "
         f"checkpoint, or set train.restart=true (or delete {path.parent}) to start over"
     )
+
+
+def _keep_saved_optimizer_states(optim_state: dict[str, Any], saved: Any) -> set[str]:
+    """Leave out of the load the optimiser states that the checkpoint does not hold.
+
+    AdamW creates a parameter's state at its first gradient; a parameter that never had one (the
+    mask token when nothing is masked, as in distillation) has none when the run is saved. The
+    fresh optimiser of a resume has every state initialised (DCP does that to plan the load), so
+    asking for those would fail; loading without them leaves them absent, as in the run that saved."""
+    states = optim_state.get("state", {})
+    unsaved = {f for f in states if not any(k.startswith(f"optim.state.{f}.") for k in saved)}
+    for fqn in unsaved:
+        del states[fqn]
+    return unsaved
 
 
 @contextmanager

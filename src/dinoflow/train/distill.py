@@ -8,11 +8,15 @@ from dinoflow.config import Config
 
 
 def distill(cfg: Config) -> dict[str, Any]:
+    from dinoflow.train.distill_family import FamilyObjective
     from dinoflow.train.distill_objectives import FeatureDistillObjective, HeadDistillObjective
     from dinoflow.train.loop import run_training
     from dinoflow.train.pretrain import check_geometry
 
     dc = cfg.distill
-    check_geometry(dc.crops, dc.student.patch_size, "distill")
+    for st in dc.students or [dc.student]:
+        check_geometry(dc.crops, st.patch_size, "distill")
+    if dc.students:
+        return run_training(lambda device: FamilyObjective(dc, device), stage="distill", cfg=cfg, section=dc)
     objective_cls = HeadDistillObjective if dc.mode == "heads" else FeatureDistillObjective
     return run_training(lambda device: objective_cls(dc, device), stage="distill", cfg=cfg, section=dc)

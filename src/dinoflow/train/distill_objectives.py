@@ -21,6 +21,7 @@ resampled to the student's grid (bilinear on the spatial map; probabilities reno
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,10 @@ def _teacher_input(crops: torch.Tensor, teacher_patch: int) -> torch.Tensor:
 
 
 class _DistillBase:
-    """Student EMA bookkeeping and export, shared by both modes."""
+    """Student EMA bookkeeping and export, shared by both modes, and the step as four parts that
+    a family of students (`distill_family.py`) calls with one teacher pass for all of them:
+    `teacher_pass` (the frozen teacher, once per batch), `targets` (this student's, from it),
+    `student_inputs` (the student's forward arguments) and `terms` (the loss from its outputs)."""
 
     cfg: DistillConfig
     student: nn.Module
@@ -76,11 +80,14 @@ class _DistillBase:
         return {"student_ema": self.student_ema}
 
     def after_step(self, net: nn.Module, s: Schedule) -> None:
+        self.update_ema(unwrap(net))
+
+    def update_ema(self, student: nn.Module) -> None:
         # Warm the EMA up (momentum min(m, (1+n)/(10+n)) after n updates): with a fixed 0.999
         # a short run would export a student that is still mostly its random init.
         self.ema_updates += 1
         n = float(self.ema_updates)
-        ema_update(self.student_ema, unwrap(net), min(self.cfg.student_ema, (1 + n) / (10 + n)))
+        ema_update(self.student_ema, student, min(self.cfg.student_ema, (1 + n) / (10 + n)))
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         return {"student_ema_updates": self.ema_updates}
@@ -89,8 +96,30 @@ class _DistillBase:
         """Collective under FSDP; rank 0 writes the student EMA's backbone.pth + config.yaml."""
         export_network(self.student_ema, _student_model_cfg(self.cfg), out_dir, is_main)
 
+    def teacher_pass(self, v: Batch) -> dict[str, Any]:
+        raise NotImplementedError
 
-def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, HeadConfig, ModelConfig]:
+    def targets(self, v: Batch, t: dict[str, Any], s: Schedule) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def student_inputs(self, v: Batch) -> tuple[tuple, dict[str, Any]]:
+        raise NotImplementedError
+
+    def terms(
+        self, out: Any, v: Batch, targets: dict[str, Any], s: Schedule
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def loss(self, net: nn.Module, v: Batch, s: Schedule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        targets = self.targets(v, self.teacher_pass(v), s)
+        args, kwargs = self.student_inputs(v)
+        return self.terms(net(*args, **kwargs), v, targets, s)
+
+
+HeadTeacher = tuple[SSLNet, HeadConfig, ModelConfig]
+
+
+def load_head_teacher(teacher_dir: str, device: torch.device) -> HeadTeacher:
     """A dinoflow pretraining output dir → frozen SSLNet (backbone + heads) and its configs."""
     from dinoflow.config import PretrainConfig
     from dinoflow.models import heads_from_config, load_backbone
@@ -118,11 +147,12 @@ def load_head_teacher(teacher_dir: str, device: torch.device) -> tuple[SSLNet, H
 
 
 class HeadDistillObjective(_DistillBase):
-    def __init__(self, cfg: DistillConfig, device: torch.device):
+    def __init__(self, cfg: DistillConfig, device: torch.device, teacher: "HeadTeacher | None" = None):
         from dinoflow.models import backbone_from_config, heads_from_config
 
         self.cfg = cfg
-        self.teacher, head_cfg, self.teacher_model_cfg = load_head_teacher(cfg.teacher, device)
+        self.shared_teacher = teacher or load_head_teacher(cfg.teacher, device)
+        self.teacher, head_cfg, self.teacher_model_cfg = self.shared_teacher
         torch.manual_seed(cfg.seed)
         backbone = backbone_from_config(_student_model_cfg(cfg))
         dino, ibot = heads_from_config(backbone.embed_dim, head_cfg)  # same prototypes as the teacher's
@@ -137,34 +167,50 @@ class HeadDistillObjective(_DistillBase):
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {**self.losses.state(), **self._ema_state()}
 
-    def loss(self, net: nn.Module, v: Batch, s: Schedule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _grid(self, g: torch.Tensor) -> tuple[int, int]:
+        return (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
+
+    @torch.no_grad()
+    def teacher_pass(self, v: Batch) -> dict[str, Any]:
+        g = v["global_crops"]
+        tg = _teacher_input(g, self.t_patch)
+        t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
+        idx = torch.arange(g.shape[0] * t_grid[0] * t_grid[1], device=g.device)
+        return {**self.teacher(tg, patch_index=idx, patch_parts=True), "grid": t_grid}
+
+    @torch.no_grad()
+    def targets(self, v: Batch, t: dict[str, Any], s: Schedule) -> dict[str, Any]:
         """iBOT on every patch token of both global crops, through the heads' factors: the
         [2B·N, K] logits (student and teacher) exist only one chunk at a time."""
         g = v["global_crops"]
-        n_img = g.shape[0]
-        s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
-        n_s = s_grid[0] * s_grid[1]
-        with torch.no_grad():
-            tg = _teacher_input(g, self.t_patch)
-            t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
-            t = self.teacher(
-                tg, patch_index=torch.arange(n_img * t_grid[0] * t_grid[1], device=g.device), patch_parts=True
-            )
-            cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
-            # logits are linear in z, so resampling z to the student's grid resamples the logits
-            z_t = resample_tokens(t["patch_z"].view(n_img, -1, t["patch_z"].shape[-1]), t_grid, s_grid).flatten(0, 1)
-            n_patch = torch.tensor([n_img * n_s], device=g.device)
-            cls_p = self.losses.teacher_cls_probs(cls_logits, s["teacher_temp"])
-            patch_t = self.losses.teacher_patch_targets(
-                {"patch_z": z_t, "patch_w": t["patch_w"]}, s["teacher_temp"], n_patch
-            )
-        # no masking: every patch token of both global crops is an iBOT target (weight 1/N each)
-        out = net(
-            g, v["local_crops"], masks=None, patch_index=torch.arange(n_img * n_s, device=g.device), patch_parts=True
+        n_img, s_grid = g.shape[0], self._grid(g)
+        cls_logits = torch.cat(t["g_cls_logits"].chunk(2)[::-1])
+        # logits are linear in z, so resampling z to the student's grid resamples the logits
+        z_t = resample_tokens(t["patch_z"].view(n_img, -1, t["patch_z"].shape[-1]), t["grid"], s_grid).flatten(0, 1)
+        n_patch = torch.tensor([n_img * s_grid[0] * s_grid[1]], device=g.device)
+        cls_p = self.losses.teacher_cls_probs(cls_logits, s["teacher_temp"])
+        patch_t = self.losses.teacher_patch_targets(
+            {"patch_z": z_t, "patch_w": t["patch_w"]}, s["teacher_temp"], n_patch
         )
+        return {"cls_p": cls_p, "patch_t": patch_t}
+
+    def student_inputs(self, v: Batch) -> tuple[tuple, dict[str, Any]]:
+        g = v["global_crops"]
+        n_s = self._grid(g)[0] * self._grid(g)[1]
+        idx = torch.arange(g.shape[0] * n_s, device=g.device)
+        return (g, v["local_crops"]), {"masks": None, "patch_index": idx, "patch_parts": True}
+
+    def terms(
+        self, out: Any, v: Batch, targets: dict[str, Any], s: Schedule
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # no masking: every patch token of both global crops is an iBOT target (weight 1/N each)
+        g = v["global_crops"]
+        n_img, n_s = g.shape[0], self._grid(g)[0] * self._grid(g)[1]
         n_local = self.cfg.crops.n_local if v["local_crops"] is not None else 0
         weights = torch.full((n_img * n_s,), 1.0 / n_s, device=g.device)
-        return self.losses.student_terms(out, cls_p, patch_t, n_local=n_local, n_global=n_img, masks_weight=weights)
+        return self.losses.student_terms(
+            out, targets["cls_p"], targets["patch_t"], n_local=n_local, n_global=n_img, masks_weight=weights
+        )
 
 
 class FeatureStudent(nn.Module):
@@ -196,30 +242,37 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean()
 
 
+def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> nn.Module:
+    """distill.teacher (a backbone .pth or its folder) → the frozen backbone, on `device`."""
+    from dinoflow.models import load_backbone
+
+    path = Path(cfg.teacher)
+    if path.is_dir():
+        path = path / "backbone.pth"
+    if not path.exists():
+        raise DinoflowError(
+            f"distill.teacher {path} not found: give a backbone .pth (official hub file or a dinoflow export)"
+        )
+    overrides = {
+        k: v
+        for k, v in {
+            "arch": cfg.teacher_arch,
+            "patch_size": cfg.teacher_patch_size,
+            "num_register_tokens": cfg.teacher_num_register_tokens,
+        }.items()
+        if v is not None
+    }
+    teacher = load_backbone(str(path), **overrides).to(device)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
 class FeatureDistillObjective(_DistillBase):
-    def __init__(self, cfg: DistillConfig, device: torch.device):
-        from dinoflow.models import backbone_from_config, load_backbone
+    def __init__(self, cfg: DistillConfig, device: torch.device, teacher: nn.Module | None = None):
+        from dinoflow.models import backbone_from_config
 
         self.cfg = cfg
-        path = Path(cfg.teacher)
-        if path.is_dir():
-            path = path / "backbone.pth"
-        if not path.exists():
-            raise DinoflowError(
-                f"distill.teacher {path} not found: give a backbone .pth (official hub file or a dinoflow export)"
-            )
-        overrides = {
-            k: v
-            for k, v in {
-                "arch": cfg.teacher_arch,
-                "patch_size": cfg.teacher_patch_size,
-                "num_register_tokens": cfg.teacher_num_register_tokens,
-            }.items()
-            if v is not None
-        }
-        self.teacher = load_backbone(str(path), **overrides).to(device)
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        self.teacher = self.shared_teacher = teacher if teacher is not None else load_feature_teacher(cfg, device)
         torch.manual_seed(cfg.seed)
         self.student = FeatureStudent(backbone_from_config(_student_model_cfg(cfg)), self.teacher.embed_dim).to(device)
         self.student_ema = frozen_copy(self.student)
@@ -230,17 +283,30 @@ class FeatureDistillObjective(_DistillBase):
     def extra_state(self) -> dict[str, torch.Tensor]:
         return self._ema_state()
 
-    def loss(self, net: nn.Module, v: Batch, s: Schedule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @torch.no_grad()
+    def teacher_pass(self, v: Batch) -> dict[str, Any]:
+        tg = _teacher_input(v["global_crops"], self.t_patch)
+        t = self.teacher.forward_features(tg)
+        grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
+        return {"cls": t["x_norm_clstoken"], "patch": t["x_norm_patchtokens"], "grid": grid}
+
+    @torch.no_grad()
+    def targets(self, v: Batch, t: dict[str, Any], s: Schedule) -> dict[str, Any]:
         g = v["global_crops"]
         s_grid = (g.shape[-2] // self.s_patch, g.shape[-1] // self.s_patch)
-        with torch.no_grad():
-            tg = _teacher_input(g, self.t_patch)
-            t_grid = (tg.shape[-2] // self.t_patch, tg.shape[-1] // self.t_patch)
-            t = self.teacher.forward_features(tg)
-            t_cls = t["x_norm_clstoken"]
-            t_patch = resample_tokens(t["x_norm_patchtokens"], t_grid, s_grid)
-        out = net(g, v["local_crops"])
-        terms = {"cls": cosine_distance(out["g_cls"], t_cls), "patch": cosine_distance(out["g_patch"], t_patch)}
+        return {"cls": t["cls"], "patch": resample_tokens(t["patch"], t["grid"], s_grid)}
+
+    def student_inputs(self, v: Batch) -> tuple[tuple, dict[str, Any]]:
+        return (v["global_crops"], v["local_crops"]), {}
+
+    def terms(
+        self, out: Any, v: Batch, targets: dict[str, Any], s: Schedule
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t_cls = targets["cls"]
+        terms = {
+            "cls": cosine_distance(out["g_cls"], t_cls),
+            "patch": cosine_distance(out["g_patch"], targets["patch"]),
+        }
         if "l_cls" in out:
             # each local crop → the mean of the teacher's two global CLS tokens of the same image
             t_img = torch.stack(t_cls.chunk(2)).mean(0)

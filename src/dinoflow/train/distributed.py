@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dinoflow.losses.distributed import all_reduce_sum
+from dinoflow.train.objective import backbones_of
 
 _CKPT_GROUP: tuple[object, dist.ProcessGroup] | None = None  # (the default group it belongs to, the group)
 
@@ -123,10 +124,14 @@ def fsdp_units(module: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     official chunked layout (`block_chunks > 0`) the chunk containers are never called, so
     sharding them would leave their parameters sharded at the first forward.
     """
-    backbone = module.backbone
-    blocks = backbone.block_list() if hasattr(backbone, "block_list") else list(getattr(backbone, "blocks", []))
+    backbones = backbones_of(module)
+    blocks = [
+        blk
+        for b in backbones.values()
+        for blk in (b.block_list() if hasattr(b, "block_list") else list(getattr(b, "blocks", [])))
+    ]
     heads = (
-        [m for name, m in module.param_modules().items() if name != "backbone"]
+        [m for name, m in module.param_modules().items() if name not in backbones]
         if hasattr(module, "param_modules")
         else []
     )

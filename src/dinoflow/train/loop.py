@@ -30,7 +30,7 @@ from dinoflow.train.data import check_training_data, make_loader, resolve_worker
 from dinoflow.train.distributed import DistEnv, any_rank, barrier, init_distributed
 from dinoflow.train.host_memory import keep_freed_host_memory
 from dinoflow.train.metrics import CsvLog, StepMetrics
-from dinoflow.train.objective import Objective
+from dinoflow.train.objective import Objective, backbones_of
 from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.preemption import Preempted, StopRequested, StopSignal
 from dinoflow.train.resources import check_batch_fits, check_model_fits, training_state_bytes
@@ -138,17 +138,20 @@ def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir, locks: Ex
     job at a time) and record the run; returns the data units."""
     tcfg = sec.train
     pretraining = isinstance(sec, PretrainConfig)
-    model_cfg = sec.model if pretraining else sec.student  # the model trained
-    state = training_state_bytes(model_cfg, sec.head if pretraining else None, with_teacher_copy=pretraining)
-    check_model_fits(stage, "model" if pretraining else "student", state, env.device, env.world_size)
-    check_batch_fits(
-        f"{stage}.train.batch_size_per_rank",
-        tcfg.batch_size_per_rank,
-        model_cfg,
-        sec.crops,
-        tcfg.load_size or sec.crops.global_size,
-        env.device,
+    trained = [sec.model] if pretraining else (sec.students or [sec.student])  # a family trains them together
+    state = sum(
+        training_state_bytes(m, sec.head if pretraining else None, with_teacher_copy=pretraining) for m in trained
     )
+    check_model_fits(stage, "model" if pretraining else "student", state, env.device, env.world_size)
+    for model_cfg in trained:
+        check_batch_fits(
+            f"{stage}.train.batch_size_per_rank",
+            tcfg.batch_size_per_rank,
+            model_cfg,
+            sec.crops,
+            tcfg.load_size or sec.crops.global_size,
+            env.device,
+        )
     units = check_training_data(sec.data, f"{stage}.data")
     held: DinoflowError | None = None
     if env.is_main:  # the job's other ranks are its own writers
@@ -172,7 +175,7 @@ def _setup(make_objective: MakeObjective, stage: str, sec: StageSection, env: Di
     objective = make_objective(env.device)
     net = prepare_networks(objective, tcfg, env)
     base = unwrap(net)
-    groups = param_groups(base.param_modules(), sec.optim, {"backbone": base.backbone.n_blocks})
+    groups = param_groups(base.param_modules(), sec.optim, {n: b.n_blocks for n, b in backbones_of(base).items()})
     optimizer = build_optimizer(groups, sec.optim)
     sched = Schedules(
         optim=sec.optim,

@@ -52,3 +52,13 @@ class Objective(Protocol):
     def export(self, out_dir: str | Path, is_main: bool = True) -> None:
         """Write the stage's outputs (backbone.pth, config.yaml, ...). Collective under FSDP."""
         ...
+
+
+def backbones_of(module: nn.Module) -> dict[str, nn.Module]:
+    """The backbones a train module (or an EMA copy of one) trains, by their `param_modules()` name:
+    `backbones()` where it holds several (a family of students), else {"backbone": module.backbone};
+    {} for a module without one."""
+    if hasattr(module, "backbones"):
+        return dict(module.backbones())
+    backbone = getattr(module, "backbone", None)
+    return {} if backbone is None else {"backbone": backbone}

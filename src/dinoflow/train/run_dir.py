@@ -148,6 +148,9 @@ def start_run_dir(stage: str, sec: Any, run: RunDir) -> None:
             old = None
         for name in EXPORTS:
             (run.out / name).unlink(missing_ok=True)
+        for student in getattr(sec, "students", None) or []:  # a family's exports: <out>/<name>/
+            for name in EXPORTS:
+                (run.out / student.name / name).unlink(missing_ok=True)
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)
         if old is not None:
             shutil.rmtree(run.ckpt_dir.parent / f"{stage}-{settings_hash(stage, old)}", ignore_errors=True)

@@ -14,7 +14,7 @@ from dinoflow.errors import DinoflowError
 from dinoflow.losses.distributed import all_reduce_sum
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.distributed import DistEnv, shard_like, wrap_model
-from dinoflow.train.objective import Batch, Objective, Schedule
+from dinoflow.train.objective import Batch, Objective, Schedule, backbones_of
 from dinoflow.train.optim import apply_schedules
 from dinoflow.train.phases import mark
 
@@ -83,10 +83,11 @@ def compile_blocks(module: nn.Module, device: torch.device, backend=None) -> Non
     computing only the tokens the losses use (`prune_last_block`): their number changes every
     step, so it is compiled with shapes that may change (one more compilation at the first new
     count, that dimension symbolic from then on) where the others are static."""
-    blocks = module.backbone.block_list()
-    for blk in blocks[:-1]:
-        blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
-    blocks[-1].compile(fullgraph=True, dynamic=None, backend=backend or "inductor")
+    for backbone in backbones_of(module).values():
+        blocks = backbone.block_list()
+        for blk in blocks[:-1]:
+            blk.compile(fullgraph=True, dynamic=False, backend=backend or "inductor")
+        blocks[-1].compile(fullgraph=True, dynamic=None, backend=backend or "inductor")
 
 
 def prepare_networks(
@@ -97,10 +98,10 @@ def prepare_networks(
     module = objective.train_module()
     others = list(objective.checkpoint_modules().values())
     for m in [module, *others]:
-        backbone = getattr(m, "backbone", None)
-        if backbone is not None and hasattr(backbone, "pack_crops"):
-            backbone.pack_crops = tcfg.pack_crops
-            backbone.set_activation_checkpointing(tcfg.activation_checkpointing)
+        for backbone in backbones_of(m).values():
+            if hasattr(backbone, "pack_crops"):
+                backbone.pack_crops = tcfg.pack_crops
+                backbone.set_activation_checkpointing(tcfg.activation_checkpointing)
     net = wrap_model(
         module, tcfg.strategy, env, reshard_after_forward=tcfg.fsdp_reshard_after_forward, precision=tcfg.precision
     )

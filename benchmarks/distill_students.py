@@ -1,0 +1,97 @@
+"""Cost of a family of students: one distillation step with N students against N = 1, interleaved.
+
+    python benchmarks/distill_students.py                      # the demo's shapes: vit_mini/7 → vit_pico/7
+    python benchmarks/distill_students.py --students 3 --repeats 7
+
+Features mode, as the demo distils (heads mode needs a pretraining output as its teacher). The
+teacher (the demo's `vit_mini/7`, random weights: the cost does not depend on them) runs once a
+step whatever the number of students; each student adds its own forward, backward, optimiser and EMA.
+The step is the real one (`train_step` on the objective `dinoflow distill` builds) on fixed crops
+(the augmentation is shared by every student too, so leaving it out only makes the ratio larger).
+Each repetition times the one-student step and then the N-student step in the same process; the
+figure is the median of the per-repetition ratios (the machines here are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dinoflow.config import DistillConfig
+from dinoflow.models import build_backbone, export_backbone
+from dinoflow.train.distill_family import FamilyObjective
+from dinoflow.train.distill_objectives import FeatureDistillObjective, HeadDistillObjective
+from dinoflow.train.objective import backbones_of
+from dinoflow.train.optim import build_optimizer, param_groups
+from dinoflow.train.step import train_step
+
+STUDENT = {"arch": "vit_pico", "patch_size": 7, "img_size": 28, "layerscale_init": 1.0}
+CROPS = {"global_size": 28, "local_size": 14, "n_local": 4}
+
+
+def _objective(teacher: Path, n: int, mode: str, device: torch.device):
+    base = {"mode": mode, "teacher": str(teacher), "crops": CROPS}
+    if n == 1:
+        cfg = DistillConfig(**base, student=STUDENT)
+        cls = HeadDistillObjective if mode == "heads" else FeatureDistillObjective
+        return cls(cfg, device), cfg
+    cfg = DistillConfig(**base, students=[{**STUDENT, "name": f"s{i}"} for i in range(n)])
+    return FamilyObjective(cfg, device), cfg
+
+
+def _timed_steps(teacher: Path, n: int, mode: str, batch: int, steps: int) -> float:
+    """Median seconds of a step (after one warm-up step)."""
+    device = torch.device("cpu")
+    obj, cfg = _objective(teacher, n, mode, device)
+    net = obj.train_module()
+    depth = {k: b.n_blocks for k, b in backbones_of(net).items()}
+    opt = build_optimizer(param_groups(net.param_modules(), cfg.optim, depth), cfg.optim)
+    g = torch.Generator().manual_seed(0)
+    v = {
+        "global_crops": torch.randn(2 * batch, 3, 28, 28, generator=g),
+        "local_crops": torch.randn(CROPS["n_local"] * batch, 3, 14, 14, generator=g),
+    }
+    s = {"lr": 1e-3, "wd": 0.04, "last_layer_lr": 1e-3, "teacher_temp": 0.05, "momentum": 0.99}
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        train_step(obj, net, opt, v, s, clip_grad=3.0, device=device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--students", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        teacher = Path(tmp) / "teacher"
+        export_backbone(build_backbone("vit_mini", patch_size=7, img_size=28, layerscale_init=1.0), teacher)
+        ratios, ones, many = [], [], []
+        for r in range(a.repeats):
+            t1 = _timed_steps(teacher, 1, "features", a.batch, a.steps)
+            tn = _timed_steps(teacher, a.students, "features", a.batch, a.steps)
+            ones.append(t1)
+            many.append(tn)
+            ratios.append(tn / t1)
+            print(
+                f"repeat {r + 1}: 1 student {t1 * 1e3:.1f} ms, {a.students} students {tn * 1e3:.1f} ms: {tn / t1:.2f}x"
+            )
+        print(
+            f"median step: 1 student {statistics.median(ones) * 1e3:.1f} ms, {a.students} students "
+            f"{statistics.median(many) * 1e3:.1f} ms; median ratio {statistics.median(ratios):.2f}x "
+            f"(range {min(ratios):.2f}-{max(ratios):.2f}); {a.students} separate runs would be {a.students}.00x"
+        )
+
+
+if __name__ == "__main__":
+    main()
