@@ -51,8 +51,8 @@ def test_a_second_writer_is_refused_and_the_first_finishes_whole(pth, tmp_path, 
     assert first.poll() is None, "the first run finished before the second could start; give it more images"
     assert embed(pth, src, "-o", out) == 1
     err = capsys.readouterr().err
-    assert f"another dinoflow embed is writing out.parquet (pid {first.pid} on " in err, err
-    assert "one writer per output" in err
+    assert "out.parquet is being written by dinoflow embed" in err and f"(pid {first.pid} on host " in err, err
+    assert "One writer per output" in err
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
     uids, _ = read_embeddings(out)
@@ -119,7 +119,7 @@ def test_the_lock_names_its_owner_and_goes_with_it(tmp_path):
     out = tmp_path / "o.parquet"
     with OutputLock(out):
         owner = json.loads(lock_path(out).read_text())
-        assert owner["pid"] == os.getpid() and owner["host"] and owner["started"]
+        assert owner["pid"] == os.getpid() and owner["host"] and owner["since"]
         r = subprocess.run(
             [
                 sys.executable,
@@ -129,7 +129,7 @@ def test_the_lock_names_its_owner_and_goes_with_it(tmp_path):
             capture_output=True,
             text=True,
         )
-        assert r.returncode == 1 and f"(pid {os.getpid()} on " in r.stderr, r.stderr[-1000:]
+        assert r.returncode == 1 and f"(pid {os.getpid()} on host " in r.stderr, r.stderr[-1000:]
     assert not lock_path(out).exists()
     with OutputLock(out):  # free again
         pass

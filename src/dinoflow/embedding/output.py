@@ -6,25 +6,22 @@ output never replaced without `--overwrite`.
   rename over `/dev/…` would replace the device node); `<out>.parts` must be absent or a folder.
   An existing `<out>` is replaced only with `overwrite`, or when the parts beside it are the run
   that wrote it and was stopped before it removed them (`PartStore.finishing`).
-- `OutputLock`: an exclusive `flock` on `<out>.lock`, holding the owner (pid, host, start, command).
-  A second writer is refused with a `DinoflowError` naming the owner. The kernel drops the lock
+- `OutputLock`: the project's writer lock on `<out>.lock`, holding the owner (pid, host, since,
+  command). A second writer is refused with an error naming the owner. The kernel drops the lock
   when its process dies, so a killed run never leaves a stale lock behind.
 """
 
 from __future__ import annotations
 
-import datetime
-import fcntl
-import json
 import os
-import socket
 import stat
 import sys
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from dinoflow.embedding.parts import PartStore, parts_dir, skipped_path
 from dinoflow.errors import DinoflowError
+from dinoflow.writer_lock import writer_lock
 
 
 def lock_path(output: Path) -> Path:
@@ -79,65 +76,29 @@ def check_output(output: str | Path, overwrite: bool, restart: bool = False) -> 
         )
 
 
-def _owner() -> dict[str, Any]:
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv)[:500],
-    }
-
-
 class OutputLock:
-    """`with OutputLock(out):` — the one writer of `out` (see the module docstring)."""
+    """`with OutputLock(out):` — the one writer of `out`, through the project's one writer lock
+    (`dinoflow.writer_lock`: a `flock` on `<out>.lock` naming the owner, dropped with its process)."""
 
     def __init__(self, output: str | Path) -> None:
-        self.path = lock_path(Path(output))
-        self._fd: int | None = None
+        self.output = Path(output)
+        self.path = lock_path(self.output)
+        self._held: ExitStack | None = None
 
     def __enter__(self) -> "OutputLock":
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-            except OSError as e:
-                raise DinoflowError(f"cannot create the lock file {self.path}: {e.strerror or e}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held = self._read_owner(fd)
-                os.close(fd)
-                raise DinoflowError(
-                    f"another dinoflow embed is writing {self.path.name.removesuffix('.lock')} ({held}): "
-                    "one writer per output; wait for it, stop it, or choose another --output"
-                ) from None
-            # the holder before us may have removed the file after we opened it: lock the file on disk
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(_owner()).encode())
-        self._fd = fd
+        held = ExitStack()
+        held.enter_context(
+            writer_lock(
+                self.path,
+                what=f"dinoflow embed ({' '.join(sys.argv)[:500]})",
+                target=self.output,
+                todo="stop it, or choose another --output",
+            )
+        )
+        self._held = held
         return self
 
-    @staticmethod
-    def _read_owner(fd: int) -> str:
-        try:
-            owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        except (OSError, ValueError):
-            owner = {}
-        if not owner:
-            return "owner not yet recorded"
-        return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}: {owner.get('command')}"
-
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self._fd)
-            self._fd = None
+        if self._held is not None:
+            self._held.close()
+            self._held = None
