@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -60,15 +59,16 @@ def shapes(dry_run: bool) -> SimpleNamespace:
 
 
 def init_group(device: torch.device) -> None:
+    """A one-rank group with an in-process store: no port to bind (a MASTER_PORT left in the
+    environment by something else, or taken, cannot make the check fail)."""
     import torch.distributed as dist
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29561")
+    store = dist.HashStore()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("cpu:gloo,cuda:nccl", rank=0, world_size=1, device_id=device)
+        dist.init_process_group("cpu:gloo,cuda:nccl", rank=0, world_size=1, device_id=device, store=store)
     else:
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        dist.init_process_group("gloo", rank=0, world_size=1, store=store)
 
 
 def build(sh: SimpleNamespace, device: torch.device, compiled: bool, ac: str, dry_run: bool):
