@@ -39,7 +39,7 @@ from components.register.component import register
 from dinoflow.launch.shared import SHARED_DIR
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from pipelines.curation_fanout import curation_tasks
-from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, training_step
+from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried, training_step
 
 PIPELINE_NAME = "dinoflow-dinov2"
 
@@ -52,8 +52,9 @@ def _after_curation(cfg: dict, launch: dict, gpu: dict, curated, multi_node: boo
     teacher = pre.outputs["teacher"]
     dis = training_step(distill(**cfg, **launch, curated=curated, teacher=teacher), "distill", multi_node, gpu)
     student = dis.outputs["student"]
-    ev = cpu_step(evaluate(**cfg, teacher=teacher, student=student), "evaluate", cpu="4", memory="16Gi")
-    # every candidate is registered; the gate inside decides whether it takes the alias
+    ev = cpu_step(retried(evaluate(**cfg, teacher=teacher, student=student)), "evaluate", cpu="4", memory="16Gi")
+    # every candidate is registered; the gate inside decides whether it takes the alias. Not retried:
+    # a second attempt after a failure past create_model_version would register the candidate twice
     reg = cpu_step(
         register(**cfg, student=student, eval_reports=ev.outputs["reports"]), "register", cpu="1", memory="2Gi"
     )
@@ -101,7 +102,8 @@ def dinov2_pipeline(
         tolerations=gpu_tolerations,
     )
 
-    done = cpu_step(finalize(**cfg, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "finalize", cpu="1", memory="1Gi")
+    done = finalize(**cfg, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+    done = cpu_step(retried(done), "finalize", cpu="1", memory="1Gi")  # setting a run's end state twice is harmless
     done.set_caching_options(enable_caching=False)  # closes this run's MLflow parent: always runs
     with dsl.ExitHandler(done, name="dinoflow"):
         cur = curation_tasks(

@@ -14,10 +14,10 @@ from typing import Dict, List
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from components.images import TRAIN_IMAGE
+from components.images import CPU_IMAGE
 
 
-@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def curate_global(
     params_yaml: str,
     overrides: List[str],
@@ -34,8 +34,10 @@ def curate_global(
     trainjob_runtime_kind: str,
     tolerations: List[dict],
     node_selector: Dict[str, str],
+    data_version: str,
 ):
-    """The curated shards + manifest become `curated`; the report becomes `reports` / `report_html`."""
+    """The curated shards + manifest become `curated`; the report becomes `reports` / `report_html`.
+    `data_version` (the listing's digest) is unused here: it is an input so that a changed pool misses the cache."""
     import os
 
     from dinoflow.curation.fanout import run_global_step

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dinoflow.config import save_config
+from dinoflow.data.s3 import ENDPOINT_ENV, REGION_ENV
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
 from dinoflow.launch.secrets import CREDENTIAL_KEYS
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for the controller's verdict
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", ENDPOINT_ENV, REGION_ENV)
 # credentials the TrainJob pods read from the same secrets as the pipeline steps (k8s/base/pipeline/secrets.template.yaml)
 SECRET_ENV = tuple((key, secret, key) for secret, keys in CREDENTIAL_KEYS.items() for key in keys)
 
