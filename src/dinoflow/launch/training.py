@@ -29,6 +29,7 @@ from dinoflow.config import save_config
 from dinoflow.data.s3 import ENDPOINT_ENV, REGION_ENV
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
+from dinoflow.launch.cuda_check import check_this_node
 from dinoflow.launch.secrets import CREDENTIAL_KEYS
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
@@ -153,6 +154,8 @@ def run_training_step(
     if stage not in TRAINING_STAGES:
         raise DinoflowError(f"run_training_step runs {', '.join(TRAINING_STAGES)}, not {stage!r}")
     mode = opts.mode()
+    if mode != "trainjob" and opts.gpus_per_node > 0:  # this pod trains on GPUs: can its driver run them?
+        check_this_node()
     if mode == "trainjob":
         return _run_trainjob(stage, params_yaml, overrides, inputs=inputs, outputs=outputs, opts=opts)
     wiring: dict[str, Any] = {**inputs, **outputs}
