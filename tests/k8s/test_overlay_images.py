@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 import yaml
+from k8s_build import K8S, OVERLAYS, build, kubectl
 
 from dinoflow.launch import images
-from k8s_build import K8S, OVERLAYS, build, kubectl
 
 PROJECT = (images.CPU_IMAGE_NAME, images.TRAIN_IMAGE_NAME)
 DIGEST = "sha256:" + "ab" * 32
