@@ -1,6 +1,7 @@
 """The dinoflow DAG: curate (as a fan-out) → pretrain → distill → evaluate → register (which
 applies the gate itself), inside an exit handler that closes the pipeline's MLflow parent run
-whatever happens.
+whatever happens; and since KFP may skip the exit handler after a terminate, each run's first
+steps also close the parents that earlier runs left RUNNING (components/close_stale_runs).
 
 Compile / run / submit through the CLI (`pipelines/cli.py`; the packages are installed, any directory):
 
@@ -30,6 +31,7 @@ from typing import Dict, List
 
 from kfp import dsl
 
+from components.close_stale_runs.component import close_stale_runs
 from components.distill.component import distill
 from components.evaluate.component import evaluate
 from components.finalize.component import finalize
@@ -106,6 +108,9 @@ def dinov2_pipeline(
     done = cpu_step(retried(done), "finalize", cpu="1", memory="1Gi")  # setting a run's end state twice is harmless
     done.set_caching_options(enable_caching=False)  # closes this run's MLflow parent: always runs
     with dsl.ExitHandler(done, name="dinoflow"):
+        # KFP may not run an exit handler after a terminate: each run closes such leftovers as it starts
+        stale = cpu_step(retried(close_stale_runs(**cfg)), "close stale runs", cpu="1", memory="1Gi")
+        stale.set_caching_options(enable_caching=False)
         cur = curation_tasks(
             cfg,
             groups=curate_groups,

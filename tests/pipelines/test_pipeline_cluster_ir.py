@@ -65,7 +65,9 @@ def test_every_step_that_can_be_retried_is(ir):
             assert "retryPolicy" not in task, name
         else:
             assert task["retryPolicy"]["maxRetryCount"] == 3, name
-    assert {"curate-partition", "evaluate", "evaluate-2", "data-version", "finalize"} <= set(containers)
+    assert {"curate-partition", "evaluate", "evaluate-2", "data-version", "finalize", "close-stale-runs"} <= set(
+        containers
+    )
 
 
 def test_curation_runs_on_the_cpu_image(ir):
