@@ -19,6 +19,7 @@ PUSH         ?= 1
 GIT_COMMIT   := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 CPU_REF       = $(REGISTRY)/dinoflow-cpu:$(VERSION)
 TRAIN_REF     = $(REGISTRY)/dinoflow-cuda:$(VERSION)
+SERVING_REF   = $(REGISTRY)/dinoflow-serving:$(VERSION)
 
 .PHONY: install test test-fast lint-fix demo bench clean images
 
@@ -53,13 +54,15 @@ images:
 	@test -n "$(REGISTRY)" || { echo "make images: set REGISTRY to your registry prefix, e.g. make images REGISTRY=ghcr.io/acme" >&2; exit 2; }
 	docker build -f docker/Dockerfile.cpu -t $(CPU_REF) --build-arg GIT_COMMIT=$(GIT_COMMIT) .
 	docker build -f docker/Dockerfile -t $(TRAIN_REF) --build-arg CUDA_VERSION=$(CUDA_VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) .
+	docker build -f docker/Dockerfile.serving -t $(SERVING_REF) .
 	@if [ "$(PUSH)" = 1 ]; then \
-	  docker push $(CPU_REF) && docker push $(TRAIN_REF) && mkdir -p build && \
+	  docker push $(CPU_REF) && docker push $(TRAIN_REF) && docker push $(SERVING_REF) && mkdir -p build && \
 	  cpu=$$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' $(CPU_REF) | grep -m1 '^$(REGISTRY)/dinoflow-cpu@') && \
 	  train=$$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' $(TRAIN_REF) | grep -m1 '^$(REGISTRY)/dinoflow-cuda@') && \
 	  printf '{"train": "%s", "cpu": "%s"}\n' "$$train" "$$cpu" > build/images.json && \
 	  echo "wrote build/images.json; point the overlay at the same digests:" && \
 	  echo "  (cd k8s/overlays/<standalone|multi-user> && kustomize edit set image dinoflow/dinoflow-cpu=$$cpu dinoflow/dinoflow-cuda=$$train)"; \
+	  echo "  (cd k8s/serving && kustomize edit set image dinoflow/dinoflow-cpu=$$cpu dinoflow/dinoflow-serving=$(SERVING_REF))"; \
 	fi
 
 clean:

@@ -31,5 +31,7 @@ def test_images_builds_pushes_and_records_digests():
     cpu, train = f"reg.example/acme/dinoflow-cpu:{__version__}", f"reg.example/acme/dinoflow-cuda:{__version__}"
     assert f"docker build -f docker/Dockerfile.cpu -t {cpu}" in cmds
     assert f"docker build -f docker/Dockerfile -t {train} --build-arg CUDA_VERSION=12.8" in cmds
-    assert f"docker push {cpu}" in cmds and f"docker push {train}" in cmds
+    serving = f"reg.example/acme/dinoflow-serving:{__version__}"
+    assert f"docker build -f docker/Dockerfile.serving -t {serving}" in cmds
+    assert all(f"docker push {ref}" in cmds for ref in (cpu, train, serving))
     assert "> build/images.json" in cmds and "kustomize edit set image dinoflow/dinoflow-cpu=" in cmds
