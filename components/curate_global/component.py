@@ -41,6 +41,7 @@ def curate_global(
     import os
 
     from dinoflow.curation.fanout import run_global_step
+    from dinoflow.launch.data_ref import output_dir, publish_ref, resolve
     from dinoflow.launch.steps import log_summary_metrics, publish
     from dinoflow.launch.training import LaunchOptions
 
@@ -54,8 +55,16 @@ def curate_global(
         tolerations=tolerations,
         node_selector=node_selector,
     )
+    # the curated shards go to the shared volume when mounted; `curated` then refers to them
+    out = output_dir(curated.path, "curated")
     summary = run_global_step(
-        params_yaml, overrides, [e.path for e in embeddings], out_dir=curated.path, report_dir=reports.path, opts=opts
+        params_yaml,
+        overrides,
+        [resolve(e.path) for e in embeddings],
+        out_dir=str(out),
+        report_dir=reports.path,
+        opts=opts,
     )
+    publish_ref(curated.path, out)
     publish(os.path.join(reports.path, "curation.html"), report_html.path)
     log_summary_metrics(metrics, summary)

@@ -18,6 +18,10 @@ def curate_partition(
     """Decode + embed this task's partitions of the pool, the seeds and the eval sets into `embeddings`.
     `data_version` (the listing's digest) is unused here: it is an input so that a changed pool misses the cache."""
     from dinoflow.curation.fanout import embed_group
+    from dinoflow.launch.data_ref import output_dir, publish_ref
     from dinoflow.launch.steps import step_config
 
-    embed_group(step_config(params_yaml, overrides), group, groups, embeddings.path)
+    # on the shared volume when mounted: the artifact then holds only a reference (dinoflow.launch.data_ref)
+    out = output_dir(embeddings.path, f"curate-embeddings-{int(group)}-of-{int(groups)}")
+    embed_group(step_config(params_yaml, overrides), group, groups, out)
+    publish_ref(embeddings.path, out)

@@ -30,6 +30,7 @@ from dinoflow.data.s3 import ENDPOINT_ENV, REGION_ENV
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
 from dinoflow.launch.cuda_check import check_this_node
+from dinoflow.launch.data_ref import on_volume
 from dinoflow.launch.secrets import CREDENTIAL_KEYS
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
@@ -207,6 +208,9 @@ def _run_trainjob(
     root = shared.stage_dir(opts.shared_dir, run_id, stage)
     wiring: dict[str, str] = {}
     for key, path in inputs.items():
+        if on_volume(path, opts.shared_dir):  # the job's pods read it where it is (dinoflow.launch.data_ref)
+            wiring[key] = str(path)
+            continue
         dest = root / "in" / _slug(key)
         _stage_input(Path(path), dest)
         wiring[key] = str(dest)
