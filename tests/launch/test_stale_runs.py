@@ -13,6 +13,7 @@ import standin_k8s
 from dinoflow.config import load_config
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.stale_runs import TAG_CLOSE_REASON, TAG_CLOSED_BY, close_stale_pipeline_runs, is_stale
+from dinoflow.pipeline_env import KFP_POD_NAME, KFP_POD_UID
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, TAG_ROLE
 
 HOUR_MS = 3600 * 1000
@@ -47,7 +48,7 @@ def test_the_decision():
 
 
 @pytest.mark.slow
-def test_a_start_closes_only_the_dead_runs_parents(mlflow_server, k8s):
+def test_a_start_closes_only_the_dead_runs_parents(mlflow_server, k8s, monkeypatch):
     experiment = f"stale-{time.time_ns()}"
     cfg = load_config(None, [f"tracking.tracking_uri={mlflow_server.uri}", f"tracking.experiment={experiment}"])
     client = mlflow.MlflowClient(mlflow_server.uri)
@@ -65,6 +66,9 @@ def test_a_start_closes_only_the_dead_runs_parents(mlflow_server, k8s):
     by_hand = client.create_run(exp, start_time=old, tags={TAG_ROLE: "pipeline"}).info.run_id  # no pipeline run id
 
     # without pods to look at, nothing is closed: a run that still works could be ended
+    assert close_stale_pipeline_runs(cfg, "run-now", namespace="team", k8s_host=k8s.host) == []  # not in a KFP pod
+    monkeypatch.setenv(KFP_POD_NAME, "run-now-close-stale-runs")
+    monkeypatch.setenv(KFP_POD_UID, "uid-now")
     assert close_stale_pipeline_runs(cfg, "run-now", namespace="team", k8s_host="http://127.0.0.1:9") == []
     assert client.get_run(dead).info.status == "RUNNING"
 

@@ -10,8 +10,8 @@ pipeline) of another pipeline run that is still RUNNING is set KILLED, with a ta
 - nothing was logged under it (the parent's start, its stage runs' starts and ends) for `idle_s`,
   longer than a step's longest retry back-off, so a run between two attempts is left alone.
 
-Where the pods cannot be listed (no Kubernetes API, no permission), nothing is closed: without
-knowing that a run is dead, closing it could end a run that is still working.
+Outside a KFP step pod, or where the pods cannot be listed (no permission), nothing is closed:
+without knowing that a run is dead, closing it could end a run that is still working.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dinoflow.errors import DinoflowError
-from dinoflow.pipeline_env import KFP_RUN_ID_LABEL
+from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, kfp_pod
 from dinoflow.tracking import check_tracking_server, named_errors, tracking_uri
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, TAG_ROLE
 
@@ -116,8 +116,8 @@ def close_stale_pipeline_runs(
             "closing stale pipeline runs needs this run's id in $DINOFLOW_PIPELINE_RUN_ID (the DAG sets it "
             "from the pod's `pipeline/runid` label), so that it never closes its own parent"
         )
-    if not is_enabled(cfg):
-        return []
+    if not is_enabled(cfg) or kfp_pod() is None:
+        return []  # outside a KFP step pod, no pods tell which pipeline runs are alive
     try:
         core = k8s.CoreV1Api(api_client(k8s_host))
         ns = namespace or (SA_NAMESPACE_FILE.read_text().strip() if SA_NAMESPACE_FILE.exists() else "default")
