@@ -75,3 +75,12 @@ def test_a_local_pool_version_follows_its_files(tmp_path):
     v1 = data_version(cfg)
     (pool / "b.png").write_bytes(b"b")
     assert data_version(cfg) != v1
+
+
+def test_a_missing_local_input_is_left_to_the_plan_to_name(tmp_path):
+    """The version step only digests; curate_plan's input check names a missing path with its key."""
+    cfg = _cfg(tmp_path, str(tmp_path / "absent"))
+    v1 = data_version(cfg)
+    (tmp_path / "absent").mkdir()
+    (tmp_path / "absent" / "a.png").write_bytes(b"a")
+    assert data_version(cfg) != v1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Iterator
 
 from dinoflow.config import Config
@@ -30,6 +31,9 @@ def _listing(source: str) -> Iterator[list]:
         # the version change more often, never serve a changed pool from cache
         for obj in s3.iter_objects(source):
             yield [obj.key, obj.size, obj.etag]
+    elif not Path(source).exists():
+        # not this step's error to report: curate_plan refuses it, naming the config key
+        yield ["<missing>"]
     else:
         for e in list_source(source):
             yield [e.rel, e.size, e.mtime_ns]
