@@ -95,17 +95,42 @@ def compact_params(text: str) -> str:
     return json.dumps(yaml.safe_load(text) or {}, separators=(",", ":"), sort_keys=False)
 
 
-def compile_pipeline(output: str | Path, params_path: str | None = None) -> Path:
+def compile_pipeline(output: str | Path, params_path: str | None = None, images: Any = None) -> Path:
     """Write the IR YAML. With `params_path` (checked for cluster use) its params, as one-line JSON,
-    become the default of `params_yaml`; without, `params_yaml` is a required run parameter."""
+    become the default of `params_yaml`; without, `params_yaml` is a required run parameter.
+    `images` (pipelines.ir_images.Images; default: the project's own names) become the steps'
+    images, the default of the TrainJob `image` parameter and the pods' pull secrets."""
+    import yaml
     from kfp import compiler
 
-    defaults = {"params_yaml": compact_params(_cluster_params_text(params_path, []))} if params_path else None
+    from pipelines.ir_images import Images, apply_images
+
+    images = images or Images()
+    defaults: dict[str, Any] = {"image": images.train}
+    if params_path:
+        defaults["params_yaml"] = compact_params(_cluster_params_text(params_path, []))
     pipeline = load_pipeline()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline, str(output), pipeline_parameters=defaults)
+    with tempfile.TemporaryDirectory(prefix="dinoflow-ir-") as tmp:
+        raw = Path(tmp) / "ir.yaml"
+        compiler.Compiler().compile(pipeline, str(raw), pipeline_parameters=defaults)
+        text = raw.read_text()
+    docs = list(yaml.safe_load_all(text))
+    apply_images(docs, images)
+    # KFP's header comment (the parameters and their defaults) is kept; the documents are rewritten
+    output.write_text(_header(text) + yaml.safe_dump_all(docs, sort_keys=False))
     return output
+
+
+def _header(text: str) -> str:
+    """The comment lines before the first YAML document."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "".join(lines)
 
 
 def run_local(
@@ -176,8 +201,10 @@ def submit(
     wait: bool,
     timeout: float,
     service_account: str | None = None,
+    images: Any = None,
 ) -> dict[str, Any]:
-    """Compile and send the DAG to a KFP API endpoint (token from $KFP_TOKEN when it needs one)."""
+    """Compile (with `images`, see compile_pipeline) and send the DAG to a KFP API endpoint (token
+    from $KFP_TOKEN when it needs one)."""
     import os
 
     import kfp
@@ -185,7 +212,7 @@ def submit(
     text = _cluster_params_text(params_path, overrides)
     account = service_account or runner_service_account(namespace)
     with tempfile.TemporaryDirectory(prefix="dinoflow-kfp-") as tmp:
-        package = compile_pipeline(Path(tmp) / "dinov2_pipeline.yaml")
+        package = compile_pipeline(Path(tmp) / "dinov2_pipeline.yaml", images=images)
         try:
             client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN"))
             run = client.create_run_from_pipeline_package(
@@ -205,6 +232,50 @@ def submit(
     return out
 
 
+def image_args(p: argparse.ArgumentParser) -> None:
+    """Which images the steps run (pipelines/ir_images.py): the project publishes none of its own."""
+    g = p.add_argument_group("images (build and push them first: make images REGISTRY=...)")
+    g.add_argument("--registry", default=None, help="registry prefix for both images, e.g. ghcr.io/acme")
+    g.add_argument(
+        "--images-file", default=None, help="JSON {train, cpu} references (make images writes build/images.json)"
+    )
+    g.add_argument(
+        "--train-image", "--image", dest="train_image", default=None, help="CUDA image (training steps, TrainJob pods)"
+    )
+    g.add_argument("--cpu-image", default=None, help="CPU image (curation, evaluation, registry steps)")
+    g.add_argument(
+        "--image-digest",
+        action="append",
+        default=[],
+        metavar="KIND=sha256:HEX",
+        help="pin the train or cpu image to a digest (KFP's cache key holds the image string, not its content)",
+    )
+    g.add_argument(
+        "--image-pull-secret", action="append", default=[], help="secret for a private registry (repeatable)"
+    )
+
+
+def images_from_args(args: argparse.Namespace) -> Any:
+    """The Images the command line names; unpinned references are named on stderr."""
+    from pipelines.ir_images import resolve_images, unpinned
+
+    images = resolve_images(
+        registry=args.registry,
+        train=args.train_image,
+        cpu=args.cpu_image,
+        images_file=args.images_file,
+        digests=args.image_digest,
+        pull_secrets=args.image_pull_secret,
+    )
+    for ref in unpinned(images):
+        print(
+            f"dinoflow pipeline: {ref} has no @sha256 digest: KFP's cache key holds the image string, so a tag "
+            "pushed again with other content is served from cache (pin it: --image-digest or --images-file)",
+            file=sys.stderr,
+        )
+    return images
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dinoflow pipeline", description="compile, run locally, or submit the Kubeflow DAG"
@@ -222,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster params embedded as the default of params_yaml (default: none, a required run parameter)",
     )
     c.add_argument("-o", "--output", default="dinov2_pipeline.yaml")
+    image_args(c)
 
     r = sub.add_parser("run", help="run the DAG here with kfp.local")
     config_args(r)
@@ -246,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-node", type=int, default=None)
     s.add_argument("--num-nodes", type=int, default=None)
     s.add_argument("--accelerator-type", default=None)
-    s.add_argument("--image", default=None, help="training image for TrainJob pods")
+    image_args(s)
     s.add_argument("--curate-groups", type=int, default=None, help="curation decode + embed tasks (default 4)")
     s.add_argument(
         "--curate-num-nodes",
@@ -270,7 +342,6 @@ PIPELINE_ARGUMENTS = (
     "gpus_per_node",
     "num_nodes",
     "accelerator_type",
-    "image",
     "curate_groups",
     "curate_num_nodes",
     "curate_procs_per_node",
@@ -288,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.cmd == "compile":
-            out = compile_pipeline(args.output, args.config)
+            out = compile_pipeline(args.output, args.config, images_from_args(args))
             print(f"wrote {out}")
         elif args.cmd == "run":
             print(
@@ -311,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                         wait=args.wait,
                         timeout=args.timeout,
                         service_account=args.service_account,
+                        images=images_from_args(args),
                     ),
                     indent=2,
                 )

@@ -2,7 +2,11 @@
 DAG (pipelines/dinov2_pipeline.py) calls inside its exit handler and that `curation_fanout`, a
 curate-only pipeline, wraps:
 
-    curate_plan ─▶ ParallelFor(task g): curate_partition(g) ─▶ curate_global(Collected embeddings)
+    data_version ─▶ curate_plan ─▶ ParallelFor(task g): curate_partition(g) ─▶ curate_global(Collected embeddings)
+
+data_version (never cached) digests the listing of every curate input (keys, sizes, ETags) and is
+an input of the three curation steps: KFP's cache key holds nothing of an s3:// prefix's content,
+so without it a changed pool would be served the old curation from cache.
 
 Each curate_partition task decodes and embeds its share of the partitions (pool, seeds, eval
 sets); curate_global runs the global steps on all of them. Outputs of the global task: `curated`
@@ -15,7 +19,8 @@ pod; 1 and N > 1, torchrun of N processes in its pod (gloo: the pod has no GPU);
 a Kubeflow Trainer TrainJob of M GPU nodes with `procs_per_node` GPUs (one process each), placed
 like training's (accelerator type, GPU tolerations, node selector); the step's pod then only waits.
 The run id and the shared volume come from the pod (pipelines/steps.py), never from inputs, so
-every task stays cacheable.
+every task stays cacheable. Every task runs on the CPU image (a TrainJob of the global step gets
+the training image through `image`) and is retried: each writes only its own outputs.
 """
 
 from typing import Dict, List, NamedTuple
@@ -26,6 +31,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Metrics
 from components.curate_global.component import curate_global
 from components.curate_partition.component import curate_partition
 from components.curate_plan.component import curate_plan
+from components.data_version.component import data_version
 from components.images import TRAIN_IMAGE
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried
@@ -38,14 +44,19 @@ def curation_tasks(cfg: dict, *, groups, num_nodes, procs_per_node, trainjob: di
     """Add plan → ParallelFor decode + embed → global steps to the pipeline being defined; returns
     the global task. cfg: params_yaml + overrides; trainjob: image, trainjob_runtime(_kind),
     accelerator_type, tolerations, node_selector (what a TrainJob of the global step needs)."""
-    plan = cpu_step(curate_plan(**cfg, max_groups=groups), "curate: plan", cpu="1", memory="2Gi")
+    ver = cpu_step(retried(data_version(**cfg)), "curate: data version", cpu="1", memory="2Gi")
+    ver.set_caching_options(enable_caching=False)  # it exists to notice a changed pool: never skip it
+    version = ver.output
+    plan = curate_plan(**cfg, max_groups=groups, data_version=version)
+    plan = cpu_step(retried(plan), "curate: plan", cpu="1", memory="2Gi")
     with dsl.ParallelFor(plan.output, name="curate-partitions") as group:
         # `groups`, not the plan's length: task g takes partitions p with p % groups == g, and the
         # plan starts tasks 0 .. min(groups, partitions) - 1, so every partition has its task
-        part = curate_partition(**cfg, group=group, groups=groups)
-        cpu_step(part, "curate: decode + embed", cpu="4", memory="16Gi")
+        part = curate_partition(**cfg, group=group, groups=groups, data_version=version)
+        cpu_step(retried(part), "curate: decode + embed", cpu="4", memory="16Gi")
     glob = curate_global(
         **cfg,
+        data_version=version,
         embeddings=dsl.Collected(part.outputs["embeddings"]),
         num_nodes=num_nodes,
         procs_per_node=procs_per_node,

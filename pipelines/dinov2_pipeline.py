@@ -1,6 +1,7 @@
 """The dinoflow DAG: curate (as a fan-out) → pretrain → distill → evaluate → register (which
 applies the gate itself), inside an exit handler that closes the pipeline's MLflow parent run
-whatever happens.
+whatever happens; and since KFP may skip the exit handler after a terminate, each run's first
+steps also close the parents that earlier runs left RUNNING (components/close_stale_runs).
 
 Compile / run / submit through the CLI (`pipelines/cli.py`; the packages are installed, any directory):
 
@@ -30,6 +31,7 @@ from typing import Dict, List
 
 from kfp import dsl
 
+from components.close_stale_runs.component import close_stale_runs
 from components.distill.component import distill
 from components.evaluate.component import evaluate
 from components.finalize.component import finalize
@@ -39,7 +41,7 @@ from components.register.component import register
 from dinoflow.launch.shared import SHARED_DIR
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from pipelines.curation_fanout import curation_tasks
-from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, training_step
+from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried, training_step
 
 PIPELINE_NAME = "dinoflow-dinov2"
 
@@ -52,8 +54,9 @@ def _after_curation(cfg: dict, launch: dict, gpu: dict, curated, multi_node: boo
     teacher = pre.outputs["teacher"]
     dis = training_step(distill(**cfg, **launch, curated=curated, teacher=teacher), "distill", multi_node, gpu)
     student = dis.outputs["student"]
-    ev = cpu_step(evaluate(**cfg, teacher=teacher, student=student), "evaluate", cpu="4", memory="16Gi")
-    # every candidate is registered; the gate inside decides whether it takes the alias
+    ev = cpu_step(retried(evaluate(**cfg, teacher=teacher, student=student)), "evaluate", cpu="4", memory="16Gi")
+    # every candidate is registered; the gate inside decides whether it takes the alias. Not retried:
+    # a second attempt after a failure past create_model_version would register the candidate twice
     reg = cpu_step(
         register(**cfg, student=student, eval_reports=ev.outputs["reports"]), "register", cpu="1", memory="2Gi"
     )
@@ -101,9 +104,13 @@ def dinov2_pipeline(
         tolerations=gpu_tolerations,
     )
 
-    done = cpu_step(finalize(**cfg, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "finalize", cpu="1", memory="1Gi")
+    done = finalize(**cfg, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+    done = cpu_step(retried(done), "finalize", cpu="1", memory="1Gi")  # setting a run's end state twice is harmless
     done.set_caching_options(enable_caching=False)  # closes this run's MLflow parent: always runs
     with dsl.ExitHandler(done, name="dinoflow"):
+        # KFP may not run an exit handler after a terminate: each run closes such leftovers as it starts
+        stale = cpu_step(retried(close_stale_runs(**cfg)), "close stale runs", cpu="1", memory="1Gi")
+        stale.set_caching_options(enable_caching=False)
         cur = curation_tasks(
             cfg,
             groups=curate_groups,

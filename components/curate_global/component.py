@@ -14,10 +14,10 @@ from typing import Dict, List
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from components.images import TRAIN_IMAGE
+from components.images import CPU_IMAGE
 
 
-@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def curate_global(
     params_yaml: str,
     overrides: List[str],
@@ -34,11 +34,14 @@ def curate_global(
     trainjob_runtime_kind: str,
     tolerations: List[dict],
     node_selector: Dict[str, str],
+    data_version: str,
 ):
-    """The curated shards + manifest become `curated`; the report becomes `reports` / `report_html`."""
+    """The curated shards + manifest become `curated`; the report becomes `reports` / `report_html`.
+    `data_version` (the listing's digest) is unused here: it is an input so that a changed pool misses the cache."""
     import os
 
     from dinoflow.curation.fanout import run_global_step
+    from dinoflow.launch.data_ref import output_dir, publish_ref, resolve
     from dinoflow.launch.steps import log_summary_metrics, publish
     from dinoflow.launch.training import LaunchOptions
 
@@ -52,8 +55,16 @@ def curate_global(
         tolerations=tolerations,
         node_selector=node_selector,
     )
+    # the curated shards go to the shared volume when mounted; `curated` then refers to them
+    out = output_dir(curated.path, "curated")
     summary = run_global_step(
-        params_yaml, overrides, [e.path for e in embeddings], out_dir=curated.path, report_dir=reports.path, opts=opts
+        params_yaml,
+        overrides,
+        [resolve(e.path) for e in embeddings],
+        out_dir=str(out),
+        report_dir=reports.path,
+        opts=opts,
     )
+    publish_ref(curated.path, out)
     publish(os.path.join(reports.path, "curation.html"), report_html.path)
     log_summary_metrics(metrics, summary)

@@ -30,13 +30,14 @@ def distill(
     node_selector: Dict[str, str],
 ):
     """Run `dinoflow distill` from the pretrain step's teacher directory."""
+    from dinoflow.launch.data_ref import resolve
     from dinoflow.launch.training import LaunchOptions, run_training_step
 
     run_training_step(
         "distill",
         params_yaml,
         overrides,
-        inputs={"distill.data": curated.path, "distill.teacher": teacher.path},
+        inputs={"distill.data": resolve(curated.path), "distill.teacher": teacher.path},
         outputs={"distill.out_dir": student.path, "distill.report_csv": curves.path},
         opts=LaunchOptions.from_step_inputs(
             num_nodes=num_nodes,

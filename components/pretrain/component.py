@@ -33,13 +33,14 @@ def pretrain(
     node_selector: Dict[str, str],
 ):
     """Run `dinoflow pretrain`; `teacher` holds backbone.pth + config.yaml."""
+    from dinoflow.launch.data_ref import resolve
     from dinoflow.launch.training import LaunchOptions, run_training_step
 
     run_training_step(
         "pretrain",
         params_yaml,
         overrides,
-        inputs={"pretrain.data": curated.path},
+        inputs={"pretrain.data": resolve(curated.path)},
         outputs={"pretrain.out_dir": teacher.path, "pretrain.report_csv": curves.path},
         opts=LaunchOptions.from_step_inputs(
             num_nodes=num_nodes,

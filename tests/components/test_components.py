@@ -40,7 +40,7 @@ def _spec(comp):
     [
         (
             curate_global,
-            TRAIN_IMAGE,
+            CPU_IMAGE,  # a TrainJob of the global step gets the training image through `image`
             {"embeddings": "system.Artifact"},
             {
                 "curated": "system.Dataset",
@@ -140,6 +140,7 @@ def test_training_components_take_launch_parameters_but_no_run_id():
 
 
 CURATE_LAUNCH = dict(
+    data_version="sha256:0",
     num_nodes=1,
     procs_per_node=1,
     accelerator_type="nvidia.com/gpu",
@@ -170,11 +171,15 @@ def _curate(tmp_path: Path, text: str, overrides: list[str], embeddings: list) -
 
 def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, capsys):
     text = PARAMS.read_text()
-    groups = curate_plan.python_func(params_yaml=text, overrides=["curate.seed=3"], max_groups=2)
+    groups = curate_plan.python_func(
+        params_yaml=text, overrides=["curate.seed=3"], max_groups=2, data_version="sha256:0"
+    )
     assert groups == [0, 1]  # the stand-in pool has 3 partitions: two tasks of at most 2
     embeddings = [_art(dsl.Artifact, tmp_path / f"embeddings-{g}") for g in groups]
     for g, emb in zip(groups, embeddings):
-        curate_partition.python_func(params_yaml=text, overrides=[], group=g, groups=2, embeddings=emb)
+        curate_partition.python_func(
+            params_yaml=text, overrides=[], group=g, groups=2, data_version="sha256:0", embeddings=emb
+        )
     log = standin_stages()
     assert log["embed-0"]["work_dir"] == embeddings[0].path and log["embed-0"]["partitions"] == [0, 2]
     assert log["embed-1"]["partitions"] == [1]
@@ -270,4 +275,4 @@ def test_bad_override_is_a_clear_error(standin_stages, tmp_path):
     with pytest.raises(DinoflowError, match="curate.knn_kk"):
         _curate(tmp_path, "", ["curate.knn_kk=3"], [])
     with pytest.raises(DinoflowError, match="curate.knn_kk"):
-        curate_plan.python_func(params_yaml="", overrides=["curate.knn_kk=3"], max_groups=2)
+        curate_plan.python_func(params_yaml="", overrides=["curate.knn_kk=3"], max_groups=2, data_version="")

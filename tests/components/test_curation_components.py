@@ -6,7 +6,7 @@ from __future__ import annotations
 from components.curate_global.component import curate_global
 from components.curate_partition.component import curate_partition
 from components.curate_plan.component import curate_plan
-from components.images import CPU_IMAGE, TRAIN_IMAGE
+from components.images import CPU_IMAGE
 
 
 def _io(comp):
@@ -21,12 +21,18 @@ def _io(comp):
 def test_fanout_component_specs():
     spec, ins, outs = _io(curate_plan)
     assert spec.implementation.container.image == CPU_IMAGE
-    assert ins == {"params_yaml": "String", "overrides": "typing.List[str]", "max_groups": "Integer"}
+    assert ins == {
+        "params_yaml": "String",
+        "overrides": "typing.List[str]",
+        "max_groups": "Integer",
+        "data_version": "String",  # the pool listing's digest: a changed pool misses the cache
+    }
     assert outs == {"Output": "typing.List[int]"}
     spec, ins, outs = _io(curate_partition)
-    assert spec.implementation.container.image == TRAIN_IMAGE
+    assert spec.implementation.container.image == CPU_IMAGE  # no GPU in a fan-out task
     assert ins["group"] == ins["groups"] == "Integer" and outs == {"embeddings": "system.Artifact"}
     spec, ins, outs = _io(curate_global)
+    assert spec.implementation.container.image == CPU_IMAGE and ins["data_version"] == "String"
     assert spec.inputs["embeddings"].is_artifact_list and ins["embeddings"] == "system.Artifact"
     assert outs == {
         "curated": "system.Dataset",
@@ -73,7 +79,7 @@ def test_fanout_subpipeline_compiles_with_a_parallel_for_and_outputs():
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"curated", "reports", "report_html", "metrics"}
     # built by the same function as the main DAG's curation: the same cluster settings on every task
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-curate-plan", "exec-curate-partition", "exec-curate-global"}
+    assert set(executors) == {"exec-data-version", "exec-curate-plan", "exec-curate-partition", "exec-curate-global"}
     for ex in executors.values():
         assert ex["fieldPathAsEnv"][0]["name"] == "DINOFLOW_PIPELINE_RUN_ID" and ex["pvcMount"]
         assert ex["securityContext"]["runAsNonRoot"] is True

@@ -53,13 +53,20 @@ def test_dockerfile_is_pinned_non_root_and_complete(path):
     assert "tini" in entry, "PID 1 must reap children (torchrun workers)"
 
 
-def test_training_image_has_one_cuda_version():
-    """PyPI's torch 2.13 wheels bring CUDA 13: no base image or extra wheel may bring another."""
+def test_training_image_has_one_cuda_version_chosen_by_a_build_argument():
+    """The torch wheels bring the image's only CUDA: no base image or extra wheel may bring another.
+    CUDA_VERSION picks PyTorch's index for it, the build fails unless torch reports exactly that
+    version, and the image records it for the launch check (dinoflow.launch.cuda_check)."""
     text = DOCKERFILES[0].read_text()
     ins = _instructions(DOCKERFILES[0])
     assert "nvidia/cuda" not in text and "cu12" not in text and "cu11" not in text
+    args = dict(rest.split("=", 1) for op, rest in ins if op == "ARG" and "=" in rest)
+    assert args["CUDA_VERSION"] == "13.0" and args["TORCH_INDEX_URL"] == ""
     run = " ".join(rest for op, rest in ins if op == "RUN")
-    assert "torch.version.cuda.startswith('13.')" in run, "the build checks the CUDA it got"
+    assert 'https://download.pytorch.org/whl/cu$(echo "${CUDA_VERSION}" | tr -d .)' in run
+    assert "v == sys.argv[1]" in run and '"${CUDA_VERSION}"' in run, "the build checks the CUDA it got"
+    env = " ".join(rest for op, rest in ins if op == "ENV")
+    assert "DINOFLOW_CUDA_VERSION=${CUDA_VERSION}" in env
     assert re.search(r"driver >= 580", text), "the Dockerfile states the driver it needs"
 
 

@@ -75,9 +75,9 @@ def test_kubernetes_job_runs_on_the_shared_volume_with_credentials_from_secrets(
         env = {e.name: e.value for e in c.env}
         assert (
             env["MLFLOW_TRACKING_URI"] == CLUSTER["tracking_uri"]
-            and env["AWS_ENDPOINT_URL"] == CLUSTER["s3_endpoint_url"]
+            and env["DINOFLOW_S3_ENDPOINT_URL"] == CLUSTER["s3_endpoint_url"]
         )
-        assert not any(w in name for name in env for w in ("SECRET", "PASSWORD", "ACCESS_KEY"))
+        assert not any(w in name for name in env for w in ("SECRET", "PASSWORD", "ACCESS_KEY", "AWS_"))
         mounts = {m.mount_path: m.name for m in c.volume_mounts}
         claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim}
         assert claims[mounts["/mnt/dinoflow-shared"]] == "dinoflow-shared"

@@ -133,7 +133,7 @@ def test_the_trainjob_carries_placement_owner_deadline_and_no_credentials(cluste
     env = {e["name"]: e for e in seen["spec"]["trainer"]["env"]}
     assert seen["spec"]["trainer"]["resourcesPerNode"]["limits"]["amd.com/gpu"] == "4"  # the accelerator asked for
     assert env["MLFLOW_TRACKING_URI"]["value"].endswith(":5000")
-    for secret_var in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):
+    for secret_var in ("DINOFLOW_S3_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):
         assert "value" not in env[secret_var] and "secretKeyRef" in env[secret_var]["valueFrom"]
     assert seen["spec"]["trainer"]["command"][-1] == str(step["shared"] / "run-7" / "pretrain" / "params.yaml")
 

@@ -35,7 +35,9 @@ def _req(**kw) -> TrainJobRequest:
 
 
 def test_trainjob_validates_and_carries_the_request():
-    job = build_trainjob(_req(env=[env_from_secret("AWS_ACCESS_KEY_ID", "dinoflow-s3", "AWS_ACCESS_KEY_ID")]))
+    job = build_trainjob(
+        _req(env=[env_from_secret("DINOFLOW_S3_ACCESS_KEY_ID", "dinoflow-s3", "DINOFLOW_S3_ACCESS_KEY_ID")])
+    )
     model = validate_trainer_object(job)
     t = model.spec.trainer
     assert (t.num_nodes, t.num_proc_per_node) == (4, 8)
@@ -46,7 +48,7 @@ def test_trainjob_validates_and_carries_the_request():
     assert job["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert job["spec"]["trainer"]["env"][0]["valueFrom"]["secretKeyRef"] == {
         "name": "dinoflow-s3",
-        "key": "AWS_ACCESS_KEY_ID",
+        "key": "DINOFLOW_S3_ACCESS_KEY_ID",
     }
     assert "value" not in job["spec"]["trainer"]["env"][0]  # credentials by reference only
 

@@ -45,7 +45,7 @@ def test_dag_shape_exit_handler_and_no_gate_skip(compiled):
     assert root["finalize"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     (loop,), (branch,) = ([n for n in inner if n.startswith(p)] for p in ("for-loop-", "condition-branches-"))
-    assert set(inner) == {"curate-plan", loop, "curate-global", branch}
+    assert set(inner) == {"close-stale-runs", "data-version", "curate-plan", loop, "curate-global", branch}
     branches = spec["components"][inner[branch]["componentRef"]["name"]]["dag"]["tasks"]
     conditions = {t["triggerPolicy"]["condition"]: t["componentRef"]["name"] for t in branches.values()}
     one = conditions["int(inputs.parameter_values['pipelinechannel--num_nodes']) == 1"]
@@ -55,7 +55,7 @@ def test_dag_shape_exit_handler_and_no_gate_skip(compiled):
     tasks = _tasks(spec)
     for name in ("register", "register-2"):
         assert "triggerPolicy" not in tasks[name], "every candidate is registered; the gate decides the alias"
-    for name in ("register", "register-2", "finalize"):
+    for name in ("register", "register-2", "finalize", "close-stale-runs", "data-version"):
         assert "enableCache" not in tasks[name]["cachingOptions"]  # proto default: caching off
     for name in (*CURATION, *TRAINING, "evaluate", "evaluate-2"):
         assert tasks[name]["cachingOptions"]["enableCache"] is True
@@ -126,15 +126,16 @@ def test_no_step_takes_a_run_unique_input(compiled):
 
 def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
     spec, executors = compiled
-    # plan, decode + embed, global steps, finalize + 2 × (pretrain, distill, evaluate, register)
-    assert len(executors) == 12 and {f"exec-{n}" for n in CURATION} <= set(executors)
+    # stale runs, data version, plan, decode + embed, global steps, finalize
+    # + 2 × (pretrain, distill, evaluate, register)
+    assert len(executors) == 14 and {f"exec-{n}" for n in CURATION} <= set(executors)
     for label, ex in executors.items():
         assert ex["fieldPathAsEnv"] == [
             {"fieldPath": "metadata.labels['pipeline/runid']", "name": "DINOFLOW_PIPELINE_RUN_ID"}
         ], label
         assert {s["secretName"] for s in ex["secretAsEnv"]} == {"dinoflow-s3", "dinoflow-mlflow"}, label
         envs = {kv["envVar"] for s in ex["secretAsEnv"] for kv in s["keyToEnv"]}
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD"} <= envs
+        assert {"DINOFLOW_S3_ACCESS_KEY_ID", "DINOFLOW_S3_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"} <= envs, label
         assert ex["pvcMount"] == [
             {
                 "constant": "dinoflow-shared",

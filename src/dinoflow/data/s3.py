@@ -1,7 +1,12 @@
 """S3 access for data sources and shards: one client factory, URL parsing, and clear errors.
 
-The endpoint comes from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (MinIO, moto, Ceph …);
-credentials and region come from boto3's usual chain (env vars, profile, instance role).
+The project's data store is named by its own variables, `DINOFLOW_S3_ENDPOINT_URL`,
+`DINOFLOW_S3_ACCESS_KEY_ID`, `DINOFLOW_S3_SECRET_ACCESS_KEY` (and `DINOFLOW_S3_REGION`), and the
+client is built from them explicitly. Why not `AWS_*`: in a Kubeflow step the KFP launcher runs in
+the same container and its own S3 client reads `AWS_*`, so setting them for dinoflow's MinIO would
+send KFP's artifact traffic there too. Where the DINOFLOW_ names are unset (a laptop, a CI runner),
+the endpoint falls back to `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` and the credentials to
+boto3's usual chain (env vars, profile, instance role).
 Every botocore failure is turned into a `DinoflowError` that names the bucket and what to fix.
 """
 
@@ -27,7 +32,15 @@ DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 MISSING_BUCKET_CODES = {"NoSuchBucket"}
 MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 
+ENDPOINT_ENV = "DINOFLOW_S3_ENDPOINT_URL"
+ACCESS_KEY_ENV = "DINOFLOW_S3_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "DINOFLOW_S3_SECRET_ACCESS_KEY"
+REGION_ENV = "DINOFLOW_S3_REGION"
 _ENV_KEYS = (
+    ENDPOINT_ENV,
+    ACCESS_KEY_ENV,
+    SECRET_KEY_ENV,
+    REGION_ENV,
     "AWS_ENDPOINT_URL_S3",
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
@@ -66,7 +79,23 @@ def parse_s3_url(url: str) -> S3Url:
 
 def endpoint_url() -> str | None:
     """The S3 endpoint override from the environment, or None for AWS itself."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    for name in (ENDPOINT_ENV, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def explicit_credentials() -> dict[str, str]:
+    """The `DINOFLOW_S3_*` key pair as boto3 client arguments, or {} (boto3's chain decides).
+    One of the two without the other is a configuration mistake, refused before any request."""
+    key, secret = os.environ.get(ACCESS_KEY_ENV, ""), os.environ.get(SECRET_KEY_ENV, "")
+    if bool(key) != bool(secret):
+        missing = SECRET_KEY_ENV if key else ACCESS_KEY_ENV
+        raise DinoflowError(
+            f"{missing} is not set but its partner is: set both {ACCESS_KEY_ENV} and {SECRET_KEY_ENV} "
+            "(the `dinoflow-s3` secret on a cluster) or neither"
+        )
+    return {"aws_access_key_id": key, "aws_secret_access_key": secret} if key else {}
 
 
 def s3_client() -> Any:
@@ -83,16 +112,30 @@ def s3_client() -> Any:
     if client is not None:
         return client
     endpoint = endpoint_url()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = (
+        os.environ.get(REGION_ENV)
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
+    )
     config = BotoConfig(
         retries={"max_attempts": int(os.environ.get("DINOFLOW_S3_MAX_ATTEMPTS", "3")), "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
         s3={"addressing_style": "path" if endpoint else "auto"},
     )
-    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, region_name=region, config=config, **explicit_credentials()
+    )
     _clients[env] = client
     return client
+
+
+def _credential_names() -> str:
+    """The variables the client took its keys from, for error messages."""
+    if os.environ.get(ACCESS_KEY_ENV) or os.environ.get(SECRET_KEY_ENV):
+        return f"{ACCESS_KEY_ENV}/{SECRET_KEY_ENV}"
+    return "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
 
 
 @contextmanager
@@ -117,12 +160,12 @@ def s3_errors(bucket: str, what: str = "") -> Iterator[None]:
     except (NoCredentialsError, PartialCredentialsError) as e:
         raise DinoflowError(
             f"no usable S3 credentials for bucket {bucket!r}{doing} ({e}): "
-            "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            f"set {ACCESS_KEY_ENV}/{SECRET_KEY_ENV} (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE)"
         ) from None
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
         raise DinoflowError(
             f"cannot reach the S3 endpoint {where} for bucket {bucket!r}{doing} ({e}): "
-            "check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and that the server is running"
+            f"check {ENDPOINT_ENV} (or AWS_ENDPOINT_URL) and that the server is running"
         ) from None
     except BotoCoreError as e:
         raise DinoflowError(f"S3 request for bucket {bucket!r}{doing} failed at {where}: {e}") from None
@@ -137,13 +180,12 @@ def s3_error_from_client_error(e: Any, bucket: str, what: str = "") -> DinoflowE
     where = endpoint_url() or "AWS S3"
     if code in CREDENTIAL_CODES:
         return DinoflowError(
-            f"S3 rejected the credentials for bucket {bucket!r}{doing} ({code}): "
-            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            f"S3 rejected the credentials for bucket {bucket!r}{doing} ({code}): check {_credential_names()}"
         )
     if code in DENIED_CODES or status == 403:
         return DinoflowError(
             f"S3 rejected the credentials for bucket {bucket!r}{doing} ({code or 403}: access denied): "
-            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and that they may read this bucket"
+            f"check {_credential_names()} and that they may read this bucket"
         )
     if code in MISSING_BUCKET_CODES:
         return DinoflowError(f"S3 bucket {bucket!r} does not exist at {where}{doing}: create it or fix the s3:// URL")
@@ -152,26 +194,42 @@ def s3_error_from_client_error(e: Any, bucket: str, what: str = "") -> DinoflowE
     return DinoflowError(f"S3 request for bucket {bucket!r}{doing} failed ({code}): {err.get('Message', e)}")
 
 
-def list_keys(url: str, suffixes: tuple[str, ...] | None = None, *, page_size: int = 1000) -> list[str]:
-    """All object keys under an s3:// prefix, sorted; optionally only those ending in `suffixes`.
+@dataclass(frozen=True)
+class S3Object:
+    """One listed object: what identifies its content without reading it (the ETag changes with it)."""
 
-    The bucket must exist (a missing bucket is an error, an empty prefix is an empty list).
+    key: str
+    size: int
+    etag: str
+
+
+def iter_objects(url: str, *, page_size: int = 1000) -> Iterator[S3Object]:
+    """Every object under an s3:// prefix with its size and ETag, in the server's listing order
+    (S3 lists keys in UTF-8 byte order), one page in memory at a time ("folder" markers left out).
+
+    The bucket must exist (a missing bucket is an error, an empty prefix yields nothing).
     Listing follows continuation tokens, `page_size` keys per request.
     """
     u = parse_s3_url(url)
     client = s3_client()
-    keys: list[str] = []
     with s3_errors(u.bucket, f"listing {url}"):
         paginator = client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=u.bucket, Prefix=u.key, PaginationConfig={"PageSize": page_size})
         for page in pages:
             for obj in page.get("Contents", []):
-                key = obj["Key"]
-                if key.endswith("/"):
-                    continue  # "folder" placeholder objects
-                if suffixes is None or key.lower().endswith(suffixes):
-                    keys.append(key)
-    return sorted(keys)
+                if not obj["Key"].endswith("/"):
+                    yield S3Object(obj["Key"], int(obj.get("Size", -1)), str(obj.get("ETag", "")).strip('"'))
+
+
+def list_objects(url: str, *, page_size: int = 1000) -> list[S3Object]:
+    """`iter_objects` as a list sorted by key."""
+    return sorted(iter_objects(url, page_size=page_size), key=lambda o: o.key)
+
+
+def list_keys(url: str, suffixes: tuple[str, ...] | None = None, *, page_size: int = 1000) -> list[str]:
+    """All object keys under an s3:// prefix, sorted; optionally only those ending in `suffixes`."""
+    keys = [o.key for o in list_objects(url, page_size=page_size)]
+    return keys if suffixes is None else [k for k in keys if k.lower().endswith(suffixes)]
 
 
 def open_stream(url: str) -> Any:

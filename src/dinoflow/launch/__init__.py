@@ -11,5 +11,10 @@ Modules (one idea each):
     mlflow_server start-up of the MLflow server in k8s/ (backend URI, basic-auth config)
     s3_bucket     create the MLflow artifact bucket (the server's init container in k8s/)
     gate          the registry gate as a pipeline condition
+    cuda_check    the node's NVIDIA driver against the image's CUDA, before GPU training (named error)
+    data_version  a digest of the curate inputs' listing, for KFP's cache key
+    data_ref      large data between steps by reference on the shared volume, never by copy
+    stale_runs    close MLflow parents that terminated pipeline runs left RUNNING
+    fetch_model   KServe's storage initializer for models:/ URIs
     torchx_components   torchx component: `torchx run -s local_cwd dinoflow.launch.torchx_components:train`
 """

@@ -10,5 +10,7 @@ from dinoflow import __version__
 
 TRAIN_IMAGE_NAME = "dinoflow/dinoflow-cuda"  # docker/Dockerfile: CUDA training image
 CPU_IMAGE_NAME = "dinoflow/dinoflow-cpu"  # docker/Dockerfile.cpu: curation, evaluation, registry, MLflow server
+SERVING_IMAGE_NAME = "dinoflow/dinoflow-serving"  # docker/Dockerfile.serving: KServe predictor (k8s/serving/)
 TRAIN_IMAGE = f"{TRAIN_IMAGE_NAME}:{__version__}"
 CPU_IMAGE = f"{CPU_IMAGE_NAME}:{__version__}"
+SERVING_IMAGE = f"{SERVING_IMAGE_NAME}:{__version__}"

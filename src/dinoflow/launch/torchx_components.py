@@ -33,6 +33,7 @@ import posixpath
 import shlex
 from typing import TYPE_CHECKING, Dict, Optional
 
+from dinoflow.data.s3 import ENDPOINT_ENV as S3_ENDPOINT_ENV
 from dinoflow.launch.images import TRAIN_IMAGE
 from dinoflow.launch.shared import SHARED_DIR
 
@@ -75,7 +76,7 @@ def _service_env(tracking_uri: str, s3_endpoint_url: str, secrets: str) -> Dict[
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     if s3_endpoint_url:
-        env["MLFLOW_S3_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"] = s3_endpoint_url
+        env[S3_ENDPOINT_ENV] = s3_endpoint_url
     if env and not secrets:
         raise ValueError(
             "the job talks to cluster services but gets no credentials: pass --secrets "
@@ -130,7 +131,7 @@ def train(
         workdir: absolute directory the job runs in, as <workdir>/<app id> (created)
         shared_pvc: a ReadWriteMany PVC to mount at /mnt/dinoflow-shared (e.g. dinoflow-shared)
         tracking_uri: MLFLOW_TRACKING_URI for the job
-        s3_endpoint_url: MLFLOW_S3_ENDPOINT_URL / AWS_ENDPOINT_URL for the job
+        s3_endpoint_url: the data store's endpoint for the job (DINOFLOW_S3_ENDPOINT_URL)
         secrets: comma-separated Kubernetes secrets whose keys become env (envFrom), e.g. dinoflow-s3,dinoflow-mlflow
     """
     import torchx.specs as specs

@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dinoflow.config import save_config
+from dinoflow.data.s3 import ENDPOINT_ENV, REGION_ENV
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
+from dinoflow.launch.cuda_check import check_this_node
+from dinoflow.launch.data_ref import on_volume
 from dinoflow.launch.secrets import CREDENTIAL_KEYS
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
@@ -41,7 +44,7 @@ SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 PENDING_TIMEOUT_S = 3600.0  # default: an hour without a started node pod is a placement problem, not a queue
 DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for the controller's verdict
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", ENDPOINT_ENV, REGION_ENV)
 # credentials the TrainJob pods read from the same secrets as the pipeline steps (k8s/base/pipeline/secrets.template.yaml)
 SECRET_ENV = tuple((key, secret, key) for secret, keys in CREDENTIAL_KEYS.items() for key in keys)
 
@@ -168,6 +171,8 @@ def run_training_step(
     if stage not in TRAINING_STAGES:
         raise DinoflowError(f"run_training_step runs {', '.join(TRAINING_STAGES)}, not {stage!r}")
     mode = opts.mode()
+    if mode != "trainjob" and opts.gpus_per_node > 0:  # this pod trains on GPUs: can its driver run them?
+        check_this_node()
     if mode == "trainjob":
         return _run_trainjob(stage, params_yaml, overrides, inputs=inputs, outputs=outputs, opts=opts)
     wiring: dict[str, Any] = {**inputs, **outputs}
@@ -219,6 +224,9 @@ def _run_trainjob(
     root = shared.stage_dir(opts.shared_dir, run_id, stage)
     wiring: dict[str, str] = {}
     for key, path in inputs.items():
+        if on_volume(path, opts.shared_dir):  # the job's pods read it where it is (dinoflow.launch.data_ref)
+            wiring[key] = str(path)
+            continue
         dest = root / "in" / _slug(key)
         _stage_input(Path(path), dest)
         wiring[key] = str(dest)
