@@ -99,8 +99,11 @@ def start_writing(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def write_manifest(out: Path, work: Path, n_parts: int, shards: list[dict], counts: dict[str, int]) -> dict:
-    """Merge the parts into manifest.parquet, then write the completeness record (last) and clear the marker."""
+def write_manifest(out: Path, work: Path, n_parts: int, shards: list[dict], remaining: dict[str, int]) -> dict:
+    """Merge the parts into manifest.parquet, then write the completeness record (last) and clear the marker.
+
+    `remaining`: images left after each step, by step name (`input` first), as the report's funnel.
+    """
     import pyarrow.parquet as pq
 
     table_path = out / TABLE
@@ -117,7 +120,7 @@ def write_manifest(out: Path, work: Path, n_parts: int, shards: list[dict], coun
         "format": RECORD_FORMAT,
         "manifest": {"name": TABLE, "bytes": table_path.stat().st_size, "sha256": sha256_file(table_path)},
         "shards": shards,
-        "counts": counts,
+        "remaining": remaining,
     }
     atomic_write_json(out / RECORD, record)
     (out / INCOMPLETE).unlink(missing_ok=True)

@@ -169,7 +169,7 @@ def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) ->
         decode_and_embed(run, plans, embedder, on_partition)
         summary = global_steps(run, plans, embedder.dim)
         if comm.is_main:
-            log_metrics({f"curate_{k}": float(v) for k, v in summary["counts"].items()})
+            log_metrics({f"curate_{k}": float(v) for k, v in {"kept": summary["kept"], **summary["dropped"]}.items()})
             for p in (
                 Path(c.report_dir) / "curation.json",
                 Path(c.report_dir) / "curation.html",
