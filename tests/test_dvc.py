@@ -52,7 +52,8 @@ def test_project_dvc_yaml_is_the_pipeline():
     for name, stage in spec.items():
         assert stage["cmd"] == f"dinoflow {name}"
         section = SECTIONS[name]
-        assert stage["params"] == [section] and section in params
+        # the top-level seed is every seeded stage's seed (tests/test_config_seed.py)
+        assert stage["params"] in ([section], ["seed", section]) and section in params
         for dep in stage["deps"]:
             assert (ROOT / dep).exists() or dep in outs or dep.startswith("reports/"), f"{name}: unknown dep {dep}"
         for out in stage.get("outs", []):
@@ -366,3 +367,17 @@ def test_a_changed_default_in_the_config_reruns_the_stages_it_affects(tmp_path):
         assert changed == expected, (module, status)
         path.write_text(original)
     assert json.loads(sh([DVC, "status", "--json"], repo) or "{}") == {}
+
+    # the top-level seed is every seeded stage's seed: changing it reruns exactly those stages
+    params = repo / "params.yaml"
+    original = params.read_text()
+    assert original.count("\nseed: 0\n") == 1
+    params.write_text(original.replace("\nseed: 0\n", "\nseed: 1\n"))
+    status = json.loads(sh([DVC, "status", "--json"], repo))
+    changed = {
+        name
+        for name, what in status.items()
+        if any("seed" in str((w.get("changed deps") or {}).get("params.yaml")) for w in what if isinstance(w, dict))
+    }
+    assert changed == {"demo-data", "curate", "pretrain", "distill", "evaluate"}, status
+    params.write_text(original)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dinoflow.config_base import Section, Seed, explain
 from dinoflow.config_data import MAX_FILE_BYTES, CurateConfig, DemoConfig
@@ -95,6 +95,20 @@ with warnings.catch_warnings():
         register: RegisterConfig = Field(default_factory=RegisterConfig)
         serving: ServingConfig = Field(default_factory=ServingConfig)
         tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+        @model_validator(mode="after")
+        def _stage_seeds_inherit(self) -> "Config":
+            # Resolved here, once, so every stage reads a plain int from its own section and the saved
+            # section (beside checkpoints, in MLflow params) records the seed that ran.
+            for name in SEEDED_SECTIONS:
+                section = getattr(self, name)
+                if section.seed is None:
+                    section.seed = self.seed
+            return self
+
+
+# the sections whose `seed` (unset) takes the top-level one
+SEEDED_SECTIONS = ("demo", "curate", "pretrain", "distill", "evaluate")
 
 
 # ---------------------------------------------------------------- loading

@@ -19,6 +19,8 @@ from dinoflow.url_secrets import credential_problem, redact_urls
 MAX_SEED = 2**32 - 1
 MAX_LISTED_ERRORS = 20
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# A stage's own seed: unset, it takes the top-level `seed` (resolved when `Config` is built).
+STAGE_SEED_DOC = "this stage's seed; null: the top-level `seed`"
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]

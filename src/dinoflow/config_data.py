@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dinoflow.config_base import Section, Seed
+from dinoflow.config_base import STAGE_SEED_DOC, Section, Seed
 from dinoflow.config_train import Arch
 
 # What one input file or shard member may be before readers refuse it unread (the curate setting's
@@ -32,7 +32,9 @@ class DemoConfig(Section):
         description="near duplicates cycle through these transforms",
     )
     include_digits: bool = True
-    seed: Seed = Field(0, description="seed of every planted choice (the MNIST split itself is fixed, seed 0)")
+    seed: Seed | None = Field(
+        None, description=f"seed of every planted choice (the MNIST split itself is fixed, seed 0); {STAGE_SEED_DOC}"
+    )
 
 
 class CurateConfig(Section):
@@ -138,7 +140,7 @@ class CurateConfig(Section):
         description="an input file or shard member larger than this is not read: corrupt (too_large)",
     )
     report_images: int = Field(8, ge=0, description="images per cluster row / duplicate pairs shown in the HTML report")
-    seed: int = 0
+    seed: Seed | None = Field(None, description=STAGE_SEED_DOC)
 
     @field_validator("kmeans_levels")
     @classmethod

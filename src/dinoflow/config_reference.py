@@ -37,6 +37,9 @@ def _type_name(ann: Any) -> str:
 
 def _default(model: BaseModel, name: str) -> str:
     value = getattr(model, name)
+    if name == "seed" and type(model) is not Config:
+        # a stage seed left unset reads `null` (it takes the top-level seed), not the value `Config` resolved
+        value = type(model).model_fields["seed"].default
     if isinstance(value, BaseModel):
         return ""
     dumped = json.dumps(value if not isinstance(value, tuple) else list(value), default=str)

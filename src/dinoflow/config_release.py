@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dinoflow.config_base import PositiveFloat, PositiveInt, SafeName, Section, Seed
+from dinoflow.config_base import STAGE_SEED_DOC, PositiveFloat, PositiveInt, SafeName, Section, Seed
 
 
 class EvalDataset(Section):
@@ -92,7 +92,7 @@ class EvaluateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
     report_dir: str = "reports"
-    seed: Seed = 0
+    seed: Seed | None = Field(None, description=STAGE_SEED_DOC)
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvaluateConfig":

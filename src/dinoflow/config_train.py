@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from dinoflow.archs import ARCH_SPECS, ARCHS
-from dinoflow.config_base import PositiveFloat, Probability, Section, Seed
+from dinoflow.config_base import STAGE_SEED_DOC, PositiveFloat, Probability, Section, Seed
 from dinoflow.model_size import MAX_PARAMS, MAX_PATCH_TOKENS, backbone_params, head_params, patch_tokens
 
 Arch = Literal[ARCHS]  # type: ignore[valid-type]  # = Literal[*names] at runtime: pydantic checks the one table
@@ -280,7 +280,7 @@ class PretrainConfig(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    seed: Seed = 0
+    seed: Seed | None = Field(None, description=STAGE_SEED_DOC)
 
     @model_validator(mode="after")
     def _bounded_head(self) -> "PretrainConfig":
@@ -340,7 +340,7 @@ class DistillConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     student_ema: float = Field(0.999, ge=0, le=1, description="momentum of the exported student EMA")
     feature_patch_weight: float = Field(1.0, ge=0)
-    seed: Seed = 0
+    seed: Seed | None = Field(None, description=STAGE_SEED_DOC)
 
     @model_validator(mode="after")
     def _one_student_form(self) -> "DistillConfig":

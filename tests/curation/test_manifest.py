@@ -30,7 +30,7 @@ def _edits(record: dict) -> dict[str, object]:
         "samples negative": {**record, "shards": [{**shard, "samples": -1}]},
         "no manifest entry": {k: v for k, v in record.items() if k != "manifest"},
         "manifest as a list": {**record, "manifest": []},
-        "counts missing": {k: v for k, v in record.items() if k != "counts"},
+        "remaining missing": {k: v for k, v in record.items() if k != "remaining"},
         "format as text": {**record, "format": "1"},
     }
 

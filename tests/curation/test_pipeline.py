@@ -136,9 +136,9 @@ def test_curate_demo_acceptance_processes_kill_and_resume(demo, tmp_path):
             _overrides(demo, tmp_path / "killed", "curate.target_size=1000", "curate.kmeans_levels=[50,5]"),
         )
     )
-    assert s["embedding_shards"]["partitions_computed"] == 0 and s["counts"]["kept"] == 1000
+    assert s["embedding_shards"]["partitions_computed"] == 0 and s["kept"] == 1000
     man = pq.read_table(tmp_path / "killed/curated/manifest.parquet").to_pandas()
-    assert (man.status == "not_sampled").sum() == s["counts"]["not_sampled"] > 0
+    assert (man.status == "not_sampled").sum() == s["dropped"]["not_sampled"] > 0
     info = json.loads((tmp_path / "killed/reports/curation.json").read_text())["clusters"]
     assert info["entropy_after"][-1] > info["entropy_before"][-1]  # the top level is balanced first
     kept = man[man.status == "kept"]

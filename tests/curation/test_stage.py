@@ -49,8 +49,8 @@ def test_tiny_pool_end_to_end(pool, tmp_path):
     record = verify_curated(out / "curated", deep=True)
     report = json.loads((out / "reports/curation.json").read_text())
     assert [s["name"] for s in record["shards"]] == report["shards"] and len(report["shards"]) == summary["n_shards"]
-    assert sum(s["samples"] for s in record["shards"]) == summary["counts"]["kept"]
-    assert _shard_pixels_match_sources(out, pool) == summary["counts"]["kept"]
+    assert sum(s["samples"] for s in record["shards"]) == summary["kept"]
+    assert _shard_pixels_match_sources(out, pool) == summary["kept"]
     assert not (out / "curated" / INCOMPLETE).exists()
     assert "ground_truth" not in report  # scoring planted truth is the demo's business
     assert [f["step"] for f in report["funnel"]] == [
@@ -63,6 +63,15 @@ def test_tiny_pool_end_to_end(pool, tmp_path):
         "not_retrieved",
         "not_sampled",
     ]
+    # one name, one meaning: `remaining` is what is left after a step (manifest.json and the
+    # report's funnel agree), `dropped` what a step removed, `kept` what reached the shards
+    assert "counts" not in record and "counts" not in report
+    assert record["remaining"] == {f["step"]: f["remaining"] for f in report["funnel"]}
+    statuses = {s: man["status"].count(s) for s in set(man["status"])}
+    assert report["kept"] == statuses.pop("kept") == record["remaining"]["not_sampled"]
+    assert report["dropped"] == {k: statuses.get(k, 0) for k in report["dropped"]} and sum(statuses.values()) > 0
+    steps = [record["remaining"][f["step"]] for f in report["funnel"]]  # the JSON's keys are sorted
+    assert [a - b for a, b in zip(steps, steps[1:])] == [report["dropped"][f["step"]] for f in report["funnel"][1:]]
     again = cp.curate(tiny_cfg(pool, out))
     assert again["shards_reused"] == again["n_shards"] and again["embedding_shards"]["partitions_computed"] == 0
 

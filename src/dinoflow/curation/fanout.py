@@ -77,7 +77,7 @@ def run_global_step(
 ) -> dict[str, Any]:
     """The fan-out's last task: gather the tasks' embedding shards, then run `curate` with them as its
     work directory — in this process, under torchrun, or as a TrainJob (`opts`, a LaunchOptions).
-    Returns the report's summary (counts, funnel, seconds)."""
+    Returns the report's summary (kept, dropped, funnel, seconds)."""
     import json
     import tempfile
 
@@ -94,4 +94,8 @@ def run_global_step(
             opts=opts,
         )
     report = json.loads((Path(report_dir) / "curation.json").read_text())
-    return {k: report[k] for k in ("counts", "funnel", "seconds", "embedding_shards", "shards_reused") if k in report}
+    return {
+        k: report[k]
+        for k in ("kept", "dropped", "funnel", "seconds", "embedding_shards", "shards_reused")
+        if k in report
+    }

@@ -123,13 +123,14 @@ def _file_record(path: Path) -> dict:
 
 
 def write_manifest(
-    out: Path, work: Path, n_parts: int, shards: list[dict], counts: dict[str, int], skipped: str | None = None
+    out: Path, work: Path, n_parts: int, shards: list[dict], remaining: dict[str, int], skipped: str | None = None
 ) -> dict:
     """Merge the parts into manifest.parquet, then write the completeness record (last) and clear the marker.
 
+    `remaining`: images left after each step, by step name (`input` first), as the report's funnel;
     `skipped`: the name of the skipped list already written in `out`, recorded with its hash."""
     table_path = merge_parts(out, work, n_parts)
-    record = {"format": RECORD_FORMAT, "manifest": _file_record(table_path), "shards": shards, "counts": counts}
+    record = {"format": RECORD_FORMAT, "manifest": _file_record(table_path), "shards": shards, "remaining": remaining}
     if skipped is not None:
         record["skipped"] = _file_record(out / skipped)
     atomic_write_json(out / RECORD, record)
@@ -187,8 +188,8 @@ def _record_problem(record: Any) -> str | None:
         why = _file_problem("skipped", record["skipped"])
     if why:
         return why
-    if not isinstance(record.get("counts"), dict):
-        return "counts is missing or not an object"
+    if not isinstance(record.get("remaining"), dict):
+        return "remaining is missing or not an object"
     return None
 
 

@@ -156,8 +156,8 @@ def write_outputs(run: Run, rows: Rows, pool: Plan) -> dict[str, Any]:
     if comm.is_main:
         skipped = write_skipped(run.out, pool.skipped, run.work, pool.partitions)
         run.info["skipped"] = skipped
-        counts = {f["step"]: f["remaining"] for f in run.funnel}
-        write_manifest(run.out, run.work, len(pool.partitions), shards, counts, skipped["name"])
+        remaining = {f["step"]: f["remaining"] for f in run.funnel}
+        write_manifest(run.out, run.work, len(pool.partitions), shards, remaining, skipped["name"])
     comm.barrier()
     run.lap("write_outputs")
     return {"shards": shards, "reused": reused}
@@ -186,7 +186,7 @@ def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) ->
         decode_and_embed(run, plans, embedder, on_partition)
         summary = global_steps(run, plans, embedder.dim)
         if comm.is_main:
-            log_metrics({f"curate_{k}": float(v) for k, v in summary["counts"].items()})
+            log_metrics({f"curate_{k}": float(v) for k, v in {"kept": summary["kept"], **summary["dropped"]}.items()})
             for p in (
                 Path(c.report_dir) / "curation.json",
                 Path(c.report_dir) / "curation.html",

@@ -1,7 +1,7 @@
 """Curation report: `report_dir/curation.json`, `curation.html` and the PNGs it shows.
 
-The JSON holds the funnel (items remaining after each step, in the order the steps ran), counts
-per status and drop reason, the thresholds used, cluster sizes and balance entropy, and what the
+The JSON holds the funnel (items remaining after each step, in the order the steps ran), the
+images kept and those dropped per reason, the thresholds used, cluster sizes and balance entropy, and what the
 run did (index, partitions and shards reused, seconds per step). Scoring a run against a planted
 ground truth is the demo's business (`dinoflow.data.demo_truth`), not the library's.
 """
@@ -19,7 +19,7 @@ from PIL import Image
 
 from dinoflow.config import CurateConfig
 from dinoflow.curation.report_data import HIST_EDGES, Summary
-from dinoflow.curation.statuses import STATUSES
+from dinoflow.curation.statuses import KEPT, STATUSES
 from dinoflow.io import atomic_path, atomic_write_json, atomic_write_text
 
 # ---------------------------------------------------------------- pictures
@@ -183,7 +183,8 @@ def write_report(
         )
     summary: dict[str, Any] = {
         "funnel": funnel,
-        "counts": {k: int(s.counts[k]) for k in STATUSES},
+        "kept": int(s.counts[KEPT]),
+        "dropped": {k: int(s.counts[k]) for k in STATUSES if k != KEPT},
         "drop_details": s.details,
         "thresholds": {
             "near_dup_threshold": c.near_dup_threshold,
@@ -224,8 +225,8 @@ def _html(s: dict) -> str:
         "<h1>Curation report</h1>",
         "<h2>Funnel</h2>",
         _table({f["step"]: f["remaining"] for f in s["funnel"]}),
-        "<h2>Counts by status</h2>",
-        _table(s["counts"]),
+        f"<h2>Kept: {s['kept']}; dropped, by reason</h2>",
+        _table(s["dropped"]),
         "<h2>Thresholds</h2>",
         _table(s["thresholds"]),
     ]

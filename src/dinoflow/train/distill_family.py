@@ -47,7 +47,8 @@ class StudentFamily(nn.Module):
 
 
 def member_configs(cfg: DistillConfig) -> dict[str, DistillConfig]:
-    """One single-student config per `distill.students` entry; student i initialises from seed + i."""
+    """One single-student config per `distill.students` entry; student i initialises from seed + i
+    (the stage's seed, resolved from the top-level one when the config is loaded)."""
     out = {}
     for i, st in enumerate(cfg.students):
         model = st.model_dump(exclude={"name"})
