@@ -42,10 +42,10 @@ $(CHECKOV_STAMP): tests/k8s/checkov-requirements.txt
 install: $(STAMP) $(CHECKOV_STAMP)
 
 test: $(STAMP) $(CHECKOV_STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) $(CHECKOV_STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 # ruff runs inside `make test` (tests/test_lint.py); this applies its fixes and formatting
 lint-fix: $(STAMP)

@@ -3,7 +3,7 @@ peak measured in the same run and in the step's own precision (these machines ar
 noisy: compare ratios, not absolutes).
 
     python benchmarks/train_throughput.py --arch vit_mini --patch 7 --global-size 28 --local-size 14
-    # the issue-18 configuration: ViT-S/14, 112/56 px, 2 + 8 crops, batch 8, two 65,536-prototype heads
+    # the CPU reference configuration: ViT-S/14, 112/56 px, 2 + 8 crops, batch 8, two 65,536-prototype heads
     python benchmarks/train_throughput.py --arch vit_small --patch 14 --global-size 112 --local-size 56 \\
         --n-local 8 --batch 8 --prototypes 65536 --separate-ibot-head
     # the same, against another checkout's code, interleaved (old, new, old, new, ...), medians

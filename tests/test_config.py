@@ -45,7 +45,7 @@ def test_override_needs_equals():
         load_config("params.yaml", ["pretrain.train.max_steps"])
 
 
-# ---------------------------------------------------------------- issue 14: ranges, finiteness, secrets
+# ---------------------------------------------------------------- ranges, finiteness, secrets
 
 
 import math  # noqa: E402

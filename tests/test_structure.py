@@ -1,4 +1,4 @@
-"""The size rules of the code base (issue 17): no function over 100 lines and no module over 500
+"""The size rules of the code base: no function over 100 lines and no module over 500
 lines in the library (src/), the KFP components and the pipelines. Import cycles: test_imports.py."""
 
 from __future__ import annotations

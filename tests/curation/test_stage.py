@@ -1,4 +1,4 @@
-"""The curate stage on a tiny pool: outputs keyed by what was ingested, completeness, hostile inputs (issue 14)."""
+"""The curate stage on a tiny pool: outputs keyed by what was ingested, completeness, hostile inputs."""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def test_s3_missing_bucket(s3_env):
         list(iter_source("s3://missing-bucket/pool/"))
 
 
-# ---------------------------------------------------------------- hostile folders (issue 14: items 5, 6, 7)
+# ---------------------------------------------------------------- hostile folders
 
 
 def _run_unprivileged(fn):

@@ -86,7 +86,7 @@ def test_evaluate_end_to_end(tmp_path):
         assert per_ds["digit_mosaics"]["task"] == "segmentation" and 0 <= per_ds["digit_mosaics"]["miou"] <= 1
         assert per_ds["digit_depth"]["task"] == "depth" and per_ds["digit_depth"]["rmse"] > 0
     assert out["dense"] == dense
-    prov = rep.pop("_provenance")  # what was evaluated: register checks it (issue 14.3)
+    prov = rep.pop("_provenance")  # what was evaluated: register checks it
     assert prov["models"] == {
         n: {"path": str(tmp_path / n / "backbone.pth"), "sha256": file_sha256(tmp_path / n / "backbone.pth")}
         for n in ("teacher", "student")

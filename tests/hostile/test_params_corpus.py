@@ -1,4 +1,4 @@
-"""Hostile parameter sets through `dinoflow config` and every stage's CLI entry (issue 14's acceptance).
+"""Hostile parameter sets through `dinoflow config` and every stage's CLI entry.
 
 Each file in params/ starts with comment lines that say what must happen:
     # expect: <regex>      the message (searched in stderr) — required

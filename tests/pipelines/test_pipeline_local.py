@@ -5,7 +5,7 @@ Two variants:
   subprocess through a sitecustomize on PYTHONPATH): checks the DAG's artifact wiring (the
   curation fan-out's tasks into its global step, that into training), that register runs after
   every evaluate whatever the gate says (it applies the gate itself), and that the exit handler runs;
-- the real stages on a tiny config, twice (issue 16's acceptance test: the DAG curates the demo
+- the real stages on a tiny config, twice (the DAG curates the demo
   data through the fan-out, and pretrain/distill read what its global step wrote): the first
   run's student becomes `champion` under one MLflow parent run closed by the exit handler; with
   `distill.train.epochs=1` the second registers a worse version that does not take the alias.

@@ -1,4 +1,4 @@
-"""eval.json as evidence: `register` refuses a report that did not evaluate the file it registers (issue 14.3)."""
+"""eval.json as evidence: `register` refuses a report that did not evaluate the file it registers."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from dinoflow.errors import DinoflowError
 
-# Stages that run as one process, under torchrun or as a TrainJob (curate: its global steps, issue 16).
+# Stages that run as one process, under torchrun or as a TrainJob (curate: its global steps).
 TRAINING_STAGES = ("pretrain", "distill", "curate")
 
 

@@ -4,8 +4,8 @@ Autograd keeps both the hidden pre-activation h = fc1(x) (for GELU's derivative)
 (for fc2's weight gradient): two [tokens, 4·D] tensors, 8 of the ~17 floats per token per
 embedding dimension that a ViT block holds for its backward. This keeps h and recomputes a in
 the backward (one element-wise pass, ~1.5 ms per ViT-S block of 2,128 tokens on two cores),
-which frees 4·D floats per token per block: what the student forward keeps on the issue-18
-configuration goes from 742 to 604 MiB (`benchmarks/train_throughput.py ... --activation-memory`).
+which frees 4·D floats per token per block: what the student forward keeps on the ViT-S/14
+benchmark configuration goes from 742 to 604 MiB (`benchmarks/train_throughput.py ... --activation-memory`).
 
 The gradients are those of the plain layers (the same products on the same values).
 """

@@ -8,7 +8,7 @@ of new pages: ~100,000 page faults and ~0.2 s of kernel time per ViT-S step on t
 malloc's heaps and never trimming them back makes the next steps reuse those pages: ~0 faults,
 3–4 % off the step. The cost is fragmentation held, not returned: over 30 steps of that
 configuration peak RSS reached 2,867 MiB against 2,773 MiB with malloc's defaults (and 3,002 MiB
-for the code before issue 18).
+for the step before the CPU speed work).
 
 Only for training on a CPU: a process whose footprint shrinks after a phase (curation's stages)
 should give memory back, and on a GPU the host side of a step is small.
