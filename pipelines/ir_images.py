@@ -22,6 +22,7 @@ from typing import Any
 
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import images as defaults
+from dinoflow.launch.k8s_labels import PULL_SECRETS_ENV
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 KINDS = ("train", "cpu")
@@ -117,10 +118,13 @@ def apply_images(docs: list[dict[str, Any]], images: Images) -> None:
         container["image"] = built[container["image"]]
     if images.pull_secrets:
         platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-        for label in executors:
+        for label, ex in executors.items():
             platform.setdefault(label, {})["imagePullSecret"] = [
                 {"secretName": s, "secretNameParameter": {"runtimeValue": {"constant": s}}} for s in images.pull_secrets
             ]
+            # a step that launches a TrainJob gives its node pods the same secrets (dinoflow.launch.training)
+            env = ex["container"].setdefault("env", [])
+            env.append({"name": PULL_SECRETS_ENV, "value": ",".join(images.pull_secrets)})
 
 
 def _built_refs() -> dict[str, str]:

@@ -48,6 +48,7 @@ LAUNCHER_JOBS = {
     },
     "sized-by-hand": {"cpu_per_node": "96", "memory_per_node": "1Ti", "shm_per_node": "256Gi"},
     "cluster-runtime": {"runtime": "torch-distributed", "runtime_kind": "ClusterTrainingRuntime"},
+    "private-registry": {"image_pull_secrets": ["regcred", "mirror-cred"]},
     "env-from-secrets": {
         "env": [
             {"name": "MLFLOW_TRACKING_URI", "value": "http://dinoflow-mlflow.dinoflow.svc.cluster.local:5000"},

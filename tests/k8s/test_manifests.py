@@ -267,6 +267,8 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
     from dinoflow.launch.k8s_labels import NO_SIDECAR, STEP_LABEL
     from dinoflow.launch.trainjob import SHM_VOLUME, node_resources
 
+    # a failed node recreates the job (its ranks resume from the checkpoint), a bounded number of times
+    assert rt["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] == 3
     meta = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["metadata"]
     assert {**STEP_LABEL, **NO_SIDECAR}.items() <= meta["labels"].items() and meta["annotations"] == NO_SIDECAR
     # the runtime's own sizes are the launcher's defaults for one GPU a node

@@ -174,3 +174,18 @@ def test_kueue_queue_name_is_a_label_on_the_trainjob():
     assert KUEUE_QUEUE_LABEL not in build_trainjob(_req())["metadata"]["labels"]
     with pytest.raises(DinoflowError, match="queue name"):
         build_trainjob(_req(queue_name="no spaces/allowed"))
+
+
+def test_image_pull_secrets_reach_the_node_pods(monkeypatch):
+    """A run compiled with --image-pull-secret passes the names to its steps; the step that launches
+    the TrainJob gives them to every node pod (they pull the same private image)."""
+    from dinoflow.launch.k8s_labels import PULL_SECRETS_ENV
+    from dinoflow.launch.training import pull_secrets
+
+    monkeypatch.setenv(PULL_SECRETS_ENV, "regcred, mirror-cred,")
+    assert pull_secrets() == ["regcred", "mirror-cred"]
+    monkeypatch.delenv(PULL_SECRETS_ENV)
+    assert pull_secrets() == []
+    pod = _node_pod(build_trainjob(_req(image_pull_secrets=["regcred", "mirror-cred"])))
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-cred"}]
+    assert "imagePullSecrets" not in _node_pod(build_trainjob(_req()))["spec"]

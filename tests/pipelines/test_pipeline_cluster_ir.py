@@ -110,6 +110,8 @@ def test_registry_digest_and_pull_secret_reach_every_step(tmp_path, capsys):
     )
     for label, ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
         assert [s["secretName"] for s in ex["imagePullSecret"]] == ["regcred"], label
+    for label, ex in spec["deploymentSpec"]["executors"].items():  # and to the TrainJobs a step launches
+        assert {"name": "DINOFLOW_IMAGE_PULL_SECRETS", "value": "regcred"} in ex["container"]["env"], label
     assert text.startswith("# PIPELINE DEFINITION")  # KFP's header survives the rewrite
     err = capsys.readouterr().err
     assert "ghcr.io/acme/dinoflow-cpu:0.1.0 has no @sha256 digest" in err and "dinoflow-cuda" not in err

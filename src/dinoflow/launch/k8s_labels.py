@@ -17,3 +17,7 @@ ISTIO_INJECT_KEY = "sidecar.istio.io/inject"
 NO_SIDECAR = {ISTIO_INJECT_KEY: "false"}
 # Kueue admits a TrainJob through the LocalQueue named by this label on the TrainJob itself.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+# The image pull secrets of a run's steps, as the compiled pipeline passes them to every step (comma
+# separated): a step that launches a TrainJob gives its node pods the same ones.
+PULL_SECRETS_ENV = "DINOFLOW_IMAGE_PULL_SECRETS"

@@ -31,6 +31,7 @@ from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
 from dinoflow.launch.cuda_check import check_this_node
 from dinoflow.launch.data_ref import on_volume
+from dinoflow.launch.k8s_labels import PULL_SECRETS_ENV
 from dinoflow.launch.secrets import CREDENTIAL_KEYS
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
@@ -194,6 +195,12 @@ def run_training_step(
     return summary
 
 
+def pull_secrets() -> list[str]:
+    """The image pull secrets the compiled pipeline gave this step (`dinoflow pipeline compile
+    --image-pull-secret`), for the TrainJob's node pods: they pull the same private images."""
+    return [s.strip() for s in os.environ.get(PULL_SECRETS_ENV, "").split(",") if s.strip()]
+
+
 def _run_trainjob(
     stage: str,
     params_yaml: str,
@@ -263,6 +270,7 @@ def _run_trainjob(
             node_selector=dict(opts.node_selector),
             owner=owner_reference(*pod) if pod else None,
             active_deadline_seconds=max(1, int(opts.timeout_s)),
+            image_pull_secrets=pull_secrets(),
         )
     )
     name = job["metadata"]["name"]

@@ -65,6 +65,7 @@ class TrainJobRequest:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     node_selector: dict[str, str] = field(default_factory=dict)
     owner: dict[str, Any] | None = None  # an ownerReference (owner_reference(...))
+    image_pull_secrets: list[str] = field(default_factory=list)  # secret names the node pods pull with
 
 
 def job_name(*parts: str, max_len: int = 52) -> str:
@@ -126,11 +127,17 @@ def node_resources(gpus_per_node: int, cpu: str = "", memory: str = "", shm: str
 
 
 def node_pod_patch(
-    tolerations: Sequence[Mapping[str, Any]], node_selector: Mapping[str, str], shm_size: str = ""
+    tolerations: Sequence[Mapping[str, Any]],
+    node_selector: Mapping[str, str],
+    shm_size: str = "",
+    image_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The `runtimePatches` entry for every node pod: the step label the network policies admit,
-    no Istio sidecar (label and annotation), tolerations / a node selector, and /dev/shm sized."""
+    no Istio sidecar (label and annotation), tolerations / a node selector, /dev/shm sized, and the
+    image pull secrets of a private registry."""
     pod: dict[str, Any] = {}
+    if image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": str(name)} for name in image_pull_secrets]
     if tolerations:
         pod["tolerations"] = [dict(t) for t in tolerations]
     if node_selector:
@@ -186,7 +193,7 @@ def build_trainjob(req: TrainJobRequest) -> dict[str, Any]:
         if req.active_deadline_seconds < 1:
             raise DinoflowError(f"the TrainJob deadline must be >= 1 s, got {req.active_deadline_seconds}")
         spec["activeDeadlineSeconds"] = int(req.active_deadline_seconds)
-    spec["runtimePatches"] = [node_pod_patch(req.tolerations, req.node_selector, shm)]
+    spec["runtimePatches"] = [node_pod_patch(req.tolerations, req.node_selector, shm, req.image_pull_secrets)]
     labels = {"app.kubernetes.io/part-of": "dinoflow", **req.labels}
     if req.queue_name:
         labels[KUEUE_QUEUE_LABEL] = req.queue_name
