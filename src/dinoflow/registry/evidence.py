@@ -16,6 +16,9 @@ from typing import Any
 from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.report import PROVENANCE_KEY
+from dinoflow.registry.gate import score
+
+EVAL_METRICS = ("knn_top1", "knn_top5", "linear_top1", "logreg_top1")  # what register reads from an entry
 
 
 class EvaluationMismatch(DinoflowError):
@@ -47,9 +50,36 @@ def read_eval_report(path: str | Path) -> EvalEvidence:
         raise DinoflowError(f"evaluation report {p} is not valid JSON: {e}") from e
     if not isinstance(report, dict):
         raise DinoflowError(f"evaluation report {p} must be a JSON object {{model: {{dataset: {{metric: value}}}}}}")
-    prov = report.get(PROVENANCE_KEY) or {}
-    models = {k: v for k, v in report.items() if k != PROVENANCE_KEY and isinstance(v, dict)}
-    return EvalEvidence(p, models, dict(prov.get("models") or {}), dict(prov.get("datasets") or {}))
+    models = {k: v for k, v in report.items() if k != PROVENANCE_KEY}
+    for model, per_ds in models.items():
+        _check_model(p, model, per_ds)
+    prov = _mapping(p, PROVENANCE_KEY, report.get(PROVENANCE_KEY))
+    files = _mapping(p, f"{PROVENANCE_KEY}.models", prov.get("models"))
+    sets = _mapping(p, f"{PROVENANCE_KEY}.datasets", prov.get("datasets"))
+    for kind, records in (("models", files), ("datasets", sets)):
+        for key, record in records.items():
+            _mapping(p, f"{PROVENANCE_KEY}.{kind}.{key}", record)
+    return EvalEvidence(p, models, dict(files), dict(sets))
+
+
+def _mapping(path: Path, where: str, value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, {} when absent; a named DinoflowError for any other type."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DinoflowError(
+            f"evaluation report {path}: {where} is {type(value).__name__} ({str(value)[:80]}), not a JSON object; "
+            "rerun `dinoflow evaluate`"
+        )
+    return value
+
+
+def _check_model(path: Path, model: str, per_ds: Any) -> None:
+    """Each entry {dataset: {metric: value}} of `model`, with every metric register reads a finite fraction."""
+    for dataset, entry in _mapping(path, model, per_ds).items():
+        entry = _mapping(path, f"{model}.{dataset}", entry)
+        for metric in EVAL_METRICS:
+            score(entry.get(metric), f"evaluation report {path}: {model}/{dataset} {metric}")
 
 
 def check_evaluated(evidence: EvalEvidence, key: str, model_file: str | Path) -> str:

@@ -22,11 +22,10 @@ from dinoflow.config import Config
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_json
 from dinoflow.registry.card import model_card
-from dinoflow.registry.evidence import EvalEvidence, check_evaluated, read_eval_report
+from dinoflow.registry.evidence import EVAL_METRICS, EvalEvidence, check_evaluated, read_eval_report
 from dinoflow.registry.gate import gate_verdict
 from dinoflow.registry.lineage import TAG_SHA256, TAG_TRAINING_RUN, context_tags, current_champion, training_run
 
-EVAL_METRICS = ("knn_top1", "knn_top5", "linear_top1", "logreg_top1")
 MODEL_TYPE = "dinoflow-embedding"
 
 
