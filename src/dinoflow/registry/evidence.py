@@ -82,13 +82,16 @@ def _check_model(path: Path, model: str, per_ds: Any) -> None:
             score(entry.get(metric), f"evaluation report {path}: {model}/{dataset} {metric}")
 
 
-def check_evaluated(evidence: EvalEvidence, key: str, model_file: str | Path) -> str:
+def check_evaluated(
+    evidence: EvalEvidence, key: str, model_file: str | Path, shown_as: str | Path | None = None
+) -> str:
     """sha256 of `model_file`, after checking that the report evaluated exactly these bytes as `key`.
 
+    `shown_as`: the path named in messages when `model_file` is a private copy of it.
     Raises EvaluationMismatch when the report has no record for `key` or recorded another file.
     """
-    model_file = Path(model_file)
     digest = file_sha256(model_file)
+    model_file = Path(shown_as or model_file)
     record = evidence.model_files.get(key)
     rerun = f"rerun `dinoflow evaluate` with evaluate.models.{key}={model_file}"
     if record is None:
