@@ -77,7 +77,9 @@ def _try_create(client: Any, lock: str, token: str, model_name: str) -> bool:
         )
         return True
     except MlflowException as e:
-        if _error_code(e) == "RESOURCE_ALREADY_EXISTS":
+        # the store answers a lost race with ALREADY_EXISTS, or with DOES_NOT_EXIST when the
+        # holder released the lock between the failed insert and the store's look-up of it
+        if _error_code(e) in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             return False
         raise
 
