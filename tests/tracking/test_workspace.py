@@ -57,10 +57,10 @@ def test_dvc_temp_and_queued_experiments_register_into_the_projects_registry(tmp
     store = f"sqlite:///{repo / 'mlflow.db'}"
     assert (repo / "mlflow.db").is_file(), f"nothing registered into the project's store:\n{out[-2000:]}"
     client = mlflow.MlflowClient(store)
-    assert client.get_model_version_by_alias("dinoflow-student", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("dinoflow-student", "champion").version) == "1"
 
     sh([str(BIN / "dvc"), "exp", "run", "--queue", "-S", "register.champion_tolerance=0.01"], repo, env)
     sh([str(BIN / "dvc"), "exp", "run", "--run-all"], repo, env)
     versions = client.search_model_versions("name = 'dinoflow-student'")
-    assert sorted(v.version for v in versions) == ["1", "2"], "the queued experiment registered version 2 here"
+    assert sorted(str(v.version) for v in versions) == ["1", "2"], "the queued experiment registered version 2 here"
     assert not list(repo.joinpath(".dvc", "tmp", "exps").rglob("mlflow.db")), "no store inside a temp workspace"
