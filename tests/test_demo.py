@@ -100,6 +100,7 @@ def test_demo_after_the_tracking_uri_changed_reports_only_what_the_registry_in_u
 def test_registry_mismatch_names_the_registry_in_use(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'a.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # create_model_version looks the LoggedModel up there
     client = mlflow.MlflowClient(store)
     exp = client.create_experiment("e")
     model = client.create_logged_model(exp)
