@@ -206,3 +206,20 @@ def test_a_student_replaced_while_register_runs_is_not_logged_under_the_old_hash
         mlflow.artifacts.download_artifacts(f"models:/{name}/{result['version']}", tracking_uri=mlflow_server.uri)
     )
     assert file_sha256(local / "artifacts" / "backbone" / "backbone.pth") == evaluated, "logged what was hashed"
+
+
+def test_a_champion_holding_the_alias_with_a_nan_score_keeps_it(project, mlflow_server):
+    """A version whose recorded score is NaN (an older dinoflow, a hand edit) holds the alias: no candidate
+    may take it by comparison, since every comparison with NaN is false."""
+    _, name, overrides = project
+    cfg = load_config(None, overrides + ["register.onnx.enabled=false", "register.teacher_path=null"])
+    pth = Path("models/student/backbone.pth")
+    write_eval(pth, 0.60, teacher=0.61)
+    assert register(cfg)["took_alias"]
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    client.set_model_version_tag(name, "1", "gate.knn_top1", "nan")
+    write_eval(pth, 0.95, teacher=0.96)
+    second = register(cfg)
+    assert not second["took_alias"] and second["alias_version"] == "1"
+    assert "not a finite number" in second["gate"]["reasons"][0]
+    assert client.get_model_version(name, "2").tags["gate"] == "failed"
