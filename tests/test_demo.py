@@ -100,12 +100,16 @@ def test_demo_after_the_tracking_uri_changed_reports_only_what_the_registry_in_u
 def test_registry_mismatch_names_the_registry_in_use(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'a.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # create_model_version looks the LoggedModel up there
     client = mlflow.MlflowClient(store)
     exp = client.create_experiment("e")
     model = client.create_logged_model(exp)
     client.create_registered_model("m")
-    client.create_model_version("m", source=f"models:/{model.model_id}", model_id=model.model_id)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)  # create_model_version looks the LoggedModel up through the global URI
+    try:
+        client.create_model_version("m", source=f"models:/{model.model_id}", model_id=model.model_id)
+    finally:
+        mlflow.set_tracking_uri(before)
     reg = {"registered": True, "model_name": "m", "version": "1", "model_id": model.model_id, "tracking_uri": store}
     (tmp_path / "registry.json").write_text(json.dumps(reg))
     cfg = lambda uri: load_config(None, [f"tracking.tracking_uri={uri}", "register.report=registry.json"])  # noqa: E731
