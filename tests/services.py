@@ -228,10 +228,15 @@ class MlflowServer:
 
 
 def spawn_mlflow(
-    workdir: Path, backend_uri: str, artifacts: str, env: dict[str, str] | None = None, timeout_s: float = 120
+    workdir: Path,
+    backend_uri: str,
+    artifacts: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+    port: int | None = None,
 ) -> tuple[str, subprocess.Popen, Path]:
-    """A real `mlflow server` on a free 127.0.0.1 port, healthy: (uri, process, log file)."""
-    port = free_port()
+    """A real `mlflow server` on `port` (default: a free one) of 127.0.0.1, healthy: (uri, process, log file)."""
+    port = port or free_port()
     log = workdir / f"mlflow-{port}.log"
     argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts]
     argv += ["--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

@@ -70,6 +70,38 @@ def registry_lines(reg: dict[str, Any]) -> list[str]:
     return lines
 
 
+def registry_mismatch(cfg) -> str | None:
+    """Why the registry in use does not hold the version reports/registry.json names (None: it does).
+
+    DVC reruns `register` only when its inputs change, and the tracking URI is not one of them: after
+    MLFLOW_TRACKING_URI changes, registry.json still describes a version in the previous registry.
+    """
+    from dinoflow import tracking
+
+    reg = _read(cfg.register.report)
+    if not reg.get("registered") or not tracking.is_enabled(cfg):
+        return None
+    uri = tracking.tracking_uri(cfg)
+    name, version = reg.get("model_name"), reg.get("version")
+    said = f"{cfg.register.report} names version {version} of {name} in {reg.get('tracking_uri')}"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        return f"{said}, but the registry in use ({tracking.redact(uri)}) does not exist"
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking.check_tracking_server(uri, cfg.tracking.probe_timeout_s)
+    with tracking.named_errors("reading the model registry", uri):
+        try:
+            held = mlflow.MlflowClient(uri).get_model_version(name, version)
+        except MlflowException as e:
+            if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return f"{said}, but the registry in use ({tracking.redact(uri)}) holds no such version"
+    if held.source != f"models:/{reg.get('model_id')}":
+        return f"{said}, but version {version} in the registry in use ({tracking.redact(uri)}) is another model"
+    return None
+
+
 def _demo_truth_score(cfg) -> dict[str, Any]:
     """The curated manifest scored against the planted truth (empty when either is missing)."""
     from dinoflow.data.demo_truth import find_ground_truth, score_curation
@@ -130,6 +162,23 @@ def summary(cfg) -> str:
     return "\n".join(lines)
 
 
+def _register_where_reported(cfg) -> int:
+    """Rerun `register` when DVC skipped it but the registry in use lacks what registry.json reports."""
+    try:
+        stale = registry_mismatch(cfg)
+        if stale is None:
+            return 0
+        print(f"{stale}: DVC kept `register` (its inputs did not change); registering again", flush=True)
+        r = subprocess.run([_dvc(), "repro", "--force", "--single-item", "register"])
+        stale = registry_mismatch(cfg) if r.returncode == 0 else "`dvc repro --force --single-item register` failed"
+    except DinoflowError as e:
+        stale = str(e)
+    if stale is None:
+        return 0
+    print(f"dinoflow demo: {stale}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dinoflow demo", description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", default="params.yaml")
@@ -149,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         if r.returncode != 0:
             print("dinoflow demo: `dvc repro` failed (see the stage output above)", file=sys.stderr)
             return r.returncode
+        code = _register_where_reported(cfg)
+        if code:
+            return code
     else:
         from dinoflow import tracking
 

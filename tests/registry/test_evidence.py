@@ -75,3 +75,42 @@ def test_register_refuses_an_eval_json_about_another_file_before_touching_mlflow
     with pytest.raises(EvaluationMismatch, match="eval.json did not evaluate models/student/backbone.pth"):
         register(cfg)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "registry.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("report", "named"),
+    [
+        ({"student": {"mnist": {"knn_top1": float("nan")}}}, r"student/mnist knn_top1 is nan, not an accuracy"),
+        ({"student": {"mnist": {"knn_top1": 0.8, "linear_top1": "high"}}}, r"student/mnist linear_top1 is 'high'"),
+        ({"teacher": {"mnist": {"knn_top5": float("inf")}}}, r"teacher/mnist knn_top5 is inf"),
+        ({"student": "0.9"}, r"student is str \(0.9\), not a JSON object"),
+        ({"student": {"mnist": [0.9]}}, r"student.mnist is list"),
+        ({"student": {"mnist": {"knn_top1": 0.8}}, "_provenance": []}, r"_provenance is list"),
+        ({"student": {"mnist": {"knn_top1": 0.8}}, "_provenance": {"models": "x"}}, r"_provenance.models is str"),
+        (
+            {"student": {"mnist": {"knn_top1": 0.8}}, "_provenance": {"datasets": {"mnist": "f" * 64}}},
+            r"_provenance.datasets.mnist is str",
+        ),
+    ],
+)
+def test_wrong_types_in_eval_json_are_named_errors(tmp_path, report, named):
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(report))  # json writes NaN / Infinity, as a hand edit or another tool may
+    with pytest.raises(DinoflowError, match=named):
+        read_eval_report(path)
+
+
+def test_register_refuses_a_nan_score_before_mlflow(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = _student(tmp_path / "s", 0)
+    rep = json.loads(_report(tmp_path / "eval.json", s).read_text())
+    rep["student"]["mnist"]["knn_top1"] = float("nan")
+    (tmp_path / "eval.json").write_text(json.dumps(rep))
+    uri = f"sqlite:///{tmp_path}/never.db"
+    cfg = load_config(
+        None,
+        [f"tracking.tracking_uri={uri}", f"register.model_path={s}", f"register.eval_report={tmp_path}/eval.json"],
+    )
+    with pytest.raises(DinoflowError, match="knn_top1 is nan, not an accuracy"):
+        register(cfg)
+    assert not (tmp_path / "never.db").exists(), "refused before anything reached MLflow"

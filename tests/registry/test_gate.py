@@ -89,3 +89,36 @@ def test_a_champion_from_another_evaluation_set_is_not_comparable():
 def test_floors_and_challenge_reasons_are_both_reported():
     v = gate_verdict(models(0.40, 0.80, 0.5), RegisterConfig(), SET, Champion("1", 0.7, "mnist", SET))
     assert len(v["reasons"]) == 2 and "retention" in v["reasons"][0] and "champion version 1" in v["reasons"][1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), -0.1, 1.5, "0.9", True, [0.9], {"v": 1}])
+@pytest.mark.parametrize("who", ["student", "teacher", "random_init"])
+def test_a_score_that_is_not_a_finite_fraction_is_refused_by_name(who, bad):
+    numbers = {"student": 0.76, "teacher": 0.77, "random_init": 0.54, who: bad}
+    with pytest.raises(DinoflowError, match=rf"{who}/mnist knn_top1 is .*(not a number|not an accuracy)"):
+        gate_verdict(models(**numbers), RegisterConfig(), SET, None)
+
+
+@pytest.mark.parametrize("entry", ["0.9", [0.9], 3])
+def test_a_model_or_dataset_record_of_the_wrong_type_is_named(entry):
+    with pytest.raises(DinoflowError, match=r"evaluation report: student(/mnist)? is (str|list|int), not"):
+        gate_verdict({"student": entry}, RegisterConfig(), SET, None)
+    with pytest.raises(DinoflowError, match=r"evaluation report: student/mnist is (str|list|int), not"):
+        gate_verdict({"student": {"mnist": entry}}, RegisterConfig(), SET, None)
+
+
+@pytest.mark.parametrize("held", [float("nan"), float("inf"), -float("inf")])
+def test_a_champion_without_a_finite_score_keeps_the_alias_and_says_why(held):
+    # any comparison with NaN is false: without the check every candidate would take the alias
+    champ = Champion("4", held, "mnist", SET)
+    for student in (0.0, 0.5, 1.0):
+        v = gate_verdict(models(student, 0.77 if student else 0.5, 0.3), RegisterConfig(min_retention=None), SET, champ)
+        assert not v["passed"], v
+        assert any(
+            "champion version 4 holds the alias with knn_top1" in r and "not a finite" in r for r in v["reasons"]
+        )
+
+
+def test_a_teacher_at_zero_is_named_not_treated_as_missing():
+    v = gate_verdict(models(0.5, 0.0, 0.0), RegisterConfig(min_teacher_gain=None), SET, None)
+    assert v["reasons"] == ["a zero teacher ('teacher') knn_top1 on mnist: retention cannot be checked"]

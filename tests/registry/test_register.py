@@ -176,3 +176,52 @@ def test_register_champion_challenge_and_model_centric_records(project, mlflow_s
     assert not third["gate"]["passed"] and third["alias_version"] == "1"
     assert "another evaluation set" in third["gate"]["reasons"][0]
     assert client.get_model_version_by_alias(name, "champion").version == "1"
+
+
+def test_a_student_replaced_while_register_runs_is_not_logged_under_the_old_hash(project, mlflow_server, monkeypatch):
+    """The file is swapped after register hashed it (at its first model load): the version holds the bytes
+    that were hashed and evaluated, whatever lies on disk later."""
+    import dinoflow.models
+
+    _, name, overrides = project
+    pth = Path("models/student/backbone.pth")
+    write_eval(pth, 0.78)
+    evaluated = file_sha256(pth)
+    torch.manual_seed(99)
+    other = export_backbone(build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0), "other")
+    real_load = dinoflow.models.load_backbone
+    swapped = []
+
+    def swap_then_load(path, **kw):
+        if not swapped:  # the first load comes after the hash: replace the student under register's feet
+            swapped.append(pth.read_bytes())
+            pth.write_bytes(other.read_bytes())
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(dinoflow.models, "load_backbone", swap_then_load)
+    result = register(load_config(None, overrides + ["register.onnx.enabled=false", "register.teacher_path=null"]))
+    assert swapped and file_sha256(pth) != evaluated, "the swap happened"
+    assert result["model_sha256"] == evaluated
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    assert client.get_model_version(name, result["version"]).tags["dinoflow.model.sha256"] == evaluated
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{name}/{result['version']}", tracking_uri=mlflow_server.uri)
+    )
+    assert file_sha256(local / "artifacts" / "backbone" / "backbone.pth") == evaluated, "logged what was hashed"
+
+
+def test_a_champion_holding_the_alias_with_a_nan_score_keeps_it(project, mlflow_server):
+    """A version whose recorded score is NaN (an older dinoflow, a hand edit) holds the alias: no candidate
+    may take it by comparison, since every comparison with NaN is false."""
+    _, name, overrides = project
+    cfg = load_config(None, overrides + ["register.onnx.enabled=false", "register.teacher_path=null"])
+    pth = Path("models/student/backbone.pth")
+    write_eval(pth, 0.60, teacher=0.61)
+    assert register(cfg)["took_alias"]
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    client.set_model_version_tag(name, "1", "gate.knn_top1", "nan")
+    write_eval(pth, 0.95, teacher=0.96)
+    second = register(cfg)
+    assert not second["took_alias"] and second["alias_version"] == "1"
+    assert "not a finite number" in second["gate"]["reasons"][0]
+    assert client.get_model_version(name, "2").tags["gate"] == "failed"

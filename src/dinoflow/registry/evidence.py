@@ -15,8 +15,11 @@ from typing import Any
 
 from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
-from dinoflow.evaluation.dense_report import DENSE_KEY
+from dinoflow.evaluation.dense_report import DENSE_KEY, check_dense_section
 from dinoflow.evaluation.report import PROVENANCE_KEY
+from dinoflow.registry.gate import score
+
+EVAL_METRICS = ("knn_top1", "knn_top5", "linear_top1", "logreg_top1")  # what register reads from an entry
 
 
 class EvaluationMismatch(DinoflowError):
@@ -49,19 +52,53 @@ def read_eval_report(path: str | Path) -> EvalEvidence:
         raise DinoflowError(f"evaluation report {p} is not valid JSON: {e}") from e
     if not isinstance(report, dict):
         raise DinoflowError(f"evaluation report {p} must be a JSON object {{model: {{dataset: {{metric: value}}}}}}")
-    prov = report.get(PROVENANCE_KEY) or {}
-    models = {k: v for k, v in report.items() if not k.startswith("_") and isinstance(v, dict)}
-    dense = report.get(DENSE_KEY) if isinstance(report.get(DENSE_KEY), dict) else {}
-    return EvalEvidence(p, models, dict(prov.get("models") or {}), dict(prov.get("datasets") or {}), dense)
+    models = {k: v for k, v in report.items() if not k.startswith("_")}  # "_…" keys are sections
+    for model, per_ds in models.items():
+        _check_model(p, model, per_ds)
+    prov = _mapping(p, PROVENANCE_KEY, report.get(PROVENANCE_KEY))
+    files = _mapping(p, f"{PROVENANCE_KEY}.models", prov.get("models"))
+    sets = _mapping(p, f"{PROVENANCE_KEY}.datasets", prov.get("datasets"))
+    for kind, records in (("models", files), ("datasets", sets)):
+        for key, record in records.items():
+            _mapping(p, f"{PROVENANCE_KEY}.{kind}.{key}", record)
+    dense = _mapping(p, DENSE_KEY, report.get(DENSE_KEY))
+    try:
+        check_dense_section(dense)
+    except ValueError as e:
+        raise DinoflowError(f"evaluation report {p}: {e}; rerun `dinoflow evaluate`") from None
+    return EvalEvidence(p, models, dict(files), dict(sets), dense)
 
 
-def check_evaluated(evidence: EvalEvidence, key: str, model_file: str | Path) -> str:
+def _mapping(path: Path, where: str, value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, {} when absent; a named DinoflowError for any other type."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DinoflowError(
+            f"evaluation report {path}: {where} is {type(value).__name__} ({str(value)[:80]}), not a JSON object; "
+            "rerun `dinoflow evaluate`"
+        )
+    return value
+
+
+def _check_model(path: Path, model: str, per_ds: Any) -> None:
+    """Each entry {dataset: {metric: value}} of `model`, with every metric register reads a finite fraction."""
+    for dataset, entry in _mapping(path, model, per_ds).items():
+        entry = _mapping(path, f"{model}.{dataset}", entry)
+        for metric in EVAL_METRICS:
+            score(entry.get(metric), f"evaluation report {path}: {model}/{dataset} {metric}")
+
+
+def check_evaluated(
+    evidence: EvalEvidence, key: str, model_file: str | Path, shown_as: str | Path | None = None
+) -> str:
     """sha256 of `model_file`, after checking that the report evaluated exactly these bytes as `key`.
 
+    `shown_as`: the path named in messages when `model_file` is a private copy of it.
     Raises EvaluationMismatch when the report has no record for `key` or recorded another file.
     """
-    model_file = Path(model_file)
     digest = file_sha256(model_file)
+    model_file = Path(shown_as or model_file)
     record = evidence.model_files.get(key)
     rerun = f"rerun `dinoflow evaluate` with evaluate.models.{key}={model_file}"
     if record is None:

@@ -18,6 +18,7 @@ with) becomes its version tags. This module is pure: the champion comes in as a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,10 +38,46 @@ class Champion:
     sha256: str | None = None
 
 
+def score(value: Any, where: str) -> float | None:
+    """`value` as a finite float, None for None; DinoflowError naming `where` for anything else.
+
+    Every comparison with NaN is false, so a NaN score would pass each floor and every challenge:
+    a score is checked here, once, before any comparison sees it.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DinoflowError(
+            f"{where} is {value!r} ({type(value).__name__}), not a number: rerun `dinoflow evaluate` "
+            "(eval.json holds accuracies as fractions in [0, 1])"
+        )
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise DinoflowError(
+            f"{where} is {value}, not an accuracy (a finite fraction in [0, 1]): the gate cannot judge it; "
+            "rerun `dinoflow evaluate`"
+        )
+    return float(value)
+
+
 def knn_top1(models: dict[str, Any], model: str, dataset: str) -> float | None:
-    """models[model][dataset]["knn_top1"], or None when absent."""
-    value = ((models.get(model) or {}).get(dataset) or {}).get("knn_top1")
-    return None if value is None else float(value)
+    """models[model][dataset]["knn_top1"] as a finite float, or None when absent.
+
+    DinoflowError when the model's or the dataset's record is not a mapping, or the score is not a
+    finite number.
+    """
+    per_model = models.get(model)
+    if per_model is None:
+        return None
+    if not isinstance(per_model, dict):
+        raise DinoflowError(
+            f"evaluation report: {model} is {type(per_model).__name__}, not {{dataset: {{metric: value}}}}"
+        )
+    entry = per_model.get(dataset)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise DinoflowError(f"evaluation report: {model}/{dataset} is {type(entry).__name__}, not {{metric: value}}")
+    return score(entry.get("knn_top1"), f"evaluation report {model}/{dataset} knn_top1")
 
 
 def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str, float | None], list[str]]:
@@ -55,7 +92,7 @@ def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str,
         )
     teacher = knn_top1(models, rc.teacher_key, ds)
     baseline = knn_top1(models, rc.baseline_key, ds)
-    retention = student / teacher if teacher else None
+    retention = student / teacher if teacher else None  # a teacher at 0 learned nothing: no ratio
     gain = teacher - baseline if (teacher is not None and baseline is not None) else None
     reasons = []
     if rc.min_teacher_gain is not None:
@@ -72,7 +109,8 @@ def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str,
             )
     if rc.min_retention is not None:
         if retention is None:
-            reasons.append(f"no teacher ({rc.teacher_key!r}) knn_top1 on {ds}: retention cannot be checked")
+            have = "no" if teacher is None else "a zero"
+            reasons.append(f"{have} teacher ({rc.teacher_key!r}) knn_top1 on {ds}: retention cannot be checked")
         elif retention < rc.min_retention:
             reasons.append(
                 f"retention {retention:.4f} (student {student:.4f} / teacher {teacher:.4f}) "
@@ -101,6 +139,12 @@ def challenge_reasons(
         return [
             f"the evaluation report records no fingerprint for {dataset}: cannot compare with the {who} "
             "(rerun `dinoflow evaluate`)"
+        ]
+    if champion.knn_top1 is not None and not math.isfinite(champion.knn_top1):
+        return [
+            f"the {who} holds the alias with knn_top1 {champion.knn_top1} (its tag gate.knn_top1 is not a finite "
+            "number): no score compares with it, the alias stays (move the alias by hand to a version with a "
+            "finite score — README: the gate)"
         ]
     if champion.eval_set != eval_set or champion.dataset != dataset or champion.knn_top1 is None:
         theirs = f"{champion.dataset} {str(champion.eval_set)[:12]}" if champion.eval_set else "an unrecorded set"

@@ -49,9 +49,11 @@ def current_champion(client: Any, name: str, alias: str) -> Champion | None:
         raise
     tags = mv.tags or {}
     try:
-        knn = float(tags["gate.knn_top1"])
-    except (KeyError, ValueError):
+        knn: float | None = float(tags["gate.knn_top1"])
+    except KeyError:
         knn = None
+    except ValueError:  # unreadable: NaN, so that the gate names it instead of skipping the comparison
+        knn = float("nan")
     return Champion(str(mv.version), knn, tags.get("gate.dataset"), tags.get("gate.eval_set"), tags.get(TAG_SHA256))
 
 

@@ -1,18 +1,25 @@
 """`dinoflow register`: every candidate becomes a registered version; the alias moves only through the gate.
 
-Order of work (each check before anything is written to MLflow):
-1. the student file exists, and eval.json evaluated exactly that file (sha256; `EvaluationMismatch`);
-2. the gate (`dinoflow.registry.gate`): floors on eval.json, challenge against the current champion;
+Order of work:
+1. the student (backbone.pth and the configs beside it) is copied to a private folder, and
+   eval.json must have evaluated exactly that copy (sha256; `EvaluationMismatch`): everything
+   below reads the copy, so what is logged is what was hashed;
+2. the floors of the gate on eval.json (`dinoflow.registry.gate`): a bad report stops here,
+   before anything is written to MLflow;
 3. the ONNX export, checked against PyTorch (`register.onnx`);
 4. an MLflow LoggedModel whose source run is the run that trained the student (`lineage`), holding
    the pyfunc model, its weights and the ONNX file; the evaluation metrics linked to it and to
-   their evaluation dataset; a new registered version from it, with the verdict, numbers, the
-   champion compared with, commit and pipeline-run as tags and a model card as its description;
-5. the alias, when the gate passed. `reports/registry.json` records all of it.
+   their evaluation dataset;
+5. under the model's gate lock (`dinoflow.registry.lock`: one register at a time per model): the
+   challenge against the current champion, a new registered version with the verdict, numbers,
+   the champion compared with, commit and pipeline-run as tags, the alias when the gate passed,
+   and the alias re-read; then the model card as the version's description.
+`reports/registry.json` records all of it.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,11 +30,11 @@ from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_json
 from dinoflow.registry.card import model_card
 from dinoflow.registry.dense_gate import dense_tags
-from dinoflow.registry.evidence import EvalEvidence, check_evaluated, read_eval_report
+from dinoflow.registry.evidence import EVAL_METRICS, EvalEvidence, check_evaluated, read_eval_report
 from dinoflow.registry.gate import gate_verdict
 from dinoflow.registry.lineage import TAG_SHA256, TAG_TRAINING_RUN, context_tags, current_champion, training_run
+from dinoflow.registry.lock import gate_lock
 
-EVAL_METRICS = ("knn_top1", "knn_top5", "linear_top1", "logreg_top1")
 MODEL_TYPE = "dinoflow-embedding"
 
 
@@ -122,7 +129,29 @@ def _onnx(cfg: Config, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
     )
 
 
-def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: EvalEvidence) -> dict[str, Any]:
+GATE_NUMBERS = ("knn_top1", "teacher_knn_top1", "random_init_knn_top1", "retention", "teacher_gain")
+SNAPSHOT_FILES = ("backbone.pth", "config.yaml", "train_config.yaml")
+
+
+def _snapshot(pth: Path, into: Path) -> Path:
+    """Copy the backbone (and the configs beside it) into `into`; returns the copy of the backbone.
+
+    Everything register hashes, exports and logs is read from this copy: a file replaced on disk
+    while register runs can never be logged under another file's sha256.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    for name in SNAPSHOT_FILES:
+        src = pth if name == "backbone.pth" else pth.parent / name
+        if src.is_file():
+            shutil.copyfile(src, into / name)
+    return into / "backbone.pth"
+
+
+def _log_candidate(
+    cfg: Config, client: Any, run: Any, pth: Path, staged: Path, sha: str, evidence: EvalEvidence
+) -> dict[str, Any]:
+    """What does not depend on the champion: the LoggedModel (weights, ONNX) with its lineage and
+    linked evaluation metrics. `pth` is where the student lives (lineage), `staged` its copy (bytes)."""
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
@@ -130,38 +159,23 @@ def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: Eval
     from dinoflow.models import load_backbone
 
     rc = cfg.register
-    client = mlflow.MlflowClient()
-    champion = current_champion(client, rc.model_name, rc.alias)
-    verdict = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), champion, evidence.dense)
-    backbone = load_backbone(pth).eval()
+    backbone = load_backbone(staged).eval()
+    run = client.get_run(run.info.run_id)
+    train_id, found = training_run(client, run, pth, sha, rc.model_name)
+    context = context_tags(run)
+    train_run = client.get_run(train_id) if train_id else None
     with tempfile.TemporaryDirectory(prefix="dinoflow-onnx-") as tmp:
         onnx_info = _onnx(cfg, backbone, Path(tmp) / "onnx")
-        tracking.log_metrics(
-            {
-                f"gate.{k}": verdict[k]
-                for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1", "retention", "teacher_gain")
-                if verdict[k] is not None
-            }
-        )
-        tracking.set_tags({"gate": "passed" if verdict["passed"] else "failed"})
-        run = client.get_run(run.info.run_id)
-        train_id, found = training_run(client, run, pth, sha, rc.model_name)
-        tags = {
-            **version_tags(verdict, sha, train_id),
-            **dense_tags(evidence.dense, rc.student_key),
-            **context_tags(run),
-        }
-        train_run = client.get_run(train_id) if train_id else None
         lm = mlflow.initialize_logged_model(
             name="student",
             source_run_id=train_id or run.info.run_id,
-            tags=tags,
+            tags={TAG_SHA256: sha, TAG_TRAINING_RUN: train_id or "unknown", **context},
             params=dict(train_run.data.params) if train_run else None,  # its recipe
             model_type=MODEL_TYPE,
             experiment_id=run.info.experiment_id,
         )
         info = log_embedding_model(
-            pth,
+            staged,
             "student",
             cfg,
             model_id=lm.model_id,
@@ -171,7 +185,6 @@ def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: Eval
     if train_id:
         client.log_outputs(train_id, [LoggedModelOutput(lm.model_id, step=0)])
     link_evaluation(cfg, evidence, rc.student_key, lm.model_id)
-    version = _new_version(client, rc.model_name, lm.model_id, train_id or run.info.run_id, tags)
     data_hashes = {
         k[len("dvc.md5.") :]: v
         for k, v in (train_run.data.tags if train_run else {}).items()
@@ -181,34 +194,78 @@ def _register_tracked(cfg: Config, run: Any, pth: Path, sha: str, evidence: Eval
         "training_run_id": train_id,
         "training_run_found": found,
         "sha256": sha,
-        "commit": tags.get("dinoflow.git.commit"),
+        "commit": context.get("dinoflow.git.commit"),
         "data_hashes": data_hashes,
     }
+    return {
+        "backbone": backbone,
+        "model_id": lm.model_id,
+        "logged_model_uri": info.model_uri,
+        "source_run_id": train_id or run.info.run_id,
+        "context": context,
+        "lineage": lineage,
+        "onnx": onnx_info,
+    }
+
+
+def _judge(cfg: Config, client: Any, cand: dict[str, Any], evidence: EvalEvidence) -> dict[str, Any]:
+    """Under the gate lock: read the champion, judge, register the version, move the alias, re-read it.
+
+    Returns the verdict, the new version and the alias holder after the move.
+    """
+    rc = cfg.register
+    lineage = cand["lineage"]
+    with gate_lock(client, rc.model_name):
+        champion = current_champion(client, rc.model_name, rc.alias)
+        verdict = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), champion, evidence.dense)
+        tags = {
+            **version_tags(verdict, lineage["sha256"], lineage["training_run_id"]),
+            **dense_tags(evidence.dense, rc.student_key),
+            **cand["context"],
+        }
+        version = _new_version(client, rc.model_name, cand["model_id"], cand["source_run_id"], tags)
+        if verdict["passed"]:
+            client.set_registered_model_alias(rc.model_name, rc.alias, version)
+        holder = current_champion(client, rc.model_name, rc.alias)  # what the registry holds now
+    return {"verdict": verdict, "tags": tags, "version": version, "holder": holder}
+
+
+def _register_tracked(
+    cfg: Config, run: Any, pth: Path, staged: Path, sha: str, evidence: EvalEvidence
+) -> dict[str, Any]:
+    import mlflow
+
+    rc = cfg.register
+    client = mlflow.MlflowClient()
+    cand = _log_candidate(cfg, client, run, pth, staged, sha, evidence)
+    judged = _judge(cfg, client, cand, evidence)
+    verdict, version, holder = judged["verdict"], judged["version"], judged["holder"]
+    tracking.log_metrics({f"gate.{k}": verdict[k] for k in GATE_NUMBERS if verdict[k] is not None})
+    tracking.set_tags({"gate": "passed" if verdict["passed"] else "failed"})
+    client.set_logged_model_tags(cand["model_id"], judged["tags"])
+    lineage = cand["lineage"]
     client.update_model_version(
         rc.model_name,
         version,
         description=model_card(
-            rc.model_name, version, pth, backbone, evidence.models, verdict, lineage, evidence.dense
+            rc.model_name, version, staged, cand["backbone"], evidence.models, verdict, lineage, evidence.dense
         ),
     )
-    if verdict["passed"]:
-        client.set_registered_model_alias(rc.model_name, rc.alias, version)
-    holder = current_champion(client, rc.model_name, rc.alias)
     alias_uri = f"models:/{rc.model_name}@{rc.alias}" if holder else None
     return {
         "gate": verdict,
         "registered": True,
         "version": version,
         "model_uri": f"models:/{rc.model_name}/{version}",
-        "logged_model_uri": info.model_uri,
-        "model_id": lm.model_id,
-        "took_alias": verdict["passed"],
+        "logged_model_uri": cand["logged_model_uri"],
+        "model_id": cand["model_id"],
+        "took_alias": holder is not None and holder.version == version,
         "alias_version": holder.version if holder else None,
         "alias_uri": alias_uri,
         "champion_uri": alias_uri,
-        "training_run_id": train_id,
-        "training_run_found": found,
-        "onnx": onnx_info,
+        "training_run_id": lineage["training_run_id"],
+        "training_run_found": lineage["training_run_found"],
+        "onnx": cand["onnx"],
     }
 
 
@@ -217,10 +274,16 @@ def register(cfg: Config) -> dict[str, Any]:
     rc = cfg.register
     pth = model_file(rc.model_path)
     evidence = read_eval_report(rc.eval_report)
-    sha = check_evaluated(evidence, rc.student_key, pth)
-    preview = gate_verdict(
-        evidence.models, rc, evidence.eval_set(rc.dataset), None, evidence.dense
-    )  # bad report → error before MLflow
+    with tempfile.TemporaryDirectory(prefix="dinoflow-register-") as tmp:
+        staged = _snapshot(pth, Path(tmp) / "student")
+        sha = check_evaluated(evidence, rc.student_key, staged, shown_as=pth)
+        return _register_staged(cfg, pth, staged, sha, evidence)
+
+
+def _register_staged(cfg: Config, pth: Path, staged: Path, sha: str, evidence: EvalEvidence) -> dict[str, Any]:
+    rc = cfg.register
+    # a bad report is an error before anything reaches MLflow
+    preview = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), None, evidence.dense)
     result: dict[str, Any] = {"model_name": rc.model_name, "alias": rc.alias, "model_sha256": sha, "registered": False}
     with tracking.stage_run("register", cfg) as run:
         if run is None:
@@ -232,7 +295,7 @@ def register(cfg: Config) -> dict[str, Any]:
         else:
             uri = tracking.tracking_uri(cfg)
             with tracking.named_errors(f"registering {rc.model_name}", uri):
-                result.update(_register_tracked(cfg, run, pth, sha, evidence))
+                result.update(_register_tracked(cfg, run, pth, staged, sha, evidence))
                 if rc.teacher_path and Path(rc.teacher_path).exists():
                     result["teacher_model_uri"] = tracking.log_model(rc.teacher_path, "teacher", cfg).model_uri
             result.update(run_id=run.info.run_id, tracking_uri=tracking.redact(uri))

@@ -5,6 +5,8 @@
 - `log`: `log_metrics`, `log_params`, `set_tags`, `log_artifact`, `log_model` inside a stage run;
 - `inputs`, `provenance`: input hashes, dataset references, the git commit;
 - `server`: the tracking URI, bounded HTTP, the health probe and named errors;
+- `workspace`: a relative local store seen from DVC's temporary experiment workspaces;
+- `unclosed`: runs left RUNNING by a lost server, ended FAILED at the next start;
 - `current`: the open stage run (a ContextVar).
 Secret redaction lives in `dinoflow.redaction`; what each stage reads lives in `dinoflow.stages`.
 

@@ -21,6 +21,7 @@ from dinoflow.tracking.inputs import log_inputs
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, parent_tags, record_state, resolve_parent
 from dinoflow.tracking.provenance import git_commit
 from dinoflow.tracking.server import bound_http, check_tracking_server, named_errors, tracking_uri
+from dinoflow.tracking.unclosed import close_remembered, remember
 
 TAG_STAGE = "dinoflow.stage"
 
@@ -81,7 +82,9 @@ def _connect(cfg: Any) -> tuple[Any, str, str]:
     check_tracking_server(uri, tcfg.probe_timeout_s)
     with named_errors("connecting to MLflow", uri):
         client = _client(uri)
-        return client, _experiment_id(client, tcfg.experiment, uri), uri
+        exp_id = _experiment_id(client, tcfg.experiment, uri)
+    close_remembered(client, uri)  # runs an earlier stage left RUNNING when it lost this server
+    return client, exp_id, uri
 
 
 def _status_of(exc: BaseException | None) -> str:
@@ -90,15 +93,25 @@ def _status_of(exc: BaseException | None) -> str:
     return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
 
 
-def _close(what: str, uri: str, status: str, closing: list[Any], failed: bool) -> None:
-    """End runs; a failure to end them is a named error unless the stage already failed."""
+def _close(what: str, uri: str, status: str, closing: list[tuple[str, Any]], failed: bool) -> None:
+    """End runs ((run id, closer) pairs); a failure to end them is a named error unless the stage
+    already failed. Runs left open are remembered and ended FAILED by the next start (`unclosed`)."""
+    left = [run_id for run_id, _ in closing]
     try:
         with named_errors(f"finishing {what}", uri):
-            for close in closing:
+            for run_id, close in closing:
                 close(status)
+                left.remove(run_id)
     except DinoflowError as e:
+        remember(uri, left, what)
         if not failed:
-            raise DinoflowError(f"{e}. The stage's outputs are complete on disk; only their tracking is not.") from e
+            raise DinoflowError(
+                f"{e}. The stage's outputs are complete on disk; only their tracking is not "
+                "(the next stage to reach the server marks the run FAILED)."
+            ) from e
+    except Exception:
+        remember(uri, left, what)
+        raise
 
 
 def _log_setup(stage: str, cfg: Any, params: dict[str, Any] | None, uri: str) -> None:
@@ -141,9 +154,9 @@ def stage_run(stage: str, cfg: Any, params: dict[str, Any] | None = None) -> Ite
         )
     record_state(parent, stage)
     token = CURRENT.set(OpenRun(run, uri))
-    closing = [lambda status: mlflow.end_run(status=status)]
+    closing = [(run.info.run_id, lambda status: mlflow.end_run(status=status))]
     if parent.state_file is not None:  # nobody else ends a state-file parent: it ends with its last stage
-        closing.append(lambda status: client.set_terminated(parent.run_id, status=status))
+        closing.append((parent.run_id, lambda status: client.set_terminated(parent.run_id, status=status)))
     error: BaseException | None = None
     try:
         _log_setup(stage, cfg, params, uri)
@@ -192,7 +205,7 @@ def pipeline_parent_run(cfg: Any, name: str = "pipeline") -> Iterator[Any]:
             "the MLflow pipeline run",
             uri,
             _status_of(error),
-            [lambda s: mlflow.end_run(status=s)],
+            [(run.info.run_id, lambda s: mlflow.end_run(status=s))],
             failed=error is not None,
         )
 

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from dinoflow.errors import DinoflowError
 from dinoflow.redaction import redact
+from dinoflow.tracking.workspace import resolve_store
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _CREDENTIAL_MARKERS = (
@@ -50,9 +51,10 @@ _LOST_MARKERS = (
 
 
 def tracking_uri(cfg: Any = None) -> str:
-    """`tracking.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else the local SQLite store."""
+    """`tracking.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else the local SQLite store; a relative
+    local store inside a DVC temporary experiment workspace means the project's (`workspace`)."""
     explicit = getattr(getattr(cfg, "tracking", None), "tracking_uri", None)
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return resolve_store(explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def bound_http(tcfg: Any) -> None:
