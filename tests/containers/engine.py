@@ -91,13 +91,14 @@ def build_base_image(client: Any, workdir: Path) -> str:
     tar = workdir / "rootfs.tar"
     with tarfile.open(tar, "w") as t:
         t.add(rootfs, arcname=".")
-    with tar.open("rb") as f:
-        client.images.import_image(
-            f,
-            repository=BASE_IMAGE.split(":")[0],
-            tag=BASE_IMAGE.split(":")[1],
-            changes=["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["python3"]'],
-        )
+    # the low-level API imports a root filesystem tarball (`docker import`); the high-level
+    # ImageCollection has no import
+    client.api.import_image(
+        src=str(tar),
+        repository=BASE_IMAGE.split(":")[0],
+        tag=BASE_IMAGE.split(":")[1],
+        changes=["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["python3"]'],
+    )
     shutil.rmtree(rootfs, ignore_errors=True)
     tar.unlink()
     return ""
