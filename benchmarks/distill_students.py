@@ -35,7 +35,7 @@ CROPS = {"global_size": 28, "local_size": 14, "n_local": 4}
 
 
 def _objective(teacher: Path, n: int, mode: str, device: torch.device):
-    base = {"mode": mode, "teacher": str(teacher), "crops": CROPS}
+    base = {"mode": mode, "teacher": str(teacher), "crops": CROPS, "seed": 0}
     if n == 1:
         cfg = DistillConfig(**base, student=STUDENT)
         cls = HeadDistillObjective if mode == "heads" else FeatureDistillObjective
