@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -45,13 +46,32 @@ class Measured:
         return self.peak_rss / MIB
 
 
-def run_measured(args: list[str], workdir: Path, timeout_s: float = 300, env: dict | None = None) -> Measured:
-    """Run `python ARGS` (ARGS: `-m module …` or `-c code …`) and return its output and peak RSS."""
+def run_measured(
+    args: list[str],
+    workdir: Path,
+    timeout_s: float = 300,
+    env: dict | None = None,
+    data_limit: int | None = None,
+    cwd: Path | None = None,
+) -> Measured:
+    """Run `python ARGS` (ARGS: `-m module …` or `-c code …`) and return its output and peak RSS;
+    `data_limit`: the child's `ulimit -d` in bytes; `cwd`: its working directory (default: ours)."""
     assert args[0] in ("-m", "-c"), args
-    peak = workdir / f"peak-rss-{os.getpid()}-{len(list(workdir.glob('peak-rss-*')))}"
+    peak = Path(workdir).resolve() / f"peak-rss-{os.getpid()}-{len(list(workdir.glob('peak-rss-*')))}"
     env = {**(env if env is not None else os.environ), "PEAK_RSS_FILE": str(peak)}
+
+    def limit() -> None:
+        if data_limit is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
+
     r = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, *args], capture_output=True, text=True, timeout=timeout_s, env=env
+        [sys.executable, "-c", _WRAPPER, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+        cwd=cwd,
+        preexec_fn=limit,
     )
     assert peak.exists(), f"the measured process wrote no peak (exit {r.returncode}): {r.stderr[-2000:]}"
     return Measured(r.returncode, r.stdout, r.stderr, json.loads(peak.read_text()))

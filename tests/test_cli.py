@@ -133,7 +133,8 @@ def test_read_only_output_is_named(tmp_path):
     pool, ro = _good_pool(tmp_path), tmp_path / "ro"
     r = run_read_only(_curate_cmd(pool, ro), ro, timeout=180, env=ENV)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert f"{ro}/curated" in _last_line(r.stderr) and "is on a read-only file system" in _last_line(r.stderr)
+    # refused before any work: curate checks its output folders first
+    assert f"{ro}/curated" in _last_line(r.stderr) and f"{ro} is on a read-only file system" in _last_line(r.stderr)
 
 
 def test_permission_denied_output_is_named():
@@ -153,9 +154,9 @@ def test_permission_denied_output_is_named():
             cwd=tempfile.gettempdir(),
         )
         assert r.returncode == 1, r.stderr[-3000:]
-        assert _last_line(r.stderr).startswith(f"dinoflow curate: permission denied on {locked}/curated"), r.stderr[
-            -3000:
-        ]
+        assert _last_line(r.stderr).startswith(
+            f"dinoflow curate: curate.out_dir = '{locked}/curated' cannot be written"
+        ), r.stderr[-3000:]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

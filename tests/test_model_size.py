@@ -1,18 +1,16 @@
 """Model sizes known from the settings alone: the counts are exact for every preset, and the stated
 bounds refuse an absurd model at config load (exit 2) and beside a weights file, before anything is
 allocated; within them, a model larger than the memory left is refused before allocation too.
-Peak memory is measured on real subprocesses (os.wait4's rusage of that child)."""
+Peak memory is measured on real subprocesses (their own VmHWM, tests/peak_rss.py)."""
 
 from __future__ import annotations
 
 import os
-import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from peak_rss import run_measured
 
 from dinoflow.config import ConfigError, HeadConfig, ModelConfig, load_config
 from dinoflow.errors import DinoflowError
@@ -24,18 +22,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": "sqlite:///u
 
 
 def _run(args: list[str], cwd: Path, data_limit: int | None = None) -> tuple[int, str, float]:
-    """Run `python args` (with `ulimit -d data_limit`); (exit code, stderr, peak RSS in MiB)."""
-
-    def limit() -> None:
-        if data_limit is not None:
-            resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
-
-    err = cwd / "stderr.txt"
-    with open(err, "w") as f:
-        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=ENV, stdout=f, stderr=f, preexec_fn=limit)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss / 1024
+    """Run `python args` (with `ulimit -d data_limit`); (exit code, stderr, peak RSS in MiB). The peak
+    is the child's own VmHWM: its ru_maxrss would start at the size of the pytest process."""
+    m = run_measured(args, cwd, env=ENV, data_limit=data_limit, cwd=cwd)
+    return m.returncode, m.stderr, m.peak_mib
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,12 @@ def output_dir_problem(path: str | Path) -> str | None:
             return f"{existing} is on a virtual file system (like /proc or /sys) that holds no files"
     except OSError as e:
         return f"{existing} cannot be inspected ({e.strerror or e})"
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return f"{existing} is on a read-only file system"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write in {existing}"
     return None
