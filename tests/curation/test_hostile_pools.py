@@ -84,7 +84,7 @@ def test_sparse_member_and_a_1_gib_png_are_corrupt_with_reasons_in_bounded_memor
     assert rows["bomb.tar/bomb"][0] == "corrupt" and "is sparse" in rows["bomb.tar/bomb"][1]
     assert rows["bomb.tar/000001"][0] in ("kept", "exact_dup", "near_dup")  # the good members are read
     report = json.loads((out / "reports/curation.json").read_text())
-    assert report["counts"]["corrupt"] >= 2
+    assert report["dropped"]["corrupt"] >= 2
 
 
 def test_the_byte_limit_is_a_setting(pool, tmp_path):
