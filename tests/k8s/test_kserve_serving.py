@@ -181,8 +181,10 @@ def test_the_runtime_answers_like_dinoflow_embed_and_refuses_hostile_requests(
     storage = objects["ClusterStorageContainer"]["spec"]["container"]
     models = tmp_path / "mnt" / "models"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
-    # the storage container's own command, with the two arguments KServe gives it
-    got = subprocess.run([*storage["command"], uri, str(models)], env=env, capture_output=True, text=True, timeout=300)
+    # the storage container's own command, with the two arguments KServe gives it; its `python` is the
+    # image's, which here is this interpreter (the one with dinoflow installed)
+    command = [sys.executable if storage["command"][0] == "python" else storage["command"][0], *storage["command"][1:]]
+    got = subprocess.run([*command, uri, str(models)], env=env, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0 and (models / "MLmodel").is_file(), got.stderr[-2000:]
 
     (container,) = objects["ServingRuntime"]["spec"]["containers"]
