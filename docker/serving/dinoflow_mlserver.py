@@ -3,13 +3,15 @@ docker/Dockerfile.serving, k8s/serving/serving-runtime.yaml).
 
 MLServer's own MLflow runtime, with two changes. The request is checked before anything is
 decoded: one 1-d BYTES input (base64 PNG/JPEG text, the model's serving example) of at most
-MAX_BATCH images; and the model's input errors (it raises ValueError naming the problem: not
-base64, not an image) are answered 400 with that message. MLServer answers any other exception
-500, so without this a client's bad image looked like a server fault.
+MAX_BATCH images; and the model's input errors (it raises MLflow's INVALID_PARAMETER_VALUE, or a
+ValueError, naming the problem: not base64, not an image, over a cost bound) are answered 400 with
+that message. MLServer answers any other exception 500, so without this a client's bad image
+looked like a server fault.
 """
 
 from __future__ import annotations
 
+from mlflow.exceptions import MlflowException
 from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver_mlflow import MLflowRuntime
@@ -35,3 +37,7 @@ class EmbeddingRuntime(MLflowRuntime):
             return await super().predict(payload)
         except ValueError as e:  # the model's way of naming bad input
             raise InferenceError(f"bad input: {e}") from None
+        except MlflowException as e:
+            if e.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            raise InferenceError(f"bad input: {e.message}") from None

@@ -165,7 +165,11 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        code, raw = e.code, e.read() or b"{}"
+    try:
+        return code, json.loads(raw)
+    except ValueError:  # a server error's plain-text body
+        return code, {"text": raw.decode(errors="replace")[:500]}
 
 
 def _infer(data: list, datatype: str = "BYTES", shape: list | None = None) -> bytes:
