@@ -5,15 +5,15 @@ save in the background while they keep running collectives."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
+
+from .two_ranks import run_two_ranks
 
 
 def _parts(seed: int = 0):
@@ -81,16 +81,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_save_in_the_background(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-        assert p.exitcode == 0
+    run_two_ranks(_worker, str(tmp_path))
     net, opt = _parts(seed=1)
     load_checkpoint(
         latest_checkpoint(tmp_path / "ckpt"),

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
@@ -19,6 +17,7 @@ from dinoflow.train.checkpoint_digests import complete_digests
 from dinoflow.train.safe_dcp import CheckpointError
 
 from .conftest import ckpt_dir, cli_overrides, run_cli
+from .two_ranks import run_two_ranks
 
 
 def _parts(seed: int = 0):
@@ -164,16 +163,7 @@ def _two_rank_worker(rank: int, port: int, tmp: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_record_every_shard_and_both_name_a_damaged_one(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_two_rank_worker, args=(r, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-        assert p.exitcode == 0
+    run_two_ranks(_two_rank_worker, str(tmp_path))
     ck = latest_checkpoint(tmp_path / "ck")
     _records_every_file(ck)
     assert {"__0_0.distcp", "__1_0.distcp"} <= set(json.loads((ck / "meta.json").read_text())["files"])
