@@ -49,3 +49,14 @@ def test_global_step_in_process_and_under_torchrun_match_plain_curate(pool, tmp_
         assert summary["embedding_shards"]["partitions_computed"] == 0  # every partition came from a task
         assert _files(out / "curated") == expected, name
     assert list(shared.iterdir()) == []
+
+
+def test_plan_and_embedding_tasks_do_not_check_folders_they_never_write(pool, tmp_path):
+    """In a pipeline pod only the global step writes curate.out_dir: the plan and embedding tasks run
+    with the stage's default (relative, on a read-only root there) and must not refuse it; curate does."""
+    cfg = tiny_cfg(pool, tmp_path / "x")
+    cfg = cfg.model_copy(update={"curate": cfg.curate.model_copy(update={"out_dir": "/proc/curated"})})
+    assert fanout_groups(cfg, 2) == [0, 1]
+    assert embed_group(cfg, 0, 2, tmp_path / "task0")["group"] == 0
+    with pytest.raises(DinoflowError, match="curate.out_dir = '/proc/curated' cannot be written"):
+        curate(cfg)

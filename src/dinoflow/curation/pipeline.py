@@ -62,11 +62,11 @@ def check_inputs(c: CurateConfig) -> None:
         raise DinoflowError(
             f"curate.retrieval is {c.retrieval!r} but curate.seeds is empty: give seed images or set retrieval: none"
         )
-    check_outputs(c)
 
 
 def check_outputs(c: CurateConfig) -> None:
-    """Every output folder can be created and written, before any work (named by its key)."""
+    """Every output folder can be created and written, before any work (named by its key). Only the
+    stage that writes them checks: the fan-out's plan and embedding tasks write elsewhere."""
     from dinoflow.storage_errors import StorageError, output_dir_problem
 
     outputs = [("curate.out_dir", c.out_dir), ("curate.report_dir", c.report_dir)]
@@ -178,6 +178,7 @@ def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) ->
 
     c = cfg.curate
     check_inputs(c)
+    check_outputs(c)
     with raise_on_sigterm(_stopped), stage_run("curate", cfg):
         comm = init_comm()
         embedder = make_embedder(c)
