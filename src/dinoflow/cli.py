@@ -146,9 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _leave_process_group() -> None:
+    """Destroy the process group a stage joined under torchrun. Left to interpreter teardown, gloo's
+    threads can abort a finished rank ("terminate called without an active exception", exit -6)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def entry() -> None:
     """The `dinoflow` command (console script and `python -m dinoflow`): `main`, then exit with its code."""
     code = main()
+    if code == 0:  # a failed rank exits as it is: a group with a collective in flight may not tear down
+        _leave_process_group()
     # Interpreter teardown runs full garbage collections over every object torch, pandas and
     # matplotlib created (~0.5 s per process here, paid by each torchrun rank); frozen objects are
     # skipped. atexit handlers still run. Only at process exit: in-process callers of main() keep GC.

@@ -62,6 +62,10 @@ def main(path: str) -> None:
     if comm.is_main:
         with open(path, "w") as f:
             json.dump(out, f)
+    if comm.world > 1:  # as the dinoflow command does: gloo's threads can abort a rank at teardown
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
