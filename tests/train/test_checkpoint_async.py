@@ -9,24 +9,14 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
 
-from .two_ranks import run_two_ranks
-
-
-def _parts(seed: int = 0):
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
-    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
-    net(torch.randn(3, 8)).sum().backward()
-    opt.step()
-    return net, opt
+from .ckpt_helpers import run_two_ranks, small_parts
 
 
 def _save_mutate_finish(tmp, rank_main: bool = True) -> dict:
-    net, opt = _parts()
+    net, opt = small_parts()
     centre = torch.ones(5)
     want = {k: v.clone() for k, v in net.state_dict().items()}
     pending = start_save(
@@ -54,7 +44,7 @@ def _save_mutate_finish(tmp, rank_main: bool = True) -> dict:
 
 def test_async_save_keeps_the_state_of_its_step(tmp_path):
     want = _save_mutate_finish(tmp_path)
-    net, opt = _parts(seed=1)
+    net, opt = small_parts(seed=1)
     centre = torch.zeros(5)
     meta = load_checkpoint(
         latest_checkpoint(tmp_path / "ckpt"),
@@ -82,7 +72,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
 @pytest.mark.slow
 def test_two_processes_save_in_the_background(tmp_path):
     run_two_ranks(_worker, str(tmp_path))
-    net, opt = _parts(seed=1)
+    net, opt = small_parts(seed=1)
     load_checkpoint(
         latest_checkpoint(tmp_path / "ckpt"),
         modules={"student": net},
@@ -90,5 +80,5 @@ def test_two_processes_save_in_the_background(tmp_path):
         optimizer=opt,
         extra={"centre": torch.zeros(5)},
     )
-    want, _ = _parts()
+    want, _ = small_parts()
     assert all(torch.equal(net.state_dict()[k], v) for k, v in want.state_dict().items())

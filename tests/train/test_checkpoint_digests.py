@@ -10,23 +10,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from dinoflow.train.checkpoint import latest_checkpoint, load_checkpoint, start_save
 from dinoflow.train.checkpoint_digests import complete_digests
 from dinoflow.train.safe_dcp import CheckpointError
 
+from .ckpt_helpers import run_two_ranks, small_parts
 from .conftest import ckpt_dir, cli_overrides, run_cli
-from .two_ranks import run_two_ranks
-
-
-def _parts(seed: int = 0):
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
-    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
-    net(torch.randn(3, 8)).sum().backward()
-    opt.step()
-    return net, opt
 
 
 def _save(root, step: int, net, opt, asynchronous: bool = False, is_main: bool = True):
@@ -63,16 +53,16 @@ def _records_every_file(ckpt) -> None:
 
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_every_file_is_recorded_when_saved(tmp_path, asynchronous):
-    net, opt = _parts()
+    net, opt = small_parts()
     _records_every_file(_save(tmp_path / "ck", 4, net, opt, asynchronous=asynchronous))
 
 
 def test_a_flipped_bit_in_a_shard_is_named_and_nothing_is_loaded(tmp_path):
-    net, opt = _parts()
+    net, opt = small_parts()
     ck = _save(tmp_path / "ck", 4, net, opt)
     shard = ck / "__0_0.distcp"
     _flip_bit(shard, shard.stat().st_size // 2)  # inside the tensor bytes: DCP alone would load it
-    fresh, fresh_opt = _parts(seed=1)
+    fresh, fresh_opt = small_parts(seed=1)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(CheckpointError, match=rf"{shard} does not match its sha256 recorded when it was written") as e:
         _load(ck, fresh, fresh_opt)
@@ -81,18 +71,18 @@ def test_a_flipped_bit_in_a_shard_is_named_and_nothing_is_loaded(tmp_path):
 
 
 def test_a_truncated_shard_is_named(tmp_path):
-    net, opt = _parts()
+    net, opt = small_parts()
     ck = _save(tmp_path / "ck", 4, net, opt)
     shard = ck / "__0_0.distcp"
     size = shard.stat().st_size
     with open(shard, "r+b") as f:
         f.truncate(size // 3)
     with pytest.raises(CheckpointError, match=rf"{shard} has {size // 3} bytes, {size} when written"):
-        _load(ck, *_parts(seed=1))
+        _load(ck, *small_parts(seed=1))
 
 
 def test_a_damaged_latest_names_the_older_one_that_verifies_and_deleting_it_resumes_from_that(tmp_path):
-    net, opt = _parts()
+    net, opt = small_parts()
     older = _save(tmp_path / "ck", 2, net, opt)
     want = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
@@ -102,7 +92,7 @@ def test_a_damaged_latest_names_the_older_one_that_verifies_and_deleting_it_resu
     _flip_bit(newer / "metrics.csv", 0)  # any file, not only the shards
     (newer / "extra.bin").write_bytes(b"planted")  # and a file no save wrote
     with pytest.raises(CheckpointError) as e:
-        _load(newer, *_parts(seed=1))
+        _load(newer, *small_parts(seed=1))
     msg = str(e.value)
     assert f"{newer}/extra.bin is not recorded in meta.json" in msg
     assert f"{newer}/metrics.csv does not match its sha256" in msg
@@ -111,14 +101,14 @@ def test_a_damaged_latest_names_the_older_one_that_verifies_and_deleting_it_resu
         p.unlink()
     newer.rmdir()
     assert latest_checkpoint(tmp_path / "ck") == older  # `latest` still names the deleted one
-    fresh, fresh_opt = _parts(seed=1)
+    fresh, fresh_opt = small_parts(seed=1)
     assert _load(older, fresh, fresh_opt)["step"] == 2
     assert all(torch.equal(want[k], v) for k, v in fresh.state_dict().items())
 
 
 def test_a_shard_dcp_cannot_read_is_one_named_error_even_with_forged_checksums(tmp_path):
     """Checksums rewritten to match a truncated shard: DCP's own read error becomes one line naming it."""
-    net, opt = _parts()
+    net, opt = small_parts()
     ck = _save(tmp_path / "ck", 4, net, opt)
     with open(ck / "__0_0.distcp", "r+b") as f:
         f.truncate(10)
@@ -126,17 +116,17 @@ def test_a_shard_dcp_cannot_read_is_one_named_error_even_with_forged_checksums(t
     meta["files"] = complete_digests(ck, {})
     (ck / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=rf"checkpoint {ck} could not be read \(\w+"):
-        _load(ck, *_parts(seed=1))
+        _load(ck, *small_parts(seed=1))
 
 
 def test_a_checkpoint_without_checksums_is_refused(tmp_path):
-    net, opt = _parts()
+    net, opt = small_parts()
     ck = _save(tmp_path / "ck", 4, net, opt)
     meta = json.loads((ck / "meta.json").read_text())
     del meta["files"]
     (ck / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="records no checksums of the checkpoint's files"):
-        _load(ck, *_parts(seed=1))
+        _load(ck, *small_parts(seed=1))
 
 
 def _two_rank_worker(rank: int, port: int, tmp: str) -> None:
@@ -146,14 +136,14 @@ def _two_rank_worker(rank: int, port: int, tmp: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     out = Path(tmp) / f"rank{rank}.txt"
     try:
-        net, opt = _parts()
+        net, opt = small_parts()
         ck = _save(Path(tmp) / "ck", 3, net, opt, asynchronous=True, is_main=rank == 0)
-        _load(ck, *_parts(seed=1))  # verified in shares, loaded
+        _load(ck, *small_parts(seed=1))  # verified in shares, loaded
         if rank == 0:
             _flip_bit(ck / "__1_0.distcp", 0)  # written by rank 1, verified by whichever rank has its share
         dist.barrier()
         try:
-            _load(ck, *_parts(seed=1))
+            _load(ck, *small_parts(seed=1))
             out.write_text("loaded")
         except CheckpointError as e:
             out.write_text(str(e))

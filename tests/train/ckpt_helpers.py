@@ -1,11 +1,14 @@
-"""Run a function as two gloo ranks in spawned processes (the checkpoint tests' multi-rank cases)."""
+"""Shared pieces of the checkpoint tests: a small trained network with optimiser state, and two gloo
+ranks in spawned processes."""
 
 from __future__ import annotations
 
 import socket
 from typing import Any, Callable
 
+import torch
 import torch.multiprocessing as mp
+from torch import nn
 
 
 def run_two_ranks(target: Callable[..., Any], *args: Any, timeout: float = 240) -> int:
@@ -22,3 +25,13 @@ def run_two_ranks(target: Callable[..., Any], *args: Any, timeout: float = 240) 
         p.join(timeout=timeout)
         assert p.exitcode == 0
     return port
+
+
+def small_parts(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A tiny network after one AdamW step (so the optimiser holds state), seeded."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    net(torch.randn(3, 8)).sum().backward()
+    opt.step()
+    return net, opt
