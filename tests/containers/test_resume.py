@@ -22,9 +22,10 @@ from dinoflow.stages import run_stage
 
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
 
-# small enough for three short runs on two CPU cores; the kill lands after step 5's checkpoint, so
-# the retry must restore weights, optimiser, objective state and data position to match
-MAX_STEPS = 20
+# small enough for three short runs on two CPU cores; the kill lands right after the first published
+# checkpoint, so the retry must restore weights, optimiser, objective state and data position to
+# match. The steps after it leave the kill a margin of seconds on a fast machine.
+MAX_STEPS = 40
 STEPS = [
     f"pretrain.train.max_steps={MAX_STEPS}",
     "pretrain.train.checkpoint_every=5",
@@ -78,12 +79,16 @@ def _run(cluster, demo, shared, root, run_id, params_text, curated, *, kill_afte
     if kill_after_checkpoint:
         ckpt_root = shared / run_id / "pretrain"
         deadline = time.monotonic() + 600
-        # stop waiting as soon as the step is over: a step that failed early never checkpoints
+        client, label = cluster.pod.client, {"label": f"dinoflow-probe={run_id}"}
+        containers: list = []
+        # stop waiting as soon as the step is over: a step that failed early never checkpoints.
+        # The container handle is taken while it trains, so the kill follows the checkpoint at once
+        # (published checkpoints only ever carry the step_<N> name: the temp directory is hidden)
         while worker.is_alive() and time.monotonic() < deadline and not list(ckpt_root.rglob("step_*")):
-            time.sleep(0.2)
+            containers = containers or client.containers.list(filters=label)
+            time.sleep(0.05)
         assert list(ckpt_root.rglob("step_*")), f"no checkpoint appeared under {ckpt_root}: {outcome}"
-        (container,) = cluster.pod.client.containers.list(filters={"label": f"dinoflow-probe={run_id}"})
-        time.sleep(1)  # let it train past the checkpoint: those steps are lost and recomputed
+        (container,) = containers or client.containers.list(filters=label)
         container.kill(signal="SIGKILL")
     worker.join(timeout=900)
     assert not worker.is_alive()
