@@ -74,7 +74,7 @@ def main() -> None:
         demo = Path(a.demo) if a.demo else Path(tmp) / "demo"
         if not a.demo:
             from dinoflow.config import load_config
-            from dinoflow.data.demo import build_demo
+            from dinoflow.demo.pool import build_demo
 
             build_demo(load_config(None, [f"demo.out_dir={demo}", "tracking.enabled=false"]))
         reference = None

@@ -83,8 +83,8 @@ def check_levels(comm, xk, gk, h, a) -> list[tuple[float, float]]:
     """Per level, (our objective, full-data Lloyd's objective) on the same inputs, same k, seed, iterations
     and resampling: level 0 on the rows, level l on our level l-1 centroids."""
     from dinoflow.curation.cluster import level_kmeans
-    from dinoflow.curation.comm import Comm
     from dinoflow.curation.kmeans import KMeans, objective, sq_distances
+    from dinoflow.distributed.comm import Comm
 
     out = []
     for lvl in range(h.n_levels):
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from dinoflow.curation.cluster import hierarchical_kmeans
-    from dinoflow.curation.comm import init_comm
     from dinoflow.curation.dedup import near_duplicates
     from dinoflow.curation.sample import balanced_sample
+    from dinoflow.distributed.comm import init_comm
 
     comm = init_comm()
     say = print if comm.is_main else (lambda *_, **__: None)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dinoflow.config import load_config
-from dinoflow.data.demo_sources import mnist_split
+from dinoflow.demo.sources import mnist_split
 from dinoflow.evaluation.features import extract_features, pixel_features
 from dinoflow.evaluation.knn import knn_accuracy
 from dinoflow.evaluation.transform import eval_transform

@@ -46,7 +46,7 @@ def _param_count(path: str) -> int:
 def record(params: str = "params.yaml") -> dict[str, Any]:
     """The numbers of the run whose outputs `params` names (run from the checkout that ran it)."""
     from dinoflow.config import load_config
-    from dinoflow.data.demo_truth import find_ground_truth, score_curation
+    from dinoflow.demo.truth import find_ground_truth, score_curation
 
     cfg = load_config(params)
     ev = json.loads((Path(cfg.evaluate.report_dir) / "eval.json").read_text())

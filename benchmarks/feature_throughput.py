@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from dinoflow.archs import ARCHS
+from dinoflow.config.archs import ARCHS
 from dinoflow.evaluation.features import _autocast, resolve_device
 from dinoflow.models import build_backbone
 

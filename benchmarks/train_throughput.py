@@ -130,7 +130,7 @@ def build(args, device: torch.device):
 
 def measure(args) -> dict:
     """Time `args.steps` steps after one warm-up step; returns step times, FLOPs, peaks, memory."""
-    from dinoflow.train.distributed import pick_device
+    from dinoflow.distributed.env import pick_device
 
     try:
         from dinoflow.train.step import train_step

@@ -27,11 +27,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dinoflow import pipeline_env
 from dinoflow.cli import add_config_args
-from dinoflow.config import Config, ConfigError, load_config
+from dinoflow.config import Config, ConfigError, load_config, pipeline_env
+from dinoflow.config.stages import stage_inputs
 from dinoflow.errors import DinoflowError
-from dinoflow.stages import stage_inputs
 
 
 def load_pipeline() -> Any:

@@ -14,10 +14,10 @@ outside to a sub-pipeline's inner tasks, so each pipeline builds its tasks throu
 
 from kfp import dsl, kubernetes
 
+from dinoflow.config.pipeline_env import KFP_RUN_ID_LABEL, PIPELINE_RUN_ID
 from dinoflow.launch.k8s_labels import STEP_LABEL_KEY, STEP_LABEL_VALUE
 from dinoflow.launch.secrets import MLFLOW_KEYS, MLFLOW_SECRET, S3_KEYS, S3_SECRET
 from dinoflow.launch.shared import SHARED_DIR
-from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, PIPELINE_RUN_ID
 
 # secret key → env var inside the step (the same names as k8s/base/pipeline/secrets.template.yaml)
 S3_ENV = {k: k for k in S3_KEYS}

@@ -16,8 +16,7 @@ import pytest
 from fs_sandbox import run_on_tmpfs, run_read_only, unprivileged_prefix
 
 from dinoflow.cli import DEBUG_ENV, main, run_guarded
-from dinoflow.errors import MAX_MESSAGE_CHARS, DinoflowError
-from dinoflow.storage_errors import StorageError
+from dinoflow.errors import MAX_MESSAGE_CHARS, DinoflowError, StorageError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -165,7 +164,7 @@ ATOMIC_TORCH_SAVE = """
 import sys, torch
 from pathlib import Path
 from dinoflow.io import atomic_path
-from dinoflow.storage_errors import StorageError
+from dinoflow.errors import StorageError
 target = Path(sys.argv[1]) / "weights.pth"
 try:
     with atomic_path(target) as tmp:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from dinoflow import tracking
-from dinoflow.stages import PIPELINE_ORDER, SECTIONS
+from dinoflow.config.stages import PIPELINE_ORDER, SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -46,7 +46,7 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def test_project_dvc_yaml_is_the_pipeline():
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(spec) == PIPELINE_ORDER
+    assert list(spec) == list(PIPELINE_ORDER)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     outs: dict[str, str] = {}
     for name, stage in spec.items():
@@ -219,7 +219,7 @@ def test_preempted_pretrain_fails_dvc_repro_and_the_rerun_resumes(tmp_path):
     `dvc exp run -S` with a changed learning rate starts a fresh run rather than being refused."""
     from PIL import Image
 
-    from dinoflow.data.demo_sources import mnist_split
+    from dinoflow.demo.sources import mnist_split
 
     repo = tmp_path / "repo"
     (repo / "data" / "pool").mkdir(parents=True)
@@ -325,14 +325,14 @@ def _standin_cmd(stage: dict) -> str:
 
 # (config module, a default in it, the changed default) → the stages whose deps change
 DEFAULT_EDITS = {
-    "config_train.py": ("base_lr: float = Field(0.004,", "base_lr: float = Field(0.005,", {"pretrain", "distill"}),
-    "config_data.py": ("n_junk: int = Field(60,", "n_junk: int = Field(61,", {"demo-data", "curate"}),
-    "config_release.py": (
+    "config/train.py": ("base_lr: float = Field(0.004,", "base_lr: float = Field(0.005,", {"pretrain", "distill"}),
+    "config/data.py": ("n_junk: int = Field(60,", "n_junk: int = Field(61,", {"demo-data", "curate"}),
+    "config/release.py": (
         "temperature: float = Field(0.07,",
         "temperature: float = Field(0.08,",
         {"evaluate", "register"},
     ),
-    "config.py": ("seed: Seed = 0", "seed: Seed = 1", set(PIPELINE_ORDER)),
+    "config/root.py": ("seed: Seed = 0", "seed: Seed = 1", set(PIPELINE_ORDER)),
 }
 
 

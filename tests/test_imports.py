@@ -2,6 +2,10 @@
 point one way: `dinoflow` (the library) < `components` (KFP components) < `pipelines` (the DAG and
 `dinoflow pipeline`). The library never imports the deployment layer, not even lazily; the CLI
 reaches `pipelines.cli` through its table of delegated subcommands (a name, resolved when run).
+
+Inside the library the packages are layered too (`LAYERS`, bottom first, as docs/architecture.md
+draws them): a module imports only from its own package or from a lower layer, at import time or
+inside a function.
 """
 
 from __future__ import annotations
@@ -123,6 +127,60 @@ def test_the_library_never_imports_the_deployment_layer():
         (m, d) for m, deps in graph.items() if m.startswith("components") for d in deps if d.startswith("pipelines")
     }
     assert below == set()
+
+
+# bottom first; a module belongs to the longest entry that prefixes its name. The root modules are
+# small utilities at the bottom; the demo command is an entry point beside the CLI.
+LAYERS: list[tuple[str, ...]] = [
+    ("dinoflow", "dinoflow.errors", "dinoflow.io", "dinoflow.digest", "dinoflow.writer_lock")
+    + ("dinoflow.interrupts", "dinoflow.memory"),
+    ("dinoflow.config",),
+    ("dinoflow.distributed",),
+    ("dinoflow.data",),
+    ("dinoflow.models",),
+    ("dinoflow.losses",),
+    ("dinoflow.tracking",),
+    ("dinoflow.demo",),
+    ("dinoflow.curation",),
+    ("dinoflow.train",),
+    ("dinoflow.evaluation",),
+    ("dinoflow.embedding",),
+    ("dinoflow.registry",),
+    ("dinoflow.stages",),
+    ("dinoflow.launch",),
+    ("dinoflow.cli", "dinoflow.__main__", "dinoflow.demo.command"),
+]
+
+
+def _layer(module: str) -> tuple[int, str]:
+    """(rank, the layer entry) of a library module."""
+    best = max((p for group in LAYERS for p in group if module == p or module.startswith(p + ".")), key=len)
+    return next(i for i, group in enumerate(LAYERS) if best in group), best
+
+
+def _upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    found = []
+    for m, deps in graph.items():
+        if not m.startswith("dinoflow"):
+            continue
+        rank = _layer(m)[0]
+        for d in deps:
+            if d.startswith("dinoflow"):
+                drank = _layer(d)[0]
+                if drank > rank:
+                    found.append((m, d))
+    return sorted(found)
+
+
+def test_library_imports_run_down_the_layers():
+    graph = _graph(import_time_only=False)
+    assert {p for group in LAYERS for p in group} <= set(graph), "every layer names a module of the library"
+    assert _upward(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"dinoflow.data.demo": {"dinoflow.tracking"}, "dinoflow.demo.command": {"dinoflow.stages"}}
+    assert _upward(graph) == [("dinoflow.data.demo", "dinoflow.tracking")]
 
 
 def test_the_cycle_check_finds_a_cycle():

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dinoflow.config_reference import BEGIN, END, leaf_keys, reference_markdown
+from dinoflow.config.reference import BEGIN, END, leaf_keys, reference_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,7 +21,7 @@ def test_config_reference_is_current():
     text = README.read_text()
     assert BEGIN in text and END in text, "README.md lacks the generated configuration reference"
     current = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert current == reference_markdown(), "regenerate it: python -m dinoflow.config_reference --write"
+    assert current == reference_markdown(), "regenerate it: python -m dinoflow.config.reference --write"
 
 
 def test_every_params_yaml_key_is_documented():

@@ -34,3 +34,13 @@ def test_no_function_over_100_lines():
                 if n > MAX_FUNCTION_LINES:
                     long[f"{p.relative_to(ROOT)}:{node.lineno} {node.name}"] = n
     assert not long, f"split these functions: {long}"
+
+
+MAX_ROOT_MODULES = 10
+
+
+def test_the_package_root_holds_at_most_ten_modules():
+    """The root is for the CLI, the stage table and the smallest utilities; the rest lives in packages
+    that say what they are (config, demo, distributed, data, models, ...)."""
+    root = sorted(p.name for p in (ROOT / "src" / "dinoflow").glob("*.py"))
+    assert 0 < len(root) <= MAX_ROOT_MODULES, root

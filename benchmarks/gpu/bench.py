@@ -74,8 +74,8 @@ def init_group(device: torch.device) -> None:
 def build(sh: SimpleNamespace, device: torch.device, compiled: bool, ac: str, dry_run: bool):
     """(config, objective, wrapped student, optimiser, schedules) as the training loop builds them."""
     from dinoflow.config import load_config
+    from dinoflow.distributed.env import DistEnv
     from dinoflow.models.wrappers import unwrap
-    from dinoflow.train.distributed import DistEnv
     from dinoflow.train.optim import build_optimizer, param_groups
     from dinoflow.train.pretrain_objective import PretrainObjective
     from dinoflow.train.schedules import Schedules

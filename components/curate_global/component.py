@@ -40,7 +40,7 @@ def curate_global(
     `data_version` (the listing's digest) is unused here: it is an input so that a changed pool misses the cache."""
     import os
 
-    from dinoflow.curation.fanout import run_global_step
+    from dinoflow.launch.curation_fanout import run_global_step
     from dinoflow.launch.data_ref import output_dir, publish_ref, resolve
     from dinoflow.launch.steps import log_summary_metrics, publish
     from dinoflow.launch.training import LaunchOptions

@@ -17,7 +17,7 @@ def curate_partition(
 ):
     """Decode + embed this task's partitions of the pool, the seeds and the eval sets into `embeddings`.
     `data_version` (the listing's digest) is unused here: it is an input so that a changed pool misses the cache."""
-    from dinoflow.curation.fanout import embed_group
+    from dinoflow.launch.curation_fanout import embed_group
     from dinoflow.launch.data_ref import output_dir, publish_ref
     from dinoflow.launch.steps import step_config
 

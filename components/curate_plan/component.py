@@ -15,7 +15,7 @@ from components.images import CPU_IMAGE
 def curate_plan(params_yaml: str, overrides: List[str], max_groups: int, data_version: str) -> List[int]:
     """List the pool; return the task indices [0, min(max_groups, partitions)). `data_version` (the
     listing's digest) is unused here: it is an input so that a changed pool misses the cache."""
-    from dinoflow.curation.fanout import fanout_groups
+    from dinoflow.launch.curation_fanout import fanout_groups
     from dinoflow.launch.steps import check_pod_paths, step_config
 
     cfg = step_config(params_yaml, overrides)

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dinoflow.config import Config, ConfigError, dump_config, load_config
-from dinoflow.errors import DinoflowError, bounded
+from dinoflow.errors import FULL_BYTES, DinoflowError, bounded, free_bytes, full_disk_error, storage_error
 from dinoflow.stages import STAGES, run_stage
-from dinoflow.storage_errors import FULL_BYTES, free_bytes, full_disk_error, storage_error
 
 DEBUG_ENV = "DINOFLOW_DEBUG"
 # keys whose values are where a stage writes (a file's folder for the file-valued ones)
@@ -37,7 +36,7 @@ OUTPUT_FILE_KEYS = ("report_csv", "report")
 # Subcommands with their own argument parsing: name → "module:function(argv) -> int".
 DELEGATED = {
     "pipeline": "pipelines.cli:main",
-    "demo": "dinoflow.demo:main",
+    "demo": "dinoflow.demo.command:main",
     "embed": "dinoflow.embedding.cli:main",
 }
 

@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dinoflow.errors import DinoflowError
-from dinoflow.storage_errors import full_disk_error, storage_error
+from dinoflow.errors import DinoflowError, full_disk_error, storage_error
 
 
 @contextmanager

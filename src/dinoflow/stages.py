@@ -1,90 +1,96 @@
-"""The pipeline's stages: one library function each, `fn(cfg: Config) -> dict` (a JSON-able summary).
+"""The pipeline's stages: one record each, with the library function that runs it,
+`run(cfg: Config) -> dict` (a JSON-able summary).
 
-The CLI, DVC, the Kubeflow components and torchx are thin shells over this table.
-Imports are lazy so `dinoflow --help` stays fast and a stage pulls in only what it needs.
+The CLI, DVC, the Kubeflow components and torchx are thin shells over this table. Each runner
+imports its stage's code when called, so `dinoflow --help` stays fast and a stage pulls in only
+what it needs (torch, MLflow). What the configuration says about a stage (its section, what it
+reads) is in `dinoflow.config.stages`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from dinoflow.config import Config
-from dinoflow.redaction import flatten
+from dinoflow.config.stages import PIPELINE_ORDER, SECTIONS
 
-# stage name → "module:function"
-STAGES: dict[str, str] = {
-    "demo-data": "dinoflow.data.demo:build_demo",
-    "curate": "dinoflow.curation.pipeline:curate",
-    "pretrain": "dinoflow.train.pretrain:pretrain",
-    "distill": "dinoflow.train.distill:distill",
-    "evaluate": "dinoflow.evaluation.run:evaluate",
-    "register": "dinoflow.registry:register",
-}
-
-PIPELINE_ORDER = ["demo-data", "curate", "pretrain", "distill", "evaluate", "register"]
-
-# stage → the config section holding its parameters (what its MLflow run logs as params)
-SECTIONS: dict[str, str] = {
-    "demo-data": "demo",
-    "curate": "curate",
-    "pretrain": "pretrain",
-    "distill": "distill",
-    "evaluate": "evaluate",
-    "register": "register",
-}
+Summary = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class StageInput:
-    """One thing a stage reads: a local path or a URI, and what it is."""
+class Stage:
+    """A stage: its name (CLI command, DVC stage, KFP component) and the function that runs it."""
 
-    path: str
-    kind: Literal["data", "model", "report"]
+    name: str
+    run: Callable[[Config], Summary]
 
-
-def _data(*paths: str | None) -> list[StageInput]:
-    return [StageInput(p, "data") for p in paths if p]
-
-
-def stage_inputs(name: str, cfg: Config) -> list[StageInput]:
-    """What `name` reads under `cfg` (recorded with its run: hashes, dataset references)."""
-    if name == "curate":
-        c = cfg.curate
-        return _data(*c.sources, c.seeds, *c.eval_sets)
-    if name == "pretrain":
-        return _data(cfg.pretrain.data)
-    if name == "distill":
-        return [*_data(cfg.distill.data), StageInput(cfg.distill.teacher, "model")]
-    if name == "evaluate":
-        e = cfg.evaluate
-        demo = any(d.kind.startswith("demo_") for d in e.datasets)
-        return [
-            *(StageInput(m, "model") for m in e.models.values()),
-            *_data(*(p for d in e.datasets for p in (d.train, d.test)), e.demo_dir if demo else None),
-        ]
-    if name == "register":
-        return [StageInput(cfg.register.eval_report, "report"), StageInput(cfg.register.model_path, "model")]
-    return []
+    @property
+    def section(self) -> str:
+        """The config section holding this stage's parameters."""
+        return SECTIONS[self.name]
 
 
-def section_params(name: str, cfg: Config) -> dict[str, Any]:
-    """The stage's config section as flat MLflow params (secrets dropped), plus the global seed."""
-    section = getattr(cfg, SECTIONS.get(name, name.replace("-", "_")), None)
-    if section is None:
-        return {}
-    params = flatten(section.model_dump(mode="json"))
-    params.setdefault("seed", cfg.seed)
-    return params
+def _demo_data(cfg: Config) -> Summary:
+    from dinoflow.demo.pool import build_demo
+
+    return build_demo(cfg)
 
 
-def get_stage(name: str) -> Callable[[Config], dict[str, Any]]:
+def _curate(cfg: Config) -> Summary:
+    from dinoflow.curation.pipeline import curate
+
+    return curate(cfg)
+
+
+def _pretrain(cfg: Config) -> Summary:
+    from dinoflow.train.pretrain import pretrain
+
+    return pretrain(cfg)
+
+
+def _distill(cfg: Config) -> Summary:
+    from dinoflow.train.distill import distill
+
+    return distill(cfg)
+
+
+def _evaluate(cfg: Config) -> Summary:
+    from dinoflow.evaluation.run import evaluate
+
+    return evaluate(cfg)
+
+
+def _register(cfg: Config) -> Summary:
+    from dinoflow.registry import register
+
+    return register(cfg)
+
+
+# in pipeline order (`dinoflow.config.stages.PIPELINE_ORDER`; a test holds the two together)
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("demo-data", _demo_data),
+        Stage("curate", _curate),
+        Stage("pretrain", _pretrain),
+        Stage("distill", _distill),
+        Stage("evaluate", _evaluate),
+        Stage("register", _register),
+    )
+}
+
+
+def get_stage(name: str) -> Stage:
+    """The stage called `name`; a KeyError listing the stages otherwise."""
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    module, fn = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), fn)
+    return STAGES[name]
 
 
-def run_stage(name: str, cfg: Config) -> dict[str, Any]:
-    return get_stage(name)(cfg)
+def run_stage(name: str, cfg: Config) -> Summary:
+    """Run stage `name` under `cfg` in this process; its summary."""
+    return get_stage(name).run(cfg)
+
+
+__all__ = ["PIPELINE_ORDER", "STAGES", "Stage", "get_stage", "run_stage"]

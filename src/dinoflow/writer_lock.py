@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dinoflow.errors import DinoflowError
-from dinoflow.storage_errors import storage_error
+from dinoflow.errors import DinoflowError, storage_error
 
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 

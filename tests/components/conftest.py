@@ -15,12 +15,12 @@ def standin_stages(monkeypatch, tmp_path):
 
     log = tmp_path / "standin.log"
     monkeypatch.setenv(s.LOG_ENV, str(log))
-    import dinoflow.curation.fanout
+    import dinoflow.launch.curation_fanout
 
-    for name, target in s.STAGE_TABLE.items():
+    for name, target in s.stage_table().items():
         monkeypatch.setitem(dinoflow.stages.STAGES, name, target)
     for name in s.FANOUT_FUNCTIONS:
-        monkeypatch.setattr(dinoflow.curation.fanout, name, getattr(s, name))
+        monkeypatch.setattr(dinoflow.launch.curation_fanout, name, getattr(s, name))
 
     def read() -> dict:
         import json

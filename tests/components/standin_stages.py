@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,12 @@ STANDIN_PARTITIONS = 3  # the pool the stand-in plan lists
 
 
 def fanout_groups(cfg, max_groups: int) -> list[int]:
-    """Stand-in for dinoflow.curation.fanout.fanout_groups: a pool of STANDIN_PARTITIONS partitions."""
+    """Stand-in for dinoflow.launch.curation_fanout.fanout_groups: a pool of STANDIN_PARTITIONS partitions."""
     return list(range(min(int(max_groups), STANDIN_PARTITIONS)))
 
 
 def embed_group(cfg, group: int, groups: int, work_dir) -> dict[str, Any]:
-    """Stand-in for dinoflow.curation.fanout.embed_group: one embedding shard per partition of the group."""
+    """Stand-in for dinoflow.launch.curation_fanout.embed_group: one embedding shard per partition of the group."""
     parts = Path(work_dir) / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     mine = [p for p in range(STANDIN_PARTITIONS) if p % int(groups) == int(group)]
@@ -141,19 +142,25 @@ def register(cfg) -> dict[str, Any]:
     return result
 
 
-STAGE_TABLE = {name: f"{__name__}:{name}" for name in ("curate", "pretrain", "distill", "evaluate", "register")}
-# the fan-out's per-task functions (dinoflow.curation.fanout), which read the real pool
+def stage_table() -> dict:
+    from dinoflow.stages import Stage
+
+    here = sys.modules[__name__]
+    return {
+        name: Stage(name, getattr(here, name)) for name in ("curate", "pretrain", "distill", "evaluate", "register")
+    }
+
+
+# the fan-out's per-task functions (dinoflow.launch.curation_fanout), which read the real pool
 FANOUT_FUNCTIONS = ("fanout_groups", "embed_group")
 
 
 def install() -> None:
     """Route this process's stages and fan-out functions to the stand-ins (kfp.local component
     subprocesses: the DAG tests import this from a sitecustomize)."""
-    import sys
-
-    import dinoflow.curation.fanout as fanout
+    import dinoflow.launch.curation_fanout as fanout
     import dinoflow.stages
 
-    dinoflow.stages.STAGES.update(STAGE_TABLE)
+    dinoflow.stages.STAGES.update(stage_table())
     for name in FANOUT_FUNCTIONS:
         setattr(fanout, name, getattr(sys.modules[__name__], name))

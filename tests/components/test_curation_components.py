@@ -57,7 +57,7 @@ def test_fanout_component_specs():
     for comp in (curate_plan, curate_partition, curate_global):  # bodies wire, dinoflow does the work
         container = comp.component_spec.implementation.container
         body = " ".join(container.args) + " ".join(container.command)
-        assert "pip install" not in body and "dinoflow.curation.fanout" in body
+        assert "pip install" not in body and "dinoflow.launch.curation_fanout" in body
 
 
 def test_fanout_subpipeline_compiles_with_a_parallel_for_and_outputs():

@@ -7,12 +7,12 @@ import sys
 import numpy as np
 
 from dinoflow.curation.cluster import hierarchical_kmeans
-from dinoflow.curation.comm import init_comm
 from dinoflow.curation.dedup import exact_duplicate_of, near_duplicates, relative_duplicates
 from dinoflow.curation.groups import select_smallest
 from dinoflow.curation.kmeans import kmeans
 from dinoflow.curation.retrieve import cluster_retrieval, sample_retrieval
 from dinoflow.curation.sample import balanced_sample
+from dinoflow.distributed.comm import init_comm
 
 
 def grouped_probes(comm, xl, c):

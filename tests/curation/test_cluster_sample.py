@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from dinoflow.curation.cluster import hierarchical_kmeans
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.kmeans import FixedPoint, assign, kmeans, objective
 from dinoflow.curation.sample import balance_entropy, balanced_sample, entropy_of_counts, water_fill
+from dinoflow.distributed.comm import Comm
 
 from ._synth import mixture
 

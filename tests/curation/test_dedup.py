@@ -2,7 +2,6 @@
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.dedup import (
     UnionFind,
     component_labels,
@@ -13,6 +12,7 @@ from dinoflow.curation.dedup import (
 )
 from dinoflow.curation.ivf import choose_nlist
 from dinoflow.curation.rows import hash128
+from dinoflow.distributed.comm import Comm
 
 from ._synth import mixture, unit
 

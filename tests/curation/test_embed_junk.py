@@ -6,7 +6,7 @@ from dinoflow.curation.junk import junk_reason, lag1_autocorrelation
 
 
 def _digit(seed=0) -> np.ndarray:
-    from dinoflow.data.demo_sources import mnist_split
+    from dinoflow.demo.sources import mnist_split
 
     return mnist_split(0)[0][seed]
 

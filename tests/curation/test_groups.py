@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.groups import bottom_k_global, first_in_group, select_smallest
 from dinoflow.curation.seeded import row_hash, row_uniform
+from dinoflow.distributed.comm import Comm
 
 ONE = Comm()
 

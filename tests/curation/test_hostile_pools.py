@@ -14,11 +14,10 @@ from hostile.peak import run_measured
 from hostile.tars import GIB, padded_png, repeated_names_tar, sparse_bomb_tar
 
 from dinoflow.curation import pipeline as cp
-from dinoflow.curation.manifest import INCOMPLETE, verify_curated
+from dinoflow.data.curated import INCOMPLETE, verify_curated
 from dinoflow.data.decode import decode_image, resize_max_side
 from dinoflow.data.shards import iter_shard, list_shards
-from dinoflow.errors import DinoflowError
-from dinoflow.storage_errors import StorageError
+from dinoflow.errors import DinoflowError, StorageError
 
 from .conftest import shape_image, tiny_cfg
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dinoflow.curation import pipeline as cp
-from dinoflow.curation.manifest import RECORD, verify_curated
+from dinoflow.data.curated import RECORD, verify_curated
 from dinoflow.errors import DinoflowError
 from dinoflow.train.data import discover_units
 

@@ -1,6 +1,6 @@
 """End-to-end `curate` on the demo pool (slow): acceptance metrics, one process vs torchrun, kill + resume.
 
-- the demo's planted truth (scored by dinoflow.data.demo_truth, not by the library report);
+- the demo's planted truth (scored by dinoflow.demo.truth, not by the library report);
 - `torchrun --standalone --nproc-per-node=2 -m dinoflow curate` gives the same manifest.parquet,
   manifest.json and byte-identical shards as one process;
 - a run killed (SIGKILL) during decode + embed, then rerun, reuses the finished embedding shards
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    from dinoflow.data.demo import build_demo
+    from dinoflow.demo.pool import build_demo
 
     root = tmp_path_factory.mktemp("demo")
     build_demo(load_config(None, [f"demo.out_dir={root}", "tracking.enabled=false"]))
@@ -82,7 +82,7 @@ def _outputs(out: Path) -> dict[str, bytes]:
 
 def test_curate_demo_acceptance_processes_kill_and_resume(demo, tmp_path):
     from dinoflow.curation.pipeline import curate
-    from dinoflow.data.demo_truth import score_curation
+    from dinoflow.demo.truth import score_curation
 
     t1 = _cli(demo, tmp_path / "one")
     gt = score_curation(tmp_path / "one/curated", demo / "ground_truth.json")

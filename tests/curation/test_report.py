@@ -8,7 +8,7 @@ from PIL import Image
 from dinoflow.config import load_config
 from dinoflow.curation.report import MAX_PICTURES, draw_pictures, pictures
 from dinoflow.curation.report_data import HIST_EDGES, Summary
-from dinoflow.curation.statuses import STATUSES
+from dinoflow.data.statuses import STATUSES
 
 
 def _summary(thumbs: bool) -> Summary:

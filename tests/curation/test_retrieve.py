@@ -1,7 +1,7 @@
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.retrieve import cluster_retrieval, nearest_seed, sample_retrieval
+from dinoflow.distributed.comm import Comm
 
 from ._synth import mixture, unit
 

@@ -13,7 +13,7 @@ import pytest
 
 from dinoflow.config import ConfigError, load_config
 from dinoflow.curation import pipeline as cp
-from dinoflow.curation.manifest import INCOMPLETE, verify_curated
+from dinoflow.data.curated import INCOMPLETE, verify_curated
 from dinoflow.data.decode import CorruptImage, decode_image, pixel_hash, resize_max_side
 from dinoflow.data.shards import iter_shard, list_shards, write_shard
 from dinoflow.errors import DinoflowError

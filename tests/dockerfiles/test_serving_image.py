@@ -22,7 +22,7 @@ def test_every_requirement_is_pinned_and_the_models_own_pins_agree():
     constraints = dict(
         ln.split("==") for ln in (ROOT / "constraints.txt").read_text().splitlines() if "==" in ln and "#" not in ln
     )
-    # what the registered model needs (dinoflow.mlflow_model.REQUIREMENTS) at the versions the CPU image has
+    # what the registered model needs (dinoflow.embedding.mlflow_model.REQUIREMENTS) at the versions the CPU image has
     for dist in ("mlflow", "numpy", "pillow", "pyyaml", "pydantic", "pandas"):
         theirs = {k.lower(): v for k, v in constraints.items()}.get(dist)
         assert pins[dist] == theirs, dist

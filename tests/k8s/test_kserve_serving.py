@@ -141,7 +141,7 @@ def champion(mlflow_server, tmp_path_factory):
     import torch
 
     from dinoflow.config import load_config
-    from dinoflow.mlflow_model import log_embedding_model
+    from dinoflow.embedding.mlflow_model import log_embedding_model
     from dinoflow.models import build_backbone, export_backbone
 
     work = tmp_path_factory.mktemp("kserve-model")

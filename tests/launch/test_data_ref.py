@@ -11,10 +11,10 @@ import pytest
 import standin_k8s
 import yaml
 
+from dinoflow.config.pipeline_env import KFP_POD_NAME, KFP_POD_UID, PIPELINE_RUN_ID
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.data_ref import REF_FILE, on_volume, output_dir, publish_ref, resolve
 from dinoflow.launch.training import LaunchOptions, run_training_step
-from dinoflow.pipeline_env import KFP_POD_NAME, KFP_POD_UID, PIPELINE_RUN_ID
 
 
 @pytest.fixture

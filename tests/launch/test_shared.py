@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from dinoflow.config.pipeline_env import PIPELINE_RUN_ID
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
 from dinoflow.launch.training import LaunchOptions
-from dinoflow.pipeline_env import PIPELINE_RUN_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,9 @@ import pytest
 import standin_k8s
 
 from dinoflow.config import load_config
+from dinoflow.config.pipeline_env import KFP_POD_NAME, KFP_POD_UID
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.stale_runs import TAG_CLOSE_REASON, TAG_CLOSED_BY, close_stale_pipeline_runs, is_stale
-from dinoflow.pipeline_env import KFP_POD_NAME, KFP_POD_UID
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, TAG_ROLE
 
 HOUR_MS = 3600 * 1000

@@ -19,10 +19,10 @@ import pytest
 import standin_k8s
 import yaml
 
+from dinoflow.config.pipeline_env import KFP_POD_NAME, KFP_POD_UID, PIPELINE_RUN_ID
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.k8s import TrainJobFailed
 from dinoflow.launch.training import LaunchOptions, run_training_step
-from dinoflow.pipeline_env import KFP_POD_NAME, KFP_POD_UID, PIPELINE_RUN_ID
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 POOL = {"cloud.google.com/gke-nodepool": "h100-spot"}

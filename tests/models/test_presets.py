@@ -133,8 +133,8 @@ def test_config_arch_choices_come_from_the_preset_table():
 
     import pydantic
 
-    from dinoflow.archs import ARCH_SPECS, ARCHS
     from dinoflow.config import Arch, ModelConfig
+    from dinoflow.config.archs import ARCH_SPECS, ARCHS
 
     assert typing.get_args(Arch) == ARCHS == tuple(ARCH_SPECS)
     assert [ModelConfig(arch=a).arch for a in ARCHS] == list(ARCHS)

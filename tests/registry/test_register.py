@@ -18,9 +18,9 @@ from PIL import Image
 
 from dinoflow import tracking
 from dinoflow.config import load_config
+from dinoflow.config.pipeline_env import PIPELINE_RUN_ID
 from dinoflow.digest import file_sha256
 from dinoflow.models import build_backbone, export_backbone
-from dinoflow.pipeline_env import PIPELINE_RUN_ID
 from dinoflow.registry import register
 
 pytestmark = pytest.mark.slow

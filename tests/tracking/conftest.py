@@ -1,7 +1,7 @@
 import mlflow
 import pytest
 
-from dinoflow import pipeline_env
+from dinoflow.config import pipeline_env
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import time
 import mlflow
 import pytest
 
-from dinoflow import pipeline_env, tracking
-from dinoflow.config import load_config
+from dinoflow import tracking
+from dinoflow.config import load_config, pipeline_env
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, TAG_ROLE
 
 

@@ -18,10 +18,10 @@ import mlflow
 import pytest
 from services import free_port, start_moto, stop
 
-from dinoflow import pipeline_env, tracking
-from dinoflow.config import load_config
+from dinoflow import tracking
+from dinoflow.config import load_config, pipeline_env
+from dinoflow.config.stages import section_params
 from dinoflow.errors import DinoflowError
-from dinoflow.stages import section_params
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID
 
 

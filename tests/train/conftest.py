@@ -22,7 +22,7 @@ TINY = [
 
 
 def write_image_folder(root: Path, n: int = 96) -> Path:
-    from dinoflow.data.demo_sources import mnist_split
+    from dinoflow.demo.sources import mnist_split
 
     x, _, _, _ = mnist_split()
     root.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 
 from dinoflow.config import HeadConfig
+from dinoflow.distributed.env import DistEnv
 from dinoflow.models import build_backbone, heads_from_config
-from dinoflow.train.distributed import DistEnv, wrap_model
+from dinoflow.train.parallelize import wrap_model
 from dinoflow.train.ssl_net import SSLNet
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dinoflow.config import load_config
-from dinoflow.train.distributed import DistEnv
+from dinoflow.distributed.env import DistEnv
 from dinoflow.train.pretrain_objective import PretrainObjective
 from dinoflow.train.step import compile_enabled, prepare_networks
 from tests.train.conftest import TINY

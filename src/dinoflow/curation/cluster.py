@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.groups import select_smallest
 from dinoflow.curation.kmeans import KMeans, assign, kmeans
+from dinoflow.distributed.comm import Comm
 
 
 @dataclass

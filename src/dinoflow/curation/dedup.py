@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.exact import exact_dot, margin, topk_exact
 from dinoflow.curation.groups import first_in_group
 from dinoflow.curation.ivf import Graph, near_duplicate_graph
+from dinoflow.distributed.comm import Comm
 
 
 class UnionFind:

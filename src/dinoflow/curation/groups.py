@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
+from dinoflow.distributed.comm import Comm
 
 
 def _first_per_group(group_sorted: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@ import numpy as np
 
 from dinoflow.config import CurateConfig
 from dinoflow.curation.partitions import Partition
-from dinoflow.curation.statuses import PARTITION_OK
 from dinoflow.data.sources import SourceStats, iter_entry
+from dinoflow.data.statuses import PARTITION_OK
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
 

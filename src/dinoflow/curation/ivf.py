@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.exact import exact_dot, margin, pairs_above
 from dinoflow.curation.kmeans import kmeans
 from dinoflow.curation.probe import probe_lists
+from dinoflow.distributed.comm import Comm
 
 QUERY_BLOCK = 4096
 MEMBER_BLOCK = 16384

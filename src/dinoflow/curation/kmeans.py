@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dinoflow.curation import seeded
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.exact import argmax_exact, exact_dot, half_sq_norms, margin
 from dinoflow.curation.groups import bottom_k_global
+from dinoflow.distributed.comm import Comm
 
 BLOCK = 8192  # rows per GEMM block
 SCORES_PER_BLOCK = 1 << 26  # ... and at most this many scores (256 MiB of fp32) when k is large

@@ -28,7 +28,6 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from dinoflow.config import Config, CurateConfig
-from dinoflow.curation.comm import init_comm
 from dinoflow.curation.partitions import Plan, embed_owners, plan_partitions
 from dinoflow.curation.rows import Rows
 from dinoflow.curation.steps import (
@@ -40,6 +39,7 @@ from dinoflow.curation.steps import (
     relative_dedup,
     retrieve,
 )
+from dinoflow.distributed.comm import init_comm
 from dinoflow.errors import DinoflowError
 from dinoflow.interrupts import raise_on_sigterm
 
@@ -67,7 +67,7 @@ def check_inputs(c: CurateConfig) -> None:
 def check_outputs(c: CurateConfig) -> None:
     """Every output folder can be created and written, before any work (named by its key). Only the
     stage that writes them checks: the fan-out's plan and embedding tasks write elsewhere."""
-    from dinoflow.storage_errors import StorageError, output_dir_problem
+    from dinoflow.errors import StorageError, output_dir_problem
 
     outputs = [("curate.out_dir", c.out_dir), ("curate.report_dir", c.report_dir)]
     outputs += [("curate.work_dir", c.work_dir)] if c.work_dir else []

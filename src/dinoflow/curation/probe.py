@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.exact import exact_dot, half_sq_norms, margin, topk_exact
 from dinoflow.curation.kmeans import BLOCK, block_rows, kmeans, max_norm
+from dinoflow.distributed.comm import Comm
 
 GROUPED_FROM = 4096
 GROUPS_PER_ROW = 3

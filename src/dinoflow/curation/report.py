@@ -3,7 +3,7 @@
 The JSON holds the funnel (items remaining after each step, in the order the steps ran), the
 images kept and those dropped per reason, the thresholds used, cluster sizes and balance entropy, and what the
 run did (index, partitions and shards reused, seconds per step). Scoring a run against a planted
-ground truth is the demo's business (`dinoflow.data.demo_truth`), not the library's.
+ground truth is the demo's business (`dinoflow.demo.truth`), not the library's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 
 from dinoflow.config import CurateConfig
 from dinoflow.curation.report_data import HIST_EDGES, Summary
-from dinoflow.curation.statuses import KEPT, STATUSES
+from dinoflow.data.statuses import KEPT, STATUSES
 from dinoflow.io import atomic_path, atomic_write_json, atomic_write_text
 
 # ---------------------------------------------------------------- pictures

@@ -18,7 +18,7 @@ from dinoflow.curation.ingest import decode_item, load_partition
 from dinoflow.curation.manifest import read_part
 from dinoflow.curation.partitions import Partition
 from dinoflow.curation.rows import SIMILARITY_COLUMNS
-from dinoflow.curation.statuses import STATUSES
+from dinoflow.data.statuses import STATUSES
 
 HIST_EDGES = np.linspace(-1.0, 1.0, 401)
 DETAILED = ("corrupt", "junk")

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.dedup import best_match
 from dinoflow.curation.exact import exact_dot, margin, topk_exact
 from dinoflow.curation.groups import select_smallest
 from dinoflow.curation.kmeans import kmeans
+from dinoflow.distributed.comm import Comm
 
 SEED_BLOCK, POOL_BLOCK = 1024, 16384
 

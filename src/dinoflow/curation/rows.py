@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.ingest import load_partition, partition_row_count
 from dinoflow.curation.partitions import Plan, rank_partitions
-from dinoflow.curation.statuses import KEPT, PARTITION_OK, STATUSES
+from dinoflow.data.statuses import KEPT, PARTITION_OK, STATUSES
+from dinoflow.distributed.comm import Comm
 
 CODE = {s: i for i, s in enumerate(STATUSES)}
 SIMILARITY_COLUMNS = ("seed_similarity", "nn_similarity", "eval_similarity")

@@ -16,8 +16,8 @@ import numpy as np
 
 from dinoflow.curation import seeded
 from dinoflow.curation.cluster import Hierarchy
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.groups import select_smallest
+from dinoflow.distributed.comm import Comm
 
 STRATEGIES = ("random", "closest")
 

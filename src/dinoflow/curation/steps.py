@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from dinoflow.config import CurateConfig
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.rows import CODE, Rows
+from dinoflow.distributed.comm import Comm
 from dinoflow.errors import DinoflowError
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from dinoflow.config import CurateConfig
-from dinoflow.curation.comm import Comm
 from dinoflow.curation.ingest import decode_item, invalidate, load_partition
-from dinoflow.curation.manifest import read_part, sha256_file
+from dinoflow.curation.manifest import read_part
 from dinoflow.curation.partitions import Partition
+from dinoflow.digest import file_sha256
+from dinoflow.distributed.comm import Comm
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_json
 
@@ -187,7 +188,7 @@ def write_shards(
             {
                 "digest": digest,
                 "bytes": (out / name).stat().st_size,
-                "sha256": sha256_file(out / name),
+                "sha256": file_sha256(out / name),
                 "samples": len(samples),
             },
         )

@@ -50,7 +50,7 @@ def load_model(spec: str, image_size: int, resize_ratio: float) -> LoadedModel:
     if is_model_uri(spec):
         import mlflow
 
-        from dinoflow.mlflow_model import EmbeddingModel
+        from dinoflow.embedding.mlflow_model import EmbeddingModel
 
         try:
             wrapped = mlflow.pyfunc.load_model(spec).unwrap_python_model()

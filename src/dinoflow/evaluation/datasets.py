@@ -174,7 +174,7 @@ def load_eval_dataset(
 ) -> EvalSplit:
     """Load one configured evaluation set (see `EvalDataset`), optionally subsampled."""
     if ds.kind in ("demo_mnist", "demo_digits"):
-        from dinoflow.data import demo_sources
+        from dinoflow.demo import sources as demo_sources
 
         # The demo splits use seed 0 by construction (the curation's eval set is built from it).
         tx, ty, vx, vy = demo_sources.mnist_split() if ds.kind == "demo_mnist" else demo_sources.digits_split()

@@ -74,7 +74,7 @@ def _scene(digits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 
 def _held_out_halves(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    from dinoflow.data import demo_sources
+    from dinoflow.demo import sources as demo_sources
 
     _tx, _ty, vx, vy = demo_sources.mnist_split()
     order = np.random.default_rng(seed).permutation(len(vx))

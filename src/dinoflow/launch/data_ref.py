@@ -21,9 +21,9 @@ import json
 import shutil
 from pathlib import Path
 
+from dinoflow.config.pipeline_env import pipeline_run_id
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
-from dinoflow.pipeline_env import pipeline_run_id
 
 REF_FILE = "dinoflow-data-ref.json"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 from dinoflow.config import Config
+from dinoflow.config.stages import stage_inputs
 from dinoflow.data import s3
 from dinoflow.data.sources import list_source
-from dinoflow.stages import stage_inputs
 
 VERSION_FORMAT = 1
 

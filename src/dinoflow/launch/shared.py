@@ -19,8 +19,8 @@ import re
 import shutil
 from pathlib import Path
 
+from dinoflow.config.pipeline_env import PIPELINE_RUN_ID
 from dinoflow.errors import DinoflowError
-from dinoflow.pipeline_env import PIPELINE_RUN_ID
 
 SHARED_DIR = "/mnt/dinoflow-shared"  # where the pipeline steps, the training runtime and torchx mount `dinoflow-shared`
 # The config key of a stage's checkpoint directory (default: <out_dir>/ckpt; see train/run_dir.py).

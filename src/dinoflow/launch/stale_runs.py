@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from dinoflow.config.pipeline_env import KFP_RUN_ID_LABEL, kfp_pod
 from dinoflow.errors import DinoflowError
-from dinoflow.pipeline_env import KFP_RUN_ID_LABEL, kfp_pod
 from dinoflow.tracking import check_tracking_server, named_errors, tracking_uri
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, TAG_ROLE
 

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dinoflow import pipeline_env
-from dinoflow.config import Config, ConfigError, load_config
+from dinoflow.config import Config, ConfigError, load_config, pipeline_env
+from dinoflow.config.stages import stage_inputs
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
-from dinoflow.stages import run_stage, stage_inputs
+from dinoflow.stages import run_stage
 
 # KFP's final task states → MLflow run states
 _FINAL_STATES = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED", "CANCELING": "KILLED"}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dinoflow.config import save_config
+from dinoflow.config.pipeline_env import kfp_pod, pipeline_run_id
 from dinoflow.data.s3 import ENDPOINT_ENV, REGION_ENV
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
@@ -36,7 +37,6 @@ from dinoflow.launch.secrets import CREDENTIAL_KEYS
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
-from dinoflow.pipeline_env import kfp_pod, pipeline_run_id
 from dinoflow.stages import run_stage
 
 log = logging.getLogger(__name__)

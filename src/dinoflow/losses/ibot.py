@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinoflow.losses.distributed import AsyncMean, ema_update
+from dinoflow.distributed.collectives import AsyncMean, ema_update
 from dinoflow.losses.sinkhorn import sinkhorn_knopp
 from dinoflow.losses.soft_ce import soft_cross_entropy
 

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from dinoflow.losses.distributed import all_reduce_max, all_reduce_sum, global_count
+from dinoflow.distributed.collectives import all_reduce_max, all_reduce_sum, global_count
 from dinoflow.losses.sinkhorn_device import sinkhorn_knopp_fused
 from dinoflow.losses.soft_ce import chunk_rows
 

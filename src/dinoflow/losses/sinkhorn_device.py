@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from dinoflow.losses.distributed import all_reduce_max, all_reduce_sum, global_count
+from dinoflow.distributed.collectives import all_reduce_max, all_reduce_sum, global_count
 
 
 def _col_pass(x: Tensor, r: Tensor, temp: Tensor) -> tuple[Tensor, Tensor]:

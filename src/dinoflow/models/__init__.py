@@ -6,7 +6,7 @@ hub = build_hub_backbone("dinov2_vits14_reg")             # official hub archite
 hub = load_backbone("dinov2_vits14_reg4_pretrain.pth")    # architecture inferred, strict load
 """
 
-from dinoflow.model_size import swiglu_hidden_dim
+from dinoflow.config.model_size import swiglu_hidden_dim
 from dinoflow.models.heads import DINOHead, WeightNormLinear, convert_official_head_state_dict, heads_from_config
 from dinoflow.models.layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed, SwiGLUFFN
 from dinoflow.models.presets import ARCH_SPECS, HUB_NAMES, ArchSpec, arch_spec, hub_kwargs

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinoflow.config import HeadConfig
+from dinoflow.config.model_size import FLOAT_BYTES, head_params
 from dinoflow.memory import refuse_over_memory
-from dinoflow.model_size import FLOAT_BYTES, head_params
 
 
 def _row_norm(v: Tensor) -> Tensor:

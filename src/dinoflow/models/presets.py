@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dinoflow.archs import ARCH_SPECS, ArchSpec
+from dinoflow.config.archs import ARCH_SPECS, ArchSpec
 from dinoflow.errors import DinoflowError
 
 __all__ = ["ARCH_SPECS", "HUB_NAMES", "ArchSpec", "arch_from_shape", "arch_spec", "hub_kwargs"]

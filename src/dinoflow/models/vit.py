@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinoflow.config import ModelConfig
+from dinoflow.config.model_size import FLOAT_BYTES, backbone_params, forward_bytes, patch_tokens, swiglu_hidden_dim
 from dinoflow.errors import DinoflowError
 from dinoflow.memory import refuse_over_memory
-from dinoflow.model_size import FLOAT_BYTES, backbone_params, forward_bytes, patch_tokens, swiglu_hidden_dim
 from dinoflow.models.layers import Block, PatchEmbed
 from dinoflow.models.presets import arch_spec
 

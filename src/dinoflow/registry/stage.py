@@ -120,8 +120,8 @@ def _onnx(cfg: Config, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
     oc = cfg.register.onnx
     if not oc.enabled:
         return None
+    from dinoflow.embedding.mlflow_model import preprocess_settings
     from dinoflow.embedding.onnx_export import export_checked
-    from dinoflow.mlflow_model import preprocess_settings
 
     prep = preprocess_settings(cfg)
     return export_checked(
@@ -155,7 +155,7 @@ def _log_candidate(
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
-    from dinoflow.mlflow_model import log_embedding_model
+    from dinoflow.embedding.mlflow_model import log_embedding_model
     from dinoflow.models import load_backbone
 
     rc = cfg.register
@@ -294,10 +294,12 @@ def _register_staged(cfg: Config, pth: Path, staged: Path, sha: str, evidence: E
             )
         else:
             uri = tracking.tracking_uri(cfg)
+            from dinoflow.embedding.mlflow_model import log_embedding_model
+
             with tracking.named_errors(f"registering {rc.model_name}", uri):
                 result.update(_register_tracked(cfg, run, pth, staged, sha, evidence))
                 if rc.teacher_path and Path(rc.teacher_path).exists():
-                    result["teacher_model_uri"] = tracking.log_model(rc.teacher_path, "teacher", cfg).model_uri
+                    result["teacher_model_uri"] = log_embedding_model(rc.teacher_path, "teacher", cfg).model_uri
             result.update(run_id=run.info.run_id, tracking_uri=tracking.redact(uri))
         atomic_write_json(rc.report, result)
         tracking.log_artifact(rc.report, "reports")

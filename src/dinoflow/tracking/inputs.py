@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from dinoflow.redaction import redact
+from dinoflow.config.secrets import redact_urls as redact
 from dinoflow.tracking.provenance import hash_input, is_remote, tag_key
 
 
@@ -24,7 +24,7 @@ def _dataset(path: str, digest: str | None) -> Any:
 
 
 def input_records(inputs: list[Any], hash_inputs: bool) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
-    """(tags, [(data path, digest)]) for the stage's inputs (`dinoflow.stages.StageInput`s)."""
+    """(tags, [(data path, digest)]) for the stage's inputs (`dinoflow.config.stages.StageInput`s)."""
     tags: dict[str, str] = {}
     datasets: list[tuple[str, str | None]] = []
     for inp in inputs:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dinoflow.config.secrets import flatten, is_secret_key
+from dinoflow.config.secrets import redact_urls as redact
 from dinoflow.errors import DinoflowError
-from dinoflow.redaction import flatten, is_secret_key, redact
 from dinoflow.tracking.current import CURRENT
 from dinoflow.tracking.server import named_errors
 
@@ -68,14 +69,3 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
             mlflow.log_artifacts(str(p), artifact_path)
         else:
             mlflow.log_artifact(str(p), artifact_path)
-
-
-def log_model(backbone_path: str | Path, name: str, cfg: Any, registered_model_name: str | None = None) -> Any:
-    """Log a backbone as an embedding pyfunc model (`dinoflow.mlflow_model`); returns ModelInfo or None."""
-    current = CURRENT.get()
-    if current is None:
-        return None
-    from dinoflow.mlflow_model import log_embedding_model
-
-    with named_errors(f"logging model {name!r}", current.uri):
-        return log_embedding_model(backbone_path, name=name, cfg=cfg, registered_model_name=registered_model_name)

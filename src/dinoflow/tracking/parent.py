@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dinoflow import pipeline_env
-from dinoflow.stages import PIPELINE_ORDER
+from dinoflow.config import pipeline_env
+from dinoflow.config.stages import PIPELINE_ORDER
 
 TAG_ROLE = "dinoflow.role"
 TAG_PIPELINE_RUN_ID = "dinoflow.pipeline_run_id"

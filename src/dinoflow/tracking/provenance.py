@@ -14,8 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinoflow import pipeline_env
-from dinoflow.redaction import redact
+from dinoflow.config import pipeline_env
+from dinoflow.config.secrets import redact_urls as redact
 
 # MLflow tag keys: alphanumerics, `_ - . / space`, at most 250 characters
 _TAG_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-./ ]")

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dinoflow import pipeline_env
+from dinoflow.config import pipeline_env
+from dinoflow.config.secrets import redact_urls as redact
 from dinoflow.errors import DinoflowError
-from dinoflow.redaction import redact
 from dinoflow.tracking.current import CURRENT, OpenRun, is_enabled
 from dinoflow.tracking.inputs import log_inputs
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, parent_tags, record_state, resolve_parent
@@ -118,7 +118,7 @@ def _log_setup(stage: str, cfg: Any, params: dict[str, Any] | None, uri: str) ->
     import mlflow
 
     from dinoflow.config import dump_config
-    from dinoflow.stages import section_params, stage_inputs
+    from dinoflow.config.stages import section_params, stage_inputs
     from dinoflow.tracking.log import log_params
 
     with named_errors(f"logging the setup of stage {stage!r}", uri):

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from dinoflow.config.secrets import redact_urls as redact
 from dinoflow.errors import DinoflowError
-from dinoflow.redaction import redact
 from dinoflow.tracking.workspace import resolve_store
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from dinoflow.redaction import redact
+from dinoflow.config.secrets import redact_urls as redact
 from dinoflow.tracking.parent import state_dir
 
 TAG_CLOSED = "dinoflow.closed_after_lost_server"

@@ -40,12 +40,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from dinoflow.errors import DinoflowError
+from dinoflow.distributed.env import barrier
+from dinoflow.errors import DinoflowError, find_os_error, full_disk_error, storage_error
 from dinoflow.io import atomic_write_text
 from dinoflow.models.wrappers import strip_wrapper_names
-from dinoflow.storage_errors import find_os_error, full_disk_error, storage_error
 from dinoflow.train.checkpoint_digests import DIGESTS_KEY, complete_digests, gather, own_shards, verify_checkpoint
-from dinoflow.train.distributed import barrier
 from dinoflow.train.safe_dcp import CheckpointError, SafeFileSystemReader, SafeLoadPlanner, read_metadata
 
 KEEP_LAST = 2
@@ -149,7 +148,7 @@ def start_save(
     """Collective. Asynchronous: the state is copied to CPU memory now (training may change the
     tensors right after) and written by a background thread over a gloo group of its own. `files`
     are copied now, so they hold what was written up to this step."""
-    from dinoflow.train.distributed import checkpoint_group
+    from dinoflow.distributed.env import checkpoint_group
 
     ckpt_dir = Path(ckpt_dir)
     name = f"step_{step:08d}"

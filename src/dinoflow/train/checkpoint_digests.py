@@ -21,7 +21,7 @@ from typing import Any
 import torch.distributed as dist
 
 from dinoflow.digest import file_sha256
-from dinoflow.train.distributed import checkpoint_group
+from dinoflow.distributed.env import checkpoint_group
 from dinoflow.train.safe_dcp import CheckpointError
 
 DIGESTS_KEY = "files"  # meta.json: {file name: {"bytes": int, "sha256": hex}}

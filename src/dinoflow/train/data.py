@@ -56,7 +56,7 @@ def discover_units(source: str) -> list[tuple[str, object]]:
     folder `dinoflow curate` can read is one training can read. A source holding .tar shards is
     read as shards (curated output); otherwise as its image files.
     """
-    from dinoflow.curation.manifest import verify_curated
+    from dinoflow.data.curated import verify_curated
     from dinoflow.data.sources import list_source
 
     verify_curated(source)  # a curated directory a killed curate run left behind is refused here

@@ -23,11 +23,11 @@ import torch
 
 from dinoflow import tracking
 from dinoflow.config import Config, DistillConfig, PretrainConfig
+from dinoflow.distributed.env import DistEnv, any_rank, barrier, init_distributed
 from dinoflow.errors import DinoflowError
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.checkpoint import PendingSave, latest_checkpoint, load_checkpoint, start_save
 from dinoflow.train.data import check_training_data, make_loader, resolve_workers
-from dinoflow.train.distributed import DistEnv, any_rank, barrier, init_distributed
 from dinoflow.train.host_memory import keep_freed_host_memory
 from dinoflow.train.metrics import CsvLog, StepMetrics
 from dinoflow.train.objective import Objective, backbones_of

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from dinoflow.config.model_size import FLOAT_BYTES, backbone_params
 from dinoflow.errors import DinoflowError
 from dinoflow.memory import GIB, available_bytes, refuse_over_memory
-from dinoflow.model_size import FLOAT_BYTES, backbone_params
 
 ACTIVATION_FLOATS = 8
 

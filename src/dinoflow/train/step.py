@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from dinoflow.config import TrainConfig
+from dinoflow.distributed.collectives import all_reduce_sum
+from dinoflow.distributed.env import DistEnv
 from dinoflow.errors import DinoflowError
-from dinoflow.losses.distributed import all_reduce_sum
 from dinoflow.models.wrappers import unwrap
-from dinoflow.train.distributed import DistEnv, shard_like, wrap_model
 from dinoflow.train.objective import Batch, Objective, Schedule, backbones_of
 from dinoflow.train.optim import apply_schedules
+from dinoflow.train.parallelize import shard_like, wrap_model
 from dinoflow.train.phases import mark
 
 

@@ -1,0 +1,164 @@
+"""Typed configuration: `params.yaml` + `-S section.key=value` overrides, validated at load time.
+
+Every section is a pydantic model with `extra="forbid"`, so a misspelt key or an invalid value
+is rejected before any stage starts work, with a message naming the key and what is allowed.
+Numbers have their natural ranges, floats must be finite, URLs must not carry credentials
+(`config_base`); the YAML is read by `params_yaml`. The resolved config (URL credentials
+redacted) is saved next to every checkpoint and logged with every run.
+
+The sections live by area (`config_train`: the training stages and their shared parts;
+`config_data`: demo and curate; `config_release`: evaluate, register, tracking); this module
+assembles them into `Config`, loads and saves it, and is the one place to import them from.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from dinoflow.config.base import Section, Seed, explain
+from dinoflow.config.data import MAX_FILE_BYTES, CurateConfig, DemoConfig
+from dinoflow.config.params_yaml import check_tree, parse_override, read_params_file, set_dotted
+from dinoflow.config.release import (
+    EvalDataset,
+    EvaluateConfig,
+    OnnxExportConfig,
+    RegisterConfig,
+    ServingConfig,
+    TrackingConfig,
+)
+from dinoflow.config.secrets import redact_tree
+from dinoflow.config.train import (
+    ARCHS,
+    Arch,
+    CropConfig,
+    DistillConfig,
+    HeadConfig,
+    LossConfig,
+    MaskConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    TrainConfig,
+)
+from dinoflow.errors import ConfigError
+
+__all__ = [
+    "MAX_FILE_BYTES",
+    "ARCHS",
+    "Arch",
+    "Config",
+    "ConfigError",
+    "CropConfig",
+    "CurateConfig",
+    "DemoConfig",
+    "DistillConfig",
+    "EvalDataset",
+    "EvaluateConfig",
+    "HeadConfig",
+    "LossConfig",
+    "MaskConfig",
+    "ModelConfig",
+    "OnnxExportConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "RegisterConfig",
+    "ServingConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "parse_override",
+    "save_config",
+    "SEEDED_SECTIONS",
+]
+
+# `register` is a stage name; pydantic warns once, when the class is built, that it shadows
+# BaseModel.register (an ABC hook never used here). Silenced for this definition only: the
+# filter is not left installed for the rest of the process.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Config(Section):
+        seed: Seed = 0
+        demo: DemoConfig = Field(default_factory=DemoConfig)
+        curate: CurateConfig = Field(default_factory=CurateConfig)
+        pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+        distill: DistillConfig = Field(default_factory=DistillConfig)
+        evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+        register: RegisterConfig = Field(default_factory=RegisterConfig)
+        serving: ServingConfig = Field(default_factory=ServingConfig)
+        tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+        @model_validator(mode="after")
+        def _stage_seeds_inherit(self) -> "Config":
+            # Resolved here, once, so every stage reads a plain int from its own section and the saved
+            # section (beside checkpoints, in MLflow params) records the seed that ran.
+            for name in SEEDED_SECTIONS:
+                section = getattr(self, name)
+                if section.seed is None:
+                    section.seed = self.seed
+            return self
+
+
+# the sections whose `seed` (unset) takes the top-level one
+SEEDED_SECTIONS = ("demo", "curate", "pretrain", "distill", "evaluate")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(explain(e)) from None
+
+
+def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load `path` (a missing default `params.yaml` means all defaults), apply overrides, validate.
+
+    Raises ConfigError naming every bad key and value, before any stage starts work. A params file
+    that exists but sets nothing (empty, or only comments) is refused: write `{}` to ask for the
+    defaults on purpose.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if os.path.lexists(p) or str(path) != "params.yaml":
+            loaded = read_params_file(p)
+            if loaded is None:
+                raise ConfigError(
+                    f"{p} is empty (no settings): every stage would run the full DINOv2 recipe defaults. "
+                    "To run with the defaults on purpose, write `{}` in it; otherwise check that it is the file you meant"
+                )
+            if not isinstance(loaded, dict):
+                raise ConfigError(
+                    f"{p}: top level must be a mapping of sections (e.g. `pretrain:`), got a {type(loaded).__name__}"
+                )
+            tree = loaded
+    tree = copy.deepcopy(tree)
+    for ov in overrides:
+        key, value = parse_override(ov)
+        set_dotted(tree, key, value)
+    check_tree(tree)
+    return config_from_dict(tree)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """YAML text of a (section of the) config, as saved beside checkpoints and runs (URL credentials redacted)."""
+    return yaml.safe_dump(redact_tree(cfg.model_dump(mode="json")), sort_keys=False)
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> None:
+    """Write the config atomically (temp file + rename)."""
+    from dinoflow.io import atomic_write_text
+
+    atomic_write_text(path, dump_config(cfg))
