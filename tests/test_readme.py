@@ -1,15 +1,22 @@
-"""README.md stays true to the code: the two commands, a configuration reference that is exactly
-what the config model generates (every key, its type and default), and demo numbers that are the
-recorded run's (benchmarks/demo_results.py, docs/demo-results.json)."""
+"""The user-facing documentation stays true to the code and to itself: README.md shows the two
+commands and stays short (the rest lives in docs/), the configuration reference in
+docs/configuration.md is exactly what the config model generates (every key, its type and
+default), the demo numbers are the recorded run's (benchmarks/demo_results.py,
+docs/demo-results.json), and every relative link in README.md and docs/*.md reaches a file (and a
+heading, when it names one) inside the repository."""
 
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
-from dinoflow.config.reference import BEGIN, END, leaf_keys, reference_markdown
+from dinoflow.config.reference import BEGIN, END, PAGE, leaf_keys, reference_markdown
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+CONFIG_PAGE = ROOT / PAGE
+MAX_README_LINES = 300
 
 
 def test_readme_shows_the_two_commands():
@@ -17,11 +24,20 @@ def test_readme_shows_the_two_commands():
     assert "make demo" in text and "make test" in text
 
 
+def test_readme_is_at_most_300_lines():
+    n = len(README.read_text().splitlines())
+    assert n <= MAX_README_LINES, f"README.md has {n} lines: move detail into a page under docs/ and link it"
+
+
 def test_config_reference_is_current():
-    text = README.read_text()
-    assert BEGIN in text and END in text, "README.md lacks the generated configuration reference"
+    text = CONFIG_PAGE.read_text()
+    assert BEGIN in text and END in text, f"{PAGE} lacks the generated configuration reference"
     current = text[text.index(BEGIN) : text.index(END) + len(END)]
     assert current == reference_markdown(), "regenerate it: python -m dinoflow.config.reference --write"
+
+
+def test_readme_links_the_configuration_reference():
+    assert f"]({PAGE})" in README.read_text()
 
 
 def test_every_params_yaml_key_is_documented():
@@ -36,16 +52,76 @@ def test_every_params_yaml_key_is_documented():
             else:
                 yield f"{prefix}{k}"
 
-    params = yaml.safe_load((README.parent / "params.yaml").read_text())
-    text = README.read_text()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    text = CONFIG_PAGE.read_text()
     for key in keys(params):
         assert key in documented, f"params.yaml key {key} is not in the config model"
-        assert f"`{key}`" in text, f"params.yaml key {key} is not in README.md"
+        assert f"`{key}`" in text, f"params.yaml key {key} is not in {PAGE}"
+
+
+# ---------------------------------------------------------------- links between the pages
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](image)
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+CODE = re.compile(r"`[^`\n]*`")
+
+
+def _anchors(md: Path) -> set[str]:
+    """The heading anchors GitHub gives a Markdown file: lower case, punctuation dropped, spaces to -."""
+    text = FENCE.sub("", md.read_text())
+    heads = re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def broken_links(md: Path, root: Path = ROOT) -> list[str]:
+    """Each relative link of `md` (outside code) whose file is missing or outside `root`, or whose
+    `#anchor` names no heading of a Markdown target."""
+    problems = []
+    for target in LINK.findall(CODE.sub("", FENCE.sub("", md.read_text()))):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: …: not a file of the repository
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (md.parent / path).resolve() if path else md.resolve()
+        if not dest.is_relative_to(root.resolve()):
+            problems.append(f"{target}: outside the repository")
+        elif not dest.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            problems.append(f"{target}: {dest.name} has no heading #{anchor}")
+    return problems
+
+
+def _pages() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_relative_link_reaches_a_file_in_the_repository():
+    pages = _pages()
+    assert len(pages) > 5 and CONFIG_PAGE in pages  # the scan sees the docs
+    broken = {str(p.relative_to(ROOT)): b for p in pages if (b := broken_links(p))}
+    assert broken == {}
+
+
+def test_the_link_check_finds_a_broken_link(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "b.md").write_text("# Some heading (`x/y`)\n")
+    page = tmp_path / "docs" / "a.md"
+    page.write_text(
+        "[ok](b.md) [ok](b.md#some-heading-xy) [web](https://example.com/x.md) [self](#top)\n"
+        "# Top\n[gone](c.md) [up](../../outside.md) [bad anchor](b.md#nope) ![figure](fig.png)\n"
+        "```\n[in code](missing.md)\n```\n`[inline code](missing.md)`\n"
+    )
+    assert broken_links(page, root=tmp_path) == [
+        "c.md: no such file",
+        "../../outside.md: outside the repository",
+        "b.md#nope: b.md has no heading #nope",
+        "fig.png: no such file",
+    ]
 
 
 # ---------------------------------------------------------------- the demo's numbers
 
-sys.path.insert(0, str(README.parent / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import demo_results  # noqa: E402
 
 
@@ -83,7 +159,7 @@ def test_record_reads_a_finished_demo_run(tmp_path, monkeypatch):
     from dinoflow.models import vit
     from dinoflow.models.weights import export_backbone
 
-    params = str(README.parent / "params.yaml")
+    params = str(ROOT / "params.yaml")
     cfg = load_config(params)
     monkeypatch.chdir(tmp_path)
     Path("reports").mkdir()

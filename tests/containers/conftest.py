@@ -156,7 +156,7 @@ print(urllib.request.urlopen(req, timeout=30).status)
 
 
 def _create_pipeline_user(pod: Pod, m: Manifests, image: str) -> None:
-    """The README's deployment step 2: the admin creates the MLflow user named in dinoflow-mlflow."""
+    """docs/kubeflow.md's deployment step 2: the admin creates the MLflow user named in dinoflow-mlflow."""
     server = m.secret("dinoflow-mlflow-server", SERVICES_NAMESPACE)
     env = {
         **m.secret("dinoflow-mlflow"),

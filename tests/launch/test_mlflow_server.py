@@ -140,7 +140,7 @@ def test_the_deployment_command_serves_its_names_with_auth(tmp_path):
             ).status_code
             == 403
         )
-        # the pipeline's user (README: created by the admin) logs an artifact through the proxy into the new bucket
+        # the pipeline's user (docs/kubeflow.md: created by the admin) logs an artifact through the proxy into the new bucket
         r = requests.post(
             f"{api}/users/create",
             json={"username": "pipeline", "password": "a-pipeline-password-1"},

@@ -1,7 +1,8 @@
-"""The configuration reference in README.md, generated from the config model.
+"""The configuration reference in docs/configuration.md, generated from the config model.
 
-`python -m dinoflow.config.reference` prints it; a test checks that README.md carries exactly
-this text between the reference markers, so the documentation cannot drift from the model.
+`python -m dinoflow.config.reference` prints it and `--write` puts it into docs/configuration.md
+between the reference markers (the page's prose around them is written by hand); a test checks
+that the page carries exactly this text there, so the documentation cannot drift from the model.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def reference_markdown() -> str:
         doc = (type(value).__doc__ or "").strip().splitlines()[0] if type(value).__doc__ else ""
         parts += [
             "",
-            f"#### `{section}`" + (f" — {doc}" if doc else ""),
+            f"## `{section}`" + (f" — {doc}" if doc else ""),
             "",
             "| key | type | default | meaning |",
             "|---|---|---|---|",
@@ -96,17 +97,23 @@ def reference_markdown() -> str:
     return "\n".join(parts)
 
 
-def write_readme(readme: Path) -> None:
-    """Replace the generated section of `readme` with the current reference."""
-    text = readme.read_text()
+# where the reference lives, relative to the repository root (the command runs from there)
+PAGE = Path("docs/configuration.md")
+
+
+def write_reference(page: Path = PAGE) -> None:
+    """Replace the generated section of `page` (between BEGIN and END) with the current reference."""
+    text = page.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{page} lacks the reference markers {BEGIN} … {END}: add them where the reference goes")
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    readme.write_text(text[:start] + reference_markdown() + text[end:])
+    page.write_text(text[:start] + reference_markdown() + text[end:])
 
 
-if __name__ == "__main__":  # python -m dinoflow.config.reference [--write README.md]
+if __name__ == "__main__":  # python -m dinoflow.config.reference [--write [docs/configuration.md]]
     import sys
 
     if sys.argv[1:2] == ["--write"]:
-        write_readme(Path(sys.argv[2] if len(sys.argv) > 2 else "README.md"))
+        write_reference(Path(sys.argv[2]) if len(sys.argv) > 2 else PAGE)
     else:
         print(reference_markdown())
