@@ -2,8 +2,9 @@
 commands and stays short (the rest lives in docs/), the configuration reference in
 docs/configuration.md is exactly what the config model generates (every key, its type and
 default), the demo numbers are the recorded run's (benchmarks/demo_results.py,
-docs/demo-results.json), and every relative link in README.md and docs/*.md reaches a file (and a
-heading, when it names one) inside the repository."""
+docs/demo-results.json), docs/architecture.md draws the layers tests/test_imports.py holds, and
+every relative link in README.md and docs/*.md reaches a file (and a heading, when it names one)
+inside the repository."""
 
 import copy
 import json
@@ -117,6 +118,20 @@ def test_the_link_check_finds_a_broken_link(tmp_path):
         "b.md#nope: b.md has no heading #nope",
         "fig.png: no such file",
     ]
+
+
+# ---------------------------------------------------------------- the architecture page
+
+
+def test_the_architecture_page_draws_the_layers_the_import_test_holds():
+    """docs/architecture.md's drawing, top first, is tests/test_imports.py::LAYERS read top down."""
+    from test_imports import LAYERS
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    drawing = FENCE.findall(text[text.index("## The layers") :])[0].splitlines()[1:-1]
+    drawn = [{f"dinoflow.{n.strip()}" for n in re.split(r"\s{2,}", line)[0].split(",")} for line in drawing]
+    held = [set(group) - {"dinoflow"} for group in reversed(LAYERS)]
+    assert drawn == held, "draw the layers of tests/test_imports.py::LAYERS in docs/architecture.md"
 
 
 # ---------------------------------------------------------------- the demo's numbers
