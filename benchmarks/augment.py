@@ -5,7 +5,7 @@
 Recipes: the DINOv2 one (2 × 224 + 8 × 98 px from 320×256 uint8 RGB) and the demo one
 (2 × 28 + 4 × 14 px from 28×28 grey MNIST-like images). One image = all its crops.
 For comparison, the official PIL + torchvision pipeline runs the DINOv2 recipe at about
-21 images/s on one core of this machine (DESIGN.md).
+21 images/s on one core of this machine.
 """
 
 from __future__ import annotations

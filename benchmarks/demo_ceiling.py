@@ -6,7 +6,7 @@ the same images with the same number of steps and the same batch. This trains th
 pretraining's peak LR) on the 4,000 MNIST training digits the evaluation uses as its k-NN
 memory, and reports the official-protocol CLS k-NN (k 20, T 0.07) on the 1,000 held-out
 digits every `--every` steps, next to raw pixels and random init — an upper bound for what
-`make demo`'s teacher can show at a given step count. Its numbers are quoted in README.md.
+`make demo`'s teacher can show at a given step count. Its numbers are quoted in docs/demo.md.
 
     python benchmarks/demo_ceiling.py --steps 2880 --every 480 --out reports/demo_ceiling.json
 

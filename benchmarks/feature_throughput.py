@@ -7,7 +7,7 @@ Measures what `dinoflow.evaluation.features.extract_features` runs per batch:
 `get_intermediate_layers(x, 4, return_class_token=True, norm=True)` in fp32 on CPU (bf16
 autocast on CUDA), random init, images/s over the timed batches after one warm-up batch.
 Also prints the fp32 matmul peak measured in the same run, since a busy neighbour can halve
-both numbers (DESIGN.md).
+both numbers.
 """
 
 from __future__ import annotations

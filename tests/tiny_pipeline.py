@@ -1,7 +1,7 @@
 """A whole-pipeline config small enough for tests, in which `distill.train.epochs=1` gives a clearly worse student.
 
 The student starts with LayerScale 1e-5 (the DINOv2 default): at init its CLS features are almost
-the same for every image (k-NN near chance, DESIGN.md pitfalls). Six epochs of two steps move it
+the same for every image (k-NN near chance: a known failure of tiny DINO runs). Six epochs of two steps move it
 to the teacher's features; one epoch lies inside the two-epoch warmup (learning rate near 0), so the
 student stays near chance — worse by tens of points, on any machine. The teacher is barely trained
 (2 steps), so the teacher-gain floor is off and the retention floor is lowered; the challenge

@@ -1,6 +1,6 @@
 """Stand-in stage functions for the component/DAG wiring tests.
 
-These write the files each real stage promises (DESIGN.md stage contracts), check that their
+These write the files each real stage promises (the stage contracts in docs/architecture.md), check that their
 inputs exist, and record the paths they were given, so the tests can assert the wiring in
 seconds; tests that run the real stages are separate. The registry gate is never stood in for:
 `evaluate` writes an eval.json in the real format (results, the sha256 of each model file it was

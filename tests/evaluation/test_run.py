@@ -46,7 +46,7 @@ def test_random_init_copies_the_architecture_with_its_own_layerscale():
     assert a.config.arch == "vit_mini" and a.config.patch_size == 7
     assert torch.all(a.blocks[0].ls1.gamma == ev.random_init_layerscale)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # seeded
-    # LayerScale 1.0 keeps images apart; 1e-5 makes every CLS almost the same (DESIGN pitfalls).
+    # LayerScale 1.0 keeps images apart; 1e-5 makes every CLS almost the same (a known pitfall of small ViTs).
     x = torch.randn(8, 3, 28, 28)
     spread = lambda m: torch.nn.functional.normalize(m(x), dim=1).std(0).sum()  # noqa: E731
     with torch.no_grad():

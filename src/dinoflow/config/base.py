@@ -67,7 +67,7 @@ def explain(err: ValidationError) -> str:
     for e in errors[:MAX_LISTED_ERRORS]:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key (check the spelling; see the configuration reference in README.md)")
+            lines.append(f"  {loc}: unknown key (check the spelling; see docs/configuration.md)")
             continue
         msg = redact_urls(str(e["msg"])).removeprefix("Value error, ")
         ctx = e.get("ctx") or {}

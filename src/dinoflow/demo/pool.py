@@ -24,7 +24,7 @@ Pool kinds (ground_truth["pool"][uid]["kind"]):
                10⁵×10⁵ pixels (`corrupt_kind`, and the `decode_image` reason it must produce).
 Apart from exact duplicates (and corrupt files), every pool image has distinct pixels.
 
-The MNIST split is always `mnist_split(0)` (the split DESIGN.md's numbers use); `demo.seed` drives
+The MNIST split is always `mnist_split(0)` (the split the documented numbers use); `demo.seed` drives
 every planted choice. The output is a pure function of the config: a rerun rewrites nothing that
 is already identical and removes demo files that the new config no longer produces.
 """

@@ -26,7 +26,7 @@ def _mnist(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x = x.reshape(-1, DEMO_SIDE, DEMO_SIDE).round().clip(0, 255).astype(np.uint8)
     y = y.astype(np.int64)
     # A plain seeded permutation (the file is sorted by label); with seed 0 the raw-pixel
-    # k-NN (k 20, T 0.07) on this split is 94.4%, the figure quoted in DESIGN.md.
+    # k-NN (k 20, T 0.07) on this split is 94.4%, the raw-pixel baseline docs/demo-results.json records.
     perm = np.random.default_rng(seed).permutation(len(y))
     tr, te = perm[: len(y) - MNIST_N_TEST], perm[len(y) - MNIST_N_TEST :]
     return x[tr], y[tr], x[te], y[te]

@@ -1,7 +1,7 @@
 """The one-node multi-process launch: `torchrun --standalone --nproc-per-node=N -m dinoflow <stage>`.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR for every worker; the training loop
-reads them (DESIGN.md: torchrun-compatible), so the same entry runs under torchrun, torchx and
+reads them (every launcher speaks torchrun's environment), so the same entry runs under torchrun, torchx and
 Kubeflow Trainer.
 """
 
