@@ -12,7 +12,8 @@ from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.datasets import EvalSplit, LabelledImages
 from dinoflow.evaluation.report import ENTRY_KEYS, check_eval_report
-from dinoflow.evaluation.run import build_random_init, eval_set_fingerprint, evaluate
+from dinoflow.evaluation.candidates import build_random_init
+from dinoflow.evaluation.run import eval_set_fingerprint, evaluate
 from dinoflow.models import build_backbone, export_backbone
 
 
