@@ -37,14 +37,7 @@ from dinoflow.evaluation.report import (
     write_eval_json,
     write_markdown,
 )
-from dinoflow.evaluation.results import (
-    CandidateResult,
-    EvalSet,
-    dataset_sizes,
-    descriptions,
-    provenance,
-    results_table,
-)
+from dinoflow.evaluation.results import CandidateResult, EvalSet, dataset_sizes, descriptions, provenance, results_table
 from dinoflow.models.family import student_folders
 
 log = logging.getLogger(__name__)
