@@ -10,9 +10,10 @@ import torch
 from dinoflow.config import load_config
 from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
+from dinoflow.evaluation.candidates import build_random_init
 from dinoflow.evaluation.datasets import EvalSplit, LabelledImages
 from dinoflow.evaluation.report import ENTRY_KEYS, check_eval_report
-from dinoflow.evaluation.run import build_random_init, eval_set_fingerprint, evaluate
+from dinoflow.evaluation.run import eval_set_fingerprint, evaluate
 from dinoflow.models import build_backbone, export_backbone
 
 
@@ -79,6 +80,11 @@ def test_evaluate_end_to_end(tmp_path):
     )
     out = evaluate(cfg)
     rep = json.loads((tmp_path / "reports" / "eval.json").read_text())
+    # one candidate order everywhere: the trained models as configured, then the baselines
+    order = ["teacher", "student", "random_init", "raw_pixels"]
+    assert list(out["results"]) == list(out["models"]) == list(out["dense"]) == order
+    assert all(list(e) == list(ENTRY_KEYS) for per in out["results"].values() for e in per.values())
+    assert {k: v for k, v in rep.items() if not k.startswith("_")} == out["results"]
     check_eval_report(rep)
     dense = rep.pop("_dense")
     assert set(dense) == {"teacher", "student", "random_init", "raw_pixels"}

@@ -1,7 +1,7 @@
-"""The dense half of the `evaluate` stage: every model and baseline under the linear dense probes.
+"""The dense half of the `evaluate` stage: every candidate (models and baselines) under the linear dense probes.
 
-Called by `evaluation.run.evaluate` with the models it already loaded (the random-init baseline
-included); the raw-pixel baseline is the image's own patches on the same token grid.
+Called by `evaluation.run.evaluate` with the candidates it already built; the raw-pixel baseline is
+the image's own patches on the same token grid.
 """
 
 from __future__ import annotations
@@ -9,22 +9,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from dinoflow.config import EvalDataset, EvaluateConfig
 from dinoflow.digest import arrays_sha256
 from dinoflow.errors import DinoflowError
+from dinoflow.evaluation.candidates import Candidate
 from dinoflow.evaluation.dense_data import (
     DenseSplit,
     check_depth_valid,
     load_dense_folder,
     segmentation_classes,
 )
-from dinoflow.evaluation.dense_features import backbone_grids, pixel_grids
 from dinoflow.evaluation.dense_figure import save_dense_png
 from dinoflow.evaluation.dense_probe import DenseTarget, dense_probe
 from dinoflow.evaluation.dense_report import dense_entry
@@ -99,16 +98,12 @@ def _protocol(ev: EvaluateConfig, ds: EvalDataset, size: int, target: DenseTarge
 
 
 def evaluate_dense(
-    ev: EvaluateConfig,
-    models: dict[str, nn.Module],
-    device: torch.device,
-    out_dir: Path,
-    raw_pixels: str | None,
+    ev: EvaluateConfig, candidates: Sequence[Candidate], device: torch.device, out_dir: Path
 ) -> DenseOutcome:
-    """Run every dense dataset of `ev.datasets` for every model, and the raw-pixel baseline under the
-    name `raw_pixels` unless it is None."""
+    """Run every dense dataset of `ev.datasets` for every candidate; raw pixels are cut on the patch
+    grid of the first backbone (else `DEFAULT_PIXEL_PATCH`)."""
     out = DenseOutcome()
-    patch = next((int(m.patch_size) for m in models.values()), DEFAULT_PIXEL_PATCH)
+    patch = next((int(c.backbone.patch_size) for c in candidates if c.backbone is not None), DEFAULT_PIXEL_PATCH)
     for ds in (d for d in ev.datasets if is_dense(d)):
         split = load_dense_dataset(ds, seed=ev.seed, max_train=ev.max_train, max_test=ev.max_test)
         size = ds.image_size or ev.image_size
@@ -122,20 +117,12 @@ def evaluate_dense(
                 _protocol(ev, ds, size, target),
             ),
         }
-        grids = {
-            name: (
-                backbone_grids(m, split.train.images, size=size, with_cls=split.task == "depth", device=device),
-                backbone_grids(m, split.test.images, size=size, with_cls=split.task == "depth", device=device),
-            )
-            for name, m in models.items()
-        }
-        if raw_pixels:
-            grids[raw_pixels] = (
-                pixel_grids(split.train.images, size=size, patch=patch),
-                pixel_grids(split.test.images, size=size, patch=patch),
-            )
         preds = {}
-        for name, (tr, te) in grids.items():
+        for c in candidates:
+            tr, te = (
+                c.grids(data.images, size=size, patch=patch, with_cls=split.task == "depth", device=device)
+                for data in (split.train, split.test)
+            )
             try:
                 res = dense_probe(
                     tr, split.train, te, split.test, target,
@@ -143,10 +130,10 @@ def evaluate_dense(
                     val_fraction=ev.val_fraction, seed=ev.seed,
                 )  # fmt: skip
             except ValueError as e:
-                raise DinoflowError(f"dense evaluation {ds.name}/{name}: {e}") from None
-            out.section.setdefault(name, {})[ds.name] = dense_entry(split.task, res.metrics, res.lr)
-            preds[name] = res.preds[:N_FIGURE_IMAGES]
-            log.info("%s/%s: %s", name, ds.name, res.metrics)
+                raise DinoflowError(f"dense evaluation {ds.name}/{c.name}: {e}") from None
+            out.section.setdefault(c.name, {})[ds.name] = dense_entry(split.task, res.metrics, res.lr)
+            preds[c.name] = res.preds[:N_FIGURE_IMAGES]
+            log.info("%s/%s: %s", c.name, ds.name, res.metrics)
         if ev.n_pca_images:
             k = min(N_FIGURE_IMAGES, len(split.test))
             png = save_dense_png(

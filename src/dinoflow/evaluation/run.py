@@ -11,8 +11,9 @@ with the champion only on the same evaluation.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,9 +22,10 @@ from dinoflow import tracking
 from dinoflow.config import Config, EvaluateConfig
 from dinoflow.digest import arrays_sha256, file_sha256
 from dinoflow.errors import DinoflowError
+from dinoflow.evaluation.candidates import RANDOM_INIT, RAW_PIXELS, Candidate, baselines, random_init_reference, trained
 from dinoflow.evaluation.datasets import EvalSplit, load_eval_dataset
 from dinoflow.evaluation.dense_run import evaluate_dense, is_dense
-from dinoflow.evaluation.features import FeatureSet, extract_features, patch_tokens, pixel_features, resolve_device
+from dinoflow.evaluation.features import FeatureSet, patch_tokens, resolve_device
 from dinoflow.evaluation.knn import knn_accuracy
 from dinoflow.evaluation.linear import linear_probe
 from dinoflow.evaluation.logreg import logreg_probe
@@ -35,12 +37,10 @@ from dinoflow.evaluation.report import (
     write_eval_json,
     write_markdown,
 )
+from dinoflow.evaluation.results import CandidateResult, EvalSet, dataset_sizes, descriptions, provenance, results_table
 from dinoflow.models.family import student_folders
 
 log = logging.getLogger(__name__)
-
-RANDOM_INIT = "random_init"
-RAW_PIXELS = "raw_pixels"
 
 
 def _producing_stage(cfg: Config, name: str, path: Path) -> str:
@@ -87,26 +87,13 @@ def check_model_files(cfg: Config) -> dict[str, Path]:
     return out
 
 
-def _describe(model: torch.nn.Module, extra: str = "") -> str:
-    c = getattr(model, "config", None)
-    if c is None:
-        return extra
-    ls = "none" if c.layerscale_init is None else f"{c.layerscale_init:g}"
-    regs = f", {c.num_register_tokens} registers" if c.num_register_tokens else ""
-    return f"{c.arch}/{c.patch_size}{regs} (LayerScale init {ls}){extra}"
+def open_trained(paths: Mapping[str, Path]) -> list[Candidate]:
+    """The model files as candidates: each hashed before it is loaded, so the record names the bytes
+    this run evaluated."""
+    from dinoflow.models import load_backbone
 
-
-def build_random_init(reference: torch.nn.Module, ev: EvaluateConfig) -> torch.nn.Module:
-    """The reference's architecture, freshly initialised (official init) with `random_init_layerscale`, seeded."""
-    from dinoflow.models import vit
-
-    cfg = getattr(reference, "config", None)
-    if cfg is None:
-        raise DinoflowError("the random-init baseline needs a model built by dinoflow.models (it reads model.config)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ev.seed)
-        model = vit.backbone_from_config(cfg, layerscale_init=ev.random_init_layerscale, drop_path_rate=0.0)
-    return model.eval()
+    digests = {name: file_sha256(path) for name, path in paths.items()}
+    return [trained(name, load_backbone(path), path, digests[name]) for name, path in paths.items()]
 
 
 def eval_set_fingerprint(split: EvalSplit, ev: EvaluateConfig) -> str:
@@ -132,8 +119,16 @@ def _pca_indices(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _evaluate_features(
-    ev: EvaluateConfig, train: FeatureSet, test: FeatureSet, num_classes: int, notes: list[str], tag: str
-) -> dict[str, Any]:
+    ev: EvaluateConfig,
+    train: FeatureSet,
+    test: FeatureSet,
+    num_classes: int,
+    notes: list[str],
+    where: tuple[str, str],
+    started: float,
+) -> CandidateResult:
+    """k-NN, linear probe and logistic regression of candidate `where[0]` on set `where[1]`."""
+    tag = "/".join(where)
     knn = knn_accuracy(
         train.cls,
         train.labels,
@@ -172,96 +167,77 @@ def _evaluate_features(
     )
     notes += [f"{tag}: logreg: {n}" for n in lr.notes]
     entry = eval_entry(knn, lin.test_top1, lin.best.as_dict(), lr.test_top1)
+    res = CandidateResult.from_entry(*where, entry, seconds=time.perf_counter() - started)
     log.info(
-        "%s: k-NN %.3f, linear %.3f, logreg %.3f (C=%g)", tag, entry["knn_top1"], lin.test_top1, lr.test_top1, lr.best_c
+        "%s: k-NN %.3f, linear %.3f, logreg %.3f (C=%g), %.1f s",
+        tag,
+        res.knn_top1,
+        lin.test_top1,
+        lr.test_top1,
+        lr.best_c,
+        res.seconds,
     )
-    return entry
+    return res
+
+
+def _evaluate_set(
+    ev: EvaluateConfig, split: EvalSplit, candidates: Sequence[Candidate], notes: list[str], device: torch.device
+) -> tuple[list[CandidateResult], dict[str, torch.Tensor]]:
+    """Every candidate on one classification set: the results, and each one's test CLS features [N, D]."""
+    n_blocks = max(ev.linear_n_last_blocks)
+    results, test_cls = [], {}
+    for c in candidates:
+        started = time.perf_counter()
+        tr, te = (
+            c.features(
+                data.images,
+                data.labels,
+                ev,
+                n_last_blocks=n_blocks,
+                device=device,
+                desc=f"{split.name}/{c.name}/{part}",
+            )
+            for part, data in (("train", split.train), ("test", split.test))
+        )
+        results.append(_evaluate_features(ev, tr, te, split.num_classes, notes, (c.name, split.name), started))
+        test_cls[c.name] = te.cls
+    return results, test_cls
 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
     """Run the evaluation stage; returns a JSON-able summary (the report, paths, notes)."""
     ev = cfg.evaluate
     paths = check_model_files(cfg)
-    from dinoflow.models import load_backbone
-
+    random_init_reference(ev, list(paths))  # a wrong `random_init_like` fails before any model loads
     device = resolve_device(ev.device)
     out_dir = Path(ev.report_dir)
-    notes: list[str] = []
-    descriptions: dict[str, str] = {}
-    report: dict[str, dict[str, Any]] = {}
+    sets: list[EvalSet] = []
+    results: list[CandidateResult] = []
     figures: list[str] = []
-    ds_meta: dict[str, dict[str, int]] = {}
-    # hashed before loading: the record names the bytes this run evaluated
-    provenance: dict[str, Any] = {
-        "models": {n: {"path": str(p), "sha256": file_sha256(p)} for n, p in paths.items()},
-        "datasets": {},
-    }
 
     with tracking.stage_run("evaluate", cfg):
-        models: dict[str, torch.nn.Module] = {}
-        for name, path in paths.items():
-            models[name] = load_backbone(path).eval()
-            descriptions[name] = _describe(models[name], f", from {path}")
-        if RANDOM_INIT in ev.baselines:
-            ref_name = ev.random_init_like or ("teacher" if "teacher" in models else next(iter(models), None))
-            if ref_name is None:
-                notes.append("random_init baseline skipped: no model to copy the architecture from")
-            elif ref_name not in models:
-                raise DinoflowError(
-                    f"evaluate.random_init_like={ref_name!r} is not one of evaluate.models {list(models)}"
-                )
-            else:
-                models[RANDOM_INIT] = build_random_init(models[ref_name], ev)
-                descriptions[RANDOM_INIT] = _describe(
-                    models[RANDOM_INIT],
-                    f", architecture of {ref_name!r} at random init (official trunc-normal 0.02 init, seed {ev.seed})",
-                )
-        if RAW_PIXELS in ev.baselines:
-            descriptions[RAW_PIXELS] = (
-                f"resized/centre-cropped pixels in [0, 1] at {ev.image_size} px, flattened (no mean/std normalisation)"
-            )
-        n_blocks = max(ev.linear_n_last_blocks)
+        candidates = open_trained(paths)
+        extra, notes = baselines(ev, candidates)
+        candidates += extra
         for ds in (d for d in ev.datasets if not is_dense(d)):
             split: EvalSplit = load_eval_dataset(ds, seed=ev.seed, max_train=ev.max_train, max_test=ev.max_test)
-            ds_meta[ds.name] = {"n_train": len(split.train), "n_test": len(split.test), "n_classes": split.num_classes}
-            provenance["datasets"][ds.name] = {"fingerprint": eval_set_fingerprint(split, ev), **ds_meta[ds.name]}
-            test_cls: dict[str, torch.Tensor] = {}
-            for name, model in models.items():
-                kw = dict(
-                    image_size=ev.image_size,
-                    resize_ratio=ev.resize_ratio,
-                    batch_size=ev.batch_size,
-                    n_last_blocks=n_blocks,
-                    device=device,
-                    progress=ev.progress,
-                )
-                tr = extract_features(
-                    model, split.train.images, split.train.labels, desc=f"{ds.name}/{name}/train", **kw
-                )
-                te = extract_features(model, split.test.images, split.test.labels, desc=f"{ds.name}/{name}/test", **kw)
-                report.setdefault(name, {})[ds.name] = _evaluate_features(
-                    ev, tr, te, split.num_classes, notes, f"{name}/{ds.name}"
-                )
-                test_cls[name] = te.cls
-            if RAW_PIXELS in ev.baselines:
-                kw = dict(image_size=ev.image_size, resize_ratio=ev.resize_ratio, progress=ev.progress)
-                tr = pixel_features(split.train.images, split.train.labels, desc=f"{ds.name}/pixels/train", **kw)
-                te = pixel_features(split.test.images, split.test.labels, desc=f"{ds.name}/pixels/test", **kw)
-                report.setdefault(RAW_PIXELS, {})[ds.name] = _evaluate_features(
-                    ev, tr, te, split.num_classes, notes, f"{RAW_PIXELS}/{ds.name}"
-                )
-                test_cls[RAW_PIXELS] = te.cls
-            for name, entry in ((m, report[m][ds.name]) for m in report if ds.name in report[m]):
-                tracking.log_metrics({f"{ds.name}.{name}.{k}": v for k, v in entry.items() if isinstance(v, float)})
-            figures += _figures(ev, split, models, test_cls, out_dir, device)
+            sets.append(
+                EvalSet(ds.name, len(split.train), len(split.test), split.num_classes, eval_set_fingerprint(split, ev))
+            )
+            found, test_cls = _evaluate_set(ev, split, candidates, notes, device)
+            for r in found:
+                tracking.log_metrics(r.metrics())
+            results += found
+            figures += _figures(ev, split, candidates, test_cls, out_dir, device)
 
-        dense = evaluate_dense(ev, models, device, out_dir, RAW_PIXELS if RAW_PIXELS in ev.baselines else None)
+        dense = evaluate_dense(ev, candidates, device, out_dir)
         _log_dense(dense.section)
-        provenance["dense_datasets"] = dense.datasets
         figures += dense.figures
         notes = list(dict.fromkeys(notes))
-        json_path = write_eval_json(out_dir / "eval.json", report, provenance, dense.section)
-        meta = {"notes": notes, "models": descriptions, "datasets": ds_meta, "figures": figures}
+        report = results_table(results)
+        prov = provenance(candidates, sets, dense.datasets)
+        json_path = write_eval_json(out_dir / "eval.json", report, prov, dense.section)
+        meta = {"notes": notes, "models": descriptions(candidates), "datasets": dataset_sizes(sets), "figures": figures}
         md_path = write_markdown(out_dir / "eval.md", report, {**meta, "dense_datasets": dense.datasets}, dense.section)
         for p in (json_path, md_path, *figures):
             tracking.log_artifact(p)
@@ -270,8 +246,8 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         "markdown": str(md_path),
         "figures": figures,
         "results": report,
-        "models": descriptions,
-        "datasets": ds_meta,
+        "models": meta["models"],
+        "datasets": meta["datasets"],
         "dense": dense.section,
         "notes": notes,
     }
@@ -286,11 +262,12 @@ def _log_dense(section: dict[str, dict[str, Any]]) -> None:
 def _figures(
     ev: EvaluateConfig,
     split: EvalSplit,
-    models: dict[str, torch.nn.Module],
+    candidates: Sequence[Candidate],
     test_cls: dict[str, torch.Tensor],
     out_dir: Path,
     device: torch.device,
 ) -> list[str]:
+    """The CLS-feature map of every candidate and the patch-feature PCA of every backbone, on one set."""
     if ev.n_pca_images == 0:
         return []
     out = []
@@ -304,6 +281,7 @@ def _figures(
             title=f"{split.name}: CLS features (test split), PCA",
         )
         out.append(str(p))
+    models = {c.name: c.backbone for c in candidates if c.backbone is not None}
     if models:
         idx = _pca_indices(np.asarray(split.test.labels), ev.n_pca_images)
         sub = split.test.subset(idx)
