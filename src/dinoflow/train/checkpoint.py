@@ -44,7 +44,14 @@ from dinoflow.distributed.env import barrier
 from dinoflow.errors import DinoflowError, find_os_error, full_disk_error, storage_error
 from dinoflow.io import atomic_write_text
 from dinoflow.models.wrappers import strip_wrapper_names
-from dinoflow.train.checkpoint_digests import DIGESTS_KEY, complete_digests, gather, own_shards, verify_checkpoint
+from dinoflow.train.checkpoint_digests import (
+    DIGESTS_KEY,
+    Digests,
+    complete_digests,
+    gather,
+    own_shards,
+    verify_checkpoint,
+)
 from dinoflow.train.safe_dcp import CheckpointError, SafeFileSystemReader, SafeLoadPlanner, read_metadata
 
 KEEP_LAST = 2
@@ -120,7 +127,7 @@ class PendingSave:
         barrier()
         return self.final
 
-    def _publish(self, digests: dict[str, Any]) -> None:
+    def _publish(self, digests: Digests) -> None:
         ckpt_dir = self.final.parent
         meta = {**self.meta, "step": self.step, DIGESTS_KEY: digests}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
