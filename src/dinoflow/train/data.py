@@ -45,7 +45,7 @@ MAX_UNDECODABLE_RUN = 1000  # undecodable samples in a row before the data is de
 MAX_ASPECT = 4.0  # longer side kept up to this multiple of the shorter one (see load_image)
 MAX_AUTO_WORKERS = 8
 # ("shard", url) or ("files", [paths or s3:// URLs])
-Unit = tuple[str, Any]
+Unit = tuple[str, str | list[str]]
 
 Prepare = Callable[[Any, int], dict]  # (uint8 images [B,3,H,W] or a list of [3,H,W], step) → host-side views
 
