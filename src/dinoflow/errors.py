@@ -158,7 +158,7 @@ def output_dir_problem(path: str | Path) -> str | None:
 def storage_error(exc: BaseException, path: str | Path | None = None) -> StorageError | None:
     """A StorageError for `exc` when a storage errno is in its chain (None otherwise)."""
     os_err = find_os_error(exc)
-    if os_err is None:
+    if os_err is None or os_err.errno not in STORAGE_ERRNOS:  # find_os_error's promise, spelled for mypy
         return None
     where = Path(os_err.filename) if isinstance(os_err.filename, (str, Path)) and os_err.filename else path
     what, todo = STORAGE_ERRNOS[os_err.errno]

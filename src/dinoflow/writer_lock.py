@@ -20,7 +20,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from dinoflow.errors import DinoflowError, storage_error
 
@@ -31,7 +31,16 @@ class OutputLocked(DinoflowError):
     """Another live process writes this output."""
 
 
-def _owner(what: str) -> dict[str, Any]:
+class LockOwner(TypedDict):
+    """What a lock file records of the process holding it."""
+
+    host: str
+    pid: int
+    what: str
+    since: str  # local time, ISO 8601
+
+
+def _owner(what: str) -> LockOwner:
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),

@@ -17,7 +17,16 @@ import torch
 import yaml
 from tiny_pipeline import TINY_REGISTRY_PIPELINE
 
-from dinoflow.config import SEEDED_SECTIONS, ConfigError, dump_config, load_config
+from dinoflow.config import (
+    DEFAULT_SEED,
+    SEEDED_SECTIONS,
+    Config,
+    ConfigError,
+    CurateConfig,
+    dump_config,
+    load_config,
+    stage_seed,
+)
 from dinoflow.config.stages import SECTIONS
 from dinoflow.stages import run_stage
 
@@ -39,6 +48,13 @@ def test_top_level_seed_reaches_every_stage_unless_the_stage_sets_its_own():
     assert dumped["distill"]["seed"] == 7 and dumped["pretrain"]["seed"] == 3
     # a stage seed set to the top-level value is still its own: it stays when the top level moves
     assert load_config(None, ["seed=5", "curate.seed=0"]).curate.seed == 0
+
+
+def test_a_section_built_on_its_own_takes_the_top_level_default_seed():
+    # a library call or a test builds one section without a Config to resolve its seed from
+    assert CurateConfig().seed is None
+    assert stage_seed(CurateConfig().seed) == DEFAULT_SEED == Config().seed == Config().curate.seed
+    assert stage_seed(CurateConfig(seed=9).seed) == 9
 
 
 def test_params_yaml_leaves_the_stage_seeds_unset():

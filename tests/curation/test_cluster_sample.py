@@ -54,6 +54,14 @@ def test_kmeans_clamps_k_to_n():
     assert len(km.centroids) == 3 and sorted(km.labels) == [0, 1, 2]
 
 
+def test_a_fit_without_assignment_says_so_when_its_labels_are_read():
+    x, _ = mixture([50, 50, 50, 50], dim=8)
+    with pytest.raises(RuntimeError, match="assign_all=False"):
+        _km(x, 4, iters=5, assign_all=False).assignment()
+    labels, sq = _km(x, 4, iters=5).assignment()
+    assert labels.shape == sq.shape == (len(x),)
+
+
 def test_fixed_point_sums_do_not_depend_on_order_or_split():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 32)).astype(np.float32)

@@ -206,6 +206,18 @@ def test_bad_arguments_are_named(backbone, tmp_path, capsys):
     assert not parts_dir(tmp_path / "o.parquet").exists()
 
 
+def test_a_source_of_only_skipped_files_names_them(backbone, tmp_path, capsys):
+    # the refusal lists the skipped files by path (they are recorded as {"path", "reason"} rows)
+    _, pth = backbone
+    src = tmp_path / "notes"
+    src.mkdir()
+    (src / "readme.txt").write_text("not an image")
+    assert embed(pth, src, "-o", tmp_path / "o.parquet") == 1
+    err = capsys.readouterr().err
+    assert "holds no images (readme.txt" in err, err
+    assert not parts_dir(tmp_path / "o.parquet").exists()
+
+
 def test_part_store_round_trip(tmp_path):
     store = PartStore(tmp_path / "x.parquet", {"format": 1})
     store.write_part(["a", "b"], {"embedding": np.eye(2, 3, dtype=np.float32)}, [{"uid": "c", "reason": "empty"}])

@@ -15,6 +15,7 @@ modules below say where each part lives:
 - `reference`: the generated configuration reference (docs/configuration.md).
 """
 
+from dinoflow.config.base import DEFAULT_SEED, stage_seed
 from dinoflow.config.root import (
     ARCHS,
     MAX_FILE_BYTES,
@@ -47,6 +48,8 @@ from dinoflow.config.root import (
 )
 
 __all__ = [
+    "DEFAULT_SEED",
+    "stage_seed",
     "ARCHS",
     "Arch",
     "Config",

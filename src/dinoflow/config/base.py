@@ -21,6 +21,7 @@ MAX_LISTED_ERRORS = 20
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 # A stage's own seed: unset, it takes the top-level `seed` (resolved when `Config` is built).
 STAGE_SEED_DOC = "this stage's seed; null: the top-level `seed`"
+DEFAULT_SEED = 0  # the top-level `seed` when params.yaml sets none
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -77,3 +78,9 @@ def explain(err: ValidationError) -> str:
     if len(errors) > MAX_LISTED_ERRORS:
         lines.append(f"  … and {len(errors) - MAX_LISTED_ERRORS} more problems")
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+def stage_seed(seed: int | None) -> int:
+    """A stage section's seed as an int. `Config` resolves an unset one to the top-level `seed`; a
+    section built on its own (a library call, a test) has no top level, so it takes that default."""
+    return DEFAULT_SEED if seed is None else seed

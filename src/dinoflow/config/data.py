@@ -3,7 +3,7 @@ Part of `dinoflow.config` (import from there)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -13,6 +13,8 @@ from dinoflow.config.train import Arch
 # What one input file or shard member may be before readers refuse it unread (the curate setting's
 # default and every other reader's): 64 M RGB pixels uncompressed are 192 MiB.
 MAX_FILE_BYTES = 256 * 2**20
+
+NearDupTransform = Literal["shift", "jpeg", "noise", "crop_resize"]
 
 
 class DemoConfig(Section):
@@ -26,8 +28,8 @@ class DemoConfig(Section):
     n_junk: int = Field(60, ge=0)
     n_corrupt: int = Field(20, ge=0)
     n_eval_copies: int = Field(20, ge=0, description="eval images planted in the pool (relative-dedup must drop them)")
-    near_dup_transforms: list[Literal["shift", "jpeg", "noise", "crop_resize"]] = Field(
-        default_factory=lambda: ["shift", "jpeg", "noise", "crop_resize"],
+    near_dup_transforms: list[NearDupTransform] = Field(
+        default_factory=lambda: list(get_args(NearDupTransform)),
         min_length=1,
         description="near duplicates cycle through these transforms",
     )

@@ -4,11 +4,13 @@ Part of `dinoflow.config` (import from there)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from dinoflow.config.base import STAGE_SEED_DOC, PositiveFloat, PositiveInt, SafeName, Section, Seed
+
+Baseline = Literal["random_init", "raw_pixels"]
 
 
 class EvalDataset(Section):
@@ -71,8 +73,8 @@ class EvaluateConfig(Section):
     logreg_cs: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 1.0, 10.0], min_length=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     random_init_layerscale: float = Field(1.0, gt=0, description="LayerScale of the random-init baseline")
-    baselines: list[Literal["random_init", "raw_pixels"]] = Field(
-        default_factory=lambda: ["random_init", "raw_pixels"],
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(get_args(Baseline)),
         description="baselines evaluated next to the models in the same run",
     )
     random_init_like: str | None = Field(

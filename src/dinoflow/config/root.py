@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from dinoflow.config.base import Section, Seed, explain
+from dinoflow.config.base import DEFAULT_SEED, Section, Seed, explain
 from dinoflow.config.data import MAX_FILE_BYTES, CurateConfig, DemoConfig
 from dinoflow.config.params_yaml import check_tree, parse_override, read_params_file, set_dotted
 from dinoflow.config.release import (
@@ -87,7 +87,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
     class Config(Section):
-        seed: Seed = 0
+        seed: Seed = DEFAULT_SEED
         demo: DemoConfig = Field(default_factory=DemoConfig)
         curate: CurateConfig = Field(default_factory=CurateConfig)
         pretrain: PretrainConfig = Field(default_factory=PretrainConfig)

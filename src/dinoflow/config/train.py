@@ -124,7 +124,7 @@ class CropConfig(Section):
     def _ordered(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         if not (0 < v[0] <= v[1]):
             raise ValueError(f"need 0 < low <= high, got {list(v)}")
-        if info.field_name.endswith("_scale") and v[1] > 1:
+        if (info.field_name or "").endswith("_scale") and v[1] > 1:
             raise ValueError(f"a crop scale is a share of the image area: need 0 < low <= high <= 1, got {list(v)}")
         return v
 
@@ -348,7 +348,7 @@ class DistillConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"distill.students: two students share a name ({names}); names key their folders")
         # the one-student form at its default is what a saved family config holds: only a set one conflicts
-        if self.students and self.student != type(self).model_fields["student"].default_factory():
+        if self.students and self.student != type(self).model_fields["student"].get_default(call_default_factory=True):
             raise ValueError(
                 "set distill.student (one student) or distill.students (several), not both: "
                 "remove distill.student from the params file when listing students"

@@ -12,6 +12,7 @@ over the concepts in the data (the paper's sample size is about half the mean cl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def level_kmeans(
     k = len(km.centroids)
     size = sample_size if sample_size is not None else max(1, round(int(km.sizes.sum()) / k / 2))
     for step in range(resampling_steps if size > 1 else 0):  # one closest row per cluster just gives the centroids
-        picked = select_smallest(comm, km.labels, km.sq_dist, gid, np.full(k, size, np.int64))
+        picked = select_smallest(comm, *km.assignment(), gid, np.full(k, size, np.int64))
         if comm.sum_int(int(picked.sum())) < k:
             break  # fewer picked rows than clusters: keep the fit on every row
         sub = kmeans(
@@ -93,7 +94,7 @@ def hierarchical_kmeans(
     levels: list[int],
     *,
     resampling_steps: int = 0,
-    sample_sizes: list[int | None] | None = None,
+    sample_sizes: Sequence[int | None] | None = None,
     iters: int = 20,
     seed: int = 0,
     max_points_per_centroid: int | None = None,
@@ -125,12 +126,13 @@ def hierarchical_kmeans(
             max_points_per_centroid=max_points_per_centroid,
             progress=f"curate: k-means level {lvl}",
         )
+        km_labels, km_sq = km.assignment()
         if lvl == 0:
-            labels.append(km.labels)
+            labels.append(km_labels)
             sizes.append(km.sizes)
-            sq0 = km.sq_dist
+            sq0 = km_sq
         else:
-            parent = comm.all_gather_cat(km.labels)  # ranks hold consecutive blocks: index order
+            parent = comm.all_gather_cat(km_labels)  # ranks hold consecutive blocks: index order
             parents.append(parent)
             labels.append(parent[labels[-1]])
             sizes.append(np.bincount(parent, weights=sizes[-1], minlength=len(km.centroids)).astype(np.int64))

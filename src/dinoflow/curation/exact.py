@@ -72,8 +72,8 @@ def topk_exact(
     if b == 0 or k == 0:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0, np.float64)
-    v, i = torch.topk(scores, min(k + 1, n), dim=1, sorted=True)
-    v, i = v.cpu().numpy().astype(np.float64), i.cpu().numpy().astype(np.int64)
+    top_v, top_i = torch.topk(scores, min(k + 1, n), dim=1, sorted=True)
+    v, i = top_v.cpu().numpy().astype(np.float64), top_i.cpu().numpy().astype(np.int64)
     amb = (v[:, :-1][:, :k] - v[:, 1:][:, :k] <= tol).any(axis=1) if v.shape[1] > 1 else np.zeros(b, bool)
     clear = np.flatnonzero(~amb)
     rows = [np.repeat(clear, k)]

@@ -111,7 +111,9 @@ def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list],
 def embed_rows(cols: dict[str, list], images: list, rows: list[int], embedder: Any) -> np.ndarray:
     """[len(uid), D] float32: each `ok` row's embedding (pixel-identical rows embedded once), zeros elsewhere."""
     first: dict[str, int] = {}
-    unique_imgs, unique_rows, copies = [], [], []
+    unique_imgs: list[Any] = []
+    unique_rows: list[int] = []
+    copies: list[tuple[int, int]] = []
     for img, r in zip(images, rows):
         j = first.setdefault(cols["pixel_hash"][r], len(unique_rows))
         if j == len(unique_rows):

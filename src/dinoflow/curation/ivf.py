@@ -78,8 +78,8 @@ def _best_other(scores, q_gid: np.ndarray, m_gid: np.ndarray, tol: float, exact)
     best = np.full(b, -np.inf)
     if n == 0:
         return best, best.astype(np.float32)
-    v, i = torch.topk(scores, min(3, n), dim=1)
-    v, i = v.cpu().numpy().astype(np.float64), i.cpu().numpy().astype(np.int64)
+    top_v, top_i = torch.topk(scores, min(3, n), dim=1)
+    v, i = top_v.cpu().numpy().astype(np.float64), top_i.cpu().numpy().astype(np.int64)
     v[m_gid[i] == q_gid[:, None]] = -np.inf
     order = np.argsort(-v, axis=1, kind="stable")
     v, i = np.take_along_axis(v, order, 1), np.take_along_axis(i, order, 1)

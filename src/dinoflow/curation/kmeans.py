@@ -46,6 +46,12 @@ class KMeans:
     iterations: int = 0
     train: np.ndarray | None = None  # [n] bool: the local rows the Lloyd iterations ran on
 
+    def assignment(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, sq_dist) [n] of this rank's rows, which a fit with `assign_all` (the default) has."""
+        if self.labels is None or self.sq_dist is None:
+            raise RuntimeError("this k-means fit ran with assign_all=False: its rows have no labels")
+        return self.labels, self.sq_dist
+
 
 def _torch(a: np.ndarray, device: str):
     import torch

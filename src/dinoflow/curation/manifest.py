@@ -63,7 +63,7 @@ def write_parts(comm: Comm, rows: Rows, plan_parts: list[Any], work: Path, level
         }
         cols: dict[str, Any] = {k: pa.array(v, pa.string()) for k, v in text.items()}  # typed: a part may be empty
         for lvl in range(levels):
-            cols[f"cluster_l{lvl}"] = pa.array(rows.clusters[sl, lvl], pa.int32())
+            cols[f"cluster_l{lvl}"] = pa.array(rows.cluster_table()[sl, lvl], pa.int32())
         for name, v in rows.sims.items():
             cols[name] = pa.array(v[sl], pa.float32())
         with atomic_path(work / "manifest-parts" / f"{p_index:06d}.parquet") as tmp:

@@ -117,7 +117,7 @@ def embed_owners(parts: list[Partition], world: int) -> list[int]:
     return owners
 
 
-def rank_partitions(rows: Sequence[int], rank: int, world: int) -> range:
+def rank_partitions(rows: Sequence[int] | np.ndarray, rank: int, world: int) -> range:
     """The contiguous block of partition indices a rank holds in the global steps, given the rows of
     every partition: block r ends at the partition boundary nearest to (r + 1)/world of all rows, so
     ranks hold about equal rows (as equal as partition sizes allow) and rank order is gid order."""

@@ -139,7 +139,7 @@ def write_outputs(run: Run, rows: Rows, pool: Plan) -> dict[str, Any]:
     from dinoflow.curation.skipped import write_skipped
     from dinoflow.curation.writer import write_shards
 
-    comm, levels = run.comm, rows.clusters.shape[1]
+    comm, levels = run.comm, rows.cluster_table().shape[1]
     write_parts(comm, rows, pool.partitions, run.work, levels)
     if comm.is_main:
         start_writing(run.out)
@@ -221,7 +221,7 @@ def global_steps(run: Run, plans: dict[str, Plan], dim: int) -> dict[str, Any]:
     run.lap("cluster_sample")
     out = write_outputs(run, rows, plans["pool"])
     run.info.update(eval_images=len(eval_x), seed_images=len(seed_uids), world_size=run.comm.world)
-    return report(run, plans["pool"], rows.clusters.shape[1], out)
+    return report(run, plans["pool"], rows.cluster_table().shape[1], out)
 
 
 def nothing_usable(run: Run, rows: Rows, pool: Plan) -> NoReturn:

@@ -106,13 +106,14 @@ def cluster_retrieval(
         progress="curate: retrieval k-means",
     )
     k = len(km.centroids)
+    km_labels = km.assignment()[0]
     si, rows = seed_neighbours(comm, pool, gid, seeds, n_neighbours)
-    pairs = comm.all_gather_cat(np.stack([si, km.labels[rows]], axis=1).reshape(-1, 2))
+    pairs = comm.all_gather_cat(np.stack([si, km_labels[rows]], axis=1).reshape(-1, 2))
     landed = np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), np.int64)
     counts = np.bincount(landed[:, 1], minlength=k).astype(np.int64)
     kept_clusters = np.flatnonzero(counts >= min_seed_neighbours)
-    keep = np.isin(km.labels, kept_clusters)
+    keep = np.isin(km_labels, kept_clusters)
     if cap is not None:
         sims = seed_sim if seed_sim is not None else nearest_seed(comm, pool, seeds)
-        keep &= select_smallest(comm, km.labels, -sims.astype(np.float64), gid, np.full(k, cap, np.int64))
-    return ClusterRetrieval(keep, km.labels, counts, kept_clusters)
+        keep &= select_smallest(comm, km_labels, -sims.astype(np.float64), gid, np.full(k, cap, np.int64))
+    return ClusterRetrieval(keep, km_labels, counts, kept_clusters)

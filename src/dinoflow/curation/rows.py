@@ -40,6 +40,12 @@ class Rows:
     total: int = 0  # rows over all ranks
     rank_starts: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))  # first gid of each rank, + total
 
+    def cluster_table(self) -> np.ndarray:
+        """`clusters`, which cluster_and_sample fills in before anything reads it."""
+        if self.clusters is None:
+            raise RuntimeError("the rows were read before cluster_and_sample gave them their clusters")
+        return self.clusters
+
     def owner(self, gid: np.ndarray) -> np.ndarray:
         """The rank holding each gid: [m] int64."""
         return np.searchsorted(self.rank_starts, gid, side="right") - 1

@@ -23,7 +23,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 def row_hash(seed: int, purpose: int, gid: np.ndarray) -> np.ndarray:
     """[n] int64 in [0, 2^63): a seeded hash of each global row id."""
     with np.errstate(over="ignore"):
-        base = _mix(np.uint64((seed * 1_000_003 + purpose) % 2**64) + _GOLDEN)
+        base = _mix(np.asarray(np.uint64((seed * 1_000_003 + purpose) % 2**64) + _GOLDEN))
         h = _mix(np.asarray(gid, np.uint64) * _GOLDEN + base)
     return (h >> np.uint64(1)).astype(np.int64)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoflow.config import CurateConfig
+from dinoflow.config import CurateConfig, stage_seed
 from dinoflow.curation.rows import CODE, Rows
 from dinoflow.distributed.comm import Comm
 from dinoflow.errors import DinoflowError
@@ -149,7 +149,7 @@ def retrieve(run: Run, rows: Rows, seed_x: np.ndarray, n_seeds: int) -> None:
                 n_neighbours=c.retrieval_per_seed,
                 cap=c.retrieval_cap_per_cluster,
                 iters=c.kmeans_iters,
-                seed=c.seed,
+                seed=stage_seed(c.seed),
                 seed_sim=sim,
                 max_points_per_centroid=c.kmeans_max_points_per_centroid,
             )
@@ -187,14 +187,16 @@ def cluster_and_sample(run: Run, rows: Rows) -> None:
             resampling_steps=c.kmeans_resampling_steps,
             sample_sizes=c.kmeans_sample_sizes,
             iters=c.kmeans_iters,
-            seed=c.seed,
+            seed=stage_seed(c.seed),
             max_points_per_centroid=c.kmeans_max_points_per_centroid,
         )
         for lvl in range(len(levels)):
             rows.clusters[cand, lvl] = h.labels[lvl]
         total = int(h.sizes[0].sum())
         if c.target_size is not None and c.target_size < total:
-            picked = balanced_sample(comm, h, rows.gid[cand], c.target_size, seed=c.seed, strategy=c.sampling_strategy)
+            picked = balanced_sample(
+                comm, h, rows.gid[cand], c.target_size, seed=stage_seed(c.seed), strategy=c.sampling_strategy
+            )
             mask = np.zeros(len(rows.gid), bool)
             mask[cand[~picked]] = True
             rows.drop(mask, "not_sampled")

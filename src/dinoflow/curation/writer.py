@@ -104,14 +104,14 @@ def _read_all(samples: list[dict], max_bytes: int) -> list[bytes | None]:
         else:
             data, err = read_entry_bytes(Entry(ref, "image", ref), max_bytes)
             out[j] = None if err else data
-    for ref, members in by_tar.items():
-        path = os.fsdecode(ref)
+    for tar_ref, members in by_tar.items():
+        path = os.fsdecode(tar_ref)
         if not s3.is_s3_url(path) and not Path(path).is_file():
             continue
         for sample in iter_shard(path, max_member_bytes=max_bytes):
-            j = members.get(os.fsencode(sample.key))
-            if j is not None and sample.error is None:
-                out[j] = sample.data
+            slot = members.get(os.fsencode(sample.key))
+            if slot is not None and sample.error is None:
+                out[slot] = sample.data
     return out
 
 
@@ -129,8 +129,8 @@ def _png(data: bytes, max_pixels: int, max_side: int) -> bytes:
 def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition], work: Path, c: CurateConfig) -> None:
     from dinoflow.data.shards import write_shard
 
-    datas = _read_all(samples, c.max_file_bytes)
-    for s, data in zip(samples, datas):
+    datas: list[bytes] = []
+    for s, data in zip(samples, _read_all(samples, c.max_file_bytes)):
         if data is None or hashlib.sha256(data).hexdigest() != s["sha256"]:
             invalidate(work, parts[s["part"]])
             what = "is gone" if data is None else "changed (its content hash differs)"
@@ -138,6 +138,7 @@ def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition]
                 f"{s['meta']['uid']!r} ({os.fsdecode(s['ref'])}{'#' + os.fsdecode(s['member']) if s['member'] else ''}) "
                 f"{what} since curate ingested it; no shard was written with it. Rerun curate to ingest the current pool."
             )
+        datas.append(data)
     write_shard(
         out / name, [(s["key"], _png(d, c.max_pixels, c.max_side), "png", s["meta"]) for s, d in zip(samples, datas)]
     )

@@ -70,7 +70,7 @@ def decode_image(
         # Pillow warns (not raises) between 1× and 2× its limit; either way it is a bomb here.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise CorruptImage("decompression_bomb", str(e)) from None
         except UnidentifiedImageError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from dinoflow.errors import DinoflowError
 
@@ -85,7 +85,14 @@ def endpoint_url() -> str | None:
     return None
 
 
-def explicit_credentials() -> dict[str, str]:
+class Credentials(TypedDict, total=False):
+    """boto3 client keyword arguments for an explicit key pair."""
+
+    aws_access_key_id: str
+    aws_secret_access_key: str
+
+
+def explicit_credentials() -> Credentials:
     """The `DINOFLOW_S3_*` key pair as boto3 client arguments, or {} (boto3's chain decides).
     One of the two without the other is a configuration mistake, refused before any request."""
     key, secret = os.environ.get(ACCESS_KEY_ENV, ""), os.environ.get(SECRET_KEY_ENV, "")

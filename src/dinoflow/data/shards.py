@@ -340,7 +340,7 @@ def _iter_stream(
     seen = SeenMembers()
     try:
         while (member := tf.next()) is not None:
-            tf.members.clear()  # stream mode keeps every header it read; a shard may hold millions
+            tf.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every header it read; a shard may hold millions
             parts = _split_name(member.name)
             if member.isdir() or parts is None:
                 stats.skipped_members += 1
@@ -373,7 +373,7 @@ def _iter_stream(
     except HeaderTooLarge:
         # The members read so far are whole; what follows the refused header is not read.
         stats.unreadable_tail += 1
-    except (tarfile.TarError, EOFError, OSError, _s3_read_errors()):
+    except (tarfile.TarError, EOFError, OSError) + _s3_read_errors():
         # The stream ended inside a member: the sample being assembled is incomplete.
         stats.truncated += 1
         group = None
@@ -386,11 +386,11 @@ def _iter_stream(
             yield sample
 
 
-def _s3_read_errors() -> type[BaseException] | tuple[type[BaseException], ...]:
+def _s3_read_errors() -> tuple[type[BaseException], ...]:
     try:
         from botocore.exceptions import BotoCoreError
 
-        return BotoCoreError
+        return (BotoCoreError,)
     except ImportError:  # pragma: no cover - boto3 is a dependency
         return ()
 

@@ -23,7 +23,7 @@ class BoundedInfo(tarfile.TarInfo):
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_TYPES and self.size > MAX_HEADER_BYTES:
             raise HeaderTooLarge(f"extended header of {self.size} bytes (limit {MAX_HEADER_BYTES})")
-        return super()._proc_member(tarfile_)
+        return super()._proc_member(tarfile_)  # type: ignore[misc]  # a private TarInfo hook typeshed leaves out
 
 
 _EXTENDED_TYPES = (

@@ -21,14 +21,15 @@ from dinoflow.errors import DinoflowError
 from dinoflow.stages import PIPELINE_ORDER, run_stage
 
 
-def _dvc() -> str | None:
+def _dvc() -> str:
+    """The dvc beside this Python, else the first on PATH; "" when there is none."""
     local = Path(sys.executable).parent / "dvc"
-    return str(local) if local.exists() else shutil.which("dvc")
+    return str(local) if local.exists() else shutil.which("dvc") or ""
 
 
 def _can_use_dvc() -> bool:
     return (
-        _dvc() is not None
+        _dvc() != ""
         and Path("dvc.yaml").exists()
         and Path(".dvc").is_dir()
         and subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True).returncode == 0
@@ -82,7 +83,7 @@ def registry_mismatch(cfg) -> str | None:
     if not reg.get("registered") or not tracking.is_enabled(cfg):
         return None
     uri = tracking.tracking_uri(cfg)
-    name, version = reg.get("model_name"), reg.get("version")
+    name, version = reg.get("model_name", ""), reg.get("version", "")
     said = f"{cfg.register.report} names version {version} of {name} in {reg.get('tracking_uri')}"
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         return f"{said}, but the registry in use ({tracking.redact(uri)}) does not exist"

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dinoflow.config import Config, DemoConfig
+from dinoflow.config import Config, DemoConfig, stage_seed
 from dinoflow.data.decode import pixel_hash
 from dinoflow.demo.sources import digits_split, mnist_split
 from dinoflow.errors import DinoflowError
@@ -140,8 +140,8 @@ def _near_variant(img: np.ndarray, transform: str, rng: np.random.Generator) -> 
     if transform == "crop_resize":
         left, top, right, bottom = (int(v) for v in rng.integers(1, 3, size=4))
         box = (left, top, SIDE - right, SIDE - bottom)
-        out = Image.fromarray(img, "L").crop(box).resize((SIDE, SIDE), Image.Resampling.BICUBIC)
-        return np.asarray(out), {"box": list(box)}
+        resized = Image.fromarray(img, "L").crop(box).resize((SIDE, SIDE), Image.Resampling.BICUBIC)
+        return np.asarray(resized), {"box": list(box)}
     raise ValueError(transform)
 
 
@@ -220,7 +220,7 @@ def _plan(cfg: Config) -> dict[str, Any]:
     _check_counts(cfg)
     tr_x, tr_y, te_x, te_y = mnist_split(MNIST_SPLIT_SEED)
     te_x, te_y = te_x[: d.n_eval], te_y[: d.n_eval]
-    rng = np.random.default_rng([d.seed, 20240229])
+    rng = np.random.default_rng([stage_seed(d.seed), 20240229])
     eval_uids = [f"eval_{i:04d}.png" for i in range(len(te_x))]
 
     entries, greys = _clean_entries(d.include_digits, tr_x, tr_y)  # greys: pixels of every distinct image

@@ -44,7 +44,7 @@ def upsample_digits(images: np.ndarray, side: int = DEMO_SIDE) -> np.ndarray:
     out = np.empty((len(images), side, side), dtype=np.uint8)
     for i, im in enumerate(images):
         pil = Image.fromarray((im * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8))
-        out[i] = np.asarray(pil.resize((side, side), Image.BICUBIC))
+        out[i] = np.asarray(pil.resize((side, side), Image.Resampling.BICUBIC))
     return out
 
 

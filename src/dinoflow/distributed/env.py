@@ -63,7 +63,7 @@ def init_distributed(device_pref: str = "auto") -> DistEnv:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
-            **({"device_id": device} if device.type == "cuda" else {}),
+            device_id=device if device.type == "cuda" else None,
         )
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, local_world_size=local_world)
 

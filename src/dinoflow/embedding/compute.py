@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from dinoflow.embedding.limits import Limits
+    from dinoflow.models.vit import DinoVisionTransformer
 
 EMBEDDING = "embedding"
 POOLED_PATCH_TOKENS = "pooled_patch_tokens"
@@ -32,7 +33,7 @@ class EmbeddingHead(torch.nn.Module):
     ONNX export traces, so ONNX and PyTorch compute the same graph.
     """
 
-    def __init__(self, backbone: torch.nn.Module) -> None:
+    def __init__(self, backbone: DinoVisionTransformer) -> None:
         super().__init__()
         self.backbone = backbone
 
@@ -55,7 +56,7 @@ def prepare_image(image: Any, image_size: int, resize_ratio: float, limits: "Lim
 
 
 def embed_prepared(
-    backbone: torch.nn.Module,
+    backbone: DinoVisionTransformer,
     pixels: "torch.Tensor | Sequence[torch.Tensor]",
     pooled_patch_tokens: bool = False,
     batch_size: int = BATCH,
@@ -79,7 +80,7 @@ def embed_prepared(
 
 
 def embed_images(
-    backbone: torch.nn.Module,
+    backbone: DinoVisionTransformer,
     images: "np.ndarray | Sequence[Any]",
     image_size: int,
     resize_ratio: float,

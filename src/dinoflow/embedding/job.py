@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -28,12 +28,15 @@ from dinoflow.embedding.output import OutputLock, check_output
 from dinoflow.embedding.parts import PartStore
 from dinoflow.errors import DinoflowError
 
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
+
 MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 @dataclass
 class LoadedModel:
-    backbone: torch.nn.Module
+    backbone: DinoVisionTransformer
     image_size: int
     resize_ratio: float
     sha256: str  # of the backbone file: what the rows were made with
@@ -227,7 +230,7 @@ def _run_locked(
     if stats.items == 0:
         store.discard()
         raise DinoflowError(
-            f"{source} holds no images ({', '.join(stats.skipped_files[:5]) or 'empty'}): nothing to embed"
+            f"{source} holds no images ({', '.join(s['path'] for s in stats.skipped_files[:5]) or 'empty'}): nothing to embed"
         )
     summary = store.finish({"model": model.source, "dim": dim})
     return {

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.pyfunc.model import PythonModel
 
 from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_images
 
@@ -110,11 +111,9 @@ def as_inputs(model_input: Any) -> "list[bytes] | np.ndarray":
     pandas DataFrame whose `image` (or first) column holds PNG/JPEG bytes or base64 text, or a 1-d
     batch (array, list) of such bytes / text.
     """
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas ships with mlflow
-        pd = None
-    if pd is not None and isinstance(model_input, pd.DataFrame):
+    import pandas as pd  # a dependency (and mlflow's); deferred like mlflow itself
+
+    if isinstance(model_input, pd.DataFrame):
         col = "image" if "image" in model_input.columns else model_input.columns[0]
         return [_encoded(v) for v in model_input[col].tolist()]
     if isinstance(model_input, dict) and len(model_input) == 1:
@@ -174,15 +173,7 @@ def embed_request(
     return embed_prepared(backbone, pixels, pooled_patch_tokens)
 
 
-try:
-    import mlflow.pyfunc
-
-    _PythonModel = mlflow.pyfunc.PythonModel
-except ImportError:  # pragma: no cover - mlflow is a dependency
-    _PythonModel = object
-
-
-class EmbeddingModel(_PythonModel):
+class EmbeddingModel(PythonModel):
     """pyfunc: images → embeddings. Artifacts: `backbone` (backbone.pth, config.yaml, preprocess.json)."""
 
     def load_context(self, context: Any) -> None:

@@ -20,7 +20,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ import torch
 from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, EmbeddingHead
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.transform import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def _require() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def export_onnx(backbone: torch.nn.Module, out_dir: str | Path, image_size: int, opset: int = 18) -> Path:
+def export_onnx(backbone: DinoVisionTransformer, out_dir: str | Path, image_size: int, opset: int = 18) -> Path:
     """Export `EmbeddingHead(backbone)` for [batch, 3, image_size, image_size] inputs to out_dir/model.onnx."""
     _require()
     patch = int(getattr(backbone, "patch_size", 1))
@@ -108,7 +111,7 @@ def _require_finite(name: str, batch: int, **outputs: np.ndarray) -> None:
 
 
 def check_parity(
-    backbone: torch.nn.Module, onnx_path: str | Path, image_size: int, atol: float, seed: int = 0
+    backbone: DinoVisionTransformer, onnx_path: str | Path, image_size: int, atol: float, seed: int = 0
 ) -> float:
     """Max |ONNX − PyTorch| over both outputs on random batches of 1 and 3; DinoflowError above atol
     or when either side outputs a non-finite value."""
@@ -138,7 +141,7 @@ def check_parity(
 
 
 def export_checked(
-    backbone: torch.nn.Module,
+    backbone: DinoVisionTransformer,
     out_dir: str | Path,
     image_size: int,
     resize_ratio: float,

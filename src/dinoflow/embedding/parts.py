@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +63,14 @@ def read_embeddings(path: str | Path, column: str = "embedding") -> tuple[list[s
     dim = col.type.list_size
     flat = col.flatten().to_numpy(zero_copy_only=False)
     return table.column("uid").to_pylist(), flat.reshape(-1, dim).astype(np.float32, copy=False)
+
+
+class PartsSummary(TypedDict):
+    """What `PartStore.finish` wrote: embedded rows, skipped images and the file that lists them."""
+
+    rows: int
+    skipped: int
+    skipped_file: str
 
 
 class PartStore:
@@ -122,7 +130,7 @@ class PartStore:
             pq.write_table(pa.table(data), tmp)
         self._parts.append(path)
 
-    def finish(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, meta: dict[str, Any]) -> PartsSummary:
         """Concatenate the parts into the output file; returns {rows, skipped, skipped_file}."""
         tables = [pq.read_table(p) for p in self._parts]
         tables = [t for t in tables if t.num_rows]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dinoflow.evaluation.features import _autocast, iter_batches
 from dinoflow.evaluation.transform import IMAGENET_MEAN, IMAGENET_STD, to_chw_uint8
+
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
 
 
 def dense_transform(images: Sequence[np.ndarray], size: int, normalize: bool = True) -> torch.Tensor:
@@ -39,7 +41,7 @@ def grid_size(size: int, patch: int) -> int:
 
 @torch.inference_mode()
 def backbone_grids(
-    model: nn.Module,
+    model: DinoVisionTransformer,
     images: Sequence[np.ndarray],
     *,
     size: int,

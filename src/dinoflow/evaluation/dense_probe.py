@@ -99,7 +99,7 @@ def sig_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(head: nn.Module, x: torch.Tensor, y: torch.Tensor, target: DenseTarget) -> torch.Tensor:
-    out = predict(head, x, tuple(y.shape[-2:]), target)
+    out = predict(head, x, (y.shape[-2], y.shape[-1]), target)
     if target.task == "segmentation":
         return F.cross_entropy(out, y, ignore_index=IGNORE_INDEX)
     return sig_loss(out[:, 0], y)
@@ -115,6 +115,7 @@ def train_dense_head(
     conv = nn.Conv2d(x.shape[1], target.out_channels(), 1)
     with torch.no_grad():
         conv.weight.normal_(0.0, 0.01, generator=g)
+        assert conv.bias is not None  # Conv2d's default bias=True
         conv.bias.zero_()
     head = _Standardised(conv, mean, std)
     opt = torch.optim.AdamW(conv.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
@@ -139,6 +140,8 @@ class _Standardised(nn.Module):
     def __init__(self, conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.conv = conv
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 

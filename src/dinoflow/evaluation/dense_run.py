@@ -14,12 +14,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dinoflow.config import EvalDataset, EvaluateConfig
+from dinoflow.config import EvalDataset, EvaluateConfig, stage_seed
 from dinoflow.digest import arrays_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.candidates import Candidate
 from dinoflow.evaluation.dense_data import (
     DenseSplit,
+    DenseTask,
     check_depth_valid,
     load_dense_folder,
     segmentation_classes,
@@ -27,6 +28,7 @@ from dinoflow.evaluation.dense_data import (
 from dinoflow.evaluation.dense_figure import save_dense_png
 from dinoflow.evaluation.dense_probe import DenseTarget, dense_probe
 from dinoflow.evaluation.dense_report import dense_entry
+
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def load_dense_dataset(ds: EvalDataset, *, seed: int, max_train: int | None, max
     elif ds.kind == "demo_depth":
         split = dense_demo.demo_depth(ds.name)
     else:
-        task = "segmentation" if ds.kind == "segmentation_folder" else "depth"
+        task: DenseTask = "segmentation" if ds.kind == "segmentation_folder" else "depth"
         train = load_dense_folder(ds.train, task)  # type: ignore[arg-type]
         test = load_dense_folder(ds.test, task)  # type: ignore[arg-type]
         classes = segmentation_classes(train, test) if task == "segmentation" else []
@@ -105,7 +107,7 @@ def evaluate_dense(
     out = DenseOutcome()
     patch = next((int(c.backbone.patch_size) for c in candidates if c.backbone is not None), DEFAULT_PIXEL_PATCH)
     for ds in (d for d in ev.datasets if is_dense(d)):
-        split = load_dense_dataset(ds, seed=ev.seed, max_train=ev.max_train, max_test=ev.max_test)
+        split = load_dense_dataset(ds, seed=stage_seed(ev.seed), max_train=ev.max_train, max_test=ev.max_test)
         size = ds.image_size or ev.image_size
         target = dense_target(split, ds)
         out.datasets[ds.name] = {
@@ -127,7 +129,7 @@ def evaluate_dense(
                 res = dense_probe(
                     tr, split.train, te, split.test, target,
                     lrs=ev.dense_lrs, epochs=ev.dense_epochs, batch_size=ev.dense_batch_size,
-                    val_fraction=ev.val_fraction, seed=ev.seed,
+                    val_fraction=ev.val_fraction, seed=stage_seed(ev.seed),
                 )  # fmt: skip
             except ValueError as e:
                 raise DinoflowError(f"dense evaluation {ds.name}/{c.name}: {e}") from None

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence, TypeVar, overload
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from dinoflow.evaluation.transform import eval_transform
+
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,6 +63,14 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+@overload
+def iter_batches(
+    images: np.ndarray, batch_size: int, desc: str = "", progress: bool = True
+) -> Iterator[np.ndarray]: ...
+@overload
+def iter_batches(
+    images: Sequence[T], batch_size: int, desc: str = "", progress: bool = True
+) -> Iterator[Sequence[T]]: ...
 def iter_batches(
     images: "np.ndarray | Sequence[object]", batch_size: int, desc: str = "", progress: bool = True
 ) -> Iterator["np.ndarray | Sequence[object]"]:
@@ -79,7 +91,7 @@ def _as_batch(chunk: "np.ndarray | Sequence[object]") -> "torch.Tensor | Sequenc
 
 @torch.inference_mode()
 def extract_features(
-    model: nn.Module,
+    model: DinoVisionTransformer,
     images: "np.ndarray | Sequence[object]",
     labels: "np.ndarray | torch.Tensor",
     *,
@@ -156,7 +168,7 @@ def pixel_features(
 
 @torch.inference_mode()
 def patch_tokens(
-    model: nn.Module,
+    model: DinoVisionTransformer,
     images: "np.ndarray | Sequence[object]",
     *,
     image_size: int,

@@ -90,7 +90,7 @@ def iter_knn_scores(
     train_t = F.normalize(train_features.float(), dim=1, p=2).T.contiguous()  # [D, N]
     test_n = F.normalize(test_features.float(), dim=1, p=2)
     # Report the scores of k after accumulating neighbour number k (1-based).
-    wanted = {}
+    wanted: dict[int, list[int]] = {}
     for k, ke in k_eff.items():
         wanted.setdefault(ke, []).append(k)
     for start in range(0, len(test_n), batch_size):

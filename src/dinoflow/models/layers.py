@@ -65,8 +65,8 @@ class Attention(nn.Module):
             return self.proj(self._attend(self.qkv(x), b, n))
         qkv = self.qkv(x)
         parts = qkv.split([b * n for b, n in segments])
-        out = [self._attend(part, b, n).flatten(0, 1) for part, (b, n) in zip(parts, segments)]
-        out = torch.cat(out) if len(out) > 1 else out[0]
+        outs = [self._attend(part, b, n).flatten(0, 1) for part, (b, n) in zip(parts, segments)]
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return self.proj(out if rows is None else out.index_select(0, rows))
 
 

@@ -61,10 +61,10 @@ def packed_drop_path_block(
             picks_ffn.append(torch.randperm(b, device=x.device)[:keep])
         x = _subset_residual(x, segments, picks_attn, attn_branch)
         return _subset_residual(x, segments, picks_ffn, ffn_branch)
-    keep = 1.0 - rate
+    keep_prob = 1.0 - rate
     m_attn, m_ffn = [], []
     for b, n in segments:
-        m_attn.append(x.new_empty((b,)).bernoulli_(keep).div_(keep).repeat_interleave(n))
-        m_ffn.append(x.new_empty((b,)).bernoulli_(keep).div_(keep).repeat_interleave(n))
+        m_attn.append(x.new_empty((b,)).bernoulli_(keep_prob).div_(keep_prob).repeat_interleave(n))
+        m_ffn.append(x.new_empty((b,)).bernoulli_(keep_prob).div_(keep_prob).repeat_interleave(n))
     x = x + attn_branch(x, segments) * torch.cat(m_attn)[:, None]
     return x + ffn_branch(x, segments) * torch.cat(m_ffn)[:, None]

@@ -21,12 +21,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     while True:
+        compiled = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+        fsdp1 = getattr(module, "_fsdp_wrapped_module", None)
         if isinstance(module, (DistributedDataParallel, DataParallel)):
             module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            module = module._orig_mod
-        elif isinstance(getattr(module, "_fsdp_wrapped_module", None), nn.Module):
-            module = module._fsdp_wrapped_module
+        elif isinstance(compiled, nn.Module):
+            module = compiled
+        elif isinstance(fsdp1, nn.Module):
+            module = fsdp1
         else:
             return module
 

@@ -20,7 +20,8 @@ def _dataset(path: str, digest: str | None) -> Any:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(where)
     name = Path(path.rstrip("/")).name or where
-    return MetaDataset(source, name=name, digest=(digest or "")[:32] or None)
+    # mlflow marks `profile` abstract, yet MetaDataset is its documented concrete class for metadata-only inputs
+    return MetaDataset(source, name=name, digest=(digest or "")[:32] or None)  # type: ignore[abstract]
 
 
 def input_records(inputs: list[Any], hash_inputs: bool) -> tuple[dict[str, str], list[tuple[str, str | None]]]:

@@ -26,7 +26,7 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -44,7 +44,14 @@ from dinoflow.distributed.env import barrier
 from dinoflow.errors import DinoflowError, find_os_error, full_disk_error, storage_error
 from dinoflow.io import atomic_write_text
 from dinoflow.models.wrappers import strip_wrapper_names
-from dinoflow.train.checkpoint_digests import DIGESTS_KEY, complete_digests, gather, own_shards, verify_checkpoint
+from dinoflow.train.checkpoint_digests import (
+    DIGESTS_KEY,
+    Digests,
+    complete_digests,
+    gather,
+    own_shards,
+    verify_checkpoint,
+)
 from dinoflow.train.safe_dcp import CheckpointError, SafeFileSystemReader, SafeLoadPlanner, read_metadata
 
 KEEP_LAST = 2
@@ -120,7 +127,7 @@ class PendingSave:
         barrier()
         return self.final
 
-    def _publish(self, digests: dict[str, Any]) -> None:
+    def _publish(self, digests: Digests) -> None:
         ckpt_dir = self.final.parent
         meta = {**self.meta, "step": self.step, DIGESTS_KEY: digests}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -142,7 +149,7 @@ def start_save(
     extra: dict[str, torch.Tensor],
     meta: dict[str, Any],
     is_main: bool,
-    files: dict[str, str | Path] | None = None,
+    files: Mapping[str, str | Path] | None = None,
     asynchronous: bool = True,
 ) -> PendingSave:
     """Collective. Asynchronous: the state is copied to CPU memory now (training may change the
@@ -167,17 +174,18 @@ def start_save(
     single = not torch.distributed.is_initialized()
     if single:  # a single process is a supported mode; the background writer would warn at any time
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-    kw = {"process_group": checkpoint_group(), "no_dist": single}
+    group = checkpoint_group()
     rank = 0 if single else torch.distributed.get_rank()
     if asynchronous:
-        written = dcp.async_save(state, checkpoint_id=str(tmp), **kw)
+        written = dcp.async_save(state, checkpoint_id=str(tmp), process_group=group, no_dist=single)
+        assert isinstance(written, Future)  # an AsyncSaveResponse comes only with an async_stager
         # hash this rank's shards once written, still in the background (hashlib releases the GIL)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-digest")
         future = pool.submit(lambda: (written.result(), own_shards(tmp, rank))[1])
         pool.shutdown(wait=False)  # its thread ends after this one task
     else:
         with _naming_failed_writes(final):
-            dcp.save(state, checkpoint_id=str(tmp), **kw)
+            dcp.save(state, checkpoint_id=str(tmp), process_group=group, no_dist=single)
         future = Future()
         future.set_result(own_shards(tmp, rank))
     return PendingSave(future, tmp, final, step, meta, is_main)

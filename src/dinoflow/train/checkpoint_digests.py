@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch.distributed as dist
 
@@ -28,16 +28,26 @@ DIGESTS_KEY = "files"  # meta.json: {file name: {"bytes": int, "sha256": hex}}
 META = "meta.json"
 
 
-def digest(path: Path) -> dict[str, Any]:
+class FileDigest(TypedDict):
+    """What meta.json records of one checkpoint file."""
+
+    bytes: int
+    sha256: str  # hex
+
+
+Digests = dict[str, FileDigest]  # file name (in the checkpoint folder) → its digest
+
+
+def digest(path: Path) -> FileDigest:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def own_shards(ckpt: Path, rank: int) -> dict[str, dict[str, Any]]:
+def own_shards(ckpt: Path, rank: int) -> Digests:
     """Digests of the shard files rank `rank` wrote into `ckpt` (DCP names them `__<rank>_<i>.distcp`)."""
     return {p.name: digest(p) for p in sorted(ckpt.glob(f"__{rank}_*.distcp"))}
 
 
-def complete_digests(ckpt: Path, known: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def complete_digests(ckpt: Path, known: Digests) -> Digests:
     """`known` plus the digests of every other file in `ckpt` but meta.json: the whole record."""
     out = dict(known)
     for p in sorted(ckpt.iterdir()):

@@ -44,11 +44,13 @@ SHUFFLE_BUFFER = 1024
 MAX_UNDECODABLE_RUN = 1000  # undecodable samples in a row before the data is declared unusable
 MAX_ASPECT = 4.0  # longer side kept up to this multiple of the shorter one (see load_image)
 MAX_AUTO_WORKERS = 8
+# ("shard", url) or ("files", [paths or s3:// URLs])
+Unit = tuple[str, str | list[str]]
 
 Prepare = Callable[[Any, int], dict]  # (uint8 images [B,3,H,W] or a list of [3,H,W], step) → host-side views
 
 
-def discover_units(source: str) -> list[tuple[str, object]]:
+def discover_units(source: str) -> list[Unit]:
     """("shard", url) units for shard sources, ("files", [paths or s3:// URLs]) units for images.
 
     The source is listed exactly as curation lists its inputs (`dinoflow.data.sources.list_source`:
@@ -75,7 +77,7 @@ def discover_units(source: str) -> list[tuple[str, object]]:
 
 def check_training_data(
     source: str, what: str, *, max_pixels: int = 64_000_000, limit: int = MAX_UNDECODABLE_RUN
-) -> list[tuple[str, object]]:
+) -> list[Unit]:
     """Discover the units of `source` and make sure an image decodes among its first `limit` samples.
 
     Returns the units (for `make_loader`); raises a DinoflowError naming `what` (the config key) and
@@ -107,7 +109,7 @@ def check_training_data(
     )
 
 
-def _iter_unit(unit: tuple[str, object]) -> Iterator[tuple[str, bytes]]:
+def _iter_unit(unit: Unit) -> Iterator[tuple[str, bytes]]:
     kind, ref = unit
     if kind == "shard":
         from dinoflow.data.shards import iter_shard
@@ -117,7 +119,7 @@ def _iter_unit(unit: tuple[str, object]) -> Iterator[tuple[str, bytes]]:
     else:
         from dinoflow.data.sources import Entry, read_entry_bytes
 
-        for path in ref:  # type: ignore[union-attr]
+        for path in ref:
             # local files are read without blocking (a FIFO named x.png is not waited on); unreadable
             # or gone since discovery: b"", counted as undecodable, like a corrupt file
             data, _ = read_entry_bytes(Entry(path, "image", path))
@@ -137,7 +139,7 @@ def load_image(img, size: int) -> torch.Tensor:
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC)
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     cw, ch = min(nw, int(size * MAX_ASPECT)), min(nh, int(size * MAX_ASPECT))
     if (cw, ch) != (nw, nh):
         left, top = (nw - cw) // 2, (nh - ch) // 2
@@ -182,7 +184,7 @@ class TrainStream(IterableDataset):
         skip_batches: int = 0,
         max_pixels: int = 64_000_000,
         prepare: Prepare | None = None,
-        units: list[tuple[str, object]] | None = None,
+        units: list[Unit] | None = None,
     ):
         self.source = source
         self.units = units if units is not None else discover_units(source)
@@ -287,7 +289,7 @@ def make_loader(
     skip_batches: int = 0,
     prepare: Prepare | None = None,
     pin_memory: bool | None = None,
-    units: list[tuple[str, object]] | None = None,
+    units: list[Unit] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Batches (see TrainStream) forever; batch j is global step skip_batches + j. `units`: from
     `check_training_data` (saves listing the source twice)."""

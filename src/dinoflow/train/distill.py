@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-from dinoflow.config import Config
+from dinoflow.config import Config, ModelConfig
 
 
 def distill(cfg: Config) -> dict[str, Any]:
@@ -14,7 +14,8 @@ def distill(cfg: Config) -> dict[str, Any]:
     from dinoflow.train.pretrain import check_geometry
 
     dc = cfg.distill
-    for st in dc.students or [dc.student]:
+    students: Sequence[ModelConfig] = dc.students or [dc.student]
+    for st in students:
         check_geometry(dc.crops, st.patch_size, "distill")
     if dc.students:
         return run_training(lambda device: FamilyObjective(dc, device), stage="distill", cfg=cfg, section=dc)

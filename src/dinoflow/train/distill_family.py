@@ -15,15 +15,15 @@ students on separate ranks is not done: every rank trains every student on its s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from dinoflow.config import DistillConfig
+from dinoflow.config import DistillConfig, stage_seed
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.distill_objectives import FeatureDistillObjective, HeadDistillObjective
-from dinoflow.train.objective import Batch, Schedule
+from dinoflow.train.objective import Batch, Schedule, TrainModule, backbones_of
 
 SEP = "__"  # between a student's name and its own state keys (names may not contain it ambiguously)
 
@@ -40,10 +40,12 @@ class StudentFamily(nn.Module):
 
     def backbones(self) -> dict[str, nn.Module]:
         """Each student's backbone under its `param_modules` name (`<student>.backbone`)."""
-        return {f"{n}.backbone": s.backbone for n, s in self.students.items()}
+        return {f"{n}.{k}": b for n, s in self.students.items() for k, b in backbones_of(s).items()}
 
     def param_modules(self) -> dict[str, nn.Module]:
-        return {f"{n}.{k}": m for n, s in self.students.items() for k, m in s.param_modules().items()}
+        return {
+            f"{n}.{k}": m for n, s in self.students.items() for k, m in cast(TrainModule, s).param_modules().items()
+        }
 
 
 def member_configs(cfg: DistillConfig) -> dict[str, DistillConfig]:
@@ -53,7 +55,7 @@ def member_configs(cfg: DistillConfig) -> dict[str, DistillConfig]:
     for i, st in enumerate(cfg.students):
         model = st.model_dump(exclude={"name"})
         out[st.name] = cfg.model_copy(
-            update={"students": [], "student": type(cfg.student)(**model), "seed": cfg.seed + i}
+            update={"students": [], "student": type(cfg.student)(**model), "seed": stage_seed(cfg.seed) + i}
         )
     return out
 
@@ -64,7 +66,7 @@ class FamilyObjective:
     def __init__(self, cfg: DistillConfig, device: torch.device):
         cls = HeadDistillObjective if cfg.mode == "heads" else FeatureDistillObjective
         self.members: dict[str, Any] = {}
-        teacher = None
+        teacher: Any = None  # what the member class shares: a teacher SSLNet (heads) or backbone (features)
         for name, mcfg in member_configs(cfg).items():
             member = cls(mcfg, device, teacher)
             teacher = member.shared_teacher  # loaded once, shared by every student
@@ -100,7 +102,7 @@ class FamilyObjective:
         return total, metrics
 
     def after_step(self, net: nn.Module, s: Schedule) -> None:
-        base = unwrap(net)
+        base = cast(StudentFamily, unwrap(net))
         for n, m in self.members.items():
             m.update_ema(base.students[n])
 

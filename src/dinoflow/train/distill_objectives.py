@@ -21,14 +21,14 @@ resampled to the student's grid (bilinear on the spatial map; probabilities reno
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from dinoflow.config import DistillConfig, HeadConfig, ModelConfig
+from dinoflow.config import DistillConfig, HeadConfig, ModelConfig, stage_seed
 from dinoflow.errors import DinoflowError
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.ema import ema_update, frozen_copy
@@ -37,6 +37,9 @@ from dinoflow.train.objective import Batch, Schedule
 from dinoflow.train.recipe_losses import RecipeLosses
 from dinoflow.train.ssl_net import SSLNet
 from dinoflow.train.views import Views
+
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
 
 
 def resample_tokens(tokens: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]) -> torch.Tensor:
@@ -72,6 +75,7 @@ class _DistillBase:
     cfg: DistillConfig
     student: nn.Module
     student_ema: nn.Module
+    ema_updates: torch.Tensor  # 0-d float64: EMA updates so far (checkpointed)
 
     def train_module(self) -> nn.Module:
         return self.student
@@ -161,7 +165,7 @@ class HeadDistillObjective(_DistillBase):
         self.ema_updates = torch.zeros((), dtype=torch.float64)
         ibot_dim = head_cfg.ibot_out_dim if head_cfg.separate_ibot_head else head_cfg.out_dim
         self.losses = RecipeLosses(cfg.loss, head_cfg.out_dim, ibot_dim, device)
-        self.views = Views(cfg.crops, None, cfg.student.patch_size, cfg.seed)
+        self.views = Views(cfg.crops, None, cfg.student.patch_size, stage_seed(cfg.seed))
         self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher_model_cfg.patch_size
 
     def extra_state(self) -> dict[str, torch.Tensor]:
@@ -216,7 +220,7 @@ class HeadDistillObjective(_DistillBase):
 class FeatureStudent(nn.Module):
     """Student backbone + linear projections to the teacher's width (CLS and patch tokens)."""
 
-    def __init__(self, backbone: nn.Module, teacher_dim: int):
+    def __init__(self, backbone: DinoVisionTransformer, teacher_dim: int):
         super().__init__()
         self.backbone = backbone
         self.cls_proj = nn.Linear(backbone.embed_dim, teacher_dim)
@@ -242,7 +246,7 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean()
 
 
-def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> nn.Module:
+def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> DinoVisionTransformer:
     """distill.teacher (a backbone .pth or its folder) → the frozen backbone, on `device`."""
     from dinoflow.models import load_backbone
 
@@ -268,7 +272,7 @@ def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> nn.Module:
 
 
 class FeatureDistillObjective(_DistillBase):
-    def __init__(self, cfg: DistillConfig, device: torch.device, teacher: nn.Module | None = None):
+    def __init__(self, cfg: DistillConfig, device: torch.device, teacher: DinoVisionTransformer | None = None):
         from dinoflow.models import backbone_from_config
 
         self.cfg = cfg
@@ -277,7 +281,7 @@ class FeatureDistillObjective(_DistillBase):
         self.student = FeatureStudent(backbone_from_config(_student_model_cfg(cfg)), self.teacher.embed_dim).to(device)
         self.student_ema = frozen_copy(self.student)
         self.ema_updates = torch.zeros((), dtype=torch.float64)
-        self.views = Views(cfg.crops, None, cfg.student.patch_size, cfg.seed)
+        self.views = Views(cfg.crops, None, cfg.student.patch_size, stage_seed(cfg.seed))
         self.s_patch, self.t_patch = cfg.student.patch_size, self.teacher.patch_size
 
     def extra_state(self) -> dict[str, torch.Tensor]:

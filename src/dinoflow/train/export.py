@@ -4,6 +4,7 @@ heads), gathered from shards when the network is FSDP2-sharded."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -17,7 +18,8 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     must call it (ranks other than 0 may discard the result)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(unwrap(module), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = get_model_state_dict(unwrap(module), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return cast(dict[str, torch.Tensor], sd)  # a module's state dict holds tensors; torch types every value kind
 
 
 def sub_state_dict(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence, cast
 
 import torch
 
 from dinoflow import tracking
-from dinoflow.config import Config, DistillConfig, PretrainConfig
+from dinoflow.config import Config, DistillConfig, ModelConfig, PretrainConfig, stage_seed
 from dinoflow.distributed.env import DistEnv, any_rank, barrier, init_distributed
 from dinoflow.errors import DinoflowError
 from dinoflow.models.wrappers import unwrap
@@ -30,7 +30,7 @@ from dinoflow.train.checkpoint import PendingSave, latest_checkpoint, load_check
 from dinoflow.train.data import check_training_data, make_loader, resolve_workers
 from dinoflow.train.host_memory import keep_freed_host_memory
 from dinoflow.train.metrics import CsvLog, StepMetrics
-from dinoflow.train.objective import Objective, backbones_of
+from dinoflow.train.objective import Objective, TrainModule, backbones_of
 from dinoflow.train.optim import build_optimizer, param_groups
 from dinoflow.train.preemption import Preempted, StopRequested, StopSignal
 from dinoflow.train.resources import check_batch_fits, check_model_fits, training_state_bytes
@@ -138,10 +138,12 @@ def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir, locks: Ex
     job at a time) and record the run; returns the data units."""
     tcfg = sec.train
     pretraining = isinstance(sec, PretrainConfig)
-    trained = [sec.model] if pretraining else (sec.students or [sec.student])  # a family trains them together
-    state = sum(
-        training_state_bytes(m, sec.head if pretraining else None, with_teacher_copy=pretraining) for m in trained
-    )
+    trained: Sequence[ModelConfig]
+    if isinstance(sec, PretrainConfig):
+        trained, head = [sec.model], sec.head
+    else:
+        trained, head = sec.students or [sec.student], None  # a family trains them together
+    state = sum(training_state_bytes(m, head, with_teacher_copy=pretraining) for m in trained)
     check_model_fits(stage, "model" if pretraining else "student", state, env.device, env.world_size)
     for model_cfg in trained:
         check_batch_fits(
@@ -175,7 +177,9 @@ def _setup(make_objective: MakeObjective, stage: str, sec: StageSection, env: Di
     objective = make_objective(env.device)
     net = prepare_networks(objective, tcfg, env)
     base = unwrap(net)
-    groups = param_groups(base.param_modules(), sec.optim, {n: b.n_blocks for n, b in backbones_of(base).items()})
+    groups = param_groups(
+        cast(TrainModule, base).param_modules(), sec.optim, {n: b.n_blocks for n, b in backbones_of(base).items()}
+    )
     optimizer = build_optimizer(groups, sec.optim)
     sched = Schedules(
         optim=sec.optim,
@@ -215,7 +219,7 @@ def _loader(sec: StageSection, env: DistEnv, views, start: int, units: list):
     return make_loader(
         sec.data,
         load_size=tcfg.load_size or sec.crops.global_size,
-        seed=sec.seed,
+        seed=stage_seed(sec.seed),
         rank=env.rank,
         world_size=env.world_size,
         batch_size=tcfg.batch_size_per_rank,
@@ -229,7 +233,7 @@ def _loader(sec: StageSection, env: DistEnv, views, start: int, units: list):
 def _train(
     make_objective: MakeObjective, stage: str, sec: StageSection, stop: StopRequested, locks: ExitStack
 ) -> dict[str, Any]:
-    tcfg, seed = sec.train, sec.seed
+    tcfg, seed = sec.train, stage_seed(sec.seed)
     run = check_run_dir(stage, sec)  # every rank, before any work: refuses changed settings
     env: DistEnv = init_distributed(tcfg.device)
     units = _prepare(stage, sec, env, run, locks)

@@ -23,7 +23,15 @@ prediction next to the measured peaks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
+
+from dinoflow.models.layers import Mlp
+
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
+    from dinoflow.train.ssl_net import SSLNet
 
 MODES_BY_COST = ("none", "selective", "full")
 ALLOCATOR_MARGIN = 0.9
@@ -40,15 +48,15 @@ def kept_elements_per_token(mode: str, dim: int, hidden: int, heads: int) -> int
     raise ValueError(f"activation checkpointing mode {mode!r} is not one of {MODES_BY_COST}")
 
 
-def block_dims(backbone: nn.Module) -> tuple[int, int, int, int]:
+def block_dims(backbone: DinoVisionTransformer) -> tuple[int, int, int, int]:
     """(embed dim, MLP hidden, heads, blocks) of a dinoflow ViT."""
     blk = backbone.block_list()[0]
     mlp = blk.mlp
-    hidden = mlp.fc1.out_features if hasattr(mlp, "fc1") else 2 * mlp.w3.in_features
+    hidden = mlp.fc1.out_features if isinstance(mlp, Mlp) else 2 * mlp.w3.in_features
     return backbone.embed_dim, hidden, blk.attn.num_heads, backbone.n_blocks
 
 
-def activation_bytes(backbone: nn.Module, tokens: int, mode: str, elem_bytes: int) -> int:
+def activation_bytes(backbone: DinoVisionTransformer, tokens: int, mode: str, elem_bytes: int) -> int:
     """Bytes the student's forward keeps for the backward over `tokens` tokens (all crops)."""
     dim, hidden, heads, depth = block_dims(backbone)
     return depth * tokens * kept_elements_per_token(mode, dim, hidden, heads) * elem_bytes
@@ -62,7 +70,7 @@ def step_tokens(crops, patch_size: int, batch: int, extra_tokens: int = 1) -> in
 
 
 def step_bytes(
-    student: nn.Module, teacher: nn.Module, tokens: int, mode: str, elem_bytes: int, head_rows: int, prototypes: int
+    student: SSLNet, teacher: nn.Module, tokens: int, mode: str, elem_bytes: int, head_rows: int, prototypes: int
 ) -> dict[str, int]:
     """Predicted peak of one step, in parts: static, activations, K-wide transients, total."""
     n_student = sum(p.numel() for p in student.parameters())
@@ -75,7 +83,7 @@ def step_bytes(
 
 
 def choose_checkpointing(
-    student: nn.Module,
+    student: SSLNet,
     teacher: nn.Module,
     tokens: int,
     elem_bytes: int,

@@ -117,12 +117,12 @@ class CsvLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        new_file = self.fields is None
-        if new_file:  # the first row fixes the columns; every step logs the same keys
-            self.fields = list(self.pending[0])
+        fields, new_file = self.fields, self.fields is None
+        if fields is None:  # the first row fixes the columns; every step logs the same keys
+            fields = self.fields = list(self.pending[0])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new_file:
                 w.writeheader()
             w.writerows(self.pending)

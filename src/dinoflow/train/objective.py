@@ -8,15 +8,24 @@ objective; `loop.run_training` and `step.py` call nothing else on it than `Objec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from dinoflow.train.views import Views
 
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
+
 Schedule = dict[str, float]  # this step's schedule values: lr, wd, momentum, teacher_temp, ...
 Batch = dict[str, Any]  # the views of one step (`Views.finish`): crops [N,3,S,S], masks, ...
+
+
+class TrainModule(Protocol):
+    """What the loop calls on `Objective.train_module()` besides the nn.Module methods."""
+
+    def param_modules(self) -> dict[str, nn.Module]: ...
 
 
 class Objective(Protocol):
@@ -54,11 +63,12 @@ class Objective(Protocol):
         ...
 
 
-def backbones_of(module: nn.Module) -> dict[str, nn.Module]:
+def backbones_of(module: nn.Module) -> dict[str, DinoVisionTransformer]:
     """The backbones a train module (or an EMA copy of one) trains, by their `param_modules()` name:
     `backbones()` where it holds several (a family of students), else {"backbone": module.backbone};
     {} for a module without one."""
-    if hasattr(module, "backbones"):
-        return dict(module.backbones())
+    backbones = getattr(module, "backbones", None)
+    if backbones is not None:
+        return dict(backbones())
     backbone = getattr(module, "backbone", None)
     return {} if backbone is None else {"backbone": backbone}

@@ -75,7 +75,7 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW with the fused kernel (one pass per parameter instead of a dozen element-wise ops
     with temporaries; CPU and CUDA). lr/weight_decay are placeholders: apply_schedules() sets
     them before every step."""
-    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=tuple(cfg.betas), fused=True)
+    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=cfg.betas, fused=True)
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:

@@ -11,7 +11,7 @@ from dinoflow.distributed.env import DistEnv
 from dinoflow.train.objective import backbones_of
 
 
-def reshard_policy(setting: bool | str, env: DistEnv) -> bool | int:
+def reshard_policy(setting: bool | int | str, env: DistEnv) -> bool | int:
     """FSDP2 `reshard_after_forward` for the trained blocks and heads, from the topology.
 
     "auto": on one node, reshard (ZeRO-3: gathering again over NVLink in the backward is cheap
@@ -42,17 +42,15 @@ def fsdp_units(module: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     sharding them would leave their parameters sharded at the first forward.
     """
     backbones = backbones_of(module)
-    blocks = [
-        blk
-        for b in backbones.values()
-        for blk in (b.block_list() if hasattr(b, "block_list") else list(getattr(b, "blocks", [])))
-    ]
-    heads = (
-        [m for name, m in module.param_modules().items() if name not in backbones]
-        if hasattr(module, "param_modules")
-        else []
-    )
+    blocks = [blk for b in backbones.values() for blk in _blocks(b)]
+    param_modules = getattr(module, "param_modules", None)
+    heads = [m for name, m in param_modules().items() if name not in backbones] if param_modules is not None else []
     return blocks, heads
+
+
+def _blocks(backbone: nn.Module) -> list[nn.Module]:
+    block_list = getattr(backbone, "block_list", None)
+    return list(block_list()) if block_list is not None else list(getattr(backbone, "blocks", []))
 
 
 def wrap_model(
@@ -75,12 +73,10 @@ def wrap_model(
     raf = reshard_policy(reshard_after_forward, env)
     mp = _mp_policy(env, precision)
     blocks, heads = fsdp_units(module)
-    for unit in blocks + heads:
-        fully_shard(unit, reshard_after_forward=raf, mp_policy=mp)
+    order = [fully_shard(unit, reshard_after_forward=raf, mp_policy=mp) for unit in blocks + heads]
     fully_shard(module, reshard_after_forward=raf if raf is not True else False, mp_policy=mp)
     # Explicit prefetch: gather the next block's (backward: the previous block's) parameters
     # while this one computes, one unit ahead, instead of relying on the implicit order.
-    order = blocks + heads
     for i, unit in enumerate(order):
         if i + 1 < len(order):
             unit.set_modules_to_forward_prefetch([order[i + 1]])
@@ -100,9 +96,9 @@ def shard_like(module: nn.Module, strategy: str, env: DistEnv, precision: str = 
 
         mp = _mp_policy(env, precision)
         blocks, heads = fsdp_units(module)
-        for unit in blocks + heads:
-            fully_shard(unit, reshard_after_forward=True, mp_policy=mp)
+        units = [fully_shard(unit, reshard_after_forward=True, mp_policy=mp) for unit in blocks + heads]
         fully_shard(module, reshard_after_forward=True, mp_policy=mp)
-        for i, unit in enumerate(blocks[:-1]):
-            unit.set_modules_to_forward_prefetch([blocks[i + 1]])
+        sharded_blocks = units[: len(blocks)]
+        for i, unit in enumerate(sharded_blocks[:-1]):
+            unit.set_modules_to_forward_prefetch([sharded_blocks[i + 1]])
     return module

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -30,7 +30,7 @@ class PhaseClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.steps: list[list[tuple[str, object, int]]] = []
+        self.steps: list[list[tuple[str, Any, int]]] = []  # (phase, CUDA event or perf_counter, bytes)
 
     def start_step(self) -> None:
         self.steps.append([])

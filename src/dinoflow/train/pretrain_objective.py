@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dinoflow.config import PretrainConfig
+from dinoflow.config import PretrainConfig, stage_seed
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.ema import ema_update
 from dinoflow.train.export import export_network, sub_state_dict
@@ -41,7 +41,7 @@ class PretrainObjective:
         self.teacher.eval()
         ibot_dim = cfg.head.ibot_out_dim if cfg.head.separate_ibot_head else cfg.head.out_dim
         self.losses = RecipeLosses(cfg.loss, cfg.head.out_dim, ibot_dim, device)
-        self.views = Views(cfg.crops, cfg.masks, cfg.model.patch_size, cfg.seed)
+        self.views = Views(cfg.crops, cfg.masks, cfg.model.patch_size, stage_seed(cfg.seed))
 
     def train_module(self) -> nn.Module:
         return self.student

@@ -124,9 +124,9 @@ class SafeFileSystemReader(FileSystemReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         md = self._checked if self._checked is not None else read_metadata(Path(str(self.path)) / ".metadata")
-        if getattr(md, "storage_meta", None) is None:
-            md.storage_meta = StorageMeta()
-        md.storage_meta.load_id = self.load_id
+        storage_meta = getattr(md, "storage_meta", None) or StorageMeta()
+        storage_meta.load_id = self.load_id
+        md.storage_meta = storage_meta
         return md
 
 

@@ -7,13 +7,18 @@ FSDP2 gathers the root's parameters only inside the root module's forward, so ca
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from dinoflow.models.vit import DinoVisionTransformer
+
 
 class SSLNet(nn.Module):
-    def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None = None):
+    def __init__(self, backbone: DinoVisionTransformer, dino_head: nn.Module, ibot_head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.dino_head = dino_head
@@ -51,7 +56,7 @@ class SSLNet(nn.Module):
         loc = feats[1] if local_crops is not None else None
         cls_in = [g_cls] + ([loc["x_norm_clstoken"]] if loc is not None else [])
         shared = self.ibot_head is None and picked is not None
-        if shared:
+        if shared and picked is not None:
             cls_in.append(picked)
         sizes = [t.shape[0] for t in cls_in]
         if shared and patch_parts:
@@ -64,7 +69,7 @@ class SSLNet(nn.Module):
         out["g_cls_logits"] = logits[0]
         if loc is not None:
             out["l_cls_logits"] = logits[1]
-        if picked is not None and not shared:
+        if picked is not None and self.ibot_head is not None:  # (not shared)
             if patch_parts:
                 out["patch_z"], out["patch_w"] = self.ibot_head(picked, parts=True)
             else:

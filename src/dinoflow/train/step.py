@@ -6,6 +6,8 @@ as device tensors, and the loop reads them (one transfer) every `log_every` step
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -14,7 +16,7 @@ from dinoflow.distributed.collectives import all_reduce_sum
 from dinoflow.distributed.env import DistEnv
 from dinoflow.errors import DinoflowError
 from dinoflow.models.wrappers import unwrap
-from dinoflow.train.objective import Batch, Objective, Schedule, backbones_of
+from dinoflow.train.objective import Batch, Objective, Schedule, TrainModule, backbones_of
 from dinoflow.train.optim import apply_schedules
 from dinoflow.train.parallelize import shard_like, wrap_model
 from dinoflow.train.phases import mark
@@ -33,7 +35,7 @@ def clip_gradients(net: nn.Module, max_norm: float | None) -> dict[str, torch.Te
     norms: dict[str, torch.Tensor] = {}
     if max_norm is None:
         return norms
-    for name, mod in unwrap(net).param_modules().items():
+    for name, mod in cast(TrainModule, unwrap(net)).param_modules().items():
         params = [p for p in mod.parameters() if p.grad is not None]
         if params:
             n = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
