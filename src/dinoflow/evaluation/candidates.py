@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dinoflow.config import EvaluateConfig
+from dinoflow.config import EvaluateConfig, stage_seed
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.dense_features import backbone_grids, pixel_grids
 from dinoflow.evaluation.features import FeatureSet, extract_features, pixel_features
+from dinoflow.models.vit import DinoVisionTransformer, backbone_from_config
 
 RANDOM_INIT = "random_init"
 RAW_PIXELS = "raw_pixels"
@@ -35,7 +36,7 @@ class Candidate:
     name: str
     kind: Kind
     description: str
-    backbone: nn.Module | None = None
+    backbone: DinoVisionTransformer | None = None
     path: Path | None = None
     sha256: str | None = None
 
@@ -86,21 +87,19 @@ def describe(model: nn.Module, extra: str = "") -> str:
     return f"{c.arch}/{c.patch_size}{regs} (LayerScale init {ls}){extra}"
 
 
-def trained(name: str, model: nn.Module, path: Path, sha256: str) -> Candidate:
+def trained(name: str, model: DinoVisionTransformer, path: Path, sha256: str) -> Candidate:
     """A trained model loaded from `path` (whose bytes hash to `sha256`), put in eval mode."""
     return Candidate(name, "trained", describe(model, f", from {path}"), model.eval(), path, sha256)
 
 
-def build_random_init(reference: nn.Module, ev: EvaluateConfig) -> nn.Module:
+def build_random_init(reference: nn.Module, ev: EvaluateConfig) -> DinoVisionTransformer:
     """The reference's architecture, freshly initialised (official init) with `random_init_layerscale`, seeded."""
-    from dinoflow.models import vit
-
     cfg = getattr(reference, "config", None)
     if cfg is None:
         raise DinoflowError("the random-init baseline needs a model built by dinoflow.models (it reads model.config)")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ev.seed)
-        model = vit.backbone_from_config(cfg, layerscale_init=ev.random_init_layerscale, drop_path_rate=0.0)
+        torch.manual_seed(stage_seed(ev.seed))
+        model = backbone_from_config(cfg, layerscale_init=ev.random_init_layerscale, drop_path_rate=0.0)
     return model.eval()
 
 

@@ -29,7 +29,6 @@ from dinoflow.evaluation.dense_figure import save_dense_png
 from dinoflow.evaluation.dense_probe import DenseTarget, dense_probe
 from dinoflow.evaluation.dense_report import dense_entry
 
-
 log = logging.getLogger(__name__)
 
 DENSE_KINDS = ("segmentation_folder", "depth_folder", "demo_segmentation", "demo_depth")
@@ -105,7 +104,7 @@ def evaluate_dense(
     """Run every dense dataset of `ev.datasets` for every candidate; raw pixels are cut on the patch
     grid of the first backbone (else `DEFAULT_PIXEL_PATCH`)."""
     out = DenseOutcome()
-    patch = next((int(c.backbone.patch_size) for c in candidates if c.backbone is not None), DEFAULT_PIXEL_PATCH)
+    patch = next((c.backbone.patch_size for c in candidates if c.backbone is not None), DEFAULT_PIXEL_PATCH)
     for ds in (d for d in ev.datasets if is_dense(d)):
         split = load_dense_dataset(ds, seed=stage_seed(ev.seed), max_train=ev.max_train, max_test=ev.max_test)
         size = ds.image_size or ev.image_size
