@@ -307,7 +307,7 @@ def test_kustomize_comes_from_the_test_extra():
 def test_pipeline_secrets_carry_the_names_and_keys_the_code_reads(overlay):
     """The steps (use_secret_as_env) and the TrainJob pods (secretKeyRef) read dinoflow.launch.secrets;
     the manifests must create exactly those secrets with exactly those keys."""
-    from dinoflow.launch.training import SECRET_ENV
+    from dinoflow.launch.options import SECRET_ENV
 
     docs = _docs(overlay)
     secret_keys = {S3_SECRET: S3_KEYS, MLFLOW_SECRET: MLFLOW_KEYS}

@@ -8,9 +8,9 @@ import pytest
 
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.gate import gate_line
+from dinoflow.launch.options import LaunchOptions
 from dinoflow.launch.steps import flat_metrics, publish, step_config
 from dinoflow.launch.torchrun import run_torchrun, torchrun_argv
-from dinoflow.launch.training import LaunchOptions
 
 
 def test_wiring_wins_over_user_overrides_and_params():
