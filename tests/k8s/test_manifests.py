@@ -258,7 +258,10 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
         DEFAULT_RUNTIME,
         DEFAULT_RUNTIME_KIND,
     )
-    assert dag.SHARED_DIR == SHARED_DIR and steps.SHARED_PVC == "dinoflow-shared"
+    from dinoflow.launch.options import check_launch
+
+    # the steps mount the volume where a launch dict's shared_dir points by default (the DAG sets none)
+    assert steps.SHARED_DIR == check_launch({})["shared_dir"] == SHARED_DIR and steps.SHARED_PVC == "dinoflow-shared"
     pod = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}

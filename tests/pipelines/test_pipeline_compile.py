@@ -35,6 +35,23 @@ def _tasks(spec) -> dict[str, dict]:
     return out
 
 
+# the TrainJob settings both launch dicts take from the same pipeline parameters
+SHARED_LAUNCH_INPUTS = {
+    "accelerator_type": "accelerator_type",
+    "image": "image",
+    "trainjob_runtime": "trainjob_runtime",
+    "trainjob_runtime_kind": "trainjob_runtime_kind",
+    "tolerations": "gpu_tolerations",
+    "node_selector": "gpu_node_selector",
+}
+
+
+def _launch_inputs(tasks: dict, which: str) -> dict[str, str]:
+    """launch_options input → the pipeline parameter it is given."""
+    params = tasks[LAUNCH[which]]["inputs"]["parameters"]
+    return {k: v["componentInputParameter"].removeprefix("pipelinechannel--") for k, v in params.items()}
+
+
 def _executor(spec, task: str) -> str:
     return spec["components"][_tasks(spec)[task]["componentRef"]["name"]]["executorLabel"]
 
@@ -106,16 +123,10 @@ def test_the_global_curation_step_launches_like_training(compiled):
         "producerTask": LAUNCH["curation"],
     }
     assert not {"run_id", "shared_dir"} & set(params)  # from the pod's label and the DAG's mount
-    launch = tasks[LAUNCH["curation"]]["inputs"]["parameters"]
-    assert {k: v["componentInputParameter"].removeprefix("pipelinechannel--") for k, v in launch.items()} == {
+    assert _launch_inputs(tasks, "curation") == {
         "num_nodes": "curate_num_nodes",
         "gpus_per_node": "curate_procs_per_node",
-        "accelerator_type": "accelerator_type",
-        "image": "image",
-        "trainjob_runtime": "trainjob_runtime",
-        "trainjob_runtime_kind": "trainjob_runtime_kind",
-        "tolerations": "gpu_tolerations",
-        "node_selector": "gpu_node_selector",
+        **SHARED_LAUNCH_INPUTS,
     }
     assert tasks["curate-global"]["retryPolicy"]["maxRetryCount"] == 3
     for name in CURATION:
@@ -201,16 +212,10 @@ def test_one_node_training_holds_gpus_and_the_trainjob_launcher_none(compiled):
             # the one launch dict; the TrainJob's pods get the GPU tolerations and node selector through it
             assert params["launch"]["componentInputParameter"] == "pipelinechannel--launch-options-Output"
             assert not {"num_nodes", "gpus_per_node", "tolerations", "node_selector", "shared_dir"} & set(params)
-    launch = tasks[LAUNCH["training"]]["inputs"]["parameters"]
-    assert {k: v["componentInputParameter"].removeprefix("pipelinechannel--") for k, v in launch.items()} == {
+    assert _launch_inputs(tasks, "training") == {
         "num_nodes": "num_nodes",
         "gpus_per_node": "gpus_per_node",
-        "accelerator_type": "accelerator_type",
-        "image": "image",
-        "trainjob_runtime": "trainjob_runtime",
-        "trainjob_runtime_kind": "trainjob_runtime_kind",
-        "tolerations": "gpu_tolerations",
-        "node_selector": "gpu_node_selector",
+        **SHARED_LAUNCH_INPUTS,
     }
     for name in LAUNCH.values():  # no GPU: the check runs on any CPU node
         res = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]["resources"]
