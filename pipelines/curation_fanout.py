@@ -3,6 +3,7 @@ DAG (pipelines/dinov2_pipeline.py) calls inside its exit handler and that `curat
 curate-only pipeline, wraps:
 
     data_version ─▶ curate_plan ─▶ ParallelFor(task g): curate_partition(g) ─▶ curate_global(Collected embeddings)
+    launch_options ─────────────────────────────────────────────────────────────▶ curate_global(launch)
 
 data_version (never cached) digests the listing of every curate input (keys, sizes, ETags) and is
 an input of the three curation steps: KFP's cache key holds nothing of an s3:// prefix's content,
@@ -18,6 +19,8 @@ fewer partitions); the global step's processes: `num_nodes` 1 and `procs_per_nod
 pod; 1 and N > 1, torchrun of N processes in its pod (gloo: the pod has no GPU); `num_nodes` M > 1,
 a Kubeflow Trainer TrainJob of M GPU nodes with `procs_per_node` GPUs (one process each), placed
 like training's (accelerator type, GPU tolerations, node selector); the step's pod then only waits.
+These arrive as one `launch` dict that a launch_options task builds from the parameters and checks
+first, so a bad value fails the run before any decoding.
 The run id and the shared volume come from the pod (pipelines/steps.py), never from inputs, so
 every task stays cacheable. Every task runs on the CPU image (a TrainJob of the global step gets
 the training image through `image`) and is retried: each writes only its own outputs.
@@ -33,8 +36,9 @@ from components.curate_partition.component import curate_partition
 from components.curate_plan.component import curate_plan
 from components.data_version.component import data_version
 from components.images import TRAIN_IMAGE
+from components.launch_options.component import launch_options
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
-from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried
+from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried, unprivileged_step
 
 PIPELINE_NAME = "dinoflow-curation-fanout"
 Outputs = NamedTuple("Outputs", curated=Dataset, reports=Artifact, report_html=HTML, metrics=Metrics)
@@ -54,13 +58,10 @@ def curation_tasks(cfg: dict, *, groups, num_nodes, procs_per_node, trainjob: di
         # plan starts tasks 0 .. min(groups, partitions) - 1, so every partition has its task
         part = curate_partition(**cfg, group=group, groups=groups, data_version=version)
         cpu_step(retried(part), "curate: decode + embed", cpu="4", memory="16Gi")
+    launch = launch_options(num_nodes=num_nodes, gpus_per_node=procs_per_node, **trainjob)
+    launch = unprivileged_step(launch, "curate: launch options")
     glob = curate_global(
-        **cfg,
-        data_version=version,
-        embeddings=dsl.Collected(part.outputs["embeddings"]),
-        num_nodes=num_nodes,
-        procs_per_node=procs_per_node,
-        **trainjob,
+        **cfg, data_version=version, embeddings=dsl.Collected(part.outputs["embeddings"]), launch=launch.output
     )
     # retried like training: a preempted global step (or its TrainJob's launcher) starts again
     return cpu_step(retried(glob), "curate: global steps", cpu="4", memory="16Gi")

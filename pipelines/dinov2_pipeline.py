@@ -36,23 +36,24 @@ from components.distill.component import distill
 from components.evaluate.component import evaluate
 from components.finalize.component import finalize
 from components.images import TRAIN_IMAGE
+from components.launch_options.component import launch_options
 from components.pretrain.component import pretrain
 from components.register.component import register
-from dinoflow.launch.shared import SHARED_DIR
 from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from pipelines.curation_fanout import curation_tasks
-from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried, training_step
+from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried, training_step, unprivileged_step
 
 PIPELINE_NAME = "dinoflow-dinov2"
 
 
-def _after_curation(cfg: dict, launch: dict, gpu: dict, curated, multi_node: bool) -> None:
+def _after_curation(cfg: dict, launch, gpu: dict, curated, multi_node: bool) -> None:
     """pretrain → distill → evaluate → register, on one node (the steps hold the GPUs) or on many
     (the steps launch TrainJobs). The chain is built once per shape, under dsl.If / dsl.Else, rather
-    than joining the two training steps with dsl.OneOf, which kfp.local cannot run."""
-    pre = training_step(pretrain(**cfg, **launch, curated=curated), "pretrain", multi_node, gpu)
+    than joining the two training steps with dsl.OneOf, which kfp.local cannot run. `launch`: the
+    launch_options task's checked dict, which the training steps take whole."""
+    pre = training_step(pretrain(**cfg, launch=launch, curated=curated), "pretrain", multi_node, gpu)
     teacher = pre.outputs["teacher"]
-    dis = training_step(distill(**cfg, **launch, curated=curated, teacher=teacher), "distill", multi_node, gpu)
+    dis = training_step(distill(**cfg, launch=launch, curated=curated, teacher=teacher), "distill", multi_node, gpu)
     student = dis.outputs["student"]
     ev = cpu_step(retried(evaluate(**cfg, teacher=teacher, student=student)), "evaluate", cpu="4", memory="16Gi")
     # every candidate is registered; the gate inside decides whether it takes the alias. Not retried:
@@ -86,8 +87,7 @@ def dinov2_pipeline(
     absolute paths on mounted volumes); overrides: `key=value` list applied on top; curate_*: the
     curation fan-out (module docstring)."""
     cfg = dict(params_yaml=params_yaml, overrides=overrides)
-    # GPU settings are inputs too: the TrainJob's pods need them (and kfp.local resolves a condition
-    # branch's accelerator settings only from its tasks' inputs)
+    # GPU settings are in the launch dict too: the TrainJob's pods need them
     trainjob = dict(
         image=image,
         trainjob_runtime=trainjob_runtime,
@@ -96,7 +96,6 @@ def dinov2_pipeline(
         tolerations=gpu_tolerations,
         node_selector=gpu_node_selector,
     )
-    launch = dict(num_nodes=num_nodes, gpus_per_node=gpus_per_node, shared_dir=SHARED_DIR, **trainjob)
     gpu = dict(
         accelerator_type=accelerator_type,
         gpus_per_node=gpus_per_node,
@@ -111,6 +110,9 @@ def dinov2_pipeline(
         # KFP may not run an exit handler after a terminate: each run closes such leftovers as it starts
         stale = cpu_step(retried(close_stale_runs(**cfg)), "close stale runs", cpu="1", memory="1Gi")
         stale.set_caching_options(enable_caching=False)
+        # the training steps' one `launch` parameter, checked before curation starts
+        launch = launch_options(num_nodes=num_nodes, gpus_per_node=gpus_per_node, **trainjob)
+        launch = unprivileged_step(launch, "training: launch options")
         cur = curation_tasks(
             cfg,
             groups=curate_groups,
@@ -119,6 +121,6 @@ def dinov2_pipeline(
             trainjob=trainjob,
         )
         with dsl.If(num_nodes == 1, name="one-node"):
-            _after_curation(cfg, launch, gpu, cur.outputs["curated"], multi_node=False)
+            _after_curation(cfg, launch.output, gpu, cur.outputs["curated"], multi_node=False)
         with dsl.Else(name="multi-node"):
-            _after_curation(cfg, launch, gpu, cur.outputs["curated"], multi_node=True)
+            _after_curation(cfg, launch.output, gpu, cur.outputs["curated"], multi_node=True)

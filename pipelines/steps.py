@@ -7,6 +7,7 @@ outside to a sub-pipeline's inner tasks, so each pipeline builds its tasks throu
 - MLflow and S3 credentials come from Kubernetes secrets in the namespace the steps run in;
 - every step mounts the shared ReadWriteMany volume (data named by absolute path, checkpoints
   keyed by run and stage so a retried step resumes, TrainJob staging) and runs as a non-root user;
+  the launch_options check alone, which reads no data, gets only the non-root identity;
 - GPU steps get a memory-backed /dev/shm, GPU type and count, node selector and tolerations from
   pipeline parameters, and retries for preemptible nodes. A step that launches a TrainJob runs on a
   small CPU pod and requests no GPU (the TrainJob's pods get the GPUs, tolerations and node selector).
@@ -48,6 +49,15 @@ def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
 def cpu_step(task: dsl.PipelineTask, name: str, cpu: str, memory: str) -> dsl.PipelineTask:
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
     return step(task, name)
+
+
+def unprivileged_step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """A step that reads no data and talks to no service (the launch_options check): a non-root
+    identity and small resources; no credentials, no shared volume, no run id (least privilege)."""
+    task.set_display_name(name)
+    task.set_cpu_request("1").set_cpu_limit("1").set_memory_request("1Gi").set_memory_limit("1Gi")
+    kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
+    return retried(task)
 
 
 def retried(task: dsl.PipelineTask) -> dsl.PipelineTask:

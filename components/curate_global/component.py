@@ -1,15 +1,15 @@
 """curate_global: the fan-out's global steps — dedup, retrieval, k-means, sampling, shards, manifest.
 
-Runs `dinoflow curate` on the embedding shards of every curate_partition task: in the step
-(num_nodes 1, procs_per_node <= 1), under torchrun (procs_per_node > 1: gloo on CPU, NCCL on
-GPUs), or as a Kubeflow Trainer TrainJob (num_nodes > 1: procs_per_node GPUs of
-`accelerator_type` per node, with the tolerations and node selector), like training
-(dinoflow.launch.training). The pipeline run id arrives as `$DINOFLOW_PIPELINE_RUN_ID` (the pod's
-label) and the shared volume is the DAG's mount (dinoflow.launch.shared.SHARED_DIR), not inputs,
-so the step stays cacheable.
+Runs `dinoflow curate` on the embedding shards of every curate_partition task, launched as
+`launch` says (dinoflow.launch.options), like training (dinoflow.launch.training): in the step
+(num_nodes 1, gpus_per_node <= 1), under torchrun (gpus_per_node > 1 processes: gloo on CPU, NCCL
+on GPUs), or as a Kubeflow Trainer TrainJob (num_nodes > 1: gpus_per_node GPUs of
+`accelerator_type` per node, with the tolerations and node selector). The pipeline run id
+arrives as `$DINOFLOW_PIPELINE_RUN_ID` (the pod's label) and the shared volume is the DAG's mount
+(dinoflow.launch.shared.SHARED_DIR), not inputs, so the step stays cacheable.
 """
 
-from typing import Dict, List
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
@@ -26,14 +26,7 @@ def curate_global(
     reports: Output[Artifact],
     report_html: Output[HTML],
     metrics: Output[Metrics],
-    num_nodes: int,
-    procs_per_node: int,
-    accelerator_type: str,
-    image: str,
-    trainjob_runtime: str,
-    trainjob_runtime_kind: str,
-    tolerations: List[dict],
-    node_selector: Dict[str, str],
+    launch: dict,
     data_version: str,
 ):
     """The curated shards + manifest become `curated`; the report becomes `reports` / `report_html`.
@@ -42,19 +35,10 @@ def curate_global(
 
     from dinoflow.launch.curation_fanout import run_global_step
     from dinoflow.launch.data_ref import output_dir, publish_ref, resolve
+    from dinoflow.launch.options import LaunchOptions
     from dinoflow.launch.steps import log_summary_metrics, publish
-    from dinoflow.launch.training import LaunchOptions
 
-    opts = LaunchOptions.from_step_inputs(
-        num_nodes=num_nodes,
-        gpus_per_node=procs_per_node,
-        accelerator_type=accelerator_type,
-        image=image,
-        trainjob_runtime=trainjob_runtime,
-        trainjob_runtime_kind=trainjob_runtime_kind,
-        tolerations=tolerations,
-        node_selector=node_selector,
-    )
+    opts = LaunchOptions.from_launch(launch)
     # the curated shards go to the shared volume when mounted; `curated` then refers to them
     out = output_dir(curated.path, "curated")
     summary = run_global_step(

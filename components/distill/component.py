@@ -3,7 +3,7 @@
 Launch, run id and checkpoints as for pretrain (components/pretrain/component.py).
 """
 
-from typing import Dict, List
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -19,19 +19,12 @@ def distill(
     teacher: Input[Model],
     student: Output[Model],
     curves: Output[Artifact],
-    num_nodes: int,
-    gpus_per_node: int,
-    accelerator_type: str,
-    image: str,
-    trainjob_runtime: str,
-    trainjob_runtime_kind: str,
-    shared_dir: str,
-    tolerations: List[dict],
-    node_selector: Dict[str, str],
+    launch: dict,
 ):
     """Run `dinoflow distill` from the pretrain step's teacher directory."""
     from dinoflow.launch.data_ref import resolve
-    from dinoflow.launch.training import LaunchOptions, run_training_step
+    from dinoflow.launch.options import LaunchOptions
+    from dinoflow.launch.training import run_training_step
 
     run_training_step(
         "distill",
@@ -39,15 +32,5 @@ def distill(
         overrides,
         inputs={"distill.data": resolve(curated.path), "distill.teacher": teacher.path},
         outputs={"distill.out_dir": student.path, "distill.report_csv": curves.path},
-        opts=LaunchOptions.from_step_inputs(
-            num_nodes=num_nodes,
-            gpus_per_node=gpus_per_node,
-            accelerator_type=accelerator_type,
-            image=image,
-            trainjob_runtime=trainjob_runtime,
-            trainjob_runtime_kind=trainjob_runtime_kind,
-            shared_dir=shared_dir,
-            tolerations=tolerations,
-            node_selector=node_selector,
-        ),
+        opts=LaunchOptions.from_launch(launch),
     )

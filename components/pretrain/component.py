@@ -2,12 +2,14 @@
 
 One GPU runs in the step; N GPUs on one node run under torchrun in the step; several nodes run
 as a Kubeflow Trainer TrainJob that the step submits and waits for (dinoflow.launch.training).
+`launch` holds those resources (dinoflow.launch.options: num_nodes, gpus_per_node, the TrainJob's
+image, runtime and GPU placement), as the DAG's launch_options task built and checked them.
 The pipeline run id arrives as `$DINOFLOW_PIPELINE_RUN_ID` (the pod's label), not as an input, so
 the step stays cacheable; checkpoints go to the shared volume keyed by run and stage, so a retried
 step resumes.
 """
 
-from typing import Dict, List
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -22,19 +24,12 @@ def pretrain(
     curated: Input[Dataset],
     teacher: Output[Model],
     curves: Output[Artifact],
-    num_nodes: int,
-    gpus_per_node: int,
-    accelerator_type: str,
-    image: str,
-    trainjob_runtime: str,
-    trainjob_runtime_kind: str,
-    shared_dir: str,
-    tolerations: List[dict],
-    node_selector: Dict[str, str],
+    launch: dict,
 ):
     """Run `dinoflow pretrain`; `teacher` holds backbone.pth + config.yaml."""
     from dinoflow.launch.data_ref import resolve
-    from dinoflow.launch.training import LaunchOptions, run_training_step
+    from dinoflow.launch.options import LaunchOptions
+    from dinoflow.launch.training import run_training_step
 
     run_training_step(
         "pretrain",
@@ -42,15 +37,5 @@ def pretrain(
         overrides,
         inputs={"pretrain.data": resolve(curated.path)},
         outputs={"pretrain.out_dir": teacher.path, "pretrain.report_csv": curves.path},
-        opts=LaunchOptions.from_step_inputs(
-            num_nodes=num_nodes,
-            gpus_per_node=gpus_per_node,
-            accelerator_type=accelerator_type,
-            image=image,
-            trainjob_runtime=trainjob_runtime,
-            trainjob_runtime_kind=trainjob_runtime_kind,
-            shared_dir=shared_dir,
-            tolerations=tolerations,
-            node_selector=node_selector,
-        ),
+        opts=LaunchOptions.from_launch(launch),
     )

@@ -19,8 +19,11 @@ from components.curate_plan.component import curate_plan
 from components.distill.component import distill
 from components.evaluate.component import evaluate
 from components.images import CPU_IMAGE, TRAIN_IMAGE
+from components.launch_options.component import launch_options
 from components.pretrain.component import pretrain
 from components.register.component import register
+from dinoflow.errors import DinoflowError
+from dinoflow.launch.options import LaunchOptions
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -122,33 +125,48 @@ def _check_program(comp, container) -> None:
             assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
 
 
-def test_training_components_take_launch_parameters_but_no_run_id():
-    """The run id is not an input: a run-unique input would enter KFP's cache key (never a hit)."""
-    for comp in (pretrain, distill):
-        params = set(_spec(comp).inputs)
-        assert {
-            "num_nodes",
-            "gpus_per_node",
-            "image",
-            "trainjob_runtime",
-            "trainjob_runtime_kind",
-            "shared_dir",
-            "tolerations",
-            "node_selector",
-        } <= params
-        assert not {p for p in params if "run" in p and "id" in p}
+def test_launched_components_take_one_launch_dict_but_no_run_id():
+    """Resources arrive as one `launch` struct (dinoflow.launch.options); the run id is not an
+    input: a run-unique input would enter KFP's cache key (never a hit)."""
+    for comp in (pretrain, distill, curate_global):
+        inputs = _spec(comp).inputs
+        assert inputs["launch"].type == "Dict", comp.name  # IR: STRUCT
+        assert not {"num_nodes", "gpus_per_node", "procs_per_node", "tolerations", "shared_dir"} & set(inputs)
+        assert not {p for p in inputs if "run" in p and "id" in p}
+
+
+def test_launch_options_builds_the_checked_dict():
+    spec = _spec(launch_options)
+    assert spec.implementation.container.image == CPU_IMAGE and spec.outputs["Output"].type == "Dict"
+    _check_program(launch_options, spec.implementation.container)
+    flat = dict(
+        num_nodes=2,
+        gpus_per_node=8,
+        accelerator_type="nvidia.com/gpu",
+        image="img:1",
+        trainjob_runtime="rt",
+        trainjob_runtime_kind="ClusterTrainingRuntime",
+        tolerations=[{"key": "gpu", "operator": "Exists"}],
+        node_selector={"pool": "a100"},
+    )
+    launch = launch_options.python_func(**flat)
+    assert {k: launch[k] for k in flat} == flat and launch["shared_dir"] == "/mnt/dinoflow-shared"
+    opts = LaunchOptions.from_launch(launch)  # what the launched step makes of it
+    assert (opts.num_nodes, opts.gpus_per_node, opts.runtime_kind, opts.node_selector) == (
+        2,
+        8,
+        "ClusterTrainingRuntime",
+        {"pool": "a100"},
+    )
+    with pytest.raises(DinoflowError, match=r"launch.num_nodes: Input should be greater than or equal to 1; got 0"):
+        launch_options.python_func(**{**flat, "num_nodes": 0})
+    with pytest.raises(DinoflowError, match=r"launch.tolerations.0: Input should be a valid dictionary"):
+        launch_options.python_func(**{**flat, "tolerations": ["gpu"]})
 
 
 CURATE_LAUNCH = dict(
     data_version="sha256:0",
-    num_nodes=1,
-    procs_per_node=1,
-    accelerator_type="nvidia.com/gpu",
-    image="img",
-    trainjob_runtime="rt",
-    trainjob_runtime_kind="TrainingRuntime",
-    tolerations=[],
-    node_selector={},
+    launch={"num_nodes": 1, "gpus_per_node": 1, "image": "img", "trainjob_runtime": "rt"},
 )
 
 
@@ -191,17 +209,7 @@ def test_components_wire_artifacts_through_the_stages(standin_stages, tmp_path, 
     assert metrics.metadata == {"funnel.input": 5.0, "funnel.kept": 3.0}
 
     teacher, tcurves = _art(dsl.Model, tmp_path / "teacher"), _art(dsl.Artifact, tmp_path / "pretrain.csv")
-    launch = dict(
-        num_nodes=1,
-        gpus_per_node=0,
-        accelerator_type="nvidia.com/gpu",
-        image="img",
-        trainjob_runtime="rt",
-        trainjob_runtime_kind="TrainingRuntime",
-        shared_dir=str(tmp_path / "shared"),
-        tolerations=[],
-        node_selector={},
-    )
+    launch = dict(launch={"num_nodes": 1, "gpus_per_node": 0, "image": "img", "shared_dir": str(tmp_path / "shared")})
     pretrain.python_func(params_yaml=text, overrides=[], curated=curated, teacher=teacher, curves=tcurves, **launch)
     log = standin_stages()
     assert log["pretrain"]["data"] == curated.path and log["pretrain"]["out_dir"] == teacher.path
@@ -269,9 +277,17 @@ def test_user_overrides_cannot_redirect_artifacts(standin_stages, tmp_path):
     assert standin_stages()["curate"]["parts"] == []  # the gathered work directory, not the override
 
 
-def test_bad_override_is_a_clear_error(standin_stages, tmp_path):
-    from dinoflow.errors import DinoflowError
+def test_bad_launch_dict_is_refused_before_the_stage_runs(standin_stages, tmp_path):
+    teacher, curves = _art(dsl.Model, tmp_path / "teacher"), _art(dsl.Artifact, tmp_path / "pretrain.csv")
+    curated = _art(dsl.Dataset, tmp_path / "curated")
+    with pytest.raises(DinoflowError, match=r"launch.gpu_per_node: unknown key .*the keys: num_nodes, gpus_per_node"):
+        pretrain.python_func(
+            params_yaml="", overrides=[], curated=curated, teacher=teacher, curves=curves, launch={"gpu_per_node": 2}
+        )
+    assert "pretrain" not in standin_stages()
 
+
+def test_bad_override_is_a_clear_error(standin_stages, tmp_path):
     with pytest.raises(DinoflowError, match="curate.knn_kk"):
         _curate(tmp_path, "", ["curate.knn_kk=3"], [])
     with pytest.raises(DinoflowError, match="curate.knn_kk"):

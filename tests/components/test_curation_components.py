@@ -40,16 +40,7 @@ def test_fanout_component_specs():
         "report_html": "system.HTML",
         "metrics": "system.Metrics",
     }
-    assert {
-        "num_nodes",
-        "procs_per_node",
-        "accelerator_type",
-        "image",
-        "trainjob_runtime",
-        "trainjob_runtime_kind",
-        "tolerations",
-        "node_selector",
-    } <= set(ins)
+    assert ins["launch"] == "Dict"  # the global step's processes and TrainJob placement (dinoflow.launch.options)
     # the run id comes from the pod's label and the shared volume from the DAG's mount: a run-unique
     # input would enter KFP's cache key (never a hit)
     for comp in (curate_plan, curate_partition, curate_global):
@@ -79,7 +70,13 @@ def test_fanout_subpipeline_compiles_with_a_parallel_for_and_outputs():
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"curated", "reports", "report_html", "metrics"}
     # built by the same function as the main DAG's curation: the same cluster settings on every task
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-data-version", "exec-curate-plan", "exec-curate-partition", "exec-curate-global"}
-    for ex in executors.values():
-        assert ex["fieldPathAsEnv"][0]["name"] == "DINOFLOW_PIPELINE_RUN_ID" and ex["pvcMount"]
+    steps = {"exec-data-version", "exec-curate-plan", "exec-curate-partition", "exec-curate-global"}
+    assert set(executors) == steps | {"exec-launch-options"}
+    for label, ex in executors.items():
         assert ex["securityContext"]["runAsNonRoot"] is True
+        if label in steps:
+            assert ex["fieldPathAsEnv"][0]["name"] == "DINOFLOW_PIPELINE_RUN_ID" and ex["pvcMount"]
+        else:  # the launch check reads no data: no volume, no credentials
+            assert set(ex) == {"securityContext"}
+    glob = tasks["curate-global"]["inputs"]["parameters"]["launch"]["taskOutputParameter"]
+    assert glob == {"outputParameterKey": "Output", "producerTask": "launch-options"}

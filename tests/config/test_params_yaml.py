@@ -153,3 +153,30 @@ def test_tree_checks():
     with pytest.raises(ConfigError, match="True: keys must be names, got a bool"):
         check_tree({True: 1})
     check_tree({"seed": -(2**63 - 1), "a": [1, 2.5, None, True]})
+
+
+def test_params_text_is_guarded_like_a_file():
+    """Params held in memory (a pipeline parameter) meet the checks a params file meets."""
+    from dinoflow.config import config_from_text
+
+    bomb = (
+        "a: &a ["
+        + ",".join(["x"] * 9)
+        + "]\n"
+        + "".join(f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    )
+    with pytest.raises(ConfigError, match="params_yaml: the YAML expands to more than"):
+        config_from_text(bomb, origin="params_yaml")
+    # 400,000 three-byte characters: under the bound in characters, over it in bytes
+    with pytest.raises(ConfigError, match=f"params_yaml: 1,200,0.. bytes is more than .*{MAX_PARAMS_BYTES:,}"):
+        config_from_text("#" + "€" * 400_000 + "\n{}", origin="params_yaml")
+    undecodable = b"seed: 1 # caf\xe9\n".decode("utf-8", "surrogateescape")  # latin-1 bytes read as UTF-8
+    with pytest.raises(ConfigError, match="params_yaml is not UTF-8 text"):
+        config_from_text(undecodable, origin="params_yaml")
+    with pytest.raises(ConfigError, match="key 'seed' appears twice"):
+        config_from_text("seed: 1\nseed: 2\n", origin="params_yaml")
+    with pytest.raises(ConfigError, match="params_yaml is empty"):
+        config_from_text("# only a comment\n", origin="params_yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        config_from_text("[1, 2]", origin="params_yaml")
+    assert config_from_text("\ufeffseed: 4\n", ["pretrain.seed=5"]).pretrain.seed == 5  # a BOM, as in a file

@@ -43,15 +43,7 @@ def _probe(curated_uri: str):
             params_yaml=params_yaml,
             overrides=overrides,
             curated=data.output,
-            num_nodes=1,
-            gpus_per_node=0,
-            accelerator_type="nvidia.com/gpu",
-            image="",
-            trainjob_runtime="",
-            trainjob_runtime_kind="TrainingRuntime",
-            shared_dir=SHARED,
-            tolerations=[],
-            node_selector={},
+            launch={"num_nodes": 1, "gpus_per_node": 0, "shared_dir": SHARED},
         )
 
     return resume_probe

@@ -259,7 +259,10 @@ def test_training_runtime_matches_what_the_pipeline_asks_for():
         DEFAULT_RUNTIME,
         DEFAULT_RUNTIME_KIND,
     )
-    assert dag.SHARED_DIR == SHARED_DIR and steps.SHARED_PVC == "dinoflow-shared"
+    from dinoflow.launch.options import check_launch
+
+    # the steps mount the volume where a launch dict's shared_dir points by default (the DAG sets none)
+    assert steps.SHARED_DIR == check_launch({})["shared_dir"] == SHARED_DIR and steps.SHARED_PVC == "dinoflow-shared"
     pod = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}
@@ -308,7 +311,7 @@ def test_kustomize_comes_from_the_test_extra():
 def test_pipeline_secrets_carry_the_names_and_keys_the_code_reads(overlay):
     """The steps (use_secret_as_env) and the TrainJob pods (secretKeyRef) read dinoflow.launch.secrets;
     the manifests must create exactly those secrets with exactly those keys."""
-    from dinoflow.launch.training import SECRET_ENV
+    from dinoflow.launch.options import SECRET_ENV
 
     docs = _docs(overlay)
     secret_keys = {S3_SECRET: S3_KEYS, MLFLOW_SECRET: MLFLOW_KEYS}

@@ -53,7 +53,8 @@ def test_a_cuda_torch_on_a_node_without_driver_stops_the_training_step(monkeypat
     """The step refuses before any work when the node cannot run the image's CUDA."""
     import torch
 
-    from dinoflow.launch.training import LaunchOptions, run_training_step
+    from dinoflow.launch.options import LaunchOptions
+    from dinoflow.launch.training import run_training_step
 
     monkeypatch.setattr(torch.version, "cuda", "13.0")  # what the CUDA image's torch reports
     monkeypatch.setattr(cuda_check, "PROC_VERSION", tmp_path / "absent")

@@ -6,7 +6,7 @@ from curation.conftest import tiny_cfg, write_pool
 from dinoflow.curation.pipeline import curate
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.curation_fanout import embed_group, fanout_groups, run_global_step
-from dinoflow.launch.training import LaunchOptions
+from dinoflow.launch.options import LaunchOptions
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import yaml
 from dinoflow.config.pipeline_env import KFP_POD_NAME, KFP_POD_UID, PIPELINE_RUN_ID
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.data_ref import REF_FILE, on_volume, output_dir, publish_ref, resolve
-from dinoflow.launch.training import LaunchOptions, run_training_step
+from dinoflow.launch.options import LaunchOptions
+from dinoflow.launch.training import run_training_step
 
 
 @pytest.fixture

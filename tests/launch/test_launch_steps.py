@@ -8,9 +8,9 @@ import pytest
 
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.gate import gate_line
-from dinoflow.launch.steps import flat_metrics, publish, step_config, wiring_overrides
+from dinoflow.launch.options import LaunchOptions
+from dinoflow.launch.steps import flat_metrics, publish, step_config
 from dinoflow.launch.torchrun import run_torchrun, torchrun_argv
-from dinoflow.launch.training import LaunchOptions
 
 
 def test_wiring_wins_over_user_overrides_and_params():
@@ -22,7 +22,23 @@ def test_wiring_wins_over_user_overrides_and_params():
 def test_wiring_values_keep_their_type():
     cfg = step_config("", [], {"evaluate.models": {"s": "/x/backbone.pth"}})
     assert cfg.evaluate.models == {"s": "/x/backbone.pth"}
-    assert wiring_overrides({"a.b": "x: y"}) == ['a.b="x: y"']  # quoted: not re-parsed as a mapping
+
+
+# artifact paths a pipeline backend or a user's volume may hold: quotes, spaces, commas, brackets,
+# YAML indicators, and a character outside the BMP (JSON escapes it as a surrogate pair, which a
+# YAML reader turns into two lone surrogates: the old `-S` string encoding changed this path)
+AWKWARD_PATHS = [
+    "/mnt/a \"quoted\" 'dir', with [brackets] {braces}/x: y #z",
+    "/mnt/&anchor *alias !tag %pct @at `tick` | > - ? ~ null",
+    "/mnt/data \U0001f600 caf\u00e9/\u2028line sep",
+    "yes",
+]
+
+
+@pytest.mark.parametrize("path", AWKWARD_PATHS)
+def test_artifact_paths_arrive_exactly(path):
+    cfg = step_config("curate: {knn_k: 8}\n", ["curate.knn_k=16"], {"curate.out_dir": path, "pretrain.data": path})
+    assert cfg.curate.out_dir == path and cfg.pretrain.data == path and cfg.curate.knn_k == 16
 
 
 def test_invalid_step_config_names_the_key():

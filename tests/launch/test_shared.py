@@ -9,7 +9,7 @@ import pytest
 from dinoflow.config.pipeline_env import PIPELINE_RUN_ID
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
-from dinoflow.launch.training import LaunchOptions
+from dinoflow.launch.options import LaunchOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 

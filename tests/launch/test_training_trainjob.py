@@ -22,7 +22,8 @@ import yaml
 from dinoflow.config.pipeline_env import KFP_POD_NAME, KFP_POD_UID, PIPELINE_RUN_ID
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.k8s import TrainJobFailed
-from dinoflow.launch.training import LaunchOptions, run_training_step
+from dinoflow.launch.options import LaunchOptions
+from dinoflow.launch.training import run_training_step
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 POOL = {"cloud.google.com/gke-nodepool": "h100-spot"}
@@ -207,7 +208,8 @@ def test_sigterm_deletes_the_trainjob_and_fails_the_step(cluster, step, tmp_path
     """The step process gets SIGTERM (run cancelled) while its job runs: it deletes the job and exits non-zero."""
     cluster.polls = 10**6
     script = textwrap.dedent(f"""
-        from dinoflow.launch.training import LaunchOptions, run_training_step
+        from dinoflow.launch.options import LaunchOptions
+        from dinoflow.launch.training import run_training_step
         run_training_step("pretrain", "", [], inputs={{"pretrain.data": {str(step["curated"])!r}}},
                           outputs={{"pretrain.out_dir": {str(tmp_path / "t")!r}}},
                           opts=LaunchOptions(num_nodes=2, image="img:1", namespace="kubeflow",
@@ -230,24 +232,26 @@ def test_sigterm_deletes_the_trainjob_and_fails_the_step(cluster, step, tmp_path
 
 
 def test_step_inputs_size_queue_and_bound_the_wait_of_the_trainjob(cluster, step):
-    """The launch options a component passes (LaunchOptions.from_step_inputs) reach the job: node
+    """The launch dict a component passes (LaunchOptions.from_launch) reaches the job: node
     CPU/memory/shm, the Kueue queue; and a job whose pods never start fails the step with the
     scheduler's events within the pending timeout."""
-    opts = LaunchOptions.from_step_inputs(
-        num_nodes=2,
-        gpus_per_node=4,
-        accelerator_type="nvidia.com/gpu",
-        image="img:1",
-        trainjob_runtime="dinoflow-torch-distributed",
-        trainjob_runtime_kind="TrainingRuntime",
-        tolerations=[GPU_TAINT],
-        node_selector=POOL,
-        shared_dir=str(step["shared"]),
-        cpu_per_node="48",
-        memory_per_node="400Gi",
-        shm_per_node="100Gi",
-        queue_name="team-gpus",
-        pending_timeout_s=1.0,
+    opts = LaunchOptions.from_launch(
+        {
+            "num_nodes": 2,
+            "gpus_per_node": 4,
+            "accelerator_type": "nvidia.com/gpu",
+            "image": "img:1",
+            "trainjob_runtime": "dinoflow-torch-distributed",
+            "trainjob_runtime_kind": "TrainingRuntime",
+            "tolerations": [GPU_TAINT],
+            "node_selector": POOL,
+            "shared_dir": str(step["shared"]),
+            "cpu_per_node": "48",
+            "memory_per_node": "400Gi",
+            "shm_per_node": "100Gi",
+            "queue_name": "team-gpus",
+            "pending_timeout_s": 1.0,
+        }
     )
     assert (opts.cpu_per_node, opts.memory_per_node, opts.shm_per_node, opts.queue_name) == (
         "48",

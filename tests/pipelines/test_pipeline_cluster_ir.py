@@ -50,7 +50,7 @@ def test_no_aws_variable_anywhere_in_the_ir(ir):
     envs = {
         kv["envVar"]
         for ex in docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
-        for s in ex["secretAsEnv"]
+        for s in ex.get("secretAsEnv", [])  # the launch_options checks get no credentials
         for kv in s["keyToEnv"]
     }
     assert {"DINOFLOW_S3_ENDPOINT_URL", "DINOFLOW_S3_ACCESS_KEY_ID", "DINOFLOW_S3_SECRET_ACCESS_KEY"} <= envs
@@ -65,14 +65,21 @@ def test_every_step_that_can_be_retried_is(ir):
             assert "retryPolicy" not in task, name
         else:
             assert task["retryPolicy"]["maxRetryCount"] == 3, name
-    assert {"curate-partition", "evaluate", "evaluate-2", "data-version", "finalize", "close-stale-runs"} <= set(
-        containers
-    )
+    assert {
+        "curate-partition",
+        "evaluate",
+        "evaluate-2",
+        "data-version",
+        "finalize",
+        "close-stale-runs",
+        "launch-options",
+        "launch-options-2",
+    } <= set(containers)
 
 
 def test_curation_runs_on_the_cpu_image(ir):
     _, (spec, _) = ir
-    for name in (*CURATION, "data-version"):
+    for name in (*CURATION, "data-version", "launch-options", "launch-options-2"):
         assert _image(spec, name).startswith("dinoflow/dinoflow-cpu:"), name
 
 

@@ -15,6 +15,7 @@ CLUSTER_PARAMS = ROOT / "pipelines" / "params.cluster.example.yaml"
 TRAINING = ("pretrain", "pretrain-2", "distill", "distill-2")  # one-node branch, TrainJob branch
 AFTER_CURATION = ("pretrain", "distill", "evaluate", "register")
 CURATION = ("curate-plan", "curate-partition", "curate-global")  # the fan-out
+LAUNCH = {"training": "launch-options", "curation": "launch-options-2"}  # each builds one `launch` dict
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,23 @@ def _tasks(spec) -> dict[str, dict]:
     return out
 
 
+# the TrainJob settings both launch dicts take from the same pipeline parameters
+SHARED_LAUNCH_INPUTS = {
+    "accelerator_type": "accelerator_type",
+    "image": "image",
+    "trainjob_runtime": "trainjob_runtime",
+    "trainjob_runtime_kind": "trainjob_runtime_kind",
+    "tolerations": "gpu_tolerations",
+    "node_selector": "gpu_node_selector",
+}
+
+
+def _launch_inputs(tasks: dict, which: str) -> dict[str, str]:
+    """launch_options input → the pipeline parameter it is given."""
+    params = tasks[LAUNCH[which]]["inputs"]["parameters"]
+    return {k: v["componentInputParameter"].removeprefix("pipelinechannel--") for k, v in params.items()}
+
+
 def _executor(spec, task: str) -> str:
     return spec["components"][_tasks(spec)[task]["componentRef"]["name"]]["executorLabel"]
 
@@ -45,7 +63,9 @@ def test_dag_shape_exit_handler_and_no_gate_skip(compiled):
     assert root["finalize"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     (loop,), (branch,) = ([n for n in inner if n.startswith(p)] for p in ("for-loop-", "condition-branches-"))
-    assert set(inner) == {"close-stale-runs", "data-version", "curate-plan", loop, "curate-global", branch}
+    assert set(inner) == {"close-stale-runs", "data-version", "curate-plan", loop, "curate-global", branch} | set(
+        LAUNCH.values()
+    )
     branches = spec["components"][inner[branch]["componentRef"]["name"]]["dag"]["tasks"]
     conditions = {t["triggerPolicy"]["condition"]: t["componentRef"]["name"] for t in branches.values()}
     one = conditions["int(inputs.parameter_values['pipelinechannel--num_nodes']) == 1"]
@@ -57,7 +77,7 @@ def test_dag_shape_exit_handler_and_no_gate_skip(compiled):
         assert "triggerPolicy" not in tasks[name], "every candidate is registered; the gate decides the alias"
     for name in ("register", "register-2", "finalize", "close-stale-runs", "data-version"):
         assert "enableCache" not in tasks[name]["cachingOptions"]  # proto default: caching off
-    for name in (*CURATION, *TRAINING, "evaluate", "evaluate-2"):
+    for name in (*CURATION, *TRAINING, *LAUNCH.values(), "evaluate", "evaluate-2"):
         assert tasks[name]["cachingOptions"]["enableCache"] is True
 
 
@@ -98,12 +118,16 @@ def test_the_global_curation_step_launches_like_training(compiled):
     spec, executors = compiled
     tasks = _tasks(spec)
     params = tasks["curate-global"]["inputs"]["parameters"]
-    assert params["num_nodes"]["componentInputParameter"] == "pipelinechannel--curate_num_nodes"
-    assert params["procs_per_node"]["componentInputParameter"] == "pipelinechannel--curate_procs_per_node"
-    assert params["tolerations"]["componentInputParameter"] == "pipelinechannel--gpu_tolerations"
-    assert params["node_selector"]["componentInputParameter"] == "pipelinechannel--gpu_node_selector"
-    assert params["accelerator_type"]["componentInputParameter"] == "pipelinechannel--accelerator_type"
+    assert params["launch"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
+        "producerTask": LAUNCH["curation"],
+    }
     assert not {"run_id", "shared_dir"} & set(params)  # from the pod's label and the DAG's mount
+    assert _launch_inputs(tasks, "curation") == {
+        "num_nodes": "curate_num_nodes",
+        "gpus_per_node": "curate_procs_per_node",
+        **SHARED_LAUNCH_INPUTS,
+    }
     assert tasks["curate-global"]["retryPolicy"]["maxRetryCount"] == 3
     for name in CURATION:
         res = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]["resources"]
@@ -126,10 +150,17 @@ def test_no_step_takes_a_run_unique_input(compiled):
 
 def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
     spec, executors = compiled
-    # stale runs, data version, plan, decode + embed, global steps, finalize
+    # stale runs, data version, plan, decode + embed, global steps, finalize, 2 × launch options
     # + 2 × (pretrain, distill, evaluate, register)
-    assert len(executors) == 14 and {f"exec-{n}" for n in CURATION} <= set(executors)
+    assert len(executors) == 16 and {f"exec-{n}" for n in CURATION} <= set(executors)
+    checks = {_executor(spec, n) for n in LAUNCH.values()}
+    for label in checks:  # they read no data and reach no service: least privilege
+        assert executors[label] == {
+            "securityContext": {"runAsGroup": "10001", "runAsNonRoot": True, "runAsUser": "10001"}
+        }, label
     for label, ex in executors.items():
+        if label in checks:
+            continue
         assert ex["fieldPathAsEnv"] == [
             {"fieldPath": "metadata.labels['pipeline/runid']", "name": "DINOFLOW_PIPELINE_RUN_ID"}
         ], label
@@ -149,12 +180,14 @@ def test_every_step_gets_run_id_secrets_volume_and_identity(compiled):
         if not name.startswith(("for-loop-", "condition-", "exit-handler-")):
             res = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]["resources"]
             assert res.get("resourceMemoryRequest") and res.get("resourceCpuRequest"), name
-    names = {n: tasks[n]["taskInfo"]["name"] for n in (*CURATION, "pretrain-2")}
+    names = {n: tasks[n]["taskInfo"]["name"] for n in (*CURATION, "pretrain-2", *LAUNCH.values())}
     assert names == {
         "curate-plan": "curate: plan",
         "curate-partition": "curate: decode + embed",
         "curate-global": "curate: global steps",
         "pretrain-2": "pretrain (TrainJob)",
+        "launch-options": "training: launch options",
+        "launch-options-2": "curate: launch options",
     }
 
 
@@ -176,10 +209,17 @@ def test_one_node_training_holds_gpus_and_the_trainjob_launcher_none(compiled):
         for name in (one, many):
             assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
             params = tasks[name]["inputs"]["parameters"]
-            # the TrainJob's pods get the GPU tolerations and node selector through these inputs
-            assert params["tolerations"]["componentInputParameter"].endswith("gpu_tolerations")
-            assert params["node_selector"]["componentInputParameter"].endswith("gpu_node_selector")
-            assert params["shared_dir"]["runtimeValue"]["constant"] == "/mnt/dinoflow-shared"
+            # the one launch dict; the TrainJob's pods get the GPU tolerations and node selector through it
+            assert params["launch"]["componentInputParameter"] == "pipelinechannel--launch-options-Output"
+            assert not {"num_nodes", "gpus_per_node", "tolerations", "node_selector", "shared_dir"} & set(params)
+    assert _launch_inputs(tasks, "training") == {
+        "num_nodes": "num_nodes",
+        "gpus_per_node": "gpus_per_node",
+        **SHARED_LAUNCH_INPUTS,
+    }
+    for name in LAUNCH.values():  # no GPU: the check runs on any CPU node
+        res = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]["resources"]
+        assert "accelerator" not in res and res["resourceCpuLimit"] == "1", name
 
 
 def test_cpu_steps_use_the_cpu_image(compiled):

@@ -41,7 +41,10 @@ def _run_standin_dag(tmp_path: Path, monkeypatch, knn: float, capsys) -> tuple[d
     site.mkdir(parents=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     log = tmp_path / "standin.log"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(STANDINS)]))
+    # the inherited path stays after them: run from a checkout with its sources on PYTHONPATH, the
+    # component subprocesses import that checkout's dinoflow, not an installed one
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(STANDINS), *inherited]))
     monkeypatch.setenv("DINOFLOW_STANDIN_LOG", str(log))
     monkeypatch.setenv("DINOFLOW_STANDIN_KNN", str(knn))
     monkeypatch.chdir(tmp_path)

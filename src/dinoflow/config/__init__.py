@@ -3,7 +3,7 @@
 Import sections and loaders from here (`from dinoflow.config import Config, load_config`). The
 modules below say where each part lives:
 
-- `root`: `Config` (every section), `load_config`, `dump_config`, `save_config`;
+- `root`: `Config` (every section), `load_config`, `config_from_text`, `dump_config`, `save_config`;
 - `base`: what all sections share (`Section`, numeric types, readable validation errors);
 - `data`, `train`, `release`: the sections by area (demo and curate; pretrain and distill;
   evaluate, register, serving, tracking);
@@ -41,6 +41,7 @@ from dinoflow.config.root import (
     TrackingConfig,
     TrainConfig,
     config_from_dict,
+    config_from_text,
     dump_config,
     load_config,
     parse_override,
@@ -74,6 +75,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "config_from_dict",
+    "config_from_text",
     "dump_config",
     "load_config",
     "parse_override",

@@ -177,6 +177,21 @@ def read_params_file(path: str | Path) -> Any:
     return parse_yaml(text, str(p))
 
 
+def read_params_text(text: str, origin: str) -> Any:
+    """The YAML document in params `text` already in memory (a pipeline parameter), with the bounds
+    of a params file: its UTF-8 encoding at most MAX_PARAMS_BYTES, no lone surrogates (text decoded
+    from non-UTF-8 bytes with `surrogateescape`), then `parse_yaml`. None when it holds no document."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ConfigError(
+            f"{origin} is not UTF-8 text (undecodable byte at character {e.start}); pass params as UTF-8"
+        ) from None
+    if size > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{origin}: {size:,} bytes is more than a params file may hold ({MAX_PARAMS_BYTES:,})")
+    return parse_yaml(text.removeprefix("\ufeff"), origin)
+
+
 # ---------------------------------------------------------------- overrides and the raw tree
 
 MAX_INT = 2**63 - 1  # every integer must fit the int64 tensors and C libraries it reaches

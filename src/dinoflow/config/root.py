@@ -17,14 +17,14 @@ import copy
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dinoflow.config.base import DEFAULT_SEED, Section, Seed, explain
 from dinoflow.config.data import MAX_FILE_BYTES, CurateConfig, DemoConfig
-from dinoflow.config.params_yaml import check_tree, parse_override, read_params_file, set_dotted
+from dinoflow.config.params_yaml import check_tree, parse_override, read_params_file, read_params_text, set_dotted
 from dinoflow.config.release import (
     EvalDataset,
     EvaluateConfig,
@@ -73,6 +73,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "config_from_dict",
+    "config_from_text",
     "dump_config",
     "load_config",
     "parse_override",
@@ -133,21 +134,50 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
     if path is not None:
         p = Path(path)
         if os.path.lexists(p) or str(path) != "params.yaml":
-            loaded = read_params_file(p)
-            if loaded is None:
-                raise ConfigError(
-                    f"{p} is empty (no settings): every stage would run the full DINOv2 recipe defaults. "
-                    "To run with the defaults on purpose, write `{}` in it; otherwise check that it is the file you meant"
-                )
-            if not isinstance(loaded, dict):
-                raise ConfigError(
-                    f"{p}: top level must be a mapping of sections (e.g. `pretrain:`), got a {type(loaded).__name__}"
-                )
-            tree = loaded
+            tree = _sections(read_params_file(p), str(p))
+    return _build(tree, overrides)
+
+
+def config_from_text(
+    text: str,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+    *,
+    origin: str = "params text",
+) -> Config:
+    """`load_config` for params held in memory (a pipeline parameter), with the same checks on the
+    text as on a file (size, aliases, duplicate keys, UTF-8; `params_yaml.read_params_text`).
+
+    `values` (`{"pretrain.data": "/a path"}`) are set on the tree after the overrides, as Python
+    objects: no YAML round trip, so any string (quotes, brackets, `: `, non-BMP characters) arrives
+    exactly, and a value set here cannot be redirected by an override. Raises ConfigError.
+    """
+    tree = _sections(read_params_text(text, origin), origin)
+    return _build(tree, overrides, values)
+
+
+def _sections(loaded: Any, origin: str) -> dict[str, Any]:
+    """The params document as the tree of sections, or ConfigError for an empty or non-mapping one."""
+    if loaded is None:
+        raise ConfigError(
+            f"{origin} is empty (no settings): every stage would run the full DINOv2 recipe defaults. "
+            "To run with the defaults on purpose, write `{}` in it; otherwise check that it is the file you meant"
+        )
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{origin}: top level must be a mapping of sections (e.g. `pretrain:`), got a {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def _build(tree: dict[str, Any], overrides: Sequence[str], values: Mapping[str, Any] | None = None) -> Config:
+    """Overrides, then `values`, on a copy of `tree`; the result checked and validated."""
     tree = copy.deepcopy(tree)
     for ov in overrides:
         key, value = parse_override(ov)
         set_dotted(tree, key, value)
+    for key, value in (values or {}).items():
+        set_dotted(tree, key, copy.deepcopy(value))
     check_tree(tree)
     return config_from_dict(tree)
 

@@ -6,14 +6,12 @@ only names which config keys its input and output artifacts fill (the *wiring*).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dinoflow.config import Config, ConfigError, load_config, pipeline_env
+from dinoflow.config import Config, ConfigError, config_from_text, pipeline_env
 from dinoflow.config.stages import stage_inputs
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
@@ -23,25 +21,19 @@ from dinoflow.stages import run_stage
 _FINAL_STATES = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED", "CANCELING": "KILLED"}
 
 
-def wiring_overrides(wiring: Mapping[str, Any]) -> list[str]:
-    """`{"pretrain.data": "/x"}` → `["pretrain.data=\"/x\""]` (JSON is valid YAML, so any value survives)."""
-    return [f"{key}={json.dumps(value)}" for key, value in wiring.items()]
-
-
 def step_config(params_yaml: str, overrides: Sequence[str] = (), wiring: Mapping[str, Any] | None = None) -> Config:
     """Validated config from params text (empty → defaults), then user overrides, then artifact wiring.
 
-    Wiring comes last so a user override cannot point a step at the wrong artifact.
+    Wiring (config key → artifact path or value) is set on the tree as it is, after the overrides,
+    so a user override cannot point a step at the wrong artifact and no path is re-read as YAML.
     Raises DinoflowError naming the bad key when the result does not validate.
     """
-    all_overrides = [str(o) for o in overrides] + wiring_overrides(wiring or {})
-    with tempfile.TemporaryDirectory(prefix="dinoflow-step-") as tmp:
-        path = Path(tmp) / "params.yaml"
-        path.write_text(params_yaml or "{}\n")
-        try:
-            return load_config(path, all_overrides)
-        except ConfigError as e:
-            raise DinoflowError(f"pipeline parameters do not give a valid config: {e}") from None
+    try:
+        return config_from_text(
+            params_yaml or "{}", [str(o) for o in overrides], wiring, origin="the pipeline parameter params_yaml"
+        )
+    except ConfigError as e:
+        raise DinoflowError(f"pipeline parameters do not give a valid config: {e}") from None
 
 
 def check_pod_paths(stage: str, cfg: Config) -> None:

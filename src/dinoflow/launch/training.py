@@ -21,109 +21,28 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dinoflow.config import save_config
-from dinoflow.config.pipeline_env import kfp_pod, pipeline_run_id
+from dinoflow.config.pipeline_env import kfp_pod
 from dinoflow.data.s3 import ENDPOINT_ENV, REGION_ENV
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
 from dinoflow.launch.cuda_check import check_this_node
 from dinoflow.launch.data_ref import on_volume
 from dinoflow.launch.k8s_labels import PULL_SECRETS_ENV
-from dinoflow.launch.secrets import CREDENTIAL_KEYS
+from dinoflow.launch.options import LaunchOptions
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
-from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from dinoflow.stages import run_stage
 
 log = logging.getLogger(__name__)
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-PENDING_TIMEOUT_S = 3600.0  # default: an hour without a started node pod is a placement problem, not a queue
 DEADLINE_GRACE_S = 300.0  # the step waits this much past the job's deadline for the controller's verdict
 # plain env forwarded from the step pod into TrainJob pods (never credentials: those go by secretKeyRef)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", ENDPOINT_ENV, REGION_ENV)
-# credentials the TrainJob pods read from the same secrets as the pipeline steps (k8s/base/pipeline/secrets.template.yaml)
-SECRET_ENV = tuple((key, secret, key) for secret, keys in CREDENTIAL_KEYS.items() for key in keys)
-
-
-@dataclass
-class LaunchOptions:
-    """Resources for one training step (pipeline parameters)."""
-
-    num_nodes: int = 1
-    gpus_per_node: int = 0
-    image: str = ""
-    namespace: str = ""
-    runtime: str = DEFAULT_RUNTIME
-    runtime_kind: str = DEFAULT_RUNTIME_KIND
-    shared_dir: str = shared.SHARED_DIR
-    run_id: str | None = field(default_factory=pipeline_run_id)
-    cpu_per_node: str = ""  # TrainJob node pods; "" = in proportion to gpus_per_node (trainjob.node_resources)
-    memory_per_node: str = ""  # likewise; /dev/shm is sized inside it
-    shm_per_node: str = ""  # "" = a quarter of memory_per_node
-    queue_name: str = ""  # Kueue LocalQueue for the TrainJob; "" = none
-    # no node pod started within this: fail the step with the scheduler's and queue's events (0 = wait
-    # up to timeout_s; raise it where a Kueue queue may hold a job for hours)
-    pending_timeout_s: float = PENDING_TIMEOUT_S
-    timeout_s: float = 7 * 24 * 3600.0  # also the TrainJob's activeDeadlineSeconds
-    poll_s: float = 15.0
-    k8s_host: str | None = None
-    secret_env: Sequence[tuple[str, str, str]] = field(default_factory=lambda: SECRET_ENV)
-    gpu_resource: str = "nvidia.com/gpu"  # the accelerator's extended resource name (KFP accelerator_type)
-    tolerations: Sequence[Mapping[str, Any]] = ()  # TrainJob node pods (GPU taints)
-    node_selector: Mapping[str, str] = field(default_factory=dict)  # TrainJob node pods (GPU pool)
-    stream_logs: bool = True
-
-    @classmethod
-    def from_step_inputs(
-        cls,
-        *,
-        num_nodes: int,
-        gpus_per_node: int,
-        accelerator_type: str,
-        image: str,
-        trainjob_runtime: str,
-        trainjob_runtime_kind: str,
-        tolerations: Sequence[Mapping[str, Any]],
-        node_selector: Mapping[str, str],
-        shared_dir: str = shared.SHARED_DIR,
-        cpu_per_node: str = "",
-        memory_per_node: str = "",
-        shm_per_node: str = "",
-        queue_name: str = "",
-        pending_timeout_s: float = PENDING_TIMEOUT_S,
-    ) -> "LaunchOptions":
-        """The options from a KFP component's launch inputs (the DAG's pipeline parameters, named as
-        the components name them); the run id comes from the pod's label, not an input."""
-        return cls(
-            num_nodes=num_nodes,
-            gpus_per_node=gpus_per_node,
-            gpu_resource=accelerator_type,
-            image=image,
-            runtime=trainjob_runtime,
-            runtime_kind=trainjob_runtime_kind,
-            shared_dir=shared_dir,
-            tolerations=tolerations,
-            node_selector=node_selector,
-            cpu_per_node=cpu_per_node,
-            memory_per_node=memory_per_node,
-            shm_per_node=shm_per_node,
-            queue_name=queue_name,
-            pending_timeout_s=pending_timeout_s,
-        )
-
-    def mode(self) -> str:
-        if self.num_nodes < 1 or self.gpus_per_node < 0:
-            raise DinoflowError(
-                f"need num_nodes >= 1 and gpus_per_node >= 0; got {self.num_nodes}, {self.gpus_per_node}"
-            )
-        if self.num_nodes > 1:
-            return "trainjob"
-        return "torchrun" if self.gpus_per_node > 1 else "in-process"
 
 
 def _namespace(opts: LaunchOptions) -> str:
