@@ -41,7 +41,9 @@ from dinoflow.launch.trainjob import DEFAULT_RUNTIME, DEFAULT_RUNTIME_KIND
 from pipelines.steps import DEFAULT_TOLERATIONS, cpu_step, retried, unprivileged_step
 
 PIPELINE_NAME = "dinoflow-curation-fanout"
-Outputs = NamedTuple("Outputs", curated=Dataset, reports=Artifact, report_html=HTML, metrics=Metrics)
+Outputs = NamedTuple(
+    "Outputs", [("curated", Dataset), ("reports", Artifact), ("report_html", HTML), ("metrics", Metrics)]
+)
 
 
 def curation_tasks(cfg: dict, *, groups, num_nodes, procs_per_node, trainjob: dict) -> dsl.PipelineTask:
