@@ -18,6 +18,7 @@ from torch import nn
 from dinoflow.config import EvalDataset, EvaluateConfig
 from dinoflow.digest import arrays_sha256
 from dinoflow.errors import DinoflowError
+from dinoflow.evaluation import dense_demo
 from dinoflow.evaluation.dense_data import (
     DenseSplit,
     check_depth_valid,
@@ -63,8 +64,6 @@ def _subset(split: DenseSplit, max_train: int | None, max_test: int | None, seed
 
 def load_dense_dataset(ds: EvalDataset, *, seed: int, max_train: int | None, max_test: int | None) -> DenseSplit:
     """One configured dense set, checked whole before any model runs."""
-    from dinoflow.evaluation import dense_demo
-
     if ds.kind == "demo_segmentation":
         split = dense_demo.demo_segmentation(ds.name)
     elif ds.kind == "demo_depth":

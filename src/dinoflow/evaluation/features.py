@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.transform import eval_transform
 
 
@@ -46,8 +47,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from dinoflow.errors import DinoflowError
-
         raise DinoflowError("evaluate.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(device)
 
