@@ -10,6 +10,7 @@ before the allocation (which would otherwise take the machine or die deep in the
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,6 @@ def _read_int(path: str) -> int | None:
 
 def _rlimits_left() -> list[int]:
     """What the process's own limits (`ulimit -d` / `-v`, set by some schedulers) leave it."""
-    import resource
-
     status = {}
     try:
         status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)

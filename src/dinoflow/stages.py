@@ -1,10 +1,10 @@
 """The pipeline's stages: one record each, with the library function that runs it,
 `run(cfg: Config) -> dict` (a JSON-able summary).
 
-The CLI, DVC, the Kubeflow components and torchx are thin shells over this table. Each runner
-imports its stage's code when called, so `dinoflow --help` stays fast and a stage pulls in only
-what it needs (torch, MLflow). What the configuration says about a stage (its section, what it
-reads) is in `dinoflow.config.stages`.
+The CLI, DVC, the Kubeflow components and torchx are thin shells over this table. A runner whose
+stage module imports torch or MLflow imports it when called, so `dinoflow --help` stays fast and a
+stage pulls in only what it needs (pretrain and distill import their heavy parts themselves). What
+the configuration says about a stage (its section, what it reads) is in `dinoflow.config.stages`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from dinoflow.config import Config
 from dinoflow.config.stages import PIPELINE_ORDER, SECTIONS
+from dinoflow.train.distill import distill
+from dinoflow.train.pretrain import pretrain
 
 Summary = dict[str, Any]
 
@@ -43,18 +45,6 @@ def _curate(cfg: Config) -> Summary:
     return curate(cfg)
 
 
-def _pretrain(cfg: Config) -> Summary:
-    from dinoflow.train.pretrain import pretrain
-
-    return pretrain(cfg)
-
-
-def _distill(cfg: Config) -> Summary:
-    from dinoflow.train.distill import distill
-
-    return distill(cfg)
-
-
 def _evaluate(cfg: Config) -> Summary:
     from dinoflow.evaluation.run import evaluate
 
@@ -73,8 +63,8 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("demo-data", _demo_data),
         Stage("curate", _curate),
-        Stage("pretrain", _pretrain),
-        Stage("distill", _distill),
+        Stage("pretrain", pretrain),
+        Stage("distill", distill),
         Stage("evaluate", _evaluate),
         Stage("register", _register),
     )

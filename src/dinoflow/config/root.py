@@ -48,6 +48,7 @@ from dinoflow.config.train import (
     TrainConfig,
 )
 from dinoflow.errors import ConfigError
+from dinoflow.io import atomic_write_text
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -189,6 +190,4 @@ def dump_config(cfg: BaseModel) -> str:
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:
     """Write the config atomically (temp file + rename)."""
-    from dinoflow.io import atomic_write_text
-
     atomic_write_text(path, dump_config(cfg))

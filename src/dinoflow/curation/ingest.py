@@ -27,8 +27,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from dinoflow.config import CurateConfig
+from dinoflow.curation.fingerprints import fingerprint_path, unchanged, write_fingerprints
+from dinoflow.curation.junk import junk_reason
 from dinoflow.curation.partitions import Partition
-from dinoflow.data.sources import SourceStats, iter_entry
+from dinoflow.curation.skipped import part_skipped_path, write_part_skipped
+from dinoflow.data.decode import CorruptImage, decode_image, pixel_hash
+from dinoflow.data.limits import TOO_LARGE
+from dinoflow.data.sources import SourceStats, entry_fingerprint, iter_entry
 from dinoflow.data.statuses import PARTITION_OK
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
@@ -55,9 +60,6 @@ def decode_settings(c: CurateConfig, embedder_id: str) -> str:
 
 def decode_item(data: bytes, error: str | None, max_pixels: int):
     """(RGB image or None, reason): the safe decoder's verdict on one raw item."""
-    from dinoflow.data.decode import CorruptImage, decode_image
-    from dinoflow.data.limits import TOO_LARGE
-
     if error:  # a reader's refusal of an input over the byte limit carries its own reason
         return None, error if error.startswith(f"{TOO_LARGE}:") else f"unreadable: {error}"
     try:
@@ -69,10 +71,6 @@ def decode_item(data: bytes, error: str | None, max_pixels: int):
 def decode_partition(part: Partition, c: CurateConfig) -> tuple[dict[str, list], list, list[int], Notes]:
     """Read and decode one partition: (columns, images of the rows to embed, their row indices,
     what was skipped and each entry's fingerprint)."""
-    from dinoflow.curation.junk import junk_reason
-    from dinoflow.data.decode import pixel_hash
-    from dinoflow.data.sources import entry_fingerprint
-
     cols: dict[str, list] = {k: [] for k in COLUMNS}
     images, rows, prints = [], [], []
     stats = SourceStats()
@@ -137,9 +135,6 @@ def write_partition(work: Path, part: Partition, cols: dict[str, list], emb: np.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dinoflow.curation.fingerprints import write_fingerprints
-    from dinoflow.curation.skipped import write_part_skipped
-
     table_path, emb_path = part_paths(work, part)
     with atomic_path(emb_path) as tmp, open(tmp, "wb") as f:
         np.save(f, emb, allow_pickle=False)
@@ -192,17 +187,12 @@ def partition_row_count(work: Path, part: Partition) -> int:
 
 def invalidate(work: Path, part: Partition) -> None:
     """Forget a finished partition (its files changed since): the next run decodes and embeds it again."""
-    from dinoflow.curation.fingerprints import fingerprint_path
-    from dinoflow.curation.skipped import part_skipped_path
-
     for p in (*part_paths(work, part), part_skipped_path(work, part), fingerprint_path(work, part)):
         p.unlink(missing_ok=True)
 
 
 def reusable(work: Path, part: Partition, c: CurateConfig) -> bool:
     """A finished partition whose entries still hold what it was made from; a stale one is forgotten."""
-    from dinoflow.curation.fingerprints import unchanged
-
     if not partition_done(work, part):
         return False
     if unchanged(work, part, c.max_file_bytes):

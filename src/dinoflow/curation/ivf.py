@@ -18,11 +18,14 @@ Memory per rank: its own rows (4·D bytes each) plus, within a round, the rows i
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from dinoflow.curation import seeded
 from dinoflow.curation.exact import exact_dot, margin, pairs_above
+from dinoflow.curation.groups import bottom_k_global
 from dinoflow.curation.kmeans import kmeans
 from dinoflow.curation.probe import probe_lists
 from dinoflow.distributed.comm import Comm
@@ -146,7 +149,6 @@ def map_lists(fn, items, device: str):
     if device != "cpu" or torch.get_num_threads() == 1:
         yield from map(fn, items)
         return
-    from concurrent.futures import ThreadPoolExecutor
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -208,9 +210,6 @@ def quantizer(
     their gid (a uniform sample of the pool); else k-means (`iters` Lloyd iterations on a sample of
     `train_per_list` rows per list). Sampled rows follow the pool's density, so their lists are
     more even than trained ones, and the search costs the sum over lists of queries × members."""
-    from dinoflow.curation import seeded
-    from dinoflow.curation.groups import bottom_k_global
-
     if iters > 0:
         return kmeans(
             comm,

@@ -16,6 +16,7 @@ Shapes: x [n, D] float32 (this rank's rows), gid [n] int64 global row ids, centr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -158,7 +159,6 @@ INIT_SAMPLE_PER_CENTROID = 4
 
 def _one_thread():
     """torch on one intra-op thread inside the block (the same kernels in every process)."""
-    import contextlib
 
     import torch
 

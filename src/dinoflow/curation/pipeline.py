@@ -28,8 +28,14 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from dinoflow.config import Config, CurateConfig
+from dinoflow.curation import embed
+from dinoflow.curation.ingest import decode_settings, ingest_partitions
+from dinoflow.curation.manifest import merge_parts, start_writing, write_manifest, write_parts
 from dinoflow.curation.partitions import Plan, embed_owners, plan_partitions
-from dinoflow.curation.rows import Rows
+from dinoflow.curation.report import MAX_PICTURES, draw_pictures, pictures, write_report
+from dinoflow.curation.report_data import summarize
+from dinoflow.curation.rows import Rows, load_reference, load_rows
+from dinoflow.curation.skipped import TABLE, write_skipped
 from dinoflow.curation.steps import (
     Run,
     cluster_and_sample,
@@ -39,9 +45,11 @@ from dinoflow.curation.steps import (
     relative_dedup,
     retrieve,
 )
+from dinoflow.curation.writer import write_shards
 from dinoflow.distributed.comm import init_comm
-from dinoflow.errors import DinoflowError
+from dinoflow.errors import DinoflowError, StorageError, output_dir_problem
 from dinoflow.interrupts import raise_on_sigterm
+from dinoflow.tracking import log_artifact, log_metrics, stage_run
 
 
 def work_dir(c: CurateConfig) -> Path:
@@ -67,8 +75,6 @@ def check_inputs(c: CurateConfig) -> None:
 def check_outputs(c: CurateConfig) -> None:
     """Every output folder can be created and written, before any work (named by its key). Only the
     stage that writes them checks: the fan-out's plan and embedding tasks write elsewhere."""
-    from dinoflow.errors import StorageError, output_dir_problem
-
     outputs = [("curate.out_dir", c.out_dir), ("curate.report_dir", c.report_dir)]
     outputs += [("curate.work_dir", c.work_dir)] if c.work_dir else []
     for key, path in outputs:
@@ -90,9 +96,7 @@ def make_plans(c: CurateConfig, settings: str) -> dict[str, Plan]:
 
 
 def make_embedder(c: CurateConfig) -> Any:
-    from dinoflow.curation.embed import make_embedder as make
-
-    return make(
+    return embed.make_embedder(
         c.embedder,
         size=c.embed_size,
         blur=c.embed_blur,
@@ -119,8 +123,6 @@ def decode_and_embed(
     run: Run, plans: dict[str, Plan], embedder: Any, on_partition: Callable[[int], None] | None
 ) -> None:
     """Each rank decodes + embeds its share of every plan's partitions (reference sets first)."""
-    from dinoflow.curation.ingest import ingest_partitions
-
     comm = run.comm
     parts = [p for plan_ in plans.values() for p in plan_.partitions]
     mine = [p for p, owner in zip(parts, embed_owners(parts, comm.world)) if owner == comm.rank]
@@ -135,10 +137,6 @@ def decode_and_embed(
 
 def write_outputs(run: Run, rows: Rows, pool: Plan) -> dict[str, Any]:
     """Manifest parts → shards (rank j % world writes shard j) → manifest.parquet → manifest.json (last)."""
-    from dinoflow.curation.manifest import start_writing, write_manifest, write_parts
-    from dinoflow.curation.skipped import write_skipped
-    from dinoflow.curation.writer import write_shards
-
     comm, levels = run.comm, rows.cluster_table().shape[1]
     write_parts(comm, rows, pool.partitions, run.work, levels)
     if comm.is_main:
@@ -173,9 +171,6 @@ def _stopped(signame: str) -> Stopped:
 
 def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Stage `curate` (see the module docstring). `on_partition(n)` is called after each embedded partition."""
-    from dinoflow.curation.ingest import decode_settings
-    from dinoflow.tracking import log_artifact, log_metrics, stage_run
-
     c = cfg.curate
     check_inputs(c)
     check_outputs(c)
@@ -199,8 +194,6 @@ def curate(cfg: Config, *, on_partition: Callable[[int], None] | None = None) ->
 
 def global_steps(run: Run, plans: dict[str, Plan], dim: int) -> dict[str, Any]:
     """Steps 4–7 on the embedded partitions; returns the report summary (on every rank)."""
-    from dinoflow.curation.rows import load_reference, load_rows
-
     rows = load_rows(run.comm, plans["pool"], run.work, dim)
     count_ingest_drops(run, rows)
     run.lap("load")
@@ -227,9 +220,6 @@ def global_steps(run: Run, plans: dict[str, Plan], dim: int) -> dict[str, Any]:
 def nothing_usable(run: Run, rows: Rows, pool: Plan) -> NoReturn:
     """No pool input is a usable image: write the manifest (every input with why it was dropped)
     and the skipped list, leave the directory marked incomplete (no shard, no record), and stop."""
-    from dinoflow.curation.manifest import merge_parts, start_writing, write_parts
-    from dinoflow.curation.skipped import TABLE, write_skipped
-
     rows.clusters = np.zeros((len(rows.gid), 0), np.int64)
     write_parts(run.comm, rows, pool.partitions, run.work, 0)
     run.comm.barrier()
@@ -257,9 +247,6 @@ def nothing_usable(run: Run, rows: Rows, pool: Plan) -> NoReturn:
 def report(run: Run, pool: Plan, levels: int, out: dict[str, Any]) -> dict[str, Any]:
     """The ranks draw the report's PNGs side by side, then rank 0 writes curation.json/.html; every
     rank returns its short summary."""
-    from dinoflow.curation.report import MAX_PICTURES, draw_pictures, pictures, write_report
-    from dinoflow.curation.report_data import summarize
-
     comm = run.comm
     s = pics = None
     if comm.rank < MAX_PICTURES:  # each drawing rank streams the manifest parts itself (no object crosses ranks)

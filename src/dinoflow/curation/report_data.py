@@ -18,6 +18,8 @@ from dinoflow.curation.ingest import decode_item, load_partition
 from dinoflow.curation.manifest import read_part
 from dinoflow.curation.partitions import Partition
 from dinoflow.curation.rows import SIMILARITY_COLUMNS
+from dinoflow.data.shards import iter_shard
+from dinoflow.data.sources import Entry, read_entry_bytes
 from dinoflow.data.statuses import STATUSES
 
 HIST_EDGES = np.linspace(-1.0, 1.0, 401)
@@ -63,9 +65,6 @@ def _count(work: Path, n_parts: int, levels: int) -> Summary:
 
 
 def _image(parts: list[Partition], work: Path, p: int, i: int):
-    from dinoflow.data.shards import iter_shard
-    from dinoflow.data.sources import Entry, read_entry_bytes
-
     rec = load_partition(work, parts[p], embeddings=False)[0].slice(i, 1).to_pydict()
     ref, member = os.fsdecode(rec["ref"][0]), rec["member"][0]
     if member:

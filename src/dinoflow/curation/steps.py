@@ -14,7 +14,11 @@ from typing import Any
 import numpy as np
 
 from dinoflow.config import CurateConfig, stage_seed
-from dinoflow.curation.rows import CODE, Rows
+from dinoflow.curation.cluster import hierarchical_kmeans
+from dinoflow.curation.dedup import exact_duplicate_of, near_duplicates, relative_duplicates
+from dinoflow.curation.retrieve import cluster_retrieval, nearest_seed, sample_retrieval
+from dinoflow.curation.rows import CODE, Rows, hash128
+from dinoflow.curation.sample import balanced_sample, entropy_of_counts
 from dinoflow.distributed.comm import Comm
 from dinoflow.errors import DinoflowError
 
@@ -52,9 +56,6 @@ def count_ingest_drops(run: Run, rows: Rows) -> None:
 
 def exact_dedup(run: Run, rows: Rows) -> None:
     """Rows whose decoded pixels equal an earlier row's (any rank) → `exact_dup`."""
-    from dinoflow.curation.dedup import exact_duplicate_of
-    from dinoflow.curation.rows import hash128
-
     cand = np.flatnonzero(rows.alive)
     first = exact_duplicate_of(run.comm, hash128([rows.pixel_hash[i] for i in cand]), rows.gid[cand])
     is_dup = first != rows.gid[cand]
@@ -70,8 +71,6 @@ def near_dedup(run: Run, rows: Rows) -> np.ndarray:
 
     Returns each alive row's component label ([n] int64, -1 for rows not searched) for relative dedup.
     """
-    from dinoflow.curation.dedup import near_duplicates
-
     c = run.c
     cand = np.flatnonzero(rows.alive)
     nd = near_duplicates(
@@ -103,8 +102,6 @@ def near_dedup(run: Run, rows: Rows) -> np.ndarray:
 
 def relative_dedup(run: Run, rows: Rows, labels: np.ndarray, eval_x: np.ndarray, eval_uids: list[str]) -> None:
     """Every near-dup component that touches an eval image → `eval_contamination`."""
-    from dinoflow.curation.dedup import relative_duplicates
-
     cand = np.flatnonzero(labels >= 0)
     if len(eval_uids):
         rel = relative_duplicates(run.comm, rows.emb[cand], labels[cand], eval_x, run.c.eval_dup_threshold)
@@ -120,8 +117,6 @@ def relative_dedup(run: Run, rows: Rows, labels: np.ndarray, eval_x: np.ndarray,
 
 def retrieve(run: Run, rows: Rows, seed_x: np.ndarray, n_seeds: int) -> None:
     """Keep rows that look like the seeds (sample / cluster retrieval, similarity floor) → `not_retrieved`."""
-    from dinoflow.curation.retrieve import cluster_retrieval, nearest_seed, sample_retrieval
-
     c, comm = run.c, run.comm
     emb_rows = np.flatnonzero(rows.status != CODE["corrupt"]) if n_seeds else np.zeros(0, np.int64)
     emb_rows = emb_rows[rows.status[emb_rows] != CODE["junk"]]
@@ -170,9 +165,6 @@ def retrieve(run: Run, rows: Rows, seed_x: np.ndarray, n_seeds: int) -> None:
 
 def cluster_and_sample(run: Run, rows: Rows) -> None:
     """Hierarchical k-means with resampling over the kept rows, then balanced sampling → `not_sampled`."""
-    from dinoflow.curation.cluster import hierarchical_kmeans
-    from dinoflow.curation.sample import balanced_sample, entropy_of_counts
-
     c, comm = run.c, run.comm
     levels = list(c.kmeans_levels)
     rows.clusters = np.full((len(rows.gid), len(levels)), -1, np.int64)

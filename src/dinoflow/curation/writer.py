@@ -22,6 +22,10 @@ from dinoflow.config import CurateConfig
 from dinoflow.curation.ingest import decode_item, invalidate, load_partition
 from dinoflow.curation.manifest import read_part
 from dinoflow.curation.partitions import Partition
+from dinoflow.data import s3
+from dinoflow.data.decode import resize_max_side
+from dinoflow.data.shards import iter_shard, shard_name, write_shard
+from dinoflow.data.sources import Entry, read_entry_bytes
 from dinoflow.digest import file_sha256
 from dinoflow.distributed.comm import Comm
 from dinoflow.errors import DinoflowError
@@ -91,10 +95,6 @@ def _digest(samples: list[dict], max_side: int) -> str:
 def _read_all(samples: list[dict], max_bytes: int) -> list[bytes | None]:
     """The current bytes of every sample (None when gone or no longer readable within `max_bytes`),
     reading each shard source once."""
-    from dinoflow.data import s3
-    from dinoflow.data.shards import iter_shard
-    from dinoflow.data.sources import Entry, read_entry_bytes
-
     out: list[bytes | None] = [None] * len(samples)
     by_tar: dict[bytes, dict[bytes, int]] = {}
     for j, s in enumerate(samples):
@@ -116,8 +116,6 @@ def _read_all(samples: list[dict], max_bytes: int) -> list[bytes | None]:
 
 
 def _png(data: bytes, max_pixels: int, max_side: int) -> bytes:
-    from dinoflow.data.decode import resize_max_side
-
     img, why = decode_item(data, None, max_pixels)
     if img is None:
         raise DinoflowError(f"an ingested image no longer decodes ({why})")
@@ -127,8 +125,6 @@ def _png(data: bytes, max_pixels: int, max_side: int) -> bytes:
 
 
 def _write_one(out: Path, name: str, samples: list[dict], parts: list[Partition], work: Path, c: CurateConfig) -> None:
-    from dinoflow.data.shards import write_shard
-
     datas: list[bytes] = []
     for s, data in zip(samples, _read_all(samples, c.max_file_bytes)):
         if data is None or hashlib.sha256(data).hexdigest() != s["sha256"]:
@@ -159,8 +155,6 @@ def write_shards(
     Returns every shard's record (name, bytes, sha256, samples) and how many shards were reused.
     """
     from tqdm import tqdm
-
-    from dinoflow.data.shards import shard_name
 
     out = Path(c.out_dir)
     plan = plan_shards(kept_per_part, c.shard_size)

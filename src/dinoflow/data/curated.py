@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dinoflow.data import s3
+from dinoflow.data.shards import list_shards
 from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
 
@@ -25,8 +27,6 @@ RECORD_FORMAT = 1
 
 
 def _read_record(source: str) -> dict | None:
-    from dinoflow.data import s3
-
     if s3.is_s3_url(source):
         url = source.rstrip("/") + "/" + RECORD
         keys = s3.list_keys(url)
@@ -96,9 +96,6 @@ def verify_curated(source: str | Path, *, deep: bool = False) -> dict | None:
     Raises DinoflowError when curate started writing it and did not finish, or when a shard is
     missing, has another size (or, with `deep`, another sha256), or is not listed.
     """
-    from dinoflow.data import s3
-    from dinoflow.data.shards import list_shards
-
     src = str(source)
     try:
         record = _read_record(src)

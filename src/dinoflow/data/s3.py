@@ -17,6 +17,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, TypedDict
 
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
 from dinoflow.errors import DinoflowError
 
 CREDENTIAL_CODES = {
@@ -148,16 +158,6 @@ def _credential_names() -> str:
 @contextmanager
 def s3_errors(bucket: str, what: str = "") -> Iterator[None]:
     """Translate botocore failures inside the block into a DinoflowError about `bucket`."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-        ReadTimeoutError,
-    )
-
     where = endpoint_url() or "AWS S3"
     doing = f" while {what}" if what else ""
     try:

@@ -16,6 +16,9 @@ import os
 import time
 from typing import Any
 
+from botocore.exceptions import BotoCoreError
+
+from dinoflow.data.s3 import endpoint_url, s3_client, s3_errors
 from dinoflow.errors import DinoflowError
 
 BACKOFF_S = 0.5  # doubled after each failure in a row, at most MAX_BACKOFF_S
@@ -28,7 +31,6 @@ def read_attempts() -> int:
 
 
 def _broken_read_errors() -> tuple[type[BaseException], ...]:
-    from botocore.exceptions import BotoCoreError
     from urllib3.exceptions import HTTPError
 
     return (BotoCoreError, HTTPError, OSError)
@@ -51,8 +53,6 @@ class ResumableBody:
         return f"s3://{self.bucket}/{self.key}"
 
     def _open(self) -> None:
-        from dinoflow.data.s3 import s3_client, s3_errors
-
         kw: dict[str, Any] = {}
         if self.pos:
             kw["Range"] = f"bytes={self.pos}-"
@@ -78,8 +78,6 @@ class ResumableBody:
             return chunk
 
     def _give_up_or_reopen(self, failures: int, error: BaseException) -> None:
-        from dinoflow.data.s3 import endpoint_url
-
         self._close_body()
         last: BaseException = error
         while failures < self.attempts:

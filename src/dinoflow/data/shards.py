@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from botocore.exceptions import BotoCoreError
+
 from dinoflow.data import s3
 from dinoflow.data.formats import IMAGE_SUFFIXES
 from dinoflow.data.limits import MAX_FILE_BYTES
@@ -373,7 +375,7 @@ def _iter_stream(
     except HeaderTooLarge:
         # The members read so far are whole; what follows the refused header is not read.
         stats.unreadable_tail += 1
-    except (tarfile.TarError, EOFError, OSError) + _s3_read_errors():
+    except (tarfile.TarError, EOFError, OSError, BotoCoreError):
         # The stream ended inside a member: the sample being assembled is incomplete.
         stats.truncated += 1
         group = None
@@ -384,15 +386,6 @@ def _iter_stream(
         sample = _finish(group, url, stats)
         if sample is not None:
             yield sample
-
-
-def _s3_read_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from botocore.exceptions import BotoCoreError
-
-        return (BotoCoreError,)
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        return ()
 
 
 def _has_nonzero_tail(tf: tarfile.TarFile) -> bool:

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dinoflow import tracking
 from dinoflow.config import ConfigError, load_config
+from dinoflow.demo.truth import find_ground_truth, score_curation
 from dinoflow.errors import DinoflowError
 from dinoflow.stages import PIPELINE_ORDER, run_stage
 
@@ -77,8 +79,6 @@ def registry_mismatch(cfg) -> str | None:
     DVC reruns `register` only when its inputs change, and the tracking URI is not one of them: after
     MLFLOW_TRACKING_URI changes, registry.json still describes a version in the previous registry.
     """
-    from dinoflow import tracking
-
     reg = _read(cfg.register.report)
     if not reg.get("registered") or not tracking.is_enabled(cfg):
         return None
@@ -105,8 +105,6 @@ def registry_mismatch(cfg) -> str | None:
 
 def _demo_truth_score(cfg) -> dict[str, Any]:
     """The curated manifest scored against the planted truth (empty when either is missing)."""
-    from dinoflow.demo.truth import find_ground_truth, score_curation
-
     truth = find_ground_truth(list(cfg.curate.sources))
     if truth is None or not (Path(cfg.curate.out_dir) / "manifest.parquet").exists():
         return {}
@@ -203,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             return code
     else:
-        from dinoflow import tracking
-
         try:
             with tracking.pipeline_parent_run(cfg, name="demo"):
                 for stage in PIPELINE_ORDER:

@@ -47,6 +47,7 @@ from dinoflow.data.decode import pixel_hash
 from dinoflow.demo.sources import digits_split, mnist_split
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_write_bytes, atomic_write_json
+from dinoflow.tracking import log_artifact, log_metrics, stage_run
 
 MNIST_SPLIT_SEED = 0
 MNIST_TRAIN = 4000  # mnist_split: 5,000 images, 1,000 held out
@@ -406,8 +407,6 @@ def build_demo(cfg: Config) -> dict[str, Any]:
 
     Output: `<demo.out_dir>/{pool,seeds,eval}/*.png` and `<demo.out_dir>/ground_truth.json`.
     """
-    from dinoflow.tracking import log_artifact, log_metrics, stage_run
-
     t0 = time.perf_counter()
     out = Path(cfg.demo.out_dir)
     _check_counts(cfg)

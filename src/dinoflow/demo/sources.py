@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 MNIST_N_TEST = 1000
 DEMO_SIDE = 28
@@ -39,8 +40,6 @@ def mnist_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 def upsample_digits(images: np.ndarray, side: int = DEMO_SIDE) -> np.ndarray:
     """sklearn digits [N,8,8] in 0..16 → uint8 [N,side,side] (bicubic, like a scanned digit)."""
-    from PIL import Image
-
     out = np.empty((len(images), side, side), dtype=np.uint8)
     for i, im in enumerate(images):
         pil = Image.fromarray((im * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8))

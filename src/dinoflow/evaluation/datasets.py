@@ -16,7 +16,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from dinoflow.config import EvalDataset
+from dinoflow.data.decode import CorruptImage, decode_image
 from dinoflow.data.formats import IMAGE_SUFFIXES
+from dinoflow.data.shards import iter_shard, list_shards
+from dinoflow.data.sources import read_local
+from dinoflow.demo import sources as demo_sources
 from dinoflow.errors import DinoflowError
 
 log = logging.getLogger(__name__)
@@ -59,9 +63,6 @@ def _stack_if_uniform(images: Sequence[np.ndarray]) -> "np.ndarray | list[np.nda
 
 
 def _decode_file(path: Path) -> np.ndarray:
-    from dinoflow.data.decode import CorruptImage, decode_image
-    from dinoflow.data.sources import read_local
-
     data, err = read_local(str(path))  # bounded: a file over the byte limit is refused from its size
     if err:
         raise DinoflowError(f"evaluation image {path} cannot be read ({err}); fix or remove it")
@@ -124,9 +125,6 @@ def load_folder(root: str | Path, classes: list[str] | None = None) -> tuple[Lab
 
 def load_shards(source: str, classes: list[str] | None = None) -> tuple[LabelledImages, list[str]]:
     """WebDataset shards whose `<key>.json` carries a `label` (an int class index or a class name)."""
-    from dinoflow.data.decode import CorruptImage, decode_image
-    from dinoflow.data.shards import iter_shard, list_shards
-
     images: list[np.ndarray] = []
     raw_labels: list[Any] = []
     for url in list_shards(source):
@@ -174,8 +172,6 @@ def load_eval_dataset(
 ) -> EvalSplit:
     """Load one configured evaluation set (see `EvalDataset`), optionally subsampled."""
     if ds.kind in ("demo_mnist", "demo_digits"):
-        from dinoflow.demo import sources as demo_sources
-
         # The demo splits use seed 0 by construction (the curation's eval set is built from it).
         tx, ty, vx, vy = demo_sources.mnist_split() if ds.kind == "demo_mnist" else demo_sources.digits_split()
         train, test = LabelledImages(tx, ty), LabelledImages(vx, vy)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
+from dinoflow.data.decode import CorruptImage, decode_image
 from dinoflow.data.formats import IMAGE_SUFFIXES
 from dinoflow.errors import DinoflowError
 
@@ -86,8 +88,6 @@ def _listed(paths: list[str]) -> str:
 
 def _read_target(path: Path, task: DenseTask) -> tuple[np.ndarray | None, str]:
     """(target, "") or (None, why it is refused)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             mode = im.mode
@@ -106,8 +106,6 @@ def _read_target(path: Path, task: DenseTask) -> tuple[np.ndarray | None, str]:
 
 
 def _decode_image(path: Path) -> np.ndarray:
-    from dinoflow.data.decode import CorruptImage, decode_image
-
     try:
         img = decode_image(path.read_bytes())
     except CorruptImage as e:

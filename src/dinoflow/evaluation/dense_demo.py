@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinoflow.demo import sources as demo_sources
 from dinoflow.evaluation.dense_data import DenseImages, DenseSplit
 
 SIDE = 56
@@ -74,8 +75,6 @@ def _scene(digits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 
 def _held_out_halves(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    from dinoflow.demo import sources as demo_sources
-
     _tx, _ty, vx, vy = demo_sources.mnist_split()
     order = np.random.default_rng(seed).permutation(len(vx))
     half = len(order) // 2

@@ -17,6 +17,7 @@ import torch
 from dinoflow.config import EvalDataset, EvaluateConfig, stage_seed
 from dinoflow.digest import arrays_sha256
 from dinoflow.errors import DinoflowError
+from dinoflow.evaluation import dense_demo
 from dinoflow.evaluation.candidates import Candidate
 from dinoflow.evaluation.dense_data import (
     DenseSplit,
@@ -63,8 +64,6 @@ def _subset(split: DenseSplit, max_train: int | None, max_test: int | None, seed
 
 def load_dense_dataset(ds: EvalDataset, *, seed: int, max_train: int | None, max_test: int | None) -> DenseSplit:
     """One configured dense set, checked whole before any model runs."""
-    from dinoflow.evaluation import dense_demo
-
     if ds.kind == "demo_segmentation":
         split = dense_demo.demo_segmentation(ds.name)
     elif ds.kind == "demo_depth":

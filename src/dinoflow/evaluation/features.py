@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.transform import eval_transform
 
 if TYPE_CHECKING:
@@ -50,8 +51,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from dinoflow.errors import DinoflowError
-
         raise DinoflowError("evaluate.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(device)
 

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from dinoflow.evaluation.linear import stratified_split
 
@@ -30,7 +31,6 @@ class LogregResult:
 def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, notes: list[str]):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
 
     model = LogisticRegression(C=c, max_iter=max_iter)
     # One BLAS thread: these products are small, and multi-threaded OpenBLAS spin-waiting on a

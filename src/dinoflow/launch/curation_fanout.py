@@ -11,15 +11,19 @@ there), and runs the global steps. The output is the one `dinoflow curate` gives
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from dinoflow.config import Config
 from dinoflow.curation.ingest import decode_settings, ingest_partitions
+from dinoflow.curation.partitions import plan_partitions
 from dinoflow.curation.pipeline import check_inputs, make_embedder, make_plans
 from dinoflow.errors import DinoflowError
+from dinoflow.launch.training import run_training_step
 
 
 def fanout_groups(cfg: Config, max_groups: int) -> list[int]:
@@ -27,7 +31,6 @@ def fanout_groups(cfg: Config, max_groups: int) -> list[int]:
     if max_groups < 1:
         raise DinoflowError(f"the curation fan-out needs max_groups >= 1, got {max_groups}")
     check_inputs(cfg.curate)
-    from dinoflow.curation.partitions import plan_partitions
 
     n = len(plan_partitions("pool", list(cfg.curate.sources), cfg.curate.chunk_size, "").partitions)
     return list(range(max(1, min(max_groups, n))))
@@ -78,10 +81,6 @@ def run_global_step(
     """The fan-out's last task: gather the tasks' embedding shards, then run `curate` with them as its
     work directory — in this process, under torchrun, or as a TrainJob (`opts`, a LaunchOptions).
     Returns the report's summary (kept, dropped, funnel, seconds)."""
-    import json
-    import tempfile
-
-    from dinoflow.launch.training import run_training_step
 
     with tempfile.TemporaryDirectory(prefix="dinoflow-curate-work-") as work:
         gather_embeddings(embedding_dirs, work)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dinoflow.errors import DinoflowError
+from dinoflow.tracking import named_errors, tracking_uri
 
 PREFIX = "models:/"
 
@@ -25,8 +26,6 @@ PREFIX = "models:/"
 def fetch_model(uri: str, dest: str | Path) -> Path:
     """Download registered model `uri` (models:/NAME@ALIAS or models:/NAME/VERSION) into `dest`."""
     import mlflow
-
-    from dinoflow.tracking import named_errors, tracking_uri
 
     if not uri.startswith(PREFIX) or len(uri) <= len(PREFIX):
         raise DinoflowError(f"{uri!r} is not a registered model URI: expected models:/NAME@ALIAS or models:/NAME/N")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from dinoflow.errors import DinoflowError
 from dinoflow.interrupts import raise_on_sigterm
+from dinoflow.launch.k8s_logs import LogFollower
 from dinoflow.launch.trainjob import GROUP, PLURAL, VERSION, validate_trainer_object
 
 log = logging.getLogger(__name__)
@@ -269,8 +270,6 @@ class TrainJobClient:
     ) -> JobState:
         """submit + wait, streaming the rank-0 log. The job is deleted (its GPUs freed) when it
         fails or times out (unless `delete_on_failure` is off) and always on SIGTERM."""
-        from dinoflow.launch.k8s_logs import LogFollower
-
         name = job["metadata"]["name"]
 
         def cancelled(signame: str) -> TrainJobCancelled:

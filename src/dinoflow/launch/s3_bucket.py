@@ -16,6 +16,8 @@ import time
 from typing import Callable
 from urllib.parse import urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from dinoflow.errors import DinoflowError
 
 MISSING = ("404", "NoSuchBucket", "NotFound")
@@ -57,8 +59,6 @@ def ensure_bucket(
     clock: Callable[[], float] = time.monotonic,
 ) -> str:
     """Make sure the bucket of `destination` exists; returns "exists" or "created"."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket = bucket_of(destination)
     s3 = _client(endpoint)
     deadline = clock() + timeout_s

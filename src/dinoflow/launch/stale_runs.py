@@ -23,8 +23,10 @@ from typing import Any, Callable
 
 from dinoflow.config.pipeline_env import KFP_RUN_ID_LABEL, kfp_pod
 from dinoflow.errors import DinoflowError
-from dinoflow.tracking import check_tracking_server, named_errors, tracking_uri
+from dinoflow.launch.k8s import api_client
+from dinoflow.tracking import check_tracking_server, is_enabled, named_errors, tracking_uri
 from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, TAG_ROLE
+from dinoflow.tracking.server import bound_http
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,6 @@ def close_stale_pipeline_runs(
     this pod's namespace. Nothing is closed where tracking is off or the pods cannot be listed."""
     import mlflow
     from kubernetes import client as k8s
-
-    from dinoflow.launch.k8s import api_client
-    from dinoflow.tracking import is_enabled
-    from dinoflow.tracking.server import bound_http
 
     if not current_run_id:
         raise DinoflowError(

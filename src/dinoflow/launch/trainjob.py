@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from pydantic import ValidationError
+
 from dinoflow.errors import DinoflowError
 from dinoflow.launch.k8s_labels import KUEUE_QUEUE_LABEL, NO_SIDECAR, STEP_LABEL
 
@@ -243,7 +245,6 @@ def validate_trainer_object(obj: Mapping[str, Any]) -> Any:
     parses, dumps back and rejects any key the model dropped. Returns the parsed model.
     """
     import kubeflow_trainer_api.models as models
-    from pydantic import ValidationError
 
     kind = obj.get("kind")
     if kind not in _KINDS:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinoflow.errors import DinoflowError
+from dinoflow.models.checkpointing import checkpoint_block
 from dinoflow.models.gelu_mlp import gelu_mlp
 from dinoflow.models.packing import Segments, packed_drop_path_block
 
@@ -195,8 +196,6 @@ class Block(nn.Module):
         all tokens still serve as keys and values (the last block when few outputs are used).
         """
         if self.checkpointing != "none" and self.training and torch.is_grad_enabled():
-            from dinoflow.models.checkpointing import checkpoint_block
-
             return checkpoint_block(self._forward, x, segments, self.checkpointing, rows)
         return self._forward(x, segments, rows)
 

@@ -17,8 +17,10 @@ from dinoflow.config import ModelConfig
 from dinoflow.config.model_size import FLOAT_BYTES, backbone_params, forward_bytes, patch_tokens, swiglu_hidden_dim
 from dinoflow.errors import DinoflowError
 from dinoflow.memory import refuse_over_memory
+from dinoflow.models.checkpointing import MODES
 from dinoflow.models.layers import Block, PatchEmbed
-from dinoflow.models.presets import arch_spec
+from dinoflow.models.packing import pack, unpack
+from dinoflow.models.presets import arch_spec, hub_kwargs
 
 NORM_EPS = 1e-6
 
@@ -203,8 +205,6 @@ class DinoVisionTransformer(nn.Module):
 
     def set_activation_checkpointing(self, mode: str) -> None:
         """ "none", "selective" or "full" for every block (see dinoflow.models.checkpointing)."""
-        from dinoflow.models.checkpointing import MODES
-
         if mode not in MODES:
             raise DinoflowError(f"activation checkpointing {mode!r} is not one of {MODES}")
         for blk in self.block_list():
@@ -251,7 +251,6 @@ class DinoVisionTransformer(nn.Module):
             for blk in self.block_list():
                 xs = [blk(x) for x in xs]
             return [self._outputs(x, m) for x, m in zip(xs, masks_list)]
-        from dinoflow.models.packing import pack, unpack
 
         x, segments = pack(xs)
         for blk in self.block_list():
@@ -289,7 +288,6 @@ class DinoVisionTransformer(nn.Module):
                 }
                 for o, k in zip(outs, keep)
             ]
-        from dinoflow.models.packing import pack
 
         xs = [self.prepare_tokens_with_masks(x, m) for x, m in zip(x_list, masks_list)]
         if self.pack_crops or len(xs) == 1:
@@ -450,8 +448,6 @@ def backbone_from_config(cfg: ModelConfig, **overrides: Any) -> DinoVisionTransf
 
 def build_hub_backbone(name: str, **overrides: Any) -> DinoVisionTransformer:
     """The architecture of an official torch.hub model, e.g. "dinov2_vits14" or "dinov2_vitg14_reg"."""
-    from dinoflow.models.presets import hub_kwargs
-
     kwargs = hub_kwargs(name)
     kwargs.update(overrides)
     return build_backbone(kwargs.pop("arch"), **kwargs)

@@ -8,6 +8,7 @@ path components. Everything that needs the model itself, or its recipe names, go
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 # attribute names (= name components) the wrappers add
 WRAPPER_COMPONENTS = ("module", "_orig_mod", "_fsdp_wrapped_module")
@@ -18,8 +19,6 @@ def unwrap(module: nn.Module) -> nn.Module:
 
     Only wrapper classes are peeled: a model with its own child named `module` stays as it is.
     """
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
     while True:
         compiled = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
         fsdp1 = getattr(module, "_fsdp_wrapped_module", None)

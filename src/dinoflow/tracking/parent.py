@@ -28,6 +28,7 @@ from typing import Any
 
 from dinoflow.config import pipeline_env
 from dinoflow.config.stages import PIPELINE_ORDER
+from dinoflow.io import atomic_write_text
 
 TAG_ROLE = "dinoflow.role"
 TAG_PIPELINE_RUN_ID = "dinoflow.pipeline_run_id"
@@ -116,7 +117,6 @@ def record_state(parent: Parent, stage: str) -> None:
     """Remember the parent for the next stage run by hand; a read-only home only loses the grouping."""
     if parent.state_file is None:
         return
-    from dinoflow.io import atomic_write_text
 
     try:
         parent.state_file.parent.mkdir(parents=True, exist_ok=True)

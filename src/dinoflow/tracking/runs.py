@@ -13,12 +13,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dinoflow.config import pipeline_env
+from dinoflow.config import dump_config, pipeline_env
 from dinoflow.config.secrets import redact_urls as redact
+from dinoflow.config.stages import section_params, stage_inputs
 from dinoflow.errors import DinoflowError
 from dinoflow.tracking.current import CURRENT, OpenRun, is_enabled
 from dinoflow.tracking.inputs import log_inputs
-from dinoflow.tracking.parent import TAG_PIPELINE_RUN_ID, parent_tags, record_state, resolve_parent
+from dinoflow.tracking.log import log_params
+from dinoflow.tracking.parent import (
+    TAG_PIPELINE_RUN_ID,
+    parent_for_pipeline_run,
+    parent_tags,
+    record_state,
+    resolve_parent,
+)
 from dinoflow.tracking.provenance import git_commit
 from dinoflow.tracking.server import bound_http, check_tracking_server, named_errors, tracking_uri
 from dinoflow.tracking.unclosed import close_remembered, remember
@@ -117,10 +125,6 @@ def _close(what: str, uri: str, status: str, closing: list[tuple[str, Any]], fai
 def _log_setup(stage: str, cfg: Any, params: dict[str, Any] | None, uri: str) -> None:
     import mlflow
 
-    from dinoflow.config import dump_config
-    from dinoflow.config.stages import section_params, stage_inputs
-    from dinoflow.tracking.log import log_params
-
     with named_errors(f"logging the setup of stage {stage!r}", uri):
         mlflow.log_text(redact(dump_config(cfg)), "config/resolved.yaml")  # first artifact: probes the store
         log_params(params if params is not None else section_params(stage, cfg))
@@ -215,7 +219,6 @@ def finish_pipeline_run(cfg: Any, status: str) -> str | None:
     run_id = pipeline_env.pipeline_run_id()
     if not is_enabled(cfg) or not run_id:
         return None
-    from dinoflow.tracking.parent import parent_for_pipeline_run
 
     client, exp_id, uri = _connect(cfg)
     with named_errors("finishing the MLflow pipeline run", uri):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoflow.config.secrets import redact_urls as redact
+from dinoflow.io import atomic_write_text
 from dinoflow.tracking.parent import state_dir
 
 TAG_CLOSED = "dinoflow.closed_after_lost_server"
@@ -32,8 +33,6 @@ def _prefix(uri: str) -> str:
 
 def remember(uri: str, run_ids: list[str], what: str) -> None:
     """Record runs that could not be ended on `uri`; a state directory that cannot be written only warns."""
-    from dinoflow.io import atomic_write_text
-
     for run_id in run_ids:
         record = {"run_id": run_id, "server": redact(uri), "what": what, "since": time.time()}
         path = _folder() / f"{_prefix(uri)}-{run_id}.json"

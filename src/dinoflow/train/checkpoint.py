@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from dinoflow.distributed.env import barrier
+from dinoflow.distributed.env import barrier, checkpoint_group
 from dinoflow.errors import DinoflowError, find_os_error, full_disk_error, storage_error
 from dinoflow.io import atomic_write_text
 from dinoflow.models.wrappers import strip_wrapper_names
@@ -155,8 +155,6 @@ def start_save(
     """Collective. Asynchronous: the state is copied to CPU memory now (training may change the
     tensors right after) and written by a background thread over a gloo group of its own. `files`
     are copied now, so they hold what was written up to this step."""
-    from dinoflow.distributed.env import checkpoint_group
-
     ckpt_dir = Path(ckpt_dir)
     name = f"step_{step:08d}"
     tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name

@@ -34,9 +34,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dinoflow.data.curated import verify_curated
+from dinoflow.data.decode import CorruptImage, decode_image
 from dinoflow.data.formats import IMAGE_SUFFIXES
+from dinoflow.data.shards import iter_shard
+from dinoflow.data.sources import Entry, list_source, read_entry_bytes
 from dinoflow.errors import DinoflowError
 
 FILES_PER_UNIT = 256
@@ -58,9 +63,6 @@ def discover_units(source: str) -> list[Unit]:
     folder `dinoflow curate` can read is one training can read. A source holding .tar shards is
     read as shards (curated output); otherwise as its image files.
     """
-    from dinoflow.data.curated import verify_curated
-    from dinoflow.data.sources import list_source
-
     verify_curated(source)  # a curated directory a killed curate run left behind is refused here
 
     if not source.startswith("s3://") and not Path(source).exists():
@@ -83,8 +85,6 @@ def check_training_data(
     Returns the units (for `make_loader`); raises a DinoflowError naming `what` (the config key) and
     counting the undecodable samples otherwise. Stops at the first image, so good data costs one decode.
     """
-    from dinoflow.data.decode import CorruptImage, decode_image
-
     units = discover_units(source)
     reasons: Counter[str] = Counter()
     example = ""
@@ -112,13 +112,9 @@ def check_training_data(
 def _iter_unit(unit: Unit) -> Iterator[tuple[str, bytes]]:
     kind, ref = unit
     if kind == "shard":
-        from dinoflow.data.shards import iter_shard
-
         for s in iter_shard(str(ref)):
             yield s.key, s.data
     else:
-        from dinoflow.data.sources import Entry, read_entry_bytes
-
         for path in ref:
             # local files are read without blocking (a FIFO named x.png is not waited on); unreadable
             # or gone since discovery: b"", counted as undecodable, like a corrupt file
@@ -133,8 +129,6 @@ def load_image(img, size: int) -> torch.Tensor:
     which bounds a batch's memory; the recipe's crops (aspect ≤ 4/3, area ≥ 5%) barely reach
     past that anyway.
     """
-    from PIL import Image
-
     w, h = img.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
@@ -224,8 +218,6 @@ class TrainStream(IterableDataset):
     def _samples(self, slot: int, n_slots: int, to_skip: int) -> Iterator[tuple[torch.Tensor | None, int]]:
         """(image uint8 [3, H, W], epoch) forever, after skipping `to_skip` samples undecoded;
         (None, epoch) marks an undecodable sample."""
-        from dinoflow.data.decode import CorruptImage, decode_image
-
         epoch, bad_run, bad_total = 0, 0, 0
         while True:
             produced, resumed_past, decoded = 0, 0, 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from dinoflow.config import Config, ModelConfig
+from dinoflow.train.pretrain import check_geometry
 
 
 def distill(cfg: Config) -> dict[str, Any]:
     from dinoflow.train.distill_family import FamilyObjective
     from dinoflow.train.distill_objectives import FeatureDistillObjective, HeadDistillObjective
     from dinoflow.train.loop import run_training
-    from dinoflow.train.pretrain import check_geometry
 
     dc = cfg.distill
     students: Sequence[ModelConfig] = dc.students or [dc.student]

@@ -28,8 +28,10 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from dinoflow.config import DistillConfig, HeadConfig, ModelConfig, stage_seed
+from dinoflow.config import DistillConfig, HeadConfig, ModelConfig, PretrainConfig, stage_seed
 from dinoflow.errors import DinoflowError
+from dinoflow.models import backbone_from_config, heads_from_config, load_backbone
+from dinoflow.models.weights import read_weights
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.ema import ema_update, frozen_copy
 from dinoflow.train.export import export_network
@@ -125,10 +127,6 @@ HeadTeacher = tuple[SSLNet, HeadConfig, ModelConfig]
 
 def load_head_teacher(teacher_dir: str, device: torch.device) -> HeadTeacher:
     """A dinoflow pretraining output dir → frozen SSLNet (backbone + heads) and its configs."""
-    from dinoflow.config import PretrainConfig
-    from dinoflow.models import heads_from_config, load_backbone
-    from dinoflow.models.weights import read_weights
-
     d = Path(teacher_dir)
     need = [d / "backbone.pth", d / "heads.pth", d / "train_config.yaml"]
     missing = [str(p) for p in need if not p.exists()]
@@ -152,8 +150,6 @@ def load_head_teacher(teacher_dir: str, device: torch.device) -> HeadTeacher:
 
 class HeadDistillObjective(_DistillBase):
     def __init__(self, cfg: DistillConfig, device: torch.device, teacher: "HeadTeacher | None" = None):
-        from dinoflow.models import backbone_from_config, heads_from_config
-
         self.cfg = cfg
         self.shared_teacher = teacher or load_head_teacher(cfg.teacher, device)
         self.teacher, head_cfg, self.teacher_model_cfg = self.shared_teacher
@@ -248,8 +244,6 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> DinoVisionTransformer:
     """distill.teacher (a backbone .pth or its folder) → the frozen backbone, on `device`."""
-    from dinoflow.models import load_backbone
-
     path = Path(cfg.teacher)
     if path.is_dir():
         path = path / "backbone.pth"
@@ -273,8 +267,6 @@ def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> DinoVision
 
 class FeatureDistillObjective(_DistillBase):
     def __init__(self, cfg: DistillConfig, device: torch.device, teacher: DinoVisionTransformer | None = None):
-        from dinoflow.models import backbone_from_config
-
         self.cfg = cfg
         self.teacher = self.shared_teacher = teacher if teacher is not None else load_feature_teacher(cfg, device)
         torch.manual_seed(cfg.seed)

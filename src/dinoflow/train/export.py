@@ -8,16 +8,16 @@ from typing import cast
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from dinoflow.config import ModelConfig
+from dinoflow.models import backbone_from_config, export_backbone
 from dinoflow.models.wrappers import unwrap
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded state dict on CPU. Collective when the module is FSDP2-sharded: every rank
     must call it (ranks other than 0 may discard the result)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     sd = get_model_state_dict(unwrap(module), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return cast(dict[str, torch.Tensor], sd)  # a module's state dict holds tensors; torch types every value kind
 
@@ -35,8 +35,6 @@ def export_network(
     Collective under FSDP: every rank calls it. Returns the full state dict of `module` on rank
     0 (for the caller's further files), None elsewhere.
     """
-    from dinoflow.models import backbone_from_config, export_backbone
-
     sd = full_state_dict(module)
     if not is_main:
         return None

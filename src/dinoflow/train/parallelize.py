@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dinoflow.distributed.env import DistEnv
 from dinoflow.train.objective import backbones_of
@@ -27,8 +29,6 @@ def reshard_policy(setting: bool | int | str, env: DistEnv) -> bool | int:
 
 def _mp_policy(env: DistEnv, precision: str):
     """bf16 parameters for compute with fp32 gradient reduction on CUDA; plain fp32 on CPU."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
     if env.device.type == "cuda" and precision in ("auto", "bf16"):
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
@@ -65,10 +65,7 @@ def wrap_model(
     if not env.distributed:
         return module
     if strategy != "fsdp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         return DDP(module, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
-    from torch.distributed.fsdp import fully_shard
 
     raf = reshard_policy(reshard_after_forward, env)
     mp = _mp_policy(env, precision)
@@ -92,8 +89,6 @@ def shard_like(module: nn.Module, strategy: str, env: DistEnv, precision: str = 
     root's parameters gathered until the backward otherwise).
     """
     if env.distributed and strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
         mp = _mp_policy(env, precision)
         blocks, heads = fsdp_units(module)
         units = [fully_shard(unit, reshard_after_forward=True, mp_policy=mp) for unit in blocks + heads]

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from dinoflow.config import PretrainConfig, stage_seed
+from dinoflow.models import backbone_from_config, heads_from_config
+from dinoflow.models.weights import save_weights
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.ema import ema_update
 from dinoflow.train.export import export_network, sub_state_dict
@@ -27,8 +29,6 @@ class PretrainObjective:
     """An `Objective` (train/objective.py) for `dinoflow pretrain`."""
 
     def __init__(self, cfg: PretrainConfig, device: torch.device):
-        from dinoflow.models import backbone_from_config, heads_from_config
-
         self.cfg = cfg
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         backbone = backbone_from_config(cfg.model)
@@ -76,8 +76,6 @@ class PretrainObjective:
     def export(self, out_dir: str | Path, is_main: bool = True) -> None:
         """Collective under FSDP (every rank calls it); rank 0 writes the teacher's backbone.pth,
         config.yaml and heads.pth (what heads-mode distillation reads)."""
-        from dinoflow.models.weights import save_weights
-
         sd = export_network(self.teacher, self.cfg.model, out_dir, is_main)
         if sd is None:
             return

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from dinoflow.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinoflow.losses.sinkhorn import sinkhorn_scalings
 from dinoflow.losses.soft_ce import prototype_cross_entropy, soft_cross_entropy
 
@@ -29,8 +30,6 @@ def _matmul_dtype(z: torch.Tensor, w: torch.Tensor) -> torch.dtype:
 
 class RecipeLosses:
     def __init__(self, loss_cfg, cls_dim: int, patch_dim: int, device: torch.device):
-        from dinoflow.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-
         self.cfg = loss_cfg
         self.dino = DINOLoss(cls_dim, student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum).to(
             device

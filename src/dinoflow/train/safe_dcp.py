@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from dinoflow.errors import DinoflowError
@@ -134,8 +135,6 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """`DefaultLoadPlanner` that reads non-tensor entries with `torch.load(weights_only=True)`."""
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        from torch.distributed.checkpoint._traverse import set_element
-
         fqn = read_item.dest_index.fqn
         try:
             obj = torch.load(value, weights_only=True)

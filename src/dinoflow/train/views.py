@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from dinoflow.config import CropConfig, MaskConfig
+from dinoflow.data.augment import MultiCropAugment
+from dinoflow.data.masking import collate_masks
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -32,8 +34,6 @@ class Views:
     """
 
     def __init__(self, crops: CropConfig, masks: MaskConfig | None, patch_size: int, seed: int):
-        from dinoflow.data.augment import MultiCropAugment
-
         self.aug = MultiCropAugment(crops)
         self.crops, self.mask_cfg, self.patch_size, self.seed = crops, masks, patch_size, seed
         self.rank, self.crops_on_host = 0, False
@@ -55,8 +55,6 @@ class Views:
         s = step_seed(self.seed, step, self.rank)
         out: dict[str, Any] = {}
         if self.mask_cfg is not None:
-            from dinoflow.data.masking import collate_masks
-
             grid = self.crops.global_size // self.patch_size
             m = collate_masks(2 * len(images), (grid, grid), self.mask_cfg, random.Random(s))
             out.update(
