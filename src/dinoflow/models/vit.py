@@ -7,7 +7,7 @@ an H×W image start at index 1 + R and are ordered row-major over the (H/p)×(W/
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,8 @@ class DinoVisionTransformer(nn.Module):
         if self.chunked_blocks:
             size = depth // block_chunks
             self.blocks = nn.ModuleList(
-                BlockChunk([nn.Identity()] * start + blocks[start : start + size]) for start in range(0, depth, size)
+                BlockChunk([*([nn.Identity()] * start), *blocks[start : start + size]])
+                for start in range(0, depth, size)
             )
         else:
             self.blocks = nn.ModuleList(blocks)
@@ -140,8 +141,9 @@ class DinoVisionTransformer(nn.Module):
     def block_list(self) -> list[Block]:
         """The transformer blocks in order, whether or not they are stored in chunks."""
         if not self.chunked_blocks:
-            return list(self.blocks)
-        return [blk for chunk in self.blocks for blk in chunk if not isinstance(blk, nn.Identity)]
+            return [cast(Block, blk) for blk in self.blocks]
+        chunks = [cast(nn.ModuleList, chunk) for chunk in self.blocks]
+        return [cast(Block, blk) for chunk in chunks for blk in chunk if not isinstance(blk, nn.Identity)]
 
     # ------------------------------------------------------------------ tokens
 
@@ -230,11 +232,12 @@ class DinoVisionTransformer(nn.Module):
         A list of image batches is forwarded with `forward_features_list`.
         """
         if isinstance(x, list):
-            return self.forward_features_list(x, masks if masks is not None else [None] * len(x))
-        x = self.prepare_tokens_with_masks(x, masks)
+            return self.forward_features_list(x, cast(list, masks) if masks is not None else [None] * len(x))
+        mask = cast(Tensor | None, masks)
+        h = self.prepare_tokens_with_masks(x, mask)
         for blk in self.block_list():
-            x = blk(x)
-        return self._outputs(x, masks)
+            h = blk(h)
+        return self._outputs(h, mask)
 
     def forward_features_list(
         self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None]
@@ -405,7 +408,7 @@ def build_backbone(
         raise DinoflowError(f"ffn_layer {ffn_layer!r} is not supported; use 'mlp', 'swiglu' or 'auto'")
     _refuse_unbuildable(arch, patch_size, img_size, num_register_tokens, ffn, layerscale_init is not None)
     # the same settings build the model and describe it (model.config, saved beside exports)
-    shared = dict(
+    shared: dict[str, Any] = dict(
         patch_size=patch_size,
         img_size=img_size,
         num_register_tokens=num_register_tokens,
@@ -425,7 +428,8 @@ def build_backbone(
         **shared,
     )
     model.arch = arch
-    model.config = ModelConfig(arch=arch, ffn_layer=ffn if ffn != spec.ffn else "auto", **shared)
+    layer: Literal["auto", "mlp", "swiglu"] = "auto" if ffn == spec.ffn else "swiglu" if ffn == "swiglu" else "mlp"
+    model.config = ModelConfig(arch=arch, ffn_layer=layer, **shared)
     return model
 
 
