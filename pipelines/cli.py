@@ -22,15 +22,22 @@ patching; the images carry them the same way.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from dinoflow.cli import add_config_args
 from dinoflow.config import Config, ConfigError, load_config, pipeline_env
 from dinoflow.config.stages import stage_inputs
 from dinoflow.errors import DinoflowError
+from dinoflow.stages import run_stage
+from pipelines.ir_images import Images, apply_images, resolve_images, unpinned
 
 
 def load_pipeline() -> Any:
@@ -87,10 +94,6 @@ def _cluster_params_text(path: str, overrides: list[str]) -> str:
 def compact_params(text: str) -> str:
     """The params as one line of JSON (valid YAML). KFP copies parameter defaults into the IR
     file's header comment line by line, and a multi-line default breaks that YAML."""
-    import json
-
-    import yaml
-
     return json.dumps(yaml.safe_load(text) or {}, separators=(",", ":"), sort_keys=False)
 
 
@@ -99,10 +102,7 @@ def compile_pipeline(output: str | Path, params_path: str | None = None, images:
     become the default of `params_yaml`; without, `params_yaml` is a required run parameter.
     `images` (pipelines.ir_images.Images; default: the project's own names) become the steps'
     images, the default of the TrainJob `image` parameter and the pods' pull secrets."""
-    import yaml
     from kfp import compiler
-
-    from pipelines.ir_images import Images, apply_images
 
     images = images or Images()
     defaults: dict[str, Any] = {"image": images.train}
@@ -144,17 +144,12 @@ def run_local(
     """Run the DAG with kfp.local: by default the SubprocessRunner in this environment (lightweight
     components, CPU); `runner` may be a `kfp.local.DockerRunner` for the project's images. The run
     gets an id (`$DINOFLOW_PIPELINE_RUN_ID`, as the pod label gives it on a cluster)."""
-    import os
-    import uuid
-
     from kfp import local
 
     text = _params_text(params_path, overrides)
     if demo:
         cfg = load_config(params_path, overrides)
         if not (Path(cfg.demo.out_dir) / "ground_truth.json").exists():
-            from dinoflow.stages import run_stage
-
             print(f"dinoflow pipeline: building the demo data in {cfg.demo.out_dir}", file=sys.stderr)
             run_stage("demo-data", cfg)
     pipeline = load_pipeline()
@@ -204,8 +199,6 @@ def submit(
 ) -> dict[str, Any]:
     """Compile (with `images`, see compile_pipeline) and send the DAG to a KFP API endpoint (token
     from $KFP_TOKEN when it needs one)."""
-    import os
-
     import kfp
 
     text = _cluster_params_text(params_path, overrides)
@@ -256,8 +249,6 @@ def image_args(p: argparse.ArgumentParser) -> None:
 
 def images_from_args(args: argparse.Namespace) -> Any:
     """The Images the command line names; unpinned references are named on stderr."""
-    from pipelines.ir_images import resolve_images, unpinned
-
     images = resolve_images(
         registry=args.registry,
         train=args.train_image,
@@ -353,8 +344,6 @@ def submit_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.cmd == "compile":

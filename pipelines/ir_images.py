@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from components import images as built
 from dinoflow.errors import DinoflowError
 from dinoflow.launch import images as defaults
 from dinoflow.launch.k8s_labels import PULL_SECRETS_ENV
@@ -129,6 +130,4 @@ def apply_images(docs: list[dict[str, Any]], images: Images) -> None:
 
 def _built_refs() -> dict[str, str]:
     """The references the components were built with (components/images.py, environment included)."""
-    from components import images as built
-
     return {"train": built.TRAIN_IMAGE, "cpu": built.CPU_IMAGE}

@@ -19,6 +19,9 @@ import argparse
 import json
 import sys
 
+from dinoflow import tracking
+from dinoflow.config import ConfigError, load_config
+from dinoflow.embedding.limits import Limits
 from dinoflow.errors import DinoflowError
 
 
@@ -67,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check(args)
-        from dinoflow.config import ConfigError, load_config
         from dinoflow.embedding.job import is_model_uri, load_model, run_embed
-        from dinoflow.embedding.limits import Limits
 
         try:
             cfg = load_config(args.config)
@@ -77,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             raise DinoflowError(str(e)) from None
         if is_model_uri(args.model):
             import mlflow
-
-            from dinoflow import tracking
 
             mlflow.set_tracking_uri(args.tracking_uri or tracking.tracking_uri(None))
             size, ratio = 0, 1.0  # the model carries its own pre-processing

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinoflow.embedding.limits import Limits, check_image
+from dinoflow.evaluation.transform import eval_transform
+
 if TYPE_CHECKING:
     from dinoflow.embedding.limits import Limits
     from dinoflow.models.vit import DinoVisionTransformer
@@ -47,9 +50,6 @@ class EmbeddingHead(torch.nn.Module):
 def prepare_image(image: Any, image_size: int, resize_ratio: float, limits: "Limits | None" = None) -> torch.Tensor:
     """One decoded uint8 image ([H,W] / [H,W,C] array or PIL) → float [1, 3, S, S] after the evaluation
     transform. `limits` (default: `Limits()`) is checked on its size first: `OverLimit` before the resize."""
-    from dinoflow.embedding.limits import Limits, check_image
-    from dinoflow.evaluation.transform import eval_transform
-
     h, w = image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width)
     check_image(int(w), int(h), limits or Limits(), image_size, resize_ratio)
     return eval_transform([image], image_size=image_size, resize_ratio=resize_ratio)
@@ -93,9 +93,6 @@ def embed_images(
 
     Each image is checked against `limits` (default `Limits()`) before its resize (`OverLimit`), and
     a list is transformed one image at a time, so only [3, S, S] floats are held per image."""
-    from dinoflow.embedding.limits import Limits, check_image
-    from dinoflow.evaluation.transform import eval_transform
-
     limits = limits or Limits()
     if isinstance(images, np.ndarray):
         if len(images):

@@ -16,8 +16,11 @@ with the reason (`over_limit: …`). Light on purpose (numpy, Pillow): the serve
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from PIL import Image
 
 REASON = "over_limit"
 
@@ -83,10 +86,6 @@ def check_image(width: int, height: int, limits: Limits, image_size: int, resize
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from an encoded image's header without decoding pixels; None when Pillow
     cannot read the header (the decoder then names the problem)."""
-    import warnings
-
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

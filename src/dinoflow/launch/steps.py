@@ -7,14 +7,17 @@ only names which config keys its input and output artifacts fill (the *wiring*).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dinoflow import tracking
 from dinoflow.config import Config, ConfigError, config_from_text, pipeline_env
 from dinoflow.config.stages import stage_inputs
 from dinoflow.errors import DinoflowError
 from dinoflow.io import atomic_path
+from dinoflow.launch import shared
 from dinoflow.stages import run_stage
 
 # KFP's final task states → MLflow run states
@@ -42,7 +45,6 @@ def check_pod_paths(stage: str, cfg: Config) -> None:
     shared volume every step mounts must be writable too (shared.is_mounted names the fix)."""
     if pipeline_env.kfp_pod() is None:
         return
-    from dinoflow.launch import shared
 
     shared.is_mounted(shared.SHARED_DIR)
     relative = [i.path for i in stage_inputs(stage, cfg) if "://" not in i.path and not Path(i.path).is_absolute()]
@@ -65,10 +67,6 @@ def run_step(
 
 def finish_pipeline(params_yaml: str, overrides: Sequence[str], *, state: str, run_name: str) -> str | None:
     """The exit handler's work: end this pipeline run's MLflow parent run with the KFP final state."""
-    import os
-
-    from dinoflow import tracking
-
     if run_name and not run_name.startswith("{{"):  # an unresolved placeholder is no name
         os.environ[pipeline_env.PIPELINE_RUN_NAME] = run_name
     status = _FINAL_STATES.get(str(state).upper(), "FAILED")

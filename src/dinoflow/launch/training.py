@@ -31,10 +31,19 @@ from dinoflow.errors import DinoflowError
 from dinoflow.launch import shared
 from dinoflow.launch.cuda_check import check_this_node
 from dinoflow.launch.data_ref import on_volume
+from dinoflow.launch.k8s import TrainJobClient, api_client
 from dinoflow.launch.k8s_labels import PULL_SECRETS_ENV
 from dinoflow.launch.options import LaunchOptions
 from dinoflow.launch.steps import step_config
 from dinoflow.launch.torchrun import TRAINING_STAGES, run_torchrun, stage_argv, torchrun_argv
+from dinoflow.launch.trainjob import (
+    TrainJobRequest,
+    build_trainjob,
+    env_from_secret,
+    env_value,
+    job_name,
+    owner_reference,
+)
 from dinoflow.stages import run_stage
 
 log = logging.getLogger(__name__)
@@ -129,16 +138,6 @@ def _run_trainjob(
     outputs: Mapping[str, str],
     opts: LaunchOptions,
 ) -> dict[str, Any]:
-    from dinoflow.launch.k8s import TrainJobClient, api_client
-    from dinoflow.launch.trainjob import (
-        TrainJobRequest,
-        build_trainjob,
-        env_from_secret,
-        env_value,
-        job_name,
-        owner_reference,
-    )
-
     if not opts.image:
         raise DinoflowError("a multi-node TrainJob needs the training image; set the pipeline parameter `image`")
     run_id = shared.require_run_id(opts.run_id, f"multi-node {stage}")
