@@ -27,6 +27,7 @@ from dinoflow.embedding.limits import Limits, OverLimit, check_image, header_siz
 from dinoflow.embedding.output import OutputLock, check_output
 from dinoflow.embedding.parts import PartStore
 from dinoflow.errors import DinoflowError
+from dinoflow.models.artifact import BackboneArtifact
 
 MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -69,16 +70,9 @@ def load_model(spec: str, image_size: int, resize_ratio: float) -> LoadedModel:
             file_sha256(wrapped.backbone_path),
             spec,
         )
-    from dinoflow.models import load_backbone
-
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "backbone.pth"
-    if not path.is_file():
-        raise DinoflowError(
-            f"model {spec}: no such backbone file; give a backbone.pth (or its folder) or a models:/ URI"
-        )
-    return LoadedModel(load_backbone(path).eval(), image_size, resize_ratio, file_sha256(path), str(path))
+    missing = f"model {spec}: no such backbone file; give a backbone.pth (or its folder) or a models:/ URI"
+    artifact = BackboneArtifact.open(spec, missing)
+    return LoadedModel(artifact.load(), image_size, resize_ratio, artifact.sha256(), str(artifact.path))
 
 
 @dataclass

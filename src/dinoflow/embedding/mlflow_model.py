@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_images
+from dinoflow.models.artifact import BackboneArtifact
+from dinoflow.models.weights import BACKBONE_FILE, CONFIG_FILE
 
 PREPROCESS_FILE = "preprocess.json"
 ARTIFACT_KEY = "backbone"
@@ -186,11 +188,10 @@ class EmbeddingModel(_PythonModel):
     """pyfunc: images → embeddings. Artifacts: `backbone` (backbone.pth, config.yaml, preprocess.json)."""
 
     def load_context(self, context: Any) -> None:
-        from dinoflow.models import load_backbone
-
         d = Path(context.artifacts[ARTIFACT_KEY])
-        self.backbone_path = d / "backbone.pth"
-        self.backbone = load_backbone(self.backbone_path).eval()
+        artifact = BackboneArtifact.open(d, "the logged model has no backbone: {path} is missing; log it again")
+        self.backbone_path = artifact.path
+        self.backbone = artifact.load()
         self.prep = json.loads((d / PREPROCESS_FILE).read_text())
 
     def embed(self, images: Any, pooled_patch_tokens: bool = False) -> dict[str, np.ndarray]:
@@ -262,7 +263,7 @@ def signature(dim: int) -> Any:
 
 
 def log_embedding_model(
-    backbone_path: str | Path,
+    backbone: BackboneArtifact | str | Path,
     name: str,
     cfg: Any,
     registered_model_name: str | None = None,
@@ -270,35 +271,39 @@ def log_embedding_model(
     model_id: str | None = None,
     onnx_dir: str | Path | None = None,
     metadata: dict[str, Any] | None = None,
+    prep: dict[str, Any] | None = None,
 ) -> Any:
-    """Log `backbone_path` (a backbone.pth with config.yaml beside it, or their directory) into the
-    active run as pyfunc model `name`; also log the raw files under the run's `weights/<name>/`.
+    """Log `backbone` (an opened artifact, or a backbone.pth with config.yaml beside it, or their
+    directory) into the active run as pyfunc model `name`; also log the raw files under the run's
+    `weights/<name>/`.
 
     `model_id`: log into this already-created MLflow LoggedModel (e.g. one whose source run is the
-    training run); `onnx_dir`: a folder (model.onnx + onnx.json) logged as the model's `onnx` artifact.
+    training run); `onnx_dir`: a folder (model.onnx + onnx.json) logged as the model's `onnx` artifact;
+    `prep`: `preprocess_settings(cfg)` when the caller has them already.
     Returns MLflow's ModelInfo (`model_uri`, `model_id`, `registered_model_version`).
     """
     import mlflow
 
     import dinoflow
-    from dinoflow.errors import DinoflowError
-    from dinoflow.models import load_backbone
 
-    pth = Path(backbone_path)
-    if pth.is_dir():
-        pth = pth / "backbone.pth"
-    if not pth.is_file():
-        raise DinoflowError(f"cannot log model {name!r}: {pth} does not exist (run the stage that writes it first)")
-    prep = preprocess_settings(cfg)
-    dim = int(load_backbone(pth).embed_dim)
+    artifact = (
+        backbone
+        if isinstance(backbone, BackboneArtifact)
+        else BackboneArtifact.open(
+            backbone, f"cannot log model {name!r}: {{path}} does not exist (run the stage that writes it first)"
+        )
+    )
+    pth = artifact.path
+    prep = preprocess_settings(cfg) if prep is None else prep
+    dim = int(artifact.load().embed_dim)
     example = np.array([base64.b64encode(b).decode() for b in example_images(prep["image_size"])], dtype=object)
     artifacts: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dinoflow-model-") as tmp:
         bundle = Path(tmp) / "backbone"
         bundle.mkdir()
-        shutil.copy2(pth, bundle / "backbone.pth")
-        if (pth.parent / "config.yaml").is_file():
-            shutil.copy2(pth.parent / "config.yaml", bundle / "config.yaml")
+        shutil.copy2(pth, bundle / BACKBONE_FILE)
+        if artifact.config_path.is_file():
+            shutil.copy2(artifact.config_path, bundle / CONFIG_FILE)
         (bundle / PREPROCESS_FILE).write_text(json.dumps(prep))
         artifacts[ARTIFACT_KEY] = str(bundle)
         if onnx_dir is not None:

@@ -19,7 +19,7 @@ import torch
 
 from dinoflow import tracking
 from dinoflow.config import Config, EvaluateConfig
-from dinoflow.digest import arrays_sha256, file_sha256
+from dinoflow.digest import arrays_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.datasets import EvalSplit, load_eval_dataset
 from dinoflow.evaluation.dense_run import evaluate_dense, is_dense
@@ -35,6 +35,7 @@ from dinoflow.evaluation.report import (
     write_eval_json,
     write_markdown,
 )
+from dinoflow.models.artifact import BackboneArtifact, BackboneNotFound
 from dinoflow.models.family import student_folders
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,12 @@ def _producing_stage(cfg: Config, name: str, path: Path) -> str:
     return "`dinoflow.models.export_backbone` (or an official hub backbone file)"
 
 
-def check_model_files(cfg: Config) -> dict[str, Path]:
-    """The configured model files, or a DinoflowError naming each missing path and what produces it.
+def check_model_files(cfg: Config) -> dict[str, BackboneArtifact]:
+    """The configured backbones, or a DinoflowError naming each missing file and what produces it.
 
     A family of students (`<path>/<name>/backbone.pth`) becomes one model per student, `<model>-<name>`."""
-    out, missing = {}, []
+    out: dict[str, BackboneArtifact] = {}
+    missing: list[str] = []
     for name, p in cfg.evaluate.models.items():
         if name in (RANDOM_INIT, RAW_PIXELS):
             raise DinoflowError(f"evaluate.models.{name}: {name!r} is a baseline name; rename the model")
@@ -71,17 +73,17 @@ def check_model_files(cfg: Config) -> dict[str, Path]:
                 f"evaluate.models.{name}: names starting with '_' are reserved in eval.json; rename the model"
             )
         if members := student_folders(p):
-            out.update({f"{name}-{m}": folder / "backbone.pth" for m, folder in members.items()})
+            out.update({f"{name}-{m}": BackboneArtifact.open(folder) for m, folder in members.items()})
             continue
-        path = Path(p)
-        if path.is_dir():
-            path = path / "backbone.pth"
-        if not path.is_file():
-            missing.append(
-                f"model {name!r}: {path} does not exist; it is produced by {_producing_stage(cfg, name, path)} "
-                f"— run that first, or point evaluate.models.{name} at a backbone file"
+        stage = _producing_stage(cfg, name, Path(p))
+        try:
+            out[name] = BackboneArtifact.open(
+                p,
+                f"model {name!r}: {{path}} does not exist; it is produced by {stage} "
+                f"— run that first, or point evaluate.models.{name} at a backbone file",
             )
-        out[name] = path
+        except BackboneNotFound as e:
+            missing.append(str(e))
     if missing:
         raise DinoflowError("evaluation inputs missing:\n  " + "\n  ".join(missing))
     return out
@@ -181,8 +183,7 @@ def _evaluate_features(
 def evaluate(cfg: Config) -> dict[str, Any]:
     """Run the evaluation stage; returns a JSON-able summary (the report, paths, notes)."""
     ev = cfg.evaluate
-    paths = check_model_files(cfg)
-    from dinoflow.models import load_backbone
+    artifacts = check_model_files(cfg)
 
     device = resolve_device(ev.device)
     out_dir = Path(ev.report_dir)
@@ -193,15 +194,15 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     ds_meta: dict[str, dict[str, int]] = {}
     # hashed before loading: the record names the bytes this run evaluated
     provenance: dict[str, Any] = {
-        "models": {n: {"path": str(p), "sha256": file_sha256(p)} for n, p in paths.items()},
+        "models": {n: {"path": str(a.path), "sha256": a.sha256()} for n, a in artifacts.items()},
         "datasets": {},
     }
 
     with tracking.stage_run("evaluate", cfg):
         models: dict[str, torch.nn.Module] = {}
-        for name, path in paths.items():
-            models[name] = load_backbone(path).eval()
-            descriptions[name] = _describe(models[name], f", from {path}")
+        for name, artifact in artifacts.items():
+            models[name] = artifact.load()
+            descriptions[name] = _describe(models[name], f", from {artifact.path}")
         if RANDOM_INIT in ev.baselines:
             ref_name = ev.random_init_like or ("teacher" if "teacher" in models else next(iter(models), None))
             if ref_name is None:
