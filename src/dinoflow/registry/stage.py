@@ -48,6 +48,16 @@ def open_student(model_path: str | Path) -> BackboneArtifact:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """What register judges, read and checked before MLflow sees anything."""
+
+    student: Path  # where the student lives (lineage looks for the run that wrote this folder)
+    staged: BackboneArtifact  # register's private copy of it: what was hashed, exported and logged
+    sha256: str
+    evidence: EvalEvidence  # eval.json, shown to have evaluated exactly these bytes
+
+
+@dataclass(frozen=True)
 class Candidate:
     """The student as logged to MLflow, before the gate judged it.
 
@@ -168,18 +178,9 @@ def _lineage(
     return train_run, lineage
 
 
-def _log_candidate(
-    cfg: Config,
-    client: Any,
-    run: Any,
-    student: Path,
-    staged: BackboneArtifact,
-    sha: str,
-    prep: dict[str, Any],
-    evidence: EvalEvidence,
-) -> Candidate:
+def _log_candidate(cfg: Config, client: Any, run: Any, sub: Submission, prep: dict[str, Any]) -> Candidate:
     """What does not depend on the champion: the LoggedModel (weights, ONNX) with its lineage and
-    linked evaluation metrics. `student` is where the student lives (lineage), `staged` its copy (bytes)."""
+    linked evaluation metrics."""
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
@@ -188,21 +189,22 @@ def _log_candidate(
     rc = cfg.register
     run = client.get_run(run.info.run_id)
     context = context_tags(run)
-    train_run, lineage = _lineage(client, run, student, sha, rc.model_name, context.get("dinoflow.git.commit"))
+    commit = context.get("dinoflow.git.commit")
+    train_run, lineage = _lineage(client, run, sub.student, sub.sha256, rc.model_name, commit)
     train_id = lineage["training_run_id"]
     source_run_id = train_id or run.info.run_id
     with tempfile.TemporaryDirectory(prefix="dinoflow-onnx-") as tmp:
-        onnx_info = _onnx(cfg, staged, prep, Path(tmp) / "onnx")
+        onnx_info = _onnx(cfg, sub.staged, prep, Path(tmp) / "onnx")
         lm = mlflow.initialize_logged_model(
             name="student",
             source_run_id=source_run_id,
-            tags={TAG_SHA256: sha, TAG_TRAINING_RUN: train_id or "unknown", **context},
+            tags={TAG_SHA256: sub.sha256, TAG_TRAINING_RUN: train_id or "unknown", **context},
             params=dict(train_run.data.params) if train_run else None,  # its recipe
             model_type=MODEL_TYPE,
             experiment_id=run.info.experiment_id,
         )
         info = log_embedding_model(
-            staged,
+            sub.staged,
             "student",
             cfg,
             model_id=lm.model_id,
@@ -212,8 +214,8 @@ def _log_candidate(
         )
     if train_id:
         client.log_outputs(train_id, [LoggedModelOutput(lm.model_id, step=0)])
-    link_evaluation(cfg, evidence, rc.student_key, lm.model_id)
-    return Candidate(staged, lm.model_id, info.model_uri, source_run_id, context, lineage, onnx_info)
+    link_evaluation(cfg, sub.evidence, rc.student_key, lm.model_id)
+    return Candidate(sub.staged, lm.model_id, info.model_uri, source_run_id, context, lineage, onnx_info)
 
 
 def _judge(cfg: Config, client: Any, cand: Candidate, evidence: EvalEvidence) -> Judgement:
@@ -264,21 +266,13 @@ def _outcome(cfg: Config, cand: Candidate, judged: Judgement) -> dict[str, Any]:
     }
 
 
-def _register_tracked(
-    cfg: Config,
-    run: Any,
-    student: Path,
-    staged: BackboneArtifact,
-    sha: str,
-    prep: dict[str, Any],
-    evidence: EvalEvidence,
-) -> dict[str, Any]:
+def _register_tracked(cfg: Config, run: Any, sub: Submission, prep: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    cand = _log_candidate(cfg, client, run, student, staged, sha, prep, evidence)
-    judged = _judge(cfg, client, cand, evidence)
-    _record_judgement(cfg, client, cand, judged, evidence)
+    cand = _log_candidate(cfg, client, run, sub, prep)
+    judged = _judge(cfg, client, cand, sub.evidence)
+    _record_judgement(cfg, client, cand, judged, sub.evidence)
     return _outcome(cfg, cand, judged)
 
 
@@ -290,16 +284,20 @@ def register(cfg: Config) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dinoflow-register-") as tmp:
         staged = _snapshot(student, Path(tmp) / "student")
         sha = check_evaluated(evidence, rc.student_key, staged.path, shown_as=student.path)
-        return _register_staged(cfg, student.path, staged, sha, evidence)
+        return _register_staged(cfg, Submission(student.path, staged, sha, evidence))
 
 
-def _register_staged(
-    cfg: Config, student: Path, staged: BackboneArtifact, sha: str, evidence: EvalEvidence
-) -> dict[str, Any]:
+def _register_staged(cfg: Config, sub: Submission) -> dict[str, Any]:
     rc = cfg.register
+    evidence = sub.evidence
     # a bad report is an error before anything reaches MLflow
     preview = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), None, evidence.dense)
-    result: dict[str, Any] = {"model_name": rc.model_name, "alias": rc.alias, "model_sha256": sha, "registered": False}
+    result: dict[str, Any] = {
+        "model_name": rc.model_name,
+        "alias": rc.alias,
+        "model_sha256": sub.sha256,
+        "registered": False,
+    }
     with tracking.stage_run("register", cfg) as run:
         if run is None:
             result.update(
@@ -313,7 +311,7 @@ def _register_staged(
 
             prep = preprocess_settings(cfg)  # once: the ONNX export and each logged model share it
             with tracking.named_errors(f"registering {rc.model_name}", uri):
-                result.update(_register_tracked(cfg, run, student, staged, sha, prep, evidence))
+                result.update(_register_tracked(cfg, run, sub, prep))
                 if rc.teacher_path and Path(rc.teacher_path).exists():
                     teacher = log_embedding_model(rc.teacher_path, "teacher", cfg, prep=prep)
                     result["teacher_model_uri"] = teacher.model_uri
