@@ -121,19 +121,19 @@ def register(cfg) -> dict[str, Any]:
     "registers" version 1 and, when the gate passes, gives it the alias."""
     from dinoflow.registry.evidence import check_evaluated, read_eval_report
     from dinoflow.registry.gate import gate_verdict
-    from dinoflow.registry.stage import model_file
+    from dinoflow.registry.stage import open_student
 
     rc = cfg.register
     evidence = read_eval_report(rc.eval_report)
-    check_evaluated(evidence, rc.student_key, model_file(rc.model_path))
+    check_evaluated(evidence, rc.student_key, open_student(rc.model_path).path)
     gate = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), None)
-    passed = gate["passed"]
+    passed = gate.passed
     result = {
         "model_name": rc.model_name,
         "alias": rc.alias,
         "registered": True,
         "version": "1",
-        "gate": gate,
+        "gate": gate.record(),
         "alias_version": "1" if passed else None,
         "alias_uri": f"models:/{rc.model_name}@{rc.alias}" if passed else None,
     }

@@ -174,3 +174,20 @@ def test_array_inputs_are_bounded_too(served):
     with pytest.raises(MlflowException, match="aspect ratio 2000 > serving.max_aspect_ratio"):
         model.predict(None, np.zeros((1, 1, 2000), np.uint8))
     assert model.predict(None, np.zeros((2, 30, 40), np.uint8)).shape == (2, 64)
+
+
+def test_a_missing_backbone_is_named_before_anything_is_logged(tmp_path):
+    import types
+
+    from dinoflow.embedding.mlflow_model import EmbeddingModel, log_embedding_model
+    from dinoflow.errors import DinoflowError
+
+    with pytest.raises(DinoflowError) as e:
+        log_embedding_model(tmp_path / "teacher", "teacher", None)
+    assert str(e.value) == (
+        f"cannot log model 'teacher': {tmp_path}/teacher/backbone.pth does not exist "
+        "(run the stage that writes it first)"
+    )
+    (tmp_path / "logged").mkdir()
+    with pytest.raises(DinoflowError, match=r"the logged model has no backbone: .*/logged/backbone\.pth is missing"):
+        EmbeddingModel().load_context(types.SimpleNamespace(artifacts={"backbone": str(tmp_path / "logged")}))

@@ -21,7 +21,7 @@ MODELS = {m: {"mnist": {"knn_top1": v}} for m, v in (("student", 0.76), ("teache
 
 def test_dense_floors_are_off_by_default_and_hold_or_fail_with_their_reason():
     assert RegisterConfig().dense_floors == {}
-    assert gate_verdict(MODELS, RegisterConfig(), "a" * 64, None, DENSE)["passed"]
+    assert gate_verdict(MODELS, RegisterConfig(), "a" * 64, None, DENSE).passed
     ok = {"mosaics.miou": 0.35, "depth.rmse": 0.7, "depth.delta1": 0.8}
     assert dense_floor_reasons(DENSE, "student", ok) == []
     bad = {"mosaics.miou": 0.5, "depth.rmse": 0.5, "depth.abs_rel": 0.1}
@@ -32,7 +32,7 @@ def test_dense_floors_are_off_by_default_and_hold_or_fail_with_their_reason():
         "depth abs_rel 0.1500 > dense floor 0.1 (at most)",
     ]
     v = gate_verdict(MODELS, RegisterConfig(dense_floors=bad), "a" * 64, None, DENSE)
-    assert not v["passed"] and not v["floors_passed"] and v["dense_floors"] == bad
+    assert not v.passed and not v.floors_passed and v.bounds["dense_floors"] == bad
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "0.9", True])

@@ -35,7 +35,7 @@ def test_evaluate_lists_each_student_of_a_family(tmp_path, monkeypatch):
     files = _family(Path("models/student"))
     Path("models/student/ckpt").mkdir()  # checkpoints beside them are not students
     cfg = load_config(None, [])
-    got = check_model_files(cfg)
+    got = {name: artifact.path for name, artifact in check_model_files(cfg).items()}
     assert got == {
         "teacher": Path("models/teacher/backbone.pth"),
         "student-small": files["small"],

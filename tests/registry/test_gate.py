@@ -24,8 +24,9 @@ def models(
 def test_default_floors_pass_on_the_demo_numbers_with_no_champion():
     # the demo's measured numbers (README): no absolute floor by default, so they pass
     v = gate_verdict(models(0.764, 0.774, 0.537), RegisterConfig(), SET, None)
-    assert v["passed"] and v["floors_passed"] and v["reasons"] == [] and v["champion"] is None
-    assert v["retention"] == pytest.approx(0.764 / 0.774) and v["teacher_gain"] == pytest.approx(0.774 - 0.537)
+    assert v.passed and v.floors_passed and v.reasons == [] and v.champion is None
+    assert v.numbers["retention"] == pytest.approx(0.764 / 0.774)
+    assert v.numbers["teacher_gain"] == pytest.approx(0.774 - 0.537)
     assert RegisterConfig().min_knn_top1 is None
 
 
@@ -46,15 +47,15 @@ def test_default_floors_pass_on_the_demo_numbers_with_no_champion():
 )
 def test_each_floor_fails_with_its_reason(kw, numbers, expect):
     v = gate_verdict(models(*numbers), RegisterConfig(**kw), SET, None)
-    assert not v["passed"] and not v["floors_passed"]
-    assert len(v["reasons"]) == len(expect)
-    for reason, text in zip(v["reasons"], expect):
+    assert not v.passed and not v.floors_passed
+    assert len(v.reasons) == len(expect)
+    for reason, text in zip(v.reasons, expect):
         assert text in reason
 
 
 def test_floors_can_be_turned_off():
     rc = RegisterConfig(min_teacher_gain=None, min_retention=None)
-    assert gate_verdict(models(0.1, None, None), rc, SET, None)["passed"]
+    assert gate_verdict(models(0.1, None, None), rc, SET, None).passed
 
 
 def test_missing_student_score_is_named():
@@ -66,21 +67,27 @@ def test_challenger_must_match_the_champion_on_the_same_set():
     rc = RegisterConfig(champion_tolerance=0.005)
     champ = Champion("3", 0.80, "mnist", SET)
     worse = gate_verdict(models(0.79, 0.80, 0.5), rc, SET, champ)
-    assert worse["floors_passed"] and not worse["passed"]
-    assert worse["reasons"] == [
+    assert worse.floors_passed and not worse.passed
+    assert worse.reasons == [
         "knn_top1 0.7900 < champion version 3's 0.8000 − champion_tolerance 0.005 on the same evaluation set"
     ]
-    assert worse["champion"] == {"version": "3", "knn_top1": 0.80, "dataset": "mnist", "eval_set": SET, "sha256": None}
+    assert worse.record()["champion"] == {
+        "version": "3",
+        "knn_top1": 0.80,
+        "dataset": "mnist",
+        "eval_set": SET,
+        "sha256": None,
+    }
     within = gate_verdict(models(0.796, 0.80, 0.5), rc, SET, champ)
-    assert within["passed"], "a candidate within the tolerance takes the alias"
-    assert gate_verdict(models(0.85, 0.86, 0.5), rc, SET, champ)["passed"]
+    assert within.passed, "a candidate within the tolerance takes the alias"
+    assert gate_verdict(models(0.85, 0.86, 0.5), rc, SET, champ).passed
 
 
 def test_a_champion_from_another_evaluation_set_is_not_comparable():
     champ = Champion("2", 0.50, "mnist", "b" * 64)
     v = gate_verdict(models(0.9, 0.9, 0.5), RegisterConfig(), SET, champ)
-    assert not v["passed"] and v["floors_passed"]
-    assert "was evaluated on another evaluation set" in v["reasons"][0] and "not comparable" in v["reasons"][0]
+    assert not v.passed and v.floors_passed
+    assert "was evaluated on another evaluation set" in v.reasons[0] and "not comparable" in v.reasons[0]
     assert challenge_reasons(0.9, "digits", SET, Champion("2", 0.5, "mnist", SET), 0.0), "another dataset name"
     assert challenge_reasons(0.9, "mnist", SET, Champion("2", None, "mnist", SET), 0.0), "champion without a score"
     assert "records no fingerprint" in challenge_reasons(0.9, "mnist", None, champ, 0.0)[0]
@@ -88,7 +95,7 @@ def test_a_champion_from_another_evaluation_set_is_not_comparable():
 
 def test_floors_and_challenge_reasons_are_both_reported():
     v = gate_verdict(models(0.40, 0.80, 0.5), RegisterConfig(), SET, Champion("1", 0.7, "mnist", SET))
-    assert len(v["reasons"]) == 2 and "retention" in v["reasons"][0] and "champion version 1" in v["reasons"][1]
+    assert len(v.reasons) == 2 and "retention" in v.reasons[0] and "champion version 1" in v.reasons[1]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), -0.1, 1.5, "0.9", True, [0.9], {"v": 1}])
@@ -113,12 +120,50 @@ def test_a_champion_without_a_finite_score_keeps_the_alias_and_says_why(held):
     champ = Champion("4", held, "mnist", SET)
     for student in (0.0, 0.5, 1.0):
         v = gate_verdict(models(student, 0.77 if student else 0.5, 0.3), RegisterConfig(min_retention=None), SET, champ)
-        assert not v["passed"], v
-        assert any(
-            "champion version 4 holds the alias with knn_top1" in r and "not a finite" in r for r in v["reasons"]
-        )
+        assert not v.passed, v
+        assert any("champion version 4 holds the alias with knn_top1" in r and "not a finite" in r for r in v.reasons)
 
 
 def test_a_teacher_at_zero_is_named_not_treated_as_missing():
     v = gate_verdict(models(0.5, 0.0, 0.0), RegisterConfig(min_teacher_gain=None), SET, None)
-    assert v["reasons"] == ["a zero teacher ('teacher') knn_top1 on mnist: retention cannot be checked"]
+    assert v.reasons == ["a zero teacher ('teacher') knn_top1 on mnist: retention cannot be checked"]
+
+
+def test_the_verdict_as_run_metrics_version_tags_and_report_record():
+    champ = Champion("3", 0.80, "mnist", SET)
+    v = gate_verdict(
+        models(0.79, 0.80, None), RegisterConfig(champion_tolerance=0.005, min_teacher_gain=None), SET, champ
+    )
+    assert v.metrics() == {
+        "gate.knn_top1": 0.79,
+        "gate.teacher_knn_top1": 0.80,
+        "gate.retention": pytest.approx(0.79 / 0.80),
+    }, "a number not measured is no metric"
+    tags = v.tags()
+    assert tags["gate"] == "failed" and tags["gate.floors"] == "passed" and tags["gate.dataset"] == "mnist"
+    assert tags["gate.knn_top1"] == "0.790000" and tags["gate.random_init_knn_top1"] == "n/a"
+    assert tags["gate.champion_version"] == "3" and tags["gate.champion_knn_top1"] == "0.800000"
+    assert tags["gate.reasons"] == v.reasons[0] and "champion version 3's 0.8000" in tags["gate.reasons"]
+    record = v.record()
+    assert list(record) == [
+        "passed",
+        "floors_passed",
+        "dataset",
+        "eval_set",
+        "knn_top1",
+        "teacher_knn_top1",
+        "random_init_knn_top1",
+        "retention",
+        "teacher_gain",
+        "min_teacher_gain",
+        "min_retention",
+        "min_knn_top1",
+        "dense_floors",
+        "champion_tolerance",
+        "champion",
+        "reasons",
+    ]
+    assert record["passed"] is False and record["champion"]["version"] == "3" and record["reasons"] == v.reasons
+    unjudged = gate_verdict(models(), RegisterConfig(), None, None)
+    assert unjudged.tags()["gate.eval_set"] == "unrecorded" and unjudged.tags()["gate.champion_version"] == "none"
+    assert "gate.reasons" not in unjudged.tags()

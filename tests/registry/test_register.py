@@ -181,7 +181,7 @@ def test_register_champion_challenge_and_model_centric_records(project, mlflow_s
 def test_a_student_replaced_while_register_runs_is_not_logged_under_the_old_hash(project, mlflow_server, monkeypatch):
     """The file is swapped after register hashed it (at its first model load): the version holds the bytes
     that were hashed and evaluated, whatever lies on disk later."""
-    import dinoflow.models
+    import dinoflow.models.artifact
 
     _, name, overrides = project
     pth = Path("models/student/backbone.pth")
@@ -189,7 +189,7 @@ def test_a_student_replaced_while_register_runs_is_not_logged_under_the_old_hash
     evaluated = file_sha256(pth)
     torch.manual_seed(99)
     other = export_backbone(build_backbone("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0), "other")
-    real_load = dinoflow.models.load_backbone
+    real_load = dinoflow.models.artifact.load_backbone
     swapped = []
 
     def swap_then_load(path, **kw):
@@ -198,7 +198,7 @@ def test_a_student_replaced_while_register_runs_is_not_logged_under_the_old_hash
             pth.write_bytes(other.read_bytes())
         return real_load(path, **kw)
 
-    monkeypatch.setattr(dinoflow.models, "load_backbone", swap_then_load)
+    monkeypatch.setattr(dinoflow.models.artifact, "load_backbone", swap_then_load)
     result = register(load_config(None, overrides + ["register.onnx.enabled=false", "register.teacher_path=null"]))
     assert swapped and file_sha256(pth) != evaluated, "the swap happened"
     assert result["model_sha256"] == evaluated
@@ -225,3 +225,36 @@ def test_a_champion_holding_the_alias_with_a_nan_score_keeps_it(project, mlflow_
     assert not second["took_alias"] and second["alias_version"] == "1"
     assert "not a finite number" in second["gate"]["reasons"][0]
     assert client.get_model_version(name, "2").tags["gate"] == "failed"
+
+
+def test_register_loads_the_student_once_and_computes_its_preprocessing_once(project, mlflow_server, monkeypatch):
+    """The ONNX export, the logged model and the model card share one load of register's copy of the
+    student; the pre-processing settings are computed once for the ONNX export and both logged models."""
+    import dinoflow.embedding.mlflow_model
+    import dinoflow.models.artifact
+
+    _, name, overrides = project
+    write_eval(Path("models/student/backbone.pth"), 0.78)
+    loads, preps = [], []
+    real_load, real_prep = dinoflow.models.artifact.load_backbone, dinoflow.embedding.mlflow_model.preprocess_settings
+
+    def counted_load(path, **kw):
+        loads.append(Path(path))
+        return real_load(path, **kw)
+
+    def counted_prep(cfg):
+        preps.append(cfg)
+        return real_prep(cfg)
+
+    monkeypatch.setattr(dinoflow.models.artifact, "load_backbone", counted_load)
+    monkeypatch.setattr(dinoflow.embedding.mlflow_model, "preprocess_settings", counted_prep)
+    result = register(load_config(None, overrides))  # ONNX on and the teacher logged: every user of the backbone
+    assert result["registered"] and result["onnx"] and result["teacher_model_uri"], result
+    # MLflow loads each logged model back to check its input example: those loads read the logged copy
+    # (`<model>/artifacts/backbone/`), not register's files
+    mine = [p for p in loads if p.parts[-3:-1] != ("artifacts", "backbone")]
+    assert len(loads) - len(mine) == 2, loads
+    assert sorted(p.parent.name for p in mine) == ["student", "teacher"], f"one load per backbone: {mine}"
+    student_load = next(p for p in mine if p.parent.name == "student")
+    assert student_load != Path("models/student/backbone.pth").resolve(), "the student is read from register's copy"
+    assert len(preps) == 1

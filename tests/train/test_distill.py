@@ -161,3 +161,15 @@ def test_heads_mode_student_learns_the_teachers_targets(tmp_path):
         assert last[term] < first[term], (term, history)
     assert all(torch.equal(t, teacher_before[k]) for k, t in obj.teacher.state_dict().items())
     assert any(not torch.equal(t, ema_before[k]) for k, t in obj.student_ema.state_dict().items())  # the EMA follows
+
+
+def test_a_missing_feature_teacher_is_named(tmp_path):
+    from dinoflow.train.distill_objectives import load_feature_teacher
+
+    cfg = load_config(None, [f"distill.teacher={tmp_path}/absent", "distill.mode=features"]).distill
+    with pytest.raises(DinoflowError) as e:
+        load_feature_teacher(cfg, torch.device("cpu"))
+    assert str(e.value) == (
+        f"distill.teacher {tmp_path}/absent/backbone.pth not found: "
+        "give a backbone .pth (official hub file or a dinoflow export)"
+    )

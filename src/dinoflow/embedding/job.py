@@ -21,12 +21,17 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
+from dinoflow.data.decode import CorruptImage, decode_image
+from dinoflow.data.s3 import is_s3_url
+from dinoflow.data.sources import RawItem, SourceStats, iter_entry, list_source
 from dinoflow.digest import file_sha256
 from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_prepared, prepare_image
 from dinoflow.embedding.limits import Limits, OverLimit, check_image, header_size
 from dinoflow.embedding.output import OutputLock, check_output
 from dinoflow.embedding.parts import PartStore
 from dinoflow.errors import DinoflowError
+from dinoflow.models.artifact import BackboneArtifact
+from dinoflow.tracking import redact
 
 if TYPE_CHECKING:
     from dinoflow.models.vit import DinoVisionTransformer
@@ -72,16 +77,9 @@ def load_model(spec: str, image_size: int, resize_ratio: float) -> LoadedModel:
             file_sha256(wrapped.backbone_path),
             spec,
         )
-    from dinoflow.models import load_backbone
-
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "backbone.pth"
-    if not path.is_file():
-        raise DinoflowError(
-            f"model {spec}: no such backbone file; give a backbone.pth (or its folder) or a models:/ URI"
-        )
-    return LoadedModel(load_backbone(path).eval(), image_size, resize_ratio, file_sha256(path), str(path))
+    missing = f"model {spec}: no such backbone file; give a backbone.pth (or its folder) or a models:/ URI"
+    artifact = BackboneArtifact.open(spec, missing)
+    return LoadedModel(artifact.load(), image_size, resize_ratio, artifact.sha256(), str(artifact.path))
 
 
 @dataclass
@@ -112,8 +110,6 @@ def _embed_batch(model: LoadedModel, pending: _Pending, pooled: bool) -> int:
 
 def _prepare(model: LoadedModel, data: bytes, limits: Limits) -> torch.Tensor:
     """Encoded bytes → float [1, 3, S, S]; CorruptImage / OverLimit (checked from the header first)."""
-    from dinoflow.data.decode import decode_image
-
     wh = header_size(data)
     if wh is not None:
         check_image(wh[0], wh[1], limits, model.image_size, model.resize_ratio)
@@ -125,8 +121,6 @@ def _items(source: str, stats: Any, done: set[str]) -> Iterator[Any]:
     """Every raw item of `source`; a shard truncated as stored also yields an item with an error
     (uid: the shard), since the samples after the cut are lost. A read that breaks (an S3 endpoint
     dying) raises instead: the input is not at fault and a rerun resumes."""
-    from dinoflow.data.sources import RawItem, iter_entry, list_source
-
     for entry in list_source(source, stats):
         before = stats.shards.truncated
         yield from iter_entry(entry, str(source), stats)
@@ -162,8 +156,6 @@ def run_embed(
 
     One writer per output (`OutputLock`); an existing finished output is replaced only with
     `overwrite`. Images beyond `limits` (default `Limits()`) are skipped with the reason."""
-    from dinoflow.data.s3 import is_s3_url
-
     if not is_s3_url(str(source)) and not Path(source).exists():
         raise DinoflowError(f"input {source} does not exist: give an image folder, .tar shard(s) or s3://bucket/prefix")
     with OutputLock(output):
@@ -182,10 +174,6 @@ def _run_locked(
     progress: bool,
     limits: Limits | None,
 ) -> dict[str, Any]:
-    from dinoflow.data.decode import CorruptImage
-    from dinoflow.data.sources import SourceStats
-    from dinoflow.tracking import redact
-
     limits = limits or Limits()
     settings = {
         "model_sha256": model.sha256,

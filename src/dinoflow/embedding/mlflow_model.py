@@ -38,6 +38,7 @@ images are then decoded one at a time. Bad or too costly input answers HTTP 400 
 from __future__ import annotations
 
 import base64
+import importlib.metadata as md
 import io
 import json
 import shutil
@@ -45,10 +46,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import PythonModel
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+from PIL import Image
 
-from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_images
+import dinoflow
+from dinoflow.config import EvaluateConfig
+from dinoflow.data.decode import CorruptImage, decode_image
+from dinoflow.embedding.compute import EMBEDDING, POOLED_PATCH_TOKENS, embed_images, embed_prepared, prepare_image
+from dinoflow.embedding.limits import Limits, check_request, header_size
+from dinoflow.models.artifact import BackboneArtifact
+from dinoflow.models.weights import BACKBONE_FILE, CONFIG_FILE
 
 PREPROCESS_FILE = "preprocess.json"
 ARTIFACT_KEY = "backbone"
@@ -73,12 +85,8 @@ REQUIREMENTS = {
 def preprocess_settings(cfg: Any) -> dict[str, Any]:
     """The evaluation transform's settings from the `evaluate` section (or the defaults), and the
     bounds on one image and one request from the `serving` section (`dinoflow.embedding.limits`)."""
-    from dinoflow.embedding.limits import Limits
-
     ev = getattr(cfg, "evaluate", None)
     if ev is None:
-        from dinoflow.config import EvaluateConfig
-
         ev = EvaluateConfig()
     limits = Limits.from_settings(getattr(cfg, "serving", None))
     return {"image_size": int(ev.image_size), "resize_ratio": float(ev.resize_ratio), **limits.as_dict()}
@@ -95,8 +103,6 @@ def _encoded(data: Any) -> bytes:
 
 
 def _decode(data: Any, max_pixels: int = 64_000_000) -> np.ndarray:
-    from dinoflow.data.decode import CorruptImage, decode_image
-
     try:
         return np.array(decode_image(_encoded(data), max_pixels=max_pixels))
     except CorruptImage as e:
@@ -155,9 +161,6 @@ def embed_request(
     then images are decoded and transformed one at a time, so a request holds one decoded image and
     N × [3, S, S] floats at once. Raises `OverLimit` (a ValueError) beyond a bound.
     """
-    from dinoflow.embedding.compute import embed_images, embed_prepared, prepare_image
-    from dinoflow.embedding.limits import Limits, check_request, header_size
-
     size, ratio = int(prep["image_size"]), float(prep["resize_ratio"])
     limits = Limits.from_settings(prep)
     inputs = as_inputs(model_input)
@@ -177,17 +180,14 @@ class EmbeddingModel(PythonModel):
     """pyfunc: images → embeddings. Artifacts: `backbone` (backbone.pth, config.yaml, preprocess.json)."""
 
     def load_context(self, context: Any) -> None:
-        from dinoflow.models import load_backbone
-
         d = Path(context.artifacts[ARTIFACT_KEY])
-        self.backbone_path = d / "backbone.pth"
-        self.backbone = load_backbone(self.backbone_path).eval()
+        artifact = BackboneArtifact.open(d, "the logged model has no backbone: {path} is missing; log it again")
+        self.backbone_path = artifact.path
+        self.backbone = artifact.load()
         self.prep = json.loads((d / PREPROCESS_FILE).read_text())
 
     def embed(self, images: Any, pooled_patch_tokens: bool = False) -> dict[str, np.ndarray]:
         """Decoded uint8 images → {"embedding": [N, D]} (+ pooled patch tokens); see `embed_images`."""
-        from dinoflow.embedding.limits import Limits
-
         return embed_images(
             self.backbone,
             images,
@@ -199,8 +199,6 @@ class EmbeddingModel(PythonModel):
 
     # no type hints on predict: MLflow would try (and fail) to derive a signature from them
     def predict(self, context, model_input, params=None):
-        from mlflow.exceptions import MlflowException
-
         pooled = bool((params or {}).get(PARAM_POOLED, False))
         try:
             out = embed_request(self.backbone, model_input, self.prep, pooled_patch_tokens=pooled)
@@ -215,8 +213,6 @@ def requirements() -> list[str]:
     A local tag names a build that only one index has; the public version installs anywhere
     (install torch first where a CPU-only build is wanted: PyPI's Linux torch is a CUDA build).
     """
-    import importlib.metadata as md
-
     reqs = []
     for dist in REQUIREMENTS:
         try:
@@ -228,8 +224,6 @@ def requirements() -> list[str]:
 
 def example_images(size: int) -> list[bytes]:
     """Two PNG images (a bright disc on black, a dark diagonal bar on white) at size × size."""
-    from PIL import Image
-
     yy, xx = np.mgrid[:size, :size]
     disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2).astype(np.uint8) * 255
     bar = np.where(np.abs(yy - xx) < max(1, size // 8), 0, 255).astype(np.uint8)
@@ -242,9 +236,6 @@ def example_images(size: int) -> list[bytes]:
 
 
 def signature(dim: int) -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
-
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
@@ -253,7 +244,7 @@ def signature(dim: int) -> Any:
 
 
 def log_embedding_model(
-    backbone_path: str | Path,
+    backbone: BackboneArtifact | str | Path,
     name: str,
     cfg: Any,
     registered_model_name: str | None = None,
@@ -261,35 +252,35 @@ def log_embedding_model(
     model_id: str | None = None,
     onnx_dir: str | Path | None = None,
     metadata: dict[str, Any] | None = None,
+    prep: dict[str, Any] | None = None,
 ) -> Any:
-    """Log `backbone_path` (a backbone.pth with config.yaml beside it, or their directory) into the
-    active run as pyfunc model `name`; also log the raw files under the run's `weights/<name>/`.
+    """Log `backbone` (an opened artifact, or a backbone.pth with config.yaml beside it, or their
+    directory) into the active run as pyfunc model `name`; also log the raw files under the run's
+    `weights/<name>/`.
 
     `model_id`: log into this already-created MLflow LoggedModel (e.g. one whose source run is the
-    training run); `onnx_dir`: a folder (model.onnx + onnx.json) logged as the model's `onnx` artifact.
+    training run); `onnx_dir`: a folder (model.onnx + onnx.json) logged as the model's `onnx` artifact;
+    `prep`: `preprocess_settings(cfg)` when the caller has them already.
     Returns MLflow's ModelInfo (`model_uri`, `model_id`, `registered_model_version`).
     """
-    import mlflow
-
-    import dinoflow
-    from dinoflow.errors import DinoflowError
-    from dinoflow.models import load_backbone
-
-    pth = Path(backbone_path)
-    if pth.is_dir():
-        pth = pth / "backbone.pth"
-    if not pth.is_file():
-        raise DinoflowError(f"cannot log model {name!r}: {pth} does not exist (run the stage that writes it first)")
-    prep = preprocess_settings(cfg)
-    dim = int(load_backbone(pth).embed_dim)
+    artifact = (
+        backbone
+        if isinstance(backbone, BackboneArtifact)
+        else BackboneArtifact.open(
+            backbone, f"cannot log model {name!r}: {{path}} does not exist (run the stage that writes it first)"
+        )
+    )
+    pth = artifact.path
+    prep = preprocess_settings(cfg) if prep is None else prep
+    dim = int(artifact.load().embed_dim)
     example = np.array([base64.b64encode(b).decode() for b in example_images(prep["image_size"])], dtype=object)
     artifacts: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dinoflow-model-") as tmp:
         bundle = Path(tmp) / "backbone"
         bundle.mkdir()
-        shutil.copy2(pth, bundle / "backbone.pth")
-        if (pth.parent / "config.yaml").is_file():
-            shutil.copy2(pth.parent / "config.yaml", bundle / "config.yaml")
+        shutil.copy2(pth, bundle / BACKBONE_FILE)
+        if artifact.config_path.is_file():
+            shutil.copy2(artifact.config_path, bundle / CONFIG_FILE)
         (bundle / PREPROCESS_FILE).write_text(json.dumps(prep))
         artifacts[ARTIFACT_KEY] = str(bundle)
         if onnx_dir is not None:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from dinoflow import tracking
-from dinoflow.config import Config, EvaluateConfig
-from dinoflow.digest import arrays_sha256, file_sha256
+from dinoflow.config import Config, EvaluateConfig, stage_seed
+from dinoflow.digest import arrays_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation.candidates import RANDOM_INIT, RAW_PIXELS, Candidate, baselines, random_init_reference, trained
 from dinoflow.evaluation.datasets import EvalSplit, load_eval_dataset
@@ -38,6 +38,7 @@ from dinoflow.evaluation.report import (
     write_markdown,
 )
 from dinoflow.evaluation.results import CandidateResult, EvalSet, dataset_sizes, descriptions, provenance, results_table
+from dinoflow.models.artifact import BackboneArtifact, BackboneNotFound
 from dinoflow.models.family import student_folders
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,12 @@ def _producing_stage(cfg: Config, name: str, path: Path) -> str:
     return "`dinoflow.models.export_backbone` (or an official hub backbone file)"
 
 
-def check_model_files(cfg: Config) -> dict[str, Path]:
-    """The configured model files, or a DinoflowError naming each missing path and what produces it.
+def check_model_files(cfg: Config) -> dict[str, BackboneArtifact]:
+    """The configured backbones, or a DinoflowError naming each missing file and what produces it.
 
     A family of students (`<path>/<name>/backbone.pth`) becomes one model per student, `<model>-<name>`."""
-    out, missing = {}, []
+    out: dict[str, BackboneArtifact] = {}
+    missing: list[str] = []
     for name, p in cfg.evaluate.models.items():
         if name in (RANDOM_INIT, RAW_PIXELS):
             raise DinoflowError(f"evaluate.models.{name}: {name!r} is a baseline name; rename the model")
@@ -71,29 +73,27 @@ def check_model_files(cfg: Config) -> dict[str, Path]:
                 f"evaluate.models.{name}: names starting with '_' are reserved in eval.json; rename the model"
             )
         if members := student_folders(p):
-            out.update({f"{name}-{m}": folder / "backbone.pth" for m, folder in members.items()})
+            out.update({f"{name}-{m}": BackboneArtifact.open(folder) for m, folder in members.items()})
             continue
-        path = Path(p)
-        if path.is_dir():
-            path = path / "backbone.pth"
-        if not path.is_file():
-            missing.append(
-                f"model {name!r}: {path} does not exist; it is produced by {_producing_stage(cfg, name, path)} "
-                f"— run that first, or point evaluate.models.{name} at a backbone file"
+        stage = _producing_stage(cfg, name, Path(p))
+        try:
+            out[name] = BackboneArtifact.open(
+                p,
+                f"model {name!r}: {{path}} does not exist; it is produced by {stage} "
+                f"— run that first, or point evaluate.models.{name} at a backbone file",
             )
-        out[name] = path
+        except BackboneNotFound as e:
+            missing.append(str(e))
     if missing:
         raise DinoflowError("evaluation inputs missing:\n  " + "\n  ".join(missing))
     return out
 
 
-def open_trained(paths: Mapping[str, Path]) -> list[Candidate]:
+def open_trained(artifacts: Mapping[str, BackboneArtifact]) -> list[Candidate]:
     """The model files as candidates: each hashed before it is loaded, so the record names the bytes
     this run evaluated."""
-    from dinoflow.models import load_backbone
-
-    digests = {name: file_sha256(path) for name, path in paths.items()}
-    return [trained(name, load_backbone(path), path, digests[name]) for name, path in paths.items()]
+    digests = {name: a.sha256() for name, a in artifacts.items()}
+    return [trained(name, a.load(), a.path, digests[name]) for name, a in artifacts.items()]
 
 
 def eval_set_fingerprint(split: EvalSplit, ev: EvaluateConfig) -> str:
@@ -152,7 +152,7 @@ def _evaluate_features(
         val_fraction=ev.val_fraction,
         epochs=ev.linear_epochs,
         batch_size=ev.linear_batch_size,
-        seed=ev.seed,
+        seed=stage_seed(ev.seed),
     )
     notes += [f"{tag}: linear probe: {n}" for n in lin.notes]
     lr = logreg_probe(
@@ -162,7 +162,7 @@ def _evaluate_features(
         test.labels,
         cs=ev.logreg_cs,
         val_fraction=ev.val_fraction,
-        seed=ev.seed,
+        seed=stage_seed(ev.seed),
         max_iter=ev.logreg_max_iter,
     )
     notes += [f"{tag}: logreg: {n}" for n in lr.notes]
@@ -207,8 +207,8 @@ def _evaluate_set(
 def evaluate(cfg: Config) -> dict[str, Any]:
     """Run the evaluation stage; returns a JSON-able summary (the report, paths, notes)."""
     ev = cfg.evaluate
-    paths = check_model_files(cfg)
-    random_init_reference(ev, list(paths))  # a wrong `random_init_like` fails before any model loads
+    artifacts = check_model_files(cfg)
+    random_init_reference(ev, list(artifacts))  # a wrong `random_init_like` fails before any model loads
     device = resolve_device(ev.device)
     out_dir = Path(ev.report_dir)
     sets: list[EvalSet] = []
@@ -216,11 +216,13 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     figures: list[str] = []
 
     with tracking.stage_run("evaluate", cfg):
-        candidates = open_trained(paths)
+        candidates = open_trained(artifacts)
         extra, notes = baselines(ev, candidates)
         candidates += extra
         for ds in (d for d in ev.datasets if not is_dense(d)):
-            split: EvalSplit = load_eval_dataset(ds, seed=ev.seed, max_train=ev.max_train, max_test=ev.max_test)
+            split: EvalSplit = load_eval_dataset(
+                ds, seed=stage_seed(ev.seed), max_train=ev.max_train, max_test=ev.max_test
+            )
             sets.append(
                 EvalSet(ds.name, len(split.train), len(split.test), split.num_classes, eval_set_fingerprint(split, ev))
             )
@@ -239,7 +241,8 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         json_path = write_eval_json(out_dir / "eval.json", report, prov, dense.section)
         meta = {"notes": notes, "models": descriptions(candidates), "datasets": dataset_sizes(sets), "figures": figures}
         md_path = write_markdown(out_dir / "eval.md", report, {**meta, "dense_datasets": dense.datasets}, dense.section)
-        for p in (json_path, md_path, *figures):
+        outputs: list[str | Path] = [json_path, md_path, *figures]
+        for p in outputs:
             tracking.log_artifact(p)
     return {
         "report": str(json_path),

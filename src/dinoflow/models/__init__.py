@@ -7,6 +7,7 @@ hub = load_backbone("dinov2_vits14_reg4_pretrain.pth")    # architecture inferre
 """
 
 from dinoflow.config.model_size import swiglu_hidden_dim
+from dinoflow.models.artifact import BackboneArtifact, BackboneNotFound
 from dinoflow.models.heads import DINOHead, WeightNormLinear, convert_official_head_state_dict, heads_from_config
 from dinoflow.models.layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed, SwiGLUFFN
 from dinoflow.models.presets import ARCH_SPECS, HUB_NAMES, ArchSpec, arch_spec, hub_kwargs
@@ -25,6 +26,8 @@ __all__ = [
     "ARCH_SPECS",
     "HUB_NAMES",
     "ArchSpec",
+    "BackboneArtifact",
+    "BackboneNotFound",
     "Attention",
     "BackboneWeightsError",
     "Block",

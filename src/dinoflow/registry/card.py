@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
+from dinoflow.models.artifact import BackboneArtifact
 from dinoflow.registry.dense_gate import dense_table
+from dinoflow.registry.gate import Verdict
 
 MODEL_ORDER = ("student", "teacher", "random_init", "raw_pixels")
 
@@ -17,9 +19,9 @@ def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * float(v):.1f}"
 
 
-def training_summary(model_file: Path) -> dict[str, Any]:
-    """What train_config.yaml beside the weights says (data, teacher, mode, steps, architecture); {} when absent."""
-    path = model_file.parent / "train_config.yaml"
+def training_summary(folder: Path) -> dict[str, Any]:
+    """What train_config.yaml in the weights' folder says (data, teacher, mode, steps, architecture); {} when absent."""
+    path = folder / "train_config.yaml"
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -55,15 +57,15 @@ def _results_table(models: dict[str, Any]) -> list[str]:
 def model_card(
     name: str,
     version: str,
-    model_file: Path,
-    backbone: Any,
+    artifact: BackboneArtifact,
     models: dict[str, Any],
-    verdict: dict[str, Any],
+    verdict: Verdict,
     lineage: dict[str, Any],
     dense: dict[str, Any] | None = None,
 ) -> str:
     """Markdown for the version description; `dense` is eval.json's `_dense` section, when evaluated."""
-    t = training_summary(model_file)
+    t = training_summary(artifact.folder)
+    backbone = artifact.load()
     params = sum(p.numel() for p in backbone.parameters())
     mc = getattr(backbone, "config", None)
     arch = f"{getattr(mc, 'arch', None) or t.get('arch') or type(backbone).__name__}/{getattr(backbone, 'patch_size', '?')}"
@@ -90,9 +92,9 @@ def model_card(
     if table := dense_table(dense or {}, MODEL_ORDER):
         lines += ["## Dense evaluation (linear probes on frozen patch tokens)", ""] + table + [""]
     lines += ["## Gate", ""]
-    champion = verdict.get("champion")
-    vs = f"champion v{champion['version']} ({_pct(champion.get('knn_top1'))}%)" if champion else "no champion yet"
-    state = "passed — took the alias" if verdict["passed"] else "not passed — the alias stays"
-    lines.append(f"{state}; k-NN {_pct(verdict['knn_top1'])}% on {verdict['dataset']}, compared with {vs}.")
-    lines += [f"- {r}" for r in verdict.get("reasons") or []]
+    champion = verdict.champion
+    vs = f"champion v{champion.version} ({_pct(champion.knn_top1)}%)" if champion else "no champion yet"
+    state = "passed — took the alias" if verdict.passed else "not passed — the alias stays"
+    lines.append(f"{state}; k-NN {_pct(verdict.numbers['knn_top1'])}% on {verdict.dataset}, compared with {vs}.")
+    lines += [f"- {r}" for r in verdict.reasons]
     return "\n".join(lines) + "\n"

@@ -26,6 +26,9 @@ from dinoflow.config import RegisterConfig
 from dinoflow.errors import DinoflowError
 from dinoflow.registry.dense_gate import dense_floor_reasons
 
+# the gate's numbers, in the order floor_reasons returns them
+GATE_NUMBERS = ("knn_top1", "teacher_knn_top1", "random_init_knn_top1", "retention", "teacher_gain")
+
 
 @dataclass
 class Champion:
@@ -80,8 +83,9 @@ def knn_top1(models: dict[str, Any], model: str, dataset: str) -> float | None:
     return score(entry.get("knn_top1"), f"evaluation report {model}/{dataset} knn_top1")
 
 
-def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str, float | None], list[str]]:
-    """(numbers, reasons the floors fail). DinoflowError when the student has no score on the dataset."""
+def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str, Any], list[str]]:
+    """({GATE_NUMBERS: value or None}, reasons the floors fail). DinoflowError when the student has no
+    score on the dataset (so the student's `knn_top1` is always a number)."""
     ds = rc.dataset
     student = knn_top1(models, rc.student_key, ds)
     if student is None:
@@ -109,8 +113,8 @@ def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str,
             )
     if rc.min_retention is not None:
         if retention is None:
-            have = "no" if teacher is None else "a zero"
-            reasons.append(f"{have} teacher ({rc.teacher_key!r}) knn_top1 on {ds}: retention cannot be checked")
+            what = "no" if teacher is None else "a zero"
+            reasons.append(f"{what} teacher ({rc.teacher_key!r}) knn_top1 on {ds}: retention cannot be checked")
         elif retention < rc.min_retention:
             reasons.append(
                 f"retention {retention:.4f} (student {student:.4f} / teacher {teacher:.4f}) "
@@ -118,14 +122,7 @@ def floor_reasons(models: dict[str, Any], rc: RegisterConfig) -> tuple[dict[str,
             )
     if rc.min_knn_top1 is not None and student < rc.min_knn_top1:
         reasons.append(f"knn_top1 {student:.4f} < min_knn_top1 {rc.min_knn_top1:.4f} on {ds}")
-    numbers = {
-        "knn_top1": student,
-        "teacher_knn_top1": teacher,
-        "random_init_knn_top1": baseline,
-        "retention": retention,
-        "teacher_gain": gain,
-    }
-    return numbers, reasons
+    return dict(zip(GATE_NUMBERS, (student, teacher, baseline, retention, gain))), reasons
 
 
 def challenge_reasons(
@@ -160,31 +157,94 @@ def challenge_reasons(
     return []
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's judgement of one candidate: its numbers, why it failed (if it did), and what it was
+    compared with. `passed` (it takes the alias) holds when there is no reason against it."""
+
+    dataset: str
+    eval_set: str | None
+    numbers: dict[str, float | None]  # GATE_NUMBERS → value (None: not measured)
+    floor_reasons: tuple[str, ...]
+    challenge_reasons: tuple[str, ...]
+    champion: Champion | None
+    bounds: dict[str, Any]  # the settings it was judged with (min_*, dense_floors, champion_tolerance)
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the candidate does not take the alias: the floors' reasons, then the challenge's."""
+        return [*self.floor_reasons, *self.challenge_reasons]
+
+    @property
+    def passed(self) -> bool:
+        return not self.floor_reasons and not self.challenge_reasons
+
+    @property
+    def floors_passed(self) -> bool:
+        return not self.floor_reasons
+
+    def metrics(self) -> dict[str, float]:
+        """The measured numbers as run metrics: `gate.<number>`."""
+        return {f"gate.{k}": float(v) for k, v in self.numbers.items() if v is not None}
+
+    def tags(self) -> dict[str, str]:
+        """The verdict as registered-version tags: `gate`, `gate.<number>`, the champion compared with."""
+
+        def num(v: Any) -> str:
+            return "n/a" if v is None else f"{float(v):.6f}"
+
+        tags = {
+            "gate": "passed" if self.passed else "failed",
+            "gate.floors": "passed" if self.floors_passed else "failed",
+            "gate.dataset": self.dataset,
+            "gate.eval_set": self.eval_set or "unrecorded",
+            **{f"gate.{k}": num(v) for k, v in self.numbers.items()},
+            "gate.champion_version": self.champion.version if self.champion else "none",
+            "gate.champion_knn_top1": num(self.champion.knn_top1 if self.champion else None),
+        }
+        if self.reasons:
+            tags["gate.reasons"] = "; ".join(self.reasons)[:5000]
+        return tags
+
+    def record(self) -> dict[str, Any]:
+        """The verdict as JSON (`reports/registry.json`'s `gate`)."""
+        return {
+            "passed": self.passed,
+            "floors_passed": self.floors_passed,
+            "dataset": self.dataset,
+            "eval_set": self.eval_set,
+            **self.numbers,
+            **self.bounds,
+            "champion": None if self.champion is None else asdict(self.champion),
+            "reasons": self.reasons,
+        }
+
+
 def gate_verdict(
     models: dict[str, Any],
     rc: RegisterConfig,
     eval_set: str | None,
     champion: Champion | None,
     dense: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The gate's verdict with its numbers: `passed` (takes the alias) is False with `reasons` when it fails.
+) -> Verdict:
+    """The gate's verdict on the student of `models` (eval.json's scores) against `champion`.
 
     `dense` is eval.json's `_dense` section, checked against `register.dense_floors`."""
     numbers, floors = floor_reasons(models, rc)
     floors += dense_floor_reasons(dense or {}, rc.student_key, rc.dense_floors)
     challenge = challenge_reasons(numbers["knn_top1"], rc.dataset, eval_set, champion, rc.champion_tolerance)
-    reasons = floors + challenge
-    return {
-        "passed": not reasons,
-        "floors_passed": not floors,
-        "dataset": rc.dataset,
-        "eval_set": eval_set,
-        **numbers,
-        "min_teacher_gain": rc.min_teacher_gain,
-        "min_retention": rc.min_retention,
-        "min_knn_top1": rc.min_knn_top1,
-        "dense_floors": dict(rc.dense_floors),
-        "champion_tolerance": rc.champion_tolerance,
-        "champion": None if champion is None else asdict(champion),
-        "reasons": reasons,
-    }
+    return Verdict(
+        dataset=rc.dataset,
+        eval_set=eval_set,
+        numbers=numbers,
+        floor_reasons=tuple(floors),
+        challenge_reasons=tuple(challenge),
+        champion=champion,
+        bounds={
+            "min_teacher_gain": rc.min_teacher_gain,
+            "min_retention": rc.min_retention,
+            "min_knn_top1": rc.min_knn_top1,
+            "dense_floors": dict(rc.dense_floors),
+            "champion_tolerance": rc.champion_tolerance,
+        },
+    )

@@ -21,58 +21,75 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dinoflow import tracking
 from dinoflow.config import Config
-from dinoflow.errors import DinoflowError
+from dinoflow.embedding.onnx_export import export_checked
 from dinoflow.io import atomic_write_json
+from dinoflow.models.artifact import BackboneArtifact
+from dinoflow.models.weights import BACKBONE_FILE, CONFIG_FILE
 from dinoflow.registry.card import model_card
 from dinoflow.registry.dense_gate import dense_tags
 from dinoflow.registry.evidence import EVAL_METRICS, EvalEvidence, check_evaluated, read_eval_report
-from dinoflow.registry.gate import gate_verdict
+from dinoflow.registry.gate import Champion, Verdict, gate_verdict
 from dinoflow.registry.lineage import TAG_SHA256, TAG_TRAINING_RUN, context_tags, current_champion, training_run
 from dinoflow.registry.lock import gate_lock
 
 MODEL_TYPE = "dinoflow-embedding"
+MISSING_STUDENT = "student backbone {path} not found: run `dinoflow distill` first (or set register.model_path)"
+SNAPSHOT_FILES = (BACKBONE_FILE, CONFIG_FILE, "train_config.yaml")
 
 
-def model_file(path: str | Path) -> Path:
-    """register.model_path (a backbone.pth or its folder) → the backbone file; DinoflowError when absent."""
-    p = Path(path)
-    pth = p / "backbone.pth" if p.is_dir() or not p.suffix else p
-    if not pth.is_file():
-        raise DinoflowError(
-            f"student backbone {pth} not found: run `dinoflow distill` first (or set register.model_path)"
-        )
-    return pth
+def open_student(model_path: str | Path) -> BackboneArtifact:
+    """register.model_path (a backbone.pth or its folder) → the student; DinoflowError when absent."""
+    return BackboneArtifact.open(model_path, MISSING_STUDENT)
 
 
-def version_tags(verdict: dict[str, Any], sha256: str, training_run_id: str | None) -> dict[str, str]:
-    """The verdict and its numbers as registered-version tags."""
+@dataclass(frozen=True)
+class Submission:
+    """What register judges, read and checked before MLflow sees anything."""
 
-    def num(v: Any) -> str:
-        return "n/a" if v is None else f"{float(v):.6f}"
+    student: Path  # where the student lives (lineage looks for the run that wrote this folder)
+    staged: BackboneArtifact  # register's private copy of it: what was hashed, exported and logged
+    sha256: str
+    evidence: EvalEvidence  # eval.json, shown to have evaluated exactly these bytes
 
-    champion = verdict.get("champion") or {}
-    tags = {
-        "gate": "passed" if verdict["passed"] else "failed",
-        "gate.floors": "passed" if verdict["floors_passed"] else "failed",
-        "gate.dataset": verdict["dataset"],
-        "gate.eval_set": verdict.get("eval_set") or "unrecorded",
-        **{
-            f"gate.{k}": num(verdict[k])
-            for k in ("knn_top1", "teacher_knn_top1", "random_init_knn_top1", "retention", "teacher_gain")
-        },
-        "gate.champion_version": champion.get("version") or "none",
-        "gate.champion_knn_top1": num(champion.get("knn_top1")),
-        TAG_SHA256: sha256,
-        TAG_TRAINING_RUN: training_run_id or "unknown",
+
+@dataclass(frozen=True)
+class Candidate:
+    """The student as logged to MLflow, before the gate judged it.
+
+    `artifact` is register's private copy of the student (what was hashed, exported and logged)."""
+
+    artifact: BackboneArtifact
+    model_id: str
+    logged_model_uri: str
+    source_run_id: str
+    context: dict[str, str]  # commit, pipeline run, parent run: tags for every record
+    lineage: dict[str, Any]  # training run, how it was found, sha256, commit, DVC hashes (the model card's)
+    onnx: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the gate decided under the lock: the verdict, the new version with its tags, the alias holder after."""
+
+    verdict: Verdict
+    tags: dict[str, str]
+    version: str
+    holder: Champion | None
+
+
+def version_tags(verdict: Verdict, lineage: dict[str, Any]) -> dict[str, str]:
+    """The verdict, its numbers and the weights' identity as registered-version tags."""
+    return {
+        **verdict.tags(),
+        TAG_SHA256: lineage["sha256"],
+        TAG_TRAINING_RUN: lineage["training_run_id"] or "unknown",
     }
-    if verdict["reasons"]:
-        tags["gate.reasons"] = "; ".join(verdict["reasons"])[:5000]
-    return tags
 
 
 def _dataset(cfg: Config, name: str, fingerprint: str | None) -> Any:
@@ -87,7 +104,9 @@ def _dataset(cfg: Config, name: str, fingerprint: str | None) -> Any:
         source = resolve_dataset_source(str(Path(spec.test).resolve()) if local else tracking.redact(spec.test))
     else:
         source = CodeDatasetSource({"dinoflow.eval_dataset": spec.kind if spec else name})
-    return MetaDataset(source, name=name, digest=(fingerprint or "")[:32] or None)  # MLflow stores ≤ 36 chars
+    # mlflow marks `profile` abstract, yet MetaDataset is its documented concrete class for metadata-only inputs
+    # (MLflow stores a digest of at most 36 characters)
+    return MetaDataset(source, name=name, digest=(fingerprint or "")[:32] or None)  # type: ignore[abstract]
 
 
 def link_evaluation(cfg: Config, evidence: EvalEvidence, key: str, model_id: str) -> None:
@@ -116,75 +135,36 @@ def _new_version(client: Any, name: str, model_id: str, run_id: str, tags: dict[
     return str(mv.version)
 
 
-def _onnx(cfg: Config, backbone: Any, out_dir: Path) -> dict[str, Any] | None:
+def _onnx(cfg: Config, student: BackboneArtifact, prep: dict[str, Any], out_dir: Path) -> dict[str, Any] | None:
     oc = cfg.register.onnx
     if not oc.enabled:
         return None
-    from dinoflow.embedding.mlflow_model import preprocess_settings
-    from dinoflow.embedding.onnx_export import export_checked
 
-    prep = preprocess_settings(cfg)
     return export_checked(
-        backbone, out_dir, oc.image_size or prep["image_size"], prep["resize_ratio"], oc.opset, oc.atol
+        student.load(), out_dir, oc.image_size or prep["image_size"], prep["resize_ratio"], oc.opset, oc.atol
     )
 
 
-GATE_NUMBERS = ("knn_top1", "teacher_knn_top1", "random_init_knn_top1", "retention", "teacher_gain")
-SNAPSHOT_FILES = ("backbone.pth", "config.yaml", "train_config.yaml")
-
-
-def _snapshot(pth: Path, into: Path) -> Path:
-    """Copy the backbone (and the configs beside it) into `into`; returns the copy of the backbone.
+def _snapshot(student: BackboneArtifact, into: Path) -> BackboneArtifact:
+    """Copy the backbone (and the configs beside it) into `into`; returns the copy.
 
     Everything register hashes, exports and logs is read from this copy: a file replaced on disk
     while register runs can never be logged under another file's sha256.
     """
     into.mkdir(parents=True, exist_ok=True)
     for name in SNAPSHOT_FILES:
-        src = pth if name == "backbone.pth" else pth.parent / name
+        src = student.path if name == BACKBONE_FILE else student.folder / name
         if src.is_file():
             shutil.copyfile(src, into / name)
-    return into / "backbone.pth"
+    return BackboneArtifact.open(into)
 
 
-def _log_candidate(
-    cfg: Config, client: Any, run: Any, pth: Path, staged: Path, sha: str, evidence: EvalEvidence
-) -> dict[str, Any]:
-    """What does not depend on the champion: the LoggedModel (weights, ONNX) with its lineage and
-    linked evaluation metrics. `pth` is where the student lives (lineage), `staged` its copy (bytes)."""
-    import mlflow
-    from mlflow.entities import LoggedModelOutput
-
-    from dinoflow.embedding.mlflow_model import log_embedding_model
-    from dinoflow.models import load_backbone
-
-    rc = cfg.register
-    backbone = load_backbone(staged).eval()
-    run = client.get_run(run.info.run_id)
-    train_id, found = training_run(client, run, pth, sha, rc.model_name)
-    context = context_tags(run)
+def _lineage(
+    client: Any, run: Any, student: Path, sha: str, model_name: str, commit: str | None
+) -> tuple[Any, dict[str, Any]]:
+    """The run that trained the student (or None) and the lineage the card and the tags record."""
+    train_id, found = training_run(client, run, student, sha, model_name)
     train_run = client.get_run(train_id) if train_id else None
-    with tempfile.TemporaryDirectory(prefix="dinoflow-onnx-") as tmp:
-        onnx_info = _onnx(cfg, backbone, Path(tmp) / "onnx")
-        lm = mlflow.initialize_logged_model(
-            name="student",
-            source_run_id=train_id or run.info.run_id,
-            tags={TAG_SHA256: sha, TAG_TRAINING_RUN: train_id or "unknown", **context},
-            params=dict(train_run.data.params) if train_run else None,  # its recipe
-            model_type=MODEL_TYPE,
-            experiment_id=run.info.experiment_id,
-        )
-        info = log_embedding_model(
-            staged,
-            "student",
-            cfg,
-            model_id=lm.model_id,
-            onnx_dir=Path(tmp) / "onnx" if onnx_info else None,
-            metadata={"onnx": onnx_info},
-        )
-    if train_id:
-        client.log_outputs(train_id, [LoggedModelOutput(lm.model_id, step=0)])
-    link_evaluation(cfg, evidence, rc.student_key, lm.model_id)
     data_hashes = {
         k[len("dvc.md5.") :]: v
         for k, v in (train_run.data.tags if train_run else {}).items()
@@ -194,112 +174,149 @@ def _log_candidate(
         "training_run_id": train_id,
         "training_run_found": found,
         "sha256": sha,
-        "commit": context.get("dinoflow.git.commit"),
+        "commit": commit,
         "data_hashes": data_hashes,
     }
-    return {
-        "backbone": backbone,
-        "model_id": lm.model_id,
-        "logged_model_uri": info.model_uri,
-        "source_run_id": train_id or run.info.run_id,
-        "context": context,
-        "lineage": lineage,
-        "onnx": onnx_info,
-    }
+    return train_run, lineage
 
 
-def _judge(cfg: Config, client: Any, cand: dict[str, Any], evidence: EvalEvidence) -> dict[str, Any]:
-    """Under the gate lock: read the champion, judge, register the version, move the alias, re-read it.
+def _log_candidate(cfg: Config, client: Any, run: Any, sub: Submission, prep: dict[str, Any]) -> Candidate:
+    """What does not depend on the champion: the LoggedModel (weights, ONNX) with its lineage and
+    linked evaluation metrics."""
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
 
-    Returns the verdict, the new version and the alias holder after the move.
-    """
+    from dinoflow.embedding.mlflow_model import log_embedding_model
+
     rc = cfg.register
-    lineage = cand["lineage"]
+    run = client.get_run(run.info.run_id)
+    context = context_tags(run)
+    commit = context.get("dinoflow.git.commit")
+    train_run, lineage = _lineage(client, run, sub.student, sub.sha256, rc.model_name, commit)
+    train_id = lineage["training_run_id"]
+    source_run_id = train_id or run.info.run_id
+    with tempfile.TemporaryDirectory(prefix="dinoflow-onnx-") as tmp:
+        onnx_info = _onnx(cfg, sub.staged, prep, Path(tmp) / "onnx")
+        lm = mlflow.initialize_logged_model(
+            name="student",
+            source_run_id=source_run_id,
+            tags={TAG_SHA256: sub.sha256, TAG_TRAINING_RUN: train_id or "unknown", **context},
+            params=dict(train_run.data.params) if train_run else None,  # its recipe
+            model_type=MODEL_TYPE,
+            experiment_id=run.info.experiment_id,
+        )
+        info = log_embedding_model(
+            sub.staged,
+            "student",
+            cfg,
+            model_id=lm.model_id,
+            onnx_dir=Path(tmp) / "onnx" if onnx_info else None,
+            metadata={"onnx": onnx_info},
+            prep=prep,
+        )
+    if train_id:
+        client.log_outputs(train_id, [LoggedModelOutput(lm.model_id, step=0)])
+    link_evaluation(cfg, sub.evidence, rc.student_key, lm.model_id)
+    return Candidate(sub.staged, lm.model_id, info.model_uri, source_run_id, context, lineage, onnx_info)
+
+
+def _judge(cfg: Config, client: Any, cand: Candidate, evidence: EvalEvidence) -> Judgement:
+    """Under the gate lock: read the champion, judge, register the version, move the alias, re-read it."""
+    rc = cfg.register
     with gate_lock(client, rc.model_name):
         champion = current_champion(client, rc.model_name, rc.alias)
         verdict = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), champion, evidence.dense)
-        tags = {
-            **version_tags(verdict, lineage["sha256"], lineage["training_run_id"]),
-            **dense_tags(evidence.dense, rc.student_key),
-            **cand["context"],
-        }
-        version = _new_version(client, rc.model_name, cand["model_id"], cand["source_run_id"], tags)
-        if verdict["passed"]:
+        tags = {**version_tags(verdict, cand.lineage), **dense_tags(evidence.dense, rc.student_key), **cand.context}
+        version = _new_version(client, rc.model_name, cand.model_id, cand.source_run_id, tags)
+        if verdict.passed:
             client.set_registered_model_alias(rc.model_name, rc.alias, version)
         holder = current_champion(client, rc.model_name, rc.alias)  # what the registry holds now
-    return {"verdict": verdict, "tags": tags, "version": version, "holder": holder}
+    return Judgement(verdict, tags, version, holder)
 
 
-def _register_tracked(
-    cfg: Config, run: Any, pth: Path, staged: Path, sha: str, evidence: EvalEvidence
-) -> dict[str, Any]:
-    import mlflow
-
+def _record_judgement(cfg: Config, client: Any, cand: Candidate, judged: Judgement, evidence: EvalEvidence) -> None:
+    """The verdict on the register run (metrics, tag) and on the LoggedModel (tags); the card on the version."""
     rc = cfg.register
-    client = mlflow.MlflowClient()
-    cand = _log_candidate(cfg, client, run, pth, staged, sha, evidence)
-    judged = _judge(cfg, client, cand, evidence)
-    verdict, version, holder = judged["verdict"], judged["version"], judged["holder"]
-    tracking.log_metrics({f"gate.{k}": verdict[k] for k in GATE_NUMBERS if verdict[k] is not None})
-    tracking.set_tags({"gate": "passed" if verdict["passed"] else "failed"})
-    client.set_logged_model_tags(cand["model_id"], judged["tags"])
-    lineage = cand["lineage"]
-    client.update_model_version(
-        rc.model_name,
-        version,
-        description=model_card(
-            rc.model_name, version, staged, cand["backbone"], evidence.models, verdict, lineage, evidence.dense
-        ),
+    tracking.log_metrics(judged.verdict.metrics())
+    tracking.set_tags({"gate": "passed" if judged.verdict.passed else "failed"})
+    client.set_logged_model_tags(cand.model_id, judged.tags)
+    card = model_card(
+        rc.model_name, judged.version, cand.artifact, evidence.models, judged.verdict, cand.lineage, evidence.dense
     )
+    client.update_model_version(rc.model_name, judged.version, description=card)
+
+
+def _outcome(cfg: Config, cand: Candidate, judged: Judgement) -> dict[str, Any]:
+    """registry.json's record of a tracked registration."""
+    rc = cfg.register
+    version, holder = judged.version, judged.holder
     alias_uri = f"models:/{rc.model_name}@{rc.alias}" if holder else None
     return {
-        "gate": verdict,
+        "gate": judged.verdict.record(),
         "registered": True,
         "version": version,
         "model_uri": f"models:/{rc.model_name}/{version}",
-        "logged_model_uri": cand["logged_model_uri"],
-        "model_id": cand["model_id"],
+        "logged_model_uri": cand.logged_model_uri,
+        "model_id": cand.model_id,
         "took_alias": holder is not None and holder.version == version,
         "alias_version": holder.version if holder else None,
         "alias_uri": alias_uri,
         "champion_uri": alias_uri,
-        "training_run_id": lineage["training_run_id"],
-        "training_run_found": lineage["training_run_found"],
-        "onnx": cand["onnx"],
+        "training_run_id": cand.lineage["training_run_id"],
+        "training_run_found": cand.lineage["training_run_found"],
+        "onnx": cand.onnx,
     }
+
+
+def _register_tracked(cfg: Config, run: Any, sub: Submission, prep: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    cand = _log_candidate(cfg, client, run, sub, prep)
+    judged = _judge(cfg, client, cand, sub.evidence)
+    _record_judgement(cfg, client, cand, judged, sub.evidence)
+    return _outcome(cfg, cand, judged)
 
 
 def register(cfg: Config) -> dict[str, Any]:
     """Register the student as a new version; move the alias only when the gate passes. Returns registry.json's content."""
     rc = cfg.register
-    pth = model_file(rc.model_path)
+    student = open_student(rc.model_path)
     evidence = read_eval_report(rc.eval_report)
     with tempfile.TemporaryDirectory(prefix="dinoflow-register-") as tmp:
-        staged = _snapshot(pth, Path(tmp) / "student")
-        sha = check_evaluated(evidence, rc.student_key, staged, shown_as=pth)
-        return _register_staged(cfg, pth, staged, sha, evidence)
+        staged = _snapshot(student, Path(tmp) / "student")
+        sha = check_evaluated(evidence, rc.student_key, staged.path, shown_as=student.path)
+        return _register_staged(cfg, Submission(student.path, staged, sha, evidence))
 
 
-def _register_staged(cfg: Config, pth: Path, staged: Path, sha: str, evidence: EvalEvidence) -> dict[str, Any]:
+def _register_staged(cfg: Config, sub: Submission) -> dict[str, Any]:
     rc = cfg.register
+    evidence = sub.evidence
     # a bad report is an error before anything reaches MLflow
     preview = gate_verdict(evidence.models, rc, evidence.eval_set(rc.dataset), None, evidence.dense)
-    result: dict[str, Any] = {"model_name": rc.model_name, "alias": rc.alias, "model_sha256": sha, "registered": False}
+    result: dict[str, Any] = {
+        "model_name": rc.model_name,
+        "alias": rc.alias,
+        "model_sha256": sub.sha256,
+        "registered": False,
+    }
     with tracking.stage_run("register", cfg) as run:
         if run is None:
             result.update(
-                gate=preview,
+                gate=preview.record(),
                 note="tracking disabled (tracking.enabled=false or not rank 0): nothing "
                 "registered; the verdict ignores the champion",
             )
         else:
             uri = tracking.tracking_uri(cfg)
-            from dinoflow.embedding.mlflow_model import log_embedding_model
+            from dinoflow.embedding.mlflow_model import log_embedding_model, preprocess_settings
 
+            prep = preprocess_settings(cfg)  # once: the ONNX export and each logged model share it
             with tracking.named_errors(f"registering {rc.model_name}", uri):
-                result.update(_register_tracked(cfg, run, pth, staged, sha, evidence))
+                result.update(_register_tracked(cfg, run, sub, prep))
                 if rc.teacher_path and Path(rc.teacher_path).exists():
-                    result["teacher_model_uri"] = log_embedding_model(rc.teacher_path, "teacher", cfg).model_uri
+                    teacher = log_embedding_model(rc.teacher_path, "teacher", cfg, prep=prep)
+                    result["teacher_model_uri"] = teacher.model_uri
             result.update(run_id=run.info.run_id, tracking_uri=tracking.redact(uri))
         atomic_write_json(rc.report, result)
         tracking.log_artifact(rc.report, "reports")

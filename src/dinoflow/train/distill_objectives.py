@@ -30,8 +30,9 @@ from torch import nn
 
 from dinoflow.config import DistillConfig, HeadConfig, ModelConfig, PretrainConfig, stage_seed
 from dinoflow.errors import DinoflowError
-from dinoflow.models import backbone_from_config, heads_from_config, load_backbone
-from dinoflow.models.weights import read_weights
+from dinoflow.models import backbone_from_config, heads_from_config
+from dinoflow.models.artifact import BackboneArtifact
+from dinoflow.models.weights import BACKBONE_FILE, read_weights
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.ema import ema_update, frozen_copy
 from dinoflow.train.export import export_network
@@ -128,7 +129,7 @@ HeadTeacher = tuple[SSLNet, HeadConfig, ModelConfig]
 def load_head_teacher(teacher_dir: str, device: torch.device) -> HeadTeacher:
     """A dinoflow pretraining output dir → frozen SSLNet (backbone + heads) and its configs."""
     d = Path(teacher_dir)
-    need = [d / "backbone.pth", d / "heads.pth", d / "train_config.yaml"]
+    need = [d / BACKBONE_FILE, d / "heads.pth", d / "train_config.yaml"]
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         raise DinoflowError(
@@ -136,7 +137,7 @@ def load_head_teacher(teacher_dir: str, device: torch.device) -> HeadTeacher:
             "run `dinoflow pretrain`, or use distill.mode=features with a backbone file"
         )
     pcfg = PretrainConfig.model_validate(yaml.safe_load((d / "train_config.yaml").read_text()))
-    backbone = load_backbone(str(d / "backbone.pth"))
+    backbone = BackboneArtifact(d / BACKBONE_FILE).load()  # its presence checked above, with the heads
     dino, ibot = heads_from_config(backbone.embed_dim, pcfg.head)
     heads = read_weights(d / "heads.pth")
     dino.load_state_dict(heads["dino_head"])
@@ -244,13 +245,9 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> DinoVisionTransformer:
     """distill.teacher (a backbone .pth or its folder) → the frozen backbone, on `device`."""
-    path = Path(cfg.teacher)
-    if path.is_dir():
-        path = path / "backbone.pth"
-    if not path.exists():
-        raise DinoflowError(
-            f"distill.teacher {path} not found: give a backbone .pth (official hub file or a dinoflow export)"
-        )
+    artifact = BackboneArtifact.open(
+        cfg.teacher, "distill.teacher {path} not found: give a backbone .pth (official hub file or a dinoflow export)"
+    )
     overrides = {
         k: v
         for k, v in {
@@ -260,7 +257,7 @@ def load_feature_teacher(cfg: DistillConfig, device: torch.device) -> DinoVision
         }.items()
         if v is not None
     }
-    teacher = load_backbone(str(path), **overrides).to(device)
+    teacher = artifact.load(**overrides).to(device)
     teacher.requires_grad_(False)
     return teacher.eval()
 

@@ -12,6 +12,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from dinoflow.config import ModelConfig
 from dinoflow.models import backbone_from_config, export_backbone
+from dinoflow.models.weights import BACKBONE_FILE
 from dinoflow.models.wrappers import unwrap
 
 
@@ -30,7 +31,8 @@ def sub_state_dict(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 def export_network(
     module: nn.Module, model_cfg: ModelConfig, out_dir: str | Path, is_main: bool
 ) -> dict[str, torch.Tensor] | None:
-    """Write `module.backbone` as `<out_dir>/backbone.pth` + config.yaml (rank 0).
+    """Write `module.backbone` as `<out_dir>/backbone.pth` + config.yaml (rank 0): the file
+    `dinoflow.models.artifact.BackboneArtifact.open(out_dir)` opens.
 
     Collective under FSDP: every rank calls it. Returns the full state dict of `module` on rank
     0 (for the caller's further files), None elsewhere.
@@ -40,5 +42,5 @@ def export_network(
         return None
     backbone = backbone_from_config(model_cfg)
     backbone.load_state_dict(sub_state_dict(sd, "backbone."))
-    export_backbone(backbone, f"{out_dir}/backbone.pth", model_cfg=model_cfg)
+    export_backbone(backbone, Path(out_dir) / BACKBONE_FILE, model_cfg=model_cfg)
     return sd
