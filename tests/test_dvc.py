@@ -332,7 +332,7 @@ DEFAULT_EDITS = {
         "temperature: float = Field(0.08,",
         {"evaluate", "register"},
     ),
-    "config/root.py": ("seed: Seed = 0", "seed: Seed = 1", set(PIPELINE_ORDER)),
+    "config/base.py": ("DEFAULT_SEED = 0", "DEFAULT_SEED = 1", set(PIPELINE_ORDER)),
 }
 
 
