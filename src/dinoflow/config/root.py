@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from dinoflow.config.base import DEFAULT_SEED, Section, Seed, explain
+from dinoflow.config.base import DEFAULT_SEED, Section, Seed, explain, stage_seed
 from dinoflow.config.data import MAX_FILE_BYTES, CurateConfig, DemoConfig
 from dinoflow.config.params_yaml import check_tree, parse_override, read_params_file, read_params_text, set_dotted
 from dinoflow.config.release import (
@@ -51,6 +51,8 @@ from dinoflow.errors import ConfigError
 from dinoflow.io import atomic_write_text
 
 __all__ = [
+    "DEFAULT_SEED",
+    "stage_seed",
     "MAX_FILE_BYTES",
     "ARCHS",
     "Arch",
