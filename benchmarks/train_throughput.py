@@ -8,6 +8,8 @@ noisy: compare ratios, not absolutes).
         --n-local 8 --batch 8 --prototypes 65536 --separate-ibot-head
     # the same, against another checkout's code, interleaved (old, new, old, new, ...), medians
     python benchmarks/train_throughput.py ... --compare-with /tmp/old-ff64747/src --repeats 5
+    # the demo's pretrain step (params.yaml's pretrain section), against several variants at once
+    python benchmarks/train_throughput.py --params params.yaml --compare-with A/src --compare-with B/src
     # bytes kept for the backward per activation-checkpointing mode
     python benchmarks/train_throughput.py ... --activation-memory
 
@@ -99,13 +101,12 @@ def build(args, device: torch.device):
     """(config, objective, student, optimiser, schedules) for the benchmark's configuration."""
     from dinoflow.config import load_config
 
-    try:
-        from dinoflow.train.pretrain_objective import PretrainObjective
-    except ImportError:  # an older checkout (--compare-with)
-        from dinoflow.train.objectives import PretrainObjective
-    from dinoflow.train.optim import build_optimizer, param_groups
-    from dinoflow.train.schedules import Schedules
-
+    if args.params:  # the step exactly as that params file configures it (its sizes fill args)
+        cfg = load_config(args.params).pretrain
+        args.arch, args.patch = cfg.model.arch, cfg.model.patch_size
+        args.global_size, args.local_size, args.n_local = cfg.crops.global_size, cfg.crops.local_size, cfg.crops.n_local
+        args.prototypes, args.separate_ibot_head = cfg.head.out_dim, cfg.head.separate_ibot_head
+        return (cfg, *_parts(cfg, args, device))
     overrides = [
         f"pretrain.model={{arch: {args.arch}, patch_size: {args.patch}, img_size: {args.global_size}}}",
         f"pretrain.head={{out_dim: {args.prototypes}, ibot_out_dim: {args.prototypes}, "
@@ -113,6 +114,18 @@ def build(args, device: torch.device):
         f"pretrain.crops={{global_size: {args.global_size}, local_size: {args.local_size}, n_local: {args.n_local}}}",
     ]
     cfg = load_config(None, overrides).pretrain
+    return (cfg, *_parts(cfg, args, device))
+
+
+def _parts(cfg, args, device: torch.device):
+    """(objective, student, optimiser, schedules) for a pretrain config."""
+    try:
+        from dinoflow.train.pretrain_objective import PretrainObjective
+    except ImportError:  # an older checkout (--compare-with)
+        from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.optim import build_optimizer, param_groups
+    from dinoflow.train.schedules import Schedules
+
     obj = PretrainObjective(cfg, device)
     net = obj.student
     bb = net.backbone
@@ -125,7 +138,7 @@ def build(args, device: torch.device):
             compile_blocks(m, device, backend=args.compile_backend)
     opt = build_optimizer(param_groups(net.param_modules(), cfg.optim, {"backbone": bb.n_blocks}), cfg.optim)
     sched = Schedules(cfg.optim, cfg.loss, epoch_length=100, epochs=1, total_batch=args.batch)
-    return cfg, obj, net, opt, sched
+    return obj, net, opt, sched
 
 
 def measure(args) -> dict:
@@ -206,33 +219,38 @@ def report(res: dict, args, label: str = "") -> None:
 
 
 def compare(args, argv: list[str]) -> None:
-    """Interleave child runs of this checkout and `--compare-with`, `--repeats` times each."""
+    """Interleave child runs of each `--compare-with` checkout and this one (A B ... A B ...),
+    `--repeats` times each; ratios are against the first `--compare-with`."""
     drop = ("--compare-with", "--repeats")
     child = [a for i, a in enumerate(argv) if not (a.startswith(drop) or (i > 0 and argv[i - 1] in drop))]
-    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    srcs = [*args.compare_with, str(SRC)]
+    runs: dict[str, list[dict]] = {s: [] for s in srcs}
     for rep in range(args.repeats):
-        for name, src in (("old", args.compare_with), ("new", str(SRC))):
+        for src in srcs:
             env = {**os.environ, "PYTHONPATH": src}
             out = subprocess.run([sys.executable, __file__, *child, "--json"], env=env, capture_output=True, text=True)
             if out.returncode != 0:
-                raise SystemExit(f"{name} run failed:\n{out.stderr[-3000:]}")
+                raise SystemExit(f"{src} run failed:\n{out.stderr[-3000:]}")
             res = json.loads(out.stdout.strip().splitlines()[-1])
-            runs[name].append(res)
+            runs[src].append(res)
             print(
-                f"rep {rep + 1} {name}: median step {statistics.median(res['step_s']):.3f} s  "
+                f"rep {rep + 1} {src}: median step {statistics.median(res['step_s']):.3f} s  "
                 f"peak RSS {res['peak_rss_mb']:.0f} MiB",
                 flush=True,
             )
+    base = srcs[0]
     med = {k: statistics.median(statistics.median(r["step_s"]) for r in v) for k, v in runs.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
-    print(
-        f"old ({args.compare_with}): median step {med['old']:.3f} s, {args.batch / med['old']:.2f} images/s, "
-        f"peak RSS {rss['old']:.0f} MiB"
-    )
-    print(
-        f"new ({SRC}): median step {med['new']:.3f} s, {args.batch / med['new']:.2f} images/s, peak RSS {rss['new']:.0f} MiB"
-    )
-    print(f"speed-up {med['old'] / med['new']:.2f}×   peak RSS {rss['new'] / rss['old']:.2f}× of old")
+    for src in srcs:
+        # per-round ratio base/src (the runs of one round share the machine's load), then the median
+        ratios = [
+            statistics.median(b["step_s"]) / statistics.median(r["step_s"]) for b, r in zip(runs[base], runs[src])
+        ]
+        print(
+            f"{src}: median step {med[src]:.3f} s, {args.batch / med[src]:.2f} images/s, peak RSS {rss[src]:.0f} MiB; "
+            f"speed vs {base}: median {statistics.median(ratios):.3f}× (rounds {', '.join(f'{x:.2f}' for x in ratios)}), "
+            f"peak RSS {rss[src] / rss[base]:.2f}×"
+        )
 
 
 def forward_memory(fn) -> int:
@@ -286,7 +304,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-pack", action="store_true", help="one pass per crop size (checkouts with packing)")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (this checkout)")
     p.add_argument("--compile-backend", default=None, help="e.g. aot_eager for a quick check")
-    p.add_argument("--compare-with", default=None, help="another checkout's src/ to run interleaved with this one")
+    p.add_argument(
+        "--compare-with",
+        action="append",
+        default=[],
+        help="another checkout's src/ to run interleaved with this one (repeatable)",
+    )
+    p.add_argument(
+        "--params", default=None, help="a params file whose pretrain section sets the step (e.g. the demo's)"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--activation-memory", action="store_true")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
