@@ -165,11 +165,11 @@ def measure(args) -> dict:
     peak = matmul_peak(device, n=args.peak_size, dtype=dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu = [], []
     for step in range(args.steps + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         views = obj.views(images, step, 0)
         loss, _ = train_step(
             obj, net, opt, views, sched.at(step), clip_grad=cfg.optim.clip_grad, precision=args.precision, device=device
@@ -178,8 +178,10 @@ def measure(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     return {
         "step_s": times[1:],
+        "step_cpu_s": cpu[1:],
         "flops": step_flops(net.backbone, cfg.head, args),
         "peak_flops": peak,
         "peak_dtype": str(dtype).replace("torch.", ""),
@@ -201,7 +203,8 @@ def report(res: dict, args, label: str = "") -> None:
     )
     print(
         f"{label}step time         median {step_s * 1000:.1f} ms  "
-        f"(min {min(res['step_s']) * 1000:.1f} ms, {len(res['step_s'])} steps)"
+        f"(min {min(res['step_s']) * 1000:.1f} ms, {len(res['step_s'])} steps)  "
+        f"CPU time median {statistics.median(res['step_cpu_s']) * 1000:.1f} ms"
     )
     print(f"{label}images/s          {args.batch / step_s:.2f}")
     print(f"{label}model GFLOP/step  {res['flops'] / 1e9:.2f}")
@@ -235,22 +238,26 @@ def compare(args, argv: list[str]) -> None:
             runs[src].append(res)
             print(
                 f"rep {rep + 1} {src}: median step {statistics.median(res['step_s']):.3f} s  "
-                f"peak RSS {res['peak_rss_mb']:.0f} MiB",
+                f"CPU {statistics.median(res['step_cpu_s']):.3f} s  peak RSS {res['peak_rss_mb']:.0f} MiB",
                 flush=True,
             )
     base = srcs[0]
     med = {k: statistics.median(statistics.median(r["step_s"]) for r in v) for k, v in runs.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
     for src in srcs:
-        # per-round ratio base/src (the runs of one round share the machine's load), then the median
-        ratios = [
-            statistics.median(b["step_s"]) / statistics.median(r["step_s"]) for b, r in zip(runs[base], runs[src])
-        ]
+        # per-round ratios base/src (the runs of one round share the machine's load), then the
+        # median; CPU time (user + system, all threads) is the steadier measure on a shared machine
+        wall, cpu = ([_ratio(b, r, key) for b, r in zip(runs[base], runs[src])] for key in ("step_s", "step_cpu_s"))
         print(
             f"{src}: median step {med[src]:.3f} s, {args.batch / med[src]:.2f} images/s, peak RSS {rss[src]:.0f} MiB; "
-            f"speed vs {base}: median {statistics.median(ratios):.3f}× (rounds {', '.join(f'{x:.2f}' for x in ratios)}), "
-            f"peak RSS {rss[src] / rss[base]:.2f}×"
+            f"speed vs {base}: wall {statistics.median(wall):.3f}× (rounds {', '.join(f'{x:.2f}' for x in wall)}), "
+            f"CPU time {statistics.median(cpu):.3f}× (rounds {', '.join(f'{x:.2f}' for x in cpu)}), "
+            f"peak RSS {rss[src] / rss[base]:.3f}×"
         )
+
+
+def _ratio(base: dict, run: dict, key: str) -> float:
+    return statistics.median(base[key]) / statistics.median(run[key])
 
 
 def forward_memory(fn) -> int:
