@@ -8,6 +8,8 @@ noisy: compare ratios, not absolutes).
         --n-local 8 --batch 8 --prototypes 65536 --separate-ibot-head
     # the same, against another checkout's code, interleaved (old, new, old, new, ...), medians
     python benchmarks/train_throughput.py ... --compare-with /tmp/old-ff64747/src --repeats 5
+    # the demo's pretrain step (params.yaml's pretrain section), against several variants at once
+    python benchmarks/train_throughput.py --params params.yaml --compare-with A/src --compare-with B/src
     # bytes kept for the backward per activation-checkpointing mode
     python benchmarks/train_throughput.py ... --activation-memory
 
@@ -99,13 +101,12 @@ def build(args, device: torch.device):
     """(config, objective, student, optimiser, schedules) for the benchmark's configuration."""
     from dinoflow.config import load_config
 
-    try:
-        from dinoflow.train.pretrain_objective import PretrainObjective
-    except ImportError:  # an older checkout (--compare-with)
-        from dinoflow.train.objectives import PretrainObjective
-    from dinoflow.train.optim import build_optimizer, param_groups
-    from dinoflow.train.schedules import Schedules
-
+    if args.params:  # the step exactly as that params file configures it (its sizes fill args)
+        cfg = load_config(args.params).pretrain
+        args.arch, args.patch = cfg.model.arch, cfg.model.patch_size
+        args.global_size, args.local_size, args.n_local = cfg.crops.global_size, cfg.crops.local_size, cfg.crops.n_local
+        args.prototypes, args.separate_ibot_head = cfg.head.out_dim, cfg.head.separate_ibot_head
+        return (cfg, *_parts(cfg, args, device))
     overrides = [
         f"pretrain.model={{arch: {args.arch}, patch_size: {args.patch}, img_size: {args.global_size}}}",
         f"pretrain.head={{out_dim: {args.prototypes}, ibot_out_dim: {args.prototypes}, "
@@ -113,6 +114,18 @@ def build(args, device: torch.device):
         f"pretrain.crops={{global_size: {args.global_size}, local_size: {args.local_size}, n_local: {args.n_local}}}",
     ]
     cfg = load_config(None, overrides).pretrain
+    return (cfg, *_parts(cfg, args, device))
+
+
+def _parts(cfg, args, device: torch.device):
+    """(objective, student, optimiser, schedules) for a pretrain config."""
+    try:
+        from dinoflow.train.pretrain_objective import PretrainObjective
+    except ImportError:  # an older checkout (--compare-with)
+        from dinoflow.train.objectives import PretrainObjective
+    from dinoflow.train.optim import build_optimizer, param_groups
+    from dinoflow.train.schedules import Schedules
+
     obj = PretrainObjective(cfg, device)
     net = obj.student
     bb = net.backbone
@@ -125,7 +138,7 @@ def build(args, device: torch.device):
             compile_blocks(m, device, backend=args.compile_backend)
     opt = build_optimizer(param_groups(net.param_modules(), cfg.optim, {"backbone": bb.n_blocks}), cfg.optim)
     sched = Schedules(cfg.optim, cfg.loss, epoch_length=100, epochs=1, total_batch=args.batch)
-    return cfg, obj, net, opt, sched
+    return obj, net, opt, sched
 
 
 def measure(args) -> dict:
@@ -152,11 +165,11 @@ def measure(args) -> dict:
     peak = matmul_peak(device, n=args.peak_size, dtype=dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu = [], []
     for step in range(args.steps + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         views = obj.views(images, step, 0)
         loss, _ = train_step(
             obj, net, opt, views, sched.at(step), clip_grad=cfg.optim.clip_grad, precision=args.precision, device=device
@@ -165,8 +178,10 @@ def measure(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     return {
         "step_s": times[1:],
+        "step_cpu_s": cpu[1:],
         "flops": step_flops(net.backbone, cfg.head, args),
         "peak_flops": peak,
         "peak_dtype": str(dtype).replace("torch.", ""),
@@ -188,7 +203,8 @@ def report(res: dict, args, label: str = "") -> None:
     )
     print(
         f"{label}step time         median {step_s * 1000:.1f} ms  "
-        f"(min {min(res['step_s']) * 1000:.1f} ms, {len(res['step_s'])} steps)"
+        f"(min {min(res['step_s']) * 1000:.1f} ms, {len(res['step_s'])} steps)  "
+        f"CPU time median {statistics.median(res['step_cpu_s']) * 1000:.1f} ms"
     )
     print(f"{label}images/s          {args.batch / step_s:.2f}")
     print(f"{label}model GFLOP/step  {res['flops'] / 1e9:.2f}")
@@ -206,33 +222,42 @@ def report(res: dict, args, label: str = "") -> None:
 
 
 def compare(args, argv: list[str]) -> None:
-    """Interleave child runs of this checkout and `--compare-with`, `--repeats` times each."""
+    """Interleave child runs of each `--compare-with` checkout and this one (A B ... A B ...),
+    `--repeats` times each; ratios are against the first `--compare-with`."""
     drop = ("--compare-with", "--repeats")
     child = [a for i, a in enumerate(argv) if not (a.startswith(drop) or (i > 0 and argv[i - 1] in drop))]
-    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    srcs = [*args.compare_with, str(SRC)]
+    runs: dict[str, list[dict]] = {s: [] for s in srcs}
     for rep in range(args.repeats):
-        for name, src in (("old", args.compare_with), ("new", str(SRC))):
+        for src in srcs:
             env = {**os.environ, "PYTHONPATH": src}
             out = subprocess.run([sys.executable, __file__, *child, "--json"], env=env, capture_output=True, text=True)
             if out.returncode != 0:
-                raise SystemExit(f"{name} run failed:\n{out.stderr[-3000:]}")
+                raise SystemExit(f"{src} run failed:\n{out.stderr[-3000:]}")
             res = json.loads(out.stdout.strip().splitlines()[-1])
-            runs[name].append(res)
+            runs[src].append(res)
             print(
-                f"rep {rep + 1} {name}: median step {statistics.median(res['step_s']):.3f} s  "
-                f"peak RSS {res['peak_rss_mb']:.0f} MiB",
+                f"rep {rep + 1} {src}: median step {statistics.median(res['step_s']):.3f} s  "
+                f"CPU {statistics.median(res['step_cpu_s']):.3f} s  peak RSS {res['peak_rss_mb']:.0f} MiB",
                 flush=True,
             )
+    base = srcs[0]
     med = {k: statistics.median(statistics.median(r["step_s"]) for r in v) for k, v in runs.items()}
     rss = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
-    print(
-        f"old ({args.compare_with}): median step {med['old']:.3f} s, {args.batch / med['old']:.2f} images/s, "
-        f"peak RSS {rss['old']:.0f} MiB"
-    )
-    print(
-        f"new ({SRC}): median step {med['new']:.3f} s, {args.batch / med['new']:.2f} images/s, peak RSS {rss['new']:.0f} MiB"
-    )
-    print(f"speed-up {med['old'] / med['new']:.2f}×   peak RSS {rss['new'] / rss['old']:.2f}× of old")
+    for src in srcs:
+        # per-round ratios base/src (the runs of one round share the machine's load), then the
+        # median; CPU time (user + system, all threads) is the steadier measure on a shared machine
+        wall, cpu = ([_ratio(b, r, key) for b, r in zip(runs[base], runs[src])] for key in ("step_s", "step_cpu_s"))
+        print(
+            f"{src}: median step {med[src]:.3f} s, {args.batch / med[src]:.2f} images/s, peak RSS {rss[src]:.0f} MiB; "
+            f"speed vs {base}: wall {statistics.median(wall):.3f}× (rounds {', '.join(f'{x:.2f}' for x in wall)}), "
+            f"CPU time {statistics.median(cpu):.3f}× (rounds {', '.join(f'{x:.2f}' for x in cpu)}), "
+            f"peak RSS {rss[src] / rss[base]:.3f}×"
+        )
+
+
+def _ratio(base: dict, run: dict, key: str) -> float:
+    return statistics.median(base[key]) / statistics.median(run[key])
 
 
 def forward_memory(fn) -> int:
@@ -286,7 +311,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-pack", action="store_true", help="one pass per crop size (checkouts with packing)")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (this checkout)")
     p.add_argument("--compile-backend", default=None, help="e.g. aot_eager for a quick check")
-    p.add_argument("--compare-with", default=None, help="another checkout's src/ to run interleaved with this one")
+    p.add_argument(
+        "--compare-with",
+        action="append",
+        default=[],
+        help="another checkout's src/ to run interleaved with this one (repeatable)",
+    )
+    p.add_argument(
+        "--params", default=None, help="a params file whose pretrain section sets the step (e.g. the demo's)"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--activation-memory", action="store_true")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)

@@ -53,18 +53,20 @@ def _compute(p: dict) -> dict:
     dino.update_center(p["t_prev"].flatten(0, 1))
     targets = dino.softmax_center_teacher(p["t"].flatten(0, 1), TEMP).view(2, b, K)
     out["dino_softmax_targets"] = targets
-    out["dino_softmax_loss"] = dino(list(p["s"]), list(targets))
+    out["dino_softmax_loss"] = dino.local_crops_loss(p["s"].flatten(0, 1), targets)
     dino.update_center(p["t"].flatten(0, 1))
     dino.apply_center_update()
     out["dino_center"] = dino.center.clone()
     sk = dino.sinkhorn_knopp_teacher(p["t"].flatten(0, 1), TEMP).view(2, b, K)
     out["dino_sk_targets"] = sk
-    out["dino_sk_loss"] = dino(list(p["s"]), list(sk))
+    out["dino_sk_loss"] = dino.local_crops_loss(p["s"].flatten(0, 1), sk)
 
     masks = p["masks"].flatten(0, 1)  # [2b, N]
     idx = masks.flatten().nonzero().flatten()
     t_m, s_m = p["tp"].flatten(0, 2)[idx], p["sp"].flatten(0, 2)[idx]
     prev_idx = p["prev_masks"].flatten().nonzero().flatten()
+    per_image = 1.0 / masks.sum(-1).clamp(min=1)  # each masked token: 1 / masked tokens in its image
+    masks_weight = per_image.unsqueeze(-1).expand_as(masks)[masks]
     ibot = iBOTPatchLoss(K)
     ibot.update_center(p["tp_prev"].flatten(0, 2)[prev_idx])
     for name, tgt in (
@@ -74,7 +76,7 @@ def _compute(p: dict) -> dict:
         dense = torch.zeros(2 * b * N, K)
         dense[idx] = tgt
         out[f"ibot_{name}_targets"] = dense.view(2, b, N, K)
-        out[f"ibot_{name}_loss"] = ibot.forward_masked(s_m, tgt, masks)
+        out[f"ibot_{name}_loss"] = ibot.masked_loss(s_m, tgt, masks_weight, masks.shape[0])
     ibot.update_center(t_m)
     ibot.apply_center_update()
     out["ibot_center"] = ibot.center.clone()

@@ -53,7 +53,7 @@ def test_bf16_step_never_waits_for_the_device(centering):
     assert torch.isfinite(loss) and all(torch.isfinite(t) for t in terms.values())
 
 
-def test_fused_cross_entropy_on_bf16_logits_matches_fp64():
+def test_cross_entropy_on_bf16_logits_matches_fp64():
     from dinoflow.losses.soft_ce import soft_cross_entropy
 
     g = torch.Generator(device="cuda").manual_seed(0)

@@ -1,4 +1,5 @@
-"""iBOTPatchLoss against direct computations: per-image weighting, dense vs gathered forms, centre."""
+"""iBOTPatchLoss, as the training step calls it, against direct computations: per-image weighting,
+padding, the factor form, the centre."""
 
 import math
 import random
@@ -35,28 +36,40 @@ def _batch(seed: int, b_images=6, grid=4, k=12):
     return masks, student, teacher
 
 
-def test_dense_forward_matches_formula():
+def _gathered(masks, student, teacher):
+    """The picked tokens in `mask_indices_list` order, as the training step holds them."""
+    idx = masks["mask_indices_list"]
+    return student.flatten(0, 1)[idx], teacher.flatten(0, 1)[idx]
+
+
+def _weights(masks: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """1 / (masked tokens in the image) for each masked token, row-major."""
+    per_image = 1.0 / masks.sum(-1).clamp(min=1).to(dtype)
+    return per_image.unsqueeze(-1).expand_as(masks)[masks]
+
+
+def test_masked_loss_matches_formula():
     masks, s, t = _batch(0)
     assert masks["masks"].any(1).sum() == 3 and not masks["masks"].all(1).any()
-    loss = iBOTPatchLoss(12)(s, t, masks["masks"])
+    s_m, t_m = _gathered(masks, s, t)
+    loss = iBOTPatchLoss(12).masked_loss(s_m, t_m, masks["masks_weight"], n_images=6)
+    assert loss.dtype == torch.float32
     assert math.isclose(float(loss), _reference_loss(s, t, masks["masks"], 0.1), rel_tol=1e-5)
 
 
-def test_gathered_forward_equals_dense_forward_with_and_without_weights_and_padding():
+def test_rows_past_the_weights_are_padding_and_ignored():
     masks, s, t = _batch(1)
-    idx = masks["mask_indices_list"]
-    s_m, t_m = s.flatten(0, 1)[idx], t.flatten(0, 1)[idx]
+    s_m, t_m = _gathered(masks, s, t)
     fn = iBOTPatchLoss(12)
-    dense = fn(s, t, masks["masks"])
-    assert torch.allclose(fn.forward_masked(s_m, t_m, masks["masks"]), dense, atol=1e-6)
-    # padded buffers (as sized by `upperbound`): rows past n_masked_patches are ignored
+    want = fn.masked_loss(s_m, t_m, masks["masks_weight"], 6)
+    # padded buffers (as sized by `upperbound`): rows past the weights' count are ignored
     m = int(masks["n_masked_patches"])
     pad = masks["upperbound"] - m
-    assert pad >= 0
+    assert pad >= 0 and m == masks["masks_weight"].shape[0]
     s_pad = torch.cat([s_m, 1e3 * torch.ones(pad + 1, 12)])
     t_pad = torch.cat([t_m, torch.ones(pad + 1, 12)])
-    out = fn.forward_masked(s_pad, t_pad, masks["masks"], n_masked_patches=m, masks_weight=masks["masks_weight"])
-    assert torch.allclose(out, dense, atol=1e-6)
+    assert torch.equal(fn.masked_loss(s_pad, t_pad, masks["masks_weight"], 6), want)
+    assert math.isclose(float(want), _reference_loss(s, t, masks["masks"], 0.1), rel_tol=1e-5)
 
 
 def test_each_image_counts_equally_whatever_its_mask_size():
@@ -64,33 +77,57 @@ def test_each_image_counts_equally_whatever_its_mask_size():
     masks = torch.zeros(2, 4, dtype=torch.bool)
     masks[0, 0] = True
     masks[1] = True  # 1 masked token vs 4 masked tokens
-    s = torch.zeros(2, 4, k)
-    t = torch.full((2, 4, k), 1.0 / k)
+    s = torch.zeros(5, k)
+    t = torch.full((5, k), 1.0 / k)
     # uniform student and teacher: every token's cross-entropy is log K, every image's mean too
-    assert math.isclose(float(iBOTPatchLoss(k)(s, t, masks)), math.log(k), rel_tol=1e-6)
+    loss = iBOTPatchLoss(k).masked_loss(s, t, _weights(masks), n_images=2)
+    assert math.isclose(float(loss), math.log(k), rel_tol=1e-6)
 
 
-def test_weight_count_mismatch_is_explained():
+def test_fewer_rows_than_weights_is_explained():
     masks, s, t = _batch(2)
     fn = iBOTPatchLoss(12)
-    with pytest.raises(ValueError, match="n_masked_patches"):
-        fn.forward_masked(torch.randn(100, 12), torch.rand(100, 12), masks["masks"], masks_weight=masks["masks_weight"])
+    m = masks["masks_weight"].shape[0]
+    with pytest.raises(ValueError, match="at least one row per weight"):
+        fn.masked_loss(torch.randn(m - 1, 12), torch.rand(m, 12), masks["masks_weight"], 6)
+    with pytest.raises(ValueError, match="one weight per picked token"):
+        fn.masked_loss((torch.randn(m + 1, 4), torch.randn(12, 4)), lambda a, b: None, masks["masks_weight"], 6)
 
 
 def test_gradcheck_and_descent_direction():
     g = torch.Generator().manual_seed(3)
     masks = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
-    s = torch.randn(3, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(3, 3, 4, generator=g, dtype=torch.float64)
     t = torch.softmax(torch.randn(3, 3, 4, generator=g, dtype=torch.float64), -1)
     fn = iBOTPatchLoss(4)
-    assert torch.autograd.gradcheck(lambda x: fn(x, t, masks), (s,))
-    s_m = s.flatten(0, 1)[masks.flatten()].detach().requires_grad_(True)
+    s_m = s.flatten(0, 1)[masks.flatten()].requires_grad_(True)
     t_m = t.flatten(0, 1)[masks.flatten()]
-    assert torch.autograd.gradcheck(lambda x: fn.forward_masked(x, t_m, masks), (s_m,))
-    loss = fn.forward_masked(s_m, t_m, masks)
+    w = _weights(masks, torch.float64)
+    assert torch.autograd.gradcheck(lambda x: fn.masked_loss(x, t_m, w, 3), (s_m,))
+    loss = fn.masked_loss(s_m, t_m, w, 3)
+    assert math.isclose(float(loss.detach()), _reference_loss(s, t, masks, 0.1), rel_tol=1e-9)
     (grad,) = torch.autograd.grad(loss, s_m)
     with torch.no_grad():
-        assert fn.forward_masked(s_m - 0.1 * grad, t_m, masks) < loss
+        assert fn.masked_loss(s_m - 0.1 * grad, t_m, w, 3) < loss
+
+
+def test_factor_form_equals_logit_form():
+    """Heads-mode distillation hands over the head's factors (z, w) instead of z @ wᵀ, and a
+    function of the row range for the targets: the same loss and gradients."""
+    g = torch.Generator().manual_seed(8)
+    masks, _, _ = _batch(8)
+    m = masks["masks_weight"].shape[0]
+    z = torch.nn.functional.normalize(torch.randn(m, 6, generator=g), dim=-1).requires_grad_(True)
+    w = torch.randn(12, 6, generator=g).requires_grad_(True)
+    t = torch.softmax(torch.randn(m, 12, generator=g) / 0.1, -1)
+    fn = iBOTPatchLoss(12)
+    factor = fn.masked_loss((z, w), lambda a, b: t[a:b], masks["masks_weight"], 6)
+    (gz, gw) = torch.autograd.grad(factor, (z, w))
+    logit = fn.masked_loss(z @ w.t(), t, masks["masks_weight"], 6)
+    (lz, lw) = torch.autograd.grad(logit, (z, w))
+    assert math.isclose(float(factor.detach()), float(logit.detach()), rel_tol=1e-6)
+    torch.testing.assert_close(gz, lz, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw, lw, rtol=1e-4, atol=1e-6)
 
 
 def test_softmax_center_keeps_shape_and_uses_centre():
@@ -145,22 +182,31 @@ def test_a_batch_without_masked_tokens_gives_empty_targets_and_zero_loss():
     empty = torch.zeros(0, 5)
     assert fn.sinkhorn_knopp_teacher(empty, 0.07, torch.tensor([0])).shape == (0, 5)
     assert fn.softmax_center_teacher(empty, 0.07).shape == (0, 5)
-    assert float(fn.forward_masked(empty, empty, masks)) == 0.0
+    assert float(fn.masked_loss(empty, empty, _weights(masks), 3)) == 0.0
 
 
-def test_gathered_form_compiles_without_graph_breaks_or_host_reads():
+def test_masked_loss_compiles_without_graph_breaks_or_host_reads():
     """Regression: `ce[:n_masked_patches]` with a tensor count read the device value (a host sync
-    on a GPU) and broke a compiled graph. The count of real rows now comes from a shape."""
+    on a GPU) and broke a compiled graph. The count of real rows comes from the weights' shape."""
     masks, s, t = _batch(7)
-    idx = masks["mask_indices_list"]
+    s_m, t_m = _gathered(masks, s, t)
     fn = iBOTPatchLoss(12)
-    args = (
-        s.flatten(0, 1)[idx],
-        t.flatten(0, 1)[idx],
-        masks["masks"],
-        masks["n_masked_patches"],
-        masks["masks_weight"],
-    )
+    args = (s_m, t_m, masks["masks_weight"], 6)
     torch._dynamo.reset()
-    compiled = torch.compile(fn.forward_masked, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(*args), fn.forward_masked(*args))
+    compiled = torch.compile(fn.masked_loss, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(*args), fn.masked_loss(*args))
+
+
+@pytest.mark.parametrize("centering", ["softmax", "sinkhorn_knopp"])
+def test_factor_targets_equal_the_materialised_targets(centering):
+    """The targets heads-mode distillation recomputes from the teacher's factors, chunk by chunk,
+    are those of the materialised logits, and the centre update is the same."""
+    g = torch.Generator().manual_seed(9)
+    z, w = torch.randn(10, 6, generator=g), torch.randn(7, 6, generator=g)
+    a, b = iBOTPatchLoss(7), iBOTPatchLoss(7)
+    dense = a.teacher_targets(z @ w.t(), 0.07, centering, n_masked_patches=torch.tensor([10]))
+    rows = b.teacher_targets((z, w), 0.07, centering, n_masked_patches=torch.tensor([10]))
+    torch.testing.assert_close(torch.cat([rows(0, 4), rows(4, 10)]), dense, rtol=1e-5, atol=1e-6)
+    a.apply_center_update()
+    b.apply_center_update()
+    torch.testing.assert_close(a.center, b.center, rtol=1e-5, atol=1e-6)

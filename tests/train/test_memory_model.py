@@ -55,15 +55,17 @@ def test_the_cheapest_mode_that_fits_is_chosen():
 
 def test_vit_l_batch_64_under_the_bf16_policy():
     """The GPU check's configuration: 2 + 8 crops at 224/98 px, K 65,536, ~30% of 256 patches
-    masked in half the global crops. The model predicts that no checkpointing fits 60 GiB in
-    bf16 (the fp32 residual stream of autocast alone would not: activations double)."""
+    masked in half the global crops. Without checkpointing the step needs ~59 GiB in bf16 (the
+    MLP keeps its hidden layer before and after GELU): it fits 70 GiB, and 60 GiB (with the
+    allocator's margin) takes selective checkpointing; fp32 activations would not fit at all."""
     with torch.device("meta"):
         student, teacher = _nets("vit_large")
     crops = CropConfig(global_size=224, local_size=98, n_local=8)
     tokens = step_tokens(crops, 14, 64)
     rows = 2 * 64 + 8 * 64 + int(0.5 * 128 * 0.3 * 256)
-    mode, totals = choose_checkpointing(student, teacher, tokens, 2, rows, 65536, 60 * 2**30)
+    mode, totals = choose_checkpointing(student, teacher, tokens, 2, rows, 65536, 70 * 2**30)
     assert tokens == 64 * (2 * 257 + 8 * 50)
-    assert mode == "none" and 40 * 2**30 < totals["none"] < 54 * 2**30
+    assert mode == "none" and 54 * 2**30 < totals["none"] < 62 * 2**30
+    assert choose_checkpointing(student, teacher, tokens, 2, rows, 65536, 60 * 2**30)[0] == "selective"
     fp32 = step_bytes(student, teacher, tokens, "none", 4, rows, 65536)["total"]
-    assert fp32 > 60 * 2**30
+    assert fp32 > 70 * 2**30

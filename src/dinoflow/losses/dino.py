@@ -1,5 +1,8 @@
 """DINO loss on CLS tokens: cross-entropy between teacher targets and student predictions.
 
+The training step calls `teacher_targets` on the teacher's CLS logits, then `global_crops_loss`
+and `local_crops_loss` on the student's; the module holds the centre between steps.
+
 Teacher targets come from one of two normalisations of the teacher head output:
 - softmax centering: softmax((t - c) / T) with an EMA centre c (momentum 0.9), and
 - Sinkhorn-Knopp (3 iterations, fp32, log-space; see `dinoflow.losses.sinkhorn`).
@@ -12,8 +15,6 @@ So `.center` changes only when the next targets are computed (or on `apply_cente
 """
 
 from __future__ import annotations
-
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,8 @@ class DINOLoss(nn.Module):
     Buffers:
         center: [1, K] fp32 (same name and shape as the official `dino_loss.center`).
     """
+
+    center: torch.Tensor  # a registered buffer: saved with the state, moved with the module
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()
@@ -74,40 +77,59 @@ class DINOLoss(nn.Module):
         """
         return sinkhorn_knopp(teacher_output, teacher_temp, n_iterations=n_iterations)
 
-    # ------------------------------------------------------------------ loss
-
-    def forward(
-        self,
-        student_output_list: Sequence[torch.Tensor] | torch.Tensor,
-        teacher_out_softmaxed_centered_list: Iterable[torch.Tensor] | torch.Tensor,
+    @torch.no_grad()
+    def teacher_targets(
+        self, teacher_output: torch.Tensor, teacher_temp: float, centering: str, n_iterations: int = 3
     ) -> torch.Tensor:
-        """-sum over (student crop s, teacher crop t) of mean_b sum_k t[b,k] log_softmax(s/τ)[b,k].
-
-        Computed as one fused cross-entropy per student crop against the sum of the teacher crops
-        (Σ_t t·log p = (Σ_t t)·log p), in fp32 whatever the logits' dtype.
+        """The recipe's targets: softmax centering (queues this batch's centre update) or Sinkhorn-Knopp.
 
         Args:
-            student_output_list: crops of student logits, each [B, K] (a tensor [n, B, K] works too).
-            teacher_out_softmaxed_centered_list: teacher targets, each [B, K].
+            teacher_output: [B, K] teacher head outputs (all global crops stacked).
+            centering: "softmax" or "sinkhorn_knopp".
         Returns:
-            scalar fp32 loss (not divided by the number of crop pairs: the caller scales it).
+            [B, K] fp32 targets; each row sums to 1.
         """
-        teachers = list(teacher_out_softmaxed_centered_list)
-        students = list(student_output_list)
-        if not teachers or not students:
-            raise ValueError("DINOLoss needs at least one student and one teacher crop")
-        for t in teachers:
-            for s in students:
-                if t.shape != s.shape:
-                    raise ValueError(
-                        f"student crop {tuple(s.shape)} and teacher crop {tuple(t.shape)} must have the same shape"
-                    )
-        target = teachers[0] if len(teachers) == 1 else torch.stack(teachers).sum(0)
-        total = None
-        for s in students:
-            term = soft_cross_entropy(s, target, self.student_temp, weights=1.0 / s.shape[0])
-            total = term if total is None else total + term
-        return total
+        if centering == "softmax":
+            p = self.softmax_center_teacher(teacher_output, teacher_temp)
+            self.update_center(teacher_output)
+            return p
+        if centering == "sinkhorn_knopp":
+            return self.sinkhorn_knopp_teacher(teacher_output, teacher_temp, n_iterations=n_iterations)
+        raise ValueError(f"centering must be 'softmax' or 'sinkhorn_knopp', got {centering!r}")
+
+    # ------------------------------------------------------------------ loss
+
+    def global_crops_loss(self, student_logits: torch.Tensor, teacher_targets: torch.Tensor) -> torch.Tensor:
+        """Σ over the two (student global crop, other teacher crop) pairs of mean_b CE(t, s).
+
+        CE(t, s)[b] = -Σ_k t[b, k] · log_softmax(s[b] / τ)_k, in fp32 whatever the logits' dtype.
+
+        Args:
+            student_logits: [2B, K] the student's global crops (crop 0's B rows, then crop 1's).
+            teacher_targets: [2, B, K] teacher targets, already crop-swapped (row i of crop c is
+                the target of the student's crop c row i).
+        Returns:
+            scalar fp32 (not divided by the number of crop pairs: the caller scales it).
+        """
+        b = _check_targets(student_logits, teacher_targets)
+        return soft_cross_entropy(student_logits, teacher_targets.flatten(0, 1), self.student_temp, 1.0 / (2 * b)) * 2
+
+    def local_crops_loss(self, student_logits: torch.Tensor, teacher_targets: torch.Tensor) -> torch.Tensor:
+        """Σ over (student local crop, teacher global crop) pairs of mean_b CE(t, s): every local
+        crop against both teacher crops of its image, as one cross-entropy against their sum
+        (Σ_t t·log p = (Σ_t t)·log p).
+
+        Args:
+            student_logits: [n_local·B, K] the student's local crops (crop after crop, B rows each).
+            teacher_targets: [2, B, K] teacher targets of the two global crops.
+        Returns:
+            scalar fp32 (not divided by the number of crop pairs).
+        """
+        b = _check_targets(student_logits, teacher_targets)
+        index = torch.arange(student_logits.shape[0], device=teacher_targets.device) % b
+        return soft_cross_entropy(
+            student_logits, teacher_targets[0] + teacher_targets[1], self.student_temp, 1.0 / b, target_index=index
+        )
 
     # ------------------------------------------------------------------ centre EMA
 
@@ -137,3 +159,16 @@ class DINOLoss(nn.Module):
         # A checkpoint must not lose an update that is queued but not yet applied.
         self.apply_center_update()
         super()._save_to_state_dict(destination, prefix, keep_vars)
+
+
+def _check_targets(student_logits: torch.Tensor, teacher_targets: torch.Tensor) -> int:
+    """B of [2, B, K] targets, checked against student rows [c·B, K]."""
+    if teacher_targets.ndim != 3 or teacher_targets.shape[0] != 2:
+        raise ValueError(f"teacher targets must be [2, B, K] (two global crops), got {tuple(teacher_targets.shape)}")
+    b, k = teacher_targets.shape[1:]
+    if student_logits.ndim != 2 or student_logits.shape[1] != k or student_logits.shape[0] % max(1, b):
+        raise ValueError(
+            f"student logits must be [crops·{b}, {k}] to match teacher targets {tuple(teacher_targets.shape)}, "
+            f"got {tuple(student_logits.shape)}"
+        )
+    return b

@@ -1,5 +1,8 @@
 """iBOT loss on masked patch tokens: the student predicts the teacher's targets at masked positions.
 
+The training step calls `teacher_targets` on the teacher's picked patch tokens, then
+`masked_loss` on the student's; the module holds the centre between steps.
+
 Each masked token is weighted 1 / (number of masked tokens in its image) and the sum is divided
 by the number of images, so every image counts equally whatever its mask ratio (images without
 masked tokens contribute 0 but still count in the denominator, as in DINOv2).
@@ -18,13 +21,23 @@ the per-prototype mean over masked teacher tokens. `update_center` accepts
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dinoflow.distributed.collectives import AsyncMean, ema_update
-from dinoflow.losses.sinkhorn import sinkhorn_knopp
-from dinoflow.losses.soft_ce import soft_cross_entropy
+from dinoflow.losses.sinkhorn import sinkhorn_knopp, sinkhorn_scalings
+from dinoflow.losses.soft_ce import prototype_cross_entropy, soft_cross_entropy
+
+# Targets of the picked patch tokens: materialised [M, K], or (row start, end) → [end − start, K].
+PatchTargets = torch.Tensor | Callable[[int, int], torch.Tensor]
+
+
+def _rows_of(targets: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    """Materialised targets [M, K] read by rows, as the chunked cross-entropy asks for them."""
+    return lambda a, b: targets[a:b]
 
 
 class iBOTPatchLoss(nn.Module):  # the official name, where DINOv2 users look for it
@@ -37,6 +50,8 @@ class iBOTPatchLoss(nn.Module):  # the official name, where DINOv2 users look fo
     Buffers:
         center: [1, 1, K] fp32 (same name and shape as the official `ibot_patch_loss.center`).
     """
+
+    center: torch.Tensor  # a registered buffer: saved with the state, moved with the module
 
     def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()
@@ -83,77 +98,99 @@ class iBOTPatchLoss(nn.Module):  # the official name, where DINOv2 users look fo
             teacher_output, teacher_temp, n_iterations=n_iterations, n_samples=n_masked_patches_tensor
         )
 
+    @torch.no_grad()
+    def teacher_targets(
+        self,
+        teacher: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        teacher_temp: float,
+        centering: str,
+        n_iterations: int = 3,
+        n_masked_patches: torch.Tensor | int | None = None,
+    ) -> PatchTargets:
+        """The recipe's targets for the teacher's picked patch tokens (softmax centering queues
+        this batch's centre update; Sinkhorn-Knopp runs over the tokens of all ranks).
+
+        Args:
+            teacher: [M, K] patch logits, or their factors (z [M, d], w [K, d]): logits = z @ wᵀ,
+                never materialised whole (heads-mode distillation picks every patch token).
+            centering: "softmax" or "sinkhorn_knopp".
+            n_masked_patches: this rank's token count for Sinkhorn-Knopp (defaults to M).
+        Returns:
+            [M, K] fp32 targets for logits; for factors a deterministic (a, b) → [b − a, K]
+            function (recomputed chunk by chunk). Rows sum to 1.
+        """
+        if centering not in ("softmax", "sinkhorn_knopp"):
+            raise ValueError(f"centering must be 'softmax' or 'sinkhorn_knopp', got {centering!r}")
+        if isinstance(teacher, torch.Tensor):
+            if centering == "softmax":
+                p = self.softmax_center_teacher(teacher, teacher_temp)
+                self.update_center(teacher)
+                return p
+            return self.sinkhorn_knopp_teacher(teacher, teacher_temp, n_masked_patches, n_iterations)
+        z, w = teacher
+        dev = z.device.type
+        dtype = (
+            torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(z.dtype, w.dtype)
+        )
+        zc, wc = z.to(dtype), w.to(dtype)
+
+        def logits(a: int, b: int) -> torch.Tensor:
+            return (zc[a:b] @ wc.t()).float()
+
+        if centering == "softmax":
+            self.apply_center_update()
+            center = self.center.reshape(-1).clone()  # fixed for this step's forward and backward
+            self.update_center_from_sum(z.float().sum(0) @ w.float().t(), z.shape[0])
+            return lambda a, b: torch.softmax((logits(a, b) - center) / teacher_temp, dim=-1)
+        r, c = sinkhorn_scalings(
+            lambda a, b: logits(a, b).div_(teacher_temp),
+            z.shape[0],
+            w.shape[0],
+            z.device,
+            n_iterations,
+            n_samples=n_masked_patches,
+        )
+        return lambda a, b: logits(a, b).div_(teacher_temp).add_(r[a:b, None]).add_(c).exp_()
+
     # ------------------------------------------------------------------ loss
 
-    def forward(
+    def masked_loss(
         self,
-        student_patch_tokens: torch.Tensor,
-        teacher_patch_tokens: torch.Tensor,
-        student_masks_flat: torch.Tensor,
+        student: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        teacher_targets: PatchTargets,
+        masks_weight: torch.Tensor,
+        n_images: int,
     ) -> torch.Tensor:
-        """Dense form: all tokens in, the mask selects the ones that count.
+        """-Σ_i w_i · Σ_k t[i, k] · log_softmax(s_i / τ)_k / n_images over the picked tokens i.
+
+        With w_i = 1 / (picked tokens in token i's image), every image counts equally whatever its
+        mask ratio; images without picked tokens add 0 but count in n_images (as in DINOv2).
 
         Args:
-            student_patch_tokens: [B, N, K] student logits.
-            teacher_patch_tokens: [B, N, K] teacher targets.
-            student_masks_flat: [B, N] bool mask (True = masked).
+            student: [M', K] logits of the picked tokens (M' >= M: rows past M are buffer padding,
+                ignored), or their factors (z [M, d], w [K, d]), never materialised whole.
+            teacher_targets: [M'', K] targets (M'' >= M), or an (a, b) → [b − a, K] function.
+            masks_weight: [M] weight of each picked token; M is its length, a shape, so nothing
+                reads a device value (a host sync on a GPU, a break in a compiled graph).
+            n_images: the number of images (crops) the tokens come from.
         Returns:
-            scalar: -mean_b (sum_{n masked} ce[b, n] / max(1, #masked in b)).
+            scalar fp32, differentiable in the student's logits (or factors).
         """
-        if student_masks_flat.shape != student_patch_tokens.shape[:-1]:
-            raise ValueError(
-                f"student_masks_flat {tuple(student_masks_flat.shape)} must match the tokens' "
-                f"[B, N] = {tuple(student_patch_tokens.shape[:-1])}"
-            )
-        mask = student_masks_flat.float()
-        w = mask / mask.sum(dim=-1, keepdim=True).clamp(min=1.0) / mask.shape[0]
-        return soft_cross_entropy(
-            student_patch_tokens.flatten(0, 1),
-            teacher_patch_tokens.flatten(0, 1),
-            self.student_temp,
-            weights=w.flatten(),
-        )
-
-    def forward_masked(
-        self,
-        student_patch_tokens_masked: torch.Tensor,
-        teacher_patch_tokens_masked: torch.Tensor,
-        student_masks_flat: torch.Tensor,
-        n_masked_patches: int | torch.Tensor | None = None,
-        masks_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Gathered form: only the masked tokens, in `mask_indices_list` order.
-
-        The real rows are the first M = len(masks_weight): their count is a shape, never read
-        from a tensor (reading one would wait for the device and break a compiled graph).
-
-        Args:
-            student_patch_tokens_masked: [M', K] student logits (M' >= M: may carry buffer padding).
-            teacher_patch_tokens_masked: [M', K] teacher targets.
-            student_masks_flat: [B, N] bool mask; gives B and, without `masks_weight`, the weights.
-            n_masked_patches: M as an int (checked against the weights), or a tensor (ignored:
-                the weights' length is M); required when buffers are padded and no weights are given.
-            masks_weight: [M] weight of each masked token, 1 / (#masked in its image).
-        Returns:
-            scalar fp32: -sum_i w_i · ce_i / B.
-        """
-        if masks_weight is None:
-            per_image = 1.0 / student_masks_flat.sum(-1).clamp(min=1.0)
-            masks_weight = per_image.unsqueeze(-1).expand_as(student_masks_flat)[student_masks_flat.bool()]
         m = masks_weight.shape[0]
-        rows = student_patch_tokens_masked.shape[0]
-        padded_ok = n_masked_patches is not None and not (isinstance(n_masked_patches, int) and n_masked_patches != m)
-        if rows < m or (rows != m and not padded_ok) or teacher_patch_tokens_masked.shape[0] < m:
+        weights = masks_weight / n_images
+        if isinstance(student, tuple):
+            z, w = student
+            if z.shape[0] != m:
+                raise ValueError(f"{z.shape[0]} student feature rows but {m} mask weights: one weight per picked token")
+            fn = teacher_targets if callable(teacher_targets) else _rows_of(teacher_targets)
+            return prototype_cross_entropy(z, w, fn, self.student_temp, weights)
+        targets = teacher_targets if isinstance(teacher_targets, torch.Tensor) else teacher_targets(0, m)
+        if student.shape[0] < m or targets.shape[0] < m:
             raise ValueError(
-                f"{rows} masked-token losses but {m} mask weights: pass "
-                "n_masked_patches when the token buffers are padded, and weights for the same tokens"
+                f"{student.shape[0]} student rows and {targets.shape[0]} target rows but {m} mask weights: "
+                "the token buffers must hold at least one row per weight (rows past the weights are padding)"
             )
-        return soft_cross_entropy(
-            student_patch_tokens_masked[:m],
-            teacher_patch_tokens_masked[:m],
-            self.student_temp,
-            weights=masks_weight / student_masks_flat.shape[0],
-        )
+        return soft_cross_entropy(student[:m], targets[:m], self.student_temp, weights)
 
     # ------------------------------------------------------------------ centre EMA
 

@@ -123,7 +123,7 @@ def _linear_scaled(q: Tensor, n_iterations: int, n_samples: int | Tensor | None)
         r = -(m + torch.log(row) + c_max) - log_b
         smallest = torch.cat([smallest, col, row]).amin().reshape(1)
     ok = all_reduce_max((~(smallest >= _LINEAR_MIN_SUM)).float().reshape(1)).item() == 0  # NaN: not ok
-    if ok:
+    if ok and col_w is not None and row is not None:  # None only without an iteration: nothing to scale
         e.mul_(col_w).div_(row.unsqueeze(1))  # rows sum to 1 (the last step normalises samples)
     return ok
 

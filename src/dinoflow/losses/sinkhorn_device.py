@@ -48,9 +48,10 @@ def _passes(backend: str | None) -> tuple[Callable, Callable, Callable]:
     """The three passes, compiled once per backend (dynamic shapes: the masked-token count changes
     every step); None runs them eagerly."""
     if backend not in _PASSES:
-        fns = (_col_pass, _row_pass, _assign)
+        fns: tuple[Callable, Callable, Callable] = (_col_pass, _row_pass, _assign)
         if backend is not None:
-            fns = tuple(torch.compile(f, dynamic=True, fullgraph=True, backend=backend) for f in fns)
+            col, row, assign = (torch.compile(f, dynamic=True, fullgraph=True, backend=backend) for f in fns)
+            fns = (col, row, assign)
         _PASSES[backend] = fns
     return _PASSES[backend]
 

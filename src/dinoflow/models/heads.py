@@ -24,104 +24,6 @@ def _row_norm(v: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v, dim=1, keepdim=True, dtype=torch.promote_types(v.dtype, torch.float32))
 
 
-def _weight_norm_grads(
-    grad_w: Tensor, v: Tensor, g: Tensor, norm: Tensor, need_v: bool, need_g: bool, inplace: bool = False
-):
-    """(∂L/∂v, ∂L/∂g) from G = ∂L/∂w for w = g·v/‖v‖ (rows), with one [K, d] result and no other
-    [K, d] temporary (autograd's mul/div/norm chain makes several):
-
-        ∂L/∂g = (G·v) / ‖v‖,   ∂L/∂v = (g/‖v‖) · (G − (G·v) v / ‖v‖²)
-    """
-    acc = norm.dtype
-    dot = torch.linalg.vecdot(grad_w.to(acc), v.to(acc), dim=1).unsqueeze(1)  # no [K, d] product tensor
-    scale = g.to(acc) / norm
-    grad_g = (dot / norm).to(g.dtype) if need_g else None
-    grad_v = None
-    if need_v:
-        grad_v = grad_w.mul_(scale.to(grad_w.dtype)) if inplace else grad_w * scale.to(grad_w.dtype)
-        grad_v.addcmul_(v, (scale * dot / norm.square()).to(v.dtype), value=-1.0)
-    return grad_v, grad_g
-
-
-class _WeightNorm(torch.autograd.Function):
-    """w = g · v / ‖v‖ (row-wise), materialised (the factored heads' prototypes)."""
-
-    @staticmethod
-    def forward(ctx, v: Tensor, g: Tensor) -> Tensor:
-        norm = _row_norm(v)
-        ctx.save_for_backward(v, g, norm)
-        return v * (g / norm).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        v, g, norm = ctx.saved_tensors
-        return _weight_norm_grads(grad, v, g, norm, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-
-
-# On a CPU the K-wide products (N = 16–200 rows against K = 65,536 prototypes of d = 256) run
-# 1.3–2× faster in blocks of this many prototypes: a block's weights and outputs stay in cache,
-# and the scaling and weight-norm steps run on the block while it is there (one MKL product over
-# all K runs at about half the machine's GEMM rate at these shapes).
-CPU_PROTOTYPE_BLOCK = 2048
-
-
-def _prototype_blocks(x: Tensor, k: int, block: int | None) -> list[slice]:
-    """Column blocks of the K prototypes: blocks on a CPU, one block elsewhere (a GPU runs one
-    product over all K at full rate, and every block would be a kernel launch)."""
-    if block is None:
-        block = CPU_PROTOTYPE_BLOCK if x.device.type == "cpu" else k
-    return [slice(a, min(k, a + block)) for a in range(0, k, max(1, block))]
-
-
-class _NormedLinear(torch.autograd.Function):
-    """x @ (g · v / ‖v‖)ᵀ = (x @ vᵀ) · (g / ‖v‖)ᵀ: the row scales go on the [N, K] output instead
-    of a [K, d] weight (N = 16–200 rows per head against d = 256, and nothing [K, d] is kept).
-    Computed in blocks of prototypes (`_prototype_blocks`)."""
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x: Tensor, v: Tensor, g: Tensor, block: int | None = None) -> Tensor:
-        norm = _row_norm(v)
-        scale = (g.to(norm.dtype) / norm).t()  # [1, K]
-        ctx.save_for_backward(x, v, g, norm)
-        ctx.block = block
-        blocks = _prototype_blocks(x, v.shape[0], block)
-        if len(blocks) == 1 or x.dtype != v.dtype:
-            out = F.linear(x, v)
-            return out.mul_(scale.to(out.dtype))
-        x2 = x.reshape(-1, x.shape[-1])
-        out = x2.new_empty(x2.shape[0], v.shape[0])
-        for s in blocks:
-            torch.mm(x2, v[s].t(), out=out[:, s]).mul_(scale[:, s].to(out.dtype))
-        return out.view(*x.shape[:-1], v.shape[0])
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad: Tensor):
-        x, v, g, norm = ctx.saved_tensors
-        need_x, need_v, need_g = ctx.needs_input_grad[:3]
-        grad = grad.reshape(-1, grad.shape[-1])
-        scale = (g.to(norm.dtype) / norm).t().to(grad.dtype)  # [1, K]
-        xg = x.reshape(-1, x.shape[-1]).to(grad.dtype)
-        grad_x = torch.zeros_like(xg) if need_x else None
-        grad_v = torch.empty_like(v) if need_v else None
-        grad_g = torch.empty_like(g) if need_g else None
-        for s in _prototype_blocks(x, v.shape[0], ctx.block):
-            if need_x:
-                grad_x.addmm_(grad[:, s] * scale[:, s], v[s].to(grad.dtype))
-            if need_v or need_g:
-                # ∂L/∂w for the block's rows of w = g·v/‖v‖ (into ∂L/∂v's rows when the dtypes
-                # agree), then through the weight norm in place
-                into = grad_v[s] if need_v and grad_v.dtype == grad.dtype else None
-                grad_w = torch.mm(grad[:, s].t(), xg, out=into) if into is not None else grad[:, s].t() @ xg
-                part_v, part_g = _weight_norm_grads(grad_w, v[s], g[s], norm[s], need_v, need_g, inplace=True)
-                if need_v and into is None:
-                    grad_v[s] = part_v
-                if need_g:
-                    grad_g[s] = part_g
-        return (grad_x.view(x.shape).to(x.dtype) if need_x else None), grad_v, grad_g, None
-
-
 class WeightNormLinear(nn.Module):
     """Bias-free Linear with weight = g · v / ‖v‖ (row-wise): each output row has norm |g|."""
 
@@ -134,11 +36,12 @@ class WeightNormLinear(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        return _WeightNorm.apply(self.weight_v, self.weight_g)
+        """[out, in]: g · v / ‖v‖ row by row (the norm in fp32 even for bf16 weights)."""
+        return self.weight_v * (self.weight_g / _row_norm(self.weight_v)).to(self.weight_v.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x [N, in] → [N, out]; the normalisation scales the output (see _NormedLinear)."""
-        return _NormedLinear.apply(x, self.weight_v, self.weight_g)
+        """x [N, in] → [N, out]."""
+        return F.linear(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

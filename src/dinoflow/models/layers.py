@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from dinoflow.errors import DinoflowError
 from dinoflow.models.checkpointing import checkpoint_block
-from dinoflow.models.gelu_mlp import gelu_mlp
 from dinoflow.models.packing import Segments, packed_drop_path_block
 
 
@@ -72,9 +71,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear → GELU (exact) → Linear. Training in full precision outside torch.compile, the
-    backward recomputes the GELU instead of keeping its output (`gelu_mlp`); compiled code makes
-    that choice itself, and under autocast the plain layers run."""
+    """Linear → GELU (exact) → Linear."""
 
     def __init__(self, dim: int, hidden: int, bias: bool = True) -> None:
         super().__init__()
@@ -83,13 +80,6 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (
-            torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(x.device.type)
-            and (x.requires_grad or self.fc1.weight.requires_grad)
-        ):
-            return gelu_mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(self.fc1(x)))
 
 

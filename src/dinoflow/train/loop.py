@@ -28,7 +28,6 @@ from dinoflow.errors import DinoflowError
 from dinoflow.models.wrappers import unwrap
 from dinoflow.train.checkpoint import PendingSave, latest_checkpoint, load_checkpoint, start_save
 from dinoflow.train.data import check_training_data, make_loader, resolve_workers
-from dinoflow.train.host_memory import keep_freed_host_memory
 from dinoflow.train.metrics import CsvLog, StepMetrics
 from dinoflow.train.objective import Objective, TrainModule, backbones_of
 from dinoflow.train.optim import build_optimizer, param_groups
@@ -172,8 +171,6 @@ def _prepare(stage: str, sec: StageSection, env: DistEnv, run: RunDir, locks: Ex
 def _setup(make_objective: MakeObjective, stage: str, sec: StageSection, env: DistEnv, run: RunDir):
     """Objective, wrapped networks, optimiser, schedules, and the state of a resumed run."""
     tcfg = sec.train
-    if env.device.type == "cpu":
-        keep_freed_host_memory()  # before the first step's allocations (see train/host_memory.py)
     objective = make_objective(env.device)
     net = prepare_networks(objective, tcfg, env)
     base = unwrap(net)

@@ -3,9 +3,9 @@
 What the student's forward keeps for the backward, per token and per block, in elements
 (D = embed dim, H = MLP hidden, h = attention heads), read off the block's saved tensors:
 - "none": the block input and both norms' inputs and outputs (4D), qkv (3D), the attention
-  output and the projection's output (2D), the MLP's hidden layer (H; GELU is recomputed by
-  the fused MLP) and its output (D), the attention's log-sum-exp (h) and the norms' statistics
-  (4): 10D + H + h + 4;
+  output and the projection's output (2D), the MLP's hidden layer before and after GELU (2H)
+  and its output (D), the attention's log-sum-exp (h) and the norms' statistics (4):
+  10D + 2H + h + 4;
 - "selective": the matrix products' and attention's outputs and the block input, the
   element-wise ops recomputed: 7D + H + h;
 - "full": the block input: D.
@@ -40,7 +40,7 @@ ALLOCATOR_MARGIN = 0.9
 def kept_elements_per_token(mode: str, dim: int, hidden: int, heads: int) -> int:
     """Elements one block keeps for the backward per token under checkpointing `mode`."""
     if mode == "none":
-        return 10 * dim + hidden + heads + 4
+        return 10 * dim + 2 * hidden + heads + 4
     if mode == "selective":
         return 7 * dim + hidden + heads
     if mode == "full":
