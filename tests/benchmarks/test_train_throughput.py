@@ -47,7 +47,9 @@ def test_interleaved_comparison_and_activation_memory(capsys):
     src = str(Path(tt.__file__).resolve().parents[1] / "src")
     tt.main([*TINY, "--compare-with", src, "--repeats", "1"])
     out = capsys.readouterr().out
-    assert "rep 1 old" in out and "rep 1 new" in out and "speed-up" in out
+    # the same tree twice: one line per run, then the ratio of each tree against the first
+    assert out.count(f"rep 1 {src}: median step") == 2 and f"speed vs {src}: wall" in out
+    assert "CPU time" in out and "peak RSS" in out
     tt.main([*TINY, "--activation-memory"])
     out = capsys.readouterr().out
     assert out.count("MiB held after the student forward") == 3
