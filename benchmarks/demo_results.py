@@ -34,6 +34,8 @@ MODELS = {
 }
 COLUMNS = [("mnist", "knn_top1"), ("mnist", "linear_top1"), ("digits", "knn_top1"), ("digits", "linear_top1")]
 HEADER = "| model | params | MNIST k-NN (k 20) | MNIST linear | digits k-NN | digits linear |"
+# the demo's dense sets (reports/eval.json `_dense`): each with its headline metric and its direction
+DENSE = {"digit_mosaics": ("miou", "segmentation mIoU", "higher"), "digit_depth": ("rmse", "depth RMSE (m)", "lower")}
 TRUTH_KEYS = ("duplicate_recall", "duplicate_precision", "junk_kept_fraction", "corrupt_reported", "corrupt_total")
 
 
@@ -69,6 +71,10 @@ def record(params: str = "params.yaml") -> dict[str, Any]:
             for m in MODELS
             if m in ev
         },
+        "dense": {
+            m: {ds: {metric: per_ds[ds][metric]} for ds, (metric, _, _) in DENSE.items() if ds in per_ds}
+            for m, per_ds in ev.get("_dense", {}).items()
+        },
         "curation": {
             "inputs": cur["funnel"][0]["remaining"],
             "in_manifest": truth["manifest_uids"],
@@ -80,6 +86,36 @@ def record(params: str = "params.yaml") -> dict[str, Any]:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def teacher_beats_random_init(res: dict[str, Any]) -> dict[str, bool]:
+    """Per dense set of the record: whether the teacher's headline number beats its random-init architecture's."""
+    dense = res.get("dense", {})
+    out = {}
+    for ds, (metric, _, direction) in DENSE.items():
+        if ds in dense.get("teacher", {}) and ds in dense.get("random_init", {}):
+            t, r = dense["teacher"][ds][metric], dense["random_init"][ds][metric]
+            out[ds] = t > r if direction == "higher" else t < r
+    return out
+
+
+def _dense_rows(res: dict[str, Any]) -> list[str]:
+    dense = res.get("dense", {})
+    sets = [ds for ds in DENSE if any(ds in per_ds for per_ds in dense.values())]
+    if not sets:
+        return []
+    rows = [
+        "",
+        "Dense features (linear probes on frozen patch tokens; the demo's synthetic digit sets, docs/demo.md):",
+        "",
+        "| model | " + " | ".join(f"{ds} {DENSE[ds][1]} ({DENSE[ds][2]} is better)" for ds in sets) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    for m, label in MODELS.items():
+        if m in dense:
+            cells = [f"{dense[m][ds][DENSE[ds][0]]:.3f}" if ds in dense[m] else "—" for ds in sets]
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def render(res: dict[str, Any]) -> str:
@@ -100,6 +136,7 @@ def render(res: dict[str, Any]) -> str:
         "`docs/demo-results.json`). Held-out MNIST (1,000 digits) and the digits transfer set, top-1:",
         "",
         *rows,
+        *_dense_rows(res),
         "",
         f"- Curation{cur_run} against the planted truth: duplicate recall {c['duplicate_recall']:.3f}, precision "
         f"{c['duplicate_precision']:.3f}, junk kept {c['junk_kept_fraction']:.1f}, corrupt files reported "
@@ -122,7 +159,7 @@ def table(text: str) -> dict[str, list[float]]:
     """The accuracy cells of the block's table, by model key, in COLUMNS order (percent)."""
     by_label = {label: m for m, label in MODELS.items()}
     out: dict[str, list[float]] = {}
-    for line in block(text).splitlines():
+    for line in block(text).split("Dense features")[0].splitlines():
         cells = [x.strip() for x in line.strip().strip("|").split("|")]
         if cells and cells[0] in by_label:
             out[by_label[cells[0]]] = [float(x) for x in cells[2:]]
@@ -143,9 +180,35 @@ def disagreements(text: str, res: dict[str, Any], tolerance: float = TOLERANCE) 
             for (ds, key), g, w in zip(COLUMNS, got, want)
             if abs(g - w) > tolerance
         ]
+    problems += _dense_disagreements(text, res)
     kept = re.search(r"([\d,]+) images kept", block(text))
     if kept is None or int(kept.group(1).replace(",", "")) != res["curation"]["kept"]:
         problems.append(f"curation kept: README {kept and kept.group(1)} vs measured {res['curation']['kept']}")
+    return problems
+
+
+def _dense_disagreements(text: str, res: dict[str, Any]) -> list[str]:
+    """The dense table's cells against the record (3 decimals shown: half a unit of the last place)."""
+    by_label = {label: m for m, label in MODELS.items()}
+    dense = res.get("dense", {})
+    sets = [ds for ds in DENSE if any(ds in per_ds for per_ds in dense.values())]
+    shown: dict[str, list[str]] = {}
+    lines = block(text).splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Dense features")), None)
+    for line in lines[start:] if start is not None else []:
+        cells = [x.strip() for x in line.strip().strip("|").split("|")]
+        if cells and cells[0] in by_label:
+            shown[by_label[cells[0]]] = cells[1:]
+    problems = []
+    for m, per_ds in dense.items():
+        if m not in shown:
+            problems.append(f"{m}: no row in README's dense table")
+            continue
+        for ds, cell in zip(sets, shown[m]):
+            if ds in per_ds:
+                want = per_ds[ds][DENSE[ds][0]]
+                if cell == "—" or abs(float(cell) - want) > 0.0005 + 1e-9:
+                    problems.append(f"{m} {ds}: README {cell} vs measured {want:.4f}")
     return problems
 
 

@@ -6,8 +6,10 @@
 Features mode, as the demo distils (heads mode needs a pretraining output as its teacher). The
 teacher (the demo's `vit_mini/7`, random weights: the cost does not depend on them) runs once a
 step whatever the number of students; each student adds its own forward, backward, optimiser and EMA.
-The step is the real one (`train_step` on the objective `dinoflow distill` builds) on fixed crops
-(the augmentation is shared by every student too, so leaving it out only makes the ratio larger).
+The step is the real one: the multi-crop augmentation of a batch of 64 uint8 28-px images (made in
+the loop's process, as a CPU run does; shared by every student) and `train_step` on the objective
+`dinoflow distill` builds. `--fixed-crops` leaves the augmentation out (one set of crops reused), which
+only makes the ratio larger: it times the network part alone.
 Each repetition times the one-student step and then the N-student step in the same process; the
 figure is the median of the per-repetition ratios (the machines here are shared and noisy).
 """
@@ -44,7 +46,7 @@ def _objective(teacher: Path, n: int, mode: str, device: torch.device):
     return FamilyObjective(cfg, device), cfg
 
 
-def _timed_steps(teacher: Path, n: int, mode: str, batch: int, steps: int) -> float:
+def _timed_steps(teacher: Path, n: int, mode: str, batch: int, steps: int, fixed_crops: bool = False) -> float:
     """Median seconds of a step (after one warm-up step)."""
     device = torch.device("cpu")
     obj, cfg = _objective(teacher, n, mode, device)
@@ -52,14 +54,13 @@ def _timed_steps(teacher: Path, n: int, mode: str, batch: int, steps: int) -> fl
     depth = {k: b.n_blocks for k, b in backbones_of(net).items()}
     opt = build_optimizer(param_groups(net.param_modules(), cfg.optim, depth), cfg.optim)
     g = torch.Generator().manual_seed(0)
-    v = {
-        "global_crops": torch.randn(2 * batch, 3, 28, 28, generator=g),
-        "local_crops": torch.randn(CROPS["n_local"] * batch, 3, 14, 14, generator=g),
-    }
+    images = torch.randint(0, 256, (batch, 3, 28, 28), dtype=torch.uint8, generator=g)
+    fixed = obj.views(images, 0, 0)
     s = {"lr": 1e-3, "wd": 0.04, "last_layer_lr": 1e-3, "teacher_temp": 0.05, "momentum": 0.99}
     times = []
-    for _ in range(steps + 1):
+    for step in range(steps + 1):
         t0 = time.perf_counter()
+        v = fixed if fixed_crops else obj.views(images, step, 0)
         train_step(obj, net, opt, v, s, clip_grad=3.0, device=device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--fixed-crops", action="store_true", help="time the network part alone (no augmentation)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
@@ -78,8 +80,8 @@ def main() -> None:
         export_backbone(build_backbone("vit_mini", patch_size=7, img_size=28, layerscale_init=1.0), teacher)
         ratios, ones, many = [], [], []
         for r in range(a.repeats):
-            t1 = _timed_steps(teacher, 1, "features", a.batch, a.steps)
-            tn = _timed_steps(teacher, a.students, "features", a.batch, a.steps)
+            t1 = _timed_steps(teacher, 1, "features", a.batch, a.steps, a.fixed_crops)
+            tn = _timed_steps(teacher, a.students, "features", a.batch, a.steps, a.fixed_crops)
             ones.append(t1)
             many.append(tn)
             ratios.append(tn / t1)

@@ -164,6 +164,25 @@ def test_the_check_fails_when_readme_and_the_record_disagree():
     assert demo_results.disagreements(text, nudged) == []
 
 
+def test_the_recorded_demo_teacher_beats_its_random_init_on_both_dense_sets():
+    """DINOv2's dense claim at the demo's scale, on the measured run: the pretrained teacher's patch tokens
+    beat the same architecture at random init on segmentation (mIoU) and on depth (RMSE)."""
+    res = json.loads(demo_results.RESULTS.read_text())
+    assert demo_results.teacher_beats_random_init(res) == {"digit_mosaics": True, "digit_depth": True}
+
+
+def test_the_check_names_a_dense_cell_that_moved():
+    res = json.loads(demo_results.RESULTS.read_text())
+    text = demo_results.render(res)
+    moved = copy.deepcopy(res)
+    moved["dense"]["teacher"]["digit_depth"]["rmse"] += 0.01
+    problems = demo_results.disagreements(text, moved)
+    assert len(problems) == 1 and problems[0].startswith("teacher digit_depth"), problems
+    worse = copy.deepcopy(res)
+    worse["dense"]["teacher"]["digit_depth"]["rmse"] = worse["dense"]["random_init"]["digit_depth"]["rmse"] + 0.1
+    assert demo_results.teacher_beats_random_init(worse)["digit_depth"] is False
+
+
 def test_record_reads_a_finished_demo_run(tmp_path, monkeypatch):
     """`record` takes its numbers from the run's own files: eval and curation reports, the manifest
     scored against the planted truth, the backbones' parameter counts (real files, tiny)."""
@@ -179,7 +198,10 @@ def test_record_reads_a_finished_demo_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("reports").mkdir()
     entry = {"knn_top1": 0.5, "linear_top1": 0.25}
-    report = {m: {"mnist": entry, "digits": entry} for m in ("teacher", "student", "random_init", "raw_pixels")}
+    report: dict = {m: {"mnist": entry, "digits": entry} for m in ("teacher", "student", "random_init", "raw_pixels")}
+    seg = {"task": "segmentation", "miou": 0.2, "pixel_acc": 0.7, "lr": 0.1}
+    depth = {"task": "depth", "rmse": 0.6, "abs_rel": 0.1, "delta1": 0.9, "lr": 0.01}
+    report["_dense"] = {"teacher": {"digit_mosaics": seg, "digit_depth": depth}}
     Path("reports/eval.json").write_text(json.dumps(report))
     funnel = [{"step": "input", "remaining": 3}, {"step": "corrupt", "remaining": 2}]
     Path("reports/curation.json").write_text(json.dumps({"funnel": funnel, "kept": 2}))
@@ -209,3 +231,5 @@ def test_record_reads_a_finished_demo_run(tmp_path, monkeypatch):
     assert res["params"] == {**sizes, "random_init": sizes["teacher"]} and sizes["teacher"] > sizes["student"]
     rendered = demo_results.render(res)
     assert "| 50.0 | 25.0 | 50.0 | 25.0 |" in rendered and "2 images kept" in rendered
+    assert res["dense"] == {"teacher": {"digit_mosaics": {"miou": 0.2}, "digit_depth": {"rmse": 0.6}}}
+    assert "| 0.200 | 0.600 |" in rendered

@@ -89,9 +89,20 @@ def test_demo_dense_sets_hold_their_planted_truth():
             cell, img_cell = t[r : r + 28, c : c + 28], img[r : r + 28, c : c + 28]
             assert len(np.unique(cell)) == 1 and (cell[0, 0] == 0) == (img_cell.max() == 0)
     depth = dense_demo.demo_depth("d")
-    d = depth.test.targets[0]
-    ground = dense_demo.ground_depth(np.arange(56))
-    assert d.shape == (56, 56) and np.all(d > 0)
-    assert np.allclose(d[:, 0][d[:, 0] == ground], ground[d[:, 0] == ground])  # the plane where no digit stands
+    assert all(t.shape == (56, 56) and t.max() <= dense_demo.MAX_RANGE for t in depth.test.targets)
+    for img, d in zip(depth.test.images[:20], depth.test.targets[:20]):
+        first = d[:, 0]  # column 0: the ground (or a digit standing on it), sky and out-of-range rows 0
+        valid = np.flatnonzero(first > 0)
+        assert len(valid) and np.all(first[valid[0] :] > 0)  # valid from the range's far end down to the bottom
+        sky = img[: valid[0], 0]
+        assert np.all((sky == dense_demo.SKY) | (sky < dense_demo.SKY))  # sky grey, or ground past the range
+    # the camera's pitch moves the horizon: the first valid row differs from image to image
+    firsts = {int(np.flatnonzero(d[:, 0] > 0)[0]) for d in depth.test.targets}
+    assert len(firsts) > 10
+    # the ground plane: 28 / (y − h), 0 at and above the horizon and beyond the range
+    g = dense_demo.ground_depth(np.arange(56), horizon=-3.0)
+    assert np.allclose(g, 28.0 / (np.arange(56) + 3.0))
+    g = dense_demo.ground_depth(np.arange(56), horizon=10.0)
+    assert np.all(g[:13] == 0) and np.isclose(g[13], 28.0 / 3.0) and np.isclose(g[14], 7.0) and np.isclose(g[55], 28.0 / 45.0)
     again = dense_demo.demo_depth("d")
     assert all(np.array_equal(a, b) for a, b in zip(depth.train.images, again.train.images))  # seeded

@@ -86,7 +86,7 @@ class EvaluateConfig(Section):
     dense_lrs: list[PositiveFloat] = Field(
         default_factory=lambda: [1e-3, 1e-2, 1e-1], min_length=1, description="AdamW LR grid of the dense probes"
     )
-    dense_epochs: int = Field(20, ge=1, description="epochs of each dense linear probe over the cached tokens")
+    dense_epochs: int = Field(40, ge=1, description="epochs of each dense linear probe over the cached tokens")
     dense_batch_size: int = Field(16, ge=1, description="images per step of the dense probes")
     max_train: int | None = Field(None, ge=1, description="seeded subset of each train split (tests, quick runs)")
     max_test: int | None = Field(None, ge=1, description="seeded subset of each test split (tests, quick runs)")

@@ -9,11 +9,17 @@ to stand in for ADE20k or NYU-Depth v2.
   probe on 7-px patch tokens cannot draw 2-px strokes, and what is measured is whether the tokens
   know which digit they belong to. (Strokes at random scales and places were tried first: every
   model, pixels included, stayed at the all-background mIoU of about 0.12.)
-- `demo_depth`: a ground plane seen in perspective from a camera whose horizon is just above the
-  image: depth z(y) = 28 / (y + 3) metres at row y (9.3 m at the top, 0.48 m at the bottom), textured
-  with stripes every 0.5 m of ground (so they crowd towards the horizon), and 1–2 held-out digits
-  standing on it as upright planes: a digit whose foot is on row y is at depth z(y) and drawn at a
-  side of 12 / z(y) px (clipped to [7, 40]), near digits large and far ones small.
+- `demo_depth`: a ground plane seen by a camera whose pitch changes from image to image: the horizon
+  falls on row h, drawn per image from [-12, 16) (above the image or inside it), and the ground at
+  row y > h is at depth z = 28 / (y − h) metres. The ground is textured with stripes every 0.5 m (so
+  they crowd towards the horizon), the sky above it is a flat bright grey, and 1–2 held-out digits
+  stand on the ground as upright planes: a digit whose foot is on row y is at depth z(y) and drawn
+  at a side of 12 / z px (clipped to [7, 40]). Like a real range sensor the depth map has a range:
+  the sky and ground beyond `MAX_RANGE` are invalid (0) and not scored. The pitch is what makes
+  it a depth task and not a position task: with a fixed horizon, depth is a function of the row
+  alone, and a probe on any features that keep their position embedding (the random-init
+  baseline's) reads it off without looking at the image; here the depth of a row has to be read
+  from what is drawn on it (stripe spacing, where the horizon is, digit sizes).
 
 Train and test mosaics draw their digits from disjoint halves of the held-out set (seeded).
 """
@@ -30,6 +36,9 @@ from dinoflow.evaluation.dense_data import DenseImages, DenseSplit
 SIDE = 56
 CELL = 28
 N_TRAIN, N_TEST = 240, 80
+HORIZON_ROWS = (-12.0, 16.0)  # the horizon's row: from well above the image to its upper third
+MAX_RANGE = 10.0  # metres: the sensor's range; farther (and the sky) is invalid
+SKY = 200.0
 
 
 def _resize(digit: np.ndarray, side: int) -> np.ndarray:
@@ -50,17 +59,26 @@ def _mosaic(digits: np.ndarray, labels: np.ndarray, rng: np.random.Generator) ->
     return canvas, target
 
 
-def ground_depth(rows: np.ndarray) -> np.ndarray:
-    """Depth in metres of the ground at image row y: 28 / (y + 3)."""
-    return 28.0 / (rows.astype(np.float32) + 3.0)
+def ground_depth(rows: np.ndarray, horizon: float) -> np.ndarray:
+    """Depth in metres of the ground at image rows y below the horizon row h: 28 / (y − h); 0 (invalid)
+    at and above the horizon and beyond `MAX_RANGE`."""
+    below = rows.astype(np.float32) - np.float32(horizon)
+    z = 28.0 / np.maximum(below, 1e-6)
+    return np.where((below > 0) & (z <= MAX_RANGE), z, 0.0).astype(np.float32)
 
 
 def _scene(digits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    z_rows = ground_depth(np.arange(SIDE))
+    horizon = float(rng.uniform(*HORIZON_ROWS))
+    rows = np.arange(SIDE)
+    z_rows = ground_depth(rows, horizon)
     depth = np.repeat(z_rows[:, None], SIDE, axis=1)
-    stripes = 0.5 + 0.5 * np.cos(2 * np.pi * z_rows / 0.5)
-    canvas = np.repeat((40.0 + 50.0 * stripes)[:, None], SIDE, axis=1).astype(np.float32)
-    feet = np.sort(rng.integers(12, SIDE, size=int(rng.integers(1, 3))))  # far first: near digits cover far ones
+    ground = rows > horizon
+    z_ground = 28.0 / np.maximum(rows - horizon, 1e-6)  # drawn to the horizon, measured to MAX_RANGE
+    stripes = 0.5 + 0.5 * np.cos(2 * np.pi * z_ground / 0.5)
+    shade = np.where(ground, 40.0 + 50.0 * stripes, SKY)
+    canvas = np.repeat(shade[:, None], SIDE, axis=1).astype(np.float32)
+    lowest = max(12, int(np.floor(horizon + 28.0 / MAX_RANGE)) + 1)  # a foot within range
+    feet = np.sort(rng.integers(lowest, SIDE, size=int(rng.integers(1, 3))))  # far first: near digits cover far
     for foot in feet:
         z = float(z_rows[foot])
         side = int(np.clip(round(12.0 / z), 7, 40))
@@ -94,7 +112,7 @@ def demo_segmentation(name: str, seed: int = 0) -> DenseSplit:
 
 
 def demo_depth(name: str, seed: int = 0) -> DenseSplit:
-    """The ground-plane-and-standing-digits depth set (metres, every pixel valid)."""
+    """The tilted-ground-plane-and-standing-digits depth set (metres; 0 = out of range, not scored)."""
     (tx, _), (vx, _) = _held_out_halves(seed)
     out = []
     for x, n, s in ((tx, N_TRAIN, seed), (vx, N_TEST, seed + 1)):
