@@ -103,6 +103,11 @@ def test_demo_dense_sets_hold_their_planted_truth():
     g = dense_demo.ground_depth(np.arange(56), horizon=-3.0)
     assert np.allclose(g, 28.0 / (np.arange(56) + 3.0))
     g = dense_demo.ground_depth(np.arange(56), horizon=10.0)
-    assert np.all(g[:13] == 0) and np.isclose(g[13], 28.0 / 3.0) and np.isclose(g[14], 7.0) and np.isclose(g[55], 28.0 / 45.0)
+    assert (
+        np.all(g[:13] == 0)
+        and np.isclose(g[13], 28.0 / 3.0)
+        and np.isclose(g[14], 7.0)
+        and np.isclose(g[55], 28.0 / 45.0)
+    )
     again = dense_demo.demo_depth("d")
     assert all(np.array_equal(a, b) for a, b in zip(depth.train.images, again.train.images))  # seeded

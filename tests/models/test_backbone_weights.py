@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from dinoflow.config import ModelConfig
+from dinoflow.digest import file_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.models import (
     BackboneWeightsError,
@@ -227,3 +228,14 @@ def test_an_export_without_a_record_still_loads(tmp_path):
     path = export_backbone(small(), tmp_path / "backbone.pth")
     (tmp_path / "backbone.pth.sha256").unlink()
     assert load_backbone(path).embed_dim == 64
+
+
+def test_saving_equal_weights_twice_gives_equal_bytes(tmp_path):
+    """Two exports of the same tensors are the same file (sha256, DVC's hash): nothing random, such as
+    the temp file's name, ends up inside the archive."""
+    torch.manual_seed(0)
+    model = build_backbone("vit_pico", patch_size=7, img_size=28)
+    a = export_backbone(model, tmp_path / "a")
+    b = export_backbone(model, tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a" / "backbone.pth.sha256").read_text().split()[0] == file_sha256(b)

@@ -295,12 +295,15 @@ def export_backbone(model: nn.Module, path: str | Path, model_cfg: ModelConfig |
 def save_weights(obj: Any, path: str | Path) -> None:
     """`torch.save(obj)` to `path` atomically, then its sha256 to `<path>.sha256` (what `read_weights`
     checks). The old record goes first, so a kill in between leaves a file without a record, never
-    one with a wrong record."""
+    one with a wrong record. Saved through a file object: given a path, torch.save names the
+    archive inside after the (random) temp file, and two saves of equal tensors would differ in
+    their bytes, their sha256 and DVC's hash."""
     path = Path(path)
     side = checksum_path(path)
     side.unlink(missing_ok=True)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         sha = file_sha256(tmp)
     atomic_write_text(side, f"{sha}  {path.name}\n")
 
