@@ -94,8 +94,7 @@ def test_demo_dense_sets_hold_their_planted_truth():
         first = d[:, 0]  # column 0: the ground (or a digit standing on it), sky and out-of-range rows 0
         valid = np.flatnonzero(first > 0)
         assert len(valid) and np.all(first[valid[0] :] > 0)  # valid from the range's far end down to the bottom
-        sky = img[: valid[0], 0]
-        assert np.all((sky == dense_demo.SKY) | (sky < dense_demo.SKY))  # sky grey, or ground past the range
+        assert np.all(np.diff(first[valid[0] :]) <= 1e-6) or img[:, 0].max() >= 160  # nearer downwards, or a digit
     # the camera's pitch moves the horizon: the first valid row differs from image to image
     firsts = {int(np.flatnonzero(d[:, 0] > 0)[0]) for d in depth.test.targets}
     assert len(firsts) > 10
