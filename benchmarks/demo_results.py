@@ -36,6 +36,7 @@ COLUMNS = [("mnist", "knn_top1"), ("mnist", "linear_top1"), ("digits", "knn_top1
 HEADER = "| model | params | MNIST k-NN (k 20) | MNIST linear | digits k-NN | digits linear |"
 # the demo's dense sets (reports/eval.json `_dense`): each with its headline metric and its direction
 DENSE = {"digit_mosaics": ("miou", "segmentation mIoU", "higher"), "digit_depth": ("rmse", "depth RMSE (m)", "lower")}
+DENSE_TITLE = "Dense features"
 TRUTH_KEYS = ("duplicate_recall", "duplicate_precision", "junk_kept_fraction", "corrupt_reported", "corrupt_total")
 
 
@@ -106,7 +107,7 @@ def _dense_rows(res: dict[str, Any]) -> list[str]:
         return []
     rows = [
         "",
-        "Dense features (linear probes on frozen patch tokens; the demo's synthetic digit sets, docs/demo.md):",
+        f"{DENSE_TITLE} (linear probes on frozen patch tokens; the demo's synthetic digit sets, docs/demo.md):",
         "",
         "| model | " + " | ".join(f"{ds} {DENSE[ds][1]} ({DENSE[ds][2]} is better)" for ds in sets) + " |",
         "|---|" + "---|" * len(sets),
@@ -157,12 +158,17 @@ def block(text: str) -> str:
 
 def table(text: str) -> dict[str, list[float]]:
     """The accuracy cells of the block's table, by model key, in COLUMNS order (percent)."""
+    return {m: [float(x) for x in cells[1:]] for m, cells in _model_rows(block(text).split(DENSE_TITLE)[0]).items()}
+
+
+def _model_rows(text: str) -> dict[str, list[str]]:
+    """The table rows of `text` whose first cell is a model's label: model key → the other cells."""
     by_label = {label: m for m, label in MODELS.items()}
-    out: dict[str, list[float]] = {}
-    for line in block(text).split("Dense features")[0].splitlines():
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
         cells = [x.strip() for x in line.strip().strip("|").split("|")]
         if cells and cells[0] in by_label:
-            out[by_label[cells[0]]] = [float(x) for x in cells[2:]]
+            out[by_label[cells[0]]] = cells[1:]
     return out
 
 
@@ -189,16 +195,10 @@ def disagreements(text: str, res: dict[str, Any], tolerance: float = TOLERANCE) 
 
 def _dense_disagreements(text: str, res: dict[str, Any]) -> list[str]:
     """The dense table's cells against the record (3 decimals shown: half a unit of the last place)."""
-    by_label = {label: m for m, label in MODELS.items()}
     dense = res.get("dense", {})
     sets = [ds for ds in DENSE if any(ds in per_ds for per_ds in dense.values())]
-    shown: dict[str, list[str]] = {}
-    lines = block(text).splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("Dense features")), None)
-    for line in lines[start:] if start is not None else []:
-        cells = [x.strip() for x in line.strip().strip("|").split("|")]
-        if cells and cells[0] in by_label:
-            shown[by_label[cells[0]]] = cells[1:]
+    parts = block(text).split(DENSE_TITLE)
+    shown = _model_rows(parts[1]) if len(parts) > 1 else {}
     problems = []
     for m, per_ds in dense.items():
         if m not in shown:
