@@ -72,6 +72,13 @@ from dinoflow.config import EvaluateConfig, OptimConfig, dump_config, save_confi
         ("register.alias=v3", r"register\.alias: 'v3' is reserved by MLflow"),
         ("register.alias=has space", r"register\.alias: String should match pattern"),
         ("tracking.probe_timeout_s=.inf", r"tracking\.probe_timeout_s: Input should be a finite number"),
+        ("pretrain.crops.n_global=1", r"pretrain\.crops\.n_global is 1: .* pretraining needs 2"),
+        ("distill.crops.n_global=3", r"distill\.crops\.n_global: Input should be less than or equal to 2"),
+        (
+            "evaluate.datasets=[{name: m, kind: demo_segmentation}]",
+            r"evaluate\.datasets lists dense sets only: add a classification set",
+        ),
+        ("distill.mode=heads", r"distill\.crops\.n_global is 1: mode heads .* needs 2; use mode features"),
     ],
 )
 def test_bad_values_are_refused_with_key_and_range(override, message):

@@ -80,6 +80,15 @@ def test_no_local_crops() -> None:
     assert out["local_crops"].shape == (0, 3, 8, 8)
 
 
+def test_one_global_crop_is_the_first_of_two_and_the_locals_do_not_move() -> None:
+    # every op on, so a shifted draw would show in any of them
+    two = MultiCropAugment(small_cfg(n_local=3, flip_p=0.5, grayscale_p=0.5))(noise(5), gen(3))
+    one = MultiCropAugment(small_cfg(n_local=3, flip_p=0.5, grayscale_p=0.5, n_global=1))(noise(5), gen(3))
+    assert one["global_crops"].shape == (5, 3, 8, 8)
+    assert torch.equal(one["global_crops"], two["global_crops"][:5])
+    assert torch.equal(one["local_crops"], two["local_crops"])
+
+
 # ---------------------------------------------------------------- randomness
 
 

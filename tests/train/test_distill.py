@@ -173,3 +173,32 @@ def test_a_missing_feature_teacher_is_named(tmp_path):
         f"distill.teacher {tmp_path}/absent/backbone.pth not found: "
         "give a backbone .pth (official hub file or a dinoflow export)"
     )
+
+
+def test_one_global_crop_feature_step_pairs_every_crop_with_its_own_image(tmp_path):
+    from dinoflow.config import DistillConfig
+    from dinoflow.train.distill_objectives import FeatureDistillObjective
+
+    torch.manual_seed(0)
+    export_backbone(build_backbone("vit_mini", patch_size=7, img_size=28, layerscale_init=1.0), tmp_path / "t")
+    cfg = DistillConfig(
+        mode="features",
+        teacher=str(tmp_path / "t"),
+        student={"arch": "vit_pico", "patch_size": 7, "img_size": 28},
+        crops={"global_size": 28, "local_size": 14, "n_global": 1, "n_local": 2},
+        seed=0,
+    )
+    obj = FeatureDistillObjective(cfg, torch.device("cpu"))
+    images = torch.randint(0, 256, (3, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    v = obj.views(images, 0, 0)
+    assert v["global_crops"].shape == (3, 3, 28, 28) and v["local_crops"].shape == (6, 3, 14, 14)
+    t = obj.teacher_pass(v)
+    assert t["cls"].shape[0] == 3  # one teacher crop per image
+    targets = obj.targets(v, t, {})
+    args, kwargs = obj.student_inputs(v)
+    out = obj.student(*args, **kwargs)
+    loss, terms = obj.terms(out, v, targets, {})
+    # crop-major: local crop c of image i is row c·B + i, and its target is image i's CLS
+    torch.testing.assert_close(terms["local_cls"], cosine_distance(out["l_cls"], torch.cat([t["cls"], t["cls"]])))
+    torch.testing.assert_close(terms["cls"], cosine_distance(out["g_cls"], t["cls"]))
+    torch.testing.assert_close(loss, terms["cls"] + terms["local_cls"] + terms["patch"])

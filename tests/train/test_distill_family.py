@@ -54,11 +54,14 @@ def _equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("mode", ["heads", "features"])
-def test_a_student_in_a_family_trains_exactly_as_it_would_alone(tmp_path, image_folder, teacher, mode):
-    solo = _cfg(tmp_path, image_folder, "solo", f"distill.mode={mode}", "distill.student=" + A.replace("name: a, ", ""))
+@pytest.mark.parametrize("mode,n_global", [("heads", 2), ("features", 2), ("features", 1)])
+def test_a_student_in_a_family_trains_exactly_as_it_would_alone(tmp_path, image_folder, teacher, mode, n_global):
+    crops = f"distill.crops.n_global={n_global}"
+    solo = _cfg(
+        tmp_path, image_folder, "solo", f"distill.mode={mode}", crops, "distill.student=" + A.replace("name: a, ", "")
+    )
     distill(solo)
-    fam = _cfg(tmp_path, image_folder, "family", f"distill.mode={mode}", f"distill.students=[{A}, {B}]")
+    fam = _cfg(tmp_path, image_folder, "family", f"distill.mode={mode}", crops, f"distill.students=[{A}, {B}]")
     out = distill(fam)
     assert out["status"] == "finished" and out["step"] == 6
     # disjoint parameters, per-student clipping, an element-wise optimiser: the other student changes nothing

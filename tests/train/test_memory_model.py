@@ -65,6 +65,7 @@ def test_vit_l_batch_64_under_the_bf16_policy():
     rows = 2 * 64 + 8 * 64 + int(0.5 * 128 * 0.3 * 256)
     mode, totals = choose_checkpointing(student, teacher, tokens, 2, rows, 65536, 70 * 2**30)
     assert tokens == 64 * (2 * 257 + 8 * 50)
+    assert step_tokens(crops.model_copy(update={"n_global": 1}), 14, 64) == 64 * (257 + 8 * 50)
     assert mode == "none" and 54 * 2**30 < totals["none"] < 62 * 2**30
     assert choose_checkpointing(student, teacher, tokens, 2, rows, 65536, 60 * 2**30)[0] == "selective"
     fp32 = step_bytes(student, teacher, tokens, "none", 4, rows, 65536)["total"]

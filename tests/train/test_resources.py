@@ -19,6 +19,7 @@ def test_estimate_grows_with_the_model_and_the_crops(tiny_cfg):
     assert small > 0
     assert bytes_per_image(pc.model.model_copy(update={"arch": "vit_small"}), pc.crops, 28) > small
     assert bytes_per_image(pc.model, pc.crops.model_copy(update={"n_local": 8}), 28) > small
+    assert bytes_per_image(pc.model, pc.crops.model_copy(update={"n_global": 1}), 28) < small
 
 
 def test_huge_batch_is_refused_and_a_normal_one_passes(tiny_cfg):

@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from dinoflow.config.base import STAGE_SEED_DOC, PositiveFloat, PositiveInt, SafeName, Section, Seed
 
 Baseline = Literal["random_init", "raw_pixels"]
+# dataset kinds scored by linear probes on patch tokens; the others are classification sets
+DENSE_KINDS = ("segmentation_folder", "depth_folder", "demo_segmentation", "demo_depth")
 
 
 class EvalDataset(Section):
@@ -110,6 +112,11 @@ class EvaluateConfig(Section):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"evaluate.{key} lists a value twice: {values}")
+        if all(d.kind in DENSE_KINDS for d in self.datasets):
+            raise ValueError(
+                "evaluate.datasets lists dense sets only: add a classification set (kind demo_mnist, demo_digits, "
+                "folder or shards); the report, the model card and the registry gate are keyed on its k-NN"
+            )
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"evaluate.datasets: two datasets share a name ({names}); names key the report")

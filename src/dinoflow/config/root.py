@@ -26,6 +26,7 @@ from dinoflow.config.base import DEFAULT_SEED, Section, Seed, explain, stage_see
 from dinoflow.config.data import MAX_FILE_BYTES, CurateConfig, DemoConfig
 from dinoflow.config.params_yaml import check_tree, parse_override, read_params_file, read_params_text, set_dotted
 from dinoflow.config.release import (
+    DENSE_KINDS,
     EvalDataset,
     EvaluateConfig,
     OnnxExportConfig,
@@ -62,6 +63,7 @@ __all__ = [
     "CurateConfig",
     "DemoConfig",
     "DistillConfig",
+    "DENSE_KINDS",
     "EvalDataset",
     "EvaluateConfig",
     "HeadConfig",

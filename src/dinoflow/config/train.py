@@ -98,6 +98,13 @@ class CropConfig(Section):
 
     global_size: int = Field(224, ge=8)
     local_size: int = Field(98, ge=8)
+    n_global: int = Field(
+        2,
+        ge=1,
+        le=2,
+        description="global crops per image: 2 (the recipe; pretraining needs both) or 1 "
+        "(distill.mode=features: teacher and student see the same one, half the teacher's work)",
+    )
     n_local: int = Field(8, ge=0)
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
@@ -294,6 +301,15 @@ class PretrainConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _two_global_crops(self) -> "PretrainConfig":
+        if self.crops.n_global != 2:
+            raise ValueError(
+                f"pretrain.crops.n_global is {self.crops.n_global}: DINO and iBOT compare each global crop "
+                "with the teacher's other one, so pretraining needs 2; remove the setting"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _something_to_learn(self) -> "PretrainConfig":
         w = self.loss
         if w.dino_weight == 0 and w.ibot_weight == 0 and w.koleo_weight == 0:
@@ -341,6 +357,15 @@ class DistillConfig(Section):
     student_ema: float = Field(0.999, ge=0, le=1, description="momentum of the exported student EMA")
     feature_patch_weight: float = Field(1.0, ge=0)
     seed: Seed | None = Field(None, description=STAGE_SEED_DOC)
+
+    @model_validator(mode="after")
+    def _heads_need_two_globals(self) -> "DistillConfig":
+        if self.mode == "heads" and self.crops.n_global != 2:
+            raise ValueError(
+                f"distill.crops.n_global is {self.crops.n_global}: mode heads matches each student crop with "
+                "the teacher's other global crop, so it needs 2; use mode features for one global crop"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_student_form(self) -> "DistillConfig":

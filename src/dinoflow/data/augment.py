@@ -2,7 +2,7 @@
 
     aug = MultiCropAugment(cfg.pretrain.crops)
     out = aug(images, generator)       # images: uint8 [B,C,H,W] (C = 1 or 3) or float in [0, 1]
-    out["global_crops"]                # float32 [2B, 3, G, G], crop-major: crop 0 of all samples, then crop 1
+    out["global_crops"]                # float32 [n_global·B, 3, G, G], crop-major: crop 0 of all samples, then crop 1
     out["local_crops"]                 # float32 [n_local·B, 3, L, L], crop-major likewise
 
 The recipe (`dinov2/data/augmentations.py`, applied per crop in this order): RandomResizedCrop
@@ -123,7 +123,7 @@ def _axis_coords(
 
 
 class MultiCropAugment:
-    """DINOv2 multi-crop (2 global + `n_local` local crops), batched, per-sample random.
+    """DINOv2 multi-crop (2 global, or `n_global`, + `n_local` local crops), batched, per-sample random.
 
     See the module docstring for the recipe, the blur-probability note and the differences
     from the PIL pipeline. Stateless: all randomness comes from the generator passed in.
@@ -137,7 +137,7 @@ class MultiCropAugment:
     def __repr__(self) -> str:
         c = self.cfg
         return (
-            f"MultiCropAugment(2×{c.global_size}px scale {c.global_scale}, {c.n_local}×{c.local_size}px "
+            f"MultiCropAugment({c.n_global}×{c.global_size}px scale {c.global_scale}, {c.n_local}×{c.local_size}px "
             f"scale {c.local_scale}, blur_p {c.blur_p})"
         )
 
@@ -210,14 +210,14 @@ class MultiCropAugment:
             on any device; or a list of [C, H, W] tensors of different sizes.
         generator: the source of every random draw (a CPU generator keeps results identical
             across devices); None uses torch's default generator.
-        Returns {"global_crops": float32 [2B, 3, G, G], "local_crops": float32 [n_local·B, 3, L, L]},
+        Returns {"global_crops": float32 [n_global·B, 3, G, G], "local_crops": float32 [n_local·B, 3, L, L]},
         normalised, crop-major, on the images' device.
         """
         cfg = self.cfg
         x, heights, widths = self._to_batch(images)
         dev = x.device
         b = x.shape[0]
-        n_crops = 2 + cfg.n_local
+        n_crops = 2 + cfg.n_local  # the draws of both global crops, whatever n_global
         gen_dev = generator.device if generator is not None else torch.device("cpu")
         u = torch.rand(b, n_crops, N_PARAMS, generator=generator, dtype=torch.float64, device=gen_dev).to(dev)
         heights, widths = heights.to(dev, non_blocking=True), widths.to(dev, non_blocking=True)
@@ -225,19 +225,14 @@ class MultiCropAugment:
         def crop_major(cols: torch.Tensor) -> torch.Tensor:  # [B, k, P] → [k·B, P]
             return cols.transpose(0, 1).reshape(-1, N_PARAMS)
 
-        u_glob = crop_major(u[:, :2])
-        g = self._crops(x, heights, widths, u_glob, 2, cfg.global_size, cfg.global_scale)
-        blur_p = torch.cat(
-            [
-                torch.full((b,), cfg.blur_p[0], dtype=torch.float64, device=dev),
-                torch.full((b,), cfg.blur_p[1], dtype=torch.float64, device=dev),
-            ]
-        )
+        # the layout of the draws keeps both global crops' columns, so one global crop is the
+        # first of the two (same crop, same photometrics) and the locals never move
+        n_glob = cfg.n_global
+        u_glob = crop_major(u[:, :n_glob])
+        g = self._crops(x, heights, widths, u_glob, n_glob, cfg.global_size, cfg.global_scale)
+        blur_p = torch.cat([torch.full((b,), cfg.blur_p[i], dtype=torch.float64, device=dev) for i in range(n_glob)])
         sol_p = torch.cat(
-            [
-                torch.zeros(b, dtype=torch.float64, device=dev),
-                torch.full((b,), cfg.solarize_p, dtype=torch.float64, device=dev),
-            ]
+            [torch.full((b,), (0.0, cfg.solarize_p)[i], dtype=torch.float64, device=dev) for i in range(n_glob)]
         )
         g = self._photometric(g, u_glob, blur_p, sol_p, self.global_kernel)
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dinoflow.config import EvalDataset, EvaluateConfig, stage_seed
+from dinoflow.config import DENSE_KINDS, EvalDataset, EvaluateConfig, stage_seed
 from dinoflow.digest import arrays_sha256
 from dinoflow.errors import DinoflowError
 from dinoflow.evaluation import dense_demo
@@ -32,7 +32,6 @@ from dinoflow.evaluation.dense_report import dense_entry
 
 log = logging.getLogger(__name__)
 
-DENSE_KINDS = ("segmentation_folder", "depth_folder", "demo_segmentation", "demo_depth")
 MIN_DEPTH = 1e-3
 DEFAULT_PIXEL_PATCH = 14
 N_FIGURE_IMAGES = 4

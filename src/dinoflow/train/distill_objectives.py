@@ -9,7 +9,9 @@ the student is kept and exported (the paper ships the EMA).
 `FeatureDistillObjective` — for teachers without heads (official hub files, any export): the
 student, through a linear projection to the teacher's width, matches the teacher's normalised
 CLS token (global and local crops → the teacher's CLS of the same image's global crops) and its
-patch tokens on the global crops. The loss is a cosine distance, 1 − cos(proj(s), t): it
+patch tokens on the global crops. With `crops.n_global: 1` teacher and student see one global crop
+of each image (the same one): the teacher's work halves, and with `crops.n_local: 0` the step is the
+one view per image that feature-distillation tools train on. The loss is a cosine distance, 1 − cos(proj(s), t): it
 ignores the teacher's feature scale (hub features have large, layer-dependent norms) and puts
 the student's capacity on directions, which is what k-NN and linear probes on normalised
 features use.
@@ -224,7 +226,8 @@ class FeatureStudent(nn.Module):
         self.patch_proj = nn.Linear(backbone.embed_dim, teacher_dim)
 
     def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """→ g_cls [G,Dt], g_patch [G,N,Dt], l_cls [L,Dt] (projected)."""
+        """global_crops [G,3,S,S] (G = n_global·B), local_crops [L,3,s,s] → g_cls [G,Dt], g_patch [G,N,Dt],
+        l_cls [L,Dt] (projected to the teacher's width Dt)."""
         if local_crops is not None:
             g, loc = self.backbone.forward_features_list([global_crops, local_crops], [None, None])
         else:
@@ -301,8 +304,8 @@ class FeatureDistillObjective(_DistillBase):
             "patch": cosine_distance(out["g_patch"], targets["patch"]),
         }
         if "l_cls" in out:
-            # each local crop → the mean of the teacher's two global CLS tokens of the same image
-            t_img = torch.stack(t_cls.chunk(2)).mean(0)
+            # each local crop → the mean of the teacher's global CLS tokens of the same image
+            t_img = t_cls.unflatten(0, (self.cfg.crops.n_global, -1)).mean(0)
             n_local = out["l_cls"].shape[0] // t_img.shape[0]
             terms["local_cls"] = cosine_distance(out["l_cls"], t_img.repeat(n_local, 1))
         loss = terms["cls"] + terms.get("local_cls", 0.0) + self.cfg.feature_patch_weight * terms["patch"]

@@ -63,10 +63,10 @@ def activation_bytes(backbone: DinoVisionTransformer, tokens: int, mode: str, el
 
 
 def step_tokens(crops, patch_size: int, batch: int, extra_tokens: int = 1) -> int:
-    """Tokens the student sees in a step: 2 global and n_local local crops per image."""
+    """Tokens the student sees in a step: n_global global and n_local local crops per image."""
     g = (crops.global_size // patch_size) ** 2 + extra_tokens
     loc = (crops.local_size // patch_size) ** 2 + extra_tokens
-    return batch * (2 * g + crops.n_local * loc)
+    return batch * (crops.n_global * g + crops.n_local * loc)
 
 
 def step_bytes(

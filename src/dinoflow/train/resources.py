@@ -29,10 +29,10 @@ def bytes_per_image(model_cfg, crops, load_size: int) -> int:
 
     spec = arch_spec(model_cfg.arch)
     extra = 1 + model_cfg.num_register_tokens
-    tokens = 2 * ((crops.global_size // model_cfg.patch_size) ** 2 + extra)
+    tokens = crops.n_global * ((crops.global_size // model_cfg.patch_size) ** 2 + extra)
     tokens += crops.n_local * ((crops.local_size // model_cfg.patch_size) ** 2 + extra)
     loaded = 2 * 3 * load_size**2
-    crops_f32 = 4 * 3 * (2 * crops.global_size**2 + crops.n_local * crops.local_size**2)
+    crops_f32 = 4 * 3 * (crops.n_global * crops.global_size**2 + crops.n_local * crops.local_size**2)
     activations = 4 * ACTIVATION_FLOATS * tokens * spec.embed_dim * spec.depth
     return loaded + crops_f32 + activations
 

@@ -56,7 +56,7 @@ class Views:
         out: dict[str, Any] = {}
         if self.mask_cfg is not None:
             grid = self.crops.global_size // self.patch_size
-            m = collate_masks(2 * len(images), (grid, grid), self.mask_cfg, random.Random(s))
+            m = collate_masks(self.crops.n_global * len(images), (grid, grid), self.mask_cfg, random.Random(s))
             out.update(
                 masks=m["masks"],
                 mask_indices=m["mask_indices_list"],
@@ -70,7 +70,7 @@ class Views:
         return out
 
     def finish(self, prepared: dict[str, Any], step: int, device: torch.device) -> dict[str, Any]:
-        """→ global_crops [2B,3,G,G], local_crops [nL·B,3,L,L] | None (+ the masks) on `device`."""
+        """→ global_crops [n_global·B,3,G,G], local_crops [nL·B,3,L,L] | None (+ the masks) on `device`."""
 
         def move(x):
             if isinstance(x, list):
