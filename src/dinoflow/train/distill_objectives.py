@@ -9,12 +9,12 @@ the student is kept and exported (the paper ships the EMA).
 `FeatureDistillObjective` — for teachers without heads (official hub files, any export): the
 student, through a linear projection to the teacher's width, matches the teacher's normalised
 CLS token (global and local crops → the teacher's CLS of the same image's global crops) and its
-patch tokens on the global crops. With `crops.n_global: 1` teacher and student see one global crop
-of each image (the same one): the teacher's work halves, and with `crops.n_local: 0` the step is the
-one view per image that feature-distillation tools train on. The loss is a cosine distance, 1 − cos(proj(s), t): it
+patch tokens on the global crops. The loss is a cosine distance, 1 − cos(proj(s), t): it
 ignores the teacher's feature scale (hub features have large, layer-dependent norms) and puts
 the student's capacity on directions, which is what k-NN and linear probes on normalised
-features use.
+features use. With `crops.n_global: 1` teacher and student see one global crop of each image
+(the same one): the teacher's work halves, and with `crops.n_local: 0` the step is one view per
+image, as feature-distillation tools train.
 
 When the token grids differ (other patch size or resolution), teacher patch targets are
 resampled to the student's grid (bilinear on the spatial map; probabilities renormalised).
