@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,14 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def time_step(root: Path, steps: int) -> dict[str, float]:
     """Median seconds of the distill step of `root`'s params.yaml (after two warm-up steps)."""
     import torch
+    from step_timing import median_step_seconds
 
     import dinoflow
     from dinoflow.config import load_config
     from dinoflow.models import build_backbone, export_backbone
     from dinoflow.train.distill_objectives import FeatureDistillObjective
-    from dinoflow.train.objective import backbones_of
-    from dinoflow.train.optim import build_optimizer, param_groups
-    from dinoflow.train.step import train_step
 
     if not Path(dinoflow.__file__).resolve().is_relative_to(root.resolve()):
         raise SystemExit(f"imported dinoflow from {dinoflow.__file__}, not from {root}")
@@ -47,26 +44,18 @@ def time_step(root: Path, steps: int) -> dict[str, float]:
     dc, tm = cfg.distill, cfg.pretrain.model
     if dc.mode != "features":
         raise SystemExit(f"{root}/params.yaml distils in mode {dc.mode}; this benchmark times mode features")
-    device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         teacher = build_backbone(tm.arch, patch_size=tm.patch_size, img_size=tm.img_size, layerscale_init=1.0)
         export_backbone(teacher, Path(tmp) / "teacher")
-        obj = FeatureDistillObjective(dc.model_copy(update={"teacher": str(Path(tmp) / "teacher"), "seed": 0}), device)
-        net = obj.train_module()
-        depth = {k: b.n_blocks for k, b in backbones_of(net).items()}
-        opt = build_optimizer(param_groups(net.param_modules(), dc.optim, depth), dc.optim)
+        obj = FeatureDistillObjective(
+            dc.model_copy(update={"teacher": str(Path(tmp) / "teacher"), "seed": 0}), torch.device("cpu")
+        )
         batch, side = dc.train.batch_size_per_rank, dc.crops.global_size
         images = torch.randint(
             0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
         )
-        s = {"lr": 1e-3, "wd": 0.04, "last_layer_lr": 1e-3, "teacher_temp": 0.05, "momentum": 0.99}
-        times = []
-        for step in range(steps + 2):
-            t0 = time.perf_counter()
-            train_step(obj, net, opt, obj.views(images, step, 0), s, clip_grad=3.0, device=device)
-            times.append(time.perf_counter() - t0)
-    sec = statistics.median(times[2:])
+        sec = median_step_seconds(obj, dc.optim, images, steps, warmup=2)
     return {"step_ms": sec * 1e3, "img_s": batch / sec}
 
 

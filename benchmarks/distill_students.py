@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from step_timing import median_step_seconds
 
 from dinoflow.config import DistillConfig
 from dinoflow.models import build_backbone, export_backbone
 from dinoflow.train.distill_family import FamilyObjective
 from dinoflow.train.distill_objectives import FeatureDistillObjective, HeadDistillObjective
-from dinoflow.train.objective import backbones_of
-from dinoflow.train.optim import build_optimizer, param_groups
-from dinoflow.train.step import train_step
 
 STUDENT = {"arch": "vit_pico", "patch_size": 7, "img_size": 28, "layerscale_init": 1.0}
 CROPS = {"global_size": 28, "local_size": 14, "n_local": 4}
@@ -48,22 +45,9 @@ def _objective(teacher: Path, n: int, mode: str, device: torch.device):
 
 def _timed_steps(teacher: Path, n: int, mode: str, batch: int, steps: int, fixed_crops: bool = False) -> float:
     """Median seconds of a step (after one warm-up step)."""
-    device = torch.device("cpu")
-    obj, cfg = _objective(teacher, n, mode, device)
-    net = obj.train_module()
-    depth = {k: b.n_blocks for k, b in backbones_of(net).items()}
-    opt = build_optimizer(param_groups(net.param_modules(), cfg.optim, depth), cfg.optim)
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, 28, 28), dtype=torch.uint8, generator=g)
-    fixed = obj.views(images, 0, 0)
-    s = {"lr": 1e-3, "wd": 0.04, "last_layer_lr": 1e-3, "teacher_temp": 0.05, "momentum": 0.99}
-    times = []
-    for step in range(steps + 1):
-        t0 = time.perf_counter()
-        v = fixed if fixed_crops else obj.views(images, step, 0)
-        train_step(obj, net, opt, v, s, clip_grad=3.0, device=device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+    obj, cfg = _objective(teacher, n, mode, torch.device("cpu"))
+    images = torch.randint(0, 256, (batch, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return median_step_seconds(obj, cfg.optim, images, steps, fixed_crops=fixed_crops)
 
 
 def main() -> None:
